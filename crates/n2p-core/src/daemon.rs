@@ -1,0 +1,395 @@
+//! The `n2p/daemon/1` protocol: raw nix-daemon protocol carried over iroh, one QUIC stream
+//! per daemon connection.
+//!
+//! Each stream starts with the client's 32-byte [`AccessProof`]; the serving side
+//! ([`DaemonService`]) checks it with its [`AccessPolicy`] and only then opens a fresh
+//! connection to the local nix-daemon socket and joins the two with [`forward`]. A refused
+//! peer gets its whole connection closed with [`ACCESS_DENIED`] and never a byte through.
+//!
+//! The dialing side ([`DaemonDialer`]) keeps one QUIC connection per peer, reconnecting when
+//! it has dropped, and [`serve_local_listener`] turns every connection on a local unix
+//! socket into one stream on it.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use iroh::{
+    Endpoint, EndpointAddr, EndpointId,
+    endpoint::{
+        ApplicationClose, ConnectError, Connection, ConnectionError, RecvStream, SendStream, VarInt,
+    },
+    protocol::{AcceptError, ProtocolHandler},
+};
+use tokio::{net::UnixListener, net::UnixStream, sync::Mutex, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::{
+    access::{AccessPolicy, AccessProof, AccessSecret},
+    forward::{FORWARD_ABORTED, forward},
+};
+
+/// ALPN of the raw daemon protocol.
+pub const DAEMON_ALPN: &[u8] = b"n2p/daemon/1";
+
+/// Application close code: the peer is not allowed to use this daemon.
+pub const ACCESS_DENIED: VarInt = VarInt::from_u32(403);
+
+/// Close code used when a node shuts down.
+pub const SHUTTING_DOWN: VarInt = VarInt::from_u32(0);
+
+/// How long a peer has to send its proof after opening a stream.
+const PROOF_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default bound on establishing a connection to a peer.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the local nix-daemon to peers that pass the access policy.
+#[derive(Debug, Clone)]
+pub struct DaemonService {
+    daemon_socket: Arc<PathBuf>,
+    policy: Arc<dyn AccessPolicy>,
+    me: EndpointId,
+}
+
+impl DaemonService {
+    /// Forwards accepted streams to the daemon at `daemon_socket`; `me` is this node's id.
+    pub fn new(daemon_socket: PathBuf, policy: Arc<dyn AccessPolicy>, me: EndpointId) -> Self {
+        Self {
+            daemon_socket: Arc::new(daemon_socket),
+            policy,
+            me,
+        }
+    }
+
+    /// The daemon socket streams are forwarded to.
+    pub fn daemon_socket(&self) -> &Path {
+        &self.daemon_socket
+    }
+
+    async fn handle_stream(&self, conn: &Connection, mut send: SendStream, mut recv: RecvStream) {
+        let peer = conn.remote_id();
+        let mut proof = [0u8; AccessProof::LEN];
+        match tokio::time::timeout(PROOF_TIMEOUT, recv.read_exact(&mut proof)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                debug!("stream ended before its access proof: {e}");
+                return;
+            }
+            Err(_) => {
+                warn!(peer = %peer, "refused peer {peer}: no access proof within {PROOF_TIMEOUT:?}");
+                conn.close(ACCESS_DENIED, b"no access proof");
+                return;
+            }
+        }
+        if let Err(refusal) = self.policy.check_stream(peer, self.me, &AccessProof(proof)) {
+            warn!(peer = %peer, "refused peer {peer}: {refusal}");
+            conn.close(ACCESS_DENIED, refusal.to_string().as_bytes());
+            return;
+        }
+        let daemon = match UnixStream::connect(self.daemon_socket.as_path()).await {
+            Ok(daemon) => daemon,
+            Err(e) => {
+                error!(
+                    "cannot connect to the nix-daemon at {}: {e} (is nix-daemon running? set --daemon-socket or NIX_DAEMON_SOCKET_PATH)",
+                    self.daemon_socket.display()
+                );
+                send.reset(FORWARD_ABORTED).ok();
+                recv.stop(FORWARD_ABORTED).ok();
+                return;
+            }
+        };
+        let (daemon_read, daemon_write) = daemon.into_split();
+        match forward(daemon_read, daemon_write, send, recv).await {
+            Ok(stats) => debug!(
+                sent = stats.sent,
+                received = stats.received,
+                "daemon stream done"
+            ),
+            Err(e) => debug!("daemon stream aborted: {e}"),
+        }
+    }
+}
+
+impl ProtocolHandler for DaemonService {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let peer = conn.remote_id();
+        let span = info_span!("peer", me = %self.me.fmt_short(), remote = %peer.fmt_short());
+        async {
+            if let Err(refusal) = self.policy.check_peer(peer) {
+                warn!(peer = %peer, "refused peer {peer}: {refusal}");
+                conn.close(ACCESS_DENIED, refusal.to_string().as_bytes());
+                return Ok(());
+            }
+            debug!("peer connected");
+            // The stream tasks borrow nothing from the accept loop, so a set owned here and
+            // drained on exit bounds their lifetime to the connection's.
+            let mut streams = JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = conn.accept_bi() => match accepted {
+                        Ok((send, recv)) => {
+                            let conn = conn.clone();
+                            let service = self.clone();
+                            streams.spawn(async move {
+                                service.handle_stream(&conn, send, recv).await
+                            }.in_current_span());
+                        }
+                        Err(e) => {
+                            debug!("peer connection ended: {}", describe_close(&e));
+                            break;
+                        }
+                    },
+                    Some(_) = streams.join_next(), if !streams.is_empty() => {}
+                }
+            }
+            while streams.join_next().await.is_some() {}
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// Why opening a daemon stream to a peer failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DialError {
+    /// No connection could be established in time.
+    #[error(
+        "peer {peer} did not answer within {after:?} (is it running, and is the address current?)"
+    )]
+    Timeout {
+        /// The peer.
+        peer: EndpointId,
+        /// How long we waited.
+        after: Duration,
+    },
+    /// The connection attempt failed.
+    #[error("cannot connect to peer {peer}")]
+    Connect {
+        /// The peer.
+        peer: EndpointId,
+        /// Why.
+        #[source]
+        source: ConnectError,
+    },
+    /// The peer refused us.
+    #[error("peer {peer} refused access: {reason}")]
+    Refused {
+        /// The peer.
+        peer: EndpointId,
+        /// What it said.
+        reason: String,
+    },
+    /// The connection dropped while opening the stream.
+    #[error("connection to peer {peer} lost: {reason}")]
+    Lost {
+        /// The peer.
+        peer: EndpointId,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// Opens daemon streams to one peer over one shared, lazily (re)established connection.
+#[derive(Debug)]
+pub struct DaemonDialer {
+    endpoint: Endpoint,
+    target: EndpointAddr,
+    proof: AccessProof,
+    connect_timeout: Duration,
+    conn: Mutex<Option<Connection>>,
+}
+
+impl DaemonDialer {
+    /// A dialer to `target` that proves knowledge of `secret`.
+    pub fn new(endpoint: Endpoint, target: EndpointAddr, secret: &AccessSecret) -> Self {
+        let proof = secret.proof(endpoint.id(), target.id);
+        Self {
+            endpoint,
+            target,
+            proof,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            conn: Mutex::new(None),
+        }
+    }
+
+    /// Sets how long a connection attempt may take.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The peer's id.
+    pub fn peer(&self) -> EndpointId {
+        self.target.id
+    }
+
+    /// Replaces the peer's address (e.g. when it announces new direct addresses); the current
+    /// connection, if any, is kept.
+    pub fn set_target(&mut self, target: EndpointAddr) {
+        self.target = target;
+    }
+
+    /// The live connection, connecting first if there is none or it has closed.
+    pub async fn connection(&self) -> Result<Connection, DialError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            match conn.close_reason() {
+                None => return Ok(conn.clone()),
+                Some(reason) => debug!("reconnecting: {}", describe_close(&reason)),
+            }
+        }
+        let peer = self.target.id;
+        let conn = tokio::time::timeout(
+            self.connect_timeout,
+            self.endpoint.connect(self.target.clone(), DAEMON_ALPN),
+        )
+        .await
+        .map_err(|_| DialError::Timeout {
+            peer,
+            after: self.connect_timeout,
+        })?
+        .map_err(|source| DialError::Connect { peer, source })?;
+        info!(peer = %peer.fmt_short(), "connected to {}", peer);
+        tokio::spawn(log_when_closed(conn.clone()));
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Opens one daemon stream, proof already sent. Retries once on a fresh connection when
+    /// the cached one turns out to be dead.
+    pub async fn open_stream(&self) -> Result<(SendStream, RecvStream), DialError> {
+        let peer = self.target.id;
+        let mut last = None;
+        for _attempt in 0..2 {
+            let conn = self.connection().await?;
+            match self.open_on(&conn).await {
+                Ok(pair) => return Ok(pair),
+                Err(reason) => {
+                    if let Some(refused) = conn.close_reason().as_ref().and_then(refusal_of) {
+                        return Err(DialError::Refused {
+                            peer,
+                            reason: refused,
+                        });
+                    }
+                    last = Some(reason);
+                }
+            }
+        }
+        Err(DialError::Lost {
+            peer,
+            reason: last.unwrap_or_default(),
+        })
+    }
+
+    async fn open_on(&self, conn: &Connection) -> Result<(SendStream, RecvStream), String> {
+        let (mut send, recv) = conn.open_bi().await.map_err(|e| describe_close(&e))?;
+        send.write_all(&self.proof.0)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((send, recv))
+    }
+
+    /// Closes the current connection, if any.
+    pub async fn close(&self) {
+        if let Some(conn) = self.conn.lock().await.take() {
+            conn.close(SHUTTING_DOWN, b"bye");
+        }
+    }
+}
+
+/// If the connection was closed because the peer refused us, what it said.
+fn refusal_of(err: &ConnectionError) -> Option<String> {
+    match err {
+        ConnectionError::ApplicationClosed(ApplicationClose { error_code, reason })
+            if *error_code == ACCESS_DENIED =>
+        {
+            Some(String::from_utf8_lossy(reason).into_owned())
+        }
+        _ => None,
+    }
+}
+
+/// A short human description of why a connection closed.
+pub fn describe_close(err: &ConnectionError) -> String {
+    match err {
+        ConnectionError::ApplicationClosed(close) if close.error_code == ACCESS_DENIED => {
+            format!("access refused: {}", String::from_utf8_lossy(&close.reason))
+        }
+        ConnectionError::ApplicationClosed(close) if close.error_code == SHUTTING_DOWN => {
+            "the peer shut down".to_owned()
+        }
+        ConnectionError::LocallyClosed => "closed locally".to_owned(),
+        ConnectionError::TimedOut => "the peer stopped answering (timed out)".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+async fn log_when_closed(conn: Connection) {
+    let peer = conn.remote_id();
+    let reason = conn.closed().await;
+    match refusal_of(&reason) {
+        Some(refused) => error!("peer {peer} refused access: {refused}"),
+        None if matches!(reason, ConnectionError::LocallyClosed) => {}
+        None => info!(peer = %peer.fmt_short(), "connection closed: {}", describe_close(&reason)),
+    }
+}
+
+/// Accepts connections on `listener` until `cancel` fires, forwarding each over a new
+/// stream from `dialer`. A connection whose stream cannot be opened is closed (Nix sees a
+/// closed connection) and the reason logged.
+pub async fn serve_local_listener(
+    listener: UnixListener,
+    dialer: Arc<DaemonDialer>,
+    cancel: CancellationToken,
+) {
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((local, _)) => {
+                    let dialer = dialer.clone();
+                    let cancel = cancel.child_token();
+                    tasks.spawn(async move {
+                        tokio::select! {
+                            _ = cancel.cancelled() => {}
+                            _ = forward_local_connection(local, &dialer) => {}
+                        }
+                    }.in_current_span());
+                }
+                Err(e) => {
+                    warn!("accepting a local connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    tasks.shutdown().await;
+}
+
+async fn forward_local_connection(local: UnixStream, dialer: &DaemonDialer) {
+    let (send, recv) = match dialer.open_stream().await {
+        Ok(pair) => pair,
+        Err(e) => {
+            error!("{e}");
+            return;
+        }
+    };
+    let (local_read, local_write) = local.into_split();
+    match forward(local_read, local_write, send, recv).await {
+        Ok(stats) => debug!(
+            sent = stats.sent,
+            received = stats.received,
+            "local connection done"
+        ),
+        Err(e) => warn!("forwarding aborted: {e}"),
+    }
+}

@@ -1,0 +1,168 @@
+//! Building the node's iroh endpoint: relay choice, bind address, address lookup and the
+//! QUIC transport settings every n2p node shares.
+//!
+//! With [`RelayChoice::Disabled`] the endpoint uses no relay and no DNS/pkarr lookup at all:
+//! it is silent offline and connects over loopback or a LAN by direct addresses.
+
+use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
+
+use iroh::{
+    Endpoint, RelayMode, RelayUrl, SecretKey,
+    endpoint::{BindOpts, QuicTransportConfig, VarInt, presets},
+};
+
+/// How long a silent connection lives before it is declared dead. Keep-alives are sent
+/// well within it, so only a crashed or unreachable peer hits it.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Interval of QUIC keep-alive pings on otherwise idle connections.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How many daemon streams a peer may have open at once.
+pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+
+/// Which relay servers the endpoint uses.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum RelayChoice {
+    /// n0's public relays and address lookup (DNS/pkarr).
+    #[default]
+    Default,
+    /// No relays and no lookup: direct addresses only.
+    Disabled,
+    /// One relay of your own, plus n0's address lookup.
+    Custom(RelayUrl),
+}
+
+/// A relay choice that is neither `default`, `disabled` nor a URL.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "invalid relay '{0}': use 'default', 'disabled' or a relay URL such as https://relay.example.org"
+)]
+pub struct RelayChoiceParseError(String);
+
+impl FromStr for RelayChoice {
+    type Err = RelayChoiceParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "default" => Ok(Self::Default),
+            "disabled" | "none" | "off" => Ok(Self::Disabled),
+            url if url.starts_with("http://") || url.starts_with("https://") => url
+                .parse()
+                .map(Self::Custom)
+                .map_err(|_| RelayChoiceParseError(s.to_owned())),
+            _ => Err(RelayChoiceParseError(s.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for RelayChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Default => f.write_str("default"),
+            Self::Disabled => f.write_str("disabled"),
+            Self::Custom(url) => write!(f, "{url}"),
+        }
+    }
+}
+
+/// Network settings of an endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointOptions {
+    /// Relays to use.
+    pub relay: RelayChoice,
+    /// Bind only this socket address (default: all interfaces, random port).
+    pub bind: Option<SocketAddr>,
+}
+
+/// Errors while binding the endpoint.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EndpointBindError {
+    /// The bind address is unusable.
+    #[error("invalid bind address {addr}")]
+    BindAddr {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: iroh::endpoint::InvalidSocketAddr,
+    },
+    /// The sockets could not be bound (e.g. the port is taken).
+    #[error("cannot bind the iroh endpoint{}", bind.map(|b| format!(" on {b}")).unwrap_or_default())]
+    Bind {
+        /// The address asked for.
+        bind: Option<SocketAddr>,
+        /// Why.
+        #[source]
+        source: iroh::endpoint::BindError,
+    },
+}
+
+/// The QUIC transport settings n2p uses: short idle timeout with keep-alives (a crashed
+/// peer is noticed in seconds) and room for many concurrent daemon streams. Flow-control
+/// windows stay at iroh's defaults.
+pub fn transport_config() -> QuicTransportConfig {
+    QuicTransportConfig::builder()
+        .max_idle_timeout(IDLE_TIMEOUT.try_into().ok())
+        .keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .max_concurrent_bidi_streams(VarInt::from_u32(MAX_CONCURRENT_STREAMS))
+        .build()
+}
+
+/// Binds an endpoint with `secret_key` and `alpns`, configured by `options`.
+pub async fn bind_endpoint(
+    secret_key: SecretKey,
+    alpns: Vec<Vec<u8>>,
+    options: &EndpointOptions,
+) -> Result<Endpoint, EndpointBindError> {
+    let mut builder = match &options.relay {
+        RelayChoice::Disabled => {
+            Endpoint::builder(presets::Minimal).relay_mode(RelayMode::Disabled)
+        }
+        RelayChoice::Default => Endpoint::builder(presets::N0),
+        RelayChoice::Custom(url) => {
+            Endpoint::builder(presets::N0).relay_mode(RelayMode::custom([url.clone()]))
+        }
+    };
+    builder = builder
+        .secret_key(secret_key)
+        .alpns(alpns)
+        .transport_config(transport_config());
+    if let Some(addr) = options.bind {
+        builder = builder
+            .clear_ip_transports()
+            .bind_addr_with_opts(addr, BindOpts::default())
+            .map_err(|source| EndpointBindError::BindAddr { addr, source })?;
+    }
+    builder
+        .bind()
+        .await
+        .map_err(|source| EndpointBindError::Bind {
+            bind: options.bind,
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_choice_parses() {
+        assert_eq!(
+            "default".parse::<RelayChoice>().ok(),
+            Some(RelayChoice::Default)
+        );
+        assert_eq!(
+            "disabled".parse::<RelayChoice>().ok(),
+            Some(RelayChoice::Disabled)
+        );
+        assert!(matches!(
+            "https://relay.example.org".parse::<RelayChoice>(),
+            Ok(RelayChoice::Custom(_))
+        ));
+        let err = "sometimes".parse::<RelayChoice>().expect_err("bad");
+        assert!(err.to_string().contains("'default', 'disabled'"));
+    }
+}

@@ -1,0 +1,161 @@
+//! The n2p home directory (`$N2P_HOME`, default `~/.n2p`): where keys, sockets and the
+//! personal config live, always with owner-only permissions.
+
+use std::{
+    fs, io,
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+/// Environment variable that overrides the home directory.
+pub const N2P_HOME_ENV: &str = "N2P_HOME";
+
+/// Errors while locating or preparing the home directory.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HomeError {
+    /// Neither `$N2P_HOME` nor `$HOME` is set.
+    #[error("cannot find a home directory: set N2P_HOME or HOME")]
+    NoHome,
+    /// A directory could not be created or its permissions set.
+    #[error("cannot prepare directory {}", path.display())]
+    Io {
+        /// The directory.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The home directory of one n2p node.
+#[derive(Debug, Clone)]
+pub struct N2pHome {
+    root: PathBuf,
+}
+
+impl N2pHome {
+    /// Uses `$N2P_HOME` when set, else `$HOME/.n2p`.
+    pub fn from_env() -> Result<Self, HomeError> {
+        if let Some(dir) = std::env::var_os(N2P_HOME_ENV).filter(|d| !d.is_empty()) {
+            return Ok(Self::new(dir));
+        }
+        let home = std::env::var_os("HOME")
+            .filter(|d| !d.is_empty())
+            .ok_or(HomeError::NoHome)?;
+        Ok(Self::new(Path::new(&home).join(".n2p")))
+    }
+
+    /// A home at an explicit path (not created until needed).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The node's ed25519 secret key file.
+    pub fn secret_key_path(&self) -> PathBuf {
+        self.root.join("secret.key")
+    }
+
+    /// The access secret that `n2p server` addresses carry.
+    pub fn access_secret_path(&self) -> PathBuf {
+        self.root.join("access.secret")
+    }
+
+    /// The personal config file.
+    pub fn config_path(&self) -> PathBuf {
+        self.root.join("config.toml")
+    }
+
+    /// Where `n2p client` puts its sockets by default.
+    pub fn clients_dir(&self) -> PathBuf {
+        self.root.join("clients")
+    }
+
+    /// Where the mesh keeps one socket per live peer.
+    pub fn peers_dir(&self) -> PathBuf {
+        self.root.join("peers")
+    }
+
+    /// The running node's control socket.
+    pub fn control_socket_path(&self) -> PathBuf {
+        self.root.join("control.sock")
+    }
+
+    /// Creates the home directory (mode 0700) if it is missing.
+    pub fn ensure(&self) -> Result<&Path, HomeError> {
+        ensure_private_dir(&self.root)?;
+        Ok(&self.root)
+    }
+
+    /// Creates `sub` below the home (both mode 0700) and returns its path.
+    pub fn ensure_subdir(&self, sub: &Path) -> Result<(), HomeError> {
+        self.ensure()?;
+        ensure_private_dir(sub)
+    }
+}
+
+/// Creates `dir` (and parents) if missing and makes it owner-only (0700).
+///
+/// An existing directory that others can read or enter is tightened to 0700: it holds
+/// sockets that reach a nix-daemon.
+pub fn ensure_private_dir(dir: &Path) -> Result<(), HomeError> {
+    let io_err = |source| HomeError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    match fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => {
+            if meta.permissions().mode() & 0o077 != 0 {
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err)?;
+            }
+            Ok(())
+        }
+        Ok(_) => Err(io_err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "exists and is not a directory",
+        ))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_err),
+        Err(e) => Err(io_err(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_private_dirs_and_tightens_loose_ones() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let home = N2pHome::new(tmp.path().join("h"));
+        home.ensure().expect("ensure");
+        let mode = fs::metadata(home.root())
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+
+        let loose = tmp.path().join("loose");
+        fs::create_dir(&loose).expect("mkdir");
+        fs::set_permissions(&loose, fs::Permissions::from_mode(0o755)).expect("chmod");
+        ensure_private_dir(&loose).expect("tighten");
+        let mode = fs::metadata(&loose).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn refuses_a_file_where_a_dir_should_be() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let file = tmp.path().join("f");
+        fs::write(&file, b"x").expect("write");
+        assert!(ensure_private_dir(&file).is_err());
+    }
+}

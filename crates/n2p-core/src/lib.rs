@@ -1,0 +1,27 @@
+//! What every n2p mode shares: the node's home directory and identity, server addresses,
+//! iroh endpoint construction, the access check, and the one forwarding path that joins a
+//! local unix-socket connection to an iroh stream.
+//!
+//! The pieces fit together like this:
+//!
+//! - [`home::N2pHome`] finds `$N2P_HOME` (default `~/.n2p`) and keeps its permissions tight.
+//! - [`identity`] loads or creates the node's ed25519 key and the access secret beside it.
+//! - [`address::ServerAddress`] is what `n2p server` prints and `n2p client` parses.
+//! - [`endpoint`] builds an iroh endpoint for a relay choice and bind address.
+//! - [`daemon`] is the `n2p/daemon/1` protocol: the serving side checks access and joins
+//!   each stream to a fresh nix-daemon connection; the dialing side keeps one QUIC
+//!   connection per peer and opens a stream per local connection.
+//! - [`forward`] copies bytes both ways with half-close carried through.
+//! - [`unix`] binds unix sockets safely (0600, stale files replaced, live ones kept).
+
+pub mod access;
+pub mod address;
+pub mod config_file;
+pub mod daemon;
+pub mod endpoint;
+pub mod forward;
+pub mod home;
+pub mod identity;
+pub mod unix;
+
+pub use iroh::{EndpointAddr, EndpointId, SecretKey};

@@ -1,0 +1,120 @@
+//! Command-line interface: one `Args` struct per subcommand, shared flags flattened in.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+use n2p_core::{EndpointId, endpoint::RelayChoice};
+
+/// Move Nix store paths directly between your machines, peer to peer.
+///
+/// No SSH server, no binary cache in the middle, no port forwarding: n2p carries the
+/// nix-daemon protocol over iroh (QUIC with hole punching and relay fallback).
+#[derive(Debug, Parser)]
+#[command(name = "n2p", version, about, long_about = None)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: GlobalArgs,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Options every command accepts, before or after the subcommand.
+#[derive(Debug, Args)]
+pub(crate) struct GlobalArgs {
+    /// Relay servers: `default` (n0's relays and address lookup), `disabled` (direct
+    /// addresses only, no lookup: for LANs, loopback and offline use) or a relay URL.
+    #[arg(long, global = true, value_name = "default|disabled|URL")]
+    pub(crate) relay: Option<RelayChoice>,
+    /// Bind the iroh endpoint to this address only (default: all interfaces, random port).
+    /// A fixed port keeps the long address valid across restarts.
+    #[arg(long, global = true, value_name = "IP:PORT")]
+    pub(crate) bind: Option<SocketAddr>,
+    /// The n2p home directory (keys, sockets, personal config).
+    #[arg(long, global = true, env = "N2P_HOME", value_name = "DIR")]
+    pub(crate) home: Option<PathBuf>,
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Print this node's endpoint id (its public identity).
+    Id,
+    /// Share this machine's nix-daemon with clients that hold its address.
+    Server(ServerArgs),
+    /// Open a local unix socket that reaches a server's nix-daemon.
+    Client(ClientArgs),
+    /// Replace the access secret: addresses printed before stop working.
+    RotateSecret,
+}
+
+/// `n2p server`.
+#[derive(Debug, Args)]
+pub(crate) struct ServerArgs {
+    /// The nix-daemon socket to forward to [default: $NIX_DAEMON_SOCKET_PATH, else
+    /// /nix/var/nix/daemon-socket/socket].
+    #[arg(long, value_name = "PATH")]
+    pub(crate) daemon_socket: Option<PathBuf>,
+    /// Only these client identities may connect (repeatable); they still need the address.
+    #[arg(long, value_name = "ENDPOINT_ID")]
+    pub(crate) allow: Vec<EndpointId>,
+}
+
+/// `n2p client`.
+#[derive(Debug, Args)]
+pub(crate) struct ClientArgs {
+    /// The server's address, as `n2p server` printed it (short or long).
+    pub(crate) address: String,
+    /// Where to create the socket [default: a fresh name under $N2P_HOME/clients/].
+    #[arg(long, value_name = "PATH")]
+    pub(crate) socket: Option<PathBuf>,
+    /// How long to wait for the server before giving up.
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+    pub(crate) connect_timeout: Duration,
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !(secs.is_finite() && secs > 0.0 && secs <= 86_400.0) {
+        return Err(format!("'{s}' is out of range (0 < seconds <= 86400)"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_options_go_before_or_after_the_subcommand() {
+        let before =
+            Cli::try_parse_from(["n2p", "--relay", "disabled", "--bind", "127.0.0.1:0", "id"])
+                .expect("before");
+        let after =
+            Cli::try_parse_from(["n2p", "id", "--relay", "disabled", "--bind", "127.0.0.1:0"])
+                .expect("after");
+        for cli in [before, after] {
+            assert_eq!(cli.global.relay, Some(RelayChoice::Disabled));
+            assert_eq!(cli.global.bind, "127.0.0.1:0".parse().ok());
+        }
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        assert!(Cli::try_parse_from(["n2p", "--relay", "maybe", "id"]).is_err());
+        assert!(Cli::try_parse_from(["n2p", "--bind", "nowhere", "id"]).is_err());
+        assert!(Cli::try_parse_from(["n2p", "server", "--allow", "not-an-id"]).is_err());
+        assert!(Cli::try_parse_from(["n2p", "client", "x", "--connect-timeout", "-1"]).is_err());
+    }
+}

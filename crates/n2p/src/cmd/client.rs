@@ -1,0 +1,79 @@
+//! `n2p client`: a local unix socket that reaches a server's nix-daemon.
+
+use std::{path::PathBuf, sync::Arc};
+
+use anyhow::Context;
+use n2p_core::{
+    address::ServerAddress,
+    daemon::{DaemonDialer, serve_local_listener},
+    endpoint::RelayChoice,
+    home::N2pHome,
+    unix::bind_private_listener,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::{
+    cli::{ClientArgs, GlobalArgs},
+    node, shutdown,
+};
+
+/// A fresh socket path under `$N2P_HOME/clients/` (the directory created 0700).
+fn default_socket_path(home: &N2pHome) -> anyhow::Result<PathBuf> {
+    let dir = home.clients_dir();
+    home.ensure_subdir(&dir)?;
+    let name: [u8; 6] = rand::random();
+    Ok(dir.join(format!("{}.sock", data_encoding::HEXLOWER.encode(&name))))
+}
+
+pub(crate) async fn run(global: &GlobalArgs, args: ClientArgs) -> anyhow::Result<()> {
+    let address: ServerAddress = args
+        .address
+        .parse()
+        .with_context(|| format!("invalid server address '{}'", abbreviate(&args.address)))?;
+    let home = node::home(global)?;
+    let key = node::secret_key(&home)?;
+    let options = node::endpoint_options(global, RelayChoice::Default);
+    let endpoint = node::endpoint(key, Vec::new(), &options).await?;
+
+    let dialer = DaemonDialer::new(endpoint.clone(), address.endpoint.clone(), &address.secret)
+        .with_connect_timeout(args.connect_timeout);
+    let reached = dialer.connection().await;
+    if let Err(e) = reached {
+        endpoint.close().await;
+        return Err(e).context("cannot reach the server");
+    }
+
+    let socket_path = match args.socket {
+        Some(path) => path,
+        None => default_socket_path(&home)?,
+    };
+    let socket_path = std::path::absolute(&socket_path).unwrap_or(socket_path);
+    let (listener, _socket_guard) = bind_private_listener(&socket_path)?;
+    info!(target: "n2p", "unix:{}", socket_path.display());
+
+    let cancel = CancellationToken::new();
+    let dialer = Arc::new(dialer);
+    let serving = tokio::spawn(serve_local_listener(
+        listener,
+        dialer.clone(),
+        cancel.clone(),
+    ));
+    let signal = shutdown::signal_received().await;
+    cancel.cancel();
+    serving.await.ok();
+    dialer.close().await;
+    endpoint.close().await;
+    let signal = signal?;
+    info!(target: "n2p", "{signal} received; removed {}", socket_path.display());
+    Ok(())
+}
+
+/// The first characters of what the user typed, for error messages.
+fn abbreviate(text: &str) -> String {
+    const MAX: usize = 24;
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}

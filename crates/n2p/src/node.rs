@@ -1,0 +1,48 @@
+//! What every command that runs a node needs: the home directory, the identity and an
+//! endpoint built from the global flags.
+
+use anyhow::Context;
+use iroh::Endpoint;
+use n2p_core::{
+    SecretKey,
+    endpoint::{EndpointOptions, RelayChoice, bind_endpoint},
+    home::N2pHome,
+    identity::load_or_create_secret_key,
+};
+
+use crate::cli::GlobalArgs;
+
+/// The home directory named by `--home`/`N2P_HOME`, else `~/.n2p`.
+pub(crate) fn home(global: &GlobalArgs) -> anyhow::Result<N2pHome> {
+    match &global.home {
+        Some(dir) => Ok(N2pHome::new(dir)),
+        None => Ok(N2pHome::from_env()?),
+    }
+}
+
+/// This node's secret key, created on first use.
+pub(crate) fn secret_key(home: &N2pHome) -> anyhow::Result<SecretKey> {
+    load_or_create_secret_key(home).context("cannot load this node's identity")
+}
+
+/// Endpoint options from the global flags, with `relay_fallback` when `--relay` is absent.
+pub(crate) fn endpoint_options(
+    global: &GlobalArgs,
+    relay_fallback: RelayChoice,
+) -> EndpointOptions {
+    EndpointOptions {
+        relay: global.relay.clone().unwrap_or(relay_fallback),
+        bind: global.bind,
+    }
+}
+
+/// Binds the node's endpoint.
+pub(crate) async fn endpoint(
+    key: SecretKey,
+    alpns: Vec<Vec<u8>>,
+    options: &EndpointOptions,
+) -> anyhow::Result<Endpoint> {
+    let endpoint = bind_endpoint(key, alpns, options).await?;
+    tracing::debug!(id = %endpoint.id(), relay = %options.relay, "endpoint bound");
+    Ok(endpoint)
+}
