@@ -393,3 +393,167 @@ async fn forward_local_connection(local: UnixStream, dialer: &DaemonDialer) {
         Err(e) => warn!("forwarding aborted: {e}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use iroh::{SecretKey, protocol::Router};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::{
+        access::SecretPolicy,
+        endpoint::{EndpointOptions, RelayChoice, bind_endpoint},
+    };
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn options() -> EndpointOptions {
+        EndpointOptions {
+            relay: RelayChoice::Disabled,
+            bind: "127.0.0.1:0".parse().ok(),
+        }
+    }
+
+    /// A stand-in daemon (unit test only; end-to-end tests use real nix-daemons) that
+    /// answers each connection with the length of what it read (8 bytes LE) after the client half-closes, then the bytes reversed; counts
+    /// connections.
+    async fn spawn_echo_daemon(path: PathBuf) -> std::io::Result<Arc<AtomicUsize>> {
+        let listener = UnixListener::bind(&path)?;
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut data = Vec::new();
+                    stream.read_to_end(&mut data).await.ok();
+                    stream
+                        .write_all(&(data.len() as u64).to_le_bytes())
+                        .await
+                        .ok();
+                    data.reverse();
+                    stream.write_all(&data).await.ok();
+                    stream.shutdown().await.ok();
+                });
+            }
+        });
+        Ok(connections)
+    }
+
+    async fn server(
+        dir: &Path,
+        secret: &AccessSecret,
+    ) -> Result<(Router, Arc<AtomicUsize>), Box<dyn std::error::Error>> {
+        let daemon_path = dir.join("daemon.sock");
+        let connections = spawn_echo_daemon(daemon_path.clone()).await?;
+        let endpoint = bind_endpoint(
+            SecretKey::from_bytes(&[1; 32]),
+            vec![DAEMON_ALPN.to_vec()],
+            &options(),
+        )
+        .await?;
+        let policy = Arc::new(SecretPolicy::new(secret.clone()));
+        let service = DaemonService::new(daemon_path, policy, endpoint.id());
+        let router = Router::builder(endpoint)
+            .accept(DAEMON_ALPN, service)
+            .spawn();
+        Ok((router, connections))
+    }
+
+    #[tokio::test]
+    async fn forwards_both_ways_with_half_close_and_no_loss() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let secret = AccessSecret::from_bytes([5; 32]);
+        let (router, connections) = server(dir.path(), &secret).await?;
+        let client = bind_endpoint(SecretKey::from_bytes(&[2; 32]), vec![], &options()).await?;
+        let dialer = Arc::new(DaemonDialer::new(
+            client.clone(),
+            router.endpoint().addr(),
+            &secret,
+        ));
+        let socket = dir.path().join("client.sock");
+        let listener = UnixListener::bind(&socket)?;
+        let cancel = CancellationToken::new();
+        let serving = tokio::spawn(serve_local_listener(
+            listener,
+            dialer.clone(),
+            cancel.clone(),
+        ));
+
+        // Several connections at once, one large, all over one QUIC connection.
+        let mut tasks = JoinSet::new();
+        for size in [0usize, 1, 70_000, 5 << 20] {
+            let socket = socket.clone();
+            tasks.spawn(async move {
+                let data: Vec<u8> = (0..size).map(|i| (i * 7 + i / 251) as u8).collect();
+                let mut stream = UnixStream::connect(&socket).await?;
+                stream.write_all(&data).await?;
+                stream.shutdown().await?; // half-close: the reply must still arrive in full
+                let mut reply = Vec::new();
+                stream.read_to_end(&mut reply).await?;
+                let mut expected = (size as u64).to_le_bytes().to_vec();
+                expected.extend(data.iter().rev());
+                assert_eq!(reply.len(), expected.len());
+                assert!(reply == expected, "reply differs for size {size}");
+                Ok::<_, std::io::Error>(())
+            });
+        }
+        while let Some(result) = tasks.join_next().await {
+            result??;
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 4);
+        cancel.cancel();
+        serving.await?;
+        dialer.close().await;
+        client.close().await;
+        router.shutdown().await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn wrong_secret_never_reaches_the_daemon() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let secret = AccessSecret::from_bytes([5; 32]);
+        let (router, connections) = server(dir.path(), &secret).await?;
+        let client = bind_endpoint(SecretKey::from_bytes(&[3; 32]), vec![], &options()).await?;
+        let wrong = AccessSecret::from_bytes([6; 32]);
+        let dialer = DaemonDialer::new(client.clone(), router.endpoint().addr(), &wrong);
+        let conn = dialer.connection().await?;
+        let (mut send, mut recv) = dialer.open_stream().await?;
+        send.write_all(b"hello daemon").await.ok();
+        send.finish().ok();
+        let read = recv.read_to_end(1024).await;
+        assert!(
+            read.as_ref().map(|d| d.is_empty()).unwrap_or(true),
+            "refused stream must not carry data"
+        );
+        assert_eq!(connections.load(Ordering::SeqCst), 0);
+        // The whole connection was closed as a refusal.
+        let reason = conn.closed().await;
+        assert!(refusal_of(&reason).is_some(), "{reason}");
+        client.close().await;
+        router.shutdown().await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn unreachable_peer_times_out() -> TestResult {
+        let client = bind_endpoint(SecretKey::from_bytes(&[4; 32]), vec![], &options()).await?;
+        // Nothing listens on this port: the attempt must end within the bound.
+        let nobody = EndpointAddr::new(SecretKey::from_bytes(&[9; 32]).public())
+            .with_ip_addr("127.0.0.1:9".parse()?);
+        let dialer = DaemonDialer::new(client.clone(), nobody, &AccessSecret::from_bytes([0; 32]))
+            .with_connect_timeout(Duration::from_millis(500));
+        let started = std::time::Instant::now();
+        let err = dialer.connection().await.expect_err("unreachable");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(
+            matches!(err, DialError::Timeout { .. } | DialError::Connect { .. }),
+            "{err}"
+        );
+        client.close().await;
+        Ok(())
+    }
+}

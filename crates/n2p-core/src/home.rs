@@ -3,7 +3,10 @@
 
 use std::{
     fs, io,
-    os::unix::fs::{DirBuilderExt, PermissionsExt},
+    os::{
+        fd::AsRawFd,
+        unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+    },
     path::{Path, PathBuf},
 };
 
@@ -86,6 +89,35 @@ impl N2pHome {
         self.root.join("control.sock")
     }
 
+    /// Takes the exclusive lock of a long-running node of kind `what` (e.g. "mesh"), so two
+    /// nodes never share one home's sockets. Released when the returned guard drops (or the
+    /// process dies: the kernel drops flock locks with the file descriptor).
+    pub fn lock(&self, what: &str) -> Result<NodeLock, LockError> {
+        self.ensure().map_err(LockError::Home)?;
+        let path = self.root.join(format!("{what}.lock"));
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|source| LockError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        // SAFETY: flock on a descriptor we own; no memory is shared with the kernel.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            return Err(if err.kind() == io::ErrorKind::WouldBlock {
+                LockError::Held { path }
+            } else {
+                LockError::Io { path, source: err }
+            });
+        }
+        Ok(NodeLock { _file: file })
+    }
+
     /// Creates the home directory (mode 0700) if it is missing.
     pub fn ensure(&self) -> Result<&Path, HomeError> {
         ensure_private_dir(&self.root)?;
@@ -97,6 +129,36 @@ impl N2pHome {
         self.ensure()?;
         ensure_private_dir(sub)
     }
+}
+
+/// Held while a node runs; see [`N2pHome::lock`].
+#[derive(Debug)]
+pub struct NodeLock {
+    _file: fs::File,
+}
+
+/// Errors while taking the node lock.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LockError {
+    /// Another process holds it.
+    #[error("another n2p node is already running with this home ({} is locked); stop it or use another N2P_HOME", path.display())]
+    Held {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// The lock file could not be opened.
+    #[error("cannot open lock file {}", path.display())]
+    Io {
+        /// The lock file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The home could not be prepared.
+    #[error(transparent)]
+    Home(HomeError),
 }
 
 /// Creates `dir` (and parents) if missing and makes it owner-only (0700).
@@ -149,6 +211,16 @@ mod tests {
         ensure_private_dir(&loose).expect("tighten");
         let mode = fs::metadata(&loose).expect("meta").permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn a_second_node_on_one_home_is_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let home = N2pHome::new(tmp.path().join("h"));
+        let first = home.lock("mesh").expect("first");
+        assert!(matches!(home.lock("mesh"), Err(LockError::Held { .. })));
+        drop(first);
+        home.lock("mesh").expect("after release");
     }
 
     #[test]

@@ -73,6 +73,8 @@ pub(crate) async fn run(global: &GlobalArgs, args: ServerArgs) -> anyhow::Result
     let address = ServerAddress::new(endpoint.addr(), secret);
     info!(target: "n2p", "forwarding to the nix-daemon at {}", daemon_socket.display());
     info!(target: "n2p", "node id: {}", endpoint.id());
+    let direct: Vec<String> = address.endpoint.ip_addrs().map(|a| a.to_string()).collect();
+    info!(target: "n2p", "direct addresses: {}", if direct.is_empty() { "none".to_owned() } else { direct.join(" ") });
     info!(target: "n2p", "short address: {}", address.to_short_string());
     info!(target: "n2p", "long address: {}", address.to_long_string());
     info!(target: "n2p", "on the other machine: n2p client <address>");
