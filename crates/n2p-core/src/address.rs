@@ -19,7 +19,7 @@
 use std::{fmt, net::SocketAddr, str::FromStr};
 
 use iroh::{EndpointAddr, EndpointId, RelayUrl, TransportAddr};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::access::AccessSecret;
 
@@ -111,35 +111,47 @@ fn encode(
         relay,
         direct,
     };
+    encode_text(ADDRESS_PREFIX, &wire)
+}
+
+/// Encodes `value` as `prefix` + lower-case base32 (no padding) of its postcard bytes: the
+/// text form of addresses and tickets (copy-pasteable, one word).
+pub fn encode_text<T: Serialize>(prefix: &str, value: &T) -> String {
     // Serialising plain data into a Vec cannot fail.
-    let bytes = postcard::to_stdvec(&wire).unwrap_or_default();
+    let bytes = postcard::to_stdvec(value).unwrap_or_default();
     format!(
-        "{ADDRESS_PREFIX}{}",
+        "{prefix}{}",
         data_encoding::BASE32_NOPAD
             .encode(&bytes)
             .to_ascii_lowercase()
     )
 }
 
+/// Decodes text made by [`encode_text`] with the same `prefix`.
+pub fn decode_text<T: DeserializeOwned>(prefix: &str, text: &str) -> Result<T, AddressParseError> {
+    let text = text.trim();
+    if text.len() > MAX_ADDRESS_LEN {
+        return Err(AddressParseError::TooLong(text.len()));
+    }
+    let body = text
+        .strip_prefix(prefix)
+        .ok_or(AddressParseError::MissingPrefix)?;
+    let bytes = data_encoding::BASE32_NOPAD
+        .decode(body.to_ascii_uppercase().as_bytes())
+        .map_err(|_| AddressParseError::Encoding)?;
+    let (value, rest) =
+        postcard::take_from_bytes(&bytes).map_err(|_| AddressParseError::Payload)?;
+    if !rest.is_empty() {
+        return Err(AddressParseError::Payload);
+    }
+    Ok(value)
+}
+
 impl FromStr for ServerAddress {
     type Err = AddressParseError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let text = text.trim();
-        if text.len() > MAX_ADDRESS_LEN {
-            return Err(AddressParseError::TooLong(text.len()));
-        }
-        let body = text
-            .strip_prefix(ADDRESS_PREFIX)
-            .ok_or(AddressParseError::MissingPrefix)?;
-        let bytes = data_encoding::BASE32_NOPAD
-            .decode(body.to_ascii_uppercase().as_bytes())
-            .map_err(|_| AddressParseError::Encoding)?;
-        let (wire, rest): (WireAddress, _) =
-            postcard::take_from_bytes(&bytes).map_err(|_| AddressParseError::Payload)?;
-        if !rest.is_empty() {
-            return Err(AddressParseError::Payload);
-        }
+        let wire: WireAddress = decode_text(ADDRESS_PREFIX, text)?;
         let WireAddress::V1 {
             id,
             secret,

@@ -165,7 +165,7 @@ impl<'a> ConfigSource<'a> {
     /// Deserializes the text; syntax errors, unknown or missing keys and bad values come
     /// back as [`ConfigFileError::Invalid`] with location and hint.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ConfigFileError> {
-        toml::from_str(self.text).map_err(|e| self.from_toml_error(&e))
+        toml::from_str(self.text).map_err(|e| self.toml_error(&e))
     }
 
     /// An error at the byte span `span` (as given by [`Spanned::span`]).
@@ -193,7 +193,7 @@ impl<'a> ConfigSource<'a> {
         }
     }
 
-    fn from_toml_error(&self, err: &toml::de::Error) -> ConfigFileError {
+    fn toml_error(&self, err: &toml::de::Error) -> ConfigFileError {
         let (message, hint) = explain(err.message());
         ConfigFileError::Invalid {
             path: self.path.to_owned(),
@@ -343,6 +343,7 @@ mod tests {
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
+    #[allow(dead_code)] // fields exist to be deserialized
     struct File {
         mesh: Mesh,
         #[serde(default)]
@@ -351,6 +352,7 @@ mod tests {
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
+    #[allow(dead_code)] // fields exist to be deserialized
     struct Mesh {
         secret_env: Option<String>,
         expiry_secs: Option<u64>,
@@ -359,6 +361,7 @@ mod tests {
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
+    #[allow(dead_code)] // fields exist to be deserialized
     struct Member {
         name: Even,
         #[serde(default)]

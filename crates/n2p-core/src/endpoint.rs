@@ -8,7 +8,7 @@ use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
 
 use iroh::{
     Endpoint, RelayMode, RelayUrl, SecretKey,
-    endpoint::{BindOpts, QuicTransportConfig, VarInt, presets},
+    endpoint::{BindOpts, Builder, QuicTransportConfig, VarInt, presets},
 };
 
 /// How long a silent connection lives before it is declared dead. Keep-alives are sent
@@ -110,12 +110,13 @@ pub fn transport_config() -> QuicTransportConfig {
         .build()
 }
 
-/// Binds an endpoint with `secret_key` and `alpns`, configured by `options`.
-pub async fn bind_endpoint(
+/// An endpoint builder with `secret_key` and `alpns`, configured by `options`; callers add
+/// hooks or address lookups before [`bind_builder`].
+pub fn endpoint_builder(
     secret_key: SecretKey,
     alpns: Vec<Vec<u8>>,
     options: &EndpointOptions,
-) -> Result<Endpoint, EndpointBindError> {
+) -> Result<Builder, EndpointBindError> {
     let mut builder = match &options.relay {
         RelayChoice::Disabled => {
             Endpoint::builder(presets::Minimal).relay_mode(RelayMode::Disabled)
@@ -135,6 +136,14 @@ pub async fn bind_endpoint(
             .bind_addr_with_opts(addr, BindOpts::default())
             .map_err(|source| EndpointBindError::BindAddr { addr, source })?;
     }
+    Ok(builder)
+}
+
+/// Binds a builder made by [`endpoint_builder`] with the same `options`.
+pub async fn bind_builder(
+    builder: Builder,
+    options: &EndpointOptions,
+) -> Result<Endpoint, EndpointBindError> {
     builder
         .bind()
         .await
@@ -142,6 +151,15 @@ pub async fn bind_endpoint(
             bind: options.bind,
             source,
         })
+}
+
+/// Binds an endpoint with `secret_key` and `alpns`, configured by `options`.
+pub async fn bind_endpoint(
+    secret_key: SecretKey,
+    alpns: Vec<Vec<u8>>,
+    options: &EndpointOptions,
+) -> Result<Endpoint, EndpointBindError> {
+    bind_builder(endpoint_builder(secret_key, alpns, options)?, options).await
 }
 
 #[cfg(test)]

@@ -117,22 +117,30 @@ fn load_or_create_secret_bytes(path: &Path) -> Result<[u8; 32], SecretFileError>
     }
 }
 
-/// Creates `path` exclusively with mode 0600 and writes the hex of `bytes`.
+/// Creates `path` with mode 0600 holding the hex of `bytes`, atomically: the content is
+/// written to a temporary file first and then linked into place, so a concurrent reader
+/// never sees a half-written key. Fails with `AlreadyExists` if `path` exists.
 fn write_new_secret(path: &Path, bytes: &[u8; 32]) -> Result<(), SecretFileError> {
     let io_err = |source| SecretFileError::Io {
         path: path.to_owned(),
         source,
     };
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io_err)?;
-    let mut text = to_hex(bytes);
-    text.push('\n');
-    file.write_all(text.as_bytes()).map_err(io_err)?;
-    file.sync_all().map_err(io_err)
+    let suffix: u64 = rand::random();
+    let tmp = path.with_extension(format!("{suffix:016x}.tmp"));
+    let written = (|| {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        let mut text = to_hex(bytes);
+        text.push('\n');
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        fs::hard_link(&tmp, path)
+    })();
+    fs::remove_file(&tmp).ok();
+    written.map_err(io_err)
 }
 
 /// Lower-case hex of `bytes`.

@@ -48,6 +48,64 @@ pub(crate) enum Command {
     Client(ClientArgs),
     /// Replace the access secret: addresses printed before stop working.
     RotateSecret,
+    /// Team mesh: named peers on a gossip topic, a socket per live peer.
+    #[command(subcommand)]
+    Mesh(MeshCommand),
+    /// What the running mesh node sees.
+    Status(StatusArgs),
+}
+
+/// `n2p mesh …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum MeshCommand {
+    /// Join a topic and keep $N2P_HOME/peers/<name>.sock for every live peer that shares.
+    Join(JoinArgs),
+    /// List the live peers of the running node.
+    Peers(StatusArgs),
+    /// Print a ticket that lets a teammate without fixed addresses join.
+    Invite(InviteArgs),
+    /// Print a fresh random team secret (save it with mode 0600 and share it privately).
+    NewSecret,
+}
+
+/// `n2p mesh join`.
+#[derive(Debug, Args)]
+pub(crate) struct JoinArgs {
+    /// The topic name; with the team secret it gives the gossip topic.
+    pub(crate) topic: String,
+    /// The team file [default: `team` in $N2P_HOME/config.toml].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) team: Option<PathBuf>,
+    /// The name to announce (a team file entry for my id wins) [default: config, else host name].
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+    /// Share my nix-daemon with the team (the default unless config.toml says `share = false`).
+    #[arg(long, conflicts_with = "no_share")]
+    pub(crate) share: bool,
+    /// Do not share my nix-daemon; I can still push to others.
+    #[arg(long)]
+    pub(crate) no_share: bool,
+    /// My nix-daemon socket [default: config, $NIX_DAEMON_SOCKET_PATH, /nix/var/nix/daemon-socket/socket].
+    #[arg(long, value_name = "PATH")]
+    pub(crate) daemon_socket: Option<PathBuf>,
+    /// An invite ticket from `n2p mesh invite` (repeatable).
+    #[arg(long, value_name = "TICKET")]
+    pub(crate) ticket: Vec<String>,
+}
+
+/// `n2p mesh invite`.
+#[derive(Debug, Args)]
+pub(crate) struct InviteArgs {
+    /// The topic the running node is in.
+    pub(crate) topic: String,
+}
+
+/// `n2p status` and `n2p mesh peers`.
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// Print JSON, for scripts.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 /// `n2p server`.

@@ -2,6 +2,8 @@
 
 mod cli;
 mod cmd;
+mod config;
+mod control;
 mod logging;
 mod node;
 mod shutdown;
@@ -26,7 +28,6 @@ fn main() -> ExitCode {
     match runtime.block_on(cmd::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(target: "n2p", "{e:#}");
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }

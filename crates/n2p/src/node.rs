@@ -1,6 +1,8 @@
 //! What every command that runs a node needs: the home directory, the identity and an
 //! endpoint built from the global flags.
 
+use std::path::PathBuf;
+
 use anyhow::Context;
 use iroh::Endpoint;
 use n2p_core::{
@@ -45,4 +47,15 @@ pub(crate) async fn endpoint(
     let endpoint = bind_endpoint(key, alpns, options).await?;
     tracing::debug!(id = %endpoint.id(), relay = %options.relay, "endpoint bound");
     Ok(endpoint)
+}
+
+/// Where Nix puts the daemon socket unless told otherwise.
+const DEFAULT_DAEMON_SOCKET: &str = "/nix/var/nix/daemon-socket/socket";
+
+/// The daemon socket: `explicit` (flag or config), else `$NIX_DAEMON_SOCKET_PATH`, else
+/// Nix's default.
+pub(crate) fn daemon_socket(explicit: Option<PathBuf>) -> PathBuf {
+    explicit
+        .or_else(|| std::env::var_os("NIX_DAEMON_SOCKET_PATH").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DAEMON_SOCKET))
 }

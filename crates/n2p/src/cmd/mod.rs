@@ -1,13 +1,14 @@
 //! The subcommands, each a thin layer over the library crates.
 
 mod client;
+mod mesh;
 mod server;
 
 use anyhow::Context;
 use n2p_core::identity::rotate_access_secret;
 
 use crate::{
-    cli::{Cli, Command},
+    cli::{Cli, Command, MeshCommand},
     node,
 };
 
@@ -23,6 +24,14 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Server(args) => server::run(global, args).await,
         Command::Client(args) => client::run(global, args).await,
+        Command::Mesh(MeshCommand::Join(args)) => mesh::join(global, args).await,
+        Command::Mesh(MeshCommand::Peers(args)) => mesh::peers(global, args).await,
+        Command::Mesh(MeshCommand::Invite(args)) => mesh::invite(global, args).await,
+        Command::Mesh(MeshCommand::NewSecret) => {
+            mesh::new_secret();
+            Ok(())
+        }
+        Command::Status(args) => mesh::status(global, args).await,
         Command::RotateSecret => {
             let home = node::home(global)?;
             rotate_access_secret(&home).context("cannot rotate the access secret")?;

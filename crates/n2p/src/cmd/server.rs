@@ -1,6 +1,6 @@
 //! `n2p server`: share this machine's nix-daemon with clients that hold its address.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use iroh::protocol::Router;
@@ -18,25 +18,14 @@ use crate::{
     node, shutdown,
 };
 
-/// Where Nix puts the daemon socket unless told otherwise.
-const DEFAULT_DAEMON_SOCKET: &str = "/nix/var/nix/daemon-socket/socket";
-
 /// How long to wait for a home relay before printing addresses anyway.
 const RELAY_WAIT: Duration = Duration::from_secs(5);
-
-/// The daemon socket: the flag, else `$NIX_DAEMON_SOCKET_PATH`, else Nix's default.
-fn daemon_socket(args: &ServerArgs) -> PathBuf {
-    args.daemon_socket
-        .clone()
-        .or_else(|| std::env::var_os("NIX_DAEMON_SOCKET_PATH").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DAEMON_SOCKET))
-}
 
 pub(crate) async fn run(global: &GlobalArgs, args: ServerArgs) -> anyhow::Result<()> {
     let home = node::home(global)?;
     let key = node::secret_key(&home)?;
     let secret = load_or_create_access_secret(&home).context("cannot load the access secret")?;
-    let daemon_socket = daemon_socket(&args);
+    let daemon_socket = node::daemon_socket(args.daemon_socket.clone());
     if !daemon_socket.exists() {
         warn!(target: "n2p",
             "no nix-daemon socket at {} (yet); clients will be disconnected until it exists (set --daemon-socket or NIX_DAEMON_SOCKET_PATH)",

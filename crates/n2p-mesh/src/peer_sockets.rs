@@ -1,0 +1,186 @@
+//! The peers directory: exactly one `<name>.sock` (0600, in a 0700 directory) per live peer
+//! I may use, each forwarding its connections over one iroh connection to that peer.
+//!
+//! [`PeerSockets::reconcile`] takes the desired map (socket name → peer) that the peer table
+//! computes and creates, replaces or removes sockets to match. Names are trusted only after
+//! [`crate::names`] sanitising, and every path is checked again here to lie directly inside
+//! the peers directory: nothing is ever created or removed elsewhere.
+
+use std::{
+    collections::BTreeMap,
+    fs, io,
+    os::unix::fs::FileTypeExt,
+    path::{Component, Path, PathBuf},
+    sync::Arc,
+};
+
+use iroh::{Endpoint, EndpointAddr, EndpointId};
+use n2p_core::{
+    access::AccessSecret,
+    daemon::{DaemonDialer, serve_local_listener},
+    home::ensure_private_dir,
+    unix::{SocketFileGuard, bind_private_listener},
+};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
+
+/// One live peer socket and what serves it.
+#[derive(Debug)]
+struct PeerSocket {
+    peer: EndpointId,
+    dialer: Arc<DaemonDialer>,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+    _guard: SocketFileGuard,
+}
+
+/// The set of peer sockets in the peers directory.
+#[derive(Debug)]
+pub struct PeerSockets {
+    dir: PathBuf,
+    endpoint: Endpoint,
+    access: AccessSecret,
+    live: BTreeMap<String, PeerSocket>,
+}
+
+/// Errors while preparing the peers directory.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerSocketsError {
+    /// The directory could not be created or cleaned.
+    #[error("cannot prepare the peers directory {}", dir.display())]
+    Dir {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl PeerSockets {
+    /// Prepares `dir` (0700) and removes sockets left there by a previous run. Call only
+    /// while holding the node lock, so no other live node owns them.
+    pub fn open(
+        dir: PathBuf,
+        endpoint: Endpoint,
+        access: AccessSecret,
+    ) -> Result<Self, PeerSocketsError> {
+        let dir_err = |source| PeerSocketsError::Dir {
+            dir: dir.clone(),
+            source,
+        };
+        ensure_private_dir(&dir).map_err(|e| dir_err(io::Error::other(e)))?;
+        for entry in fs::read_dir(&dir).map_err(dir_err)? {
+            let entry = entry.map_err(dir_err)?;
+            let is_socket = entry.file_type().map(|t| t.is_socket()).unwrap_or(false);
+            if is_socket && entry.file_name().to_string_lossy().ends_with(".sock") {
+                fs::remove_file(entry.path()).ok();
+            }
+        }
+        Ok(Self {
+            dir,
+            endpoint,
+            access,
+            live: BTreeMap::new(),
+        })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The socket names that exist now, with their peers.
+    pub fn current(&self) -> BTreeMap<String, EndpointId> {
+        self.live.iter().map(|(n, s)| (n.clone(), s.peer)).collect()
+    }
+
+    /// Makes the directory hold exactly `desired` (socket file name → peer).
+    pub fn reconcile(&mut self, desired: &BTreeMap<String, EndpointId>) {
+        let stale: Vec<String> = self
+            .live
+            .iter()
+            .filter(|(name, s)| desired.get(*name) != Some(&s.peer))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            self.remove(&name);
+        }
+        for (name, peer) in desired {
+            if !self.live.contains_key(name) {
+                self.add(name, *peer);
+            }
+        }
+    }
+
+    fn add(&mut self, name: &str, peer: EndpointId) {
+        let Some(path) = self.path_for(name) else {
+            warn!("not creating a socket for unsafe name {name:?}");
+            return;
+        };
+        let (listener, guard) = match bind_private_listener(&path) {
+            Ok(bound) => bound,
+            Err(e) => {
+                warn!("cannot create peer socket: {e}");
+                return;
+            }
+        };
+        let dialer = Arc::new(DaemonDialer::new(
+            self.endpoint.clone(),
+            EndpointAddr::new(peer),
+            &self.access,
+        ));
+        let cancel = CancellationToken::new();
+        let span = info_span!("peer_socket", name = %name, remote = %peer.fmt_short());
+        let task = tokio::spawn(
+            serve_local_listener(listener, dialer.clone(), cancel.clone()).instrument(span),
+        );
+        info!(target: "n2p", "peer {name} ({}) is at unix://{}", peer.fmt_short(), path.display());
+        self.live.insert(
+            name.to_owned(),
+            PeerSocket {
+                peer,
+                dialer,
+                cancel,
+                task,
+                _guard: guard,
+            },
+        );
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Some(socket) = self.live.remove(name) {
+            socket.cancel.cancel();
+            socket.task.abort();
+            let dialer = socket.dialer;
+            tokio::spawn(async move { dialer.close().await });
+            info!(target: "n2p", "peer {name} ({}) is gone; socket removed", socket.peer.fmt_short());
+        }
+    }
+
+    /// Removes every socket (on shutdown).
+    pub fn clear(&mut self) {
+        self.reconcile(&BTreeMap::new());
+    }
+
+    /// `dir/name` if `name` is one plain file name ending in `.sock`, else `None`.
+    fn path_for(&self, name: &str) -> Option<PathBuf> {
+        let mut components = Path::new(name).components();
+        let plain = matches!(components.next(), Some(Component::Normal(_)))
+            && components.next().is_none()
+            && !name.starts_with('.')
+            && name.ends_with(".sock");
+        plain.then(|| self.dir.join(name))
+    }
+}
+
+impl Drop for PeerSockets {
+    fn drop(&mut self) {
+        for (_, socket) in std::mem::take(&mut self.live) {
+            socket.cancel.cancel();
+            socket.task.abort();
+        }
+    }
+}

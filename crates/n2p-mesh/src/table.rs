@@ -1,0 +1,957 @@
+//! The live peer table: a state machine, without I/O or clocks, that takes verified
+//! announcements and the time, and says which peers are live, what they are called and
+//! which of them get a socket in the peers directory.
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//!
+//! use iroh::SecretKey;
+//! use n2p_mesh::{
+//!     announce::{AnnounceKind, Announcement},
+//!     table::{PeerTable, diff_sockets},
+//!     team::{SecretSource, TeamConfig},
+//! };
+//!
+//! let team = TeamConfig::open_team(SecretSource::Env("S".into()), Default::default());
+//! let me = SecretKey::from_bytes(&[1; 32]).public();
+//! let bob = SecretKey::from_bytes(&[2; 32]).public();
+//! let mut table = PeerTable::new(me, "alice", team);
+//!
+//! let t0 = Instant::now();
+//! let before = table.sockets();
+//! let mut ann = Announcement::new(bob, "bob", 1, AnnounceKind::Alive);
+//! ann.shares_daemon = true;
+//! table.apply(&ann, t0)?;
+//! let changes = diff_sockets(&before, &table.sockets());
+//! assert_eq!(changes.added, vec![("bob".to_owned(), bob)]);
+//!
+//! // silent for the whole expiry: gone
+//! table.expire(t0 + table.team().expiry());
+//! assert!(table.sockets().is_empty());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Rules
+//!
+//! - My own id is ignored. In a closed team, ids that are not members are dropped.
+//! - Per id, only announcements with a higher `seq` than the last one seen count; the rest
+//!   are replays or reordered and dropped. The last seq of a departed peer is remembered
+//!   for a while (see [`TOMBSTONE_FACTOR`]), so a delayed or replayed old announcement
+//!   cannot bring it back.
+//! - `Leaving` removes a peer at once; [`PeerTable::expire`] removes peers not heard from
+//!   for the team's expiry.
+//! - Names: see [`PeerTable::sockets`].
+//! - A live peer gets a socket when it shares its daemon, speaks a daemon protocol version
+//!   I accept, and my team config lets me push (`may_push(my id)`): without that right the
+//!   peers would refuse my streams, so offering sockets would only produce failures.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    ops::RangeInclusive,
+    time::Instant,
+};
+
+use iroh::{EndpointAddr, EndpointId, RelayUrl, TransportAddr};
+
+use crate::{
+    announce::{AnnounceKind, Announcement, PROTO_VERSION},
+    names::{id_stem, name_key, sanitize_name, socket_file_name, suffixed_name},
+    team::TeamConfig,
+};
+
+/// The most peers a table holds; announcements from further new ids are dropped. Bounds
+/// the memory a holder of the secret can make an open team's members spend.
+pub const MAX_PEERS: usize = 1024;
+
+/// A departed peer's last seq is remembered for this many expiry periods.
+pub const TOMBSTONE_FACTOR: u32 = 10;
+
+/// The most departed peers remembered at once (the oldest are forgotten first).
+pub const MAX_TOMBSTONES: usize = 4096;
+
+/// What an accepted announcement did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Applied {
+    /// A new live peer.
+    Joined,
+    /// A known peer changed its name, sharing, version or addresses.
+    Changed,
+    /// A known peer said it is still alive, nothing else changed.
+    Refreshed,
+    /// A live peer left.
+    Left,
+    /// A peer that was not live said it is leaving (remembered so older news cannot revive
+    /// it).
+    AlreadyGone,
+}
+
+/// Why an announcement was not taken into the table. Log at debug level and carry on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Dropped {
+    /// It is my own announcement, echoed back.
+    #[error("own announcement")]
+    OwnId,
+    /// The sender is not a member of this closed team.
+    #[error("{} is not a member of this closed team", id.fmt_short())]
+    NotMember {
+        /// The sender.
+        id: EndpointId,
+    },
+    /// Not newer than what was already seen from this sender.
+    #[error("replayed or reordered announcement from {}: seq {got} <= {last}", id.fmt_short())]
+    Replay {
+        /// The sender.
+        id: EndpointId,
+        /// The last seq seen.
+        last: u64,
+        /// The seq received.
+        got: u64,
+    },
+    /// The table already holds [`MAX_PEERS`] peers.
+    #[error("peer table full ({MAX_PEERS} peers); ignoring {}", id.fmt_short())]
+    Full {
+        /// The sender.
+        id: EndpointId,
+    },
+}
+
+/// What `n2p mesh peers` shows about one live peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerInfo {
+    /// Its endpoint id.
+    pub id: EndpointId,
+    /// The name it goes by here (team file, or sanitised and de-duplicated announcement).
+    pub name: String,
+    /// The name it announced, as it announced it.
+    pub announced_name: String,
+    /// Whether it is listed in the team file.
+    pub member: bool,
+    /// Whether it shares its daemon.
+    pub shares_daemon: bool,
+    /// The daemon protocol version it serves.
+    pub proto_version: u16,
+    /// Whether I speak that version.
+    pub compatible: bool,
+    /// Its socket file name in the peers directory, when it has one.
+    pub socket: Option<String>,
+    /// When it was first seen (in this stretch of being live).
+    pub first_seen: Instant,
+    /// When it was last heard from.
+    pub last_seen: Instant,
+    /// Its latest seq.
+    pub seq: u64,
+    /// Direct addresses it announced.
+    pub addrs: Vec<SocketAddr>,
+    /// Its home relay, if it announced one.
+    pub relay: Option<RelayUrl>,
+}
+
+/// Socket changes between two [`PeerTable::sockets`] maps: apply `removed`, then `added`.
+/// A name that moved to another id appears in both.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SocketChanges {
+    /// Sockets to remove, as (name, id it pointed to).
+    pub removed: Vec<(String, EndpointId)>,
+    /// Sockets to create, as (name, id to forward to).
+    pub added: Vec<(String, EndpointId)>,
+}
+
+impl SocketChanges {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.removed.is_empty() && self.added.is_empty()
+    }
+}
+
+/// What changed from `old` to `new` (both from [`PeerTable::sockets`]).
+pub fn diff_sockets(
+    old: &BTreeMap<String, EndpointId>,
+    new: &BTreeMap<String, EndpointId>,
+) -> SocketChanges {
+    let removed = old
+        .iter()
+        .filter(|(name, id)| new.get(*name) != Some(*id))
+        .map(|(name, id)| (name.clone(), *id))
+        .collect();
+    let added = new
+        .iter()
+        .filter(|(name, id)| old.get(*name) != Some(*id))
+        .map(|(name, id)| (name.clone(), *id))
+        .collect();
+    SocketChanges { removed, added }
+}
+
+#[derive(Debug, Clone)]
+struct Peer {
+    announced_name: String,
+    seq: u64,
+    shares_daemon: bool,
+    proto_version: u16,
+    addrs: Vec<SocketAddr>,
+    relay: Option<RelayUrl>,
+    first_seen: Instant,
+    last_seen: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Tombstone {
+    seq: u64,
+    at: Instant,
+}
+
+/// The live peers of one mesh, as one node sees them.
+#[derive(Debug, Clone)]
+pub struct PeerTable {
+    me: EndpointId,
+    my_name: String,
+    team: TeamConfig,
+    proto_versions: RangeInclusive<u16>,
+    peers: BTreeMap<EndpointId, Peer>,
+    tombstones: BTreeMap<EndpointId, Tombstone>,
+    /// Final names of the live peers, recomputed whenever the live set or a name changes.
+    names: BTreeMap<EndpointId, String>,
+}
+
+impl PeerTable {
+    /// An empty table for node `me`, which announces itself as `my_name`, in `team`.
+    /// Accepts peers speaking daemon protocol [`PROTO_VERSION`].
+    pub fn new(me: EndpointId, my_name: &str, team: TeamConfig) -> Self {
+        Self {
+            me,
+            my_name: my_name.to_owned(),
+            team,
+            proto_versions: PROTO_VERSION..=PROTO_VERSION,
+            peers: BTreeMap::new(),
+            tombstones: BTreeMap::new(),
+            names: BTreeMap::new(),
+        }
+    }
+
+    /// Sets the daemon protocol versions I can use; peers serving others get no socket.
+    pub fn with_proto_versions(mut self, versions: RangeInclusive<u16>) -> Self {
+        self.proto_versions = versions;
+        self
+    }
+
+    /// My own id.
+    pub fn me(&self) -> EndpointId {
+        self.me
+    }
+
+    /// The team config the table applies.
+    pub fn team(&self) -> &TeamConfig {
+        &self.team
+    }
+
+    /// How many peers are live.
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Whether no peer is live.
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    /// Takes in a verified announcement received at `now`.
+    pub fn apply(&mut self, ann: &Announcement, now: Instant) -> Result<Applied, Dropped> {
+        let id = ann.id;
+        if id == self.me {
+            return Err(Dropped::OwnId);
+        }
+        if !self.team.admits(&id) {
+            return Err(Dropped::NotMember { id });
+        }
+        let last = self
+            .peers
+            .get(&id)
+            .map(|p| p.seq)
+            .or_else(|| self.tombstones.get(&id).map(|t| t.seq));
+        if let Some(last) = last
+            && ann.seq <= last
+        {
+            return Err(Dropped::Replay {
+                id,
+                last,
+                got: ann.seq,
+            });
+        }
+
+        match ann.kind {
+            AnnounceKind::Leaving => {
+                let was_live = self.peers.remove(&id).is_some();
+                self.bury(id, ann.seq, now);
+                if was_live {
+                    self.recompute_names();
+                    Ok(Applied::Left)
+                } else {
+                    Ok(Applied::AlreadyGone)
+                }
+            }
+            AnnounceKind::Alive => {
+                if let Some(peer) = self.peers.get_mut(&id) {
+                    let changed = peer.announced_name != ann.name
+                        || peer.shares_daemon != ann.shares_daemon
+                        || peer.proto_version != ann.proto_version
+                        || peer.addrs != ann.addrs
+                        || peer.relay != ann.relay;
+                    let renamed = peer.announced_name != ann.name;
+                    peer.announced_name.clone_from(&ann.name);
+                    peer.seq = ann.seq;
+                    peer.shares_daemon = ann.shares_daemon;
+                    peer.proto_version = ann.proto_version;
+                    peer.addrs.clone_from(&ann.addrs);
+                    peer.relay.clone_from(&ann.relay);
+                    peer.last_seen = now;
+                    if renamed {
+                        self.recompute_names();
+                    }
+                    return Ok(if changed {
+                        Applied::Changed
+                    } else {
+                        Applied::Refreshed
+                    });
+                }
+                if self.peers.len() >= MAX_PEERS {
+                    return Err(Dropped::Full { id });
+                }
+                self.tombstones.remove(&id);
+                self.peers.insert(
+                    id,
+                    Peer {
+                        announced_name: ann.name.clone(),
+                        seq: ann.seq,
+                        shares_daemon: ann.shares_daemon,
+                        proto_version: ann.proto_version,
+                        addrs: ann.addrs.clone(),
+                        relay: ann.relay.clone(),
+                        first_seen: now,
+                        last_seen: now,
+                    },
+                );
+                self.recompute_names();
+                Ok(Applied::Joined)
+            }
+        }
+    }
+
+    /// Removes the peers not heard from for the team's expiry (as of `now`) and returns
+    /// their ids; also forgets old tombstones.
+    pub fn expire(&mut self, now: Instant) -> Vec<EndpointId> {
+        let expiry = self.team.expiry();
+        let gone: Vec<(EndpointId, u64)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| now.saturating_duration_since(p.last_seen) >= expiry)
+            .map(|(id, p)| (*id, p.seq))
+            .collect();
+        for (id, seq) in &gone {
+            self.peers.remove(id);
+            self.bury(*id, *seq, now);
+        }
+        let keep = expiry.saturating_mul(TOMBSTONE_FACTOR);
+        self.tombstones
+            .retain(|_, t| now.saturating_duration_since(t.at) < keep);
+        if !gone.is_empty() {
+            self.recompute_names();
+        }
+        gone.into_iter().map(|(id, _)| id).collect()
+    }
+
+    /// When the next live peer would expire if not heard from again: the moment to call
+    /// [`Self::expire`] next. `None` with no live peers.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        let expiry = self.team.expiry();
+        self.peers.values().map(|p| p.last_seen + expiry).min()
+    }
+
+    /// The sockets the peers directory should hold: socket name (the stem, without
+    /// `.sock`) to the peer it forwards to.
+    ///
+    /// A peer listed in the team file goes by its name there, whatever it announces. Other
+    /// peers (open teams only) go by their sanitised announced name, unless that name is
+    /// taken: when it equals (ignoring case) a team member's name, whether that member is
+    /// live or not, or the name of another live peer or of me, then every peer wanting it is
+    /// called `<name>-<short id>` instead. If even that equals another final name, the peer
+    /// is called by its whole id (z-base-32). The result depends only on the set of live
+    /// peers and their names, never on the order announcements arrived in; no two peers
+    /// share a name; and no outsider can take a member's name.
+    ///
+    /// Renaming one of two clashing peers would make a name that pointed at one peer point
+    /// at another; giving both a suffix instead makes the clash visible.
+    pub fn sockets(&self) -> BTreeMap<String, EndpointId> {
+        if !self.team.may_push(&self.me) {
+            return BTreeMap::new();
+        }
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.shares_daemon && self.proto_versions.contains(&p.proto_version))
+            .filter_map(|(id, _)| Some((self.names.get(id)?.clone(), *id)))
+            .collect()
+    }
+
+    /// Every live peer, sorted by name.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        let sockets: BTreeMap<EndpointId, String> = self
+            .sockets()
+            .into_iter()
+            .map(|(name, id)| (id, name))
+            .collect();
+        let mut out: Vec<PeerInfo> = self
+            .peers
+            .iter()
+            .map(|(id, p)| {
+                let name = self.names.get(id).cloned().unwrap_or_else(|| id_stem(id));
+                PeerInfo {
+                    id: *id,
+                    socket: sockets.get(id).map(|n| socket_file_name(n)),
+                    name,
+                    announced_name: p.announced_name.clone(),
+                    member: self.team.member_by_id(id).is_some(),
+                    shares_daemon: p.shares_daemon,
+                    proto_version: p.proto_version,
+                    compatible: self.proto_versions.contains(&p.proto_version),
+                    first_seen: p.first_seen,
+                    last_seen: p.last_seen,
+                    seq: p.seq,
+                    addrs: p.addrs.clone(),
+                    relay: p.relay.clone(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// One live peer.
+    pub fn peer(&self, id: &EndpointId) -> Option<PeerInfo> {
+        self.peers().into_iter().find(|p| p.id == *id)
+    }
+
+    /// The final name of a live peer.
+    pub fn name_of(&self, id: &EndpointId) -> Option<&str> {
+        self.names.get(id).map(String::as_str)
+    }
+
+    /// How to reach a live peer: its announced addresses and relay plus the fixed addresses
+    /// from the team file (to feed into the endpoint's address lookup).
+    pub fn endpoint_addr(&self, id: &EndpointId) -> Option<EndpointAddr> {
+        let peer = self.peers.get(id)?;
+        let fixed = self
+            .team
+            .member_by_id(id)
+            .map(|m| m.addrs.as_slice())
+            .unwrap_or_default();
+        let ips = peer
+            .addrs
+            .iter()
+            .chain(fixed)
+            .copied()
+            .map(TransportAddr::Ip);
+        let relay = peer.relay.iter().cloned().map(TransportAddr::Relay);
+        Some(EndpointAddr::from_parts(*id, ips.chain(relay)))
+    }
+
+    /// Remembers a departed peer's last seq.
+    fn bury(&mut self, id: EndpointId, seq: u64, now: Instant) {
+        self.tombstones.insert(id, Tombstone { seq, at: now });
+        if self.tombstones.len() > MAX_TOMBSTONES
+            && let Some(oldest) = self
+                .tombstones
+                .iter()
+                .min_by_key(|(_, t)| t.at)
+                .map(|(id, _)| *id)
+        {
+            self.tombstones.remove(&oldest);
+        }
+    }
+
+    /// Recomputes every live peer's final name (see [`Self::sockets`] for the rules).
+    fn recompute_names(&mut self) {
+        let mut names = BTreeMap::new();
+        let reserved: BTreeSet<String> = self
+            .team
+            .members()
+            .iter()
+            .map(|m| name_key(&m.name))
+            .collect();
+
+        // Peers not in the team file, and me when I am not: grouped by the name they want.
+        let mut groups: BTreeMap<String, Vec<(EndpointId, String)>> = BTreeMap::new();
+        let mut want = |id: EndpointId, raw: &str| {
+            let wanted = sanitize_name(raw);
+            groups
+                .entry(name_key(&wanted))
+                .or_default()
+                .push((id, wanted));
+        };
+        if self.team.member_by_id(&self.me).is_none() {
+            want(self.me, &self.my_name);
+        }
+        for (id, peer) in &self.peers {
+            match self.team.member_by_id(id) {
+                Some(member) => {
+                    names.insert(*id, member.name.clone());
+                }
+                None => want(*id, &peer.announced_name),
+            }
+        }
+
+        let mut uses: BTreeMap<String, usize> = reserved.iter().map(|k| (k.clone(), 1)).collect();
+        let mut open = Vec::new();
+        for (key, group) in groups {
+            let alone = group.len() == 1 && !reserved.contains(&key);
+            for (id, wanted) in group {
+                let name = if alone {
+                    wanted
+                } else {
+                    suffixed_name(&wanted, &id)
+                };
+                *uses.entry(name_key(&name)).or_default() += 1;
+                open.push((id, name, !alone));
+            }
+        }
+        for (id, name, suffixed) in open {
+            if id == self.me {
+                continue;
+            }
+            let clash = uses.get(&name_key(&name)).is_some_and(|n| *n > 1);
+            // Only suffixed names can clash here (plain ones are unique and unreserved by
+            // construction); the whole id cannot clash with anything.
+            let name = if suffixed && clash {
+                id_stem(&id)
+            } else {
+                name
+            };
+            names.insert(id, name);
+        }
+        self.names = names;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{path::Path, time::Duration};
+
+    use iroh::SecretKey;
+    use n2p_core::endpoint::RelayChoice;
+
+    use super::*;
+    use crate::{
+        names::{MAX_STEM_LEN, is_safe_stem},
+        team::SecretSource,
+    };
+
+    fn id(seed: u8) -> EndpointId {
+        SecretKey::from_bytes(&[seed; 32]).public()
+    }
+
+    fn open_team() -> TeamConfig {
+        TeamConfig::open_team(SecretSource::Env("S".into()), RelayChoice::Disabled)
+    }
+
+    /// A team file with members alice (1), bob (2, push = false) and carol (3), and my id
+    /// `me_push` controlling whether "me" (4) is a member that may push.
+    fn team(open: bool, me_member: Option<bool>) -> TeamConfig {
+        let mut text = format!(
+            "[mesh]\nsecret_env = \"S\"\nopen = {open}\nexpiry_secs = 9\n\
+             [[member]]\nname = \"alice\"\nid = \"{}\"\naddrs = [\"10.0.0.1:7001\"]\n\
+             [[member]]\nname = \"bob\"\nid = \"{}\"\npush = false\n\
+             [[member]]\nname = \"carol\"\nid = \"{}\"\n",
+            id(1),
+            id(2),
+            id(3)
+        );
+        if let Some(push) = me_member {
+            text.push_str(&format!(
+                "[[member]]\nname = \"me\"\nid = \"{}\"\npush = {push}\n",
+                id(4)
+            ));
+        }
+        TeamConfig::parse(&text, Path::new("team.toml")).expect("team")
+    }
+
+    fn alive(from: u8, name: &str, seq: u64) -> Announcement {
+        let mut ann = Announcement::new(id(from), name, seq, AnnounceKind::Alive);
+        ann.shares_daemon = true;
+        ann
+    }
+
+    fn leaving(from: u8, seq: u64) -> Announcement {
+        Announcement::new(id(from), "x", seq, AnnounceKind::Leaving)
+    }
+
+    fn names(table: &PeerTable) -> Vec<String> {
+        table.sockets().into_keys().collect()
+    }
+
+    #[test]
+    fn own_announcements_are_ignored() {
+        let mut t = PeerTable::new(id(4), "me", open_team());
+        let now = Instant::now();
+        assert_eq!(t.apply(&alive(4, "me", 1), now), Err(Dropped::OwnId));
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn closed_team_drops_strangers_and_uses_file_names() {
+        let mut t = PeerTable::new(id(4), "me", team(false, Some(true)));
+        let now = Instant::now();
+        assert_eq!(
+            t.apply(&alive(9, "mallory", 1), now),
+            Err(Dropped::NotMember { id: id(9) })
+        );
+        // alice announces herself as "root": the team file wins
+        assert_eq!(t.apply(&alive(1, "root", 1), now), Ok(Applied::Joined));
+        assert_eq!(t.sockets(), BTreeMap::from([("alice".to_owned(), id(1))]));
+        let info = t.peer(&id(1)).expect("alice");
+        assert_eq!(info.name, "alice");
+        assert_eq!(info.announced_name, "root");
+        assert!(info.member);
+        assert_eq!(info.socket.as_deref(), Some("alice.sock"));
+    }
+
+    #[test]
+    fn a_members_push_flag_is_about_its_pushes_not_mine() {
+        // bob may not push to me, but I may push to bob
+        let mut t = PeerTable::new(id(4), "me", team(false, Some(true)));
+        t.apply(&alive(2, "bob", 1), Instant::now()).expect("bob");
+        assert_eq!(names(&t), vec!["bob"]);
+    }
+
+    #[test]
+    fn no_sockets_when_i_may_not_push() {
+        let now = Instant::now();
+        // listed with push = false
+        let mut t = PeerTable::new(id(4), "me", team(false, Some(false)));
+        t.apply(&alive(1, "alice", 1), now).expect("alice");
+        assert_eq!(t.len(), 1, "still listed");
+        assert!(t.sockets().is_empty());
+        assert_eq!(t.peers()[0].socket, None);
+        // not a member of a closed team at all
+        let mut t = PeerTable::new(id(4), "me", team(false, None));
+        t.apply(&alive(1, "alice", 1), now).expect("alice");
+        assert!(t.sockets().is_empty());
+        // open team, unlisted: allowed
+        let mut t = PeerTable::new(id(4), "me", team(true, None));
+        t.apply(&alive(1, "alice", 1), now).expect("alice");
+        assert_eq!(names(&t), vec!["alice"]);
+    }
+
+    #[test]
+    fn open_team_sanitises_names() {
+        let mut t = PeerTable::new(id(4), "me", open_team());
+        let now = Instant::now();
+        t.apply(&alive(1, "../../x", 1), now).expect("x");
+        t.apply(&alive(2, ".hidden", 1), now).expect("hidden");
+        t.apply(&alive(3, "a/b\0c", 1), now).expect("abc");
+        t.apply(&alive(5, "..", 1), now).expect("dots");
+        assert_eq!(names(&t), vec!["a-b-c", "hidden", "peer", "x"]);
+        for name in names(&t) {
+            assert!(is_safe_stem(&name), "{name}");
+        }
+    }
+
+    #[test]
+    fn replays_and_reordering_are_dropped() {
+        let mut t = PeerTable::new(id(4), "me", open_team());
+        let now = Instant::now();
+        assert_eq!(t.apply(&alive(1, "a", 10), now), Ok(Applied::Joined));
+        assert_eq!(
+            t.apply(&alive(1, "a", 10), now),
+            Err(Dropped::Replay {
+                id: id(1),
+                last: 10,
+                got: 10
+            })
+        );
+        assert!(matches!(
+            t.apply(&alive(1, "evil", 9), now),
+            Err(Dropped::Replay { .. })
+        ));
+        assert_eq!(t.apply(&alive(1, "a", 11), now), Ok(Applied::Refreshed));
+        assert_eq!(t.apply(&alive(1, "b", 12), now), Ok(Applied::Changed));
+        assert_eq!(names(&t), vec!["b"]);
+    }
+
+    #[test]
+    fn leaving_removes_at_once_and_old_news_cannot_revive() {
+        let mut t = PeerTable::new(id(4), "me", open_team());
+        let now = Instant::now();
+        t.apply(&alive(1, "a", 10), now).expect("join");
+        assert!(matches!(
+            t.apply(&leaving(1, 9), now),
+            Err(Dropped::Replay { .. })
+        ));
+        assert_eq!(t.apply(&leaving(1, 11), now), Ok(Applied::Left));
+        assert!(t.sockets().is_empty());
+        // an alive sent before the leave, delivered late
+        assert!(matches!(
+            t.apply(&alive(1, "a", 10), now),
+            Err(Dropped::Replay { .. })
+        ));
+        assert!(t.is_empty());
+        // a restart has a newer seq
+        assert_eq!(t.apply(&alive(1, "a", 20), now), Ok(Applied::Joined));
+        // leaving from someone never seen
+        assert_eq!(t.apply(&leaving(2, 5), now), Ok(Applied::AlreadyGone));
+        assert!(matches!(
+            t.apply(&alive(2, "b", 4), now),
+            Err(Dropped::Replay { .. })
+        ));
+    }
+
+    #[test]
+    fn expiry() {
+        let mut t = PeerTable::new(id(4), "me", team(true, None));
+        let t0 = Instant::now();
+        let expiry = t.team().expiry();
+        assert_eq!(expiry, Duration::from_secs(9));
+        assert_eq!(t.next_expiry(), None);
+        t.apply(&alive(1, "alice", 1), t0).expect("a");
+        t.apply(&alive(2, "bob", 1), t0 + Duration::from_secs(3))
+            .expect("b");
+        assert_eq!(t.next_expiry(), Some(t0 + expiry));
+        assert!(t.expire(t0 + expiry - Duration::from_millis(1)).is_empty());
+        assert_eq!(t.expire(t0 + expiry), vec![id(1)]);
+        assert_eq!(names(&t), vec!["bob"]);
+        // refreshing pushes the deadline
+        t.apply(&alive(2, "bob", 2), t0 + Duration::from_secs(10))
+            .expect("b");
+        assert!(t.expire(t0 + Duration::from_secs(18)).is_empty());
+        assert_eq!(t.expire(t0 + Duration::from_secs(19)), vec![id(2)]);
+        assert!(t.is_empty());
+        // an expired peer's old announcement cannot revive it...
+        assert!(matches!(
+            t.apply(&alive(2, "bob", 2), t0 + Duration::from_secs(20)),
+            Err(Dropped::Replay { .. })
+        ));
+        // ...until the tombstone is forgotten
+        let later = t0 + Duration::from_secs(19) + expiry * TOMBSTONE_FACTOR;
+        t.expire(later);
+        assert_eq!(t.apply(&alive(2, "bob", 2), later), Ok(Applied::Joined));
+    }
+
+    #[test]
+    fn sharing_and_versions_gate_sockets() {
+        let mut t = PeerTable::new(id(4), "me", open_team());
+        let now = Instant::now();
+        let mut ann = alive(1, "a", 1);
+        ann.shares_daemon = false;
+        assert_eq!(t.apply(&ann, now), Ok(Applied::Joined));
+        assert!(t.sockets().is_empty());
+        assert_eq!(t.peers()[0].name, "a");
+        ann.shares_daemon = true;
+        ann.seq = 2;
+        assert_eq!(t.apply(&ann, now), Ok(Applied::Changed));
+        assert_eq!(names(&t), vec!["a"]);
+        ann.proto_version = PROTO_VERSION + 1;
+        ann.seq = 3;
+        t.apply(&ann, now).expect("newer version");
+        assert!(t.sockets().is_empty());
+        assert!(!t.peers()[0].compatible);
+        let t = t.with_proto_versions(PROTO_VERSION..=PROTO_VERSION + 1);
+        assert_eq!(names(&t), vec!["a"]);
+    }
+
+    #[test]
+    fn name_clashes_give_everyone_a_suffix() {
+        let mut t = PeerTable::new(id(4), "me", open_team());
+        let now = Instant::now();
+        t.apply(&alive(1, "dev", 1), now).expect("1");
+        assert_eq!(names(&t), vec!["dev"]);
+        t.apply(&alive(2, "DEV", 1), now).expect("2");
+        let expected = vec![
+            format!("DEV-{}", id(2).fmt_short()),
+            format!("dev-{}", id(1).fmt_short()),
+        ];
+        assert_eq!(names(&t), expected);
+        // when one leaves, the other gets the plain name back
+        t.apply(&leaving(2, 2), now).expect("leave");
+        assert_eq!(names(&t), vec!["dev"]);
+    }
+
+    #[test]
+    fn names_do_not_depend_on_arrival_order() {
+        let anns = [
+            alive(1, "dev", 1),
+            alive(2, "dev", 1),
+            alive(3, "ops", 1),
+            alive(5, "Dev", 1),
+            alive(6, "x", 1),
+        ];
+        let now = Instant::now();
+        let mut first = None;
+        // all rotations and the reverse
+        let mut orders: Vec<Vec<usize>> = (0..anns.len())
+            .map(|r| (0..anns.len()).map(|i| (i + r) % anns.len()).collect())
+            .collect();
+        orders.push((0..anns.len()).rev().collect());
+        for order in orders {
+            let mut t = PeerTable::new(id(4), "me", open_team());
+            for i in order {
+                t.apply(&anns[i], now).expect("apply");
+            }
+            let sockets = t.sockets();
+            match &first {
+                None => first = Some(sockets),
+                Some(f) => assert_eq!(&sockets, f),
+            }
+        }
+    }
+
+    #[test]
+    fn outsiders_cannot_take_member_names() {
+        // open team with members; alice (a member) is offline
+        let mut t = PeerTable::new(id(4), "me", team(true, None));
+        let now = Instant::now();
+        t.apply(&alive(9, "Alice", 1), now).expect("impostor");
+        assert_eq!(names(&t), vec![format!("Alice-{}", id(9).fmt_short())]);
+        t.apply(&alive(1, "whatever", 1), now).expect("alice");
+        assert_eq!(
+            t.sockets().get("alice"),
+            Some(&id(1)),
+            "the member gets her name"
+        );
+    }
+
+    #[test]
+    fn my_own_name_counts_in_clashes() {
+        let mut t = PeerTable::new(id(4), "dev", open_team());
+        t.apply(&alive(1, "dev", 1), Instant::now()).expect("1");
+        assert_eq!(names(&t), vec![format!("dev-{}", id(1).fmt_short())]);
+    }
+
+    #[test]
+    fn crafted_names_cannot_collide_with_suffixed_ones() {
+        let mut t = PeerTable::new(id(4), "me", open_team());
+        let now = Instant::now();
+        t.apply(&alive(1, "dev", 1), now).expect("1");
+        t.apply(&alive(2, "dev", 1), now).expect("2");
+        // peer 3 asks for exactly peer 1's suffixed name
+        let crafted = format!("dev-{}", id(1).fmt_short());
+        t.apply(&alive(3, &crafted, 1), now).expect("3");
+        let sockets = t.sockets();
+        assert_eq!(sockets.len(), 3);
+        assert_eq!(sockets.get(&crafted), Some(&id(3)));
+        assert_eq!(sockets.get(&id_stem(&id(1))), Some(&id(1)));
+        assert_eq!(
+            sockets.get(&format!("dev-{}", id(2).fmt_short())),
+            Some(&id(2))
+        );
+    }
+
+    #[test]
+    fn final_names_are_unique_and_safe_under_random_traffic() {
+        // a small PRNG drives many announcements with clashing, hostile names
+        let mut state = 0x1234_5678_9abc_def0u64;
+        let mut rand = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let pool = [
+            "dev", "Dev", "DEV", "ops", "../x", ".x", "x", "alice", "peer", "", "a b", "é",
+        ];
+        let mut t = PeerTable::new(id(200), "dev", team(true, None));
+        let mut seq = [0u64; 40];
+        let t0 = Instant::now();
+        for step in 0..3000u64 {
+            let from = 1 + rand(39) as u8;
+            let i = usize::from(from);
+            seq[i] += 1 + rand(3);
+            let name = pool[rand(pool.len() as u64) as usize];
+            let now = t0 + Duration::from_millis(step * 10);
+            let ann = if rand(10) == 0 {
+                Announcement::new(id(from), "x", seq[i], AnnounceKind::Leaving)
+            } else {
+                let mut a = Announcement::new(id(from), name, seq[i], AnnounceKind::Alive);
+                a.shares_daemon = rand(4) != 0;
+                a
+            };
+            let _ = t.apply(&ann, now);
+            if step % 100 == 0 {
+                t.expire(now);
+            }
+            let infos = t.peers();
+            let mut keys = BTreeSet::new();
+            for p in &infos {
+                assert!(
+                    is_safe_stem(&p.name) && p.name.len() <= MAX_STEM_LEN,
+                    "{}",
+                    p.name
+                );
+                assert!(keys.insert(name_key(&p.name)), "duplicate {}", p.name);
+            }
+            // rebuilding from scratch in another order gives the same names
+            if step % 250 == 0 {
+                let mut fresh = PeerTable::new(id(200), "dev", team(true, None));
+                for p in infos.iter().rev() {
+                    let mut a =
+                        Announcement::new(p.id, &p.announced_name, p.seq, AnnounceKind::Alive);
+                    a.shares_daemon = p.shares_daemon;
+                    fresh.apply(&a, now).expect("fresh");
+                }
+                assert_eq!(fresh.sockets(), t.sockets());
+            }
+        }
+    }
+
+    #[test]
+    fn table_is_bounded() {
+        let mut t = PeerTable::new(id(0), "me", open_team());
+        let now = Instant::now();
+        let mut n = 0usize;
+        let mut seed = 0u32;
+        while n < MAX_PEERS {
+            seed += 1;
+            let mut bytes = [0u8; 32];
+            bytes[..4].copy_from_slice(&seed.to_le_bytes());
+            let key = SecretKey::from_bytes(&bytes).public();
+            let ann = Announcement::new(key, "p", 1, AnnounceKind::Alive);
+            t.apply(&ann, now).expect("room");
+            n += 1;
+        }
+        let extra = Announcement::new(id(250), "p", 1, AnnounceKind::Alive);
+        assert_eq!(t.apply(&extra, now), Err(Dropped::Full { id: id(250) }));
+        // known peers still refresh
+        let first = *t.peers.keys().next().expect("some");
+        let ann = Announcement::new(first, "p", 2, AnnounceKind::Alive);
+        assert_eq!(t.apply(&ann, now), Ok(Applied::Refreshed));
+    }
+
+    #[test]
+    fn diffing_sockets() {
+        let old = BTreeMap::from([("a".to_owned(), id(1)), ("b".to_owned(), id(2))]);
+        let new = BTreeMap::from([("a".to_owned(), id(3)), ("c".to_owned(), id(4))]);
+        let d = diff_sockets(&old, &new);
+        assert_eq!(
+            d.removed,
+            vec![("a".to_owned(), id(1)), ("b".to_owned(), id(2))]
+        );
+        assert_eq!(
+            d.added,
+            vec![("a".to_owned(), id(3)), ("c".to_owned(), id(4))]
+        );
+        assert!(diff_sockets(&new, &new).is_empty());
+        assert!(!d.is_empty());
+    }
+
+    #[test]
+    fn endpoint_addr_merges_announced_and_fixed() {
+        let mut t = PeerTable::new(id(4), "me", team(true, None));
+        let mut ann = alive(1, "alice", 1);
+        ann.addrs = vec!["192.168.1.5:7001".parse().expect("addr")];
+        ann.relay = Some("https://relay.example.org".parse().expect("url"));
+        t.apply(&ann, Instant::now()).expect("alice");
+        let addr = t.endpoint_addr(&id(1)).expect("live");
+        assert_eq!(addr.ip_addrs().count(), 2);
+        assert_eq!(addr.relay_urls().count(), 1);
+        assert!(t.endpoint_addr(&id(2)).is_none());
+    }
+}

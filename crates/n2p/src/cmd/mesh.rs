@@ -1,0 +1,269 @@
+//! `n2p mesh …` and `n2p status`: join a team's gossip topic and keep a socket per live peer.
+
+use std::{path::PathBuf, sync::Arc};
+
+use anyhow::{Context, bail};
+use n2p_core::home::N2pHome;
+use n2p_mesh::{
+    names::{sanitize_name, validate_name},
+    node::{MeshNode, MeshSettings},
+    team::TeamConfig,
+    ticket::MeshTicket,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::{
+    cli::{GlobalArgs, InviteArgs, JoinArgs, StatusArgs},
+    config::PersonalConfig,
+    control, node, shutdown,
+};
+
+/// `n2p mesh join`.
+pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<()> {
+    let home = node::home(global)?;
+    let personal = PersonalConfig::load_or_default(&home.config_path())?;
+    let team_path = args
+        .team
+        .clone()
+        .or(personal.team.clone())
+        .context("no team file: pass --team FILE or set `team = \"...\"` in config.toml")?;
+    let team = TeamConfig::load(&team_path)?;
+    let secret = team
+        .load_secret()
+        .map_err(|e| match e.hint() {
+            Some(hint) => anyhow::anyhow!("{e}\n  hint: {hint}"),
+            None => anyhow::anyhow!("{e}"),
+        })
+        .with_context(|| {
+            format!(
+                "cannot load the team secret named in {}",
+                team_path.display()
+            )
+        })?;
+
+    let _lock = home.lock("node")?;
+    let key = node::secret_key(&home)?;
+    let me = key.public();
+    let name = match team.member_by_id(&me) {
+        Some(member) => member.name.clone(),
+        None => {
+            let wanted = args
+                .name
+                .clone()
+                .or(personal.name.clone())
+                .unwrap_or_else(default_name);
+            if args.name.is_some() || personal.name.is_some() {
+                validate_name(&wanted).with_context(|| format!("invalid name '{wanted}'"))?;
+                wanted
+            } else {
+                sanitize_name(&wanted)
+            }
+        }
+    };
+    if !team.is_open() && team.member_by_id(&me).is_none() {
+        tracing::warn!(target: "n2p",
+            "my id {me} is not listed in {}: the team's members will refuse me (add a [[member]] with this id)",
+            team_path.display()
+        );
+    }
+    let share_daemon = if args.no_share {
+        false
+    } else {
+        args.share || personal.share.unwrap_or(true)
+    };
+    let daemon_socket = node::daemon_socket(
+        args.daemon_socket
+            .clone()
+            .or(personal.daemon_socket.clone()),
+    );
+    let mut bootstrap = Vec::new();
+    for text in &args.ticket {
+        let ticket: MeshTicket = text.parse().context("invalid --ticket")?;
+        if ticket.topic != args.topic {
+            bail!(
+                "the ticket is for topic '{}', not '{}'",
+                ticket.topic,
+                args.topic
+            );
+        }
+        bootstrap.extend(ticket.peers);
+    }
+    let settings = MeshSettings {
+        topic: args.topic.clone(),
+        name,
+        share_daemon,
+        daemon_socket,
+        endpoint: node::endpoint_options(global, team.relay().clone()),
+        team,
+        secret,
+        peers_dir: home.peers_dir(),
+        bootstrap,
+    };
+    let node = Arc::new(MeshNode::join(key, settings).await?);
+    let cancel = CancellationToken::new();
+    let responder_node = node.clone();
+    let topic = args.topic.clone();
+    let _control = control::serve(
+        &home.control_socket_path(),
+        Arc::new(move |request: String| {
+            let node = responder_node.clone();
+            let topic = topic.clone();
+            Box::pin(async move { answer(&node, &topic, &request).await })
+                as std::pin::Pin<Box<dyn std::future::Future<Output = serde_json::Value> + Send>>
+        }),
+        cancel.clone(),
+    )?;
+    info!(target: "n2p", "peer sockets appear in {}", home.peers_dir().display());
+
+    let signal = shutdown::signal_received().await?;
+    info!(target: "n2p", "{signal} received; leaving the mesh");
+    cancel.cancel();
+    match Arc::try_unwrap(node) {
+        Ok(node) => node.leave().await,
+        Err(node) => node.endpoint().close().await,
+    }
+    Ok(())
+}
+
+async fn answer(node: &MeshNode, topic: &str, request: &str) -> serde_json::Value {
+    match request {
+        "status" => serde_json::to_value(node.status().await).unwrap_or_default(),
+        "invite" => {
+            let ticket = MeshTicket {
+                topic: topic.to_owned(),
+                peers: vec![node.endpoint().addr()],
+            };
+            serde_json::json!({ "ticket": ticket.to_string() })
+        }
+        other => serde_json::json!({ "error": format!("unknown request '{other}'") }),
+    }
+}
+
+/// The host name, or `peer`.
+fn default_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "peer".to_owned())
+}
+
+async fn running_status(home: &N2pHome) -> anyhow::Result<MeshStatusView> {
+    let value = control::request(&home.control_socket_path(), "status").await?;
+    serde_json::from_value(value.clone())
+        .map(|status| MeshStatusView { status, raw: value })
+        .context("unexpected answer from the running node")
+}
+
+/// The status as parsed, plus the raw JSON for `--json`.
+struct MeshStatusView {
+    status: StatusDoc,
+    raw: serde_json::Value,
+}
+
+/// What this command reads back of a [`MeshStatus`].
+#[derive(serde::Deserialize)]
+struct StatusDoc {
+    id: String,
+    name: String,
+    topic: String,
+    shares_daemon: bool,
+    open_team: bool,
+    peers_dir: PathBuf,
+    peers: Vec<PeerDoc>,
+}
+
+#[derive(serde::Deserialize)]
+struct PeerDoc {
+    name: String,
+    id: String,
+    shares_daemon: bool,
+    socket: Option<PathBuf>,
+    path: String,
+    last_seen_secs: f64,
+}
+
+/// `n2p mesh peers`.
+pub(crate) async fn peers(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<()> {
+    let home = node::home(global)?;
+    let view = running_status(&home).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&view.raw["peers"])?);
+        return Ok(());
+    }
+    print_peers(&view.status);
+    Ok(())
+}
+
+/// `n2p status`.
+pub(crate) async fn status(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<()> {
+    let home = node::home(global)?;
+    let view = running_status(&home).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&view.raw)?);
+        return Ok(());
+    }
+    let s = &view.status;
+    println!("node     {} ({})", s.name, s.id);
+    println!(
+        "topic    {}{}",
+        s.topic,
+        if s.open_team { " (open team)" } else { "" }
+    );
+    println!("sharing  {}", if s.shares_daemon { "yes" } else { "no" });
+    println!("peers in {}", s.peers_dir.display());
+    print_peers(s);
+    Ok(())
+}
+
+fn print_peers(status: &StatusDoc) {
+    if status.peers.is_empty() {
+        println!("no live peers");
+        return;
+    }
+    println!(
+        "{:<20} {:<10} {:<7} {:<7} {:>9}  SOCKET",
+        "NAME", "ID", "SHARES", "PATH", "SEEN"
+    );
+    for p in &status.peers {
+        println!(
+            "{:<20} {:<10} {:<7} {:<7} {:>8.1}s  {}",
+            p.name,
+            &p.id[..p.id.len().min(10)],
+            if p.shares_daemon { "yes" } else { "no" },
+            p.path,
+            p.last_seen_secs,
+            p.socket
+                .as_ref()
+                .map(|s| format!("unix://{}", s.display()))
+                .unwrap_or_else(|| "-".to_owned())
+        );
+    }
+}
+
+/// `n2p mesh invite`.
+pub(crate) async fn invite(global: &GlobalArgs, args: InviteArgs) -> anyhow::Result<()> {
+    let home = node::home(global)?;
+    let value = control::request(&home.control_socket_path(), "invite").await?;
+    let ticket: MeshTicket = value["ticket"]
+        .as_str()
+        .context("the running node gave no ticket")?
+        .parse()
+        .context("the running node gave an invalid ticket")?;
+    if ticket.topic != args.topic {
+        bail!(
+            "the running node is in topic '{}', not '{}'",
+            ticket.topic,
+            args.topic
+        );
+    }
+    println!("{ticket}");
+    Ok(())
+}
+
+/// `n2p mesh new-secret`: 32 random bytes as hex, for a team secret file.
+pub(crate) fn new_secret() {
+    let bytes: [u8; 32] = rand::random();
+    println!("{}", data_encoding::HEXLOWER.encode(&bytes));
+}

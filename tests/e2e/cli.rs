@@ -1,0 +1,120 @@
+//! The command line on its own and its failure modes: bad addresses, unreachable servers, a
+//! server whose daemon socket is missing.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::n2p::{N2pHome, ServerConfig};
+use crate::harness::nix::{SourceStore, assert_copy_fails};
+use crate::harness::{ScratchDir, expect_success, require_nix};
+
+/// How quickly a client must give up on an address that cannot be parsed.
+const MALFORMED_ADDRESS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How quickly a client must give up on a server that does not answer (the contract says
+/// about 15 s; a little slack for a loaded machine).
+const UNREACHABLE_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[test]
+fn id_is_stable_and_global_options_go_anywhere() {
+    let home = N2pHome::new();
+    let id = home.id();
+    assert_eq!(home.id(), id, "n2p id should print the same id every time");
+    for args in [
+        &["--relay", "disabled", "-v", "id"][..],
+        &["id", "--relay", "disabled", "-v"][..],
+    ] {
+        let stdout = expect_success(&home.run(args), &format!("n2p {}", args.join(" ")));
+        assert_eq!(
+            stdout.trim(),
+            id,
+            "n2p {} printed another id",
+            args.join(" ")
+        );
+    }
+    assert_ne!(
+        N2pHome::new().id(),
+        id,
+        "two homes should have different ids"
+    );
+}
+
+#[test]
+fn client_rejects_a_malformed_address() {
+    let home = N2pHome::new();
+    let dir = ScratchDir::new("client");
+    let started = Instant::now();
+    let mut client = home.client("garbage", &dir.join("c.sock"));
+    let status = client.process.wait(MALFORMED_ADDRESS_TIMEOUT);
+    let stderr = client.process.stderr();
+    eprintln!(
+        "client gave up on a malformed address in {:?}",
+        started.elapsed()
+    );
+    assert!(!status.success(), "n2p client garbage exited successfully");
+    assert!(
+        stderr.contains("garbage") || stderr.to_lowercase().contains("address"),
+        "n2p client garbage should say what is wrong with the address; its stderr:\n{stderr}"
+    );
+    assert!(
+        !client.socket.exists(),
+        "a failed client left its socket behind"
+    );
+}
+
+#[test]
+fn client_gives_up_on_an_unreachable_server() {
+    // Nothing here needs Nix: the server goes away before anyone connects.
+    let dir = ScratchDir::new("nothing");
+    let server_home = N2pHome::new();
+    let server = server_home.server(&ServerConfig::new(&dir.join("daemon.sock")));
+    let address = server.long_address.clone();
+    server.stop();
+
+    let started = Instant::now();
+    let client_home = N2pHome::new();
+    let mut client = client_home.client(&address, &dir.join("c.sock"));
+    let status = client.process.wait(UNREACHABLE_TIMEOUT);
+    let stderr = client.process.stderr();
+    eprintln!(
+        "client gave up on an unreachable server in {:?}",
+        started.elapsed()
+    );
+    assert!(
+        !status.success(),
+        "a client of a stopped server exited successfully"
+    );
+    assert!(
+        !stderr.trim().is_empty(),
+        "a client of a stopped server should say why it gave up"
+    );
+    assert!(
+        !client.socket.exists(),
+        "a failed client left its socket behind"
+    );
+}
+
+#[test]
+fn server_reports_a_missing_daemon_socket() {
+    if !require_nix("server_reports_a_missing_daemon_socket") {
+        return;
+    }
+    let source = SourceStore::new();
+    let path = source.add_file("lost.txt", b"has nowhere to go\n");
+    let dir = ScratchDir::new("nothing");
+    let missing = dir.join("no-daemon.sock");
+    let server_home = N2pHome::new();
+    let server = server_home.server(&ServerConfig::new(&missing));
+    let client_home = N2pHome::new();
+    let client = client_home.client(&server.long_address, &dir.join("c.sock"));
+    client.wait_until_listening();
+
+    // The server may warn about the socket at startup already; what counts is that the
+    // failed connection itself is explained.
+    let mark = server.process.mark();
+    assert_copy_fails(&source, &client.store_url(), &[&path]);
+    server.process.wait_for_line_since(
+        &mark,
+        &missing.display().to_string(),
+        Duration::from_secs(10),
+    );
+}

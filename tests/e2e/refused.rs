@@ -1,0 +1,94 @@
+//! Clients the server must turn away: not on its allow list, or holding an address whose
+//! secret was rotated. Nothing they send may reach the daemon.
+
+use std::time::Duration;
+
+use crate::harness::n2p::{Client, N2pHome, Server, ServerConfig};
+use crate::harness::nix::{NixDaemon, SourceStore, assert_copy_fails, assert_not_valid};
+use crate::harness::{ScratchDir, require_nix};
+
+/// How long the server may take to log the refusal once the client's copy failed.
+const REFUSAL_LOG_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[test]
+fn refuses_a_client_not_on_the_allow_list() {
+    if !require_nix("refuses_a_client_not_on_the_allow_list") {
+        return;
+    }
+    let daemon = NixDaemon::start();
+    let source = SourceStore::new();
+    let path = source.add_file("secret.txt", b"must not arrive\n");
+
+    let someone_else = N2pHome::new().id();
+    let mut config = ServerConfig::new(daemon.socket_path());
+    config.allow.push(someone_else);
+    let server_home = N2pHome::new();
+    let server = server_home.server(&config);
+
+    let client_home = N2pHome::new();
+    // Before the client starts: both would create the home's key at once otherwise.
+    let client_id = client_home.id();
+    let client_dir = ScratchDir::new("client");
+    let client = client_home.client(&server.long_address, &client_dir.join("c.sock"));
+    assert_refused(&daemon, &source, &path, &server, &client, &client_id);
+}
+
+#[test]
+fn refuses_an_address_from_before_rotate_secret() {
+    if !require_nix("refuses_an_address_from_before_rotate_secret") {
+        return;
+    }
+    let daemon = NixDaemon::start();
+    let source = SourceStore::new();
+    let path = source.add_file("secret.txt", b"must not arrive\n");
+
+    let server_home = N2pHome::new();
+    // The same port throughout, so the old address still points at the new server.
+    let config = ServerConfig::new(daemon.socket_path());
+    let old = server_home.server(&config);
+    let (old_long, old_short) = (old.long_address.clone(), old.short_address.clone());
+    old.stop();
+
+    server_home.rotate_secret();
+    let server = server_home.server(&config);
+    assert_ne!(
+        server.long_address, old_long,
+        "rotate-secret should change the long address"
+    );
+    assert_ne!(
+        server.short_address, old_short,
+        "rotate-secret should change the short address"
+    );
+
+    let client_home = N2pHome::new();
+    // Before the client starts: both would create the home's key at once otherwise.
+    let client_id = client_home.id();
+    let client_dir = ScratchDir::new("client");
+    let client = client_home.client(&old_long, &client_dir.join("c.sock"));
+    assert_refused(&daemon, &source, &path, &server, &client, &client_id);
+}
+
+/// Checks everything a refusal means: the client's copy fails, the path did not reach the
+/// daemon, and the server logged `refused` with the client's id.
+///
+/// A refused client may stay up (nix then sees its connection closed) or give up at once
+/// (nix then finds no socket): the copy must fail either way.
+fn assert_refused(
+    daemon: &NixDaemon,
+    source: &SourceStore,
+    path: &str,
+    server: &Server,
+    client: &Client,
+    client_id: &str,
+) {
+    if !client.wait_until_listening_or_exit() {
+        eprintln!("the refused client exited without listening");
+    }
+    assert_copy_fails(source, &client.store_url(), &[path]);
+    assert_not_valid(&daemon.store_url(), path);
+    let line = server.process.wait_for_line("refused", REFUSAL_LOG_TIMEOUT);
+    assert!(
+        line.contains(client_id),
+        "the server's refusal line should name the client {client_id}: {line:?}"
+    );
+}

@@ -1,0 +1,48 @@
+//! A client outlives its server: after the server restarts (same home, same port) the next
+//! copy through the same client process must succeed at the first attempt.
+
+use std::fs;
+
+use crate::harness::n2p::{N2pHome, ServerConfig, Signal};
+use crate::harness::nix::{NixDaemon, SourceStore, assert_copied, assert_copy_succeeds};
+use crate::harness::{ScratchDir, require_nix};
+
+#[test]
+fn client_recovers_when_the_server_restarts() {
+    if !require_nix("client_recovers_when_the_server_restarts") {
+        return;
+    }
+    let daemon = NixDaemon::start();
+    let source = SourceStore::new();
+    let before = source.add_file("before.txt", b"copied before the restart\n");
+    let after = source.add_file("after.txt", b"copied after the restart\n");
+
+    let server_home = N2pHome::new();
+    let config = ServerConfig::new(daemon.socket_path());
+    let server = server_home.server(&config);
+    let client_dir = ScratchDir::new("client");
+    let client_home = N2pHome::new();
+    let mut client = client_home.client(&server.long_address, &client_dir.join("c.sock"));
+    client.wait_until_listening();
+    assert_copy_succeeds(&source, &client.store_url(), &[&before]);
+    assert_copied(&source, &daemon.store_url(), &before);
+
+    let first_address = server.long_address.clone();
+    server.stop();
+    // Kept running until the end of the test.
+    let restarted = server_home.server(&config);
+    eprintln!(
+        "server restarted on {}; its address was {first_address}, is {}",
+        config.bind, restarted.long_address
+    );
+    // No retry: the first copy after the new server is up must work.
+    assert_copy_succeeds(&source, &client.store_url(), &[&after]);
+    assert_copied(&source, &daemon.store_url(), &after);
+
+    client.stop(Signal::Int);
+    assert!(
+        fs::symlink_metadata(&client.socket).is_err(),
+        "the client left its socket {} behind after SIGINT",
+        client.socket.display()
+    );
+}

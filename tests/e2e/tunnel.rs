@@ -1,0 +1,69 @@
+//! The main path: `nix copy` into a client socket arrives in the daemon behind the server.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Instant;
+
+use crate::harness::n2p::{N2pHome, ServerConfig, Signal};
+use crate::harness::nix::{NixDaemon, SourceStore, assert_copied, assert_copy_succeeds};
+use crate::harness::{ScratchDir, require_nix};
+
+/// Size of the one big file in the suite: large enough to need many QUIC flow-control
+/// windows, small enough to stay quick in a debug build.
+const BIG_FILE_LEN: usize = 64 << 20;
+
+/// Enough files that a per-file cost in the tunnel would show.
+const TREE_FILES: usize = 2_000;
+
+#[test]
+fn push_through_the_tunnel() {
+    if !require_nix("push_through_the_tunnel") {
+        return;
+    }
+    let daemon = NixDaemon::start();
+    let source = SourceStore::new();
+    let small = source.add_file("small.txt", b"a small file\n");
+    let big = source.add_random_file("big.bin", BIG_FILE_LEN, 1);
+    let tree = source.add_tree("tree", TREE_FILES);
+
+    let server_home = N2pHome::new();
+    let server = server_home.server(&ServerConfig::new(daemon.socket_path()));
+    let client_dir = ScratchDir::new("client");
+    let client_home = N2pHome::new();
+    let mut client = client_home.client(&server.long_address, &client_dir.join("c.sock"));
+    client.wait_until_listening();
+
+    let mode = fs::metadata(&client.socket)
+        .expect("the client's socket exists once it logged it")
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "the client's socket should be private to its user, has mode {:o}",
+        mode & 0o777
+    );
+
+    for (what, path) in [
+        ("small file", &small),
+        ("64 MiB file", &big),
+        ("tree", &tree),
+    ] {
+        let started = Instant::now();
+        assert_copy_succeeds(&source, &client.store_url(), &[path]);
+        eprintln!(
+            "copied the {what} through the tunnel in {:?}",
+            started.elapsed()
+        );
+        // Checked on the daemon directly, then through the tunnel.
+        assert_copied(&source, &daemon.store_url(), path);
+        assert_copied(&source, &client.store_url(), path);
+    }
+
+    client.stop(Signal::Term);
+    assert!(
+        fs::symlink_metadata(&client.socket).is_err(),
+        "the client left its socket {} behind after SIGTERM",
+        client.socket.display()
+    );
+}
