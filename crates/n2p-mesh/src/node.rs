@@ -168,7 +168,7 @@ pub struct MeshNode {
     shared: Arc<Shared>,
     settings: Arc<StatusSettings>,
     cancel: CancellationToken,
-    actor: JoinHandle<()>,
+    actor: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// The parts of the settings that status reports need.
@@ -289,7 +289,7 @@ impl MeshNode {
                 peers_dir: settings.peers_dir,
             }),
             cancel,
-            actor,
+            actor: Mutex::new(Some(actor)),
         })
     }
 
@@ -347,11 +347,15 @@ impl MeshNode {
         }
     }
 
-    /// Announces `Leaving`, removes every peer socket and closes the endpoint.
-    pub async fn leave(self) {
+    /// Announces `Leaving`, removes every peer socket and closes the endpoint. Later calls
+    /// do nothing.
+    pub async fn leave(&self) {
         self.cancel.cancel();
-        self.actor.await.ok();
-        self.router.shutdown().await.ok();
+        let actor = self.actor.lock().ok().and_then(|mut a| a.take());
+        if let Some(actor) = actor {
+            actor.await.ok();
+            self.router.shutdown().await.ok();
+        }
     }
 }
 

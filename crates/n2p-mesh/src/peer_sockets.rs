@@ -133,11 +133,11 @@ impl PeerSockets {
             &self.access,
         ));
         let cancel = CancellationToken::new();
-        let span = info_span!("peer_socket", name = %name, remote = %peer.fmt_short());
+        let span = info_span!("peer_socket", name = %stem(name));
         let task = tokio::spawn(
             serve_local_listener(listener, dialer.clone(), cancel.clone()).instrument(span),
         );
-        info!(target: "n2p", "peer {name} ({}) is at unix://{}", peer.fmt_short(), path.display());
+        info!(target: "n2p", "peer {} ({}) is at unix://{}", stem(name), peer.fmt_short(), path.display());
         self.live.insert(
             name.to_owned(),
             PeerSocket {
@@ -156,7 +156,7 @@ impl PeerSockets {
             socket.task.abort();
             let dialer = socket.dialer;
             tokio::spawn(async move { dialer.close().await });
-            info!(target: "n2p", "peer {name} ({}) is gone; socket removed", socket.peer.fmt_short());
+            info!(target: "n2p", "peer {} ({}) is gone; socket removed", stem(name), socket.peer.fmt_short());
         }
     }
 
@@ -174,6 +174,11 @@ impl PeerSockets {
             && name.ends_with(".sock");
         plain.then(|| self.dir.join(name))
     }
+}
+
+/// A socket file name without `.sock`, for logs.
+fn stem(file_name: &str) -> &str {
+    file_name.strip_suffix(".sock").unwrap_or(file_name)
 }
 
 impl Drop for PeerSockets {

@@ -35,7 +35,7 @@
 //!   only) or the URL of your own relay.
 //! - `open` — whether anyone holding the secret may join, besides the listed members.
 //!   Defaults to `true` when there is no `[[member]]` and `false` otherwise.
-//! - `expiry_secs` — a peer not heard from for this many seconds is dropped (default 10,
+//! - `expiry_secs` — a peer not heard from for this many seconds is dropped (default 6,
 //!   from 2 to 3600); each node announces itself every third of it.
 //!
 //! `[[member]]` (any number; none makes an open team):
@@ -72,7 +72,7 @@ use crate::{
 };
 
 /// How long a silent peer is kept when the team file does not say.
-pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(10);
+pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(6);
 /// The shortest allowed `expiry_secs`.
 pub const MIN_EXPIRY_SECS: u64 = 2;
 /// The longest allowed `expiry_secs`.

@@ -119,10 +119,7 @@ pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<
     let signal = shutdown::signal_received().await?;
     info!(target: "n2p", "{signal} received; leaving the mesh");
     cancel.cancel();
-    match Arc::try_unwrap(node) {
-        Ok(node) => node.leave().await,
-        Err(node) => node.endpoint().close().await,
-    }
+    node.leave().await;
     Ok(())
 }
 
