@@ -27,13 +27,16 @@
             pname = "n2p";
             inherit (workspace) version;
 
-            # Only what the build reads, so editing docs or tests does not rebuild n2p.
+            # Only what the build reads, so editing docs does not rebuild n2p. tests/ and
+            # config/ are named by the n2p package's test targets, which cargo resolves.
             src = lib.fileset.toSource {
               root = ./.;
               fileset = lib.fileset.unions [
                 ./Cargo.toml
                 ./Cargo.lock
                 ./crates
+                ./tests
+                ./config
               ];
             };
             cargoLock.lockFile = ./Cargo.lock;

@@ -41,6 +41,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn shipped_examples_parse() {
+        parse_toml::<PersonalConfig>(
+            include_str!("../../../config/config.toml"),
+            Path::new("config/config.toml"),
+        )
+        .expect("config/config.toml");
+        let team = n2p_mesh::team::TeamConfig::parse(
+            include_str!("../../../config/team.toml"),
+            Path::new("config/team.toml"),
+        )
+        .expect("config/team.toml");
+        assert_eq!(team.members().len(), 3);
+        assert!(!team.is_open());
+    }
+
+    #[test]
     fn parses_all_keys_and_rejects_unknown_ones() {
         let text = "name = \"alice\"\nshare = false\ndaemon_socket = \"/run/d.sock\"\nteam = \"team.toml\"\n";
         let config: PersonalConfig = parse_toml(text, Path::new("config.toml")).expect("parse");
