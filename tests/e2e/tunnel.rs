@@ -30,8 +30,15 @@ fn push_through_the_tunnel() {
     let server = server_home.server(&ServerConfig::new(daemon.socket_path()));
     let client_dir = ScratchDir::new("client");
     let client_home = N2pHome::new();
+    let connecting = Instant::now();
     let mut client = client_home.client(&server.long_address, &client_dir.join("c.sock"));
     client.wait_until_listening();
+    let connect_time = connecting.elapsed();
+    eprintln!("client start to listening socket (connected): {connect_time:?}");
+    assert!(
+        connect_time < std::time::Duration::from_secs(1),
+        "with relays disabled the client should connect over loopback well under a second, took {connect_time:?}"
+    );
 
     let mode = fs::metadata(&client.socket)
         .expect("the client's socket exists once it logged it")
@@ -58,6 +65,22 @@ fn push_through_the_tunnel() {
         // Checked on the daemon directly, then through the tunnel.
         assert_copied(&source, &daemon.store_url(), path);
         assert_copied(&source, &client.store_url(), path);
+    }
+
+    // Offline with relays disabled, neither side has anything to warn about (the server's
+    // warning about running as root, which CI does, is expected).
+    for (who, log) in [
+        ("server", server.process.stderr()),
+        ("client", client.process.stderr()),
+    ] {
+        let warnings: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("WARN") && !l.contains("running as root"))
+            .collect();
+        assert!(
+            warnings.is_empty(),
+            "the {who} logged warnings: {warnings:#?}"
+        );
     }
 
     client.stop(Signal::Term);
