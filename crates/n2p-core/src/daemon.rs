@@ -102,15 +102,7 @@ impl DaemonService {
                 return;
             }
         };
-        let (daemon_read, daemon_write) = daemon.into_split();
-        match forward(daemon_read, daemon_write, send, recv).await {
-            Ok(stats) => debug!(
-                sent = stats.sent,
-                received = stats.received,
-                "daemon stream done"
-            ),
-            Err(e) => debug!("daemon stream aborted: {e}"),
-        }
+        forward_unix_stream("daemon stream", daemon, send, recv).await;
     }
 }
 
@@ -383,14 +375,15 @@ async fn forward_local_connection(local: UnixStream, dialer: &DaemonDialer) {
             return;
         }
     };
-    let (local_read, local_write) = local.into_split();
-    match forward(local_read, local_write, send, recv).await {
-        Ok(stats) => debug!(
-            sent = stats.sent,
-            received = stats.received,
-            "local connection done"
-        ),
-        Err(e) => warn!("forwarding aborted: {e}"),
+    forward_unix_stream("local connection", local, send, recv).await;
+}
+
+/// Joins a unix stream to an iroh stream pair until both directions end; logs the outcome.
+async fn forward_unix_stream(what: &str, stream: UnixStream, send: SendStream, recv: RecvStream) {
+    let (read, write) = stream.into_split();
+    match forward(read, write, send, recv).await {
+        Ok(stats) => debug!(sent = stats.sent, received = stats.received, "{what} done"),
+        Err(e) => warn!("{what} aborted: {e}"),
     }
 }
 
