@@ -9,6 +9,10 @@ mod harness;
 
 mod baseline;
 mod cli;
+mod mesh;
+mod mesh_access;
+mod mesh_config;
+mod mesh_names;
 mod refused;
 mod restart;
 mod tunnel;

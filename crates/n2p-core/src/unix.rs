@@ -70,8 +70,9 @@ impl Drop for SocketFileGuard {
 
 /// Binds a listening unix socket at `path` with mode 0600.
 ///
-/// The socket is bound under a temporary name, restricted, then renamed into place, so it is
-/// never reachable with looser permissions. A stale socket (nobody listening) is replaced;
+/// The socket is bound under a temporary name, restricted, then renamed into place, so the
+/// final path never has looser permissions. (The temporary name exists for a moment with
+/// the umask's mode; every caller binds inside a 0700 directory or one the user chose.) A stale socket (nobody listening) is replaced;
 /// a live one, or any other kind of file, is an error. Must be called inside a tokio runtime.
 pub fn bind_private_listener(
     path: &Path,

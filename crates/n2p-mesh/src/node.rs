@@ -21,7 +21,7 @@ use iroh::{
     protocol::Router,
 };
 use iroh_gossip::{
-    api::{Event, GossipSender},
+    api::{Event, GossipReceiver, GossipSender},
     net::{GOSSIP_ALPN, Gossip},
 };
 use n0_future::StreamExt;
@@ -49,6 +49,19 @@ use crate::{
 
 /// After a change in the swarm, wait this long before announcing, to coalesce bursts.
 const ANNOUNCE_DEBOUNCE: Duration = Duration::from_millis(150);
+
+/// Time for iroh-gossip to quit a topic before it is joined again.
+const REJOIN_PAUSE: Duration = Duration::from_millis(200);
+
+/// How long a peer dropped for silence may remain a gossip neighbour before the topic is
+/// rejoined to clear it.
+const STALE_NEIGHBOR_GRACE: Duration = Duration::from_secs(3);
+
+/// Silent peers are watched this long, then forgotten.
+const SILENT_NEIGHBOR_FORGET: Duration = Duration::from_secs(120);
+
+/// Upper bound of the random extra pause before rejoining, in milliseconds.
+const REJOIN_JITTER_MS: u64 = 800;
 
 /// How long a `Leaving` announcement gets to go out before the endpoint closes.
 const LEAVE_GRACE: Duration = Duration::from_millis(250);
@@ -247,7 +260,7 @@ impl MeshNode {
             AccessSecret::from_bytes(keys.access_secret()),
         )?;
         let topic = gossip
-            .subscribe(keys.topic_id(), bootstrap_ids)
+            .subscribe(keys.topic_id(), bootstrap_ids.clone())
             .await
             .map_err(|e| MeshError::Gossip(e.to_string()))?;
         let (sender, receiver) = topic.split();
@@ -257,13 +270,15 @@ impl MeshNode {
         });
         let cancel = CancellationToken::new();
         let actor = Actor {
+            gossip,
+            bootstrap: bootstrap_ids,
             endpoint: endpoint.clone(),
             secret_key,
             keys,
             name: settings.name.clone(),
             share_daemon: settings.share_daemon,
             memory,
-            sender,
+            sender: Some(sender),
             sockets,
             shared: shared.clone(),
             seq: SeqClock::new(),
@@ -361,13 +376,17 @@ impl MeshNode {
 
 /// The task that owns the table and the sockets.
 struct Actor {
+    gossip: Gossip,
+    /// Team members and ticket peers: whom to (re)join the topic through.
+    bootstrap: Vec<EndpointId>,
     endpoint: Endpoint,
     secret_key: SecretKey,
     keys: MeshKeys,
     name: String,
     share_daemon: bool,
     memory: MemoryLookup,
-    sender: GossipSender,
+    /// `None` only while rejoining.
+    sender: Option<GossipSender>,
     sockets: PeerSockets,
     shared: Arc<Shared>,
     seq: SeqClock,
@@ -375,16 +394,14 @@ struct Actor {
 }
 
 impl Actor {
-    async fn run(
-        mut self,
-        mut receiver: iroh_gossip::api::GossipReceiver,
-        cancel: CancellationToken,
-    ) {
+    async fn run(mut self, mut receiver: GossipReceiver, cancel: CancellationToken) {
         self.announce(AnnounceKind::Alive).await;
         let mut announce_tick = tokio::time::interval(self.announce_interval);
         announce_tick.reset();
         let mut expire_tick = tokio::time::interval(Duration::from_millis(250));
         let mut announce_soon: Option<tokio::time::Instant> = None;
+        // Peers dropped for silence, and when: watched for stale gossip neighbour state.
+        let mut silent_since: BTreeMap<EndpointId, Instant> = BTreeMap::new();
         loop {
             let soon = async {
                 match announce_soon {
@@ -424,7 +441,49 @@ impl Actor {
                     announce_tick.reset();
                 }
                 _ = announce_tick.tick() => self.announce(AnnounceKind::Alive).await,
-                _ = expire_tick.tick() => self.expire(),
+                _ = expire_tick.tick() => {
+                    let now = Instant::now();
+                    for id in self.expire() {
+                        silent_since.insert(id, now);
+                    }
+                    // A peer that vanished without a goodbye may still count as a gossip
+                    // neighbour long after it went silent; then its restarted instance is
+                    // never taken back (its Join is ignored). A dead peer's connection times
+                    // out and it stops being a neighbour; one that stays a neighbour while
+                    // silent is that stale state, and leaving and rejoining the topic clears
+                    // it. Not done at once, so a crash noticed by everyone at the same moment
+                    // does not make the whole mesh rejoin in lockstep.
+                    let live: Vec<EndpointId> = self
+                        .shared
+                        .table
+                        .lock()
+                        .map(|t| t.peers().iter().map(|p| p.id).collect())
+                        .unwrap_or_default();
+                    silent_since.retain(|id, since| {
+                        !live.contains(id) && now.saturating_duration_since(*since) < SILENT_NEIGHBOR_FORGET
+                    });
+                    let stale: Vec<EndpointId> = silent_since
+                        .iter()
+                        .filter(|(id, since)| {
+                            now.saturating_duration_since(**since) >= STALE_NEIGHBOR_GRACE
+                                && receiver.neighbors().any(|n| n == **id)
+                        })
+                        .map(|(id, _)| *id)
+                        .collect();
+                    if !stale.is_empty() {
+                        for id in &stale {
+                            silent_since.remove(id);
+                            debug!(peer = %id.fmt_short(), "silent peer is still a gossip neighbour; rejoining");
+                        }
+                        match self.rejoin(receiver, &stale).await {
+                            Some(fresh) => {
+                                receiver = fresh;
+                                announce_soon.get_or_insert(tokio::time::Instant::now() + ANNOUNCE_DEBOUNCE);
+                            }
+                            None => break,
+                        }
+                    }
+                }
             }
         }
         self.announce(AnnounceKind::Leaving).await;
@@ -476,11 +535,44 @@ impl Actor {
         }
     }
 
-    fn expire(&mut self) {
+    /// Leaves and rejoins the gossip topic through the bootstrap peers and every peer still
+    /// live; returns the new receiver (the sender is replaced in place), or `None` when the
+    /// gossip actor is gone.
+    async fn rejoin(&mut self, old: GossipReceiver, gone: &[EndpointId]) -> Option<GossipReceiver> {
+        let mut peers = self.bootstrap.clone();
+        if let Ok(table) = self.shared.table.lock() {
+            peers.extend(table.peers().into_iter().map(|p| p.id));
+        }
+        peers.sort();
+        peers.dedup();
+        peers.retain(|id| !gone.contains(id) || self.bootstrap.contains(id));
+        debug!("rejoining the gossip topic through {} peers", peers.len());
+        // Dropping both halves of the subscription makes iroh-gossip quit the topic (it
+        // notices asynchronously); only a later subscribe starts from a clean state.
+        drop(old);
+        self.sender = None;
+        // Jitter, so peers that noticed the same crash at the same moment do not rejoin in
+        // lockstep (each one's quit would cut the other's fresh join).
+        let jitter = Duration::from_millis(rand::random_range(0..REJOIN_JITTER_MS));
+        tokio::time::sleep(REJOIN_PAUSE + jitter).await;
+        match self.gossip.subscribe(self.keys.topic_id(), peers).await {
+            Ok(topic) => {
+                let (sender, receiver) = topic.split();
+                self.sender = Some(sender);
+                Some(receiver)
+            }
+            Err(e) => {
+                warn!("cannot rejoin the gossip topic: {e}");
+                None
+            }
+        }
+    }
+
+    fn expire(&mut self) -> Vec<EndpointId> {
         let now = Instant::now();
         let (gone, desired) = {
             let Ok(mut table) = self.shared.table.lock() else {
-                return;
+                return Vec::new();
             };
             let gone = table.expire(now);
             (gone, table.sockets())
@@ -491,6 +583,7 @@ impl Actor {
         if !gone.is_empty() {
             self.reconcile(&desired);
         }
+        gone
     }
 
     fn reconcile(&mut self, desired: &BTreeMap<String, EndpointId>) {
@@ -514,7 +607,8 @@ impl Actor {
         ann.relay = addr.relay_urls().next().cloned();
         match encode(&ann, &self.secret_key, self.keys.announce_key()) {
             Ok(bytes) => {
-                if let Err(e) = self.sender.broadcast(bytes.into()).await {
+                let Some(sender) = &self.sender else { return };
+                if let Err(e) = sender.broadcast(bytes.into()).await {
                     debug!("broadcast failed: {e}");
                 }
             }

@@ -158,10 +158,11 @@ impl SecretLoadError {
     /// A suggestion for the user, where there is one.
     pub fn hint(&self) -> Option<String> {
         match self {
-            Self::TooOpen { path, .. } => Some(format!("chmod 600 {}", path.display())),
+            // The message itself says how to fix the mode.
+            Self::TooOpen { .. } => None,
             Self::Weak { .. } => Some(
-                "make a new secret with: head -c 32 /dev/urandom | base64 > team.secret \
-                 (and share it privately)"
+                "make a new secret with: n2p mesh new-secret > team.secret && chmod 600 \
+                 team.secret (and share it privately)"
                     .to_owned(),
             ),
             Self::EnvUnset { var } => Some(format!("export {var}=<the team secret>")),
@@ -300,7 +301,7 @@ impl TeamConfig {
                         ),
                         Some(
                             "peers announce themselves every expiry_secs / 3 seconds; \
-                             10 suits most teams"
+                             the default, 6, suits most teams"
                                 .to_owned(),
                         ),
                     ));
@@ -905,7 +906,7 @@ push = false
             let path = write_secret(dir.path(), b"0123456789abcdef", mode);
             let e = load_secret(&SecretSource::File(path.clone()), |_| None).expect_err("open");
             assert!(matches!(e, SecretLoadError::TooOpen { .. }), "{mode:o}");
-            assert_eq!(e.hint(), Some(format!("chmod 600 {}", path.display())));
+            assert_eq!(e.hint(), None, "the message already holds the fix");
             assert!(
                 e.to_string()
                     .contains(&format!("chmod 600 {}", path.display()))

@@ -1,5 +1,6 @@
-//! Building blocks for the end-to-end tests: scratch directories, bounded child processes,
-//! real Nix stores and daemons ([`nix`]) and running n2p itself ([`n2p`]).
+//! Building blocks for the end-to-end tests: scratch directories, bounded child processes and
+//! waits, real Nix stores and daemons ([`nix`]), running n2p itself ([`n2p`]), mesh teams and
+//! nodes ([`mesh`]) and forged in-process mesh nodes ([`forge`]).
 //!
 //! ```ignore
 //! if !require_nix("my_test") {
@@ -15,9 +16,12 @@
 //! Every wait in here is bounded and panics with a message naming what it waited for, so a
 //! hanging tunnel fails the test instead of hanging the suite.
 
+pub(crate) mod forge;
+pub(crate) mod mesh;
 pub(crate) mod n2p;
 pub(crate) mod nix;
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -78,9 +82,15 @@ impl ScratchDir {
     /// Creates an empty directory under the system's temp dir; `role` goes into its name to
     /// make leftovers recognisable.
     pub(crate) fn new(role: &str) -> Self {
+        Self::new_in(&env::temp_dir(), role)
+    }
+
+    /// Like [`Self::new`], but inside `parent`: tests that check what appears around a
+    /// directory keep everything under one root.
+    pub(crate) fn new_in(parent: &Path, role: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix(&format!("n2p-e2e-{role}-"))
-            .tempdir()
+            .tempdir_in(parent)
             .expect("creating a temporary directory");
         assert!(
             dir.path().is_absolute(),
@@ -192,4 +202,97 @@ fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<Vec<u8>> {
 /// The bytes a [`drain`] thread collected.
 fn join_drain(handle: JoinHandle<Vec<u8>>) -> Vec<u8> {
     handle.join().expect("pipe reader thread panicked")
+}
+
+/// Polls `check` until it returns Ok, and returns how long that took; panics after `timeout`
+/// with `what` and the last Err, which should describe what was seen instead.
+pub(crate) fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<(), String>,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let last = match check() {
+            Ok(()) => return started.elapsed(),
+            Err(last) => last,
+        };
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting until {what}; last seen: {last}"
+        );
+        thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// How often [`assert_holds_for`] looks again; its checks may run n2p commands.
+const HOLDS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Checks `check` again and again for `duration` and panics, naming `what`, at the first
+/// Err: for things that must NOT happen, which no single look can show.
+pub(crate) fn assert_holds_for(
+    what: &str,
+    duration: Duration,
+    mut check: impl FnMut() -> Result<(), String>,
+) {
+    let started = Instant::now();
+    loop {
+        if let Err(seen) = check() {
+            panic!(
+                "expected {what} for {duration:?}, but after {:?}: {seen}",
+                started.elapsed()
+            );
+        }
+        if started.elapsed() >= duration {
+            return;
+        }
+        thread::sleep(HOLDS_INTERVAL);
+    }
+}
+
+/// The names of the entries of `dir`; empty if it does not exist.
+pub(crate) fn dir_names(dir: &Path) -> BTreeSet<String> {
+    match fs::read_dir(dir) {
+        Ok(entries) => entries
+            .map(|entry| {
+                entry
+                    .unwrap_or_else(|error| panic!("listing {}: {error}", dir.display()))
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
+        Err(error) => panic!("listing {}: {error}", dir.display()),
+    }
+}
+
+/// Every path below `root` (not `root` itself), without following symbolic links.
+pub(crate) fn tree(root: &Path) -> BTreeSet<PathBuf> {
+    let mut found = BTreeSet::new();
+    let mut pending = vec![root.to_owned()];
+    while let Some(dir) = pending.pop() {
+        // Directories may vanish while we look (a socket's temporary name, a test's
+        // scratch dir): what is gone is simply not listed.
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                pending.push(path.clone());
+            }
+            found.insert(path);
+        }
+    }
+    found
+}
+
+/// The permission bits of `path` (not following a symbolic link), e.g. `0o600`.
+pub(crate) fn mode_of(path: &Path) -> u32 {
+    fs::symlink_metadata(path)
+        .unwrap_or_else(|error| panic!("reading the mode of {}: {error}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
 }

@@ -15,13 +15,13 @@ use super::{ScratchDir, expect_success, run_bounded, wait_bounded};
 const N2P: &str = env!("CARGO_BIN_EXE_n2p");
 
 /// Longest a one-shot command (`id`, `rotate-secret`) may take.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Longest a server or client may take to log that it is ready.
 pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Longest a process may take to exit after SIGTERM or SIGINT.
-const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A free UDP port on 127.0.0.1 (iroh speaks QUIC over UDP), found by binding port 0. Another
 /// process could take it before n2p binds it, but the kernel hands out random ports, so that
@@ -39,6 +39,14 @@ pub(crate) fn free_loopback_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_udp_port()))
 }
 
+/// An n2p command for no home in particular (`n2p mesh new-secret` needs none): `RUST_LOG`
+/// unset (default log level), no colours in the logs.
+pub(crate) fn n2p_command() -> Command {
+    let mut command = Command::new(N2P);
+    command.env_remove("RUST_LOG").env("NO_COLOR", "1");
+    command
+}
+
 /// One n2p node's home directory (`N2P_HOME`): its keys and secret live there.
 pub(crate) struct N2pHome {
     dir: ScratchDir,
@@ -52,14 +60,23 @@ impl N2pHome {
         }
     }
 
-    /// An n2p command for this home: `N2P_HOME` set, `RUST_LOG` unset (default log level),
-    /// no colours in the logs. Global options are up to the caller.
+    /// A fresh, empty home inside `parent`.
+    pub(crate) fn new_in(parent: &Path) -> Self {
+        Self {
+            dir: ScratchDir::new_in(parent, "home"),
+        }
+    }
+
+    /// The home directory.
+    pub(crate) fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// An n2p command for this home: [`n2p_command`] with `N2P_HOME` set. Global options
+    /// are up to the caller.
     pub(crate) fn command(&self) -> Command {
-        let mut command = Command::new(N2P);
-        command
-            .env("N2P_HOME", self.dir.path())
-            .env_remove("RUST_LOG")
-            .env("NO_COLOR", "1");
+        let mut command = n2p_command();
+        command.env("N2P_HOME", self.dir.path());
         command
     }
 
@@ -253,7 +270,7 @@ impl Signal {
 /// A long-running n2p process whose stderr is collected line by line (and echoed to the
 /// test's own output, prefixed with its label, so failing tests show it). Killed on drop.
 pub(crate) struct N2pProcess {
-    label: &'static str,
+    label: String,
     child: Child,
     log: Arc<Log>,
 }
@@ -286,7 +303,8 @@ impl Log {
 
 impl N2pProcess {
     /// Spawns `command` with piped output; `label` prefixes its echoed lines.
-    pub(crate) fn spawn(label: &'static str, mut command: Command) -> Self {
+    pub(crate) fn spawn(label: impl Into<String>, mut command: Command) -> Self {
+        let label = label.into();
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -297,9 +315,11 @@ impl N2pProcess {
         let stderr = child.stderr.take().expect("stderr is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr_log = Arc::clone(&log);
+        let stderr_label = label.clone();
+        let stdout_label = label.clone();
         thread::spawn(move || {
             for_each_line(stderr, |line| {
-                eprintln!("[{label}] {line}");
+                eprintln!("[{stderr_label}] {line}");
                 stderr_log.lock().lines.push(line);
                 stderr_log.changed.notify_all();
             });
@@ -307,7 +327,7 @@ impl N2pProcess {
             stderr_log.changed.notify_all();
         });
         thread::spawn(move || {
-            for_each_line(stdout, |line| eprintln!("[{label} stdout] {line}"));
+            for_each_line(stdout, |line| eprintln!("[{stdout_label} stdout] {line}"));
         });
         Self { label, child, log }
     }
@@ -396,6 +416,11 @@ impl N2pProcess {
             &format!("kill {} {pid}", signal.kill_flag()),
         );
         expect_success(&output, &format!("sending {signal:?} to {}", self.label));
+    }
+
+    /// Whether the process has not exited yet.
+    pub(crate) fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Kills the process (SIGKILL) and reaps it.

@@ -31,9 +31,13 @@ pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<
     let team = TeamConfig::load(&team_path)?;
     let secret = team
         .load_secret()
-        .map_err(|e| match e.hint() {
-            Some(hint) => anyhow::anyhow!("{e}\n  hint: {hint}"),
-            None => anyhow::anyhow!("{e}"),
+        .map_err(|e| {
+            let hint = e.hint();
+            let message = format!("{:#}", anyhow::Error::new(e));
+            match hint {
+                Some(hint) => anyhow::anyhow!("{message}\n  hint: {hint}"),
+                None => anyhow::anyhow!("{message}"),
+            }
         })
         .with_context(|| {
             format!(

@@ -1,0 +1,285 @@
+//! `n2p mesh join` between members of a closed team: each sees the others as sockets named
+//! after them and pushes through those sockets into their daemons; a node that does not
+//! share gets no socket; nodes that leave or crash lose their sockets.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::mesh::{
+    CONVERGENCE_TIMEOUT, EXPIRY_SECS, MeshPeer, TeamDir, TeamSpec, peer_by_id,
+};
+use crate::harness::n2p::{SHUTDOWN_TIMEOUT, Signal};
+use crate::harness::nix::{SourceStore, assert_copied, assert_copy_succeeds, assert_not_valid};
+use crate::harness::{mode_of, require_nix, wait_until};
+
+/// A clean leave must take a socket away at once: the `Leaving` announcement, not the
+/// expiry (which could not fire this early: peers are heard from every second).
+const LEAVE_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// A crashed node's socket must go within the expiry; this much slack on top covers the
+/// expiry check's period (250 ms) and a busy machine.
+const EXPIRY_SLACK: Duration = Duration::from_millis(1500);
+
+#[test]
+fn three_members_see_each_other_by_name_and_push_into_each_other() {
+    if !require_nix("three_members_see_each_other_by_name_and_push_into_each_other") {
+        return;
+    }
+    let alice = MeshPeer::with_daemon("alice");
+    let bob = MeshPeer::with_daemon("bob");
+    let carol = MeshPeer::with_daemon("carol");
+    let team = TeamDir::new();
+    let team_file = team.write(
+        "team.toml",
+        &TeamSpec::closed([alice.member(), bob.member(), carol.member()]),
+    );
+    let source = SourceStore::new();
+    let for_bob = source.add_random_file("for-bob.bin", 1 << 20, 1);
+    let for_alice = source.add_file("for-alice.txt", b"pushed by carol\n");
+
+    let started = Instant::now();
+    let _nodes = [&alice, &bob, &carol].map(|peer| peer.join(&team_file, &[]));
+    let mut seen = Vec::new();
+    for (peer, others) in [
+        (&alice, ["bob", "carol"]),
+        (&bob, ["alice", "carol"]),
+        (&carol, ["alice", "bob"]),
+    ] {
+        peer.wait_for_sockets(&others, CONVERGENCE_TIMEOUT);
+        seen.push(format!("{} at {:?}", peer.name, started.elapsed()));
+    }
+    eprintln!(
+        "TIMING mesh convergence (3 members, from spawning them): {:?} ({})",
+        started.elapsed(),
+        seen.join(", ")
+    );
+
+    for peer in [&alice, &bob, &carol] {
+        assert_eq!(
+            mode_of(&peer.peers_dir()),
+            0o700,
+            "{}'s peers dir should be private",
+            peer.name
+        );
+        for socket in peer.peer_entries() {
+            let path = peer.peers_dir().join(&socket);
+            assert_eq!(
+                mode_of(&path),
+                0o600,
+                "{} should be private",
+                path.display()
+            );
+        }
+    }
+
+    let copying = Instant::now();
+    assert_copy_succeeds(&source, &alice.socket_url("bob"), &[&for_bob]);
+    eprintln!(
+        "TIMING nix copy of 1 MiB through alice's peers/bob.sock: {:?}",
+        copying.elapsed()
+    );
+    assert_copied(&source, &bob.daemon().store_url(), &for_bob);
+    assert_not_valid(&alice.daemon().store_url(), &for_bob);
+    assert_not_valid(&carol.daemon().store_url(), &for_bob);
+
+    assert_copy_succeeds(&source, &carol.socket_url("alice"), &[&for_alice]);
+    assert_copied(&source, &alice.daemon().store_url(), &for_alice);
+    assert_not_valid(&bob.daemon().store_url(), &for_alice);
+
+    let peers = alice.peers_json();
+    assert_eq!(
+        peers.len(),
+        2,
+        "alice's n2p mesh peers --json should list bob and carol only: {peers:#?}"
+    );
+    for other in [&bob, &carol] {
+        let entry = peer_by_id(&peers, &other.id).unwrap_or_else(|| {
+            panic!(
+                "alice's n2p mesh peers --json does not list {}: {peers:#?}",
+                other.name
+            )
+        });
+        assert_eq!(entry["name"], other.name.as_str(), "{entry:#}");
+        assert_eq!(
+            entry["socket"],
+            alice.socket(&other.name).to_string_lossy().as_ref(),
+            "{entry:#}"
+        );
+        assert_eq!(entry["shares_daemon"], true, "{entry:#}");
+        assert_eq!(entry["member"], true, "{entry:#}");
+        assert_ne!(
+            entry["path"], "relay",
+            "relays are disabled, yet {} is reached through one: {entry:#}",
+            other.name
+        );
+    }
+
+    let status = alice.status_json();
+    assert_eq!(status["name"], "alice", "{status:#}");
+    assert_eq!(status["id"], alice.id.as_str(), "{status:#}");
+    assert_eq!(status["open_team"], false, "{status:#}");
+    assert_eq!(status["shares_daemon"], true, "{status:#}");
+    assert_eq!(
+        status["peers"].as_array().map(Vec::len),
+        Some(2),
+        "{status:#}"
+    );
+}
+
+#[test]
+fn a_node_that_does_not_share_gets_no_socket_but_can_push() {
+    if !require_nix("a_node_that_does_not_share_gets_no_socket_but_can_push") {
+        return;
+    }
+    let alice = MeshPeer::with_daemon("alice");
+    let bob = MeshPeer::with_daemon("bob");
+    let dave = MeshPeer::new("dave");
+    let team = TeamDir::new();
+    let team_file = team.write(
+        "team.toml",
+        &TeamSpec::closed([alice.member(), bob.member(), dave.member()]),
+    );
+    let source = SourceStore::new();
+    let for_alice = source.add_file("for-alice.txt", b"pushed by dave\n");
+    let for_bob = source.add_file("for-bob.txt", b"also pushed by dave\n");
+
+    let _alice_node = alice.join(&team_file, &[]);
+    let _bob_node = bob.join(&team_file, &[]);
+    let _dave_node = dave.join(&team_file, &["--no-share"]);
+    dave.wait_for_sockets(&["alice", "bob"], CONVERGENCE_TIMEOUT);
+    alice.wait_for_sockets(&["bob"], CONVERGENCE_TIMEOUT);
+    bob.wait_for_sockets(&["alice"], CONVERGENCE_TIMEOUT);
+    // Only once alice and bob know dave does "no socket for dave" mean anything.
+    for peer in [&alice, &bob] {
+        wait_until(
+            &format!("{} lists dave as a peer that does not share", peer.name),
+            CONVERGENCE_TIMEOUT,
+            || {
+                let peers = peer.peers_json();
+                match peer_by_id(&peers, &dave.id) {
+                    Some(entry) if entry["shares_daemon"] == false && entry["socket"].is_null() => {
+                        Ok(())
+                    }
+                    _ => Err(format!("{peers:?}")),
+                }
+            },
+        );
+    }
+    alice
+        .check_sockets(&["bob"])
+        .unwrap_or_else(|error| panic!("{error}"));
+    bob.check_sockets(&["alice"])
+        .unwrap_or_else(|error| panic!("{error}"));
+
+    let status = dave.status_json();
+    assert_eq!(status["shares_daemon"], false, "{status:#}");
+
+    assert_copy_succeeds(&source, &dave.socket_url("alice"), &[&for_alice]);
+    assert_copied(&source, &alice.daemon().store_url(), &for_alice);
+    assert_copy_succeeds(&source, &dave.socket_url("bob"), &[&for_bob]);
+    assert_copied(&source, &bob.daemon().store_url(), &for_bob);
+}
+
+/// No Nix needed: nothing is pushed, only sockets come and go.
+#[test]
+fn a_crashed_node_loses_its_socket_within_the_expiry_and_a_leaving_one_at_once() {
+    let alice = MeshPeer::new("alice");
+    let bob = MeshPeer::new("bob");
+    let carol = MeshPeer::new("carol");
+    let team = TeamDir::new();
+    let team_file = team.write(
+        "team.toml",
+        &TeamSpec::closed([alice.member(), bob.member(), carol.member()]),
+    );
+    let alice_node = alice.join(&team_file, &[]);
+    let mut bob_node = bob.join(&team_file, &[]);
+    let mut carol_node = carol.join(&team_file, &[]);
+    alice.wait_for_sockets(&["bob", "carol"], CONVERGENCE_TIMEOUT);
+    bob.wait_for_sockets(&["alice", "carol"], CONVERGENCE_TIMEOUT);
+    carol.wait_for_sockets(&["alice", "bob"], CONVERGENCE_TIMEOUT);
+
+    // Crash: carol is killed and says nothing; the others drop her once she is silent for
+    // the expiry.
+    let alice_mark = alice_node.process.mark();
+    let expiry = Duration::from_secs(EXPIRY_SECS);
+    let killed = Instant::now();
+    carol_node.process.kill();
+    let limit = expiry + EXPIRY_SLACK;
+    alice.wait_for_sockets(&["bob"], limit);
+    bob.wait_for_sockets(&["alice"], limit);
+    let detected = killed.elapsed();
+    eprintln!(
+        "TIMING SIGKILLed node's socket gone on both others after {detected:?} (expiry {expiry:?})"
+    );
+    alice_node.process.wait_for_line_since(
+        &alice_mark,
+        &format!("peer {} went silent", carol.short_id()),
+        Duration::from_secs(1),
+    );
+    // The crash left carol's sockets behind: the next start must clear them.
+    carol
+        .check_sockets(&["alice", "bob"])
+        .unwrap_or_else(|error| panic!("after SIGKILL: {error}"));
+
+    // Clean leave: bob announces it and alice drops him at once.
+    let alice_mark = alice_node.process.mark();
+    let stopping = Instant::now();
+    bob_node.process.signal(Signal::Term);
+    alice.wait_for_sockets(&[], LEAVE_TIMEOUT);
+    eprintln!(
+        "TIMING SIGTERMed node's socket gone on the other {:?} after sending SIGTERM",
+        stopping.elapsed()
+    );
+    alice_node.process.wait_for_line_since(
+        &alice_mark,
+        &format!("peer {} left", bob.short_id()),
+        Duration::from_secs(1),
+    );
+    let status = bob_node.process.wait(SHUTDOWN_TIMEOUT);
+    eprintln!("bob exited {status} {:?} after SIGTERM", stopping.elapsed());
+    assert!(
+        status.success(),
+        "bob should exit cleanly on SIGTERM, exited {status}"
+    );
+    bob.check_sockets(&[])
+        .unwrap_or_else(|error| panic!("bob left sockets behind after SIGTERM: {error}"));
+    assert!(
+        !bob.home.path().join("control.sock").exists(),
+        "bob left his control socket behind after SIGTERM"
+    );
+
+    // carol comes back on the same home and port: her stale bob.sock (bob is gone) must not
+    // survive the start. (Whether alice sees her again is the test below.)
+    let _carol_again = carol.join(&team_file, &[]);
+    carol.wait_for_sockets(&["alice"], CONVERGENCE_TIMEOUT);
+}
+
+/// A crashed member restarted on the same id and port is seen again. Without the rejoin on
+/// expiry in the mesh node, iroh-gossip kept counting the dead instance as a neighbour and
+/// ignored the new one's Join about one time in four; three rounds catch that regression
+/// more often than not.
+#[test]
+fn a_crashed_member_is_seen_again_after_restarting() {
+    let alice = MeshPeer::new("alice");
+    let carol = MeshPeer::new("carol");
+    let team = TeamDir::new();
+    let team_file = team.write(
+        "team.toml",
+        &TeamSpec::closed([alice.member(), carol.member()]),
+    );
+    let _alice_node = alice.join(&team_file, &[]);
+    let mut carol_node = carol.join(&team_file, &[]);
+    alice.wait_for_sockets(&["carol"], CONVERGENCE_TIMEOUT);
+    let limit = Duration::from_secs(EXPIRY_SECS) + EXPIRY_SLACK;
+    for round in 1..=3 {
+        carol_node.process.kill();
+        alice.wait_for_sockets(&[], limit);
+        let restarted = Instant::now();
+        carol_node = carol.join(&team_file, &[]);
+        carol.wait_for_sockets(&["alice"], CONVERGENCE_TIMEOUT);
+        alice.wait_for_sockets(&["carol"], CONVERGENCE_TIMEOUT);
+        eprintln!(
+            "TIMING round {round}: alice sees the restarted carol after {:?}",
+            restarted.elapsed()
+        );
+    }
+}
