@@ -15,7 +15,10 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     logging::init(cli.global.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One thread: the forwarding path is bound by the nix-daemon and QUIC's per-packet work,
+    // and a multi-thread runtime only added cross-thread wake-ups (measured: +15-30% CPU per
+    // byte, 2-5 MB more RSS; docs/BENCHMARKS.md).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

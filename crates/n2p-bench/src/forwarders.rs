@@ -1,0 +1,435 @@
+//! The ways to reach a nix-daemon that the benchmark compares, each set up once and kept
+//! running across rounds: the daemon socket itself, `n2p client` -> `n2p server`, a mesh
+//! peer socket, dumbpipe and socat.
+//!
+//! Every forwarder points at a fixed daemon socket path (its "slot"); each round starts a
+//! fresh nix-daemon on that path, so the forwarders stay warm while the store is new.
+//!
+//! ```ignore
+//! let mut fwd = Forwarder::start(Variant::N2p, &dir, &tools, &Net::loopback())?;
+//! let daemon = Daemon::start(fwd.slot(), &store_dir)?;
+//! let inv = fwd.invocation()?;          // dumbpipe starts its connector here
+//! run nix with inv.url, measure CPU of inv.pids
+//! ```
+
+use std::{
+    fmt, fs,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use crate::{
+    mesh::Team,
+    nix::socket_url,
+    proc::{Service, free_port},
+};
+
+/// How long a forwarder may take to become ready (dumbpipe waits about 5 s for a relay).
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One way of reaching the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Variant {
+    /// (a) the daemon socket itself.
+    Direct,
+    /// (b) `n2p client` -> `n2p server` on loopback, relays disabled.
+    N2p,
+    /// (b) again with another n2p binary (`--n2p-alt`), for A/B comparisons of a change.
+    #[value(name = "n2p-alt")]
+    #[serde(rename = "n2p-alt")]
+    N2pAlt,
+    /// (c) a peer socket of `n2p mesh join` (two nodes, closed team, relays disabled).
+    Mesh,
+    /// (d) dumbpipe `connect-unix` -> `listen-unix`, one connector per nix invocation.
+    Dumbpipe,
+    /// (e) socat unix -> TCP (TCP_NODELAY) -> unix, forking per connection.
+    Socat,
+}
+
+impl Variant {
+    /// All variants, in report order.
+    pub(crate) const ALL: [Variant; 6] = [
+        Variant::Direct,
+        Variant::N2p,
+        Variant::N2pAlt,
+        Variant::Mesh,
+        Variant::Dumbpipe,
+        Variant::Socat,
+    ];
+
+    /// Short name (JSON keys, directory names).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Variant::Direct => "direct",
+            Variant::N2p => "n2p",
+            Variant::N2pAlt => "n2p-alt",
+            Variant::Mesh => "mesh",
+            Variant::Dumbpipe => "dumbpipe",
+            Variant::Socat => "socat",
+        }
+    }
+
+    /// Whether the variant runs n2p processes (whose RSS the targets bound).
+    pub(crate) fn is_n2p(self) -> bool {
+        matches!(self, Variant::N2p | Variant::N2pAlt | Variant::Mesh)
+    }
+}
+
+impl fmt::Display for Variant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The programs the forwarders run.
+#[derive(Debug, Clone)]
+pub(crate) struct Tools {
+    /// The n2p binary under test.
+    pub(crate) n2p: PathBuf,
+    /// Another n2p binary for the `n2p-alt` variant.
+    pub(crate) n2p_alt: Option<PathBuf>,
+    /// dumbpipe, when available.
+    pub(crate) dumbpipe: Option<PathBuf>,
+    /// socat, when installed.
+    pub(crate) socat: Option<PathBuf>,
+}
+
+/// Where the two ends of a forwarder run: loopback by default, or two network namespaces.
+#[derive(Debug, Clone)]
+pub(crate) struct Net {
+    /// Namespace of the end that nix talks to (None: this one).
+    pub(crate) client_ns: Option<String>,
+    /// Namespace of the end next to the daemon.
+    pub(crate) server_ns: Option<String>,
+    /// The client end's IP address.
+    pub(crate) client_ip: IpAddr,
+    /// The server end's IP address.
+    pub(crate) server_ip: IpAddr,
+}
+
+impl Net {
+    /// Both ends on 127.0.0.1 in this namespace.
+    pub(crate) fn loopback() -> Self {
+        Self {
+            client_ns: None,
+            server_ns: None,
+            client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            server_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
+
+    fn is_loopback(&self) -> bool {
+        self.client_ns.is_none() && self.server_ns.is_none()
+    }
+}
+
+/// `program` run in namespace `ns` (through `ip netns exec`, which execs in place, so the
+/// pid is the program's).
+pub(crate) fn command_in(ns: Option<&str>, program: &Path) -> Command {
+    match ns {
+        Some(ns) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", ns]).arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
+/// An n2p command for the home `home`: `N2P_HOME` set, default log level, no colours.
+pub(crate) fn n2p_command(ns: Option<&str>, n2p: &Path, home: &Path) -> Command {
+    let mut command = command_in(ns, n2p);
+    command
+        .env("N2P_HOME", home)
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1");
+    command
+}
+
+/// The last whitespace-separated word of a log line.
+pub(crate) fn last_word(line: &str) -> String {
+    line.split_whitespace()
+        .last()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// One forwarder, set up and warm.
+pub(crate) struct Forwarder {
+    variant: Variant,
+    dir: PathBuf,
+    slot: PathBuf,
+    front: PathBuf,
+    services: Vec<Service>,
+    /// dumbpipe's binary, ticket and where its connector runs.
+    dumbpipe: Option<(PathBuf, String)>,
+    net: Net,
+    invocations: usize,
+    n2p_address: Option<String>,
+    /// Kept for the mesh variant: its homes and team file live there.
+    _team: Option<Team>,
+}
+
+/// What one nix invocation uses: its store URL and the forwarding processes to account.
+pub(crate) struct Invocation {
+    /// The `unix://` URL nix uses.
+    pub(crate) url: String,
+    /// The socket behind the URL.
+    pub(crate) socket: PathBuf,
+    /// The forwarding processes (for CPU and memory).
+    pub(crate) pids: Vec<u32>,
+    /// dumbpipe's connector for this invocation; killed on drop.
+    _connector: Option<Service>,
+}
+
+impl Forwarder {
+    /// Sets up `variant` with its files in `dir` (created).
+    pub(crate) fn start(variant: Variant, dir: &Path, tools: &Tools, net: &Net) -> Result<Self> {
+        fs::create_dir_all(dir)?;
+        let slot = dir.join("daemon.sock");
+        let mut fwd = Self {
+            variant,
+            dir: dir.to_owned(),
+            slot: slot.clone(),
+            front: slot,
+            services: Vec::new(),
+            dumbpipe: None,
+            net: net.clone(),
+            invocations: 0,
+            n2p_address: None,
+            _team: None,
+        };
+        match variant {
+            Variant::Direct => {}
+            Variant::N2p => fwd.start_n2p(&tools.n2p)?,
+            Variant::N2pAlt => {
+                let alt = tools.n2p_alt.clone().context("no --n2p-alt binary given")?;
+                fwd.start_n2p(&alt)?;
+            }
+            Variant::Mesh => {
+                if !net.is_loopback() {
+                    bail!("the mesh variant runs on loopback only");
+                }
+                fwd.start_mesh(&tools.n2p)?;
+            }
+            Variant::Dumbpipe => {
+                let bin = tools
+                    .dumbpipe
+                    .clone()
+                    .context("dumbpipe is not available")?;
+                fwd.start_dumbpipe(&bin)?;
+            }
+            Variant::Socat => {
+                let bin = tools.socat.clone().context("socat is not installed")?;
+                fwd.start_socat(&bin)?;
+            }
+        }
+        Ok(fwd)
+    }
+
+    /// The variant.
+    pub(crate) fn variant(&self) -> Variant {
+        self.variant
+    }
+
+    /// Where this forwarder expects the daemon's socket.
+    pub(crate) fn slot(&self) -> &Path {
+        &self.slot
+    }
+
+    /// The long-running forwarding processes (not per-invocation ones).
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.services.iter().map(Service::pid).collect()
+    }
+
+    /// Names of the forwarding processes, in the order of [`Invocation::pids`].
+    pub(crate) fn process_labels(&self) -> Vec<String> {
+        let labels: &[&str] = match self.variant {
+            Variant::Direct => &[],
+            Variant::N2p | Variant::N2pAlt => &["server", "client"],
+            Variant::Mesh => &["pushing node", "sharing node"],
+            Variant::Dumbpipe => &["listener", "connector"],
+            Variant::Socat => &["tcp side", "unix side"],
+        };
+        labels.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    /// The long address of the n2p server (n2p variant only).
+    pub(crate) fn n2p_address(&self) -> Option<&str> {
+        self.n2p_address.as_deref()
+    }
+
+    /// Gets ready for one nix invocation (dumbpipe: starts a connector and waits for its
+    /// socket, outside any timing).
+    pub(crate) fn invocation(&mut self) -> Result<Invocation> {
+        self.invocations += 1;
+        let mut pids = self.pids();
+        let Some((bin, ticket)) = &self.dumbpipe else {
+            return Ok(Invocation {
+                url: socket_url(&self.front),
+                socket: self.front.clone(),
+                pids,
+                _connector: None,
+            });
+        };
+        let socket = self.dir.join(format!("c{}.sock", self.invocations));
+        let bind = SocketAddr::new(self.net.client_ip, 0);
+        let mut command = command_in(self.net.client_ns.as_deref(), bin);
+        command
+            .args(["connect-unix", "--socket-path"])
+            .arg(&socket)
+            .args(["--ipv4-addr", &bind.to_string(), ticket]);
+        let log = self.dir.join("connector.log");
+        let mut connector = Service::spawn("dumbpipe connect-unix", &mut command, &log)?;
+        connector.wait_for_path(&socket, READY_TIMEOUT)?;
+        pids.push(connector.pid());
+        Ok(Invocation {
+            url: socket_url(&socket),
+            socket,
+            pids,
+            _connector: Some(connector),
+        })
+    }
+
+    fn start_n2p(&mut self, n2p: &Path) -> Result<()> {
+        let server_home = self.dir.join("server-home");
+        let client_home = self.dir.join("client-home");
+        let server_bind = SocketAddr::new(self.net.server_ip, free_port(true)?);
+        let mut command = n2p_command(self.net.server_ns.as_deref(), n2p, &server_home);
+        command
+            .args(["--relay", "disabled", "--bind", &server_bind.to_string()])
+            .args(["server", "--daemon-socket"])
+            .arg(&self.slot);
+        let mut server = Service::spawn("n2p server", &mut command, &self.dir.join("server.log"))?;
+        let address = last_word(&server.wait_for_line("long address:", READY_TIMEOUT)?);
+        self.services.push(server);
+        let front = self.dir.join("client.sock");
+        let client = start_n2p_client(
+            n2p,
+            &client_home,
+            &address,
+            &front,
+            &self.net,
+            &self.dir.join("client.log"),
+        )?;
+        self.services.push(client);
+        self.front = front;
+        self.n2p_address = Some(address);
+        Ok(())
+    }
+
+    fn start_mesh(&mut self, n2p: &Path) -> Result<()> {
+        let team = Team::create(n2p, &self.dir.join("team"), &["a", "b"])?;
+        let pusher = team.spawn(0, None)?;
+        let sharer = team.spawn(1, Some(&self.slot))?;
+        self.services.push(pusher);
+        self.services.push(sharer);
+        let front = team.peer_socket(0, 1);
+        if crate::proc::wait_until(READY_TIMEOUT, || front.exists()).is_none() {
+            bail!(
+                "the mesh peer socket {} did not appear; node logs:\n{}\n{}",
+                front.display(),
+                self.services[0].log_text(),
+                self.services[1].log_text()
+            );
+        }
+        self.front = front;
+        self._team = Some(team);
+        Ok(())
+    }
+
+    fn start_dumbpipe(&mut self, bin: &Path) -> Result<()> {
+        let bind = SocketAddr::new(self.net.server_ip, 0);
+        let mut command = command_in(self.net.server_ns.as_deref(), bin);
+        command
+            .args(["listen-unix", "--socket-path"])
+            .arg(&self.slot)
+            .args(["--ipv4-addr", &bind.to_string()]);
+        let mut listener = Service::spawn(
+            "dumbpipe listen-unix",
+            &mut command,
+            &self.dir.join("listener.log"),
+        )?;
+        let ticket = last_word(&listener.wait_for_line("dumbpipe connect-unix", READY_TIMEOUT)?);
+        self.services.push(listener);
+        self.dumbpipe = Some((bin.to_owned(), ticket));
+        Ok(())
+    }
+
+    fn start_socat(&mut self, bin: &Path) -> Result<()> {
+        let port = free_port(false)?;
+        let mut command = command_in(self.net.server_ns.as_deref(), bin);
+        command
+            .arg(format!(
+                "TCP-LISTEN:{port},bind={},reuseaddr,fork,nodelay",
+                self.net.server_ip
+            ))
+            .arg(format!("UNIX-CONNECT:{}", self.slot.display()));
+        let tcp_side = Service::spawn("socat (tcp side)", &mut command, &self.dir.join("tcp.log"))?;
+        self.services.push(tcp_side);
+        let front = self.dir.join("front.sock");
+        let mut command = command_in(self.net.client_ns.as_deref(), bin);
+        command
+            .arg(format!("UNIX-LISTEN:{},fork,unlink-early", front.display()))
+            .arg(format!("TCP:{}:{port},nodelay", self.net.server_ip));
+        let mut unix_side = Service::spawn(
+            "socat (unix side)",
+            &mut command,
+            &self.dir.join("unix.log"),
+        )?;
+        unix_side.wait_for_path(&front, READY_TIMEOUT)?;
+        self.services.push(unix_side);
+        self.front = front;
+        Ok(())
+    }
+}
+
+/// Starts `n2p client <address> --socket <socket>` (relays disabled, bound next to the
+/// client end of `net`) and waits for its socket.
+pub(crate) fn start_n2p_client(
+    n2p: &Path,
+    home: &Path,
+    address: &str,
+    socket: &Path,
+    net: &Net,
+    log: &Path,
+) -> Result<Service> {
+    let bind = SocketAddr::new(net.client_ip, free_port(true)?);
+    let mut command = n2p_command(net.client_ns.as_deref(), n2p, home);
+    command
+        .args(["client", address, "--socket"])
+        .arg(socket)
+        .args(["--relay", "disabled", "--bind", &bind.to_string()]);
+    let mut client = Service::spawn("n2p client", &mut command, log)?;
+    client.wait_for_path(socket, READY_TIMEOUT)?;
+    Ok(client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_word_of_a_log_line() {
+        assert_eq!(last_word("2025 INFO n2p: long address: abc"), "abc");
+        assert_eq!(last_word(""), "");
+    }
+
+    #[test]
+    fn namespaced_commands_go_through_ip_netns_exec() {
+        let command = command_in(Some("ns1"), Path::new("/bin/socat"));
+        assert_eq!(command.get_program(), "ip");
+        let args: Vec<_> = command.get_args().collect();
+        assert_eq!(args, ["netns", "exec", "ns1", "/bin/socat"]);
+        assert_eq!(
+            command_in(None, Path::new("/bin/x")).get_program(),
+            "/bin/x"
+        );
+    }
+}

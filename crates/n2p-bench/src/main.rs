@@ -1,0 +1,629 @@
+//! `n2p-bench`: measures `nix copy --to` through n2p (client/server and mesh) against the
+//! daemon socket itself, dumbpipe and socat, plus n2p's connection costs, memory, start-up
+//! and mesh convergence, and writes a Markdown report and a JSON file (issue 4).
+//!
+//! ```text
+//! cargo run --release -p n2p-bench -- [--reps 5] [--quick] [--out docs/bench-results]
+//! ```
+//!
+//! It starts real nix-daemons on chroot stores in a tmpfs work directory (a fresh store
+//! per round and variant), runs every workload through every variant in turn within each
+//! round, and reports medians, min/max and the median of the per-round ratios to direct.
+//! It is not part of `cargo test`; only its pure helpers have unit tests.
+
+mod connect;
+mod forwarders;
+mod mesh;
+mod netem;
+mod nix;
+mod proc;
+mod report;
+mod stats;
+mod transfer;
+mod worker;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, ValueEnum};
+
+use crate::{
+    forwarders::{Forwarder, Net, Tools, Variant},
+    nix::{Daemon, Sizes, Workloads, remove_tree},
+    proc::{on_path, output_of, status_bytes},
+    report::{Machine, NetemResults, Report, RssSample, Versions},
+};
+
+/// Benchmark n2p against a direct nix-daemon socket, dumbpipe and socat.
+#[derive(Debug, Parser)]
+#[command(name = "n2p-bench")]
+struct Args {
+    /// Rounds of the transfer benchmark [default: 7, quick: 2].
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Smoke run: small workloads, fewer rounds, only N = 8 for the mesh.
+    #[arg(long)]
+    quick: bool,
+    /// Where to write results.json and results.md.
+    #[arg(long, default_value = "docs/bench-results")]
+    out: PathBuf,
+    /// Scratch directory for stores and sockets; should be tmpfs [default: /dev/shm/n2p-bench-<pid>].
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Keep the scratch directory afterwards.
+    #[arg(long)]
+    keep: bool,
+    /// Use this n2p binary instead of building target/release/n2p.
+    #[arg(long, value_name = "PATH")]
+    n2p: Option<PathBuf>,
+    /// A second n2p binary, measured as the `n2p-alt` variant beside `n2p` (A/B of a change).
+    #[arg(long, value_name = "PATH")]
+    n2p_alt: Option<PathBuf>,
+    /// Do not run `cargo build --release -p n2p` first.
+    #[arg(long)]
+    no_build: bool,
+    /// Use this dumbpipe binary instead of installing one with cargo.
+    #[arg(long, value_name = "PATH")]
+    dumbpipe: Option<PathBuf>,
+    /// Leave dumbpipe out.
+    #[arg(long)]
+    no_dumbpipe: bool,
+    /// Variants to measure [default: all available].
+    #[arg(long, value_delimiter = ',')]
+    variants: Option<Vec<Variant>>,
+    /// Workloads of the transfer benchmark [default: all].
+    #[arg(long, value_delimiter = ',')]
+    workloads: Option<Vec<String>>,
+    /// Sections to run [default: all].
+    #[arg(long, value_delimiter = ',')]
+    sections: Option<Vec<Section>>,
+    /// Mesh sizes [default: 8,32; quick: 8].
+    #[arg(long, value_delimiter = ',')]
+    mesh_sizes: Option<Vec<usize>>,
+    /// Mesh rounds per size [default: 3; quick: 1].
+    #[arg(long)]
+    mesh_reps: Option<usize>,
+    /// New connections per variant [default: 200; quick: 50].
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Rounds on the emulated WAN link [default: 3; quick: 1].
+    #[arg(long)]
+    netem_reps: Option<usize>,
+    /// MiB of W1 on the emulated WAN link [default: 64; quick: 16].
+    #[arg(long)]
+    netem_w1_mib: Option<u64>,
+}
+
+/// Parts of the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Section {
+    /// W1..W5 through every variant, CPU and memory.
+    Transfers,
+    /// New daemon connections on a warm tunnel.
+    Connect,
+    /// Client start-up to the first nix operation.
+    Startup,
+    /// Mesh convergence and expiry.
+    Mesh,
+    /// W1/W3 over an emulated WAN link (network namespaces + netem).
+    Netem,
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(args) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let started = Instant::now();
+    let date = output_of(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
+        .unwrap_or_else(|| "unknown date".to_owned());
+    let command = format!(
+        "cargo run --release -p n2p-bench --{}",
+        std::env::args()
+            .skip(1)
+            .map(|a| format!(" {a}"))
+            .collect::<String>()
+    );
+    let reps = args.reps.unwrap_or(if args.quick { 2 } else { 7 }).max(1);
+    let sizes = if args.quick {
+        Sizes::quick()
+    } else {
+        Sizes::full()
+    };
+    let sections = args.sections.clone().unwrap_or_else(|| {
+        vec![
+            Section::Transfers,
+            Section::Connect,
+            Section::Startup,
+            Section::Mesh,
+            Section::Netem,
+        ]
+    });
+    for program in ["nix", "nix-daemon", "nix-store"] {
+        if on_path(program).is_none() {
+            bail!("{program} not found: install Nix (on Debian: apt-get install -y nix-bin)");
+        }
+    }
+
+    let n2p = n2p_binary(&args)?;
+    let mut unavailable = Vec::new();
+    let dumbpipe = if args.no_dumbpipe {
+        unavailable.push("dumbpipe (--no-dumbpipe)".to_owned());
+        None
+    } else {
+        match dumbpipe_binary(&args) {
+            Ok(path) => Some(path),
+            Err(e) => {
+                eprintln!("dumbpipe unavailable: {e:#}");
+                unavailable.push(format!("dumbpipe: {e:#}"));
+                None
+            }
+        }
+    };
+    let socat = on_path("socat");
+    if socat.is_none() {
+        unavailable.push("socat: not installed (apt-get install -y socat)".to_owned());
+    }
+    let n2p_alt = match &args.n2p_alt {
+        Some(p) => Some(fs::canonicalize(p).with_context(|| format!("no n2p at {}", p.display()))?),
+        None => None,
+    };
+    let tools = Tools {
+        n2p: n2p.clone(),
+        n2p_alt,
+        dumbpipe,
+        socat,
+    };
+    let mut variants: Vec<Variant> = args.variants.clone().unwrap_or(Variant::ALL.to_vec());
+    variants.retain(|v| match v {
+        Variant::Dumbpipe => tools.dumbpipe.is_some(),
+        Variant::Socat => tools.socat.is_some(),
+        Variant::N2pAlt => tools.n2p_alt.is_some(),
+        _ => true,
+    });
+    variants.sort();
+    variants.dedup();
+    if !variants.contains(&Variant::Direct) {
+        variants.insert(0, Variant::Direct);
+    }
+
+    let work = args
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("/dev/shm/n2p-bench-{}", std::process::id())));
+    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let work = fs::canonicalize(&work)?;
+    let is_tmpfs = is_tmpfs(&work);
+    if !is_tmpfs {
+        eprintln!(
+            "warning: {} is not tmpfs; small-file workloads will measure the disk",
+            work.display()
+        );
+    }
+
+    let mut report = Report {
+        date,
+        command,
+        duration_s: 0.0,
+        machine: machine(),
+        versions: versions(&tools),
+        quick: args.quick,
+        reps,
+        sizes: sizes.clone(),
+        work_dir: work.display().to_string(),
+        work_dir_is_tmpfs: is_tmpfs,
+        unavailable,
+        transfers: None,
+        idle_rss: Vec::new(),
+        connect: None,
+        startup: Vec::new(),
+        mesh: Vec::new(),
+        netem: None,
+        targets: Vec::new(),
+    };
+    let result = run_sections(
+        &args,
+        &sections,
+        &tools,
+        &variants,
+        &work,
+        &sizes,
+        reps,
+        &mut report,
+    );
+    if !args.keep {
+        remove_tree(&work);
+    }
+    result?;
+    report.duration_s = started.elapsed().as_secs_f64();
+    report.targets = report::evaluate_targets(&report);
+    fs::create_dir_all(&args.out)?;
+    let json = args.out.join("results.json");
+    let md = args.out.join("results.md");
+    fs::write(&json, serde_json::to_string_pretty(&report)? + "\n")?;
+    let text = report::markdown(&report);
+    fs::write(&md, &text)?;
+    println!("{text}");
+    eprintln!("wrote {} and {}", md.display(), json.display());
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_sections(
+    args: &Args,
+    sections: &[Section],
+    tools: &Tools,
+    variants: &[Variant],
+    work: &Path,
+    sizes: &Sizes,
+    reps: usize,
+    report: &mut Report,
+) -> Result<()> {
+    let netem_w1 = args
+        .netem_w1_mib
+        .unwrap_or(if args.quick { 16 } else { 64 })
+        << 20;
+    let wants_netem = sections.contains(&Section::Netem);
+    eprintln!("creating the workloads in {} …", work.display());
+    let t = Instant::now();
+    let workloads = Workloads::create(
+        &work.join("source"),
+        sizes,
+        wants_netem.then_some(netem_w1),
+        0x6e32_7062,
+    )?;
+    eprintln!("workloads ready in {:.1} s", t.elapsed().as_secs_f64());
+    let scratch = work.join("scratch");
+    fs::create_dir_all(&scratch)?;
+
+    let needs_forwarders = sections
+        .iter()
+        .any(|s| matches!(s, Section::Transfers | Section::Connect | Section::Startup));
+    let mut fwds = Vec::new();
+    if needs_forwarders {
+        for v in variants {
+            match Forwarder::start(*v, &work.join(v.name()), tools, &Net::loopback()) {
+                Ok(f) => fwds.push(f),
+                Err(e) => {
+                    eprintln!("{v} unavailable: {e:#}");
+                    report.unavailable.push(format!("{v}: {e:#}"));
+                }
+            }
+        }
+        record_idle_rss(&fwds, "after start", &mut report.idle_rss);
+    }
+
+    if sections.contains(&Section::Transfers) {
+        let mut jobs = transfer::standard_jobs(&workloads, sizes.w1_bytes);
+        if let Some(only) = &args.workloads {
+            jobs.retain(|j| only.iter().any(|w| w.eq_ignore_ascii_case(j.name)));
+        }
+        eprintln!("transfers: {} rounds of {} workloads", reps, jobs.len());
+        report.transfers = Some(transfer::run(
+            &mut fwds,
+            &jobs,
+            &workloads,
+            reps,
+            Variant::Direct,
+            &work.join("dest"),
+            &scratch,
+        ));
+        // Let the tunnels go idle again (idle timeouts, buffers returned).
+        std::thread::sleep(Duration::from_secs(2));
+        record_idle_rss(&fwds, "after transfers", &mut report.idle_rss);
+    }
+
+    let probe = workloads.w3[0].clone();
+    if sections.contains(&Section::Connect) || sections.contains(&Section::Startup) {
+        let mut daemons = Vec::new();
+        for fwd in &fwds {
+            let daemon = Daemon::start(fwd.slot(), &work.join("conn").join(fwd.variant().name()))?;
+            connect::seed_path(&workloads.source_url, daemon.socket(), &probe, &scratch)?;
+            daemons.push(daemon);
+        }
+        if sections.contains(&Section::Connect) {
+            let calls = args
+                .connections
+                .unwrap_or(if args.quick { 50 } else { 200 });
+            eprintln!("new connections: {calls} per variant");
+            report.connect = Some(connect::measure_connections(
+                &mut fwds, &probe, calls, &scratch,
+            ));
+        }
+        if sections.contains(&Section::Startup) {
+            let runs = if args.quick { 3 } else { 10 };
+            if let Some(address) = fwds.iter().find_map(|f| f.n2p_address().map(str::to_owned)) {
+                eprintln!("n2p client start-up: {runs} runs");
+                let dir = work.join("startup");
+                fs::create_dir_all(&dir)?;
+                report.startup.push(connect::n2p_client_startup(
+                    &tools.n2p, &address, &dir, &probe, runs,
+                ));
+            }
+            if let Some(fwd) = fwds.iter_mut().find(|f| f.variant() == Variant::Dumbpipe) {
+                eprintln!("dumbpipe start-up");
+                report.startup.push(connect::dumbpipe_startup(
+                    fwd,
+                    &scratch,
+                    &probe,
+                    if args.quick { 1 } else { 2 },
+                ));
+            }
+        }
+        for d in daemons {
+            d.remove();
+        }
+    }
+    drop(fwds);
+
+    if sections.contains(&Section::Mesh) {
+        let sizes =
+            args.mesh_sizes
+                .clone()
+                .unwrap_or(if args.quick { vec![8] } else { vec![8, 32] });
+        let rounds = args.mesh_reps.unwrap_or(if args.quick { 1 } else { 3 });
+        for n in sizes {
+            let mut results = Vec::new();
+            for round in 0..rounds {
+                eprintln!("mesh: {n} nodes, round {}/{rounds}", round + 1);
+                let dir = work.join(format!("mesh-{n}-{round}"));
+                match mesh::measure_round(&tools.n2p, &dir, n) {
+                    Ok(r) => {
+                        eprintln!(
+                            "  converged in {:.2} s ({:.2} s after the last start); killed node gone in {:.2} s",
+                            r.converge_s, r.converge_after_last_start_s, r.killed_all_gone_s
+                        );
+                        results.push(r);
+                    }
+                    Err(e) => {
+                        eprintln!("  FAILED: {e:#}");
+                        report
+                            .unavailable
+                            .push(format!("mesh N = {n} round {round}: {e:#}"));
+                    }
+                }
+                remove_tree(&dir);
+            }
+            report.mesh.push(mesh::MeshResult::of(n, results));
+        }
+    }
+
+    if wants_netem {
+        let shape = netem::Shape {
+            rtt_ms: 30,
+            rate_mbit: 100,
+        };
+        match run_netem(
+            args, tools, variants, work, &workloads, shape, netem_w1, &scratch,
+        ) {
+            Ok(n) => report.netem = Some(n),
+            Err(e) => {
+                eprintln!("netem section unavailable: {e:#}");
+                report.unavailable.push(format!("WAN link (netem): {e:#}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_netem(
+    args: &Args,
+    tools: &Tools,
+    variants: &[Variant],
+    work: &Path,
+    workloads: &Workloads,
+    shape: netem::Shape,
+    w1_bytes: u64,
+    scratch: &Path,
+) -> Result<NetemResults> {
+    let link = netem::Link::create(shape)?;
+    let net = link.net();
+    let mut fwds = Vec::new();
+    for v in variants {
+        if matches!(
+            v,
+            Variant::N2p | Variant::N2pAlt | Variant::Dumbpipe | Variant::Socat
+        ) {
+            fwds.push(Forwarder::start(
+                *v,
+                &work.join(format!("net-{}", v.name())),
+                tools,
+                &net,
+            )?);
+        }
+    }
+    if !fwds.iter().any(|f| f.variant() == Variant::Socat) {
+        bail!("the WAN-link comparison needs socat as its baseline");
+    }
+    let w1 = workloads.w1_net.clone().context("no W1 for the link")?;
+    let jobs = vec![
+        transfer::Job {
+            name: "W1",
+            description: format!("one {} MiB file of random bytes", w1_bytes >> 20),
+            kind: transfer::JobKind::Copy(vec![w1]),
+        },
+        transfer::Job {
+            name: "W3",
+            description: format!("{} small store paths in one nix copy", workloads.w3.len()),
+            kind: transfer::JobKind::Copy(workloads.w3.clone()),
+        },
+    ];
+    let reps = args.netem_reps.unwrap_or(if args.quick { 1 } else { 3 });
+    eprintln!("WAN link: {reps} rounds");
+    let transfers = transfer::run(
+        &mut fwds,
+        &jobs,
+        workloads,
+        reps,
+        Variant::Socat,
+        &work.join("net-dest"),
+        scratch,
+    );
+    drop(fwds);
+    drop(link);
+    Ok(NetemResults {
+        shape,
+        w1_bytes,
+        w1_line_rate_s: w1_bytes as f64 * 8.0 / (shape.rate_mbit as f64 * 1e6),
+        transfers,
+    })
+}
+
+/// VmRSS of every long-running forwarding process.
+fn record_idle_rss(fwds: &[Forwarder], when: &str, out: &mut Vec<RssSample>) {
+    for fwd in fwds {
+        for (process, pid) in fwd.process_labels().into_iter().zip(fwd.pids()) {
+            if let Ok(bytes) = status_bytes(pid, "VmRSS") {
+                out.push(RssSample {
+                    variant: fwd.variant(),
+                    process,
+                    when: when.to_owned(),
+                    bytes,
+                    anon_bytes: status_bytes(pid, "RssAnon").ok(),
+                });
+            }
+        }
+    }
+}
+
+/// The n2p binary: `--n2p`, else target/release/n2p next to this binary, built first.
+fn n2p_binary(args: &Args) -> Result<PathBuf> {
+    if let Some(path) = &args.n2p {
+        return fs::canonicalize(path).with_context(|| format!("no n2p at {}", path.display()));
+    }
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("the runner has no directory")?;
+    if !args.no_build {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        eprintln!("building n2p (cargo build --release -p n2p) …");
+        let status = Command::new(cargo)
+            .args(["build", "--release", "-p", "n2p"])
+            .current_dir(&workspace)
+            .status()
+            .context("running cargo build")?;
+        if !status.success() {
+            bail!("cargo build --release -p n2p failed");
+        }
+    }
+    let n2p = dir.join("n2p");
+    if !n2p.is_file() {
+        bail!(
+            "{} not found: run `cargo build --release -p n2p` or pass --n2p",
+            n2p.display()
+        );
+    }
+    Ok(n2p)
+}
+
+/// dumbpipe: `--dumbpipe`, else one installed by `cargo install` into a scratch directory
+/// under the target directory (never in the source tree), installing it when missing.
+fn dumbpipe_binary(args: &Args) -> Result<PathBuf> {
+    if let Some(path) = &args.dumbpipe {
+        return fs::canonicalize(path)
+            .with_context(|| format!("no dumbpipe at {}", path.display()));
+    }
+    let exe = std::env::current_exe()?;
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("cannot find the target directory")?;
+    let root = target.join("n2p-bench-tools");
+    let bin = root.join("bin/dumbpipe");
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    eprintln!(
+        "installing dumbpipe into {} (cargo install; a few minutes, once) …",
+        root.display()
+    );
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // The versions dumbpipe was released with first; whatever resolves today if that fails.
+    let mut output = Command::new(&cargo)
+        .args(["install", "dumbpipe", "--locked", "--root"])
+        .arg(&root)
+        .output()
+        .context("running cargo install dumbpipe")?;
+    if !output.status.success() {
+        output = Command::new(&cargo)
+            .args(["install", "dumbpipe", "--root"])
+            .arg(&root)
+            .output()
+            .context("running cargo install dumbpipe")?;
+    }
+    if !output.status.success() || !bin.is_file() {
+        bail!(
+            "cargo install dumbpipe failed: {}",
+            proc::tail(&String::from_utf8_lossy(&output.stderr), 600).trim()
+        );
+    }
+    Ok(bin)
+}
+
+fn is_tmpfs(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct we pass; the path is a valid C string.
+    unsafe {
+        let mut buf: libc::statfs = std::mem::zeroed();
+        libc::statfs(c_path.as_ptr(), &mut buf) == 0 && buf.f_type == libc::TMPFS_MAGIC
+    }
+}
+
+fn machine() -> Machine {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_owned())
+        .unwrap_or_else(|| "unknown".to_owned());
+    let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kb = proc::parse_status_kb(&meminfo, "MemTotal").unwrap_or(0);
+    Machine {
+        nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpu_model,
+        kernel: fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default(),
+        mem_gib: mem_kb as f64 / (1024.0 * 1024.0),
+    }
+}
+
+fn versions(tools: &Tools) -> Versions {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let rev = output_of(
+        Command::new("git")
+            .args(["describe", "--always", "--dirty"])
+            .current_dir(&workspace),
+    )
+    .unwrap_or_else(|| "unknown commit".to_owned());
+    Versions {
+        n2p: format!("{} ({rev})", tools.n2p.display()),
+        n2p_alt: tools.n2p_alt.as_ref().map(|p| p.display().to_string()),
+        nix: output_of(Command::new("nix").arg("--version")).unwrap_or_default(),
+        dumbpipe: tools
+            .dumbpipe
+            .as_ref()
+            .and_then(|d| output_of(Command::new(d).arg("--version"))),
+        socat: tools.socat.as_ref().and_then(|s| {
+            output_of(Command::new(s).arg("-V")).and_then(|o| {
+                o.lines()
+                    .find(|l| l.contains("socat version"))
+                    .map(str::to_owned)
+            })
+        }),
+    }
+}

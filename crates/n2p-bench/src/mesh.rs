@@ -1,0 +1,300 @@
+//! Mesh teams on loopback: a closed team file with fixed addresses and relays disabled, one
+//! home per node, and the mesh measurements (how long N nodes take to see each other's
+//! sockets, how long a SIGKILLed node's socket survives on the others).
+//!
+//! ```ignore
+//! let team = Team::create(&n2p, &dir, &["a", "b"])?;
+//! let a = team.spawn(0, None)?;                   // does not share
+//! let b = team.spawn(1, Some(&daemon_socket))?;   // shares its daemon
+//! // a's socket for b: team.peer_socket(0, 1)
+//! ```
+
+use std::{
+    fmt::Write as _,
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use crate::{
+    forwarders::n2p_command,
+    proc::{Service, free_port, output_of, status_bytes},
+    stats::Summary,
+};
+
+/// The gossip topic the benchmark's nodes join.
+const TOPIC: &str = "bench";
+
+/// How often the mesh measurements look at the peers directories (N of them).
+const MESH_POLL: Duration = Duration::from_millis(10);
+
+/// Longest the mesh may take to converge or to drop a killed node.
+const MESH_TIMEOUT: Duration = Duration::from_secs(60);
+
+struct Node {
+    name: String,
+    home: PathBuf,
+    port: u16,
+}
+
+/// A closed team of n2p nodes on loopback with fixed addresses.
+pub(crate) struct Team {
+    n2p: PathBuf,
+    dir: PathBuf,
+    file: PathBuf,
+    nodes: Vec<Node>,
+}
+
+impl Team {
+    /// Creates a home and identity per name and the team file, in `dir`.
+    pub(crate) fn create(n2p: &Path, dir: &Path, names: &[&str]) -> Result<Self> {
+        fs::create_dir_all(dir)?;
+        let secret = dir.join("team.secret");
+        let mut random = [0u8; 16];
+        fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
+            .context("reading /dev/urandom")?;
+        let hex: String = random.iter().fold(String::new(), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        });
+        fs::write(&secret, format!("bench-team-secret-{hex}\n"))?;
+        fs::set_permissions(&secret, fs::Permissions::from_mode(0o600))?;
+
+        let mut text =
+            String::from("[mesh]\nsecret_file = \"team.secret\"\nrelay = \"disabled\"\n");
+        let mut nodes = Vec::new();
+        for name in names {
+            let home = dir.join(format!("home-{name}"));
+            let id = output_of(n2p_command(None, n2p, &home).arg("id"))
+                .with_context(|| format!("`n2p id` failed for {}", home.display()))?;
+            let port = free_port(true)?;
+            let _ = write!(
+                text,
+                "\n[[member]]\nname = \"{name}\"\nid = \"{id}\"\naddrs = [\"127.0.0.1:{port}\"]\n"
+            );
+            nodes.push(Node {
+                name: (*name).to_owned(),
+                home,
+                port,
+            });
+        }
+        let file = dir.join("team.toml");
+        fs::write(&file, text)?;
+        Ok(Self {
+            n2p: n2p.to_owned(),
+            dir: dir.to_owned(),
+            file,
+            nodes,
+        })
+    }
+
+    /// How many nodes.
+    pub(crate) fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Starts node `i`, sharing the daemon at `share` or not sharing.
+    pub(crate) fn spawn(&self, i: usize, share: Option<&Path>) -> Result<Service> {
+        let node = &self.nodes[i];
+        let mut command = n2p_command(None, &self.n2p, &node.home);
+        command
+            .args([
+                "--relay",
+                "disabled",
+                "--bind",
+                &format!("127.0.0.1:{}", node.port),
+            ])
+            .args(["mesh", "join", TOPIC, "--team"])
+            .arg(&self.file);
+        match share {
+            Some(socket) => command.arg("--share").arg("--daemon-socket").arg(socket),
+            None => command.arg("--no-share"),
+        };
+        let log = self.dir.join(format!("{}.log", node.name));
+        Service::spawn(&format!("mesh node {}", node.name), &mut command, &log)
+    }
+
+    /// Node `i`'s socket for node `j`.
+    pub(crate) fn peer_socket(&self, i: usize, j: usize) -> PathBuf {
+        self.peers_dir(i)
+            .join(format!("{}.sock", self.nodes[j].name))
+    }
+
+    fn peers_dir(&self, i: usize) -> PathBuf {
+        self.nodes[i].home.join("peers")
+    }
+
+    /// How many peer sockets node `i` has.
+    fn socket_count(&self, i: usize) -> usize {
+        fs::read_dir(self.peers_dir(i))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".sock"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+}
+
+/// One mesh round: N nodes converge, then one is killed.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct MeshRound {
+    /// Nodes.
+    pub(crate) n: usize,
+    /// Seconds spent starting the N processes.
+    pub(crate) spawn_s: f64,
+    /// Seconds from the first start until every node had N-1 sockets.
+    pub(crate) converge_s: f64,
+    /// Seconds from the last start until then.
+    pub(crate) converge_after_last_start_s: f64,
+    /// Resident memory of each node 1 s after convergence, in bytes.
+    pub(crate) idle_rss_bytes: Vec<u64>,
+    /// The anonymous part of it (heap, stacks; the rest is the binary's mapped pages).
+    pub(crate) idle_rss_anon_bytes: Vec<u64>,
+    /// Seconds from SIGKILL of one node until the first other node dropped its socket.
+    pub(crate) killed_first_gone_s: f64,
+    /// Seconds until its socket was gone on every other node.
+    pub(crate) killed_all_gone_s: f64,
+}
+
+/// Summary of several rounds with the same N.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct MeshResult {
+    /// Nodes.
+    pub(crate) n: usize,
+    /// Convergence time from the first start.
+    pub(crate) converge_s: Option<Summary>,
+    /// Convergence time from the last start.
+    pub(crate) converge_after_last_start_s: Option<Summary>,
+    /// Time until a killed node's socket is gone everywhere.
+    pub(crate) killed_all_gone_s: Option<Summary>,
+    /// Idle resident memory per node, bytes (over all nodes and rounds).
+    pub(crate) idle_rss_bytes: Option<Summary>,
+    /// Its anonymous part.
+    pub(crate) idle_rss_anon_bytes: Option<Summary>,
+    /// The rounds.
+    pub(crate) rounds: Vec<MeshRound>,
+}
+
+impl MeshResult {
+    pub(crate) fn of(n: usize, rounds: Vec<MeshRound>) -> Self {
+        let pick =
+            |f: fn(&MeshRound) -> f64| Summary::of(&rounds.iter().map(f).collect::<Vec<_>>());
+        let rss: Vec<f64> = rounds
+            .iter()
+            .flat_map(|r| r.idle_rss_bytes.iter().map(|b| *b as f64))
+            .collect();
+        let anon: Vec<f64> = rounds
+            .iter()
+            .flat_map(|r| r.idle_rss_anon_bytes.iter().map(|b| *b as f64))
+            .collect();
+        Self {
+            n,
+            converge_s: pick(|r| r.converge_s),
+            converge_after_last_start_s: pick(|r| r.converge_after_last_start_s),
+            killed_all_gone_s: pick(|r| r.killed_all_gone_s),
+            idle_rss_bytes: Summary::of(&rss),
+            idle_rss_anon_bytes: Summary::of(&anon),
+            rounds,
+        }
+    }
+}
+
+/// Runs one round with `n` sharing nodes (all pointing at one dummy daemon socket; the
+/// sockets appear whether or not a daemon runs there).
+pub(crate) fn measure_round(n2p: &Path, dir: &Path, n: usize) -> Result<MeshRound> {
+    let names: Vec<String> = (0..n).map(|i| format!("n{i:02}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let team = Team::create(n2p, dir, &names)?;
+    let dummy = dir.join("dummy-daemon.sock");
+    let started = Instant::now();
+    let mut nodes = Vec::new();
+    for i in 0..team.len() {
+        nodes.push(team.spawn(i, Some(&dummy))?);
+    }
+    let spawned = started.elapsed();
+    let result = (|| {
+        let converged = poll(MESH_TIMEOUT, || {
+            (0..n).all(|i| team.socket_count(i) == n - 1)
+        })
+        .with_context(|| {
+            let counts: Vec<usize> = (0..n).map(|i| team.socket_count(i)).collect();
+            format!(
+                "{n} nodes did not converge within {MESH_TIMEOUT:?}; sockets per node: {counts:?}"
+            )
+        })?;
+        let converge_s = (spawned + converged).as_secs_f64();
+        thread::sleep(Duration::from_secs(1));
+        let idle_rss_bytes = nodes
+            .iter()
+            .filter_map(|node| status_bytes(node.pid(), "VmRSS").ok())
+            .collect();
+        let idle_rss_anon_bytes = nodes
+            .iter()
+            .filter_map(|node| status_bytes(node.pid(), "RssAnon").ok())
+            .collect();
+
+        let victim = n - 1;
+        nodes[victim].kill();
+        let killed = Instant::now();
+        let others: Vec<usize> = (0..n).filter(|i| *i != victim).collect();
+        let mut first_gone = None;
+        poll(MESH_TIMEOUT, || {
+            let gone = others
+                .iter()
+                .filter(|i| !team.peer_socket(**i, victim).exists())
+                .count();
+            if gone > 0 && first_gone.is_none() {
+                first_gone = Some(killed.elapsed());
+            }
+            gone == others.len()
+        })
+        .context("the killed node's socket was not removed everywhere in time")?;
+        let all_gone = killed.elapsed();
+        Ok(MeshRound {
+            n,
+            spawn_s: spawned.as_secs_f64(),
+            converge_s,
+            converge_after_last_start_s: converged.as_secs_f64(),
+            idle_rss_bytes,
+            idle_rss_anon_bytes,
+            killed_first_gone_s: first_gone.unwrap_or(all_gone).as_secs_f64(),
+            killed_all_gone_s: all_gone.as_secs_f64(),
+        })
+    })();
+    for node in &nodes {
+        crate::proc::signal(node.pid(), libc::SIGTERM);
+    }
+    for node in &mut nodes {
+        node.stop(Duration::from_secs(5));
+    }
+    if result.is_err() {
+        let logs: String = nodes.iter().take(2).map(|n| n.log_text()).collect();
+        eprintln!(
+            "mesh logs (first two nodes):\n{}",
+            crate::proc::tail(&logs, 4000)
+        );
+    }
+    result
+}
+
+/// Polls `done` every [`MESH_POLL`]; the time since the start of polling when it held.
+fn poll(timeout: Duration, mut done: impl FnMut() -> bool) -> Result<Duration> {
+    let started = Instant::now();
+    loop {
+        if done() {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > timeout {
+            bail!("timed out after {timeout:?}");
+        }
+        thread::sleep(MESH_POLL);
+    }
+}

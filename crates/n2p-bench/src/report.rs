@@ -1,0 +1,631 @@
+//! The benchmark's output: one JSON document with every sample, and a Markdown rendering of
+//! it with the targets of issue 4 marked met or not met.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::{
+    connect::{ConnectResults, StartupResult},
+    forwarders::Variant,
+    mesh::MeshResult,
+    netem::Shape,
+    nix::Sizes,
+    stats::Summary,
+    transfer::{TransferResults, added_ms_per_path},
+};
+
+/// The machine the numbers come from.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Machine {
+    /// Online CPUs.
+    pub(crate) nproc: usize,
+    /// `model name` of /proc/cpuinfo.
+    pub(crate) cpu_model: String,
+    /// Kernel release.
+    pub(crate) kernel: String,
+    /// Total memory, GiB.
+    pub(crate) mem_gib: f64,
+}
+
+/// Versions of what was measured.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Versions {
+    /// The n2p binary and the commit it was built from.
+    pub(crate) n2p: String,
+    /// The `n2p-alt` binary, when given.
+    pub(crate) n2p_alt: Option<String>,
+    /// `nix --version`.
+    pub(crate) nix: String,
+    /// `dumbpipe --version`, when available.
+    pub(crate) dumbpipe: Option<String>,
+    /// `socat -V` first line, when installed.
+    pub(crate) socat: Option<String>,
+}
+
+/// Resident memory of one forwarding process at one moment.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RssSample {
+    /// The variant.
+    pub(crate) variant: Variant,
+    /// Which of its processes.
+    pub(crate) process: String,
+    /// `after start` (warm, idle) or `after transfers` (idle again).
+    pub(crate) when: String,
+    /// VmRSS, bytes.
+    pub(crate) bytes: u64,
+    /// RssAnon (heap, stacks), bytes; the rest of VmRSS is mapped files (the binary).
+    pub(crate) anon_bytes: Option<u64>,
+}
+
+/// The WAN-link section.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct NetemResults {
+    /// The link.
+    pub(crate) shape: Shape,
+    /// Bytes of W1 on this link.
+    pub(crate) w1_bytes: u64,
+    /// Seconds W1's bytes take at the link's rate alone.
+    pub(crate) w1_line_rate_s: f64,
+    /// The rounds (ratios against socat, the plain TCP relay).
+    pub(crate) transfers: TransferResults,
+}
+
+/// One target of issue 4 point 4.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Target {
+    /// What is measured.
+    pub(crate) name: String,
+    /// The goal.
+    pub(crate) goal: String,
+    /// The measured figure.
+    pub(crate) measured: String,
+    /// Met, not met, or not measured (None).
+    pub(crate) met: Option<bool>,
+}
+
+/// Everything one run produced.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Report {
+    /// UTC date and time of the start.
+    pub(crate) date: String,
+    /// The command line.
+    pub(crate) command: String,
+    /// Wall time of the whole run, seconds.
+    pub(crate) duration_s: f64,
+    /// The machine.
+    pub(crate) machine: Machine,
+    /// Versions.
+    pub(crate) versions: Versions,
+    /// A smoke run with small sizes.
+    pub(crate) quick: bool,
+    /// Rounds of the transfer benchmark.
+    pub(crate) reps: usize,
+    /// Workload sizes.
+    pub(crate) sizes: Sizes,
+    /// Where the stores lived, and whether that is tmpfs.
+    pub(crate) work_dir: String,
+    /// Whether the work dir is on tmpfs.
+    pub(crate) work_dir_is_tmpfs: bool,
+    /// Variants or sections not measured, and why.
+    pub(crate) unavailable: Vec<String>,
+    /// Transfers W1..W5.
+    pub(crate) transfers: Option<TransferResults>,
+    /// Idle memory of the forwarders.
+    pub(crate) idle_rss: Vec<RssSample>,
+    /// New connections on a warm tunnel.
+    pub(crate) connect: Option<ConnectResults>,
+    /// Client start-up.
+    pub(crate) startup: Vec<StartupResult>,
+    /// Mesh convergence and expiry.
+    pub(crate) mesh: Vec<MeshResult>,
+    /// The emulated WAN link.
+    pub(crate) netem: Option<NetemResults>,
+    /// Targets of issue 4, evaluated.
+    pub(crate) targets: Vec<Target>,
+}
+
+const MB: f64 = 1e6;
+
+fn secs(s: &Summary) -> String {
+    format!(
+        "{} [{}–{}]",
+        fmt_secs(s.median),
+        fmt_secs(s.min),
+        fmt_secs(s.max)
+    )
+}
+
+fn fmt_secs(x: f64) -> String {
+    if x < 10.0 {
+        format!("{x:.3}")
+    } else {
+        format!("{x:.1}")
+    }
+}
+
+fn ratio(s: &Summary) -> String {
+    format!("{:.2}× [{:.2}–{:.2}]", s.median, s.min, s.max)
+}
+
+fn ms(s: &Summary) -> String {
+    format!("{:.2} [{:.2}–{:.2}]", s.median, s.min, s.max)
+}
+
+fn mb(bytes: f64) -> String {
+    format!("{:.1} MB", bytes / MB)
+}
+
+fn opt<T>(x: Option<T>, f: impl Fn(T) -> String) -> String {
+    x.map(f).unwrap_or_else(|| "–".to_owned())
+}
+
+/// Evaluates the targets of issue 4 point 4 against `r`.
+pub(crate) fn evaluate_targets(r: &Report) -> Vec<Target> {
+    let mut targets = Vec::new();
+    let mut push = |name: &str, goal: &str, measured: String, met: Option<bool>| {
+        targets.push(Target {
+            name: name.to_owned(),
+            goal: goal.to_owned(),
+            measured,
+            met,
+        });
+    };
+    let t = r.transfers.as_ref();
+    let ratio_of = |w: &str, v: Variant| {
+        t.and_then(|t| t.job(w))
+            .and_then(|j| j.of(v))
+            .and_then(|x| x.ratio)
+            .map(|s| s.median)
+    };
+    for (w, limit, what) in [
+        ("W1", 1.6, "W1 (256 MiB file) time vs direct"),
+        ("W2", 1.15, "W2 (5,000 small files) time vs direct"),
+        ("W3", 1.1, "W3 (200 paths, one copy) time vs direct"),
+        ("W4", 1.4, "W4 (200 round trips) time vs direct"),
+        ("W5", 1.5, "W5 (machine closure) time vs direct"),
+    ] {
+        let n2p = ratio_of(w, Variant::N2p);
+        let mesh = ratio_of(w, Variant::Mesh);
+        push(
+            what,
+            &format!("≤ {limit}×"),
+            format!(
+                "n2p {} (mesh {})",
+                opt(n2p, |x| format!("{x:.2}×")),
+                opt(mesh, |x| format!("{x:.2}×"))
+            ),
+            n2p.map(|x| x <= limit),
+        );
+    }
+    let w4_added = t
+        .and_then(|t| t.job("W4"))
+        .and_then(|j| added_ms_per_path(j, Variant::N2p, Variant::Direct));
+    push(
+        "W4 time added per round trip",
+        "≤ 0.15 ms",
+        opt(w4_added, |x| format!("n2p {x:.3} ms")),
+        w4_added.map(|x| x <= 0.15),
+    );
+    let w1_cpu = t
+        .and_then(|t| t.job("W1"))
+        .and_then(|j| j.of(Variant::N2p))
+        .and_then(|x| x.cpu)
+        .map(|s| s.median * (256u64 << 20) as f64 / r.sizes.w1_bytes as f64);
+    push(
+        "W1 forwarder CPU (n2p client + server, user+sys) per 256 MiB",
+        "≤ 1.5 s",
+        opt(w1_cpu, |x| format!("{x:.2} s")),
+        w1_cpu.map(|x| x <= 1.5),
+    );
+    let startup = r
+        .startup
+        .iter()
+        .find(|s| s.tool == "n2p client")
+        .and_then(|s| s.first_op_s);
+    push(
+        "`n2p client` start → first successful `nix path-info`",
+        "≤ 0.2 s",
+        opt(startup, |s| format!("{:.3} s", s.median)),
+        startup.map(|s| s.median <= 0.2),
+    );
+    let conn = r.connect.as_ref();
+    let raw = |v| conn.and_then(|c| c.of(v)).and_then(|c| c.raw_ms);
+    let n2p_raw = raw(Variant::N2p);
+    push(
+        "new daemon connection on a warm tunnel (connect + handshake + 1 query)",
+        "≤ 10 ms",
+        format!(
+            "n2p {} ms (direct {} ms, mesh {} ms)",
+            opt(n2p_raw, |s| format!("{:.2}", s.median)),
+            opt(raw(Variant::Direct), |s| format!("{:.2}", s.median)),
+            opt(raw(Variant::Mesh), |s| format!("{:.2}", s.median)),
+        ),
+        n2p_raw.map(|s| s.median <= 10.0),
+    );
+    for (when, what) in [
+        (
+            "after start",
+            "idle RSS of n2p processes (server, client, 2-node mesh), warm, before any transfer",
+        ),
+        (
+            "after transfers",
+            "idle RSS of the same processes, idle again after the transfers",
+        ),
+    ] {
+        let worst = r
+            .idle_rss
+            .iter()
+            .filter(|s| s.variant.is_n2p() && s.when == when)
+            .map(|s| s.bytes)
+            .max();
+        push(
+            what,
+            "≤ 20 MB",
+            opt(worst, |b| format!("max {}", mb(b as f64))),
+            worst.map(|b| b as f64 <= 20.0 * MB),
+        );
+    }
+    for m in &r.mesh {
+        let worst = m.idle_rss_bytes.map(|s| s.max);
+        push(
+            &format!("idle RSS per node in the {}-node mesh", m.n),
+            "≤ 20 MB",
+            opt(m.idle_rss_bytes, |s| {
+                format!("median {}, max {}", mb(s.median), mb(s.max))
+            }),
+            worst.map(|b| b <= 20.0 * MB),
+        );
+    }
+    let peak = t.and_then(|t| {
+        t.w1_peak_rss
+            .iter()
+            .filter(|p| p.variant.is_n2p())
+            .flat_map(|p| p.bytes.iter().copied())
+            .max()
+    });
+    push(
+        "peak RSS of an n2p process during W1",
+        "≤ 64 MB",
+        opt(peak, |b| format!("max {}", mb(b as f64))),
+        peak.map(|b| b as f64 <= 64.0 * MB),
+    );
+    let mesh32 = r.mesh.iter().find(|m| m.n == 32);
+    let conv = mesh32.and_then(|m| m.converge_s);
+    push(
+        "mesh: 32 nodes on loopback all see each other's sockets (from the first start)",
+        "≤ 2 s",
+        opt(conv, |s| format!("{:.2} s", s.median)),
+        conv.map(|s| s.median <= 2.0),
+    );
+    let gone = r
+        .mesh
+        .iter()
+        .max_by_key(|m| m.n)
+        .and_then(|m| m.killed_all_gone_s.map(|s| (m.n, s)));
+    push(
+        "mesh: a SIGKILLed node's socket gone on all others",
+        "≤ 8 s",
+        opt(gone, |(n, s)| format!("{:.2} s (N = {n})", s.median)),
+        gone.map(|(_, s)| s.median <= 8.0),
+    );
+    targets
+}
+
+/// Renders `r` as Markdown.
+pub(crate) fn markdown(r: &Report) -> String {
+    let mut out = String::new();
+    let m = &r.machine;
+    let _ = writeln!(out, "## Results of {}\n", r.date);
+    let _ = writeln!(
+        out,
+        "- Machine: {} CPUs ({}), kernel {}, {:.0} GiB RAM",
+        m.nproc, m.cpu_model, m.kernel, m.mem_gib
+    );
+    let _ = writeln!(out, "- Command: `{}`", r.command);
+    let _ = writeln!(
+        out,
+        "- {} rounds{}, whole run {:.0} s; stores in {} ({})",
+        r.reps,
+        if r.quick {
+            ", QUICK (small sizes: indicative only)"
+        } else {
+            ""
+        },
+        r.duration_s,
+        r.work_dir,
+        if r.work_dir_is_tmpfs {
+            "tmpfs"
+        } else {
+            "NOT tmpfs"
+        }
+    );
+    let v = &r.versions;
+    if let Some(alt) = &v.n2p_alt {
+        let _ = writeln!(out, "- n2p-alt: {alt}");
+    }
+    let _ = writeln!(
+        out,
+        "- n2p {}; {}; dumbpipe {}; socat {}",
+        v.n2p,
+        v.nix,
+        v.dumbpipe.as_deref().unwrap_or("unavailable"),
+        v.socat.as_deref().unwrap_or("unavailable")
+    );
+    for note in &r.unavailable {
+        let _ = writeln!(out, "- Not measured: {note}");
+    }
+    out.push('\n');
+
+    if let Some(t) = &r.transfers {
+        transfer_tables(&mut out, t, "direct");
+        if let Some(w4) = t.job("W4") {
+            let added: Vec<String> = w4
+                .variants
+                .iter()
+                .filter(|v| v.variant != Variant::Direct)
+                .filter_map(|v| {
+                    added_ms_per_path(w4, v.variant, Variant::Direct)
+                        .map(|ms| format!("{} {ms:.3} ms", v.variant))
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "W4 time added per round trip (median over rounds): {}.\n",
+                added.join(", ")
+            );
+        }
+        if !t.w1_peak_rss.is_empty() {
+            let _ = writeln!(out, "### Memory of the forwarding processes\n");
+            let _ = writeln!(
+                out,
+                "| variant | process | idle after start | peak during W1 (max over rounds) | idle after transfers |"
+            );
+            let _ = writeln!(out, "|---|---|---|---|---|");
+            for p in &t.w1_peak_rss {
+                let idle = |when: &str| {
+                    r.idle_rss
+                        .iter()
+                        .find(|s| {
+                            s.variant == p.variant && s.process == p.process && s.when == when
+                        })
+                        .map(|s| match s.anon_bytes {
+                            Some(anon) => {
+                                format!("{} (anon {})", mb(s.bytes as f64), mb(anon as f64))
+                            }
+                            None => mb(s.bytes as f64),
+                        })
+                        .unwrap_or_else(|| "–".to_owned())
+                };
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {} | {} |",
+                    p.variant,
+                    p.process,
+                    idle("after start"),
+                    opt(p.bytes.iter().max(), |b| mb(*b as f64)),
+                    idle("after transfers"),
+                );
+            }
+            out.push('\n');
+        }
+        if !t.errors.is_empty() {
+            let _ = writeln!(out, "Failures during the transfers:\n");
+            for e in &t.errors {
+                let _ = writeln!(out, "- {}", e.replace('\n', " "));
+            }
+            out.push('\n');
+        }
+    }
+
+    if let Some(c) = &r.connect {
+        let _ = writeln!(
+            out,
+            "### New daemon connection on a warm tunnel ({} connections each, interleaved)\n",
+            c.calls
+        );
+        let _ = writeln!(
+            out,
+            "Raw: connect + worker-protocol handshake + one IsValidPath, timed in the runner. \
+             nix: one whole `nix path-info` process (start-up included).\n"
+        );
+        let _ = writeln!(
+            out,
+            "| variant | raw, ms: median [min–max] | raw added vs direct | `nix path-info`, ms: median [min–max] | nix added vs direct |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|");
+        let direct = c.of(Variant::Direct);
+        for v in &c.variants {
+            let added = |x: Option<Summary>, d: Option<Summary>| match (x, d) {
+                (Some(x), Some(d)) => format!("{:+.2} ms", x.median - d.median),
+                _ => "–".to_owned(),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                v.variant,
+                opt(v.raw_ms, |s| ms(&s)),
+                added(v.raw_ms, direct.and_then(|d| d.raw_ms)),
+                opt(v.nix_ms, |s| ms(&s)),
+                added(v.nix_ms, direct.and_then(|d| d.nix_ms)),
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\ndumbpipe: not measured (its connector carries one connection per process).\n"
+        );
+        for e in &c.errors {
+            let _ = writeln!(out, "- failure: {}", e.replace('\n', " "));
+        }
+    }
+
+    if !r.startup.is_empty() {
+        let _ = writeln!(out, "### Client start → first successful `nix path-info`\n");
+        let _ = writeln!(
+            out,
+            "| client | socket ready, s | first nix operation done, s | runs |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|");
+        for s in &r.startup {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} |",
+                s.tool,
+                opt(s.socket_ready_s, |x| secs(&x)),
+                opt(s.first_op_s, |x| secs(&x)),
+                s.first_op_s.map(|x| x.n).unwrap_or(0)
+            );
+            for e in &s.errors {
+                let _ = writeln!(out, "\n- {} failure: {}", s.tool, e.replace('\n', " "));
+            }
+        }
+        out.push('\n');
+    }
+
+    if !r.mesh.is_empty() {
+        let _ = writeln!(
+            out,
+            "### Mesh on loopback (relays disabled, default expiry)\n"
+        );
+        let _ = writeln!(
+            out,
+            "| nodes | all see all N−1 sockets, from first start, s | from last start, s | SIGKILLed node's socket gone everywhere, s | idle RSS per node: median / max (anon median) | rounds |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|");
+        for mr in &r.mesh {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} |",
+                mr.n,
+                opt(mr.converge_s, |s| secs(&s)),
+                opt(mr.converge_after_last_start_s, |s| secs(&s)),
+                opt(mr.killed_all_gone_s, |s| secs(&s)),
+                opt(mr.idle_rss_bytes, |s| format!(
+                    "{} / {} ({})",
+                    mb(s.median),
+                    mb(s.max),
+                    opt(mr.idle_rss_anon_bytes, |a| mb(a.median))
+                )),
+                mr.rounds.len()
+            );
+        }
+        out.push('\n');
+    }
+
+    if let Some(n) = &r.netem {
+        let _ = writeln!(
+            out,
+            "### Emulated WAN link: {} ms RTT, {} Mbit/s (two network namespaces, veth + netem)\n",
+            n.shape.rtt_ms, n.shape.rate_mbit
+        );
+        let _ = writeln!(
+            out,
+            "W1 here is {} MiB: {:.2} s at line rate alone. Ratios are against socat (plain TCP).\n",
+            n.w1_bytes >> 20,
+            n.w1_line_rate_s
+        );
+        transfer_tables(&mut out, &n.transfers, "socat");
+        for e in &n.transfers.errors {
+            let _ = writeln!(out, "- failure: {}", e.replace('\n', " "));
+        }
+    }
+
+    if !r.targets.is_empty() {
+        let _ = writeln!(out, "### Targets (issue 4, point 4)\n");
+        let _ = writeln!(out, "| target | goal | measured | |");
+        let _ = writeln!(out, "|---|---|---|---|");
+        for t in &r.targets {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} |",
+                t.name,
+                t.goal,
+                t.measured,
+                match t.met {
+                    Some(true) => "met",
+                    Some(false) => "**not met**",
+                    None => "not measured",
+                }
+            );
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn transfer_tables(out: &mut String, t: &TransferResults, baseline: &str) {
+    let variants: Vec<Variant> = t
+        .jobs
+        .first()
+        .map(|j| j.variants.iter().map(|v| v.variant).collect())
+        .unwrap_or_default();
+    let header = |out: &mut String, first: &str| {
+        let _ = write!(out, "| {first} |");
+        for v in &variants {
+            let _ = write!(out, " {v} |");
+        }
+        let _ = write!(out, "\n|---|");
+        for _ in &variants {
+            let _ = write!(out, "---|");
+        }
+        out.push('\n');
+    };
+    let _ = writeln!(
+        out,
+        "### Wall time of the nix command, s: median [min–max] over {} rounds\n",
+        t.reps
+    );
+    header(out, "workload");
+    for j in &t.jobs {
+        let _ = write!(out, "| {}: {} |", j.workload, j.description);
+        for v in &j.variants {
+            let _ = write!(out, " {} |", opt(v.time, |s| secs(&s)));
+        }
+        out.push('\n');
+    }
+    let _ = writeln!(
+        out,
+        "\n### Ratio to {baseline}: median [min–max] of the per-round ratios\n"
+    );
+    header(out, "workload");
+    for j in &t.jobs {
+        let _ = write!(out, "| {} |", j.workload);
+        for v in &j.variants {
+            let _ = write!(out, " {} |", opt(v.ratio, |s| ratio(&s)));
+        }
+        out.push('\n');
+    }
+    let _ = writeln!(
+        out,
+        "\n### CPU of the forwarding processes (user+sys), s: median [min–max]\n"
+    );
+    header(out, "workload");
+    for j in &t.jobs {
+        let _ = write!(out, "| {} |", j.workload);
+        for v in &j.variants {
+            let cell = if v.variant == Variant::Direct {
+                "–".to_owned()
+            } else {
+                opt(v.cpu, |s| secs(&s))
+            };
+            let _ = write!(out, " {cell} |");
+        }
+        out.push('\n');
+    }
+    out.push('\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_are_compact() {
+        let s = Summary::of(&[1.0, 1.5, 2.0]).expect("samples");
+        assert_eq!(secs(&s), "1.500 [1.000–2.000]");
+        assert_eq!(ratio(&s), "1.50× [1.00–2.00]");
+        assert_eq!(fmt_secs(12.345), "12.3");
+        assert_eq!(mb(20e6), "20.0 MB");
+        assert_eq!(opt(None::<f64>, |x| x.to_string()), "–");
+    }
+}

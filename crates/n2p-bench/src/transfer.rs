@@ -1,0 +1,388 @@
+//! The interleaved transfer measurements: every round starts a fresh nix-daemon (new store on
+//! tmpfs) behind each forwarder, then runs each workload through every variant in turn
+//! (the variant order rotating from round to round), timing the nix command and accounting
+//! the forwarders' CPU time and, during W1, their peak memory.
+
+use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::{
+    forwarders::{Forwarder, Variant},
+    nix::{Daemon, NIX_TIMEOUT, Workloads, nix_command},
+    proc::{cpu_seconds_of, reset_peak_rss, run_timed, status_bytes, wait_until},
+    stats::{Summary, median, rotated, round_ratios},
+};
+
+/// What one measured nix invocation does.
+#[derive(Debug, Clone)]
+pub(crate) struct Job {
+    /// W1..W5.
+    pub(crate) name: &'static str,
+    /// What it moves, for the report.
+    pub(crate) description: String,
+    /// The nix command.
+    pub(crate) kind: JobKind,
+}
+
+/// The nix command of a [`Job`].
+#[derive(Debug, Clone)]
+pub(crate) enum JobKind {
+    /// `nix copy --from <source> --to <url> <paths>`.
+    Copy(Vec<String>),
+    /// `nix path-info --store <url> <paths>` (one connection, a round trip per path).
+    PathInfo(Vec<String>),
+}
+
+impl Job {
+    /// The store paths the job needs in the destination afterwards.
+    pub(crate) fn paths(&self) -> &[String] {
+        match &self.kind {
+            JobKind::Copy(paths) | JobKind::PathInfo(paths) => paths,
+        }
+    }
+
+    fn command(&self, source_url: &str, url: &str) -> Command {
+        let mut command = nix_command("nix");
+        match &self.kind {
+            JobKind::Copy(paths) => command
+                .args(["copy", "--from", source_url, "--to", url])
+                .args(paths),
+            JobKind::PathInfo(paths) => command.args(["path-info", "--store", url]).args(paths),
+        };
+        command
+    }
+}
+
+/// The five workloads of issue 4 over `w`.
+pub(crate) fn standard_jobs(w: &Workloads, w1_bytes: u64) -> Vec<Job> {
+    vec![
+        Job {
+            name: "W1",
+            description: format!("one {} MiB file of random bytes", w1_bytes >> 20),
+            kind: JobKind::Copy(vec![w.w1.clone()]),
+        },
+        Job {
+            name: "W2",
+            description: "one directory of small files (1-8 KiB)".to_owned(),
+            kind: JobKind::Copy(vec![w.w2.clone()]),
+        },
+        Job {
+            name: "W3",
+            description: format!("{} small store paths in one nix copy", w.w3.len()),
+            kind: JobKind::Copy(w.w3.clone()),
+        },
+        Job {
+            name: "W4",
+            description: format!(
+                "nix path-info over the {} W3 paths (round trips)",
+                w.w3.len()
+            ),
+            kind: JobKind::PathInfo(w.w3.clone()),
+        },
+        Job {
+            name: "W5",
+            description: format!(
+                "{} store paths of machine files ({} files, {} MiB)",
+                w.w5.len(),
+                w.w5_files,
+                w.w5_file_bytes >> 20
+            ),
+            kind: JobKind::Copy(w.w5.clone()),
+        },
+    ]
+}
+
+/// One variant's numbers for one job.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct VariantResult {
+    /// The variant.
+    pub(crate) variant: Variant,
+    /// Wall time of the nix command per round (None: failed).
+    pub(crate) times_s: Vec<Option<f64>>,
+    /// CPU seconds (user + sys) of the forwarding processes per round.
+    pub(crate) cpu_s: Vec<Option<f64>>,
+    /// Summary of the times.
+    pub(crate) time: Option<Summary>,
+    /// Summary of the per-round ratios to the baseline variant.
+    pub(crate) ratio: Option<Summary>,
+    /// Summary of the forwarders' CPU seconds.
+    pub(crate) cpu: Option<Summary>,
+}
+
+/// All variants' numbers for one job.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct JobResult {
+    /// W1..W5.
+    pub(crate) workload: String,
+    /// What it moves.
+    pub(crate) description: String,
+    /// How many store paths (round trips for W4).
+    pub(crate) paths: usize,
+    /// Per variant.
+    pub(crate) variants: Vec<VariantResult>,
+}
+
+impl JobResult {
+    /// The result of `variant`, if measured.
+    pub(crate) fn of(&self, variant: Variant) -> Option<&VariantResult> {
+        self.variants.iter().find(|v| v.variant == variant)
+    }
+}
+
+/// Peak resident memory of one forwarding process during W1.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct PeakRss {
+    /// The variant.
+    pub(crate) variant: Variant,
+    /// Which of its processes.
+    pub(crate) process: String,
+    /// VmHWM after W1, per round (reset before W1), bytes.
+    pub(crate) bytes: Vec<u64>,
+}
+
+/// Everything the transfer rounds measured.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct TransferResults {
+    /// The variant the ratios are taken against.
+    pub(crate) baseline: Variant,
+    /// Rounds run.
+    pub(crate) reps: usize,
+    /// The variant order of each round.
+    pub(crate) orders: Vec<Vec<Variant>>,
+    /// Per job.
+    pub(crate) jobs: Vec<JobResult>,
+    /// Peak memory during W1.
+    pub(crate) w1_peak_rss: Vec<PeakRss>,
+    /// Failures (the measurement is then missing from its round).
+    pub(crate) errors: Vec<String>,
+}
+
+impl TransferResults {
+    /// The result of `job`, if run.
+    pub(crate) fn job(&self, name: &str) -> Option<&JobResult> {
+        self.jobs.iter().find(|j| j.workload == name)
+    }
+}
+
+/// Runs `reps` interleaved rounds of `jobs` through `fwds`; ratios against `baseline`.
+/// Fresh daemons live under `dest_dir`; `scratch` takes nix's stderr.
+pub(crate) fn run(
+    fwds: &mut [Forwarder],
+    jobs: &[Job],
+    workloads: &Workloads,
+    reps: usize,
+    baseline: Variant,
+    dest_dir: &Path,
+    scratch: &Path,
+) -> TransferResults {
+    let variants: Vec<Variant> = fwds.iter().map(Forwarder::variant).collect();
+    // times[job][variant] = per-round samples
+    let mut times: Vec<BTreeMap<Variant, Vec<Option<f64>>>> = vec![BTreeMap::new(); jobs.len()];
+    let mut cpus: Vec<BTreeMap<Variant, Vec<Option<f64>>>> = vec![BTreeMap::new(); jobs.len()];
+    let mut peaks: BTreeMap<(Variant, String), Vec<u64>> = BTreeMap::new();
+    let mut errors = Vec::new();
+    let mut orders: Vec<Vec<Variant>> = Vec::new();
+    let all_paths: Vec<String> = jobs.iter().flat_map(|j| j.paths().to_vec()).collect();
+
+    for rep in 0..reps {
+        let order: Vec<usize> = rotated(&(0..fwds.len()).collect::<Vec<_>>(), rep);
+        orders.push(order.iter().map(|i| variants[*i]).collect());
+        eprintln!(
+            "round {}/{reps}: order {:?}",
+            rep + 1,
+            orders[rep].iter().map(|v| v.name()).collect::<Vec<_>>()
+        );
+        let mut daemons: Vec<Option<Daemon>> = Vec::new();
+        for fwd in fwds.iter() {
+            let dir = dest_dir.join(format!("r{rep}-{}", fwd.variant()));
+            match Daemon::start(fwd.slot(), &dir) {
+                Ok(d) => daemons.push(Some(d)),
+                Err(e) => {
+                    errors.push(format!("round {rep}: {}: daemon: {e:#}", fwd.variant()));
+                    daemons.push(None);
+                }
+            }
+        }
+        if rep == 0 {
+            warm_up(fwds, scratch, &mut errors);
+        }
+        for (j, job) in jobs.iter().enumerate() {
+            for &i in &order {
+                let fwd = &mut fwds[i];
+                let variant = fwd.variant();
+                let sample = if daemons[i].is_some() {
+                    measure(fwd, job, workloads, j == 0, scratch)
+                } else {
+                    Err(anyhow::anyhow!("no daemon"))
+                };
+                let (time, cpu) = match sample {
+                    Ok(s) => {
+                        for (process, bytes) in s.peaks {
+                            peaks.entry((variant, process)).or_default().push(bytes);
+                        }
+                        eprintln!(
+                            "  {} {variant:<8} {:7.3} s  cpu {:6.3} s",
+                            job.name, s.secs, s.cpu
+                        );
+                        (Some(s.secs), Some(s.cpu))
+                    }
+                    Err(e) => {
+                        eprintln!("  {} {variant:<8} FAILED: {e:#}", job.name);
+                        errors.push(format!("round {rep}: {} {variant}: {e:#}", job.name));
+                        (None, None)
+                    }
+                };
+                times[j].entry(variant).or_default().push(time);
+                cpus[j].entry(variant).or_default().push(cpu);
+            }
+        }
+        for (fwd, daemon) in fwds.iter().zip(daemons) {
+            let Some(daemon) = daemon else { continue };
+            if let Err(e) = workloads.verify_paths(daemon.socket(), &all_paths, scratch) {
+                errors.push(format!(
+                    "round {rep}: {}: verification: {e:#}",
+                    fwd.variant()
+                ));
+                eprintln!("  {} verification FAILED: {e:#}", fwd.variant());
+            }
+            daemon.remove();
+        }
+    }
+
+    let jobs_out = jobs
+        .iter()
+        .enumerate()
+        .map(|(j, job)| {
+            let base = times[j].get(&baseline).cloned().unwrap_or_default();
+            JobResult {
+                workload: job.name.to_owned(),
+                description: job.description.clone(),
+                paths: job.paths().len(),
+                variants: variants
+                    .iter()
+                    .map(|v| {
+                        let t = times[j].get(v).cloned().unwrap_or_default();
+                        let c = cpus[j].get(v).cloned().unwrap_or_default();
+                        VariantResult {
+                            variant: *v,
+                            time: Summary::of(&t.iter().flatten().copied().collect::<Vec<_>>()),
+                            ratio: Summary::of(&round_ratios(&t, &base)),
+                            cpu: Summary::of(&c.iter().flatten().copied().collect::<Vec<_>>()),
+                            times_s: t,
+                            cpu_s: c,
+                        }
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    TransferResults {
+        baseline,
+        reps,
+        orders,
+        jobs: jobs_out,
+        w1_peak_rss: peaks
+            .into_iter()
+            .map(|((variant, process), bytes)| PeakRss {
+                variant,
+                process,
+                bytes,
+            })
+            .collect(),
+        errors,
+    }
+}
+
+/// One nix command through the forwarder, untimed, so connections are up before round 1
+/// (dumbpipe has nothing to warm: a new connector per invocation).
+fn warm_up(fwds: &mut [Forwarder], scratch: &Path, errors: &mut Vec<String>) {
+    for fwd in fwds.iter_mut() {
+        if fwd.variant() == Variant::Dumbpipe {
+            continue;
+        }
+        let result = fwd.invocation().and_then(|inv| {
+            let mut command = nix_command("nix");
+            command.args(["store", "ping", "--store", &inv.url]);
+            run_timed(&mut command, None, &scratch.join("warm.err"), NIX_TIMEOUT)?
+                .check("nix store ping")
+                .map(|_| ())
+        });
+        if let Err(e) = result {
+            errors.push(format!("warm-up {}: {e:#}", fwd.variant()));
+        }
+    }
+}
+
+struct Sample {
+    secs: f64,
+    cpu: f64,
+    peaks: Vec<(String, u64)>,
+}
+
+fn measure(
+    fwd: &mut Forwarder,
+    job: &Job,
+    workloads: &Workloads,
+    track_peak: bool,
+    scratch: &Path,
+) -> Result<Sample> {
+    let inv = fwd.invocation()?;
+    if track_peak {
+        for pid in &inv.pids {
+            reset_peak_rss(*pid).ok();
+        }
+    }
+    let cpu_before = cpu_seconds_of(&inv.pids);
+    let mut command = job.command(&workloads.source_url, &inv.url);
+    let timed = run_timed(&mut command, None, &scratch.join("nix.err"), NIX_TIMEOUT)?
+        .check(&format!("{} through {}", job.name, fwd.variant()))?;
+    // Forked relays (socat) account their children once reaped.
+    for pid in &inv.pids {
+        wait_until(Duration::from_secs(2), || children_of(*pid) == 0);
+    }
+    let cpu = cpu_seconds_of(&inv.pids) - cpu_before;
+    let peaks = if track_peak {
+        fwd.process_labels()
+            .into_iter()
+            .zip(&inv.pids)
+            .filter_map(|(label, pid)| Some((label, status_bytes(*pid, "VmHWM").ok()?)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(Sample {
+        secs: timed.elapsed.as_secs_f64(),
+        cpu,
+        peaks,
+    })
+}
+
+/// How many child processes `pid` has (0 when unknown).
+fn children_of(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .map(|s| s.split_whitespace().count())
+        .unwrap_or(0)
+}
+
+/// Median of the medians of `variant` minus the baseline, per path, in milliseconds (W4:
+/// the time added per round trip).
+pub(crate) fn added_ms_per_path(
+    job: &JobResult,
+    variant: Variant,
+    baseline: Variant,
+) -> Option<f64> {
+    let v = job.of(variant)?;
+    let b = job.of(baseline)?;
+    let diffs: Vec<f64> = v
+        .times_s
+        .iter()
+        .zip(&b.times_s)
+        .filter_map(|pair| match pair {
+            (Some(v), Some(b)) => Some((v - b) * 1000.0 / job.paths.max(1) as f64),
+            _ => None,
+        })
+        .collect();
+    median(&diffs)
+}
