@@ -10,11 +10,7 @@
 //! it has dropped, and [`serve_local_listener`] turns every connection on a local unix
 //! socket into one stream on it.
 
-use std::{
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use iroh::{
     Endpoint, EndpointAddr, EndpointId,
@@ -63,11 +59,6 @@ impl DaemonService {
             policy,
             me,
         }
-    }
-
-    /// The daemon socket streams are forwarded to.
-    pub fn daemon_socket(&self) -> &Path {
-        &self.daemon_socket
     }
 
     async fn handle_stream(&self, conn: &Connection, mut send: SendStream, mut recv: RecvStream) {
@@ -219,12 +210,6 @@ impl DaemonDialer {
     /// The peer's id.
     pub fn peer(&self) -> EndpointId {
         self.target.id
-    }
-
-    /// Replaces the peer's address (e.g. when it announces new direct addresses); the current
-    /// connection, if any, is kept.
-    pub fn set_target(&mut self, target: EndpointAddr) {
-        self.target = target;
     }
 
     /// The live connection, connecting first if there is none or it has closed.
@@ -436,7 +421,7 @@ mod tests {
     }
 
     async fn server(
-        dir: &Path,
+        dir: &std::path::Path,
         secret: &AccessSecret,
     ) -> Result<(Router, Arc<AtomicUsize>), Box<dyn std::error::Error>> {
         let daemon_path = dir.join("daemon.sock");

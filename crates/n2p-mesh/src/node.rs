@@ -15,7 +15,7 @@ use std::{
 };
 
 use iroh::{
-    Endpoint, EndpointAddr, EndpointId, SecretKey, TransportAddr,
+    Endpoint, EndpointAddr, EndpointId, SecretKey,
     address_lookup::memory::MemoryLookup,
     endpoint::{AfterHandshakeOutcome, Connection, EndpointHooks, TransportAddrUsage},
     protocol::Router,
@@ -502,26 +502,22 @@ impl Actor {
             }
         };
         let now = Instant::now();
-        let (applied, desired) = {
+        let (applied, desired, addr) = {
             let Ok(mut table) = self.shared.table.lock() else {
                 return false;
             };
             let applied = table.apply(&ann, now);
-            (applied, table.sockets())
+            // New or changed addresses go to the address lookup, for dialing the peer.
+            let addr = matches!(applied, Ok(Applied::Joined | Applied::Changed))
+                .then(|| table.endpoint_addr(&ann.id))
+                .flatten();
+            (applied, table.sockets(), addr)
         };
+        if let Some(addr) = addr.filter(|a| !a.is_empty()) {
+            self.memory.add_endpoint_info(addr);
+        }
         match applied {
             Ok(applied) => {
-                if matches!(applied, Applied::Joined | Applied::Changed) && !ann.addrs.is_empty() {
-                    let addr = EndpointAddr::from_parts(
-                        ann.id,
-                        ann.addrs
-                            .iter()
-                            .copied()
-                            .map(TransportAddr::Ip)
-                            .chain(ann.relay.clone().map(TransportAddr::Relay)),
-                    );
-                    self.memory.add_endpoint_info(addr);
-                }
                 if matches!(applied, Applied::Left) {
                     info!(target: "n2p", "peer {} left", ann.id.fmt_short());
                 }

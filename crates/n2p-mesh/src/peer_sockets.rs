@@ -87,16 +87,6 @@ impl PeerSockets {
         })
     }
 
-    /// The directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// The socket names that exist now, with their peers.
-    pub fn current(&self) -> BTreeMap<String, EndpointId> {
-        self.live.iter().map(|(n, s)| (n.clone(), s.peer)).collect()
-    }
-
     /// Makes the directory hold exactly `desired` (socket file name → peer).
     pub fn reconcile(&mut self, desired: &BTreeMap<String, EndpointId>) {
         let stale: Vec<String> = self
