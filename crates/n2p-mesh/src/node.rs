@@ -5,8 +5,9 @@
 //! announce and expiry timers, and commands from the [`MeshNode`] handle (such as
 //! [`MeshNode::status`]). Shutdown order ([`MeshNode::leave`]): stop the actor (which
 //! announces `Leaving` and removes every peer socket), then shut the router down, which
-//! closes the endpoint. Dropping the handle without leaving also stops the actor, the same
-//! way, in the background.
+//! closes the endpoint. Dropping the handle without leaving stops the router's accept loop at
+//! once and makes the actor stop too (announcing `Leaving` and removing its sockets) in the
+//! background.
 
 mod actor;
 pub mod peer_sockets;
