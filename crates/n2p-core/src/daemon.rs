@@ -14,9 +14,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use iroh::{
     Endpoint, EndpointAddr, EndpointId,
-    endpoint::{
-        ApplicationClose, ConnectError, Connection, ConnectionError, RecvStream, SendStream, VarInt,
-    },
+    endpoint::{ApplicationClose, ConnectError, Connection, ConnectionError, VarInt},
     protocol::{AcceptError, ProtocolHandler},
 };
 use tokio::{net::UnixListener, net::UnixStream, sync::Mutex, task::JoinSet};

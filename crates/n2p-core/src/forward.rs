@@ -243,7 +243,7 @@ mod tests {
         Endpoint, SecretKey,
         endpoint::{Connection, ReadError},
     };
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
 
     use super::*;
     use crate::endpoint::{EndpointOptions, RelayChoice, bind_endpoint};
