@@ -391,6 +391,7 @@ mod tests {
         EndpointOptions {
             relay: RelayChoice::Disabled,
             bind: "127.0.0.1:0".parse().ok(),
+            ..Default::default()
         }
     }
 

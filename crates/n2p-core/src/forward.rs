@@ -258,6 +258,7 @@ mod tests {
         let options = EndpointOptions {
             relay: RelayChoice::Disabled,
             bind: "127.0.0.1:0".parse().ok(),
+            ..Default::default()
         };
         let a = bind_endpoint(SecretKey::from_bytes(&[11; 32]), vec![], &options).await?;
         let b = bind_endpoint(
