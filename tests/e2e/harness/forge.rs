@@ -87,6 +87,7 @@ impl Forgers {
                     endpoint: EndpointOptions {
                         relay: RelayChoice::Disabled,
                         bind: Some(free_loopback_addr()),
+                        ..Default::default()
                     },
                 };
                 let node = runtime
