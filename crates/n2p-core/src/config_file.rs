@@ -21,17 +21,29 @@
 //! );
 //! ```
 //!
+//! The text is parsed into toml's spanned document tree, which a small deserializer of ours
+//! feeds to serde. Its error type keeps what serde reports as data (an unknown key and the
+//! valid ones, a missing key, an unknown value and the allowed ones, the expected and the
+//! found type) together with the byte span of the key or value it is about, so messages,
+//! hints and locations never depend on serde's or toml's wording.
+//!
 //! Checks that serde cannot express (duplicates, cross-field rules) read the file through a
 //! [`ConfigSource`], deserialize the values they check as [`Spanned`], and report with
 //! [`ConfigSource::error_at`] so their errors look the same.
 
 use std::{
+    borrow::Cow,
     fmt, fs, io,
+    marker::PhantomData,
     ops::Range,
     path::{Path, PathBuf},
 };
 
-use serde::de::DeserializeOwned;
+use serde::de::{
+    self, DeserializeOwned, DeserializeSeed, IntoDeserializer, Visitor, value::CowStrDeserializer,
+};
+use serde_spanned::de::{SpannedDeserializer, is_spanned};
+use toml::de::{DeTable, DeValue};
 
 /// A value together with its byte span in the file, for errors found after parsing.
 pub use toml::Spanned;
@@ -55,7 +67,12 @@ pub enum ConfigFileError {
     /// The text is not valid TOML, has an unknown key, misses a required one, or holds a bad
     /// value. Displays as `<file>:<line>:<column>: <message>` and, when there is one, a
     /// `hint:` line below.
-    #[error("{}", Rendered { path, location, message, hint })]
+    #[error(
+        "{}{}: {message}{}",
+        path.display(),
+        location.map(|l| format!(":{l}")).unwrap_or_default(),
+        hint.as_ref().map(|h| format!("\n  hint: {h}")).unwrap_or_default()
+    )]
     Invalid {
         /// The file.
         path: PathBuf,
@@ -118,27 +135,6 @@ impl fmt::Display for Location {
     }
 }
 
-struct Rendered<'a> {
-    path: &'a Path,
-    location: &'a Option<Location>,
-    message: &'a str,
-    hint: &'a Option<String>,
-}
-
-impl fmt::Display for Rendered<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.path.display())?;
-        if let Some(location) = self.location {
-            write!(f, ":{location}")?;
-        }
-        write!(f, ": {}", self.message)?;
-        if let Some(hint) = self.hint {
-            write!(f, "\n  hint: {hint}")?;
-        }
-        Ok(())
-    }
-}
-
 /// The text of one config file and the path to name in its errors.
 #[derive(Debug, Clone, Copy)]
 pub struct ConfigSource<'a> {
@@ -165,7 +161,14 @@ impl<'a> ConfigSource<'a> {
     /// Deserializes the text; syntax errors, unknown or missing keys and bad values come
     /// back as [`ConfigFileError::Invalid`] with location and hint.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ConfigFileError> {
-        toml::from_str(self.text).map_err(|e| self.toml_error(&e))
+        // A syntax error: toml's parser describes it (it is not serde's), we place it.
+        let root = DeTable::parse(self.text)
+            .map_err(|e| self.invalid(e.span(), e.message().to_owned(), None))?;
+        let root = Node(Spanned::new(root.span(), DeValue::Table(root.into_inner())));
+        root.seed(PhantomData::<T>).map_err(|e| {
+            let (message, hint) = e.problem.explain();
+            self.invalid(e.span, message, hint)
+        })
     }
 
     /// An error at the byte span `span` (as given by [`Spanned::span`]).
@@ -175,29 +178,23 @@ impl<'a> ConfigSource<'a> {
         message: impl Into<String>,
         hint: Option<String>,
     ) -> ConfigFileError {
-        ConfigFileError::Invalid {
-            path: self.path.to_owned(),
-            location: Some(Location::of(self.text, span.start)),
-            message: message.into(),
-            hint,
-        }
+        self.invalid(Some(span), message.into(), hint)
     }
 
     /// An error about the file as a whole.
     pub fn error(&self, message: impl Into<String>, hint: Option<String>) -> ConfigFileError {
-        ConfigFileError::Invalid {
-            path: self.path.to_owned(),
-            location: None,
-            message: message.into(),
-            hint,
-        }
+        self.invalid(None, message.into(), hint)
     }
 
-    fn toml_error(&self, err: &toml::de::Error) -> ConfigFileError {
-        let (message, hint) = explain(err.message());
+    fn invalid(
+        &self,
+        span: Option<Range<usize>>,
+        message: String,
+        hint: Option<String>,
+    ) -> ConfigFileError {
         ConfigFileError::Invalid {
             path: self.path.to_owned(),
-            location: err.span().map(|span| Location::of(self.text, span.start)),
+            location: span.map(|span| Location::of(self.text, span.start)),
             message,
             hint,
         }
@@ -237,63 +234,278 @@ pub fn read_config_text(path: &Path) -> Result<String, ConfigFileError> {
 
 /// A serde custom error whose message carries a hint, for `Deserialize` impls of checked
 /// values: the loader shows `message` at the value's location and `hint` below it.
-pub fn de_error_with_hint<E: serde::de::Error>(message: impl fmt::Display, hint: &str) -> E {
+///
+/// (serde's `custom` takes only a message, so the hint travels after a separator of ours.)
+pub fn de_error_with_hint<E: de::Error>(message: impl fmt::Display, hint: &str) -> E {
     E::custom(format_args!("{message}{HINT_MARKER}{hint}"))
 }
 
-/// Turns serde/toml wording into ours: "key" instead of "field", and a hint where we can.
-fn explain(raw: &str) -> (String, Option<String>) {
-    if let Some((message, hint)) = raw.split_once(HINT_MARKER) {
-        return (message.to_owned(), Some(hint.to_owned()));
-    }
-    if let Some(rest) = raw.strip_prefix("unknown field `") {
-        let Some((key, expected)) = rest.split_once('`') else {
-            return (raw.to_owned(), None);
-        };
-        let valid = backticked(expected);
-        let hint = if valid.is_empty() {
-            "no keys are allowed here".to_owned()
-        } else {
-            let list = valid
+/// What went wrong while deserializing, as serde reported it.
+#[derive(Debug)]
+enum Problem {
+    /// `deny_unknown_fields` met `key`; `valid` are the struct's keys.
+    UnknownKey {
+        key: String,
+        valid: &'static [&'static str],
+    },
+    /// A required key is absent.
+    MissingKey(&'static str),
+    /// A string names no variant of an enum.
+    UnknownValue {
+        value: String,
+        valid: &'static [&'static str],
+    },
+    /// Anything else: a message and maybe a hint.
+    Other(String, Option<String>),
+}
+
+impl Problem {
+    /// Our message and hint for the problem.
+    fn explain(self) -> (String, Option<String>) {
+        let list = |valid: &[&str]| {
+            valid
                 .iter()
                 .map(|k| format!("`{k}`"))
                 .collect::<Vec<_>>()
-                .join(", ");
-            match closest(key, &valid) {
-                Some(near) => format!("did you mean `{near}`? valid keys here: {list}"),
-                None => format!("valid keys here: {list}"),
-            }
+                .join(", ")
         };
-        return (format!("unknown key `{key}`"), Some(hint));
+        match self {
+            Self::UnknownKey { key, valid } => {
+                let hint = match closest(&key, valid) {
+                    _ if valid.is_empty() => "no keys are allowed here".to_owned(),
+                    Some(near) => {
+                        format!("did you mean `{near}`? valid keys here: {}", list(valid))
+                    }
+                    None => format!("valid keys here: {}", list(valid)),
+                };
+                (format!("unknown key `{key}`"), Some(hint))
+            }
+            Self::MissingKey(key) => (
+                format!("missing key `{key}`"),
+                Some(format!("this table needs a `{key}` key")),
+            ),
+            Self::UnknownValue { value, valid } => (
+                format!("unknown value `{value}`"),
+                Some(format!("use one of {}", list(valid))),
+            ),
+            Self::Other(message, hint) => (message, hint),
+        }
     }
-    if let Some(rest) = raw.strip_prefix("missing field `")
-        && let Some((key, _)) = rest.split_once('`')
-    {
-        return (
-            format!("missing key `{key}`"),
-            Some(format!("this table needs a `{key}` key")),
-        );
-    }
-    if let Some(rest) = raw.strip_prefix("unknown variant `")
-        && let Some((value, expected)) = rest.split_once('`')
-    {
-        let valid = backticked(expected);
-        let list = valid
-            .iter()
-            .map(|k| format!("`{k}`"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        return (
-            format!("unknown value `{value}`"),
-            Some(format!("use one of {list}")),
-        );
-    }
-    (raw.to_owned(), None)
 }
 
-/// The words between backticks in `s`.
-fn backticked(s: &str) -> Vec<&str> {
-    s.split('`').skip(1).step_by(2).collect()
+/// The error type of our deserializer: a [`Problem`] and the span it was found at.
+#[derive(Debug)]
+struct DeError {
+    problem: Problem,
+    span: Option<Range<usize>>,
+}
+
+impl DeError {
+    fn new(problem: Problem) -> Self {
+        Self {
+            problem,
+            span: None,
+        }
+    }
+}
+
+impl fmt::Display for DeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.problem)
+    }
+}
+
+impl std::error::Error for DeError {}
+
+impl de::Error for DeError {
+    fn custom<T: fmt::Display>(msg: T) -> Self {
+        let msg = msg.to_string();
+        Self::new(match msg.split_once(HINT_MARKER) {
+            Some((message, hint)) => Problem::Other(message.to_owned(), Some(hint.to_owned())),
+            None => Problem::Other(msg, None),
+        })
+    }
+
+    fn invalid_type(found: de::Unexpected<'_>, expected: &dyn de::Expected) -> Self {
+        Self::new(Problem::Other(
+            format!("expected {expected}, found {found}"),
+            None,
+        ))
+    }
+
+    fn invalid_value(found: de::Unexpected<'_>, expected: &dyn de::Expected) -> Self {
+        Self::new(Problem::Other(
+            format!("invalid value: expected {expected}, found {found}"),
+            None,
+        ))
+    }
+
+    fn unknown_variant(value: &str, valid: &'static [&'static str]) -> Self {
+        Self::new(Problem::UnknownValue {
+            value: value.to_owned(),
+            valid,
+        })
+    }
+
+    fn unknown_field(key: &str, valid: &'static [&'static str]) -> Self {
+        Self::new(Problem::UnknownKey {
+            key: key.to_owned(),
+            valid,
+        })
+    }
+
+    fn missing_field(key: &'static str) -> Self {
+        Self::new(Problem::MissingKey(key))
+    }
+}
+
+/// One key or value of the parsed document, deserialized with [`DeError`]s.
+struct Node<'de>(Spanned<DeValue<'de>>);
+
+impl<'de> Node<'de> {
+    /// Runs `seed` on this node; an error that has no span yet gets this node's.
+    fn seed<S: DeserializeSeed<'de>>(self, seed: S) -> Result<S::Value, DeError> {
+        let span = self.0.span();
+        seed.deserialize(self).map_err(|mut e| {
+            e.span.get_or_insert(span);
+            e
+        })
+    }
+
+    fn visit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        match self.0.into_inner() {
+            DeValue::String(Cow::Borrowed(s)) => visitor.visit_borrowed_str(s),
+            DeValue::String(Cow::Owned(s)) => visitor.visit_string(s),
+            DeValue::Integer(n) => match i64::from_str_radix(n.as_str(), n.radix()) {
+                Ok(v) => visitor.visit_i64(v),
+                Err(_) => match u64::from_str_radix(n.as_str(), n.radix()) {
+                    Ok(v) => visitor.visit_u64(v),
+                    Err(_) => Err(de::Error::custom(format_args!("integer {n} is too large"))),
+                },
+            },
+            DeValue::Float(x) => match x.as_str().parse() {
+                Ok(v) => visitor.visit_f64(v),
+                Err(_) => Err(de::Error::custom(format_args!("float {x} is out of range"))),
+            },
+            DeValue::Boolean(v) => visitor.visit_bool(v),
+            DeValue::Datetime(_) => Err(de::Error::invalid_type(
+                de::Unexpected::Other("a date-time"),
+                &visitor,
+            )),
+            DeValue::Array(items) => visitor.visit_seq(Items {
+                iter: items.into_iter().map(Node),
+                value: None,
+            }),
+            DeValue::Table(entries) => visitor.visit_map(Items {
+                iter: entries.into_iter().map(|(key, value)| {
+                    let key = Spanned::new(key.span(), DeValue::String(key.into_inner()));
+                    (Node(key), Node(value))
+                }),
+                value: None,
+            }),
+        }
+    }
+}
+
+impl<'de> de::Deserializer<'de> for Node<'de> {
+    type Error = DeError;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        self.visit(visitor)
+    }
+
+    /// A key that is there is `Some`; an absent one never reaches a deserializer.
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        visitor.visit_some(self)
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
+        if is_spanned(name) {
+            let span = self.0.span();
+            return visitor.visit_map(SpannedDeserializer::new(self, span));
+        }
+        self.visit(visitor)
+    }
+
+    /// Enums are written as the name of a unit variant.
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
+        let span = self.0.span();
+        match self.0.into_inner() {
+            DeValue::String(name) => visitor.visit_enum(CowStrDeserializer::new(name)),
+            other => Node(Spanned::new(span, other)).visit(visitor),
+        }
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        unit unit_struct seq tuple tuple_struct map identifier ignored_any
+    }
+}
+
+impl<'de> IntoDeserializer<'de, DeError> for Node<'de> {
+    type Deserializer = Self;
+
+    fn into_deserializer(self) -> Self {
+        self
+    }
+}
+
+/// The elements of an array, or the entries of a table, handed to a visitor one by one.
+struct Items<'de, I> {
+    iter: I,
+    /// The value of the key just handed out.
+    value: Option<Node<'de>>,
+}
+
+impl<'de, I: Iterator<Item = Node<'de>>> de::SeqAccess<'de> for Items<'de, I> {
+    type Error = DeError;
+
+    fn next_element_seed<S: DeserializeSeed<'de>>(
+        &mut self,
+        seed: S,
+    ) -> Result<Option<S::Value>, DeError> {
+        self.iter.next().map(|node| node.seed(seed)).transpose()
+    }
+}
+
+impl<'de, I: Iterator<Item = (Node<'de>, Node<'de>)>> de::MapAccess<'de> for Items<'de, I> {
+    type Error = DeError;
+
+    fn next_key_seed<S: DeserializeSeed<'de>>(
+        &mut self,
+        seed: S,
+    ) -> Result<Option<S::Value>, DeError> {
+        let Some((key, value)) = self.iter.next() else {
+            return Ok(None);
+        };
+        self.value = Some(value);
+        key.seed(seed).map(Some)
+    }
+
+    fn next_value_seed<S: DeserializeSeed<'de>>(&mut self, seed: S) -> Result<S::Value, DeError> {
+        match self.value.take() {
+            Some(value) => value.seed(seed),
+            None => Err(de::Error::custom("a value was asked for before its key")),
+        }
+    }
 }
 
 /// The valid key closest to a misspelt one, if it is close enough to be a typo.
@@ -593,6 +805,134 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "m.toml:1:8: unknown value `medium`\n  hint: use one of `fast`, `slow`"
+        );
+    }
+
+    #[test]
+    fn wrong_type_names_expected_and_found() {
+        let err = parse_err("[mesh]\nopen = \"yes\"\n");
+        assert_eq!(
+            err.to_string(),
+            "team.toml:2:8: expected a boolean, found string \"yes\""
+        );
+        let err = parse_err("[mesh]\nexpiry_secs = -1\n");
+        assert_eq!(
+            err.to_string(),
+            "team.toml:2:15: invalid value: expected u64, found integer `-1`"
+        );
+        let err = parse_err("mesh = 3\n");
+        assert_eq!(
+            err.to_string(),
+            "team.toml:1:8: expected struct Mesh, found integer `3`"
+        );
+        let err = parse_err("[mesh]\nexpiry_secs = 1979-05-27\n");
+        assert_eq!(
+            err.location(),
+            Some(Location {
+                line: 2,
+                column: 15
+            })
+        );
+        assert!(err.to_string().contains("found a date-time"), "{err}");
+        let err = parse_err("[mesh]\nexpiry_secs = 99999999999999999999\n");
+        assert!(err.to_string().starts_with("team.toml:2:15: "), "{err}");
+    }
+
+    #[test]
+    fn missing_key_is_located_at_its_table() {
+        let err = parse_err("[mesh]\n[[member]]\naddrs = []\n");
+        assert_eq!(
+            err.to_string(),
+            "team.toml:2:1: missing key `name`\n  hint: this table needs a `name` key"
+        );
+        let err = parse_err("");
+        assert_eq!(err.location(), Some(Location { line: 1, column: 1 }));
+        assert_eq!(err.hint(), Some("this table needs a `mesh` key"));
+    }
+
+    #[test]
+    fn unknown_key_with_suggestion_in_inline_table_and_nowhere_to_go() {
+        let err = parse_err("mesh = { open = true, opne = false }\n");
+        assert_eq!(
+            err.to_string(),
+            "team.toml:1:23: unknown key `opne`\n  hint: did you mean `open`? valid keys \
+             here: `secret_env`, `expiry_secs`, `open`"
+        );
+
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Empty {}
+        let err = parse_toml::<Empty>("\n  x = 1\n", Path::new("e.toml")).expect_err("no keys");
+        assert_eq!(
+            err.to_string(),
+            "e.toml:2:3: unknown key `x`\n  hint: no keys are allowed here"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_come_from_the_parser_with_their_place() {
+        let err = parse_err("[mesh]\nopen = \n");
+        assert_eq!(err.location().map(|l| l.line), Some(2), "{err}");
+        assert_eq!(err.hint(), None);
+        let err = parse_err("[mesh\n");
+        assert!(err.to_string().starts_with("team.toml:1:"), "{err}");
+        let err = parse_err("[mesh]\nopen = true\n[mesh]\n");
+        assert_eq!(err.location().map(|l| l.line), Some(3), "{err}");
+    }
+
+    #[test]
+    fn errors_inside_arrays_point_at_the_element() {
+        // A hint from a `Deserialize` impl, two tables down, in the second element.
+        #[derive(Debug, Deserialize)]
+        struct Names {
+            #[allow(dead_code)]
+            names: Vec<Even>,
+        }
+        let err = parse_toml::<Names>("names = [\"ab\",\n  \"abc\"]\n", Path::new("n.toml"))
+            .expect_err("odd");
+        assert_eq!(
+            err.to_string(),
+            "n.toml:2:3: odd name `abc`\n  hint: add a letter"
+        );
+    }
+
+    #[test]
+    fn spans_and_values_pass_through() {
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct S {
+            name: Spanned<String>,
+            list: Option<Spanned<Vec<Spanned<u32>>>>,
+            ratio: f64,
+            hex: u8,
+            big: u64,
+            path: PathBuf,
+            #[serde(default)]
+            absent: Option<bool>,
+        }
+        let text = "name = \"x\"\nlist = [1, 2]\nratio = 0.5\nhex = 0xff\nbig = 18446744073709551615\npath = 'a/b'\n";
+        let s: S = parse_toml(text, Path::new("s.toml")).expect("valid");
+        assert_eq!(s.name.get_ref(), "x");
+        assert_eq!(&text[s.name.span()], "\"x\"");
+        let list = s.list.expect("list");
+        assert_eq!(&text[list.span()], "[1, 2]");
+        assert_eq!(*list.get_ref()[1].get_ref(), 2);
+        assert_eq!(&text[list.get_ref()[1].span()], "2");
+        assert_eq!(s.ratio, 0.5);
+        assert_eq!(s.hex, 255);
+        assert_eq!(s.big, u64::MAX);
+        assert_eq!(s.path, Path::new("a/b"));
+        assert_eq!(s.absent, None);
+
+        let err = parse_toml::<S>(
+            "name = \"x\"\nratio = 1\nhex = 256\nbig = 1\npath = ''\n",
+            Path::new("s.toml"),
+        )
+        .expect_err("hex out of range");
+        assert_eq!(
+            err.location(),
+            Some(Location { line: 3, column: 7 }),
+            "{err}"
         );
     }
 }
