@@ -31,19 +31,19 @@
 //! [`ConfigSource`], deserialize the values they check as [`Spanned`], and report with
 //! [`ConfigSource::error_at`] so their errors look the same.
 
+mod de;
+
 use std::{
-    borrow::Cow,
     fmt, fs, io,
     marker::PhantomData,
     ops::Range,
     path::{Path, PathBuf},
 };
 
-use serde::de::{
-    self, DeserializeOwned, DeserializeSeed, IntoDeserializer, Visitor, value::CowStrDeserializer,
-};
-use serde_spanned::de::{SpannedDeserializer, is_spanned};
+use serde::de::DeserializeOwned;
 use toml::de::{DeTable, DeValue};
+
+use self::de::Node;
 
 /// A value together with its byte span in the file, for errors found after parsing.
 pub use toml::Spanned;
@@ -165,10 +165,8 @@ impl<'a> ConfigSource<'a> {
         let root = DeTable::parse(self.text)
             .map_err(|e| self.invalid(e.span(), e.message().to_owned(), None))?;
         let root = Node(Spanned::new(root.span(), DeValue::Table(root.into_inner())));
-        root.seed(PhantomData::<T>).map_err(|e| {
-            let (message, hint) = e.problem.explain();
-            self.invalid(e.span, message, hint)
-        })
+        root.seed(PhantomData::<T>)
+            .map_err(|e| self.invalid(e.span, e.message, e.hint))
     }
 
     /// An error at the byte span `span` (as given by [`Spanned::span`]).
@@ -236,276 +234,8 @@ pub fn read_config_text(path: &Path) -> Result<String, ConfigFileError> {
 /// values: the loader shows `message` at the value's location and `hint` below it.
 ///
 /// (serde's `custom` takes only a message, so the hint travels after a separator of ours.)
-pub fn de_error_with_hint<E: de::Error>(message: impl fmt::Display, hint: &str) -> E {
+pub fn de_error_with_hint<E: serde::de::Error>(message: impl fmt::Display, hint: &str) -> E {
     E::custom(format_args!("{message}{HINT_MARKER}{hint}"))
-}
-
-/// What went wrong while deserializing, as serde reported it.
-#[derive(Debug)]
-enum Problem {
-    /// `deny_unknown_fields` met `key`; `valid` are the struct's keys.
-    UnknownKey {
-        key: String,
-        valid: &'static [&'static str],
-    },
-    /// A required key is absent.
-    MissingKey(&'static str),
-    /// A string names no variant of an enum.
-    UnknownValue {
-        value: String,
-        valid: &'static [&'static str],
-    },
-    /// Anything else: a message and maybe a hint.
-    Other(String, Option<String>),
-}
-
-impl Problem {
-    /// Our message and hint for the problem.
-    fn explain(self) -> (String, Option<String>) {
-        let list = |valid: &[&str]| {
-            valid
-                .iter()
-                .map(|k| format!("`{k}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        match self {
-            Self::UnknownKey { key, valid } => {
-                let hint = match closest(&key, valid) {
-                    _ if valid.is_empty() => "no keys are allowed here".to_owned(),
-                    Some(near) => {
-                        format!("did you mean `{near}`? valid keys here: {}", list(valid))
-                    }
-                    None => format!("valid keys here: {}", list(valid)),
-                };
-                (format!("unknown key `{key}`"), Some(hint))
-            }
-            Self::MissingKey(key) => (
-                format!("missing key `{key}`"),
-                Some(format!("this table needs a `{key}` key")),
-            ),
-            Self::UnknownValue { value, valid } => (
-                format!("unknown value `{value}`"),
-                Some(format!("use one of {}", list(valid))),
-            ),
-            Self::Other(message, hint) => (message, hint),
-        }
-    }
-}
-
-/// The error type of our deserializer: a [`Problem`] and the span it was found at.
-#[derive(Debug)]
-struct DeError {
-    problem: Problem,
-    span: Option<Range<usize>>,
-}
-
-impl DeError {
-    fn new(problem: Problem) -> Self {
-        Self {
-            problem,
-            span: None,
-        }
-    }
-}
-
-impl fmt::Display for DeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.problem)
-    }
-}
-
-impl std::error::Error for DeError {}
-
-impl de::Error for DeError {
-    fn custom<T: fmt::Display>(msg: T) -> Self {
-        let msg = msg.to_string();
-        Self::new(match msg.split_once(HINT_MARKER) {
-            Some((message, hint)) => Problem::Other(message.to_owned(), Some(hint.to_owned())),
-            None => Problem::Other(msg, None),
-        })
-    }
-
-    fn invalid_type(found: de::Unexpected<'_>, expected: &dyn de::Expected) -> Self {
-        Self::new(Problem::Other(
-            format!("expected {expected}, found {found}"),
-            None,
-        ))
-    }
-
-    fn invalid_value(found: de::Unexpected<'_>, expected: &dyn de::Expected) -> Self {
-        Self::new(Problem::Other(
-            format!("invalid value: expected {expected}, found {found}"),
-            None,
-        ))
-    }
-
-    fn unknown_variant(value: &str, valid: &'static [&'static str]) -> Self {
-        Self::new(Problem::UnknownValue {
-            value: value.to_owned(),
-            valid,
-        })
-    }
-
-    fn unknown_field(key: &str, valid: &'static [&'static str]) -> Self {
-        Self::new(Problem::UnknownKey {
-            key: key.to_owned(),
-            valid,
-        })
-    }
-
-    fn missing_field(key: &'static str) -> Self {
-        Self::new(Problem::MissingKey(key))
-    }
-}
-
-/// One key or value of the parsed document, deserialized with [`DeError`]s.
-struct Node<'de>(Spanned<DeValue<'de>>);
-
-impl<'de> Node<'de> {
-    /// Runs `seed` on this node; an error that has no span yet gets this node's.
-    fn seed<S: DeserializeSeed<'de>>(self, seed: S) -> Result<S::Value, DeError> {
-        let span = self.0.span();
-        seed.deserialize(self).map_err(|mut e| {
-            e.span.get_or_insert(span);
-            e
-        })
-    }
-
-    fn visit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
-        match self.0.into_inner() {
-            DeValue::String(Cow::Borrowed(s)) => visitor.visit_borrowed_str(s),
-            DeValue::String(Cow::Owned(s)) => visitor.visit_string(s),
-            DeValue::Integer(n) => match i64::from_str_radix(n.as_str(), n.radix()) {
-                Ok(v) => visitor.visit_i64(v),
-                Err(_) => match u64::from_str_radix(n.as_str(), n.radix()) {
-                    Ok(v) => visitor.visit_u64(v),
-                    Err(_) => Err(de::Error::custom(format_args!("integer {n} is too large"))),
-                },
-            },
-            DeValue::Float(x) => match x.as_str().parse() {
-                Ok(v) => visitor.visit_f64(v),
-                Err(_) => Err(de::Error::custom(format_args!("float {x} is out of range"))),
-            },
-            DeValue::Boolean(v) => visitor.visit_bool(v),
-            DeValue::Datetime(_) => Err(de::Error::invalid_type(
-                de::Unexpected::Other("a date-time"),
-                &visitor,
-            )),
-            DeValue::Array(items) => visitor.visit_seq(Items {
-                iter: items.into_iter().map(Node),
-                value: None,
-            }),
-            DeValue::Table(entries) => visitor.visit_map(Items {
-                iter: entries.into_iter().map(|(key, value)| {
-                    let key = Spanned::new(key.span(), DeValue::String(key.into_inner()));
-                    (Node(key), Node(value))
-                }),
-                value: None,
-            }),
-        }
-    }
-}
-
-impl<'de> de::Deserializer<'de> for Node<'de> {
-    type Error = DeError;
-
-    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
-        self.visit(visitor)
-    }
-
-    /// A key that is there is `Some`; an absent one never reaches a deserializer.
-    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
-        visitor.visit_some(self)
-    }
-
-    fn deserialize_newtype_struct<V: Visitor<'de>>(
-        self,
-        _name: &'static str,
-        visitor: V,
-    ) -> Result<V::Value, DeError> {
-        visitor.visit_newtype_struct(self)
-    }
-
-    fn deserialize_struct<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        _fields: &'static [&'static str],
-        visitor: V,
-    ) -> Result<V::Value, DeError> {
-        if is_spanned(name) {
-            let span = self.0.span();
-            return visitor.visit_map(SpannedDeserializer::new(self, span));
-        }
-        self.visit(visitor)
-    }
-
-    /// Enums are written as the name of a unit variant.
-    fn deserialize_enum<V: Visitor<'de>>(
-        self,
-        _name: &'static str,
-        _variants: &'static [&'static str],
-        visitor: V,
-    ) -> Result<V::Value, DeError> {
-        let span = self.0.span();
-        match self.0.into_inner() {
-            DeValue::String(name) => visitor.visit_enum(CowStrDeserializer::new(name)),
-            other => Node(Spanned::new(span, other)).visit(visitor),
-        }
-    }
-
-    serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
-        unit unit_struct seq tuple tuple_struct map identifier ignored_any
-    }
-}
-
-impl<'de> IntoDeserializer<'de, DeError> for Node<'de> {
-    type Deserializer = Self;
-
-    fn into_deserializer(self) -> Self {
-        self
-    }
-}
-
-/// The elements of an array, or the entries of a table, handed to a visitor one by one.
-struct Items<'de, I> {
-    iter: I,
-    /// The value of the key just handed out.
-    value: Option<Node<'de>>,
-}
-
-impl<'de, I: Iterator<Item = Node<'de>>> de::SeqAccess<'de> for Items<'de, I> {
-    type Error = DeError;
-
-    fn next_element_seed<S: DeserializeSeed<'de>>(
-        &mut self,
-        seed: S,
-    ) -> Result<Option<S::Value>, DeError> {
-        self.iter.next().map(|node| node.seed(seed)).transpose()
-    }
-}
-
-impl<'de, I: Iterator<Item = (Node<'de>, Node<'de>)>> de::MapAccess<'de> for Items<'de, I> {
-    type Error = DeError;
-
-    fn next_key_seed<S: DeserializeSeed<'de>>(
-        &mut self,
-        seed: S,
-    ) -> Result<Option<S::Value>, DeError> {
-        let Some((key, value)) = self.iter.next() else {
-            return Ok(None);
-        };
-        self.value = Some(value);
-        key.seed(seed).map(Some)
-    }
-
-    fn next_value_seed<S: DeserializeSeed<'de>>(&mut self, seed: S) -> Result<S::Value, DeError> {
-        match self.value.take() {
-            Some(value) => value.seed(seed),
-            None => Err(de::Error::custom("a value was asked for before its key")),
-        }
-    }
 }
 
 /// The valid key closest to a misspelt one, if it is close enough to be a typo.
