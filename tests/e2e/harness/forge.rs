@@ -16,8 +16,8 @@ use n2p_core::endpoint::{EndpointOptions, RelayChoice};
 use n2p_core::home::N2pHome as CoreHome;
 use n2p_core::identity::load_or_create_secret_key;
 use n2p_mesh::node::{MeshNode, MeshSettings};
-use n2p_mesh::team::TeamConfig;
-use n2p_mesh::ticket::MeshTicket;
+use n2p_mesh::proto::team::TeamConfig;
+use n2p_mesh::proto::ticket::MeshTicket;
 
 use super::ScratchDir;
 use super::n2p::{STARTUP_TIMEOUT, free_loopback_addr};
@@ -87,6 +87,7 @@ impl Forgers {
                     endpoint: EndpointOptions {
                         relay: RelayChoice::Disabled,
                         bind: Some(free_loopback_addr()),
+                        ..Default::default()
                     },
                 };
                 let node = runtime
