@@ -19,12 +19,12 @@ use tracing::info;
 use crate::{
     cli::{GlobalArgs, InviteArgs, JoinArgs, StatusArgs},
     config::PersonalConfig,
-    control, node, shutdown,
+    control, setup, shutdown,
 };
 
 /// `n2p mesh join`.
 pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<()> {
-    let home = node::home(global)?;
+    let home = setup::home(global)?;
     let personal = PersonalConfig::load_or_default(&home.config_path())?;
     let team_path = args
         .team
@@ -50,7 +50,7 @@ pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<
         })?;
 
     let _lock = home.lock("node")?;
-    let key = node::secret_key(&home)?;
+    let key = setup::secret_key(&home)?;
     let me = key.public();
     let name = match team.member_by_id(&me) {
         Some(member) => member.name.clone(),
@@ -79,7 +79,7 @@ pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<
     } else {
         args.share || personal.share.unwrap_or(true)
     };
-    let daemon_socket = node::daemon_socket(
+    let daemon_socket = setup::daemon_socket(
         args.daemon_socket
             .clone()
             .or(personal.daemon_socket.clone()),
@@ -101,7 +101,7 @@ pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<
         name,
         share_daemon,
         daemon_socket,
-        endpoint: node::endpoint_options(global, team.relay().clone()),
+        endpoint: setup::endpoint_options(global, team.relay().clone()),
         team,
         secret,
         peers_dir: home.peers_dir(),
@@ -165,7 +165,7 @@ async fn running_status(home: &N2pHome) -> anyhow::Result<MeshStatus> {
 
 /// `n2p mesh peers`.
 pub(crate) async fn peers(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<()> {
-    let home = node::home(global)?;
+    let home = setup::home(global)?;
     let status = running_status(&home).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status.peers)?);
@@ -177,7 +177,7 @@ pub(crate) async fn peers(global: &GlobalArgs, args: StatusArgs) -> anyhow::Resu
 
 /// `n2p status`.
 pub(crate) async fn status(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<()> {
-    let home = node::home(global)?;
+    let home = setup::home(global)?;
     let s = running_status(&home).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
@@ -222,7 +222,7 @@ fn print_peers(status: &MeshStatus) {
 
 /// `n2p mesh invite`.
 pub(crate) async fn invite(global: &GlobalArgs, args: InviteArgs) -> anyhow::Result<()> {
-    let home = node::home(global)?;
+    let home = setup::home(global)?;
     let value = control::request(&home.control_socket_path(), "invite").await?;
     let ticket: MeshTicket = value["ticket"]
         .as_str()
