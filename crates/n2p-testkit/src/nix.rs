@@ -336,9 +336,8 @@ pub fn try_path_infos(
     let json: serde_json::Value = serde_json::from_str(&stdout).map_err(|error| {
         Failure::new(format!("{what} printed invalid JSON ({error}): {stdout}"))
     })?;
-    parse_path_infos(&json).map_err(|missing| {
-        Failure::new(format!("{what}: no {missing} in its output: {stdout}"))
-    })
+    parse_path_infos(&json)
+        .map_err(|missing| Failure::new(format!("{what}: no {missing} in its output: {stdout}")))
 }
 
 /// The valid paths in `nix path-info --json` output, with their NAR hash and size. Nix up to

@@ -14,6 +14,7 @@
 //! let line = server.wait_for_line("listening on", Duration::from_secs(10));
 //! ```
 
+use std::env;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -22,14 +23,9 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
-use std::env;
 
 use crate::Failure;
-use crate::wait::{POLL_INTERVAL, poll_until};
-
-/// How often waits on files a process creates look again: short, because the benchmark
-/// measures how long a process takes to create them.
-const FILE_POLL: Duration = Duration::from_millis(2);
+use crate::wait::{MEASURING_POLL_INTERVAL, POLL_INTERVAL, poll_until};
 
 /// Longest [`Process::kill`] waits for the killed process to be reaped.
 const REAP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -493,10 +489,14 @@ impl Process {
     }
 
     /// Waits until `path` exists (a socket the process creates) and returns how long that
-    /// took; fails, with the log, if the process exits first or `timeout` passes.
-    pub fn try_wait_for_path(&mut self, path: &Path, timeout: Duration) -> Result<Duration, Failure> {
+    /// took, looking every [`MEASURING_POLL_INTERVAL`]; fails, with the log, if the process exits first or `timeout` passes.
+    pub fn try_wait_for_path(
+        &mut self,
+        path: &Path,
+        timeout: Duration,
+    ) -> Result<Duration, Failure> {
         let started = Instant::now();
-        let waited = poll_until(timeout, FILE_POLL, || {
+        let waited = poll_until(timeout, MEASURING_POLL_INTERVAL, || {
             if path.exists() {
                 Ok(())
             } else if !self.is_running() {

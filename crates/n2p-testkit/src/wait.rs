@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 /// How often the tests' waits look again.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
+/// How often waits whose duration is measured look again (the benchmark's start-up and
+/// readiness times): short, so the polling adds little to what is measured.
+pub const MEASURING_POLL_INTERVAL: Duration = Duration::from_millis(2);
+
 /// How often [`assert_holds_for`] looks again; its checks may run n2p commands.
 const HOLDS_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -35,6 +39,18 @@ pub fn poll_until<T, E>(
             Err(_) => thread::sleep(interval),
         }
     }
+}
+
+/// Calls `done` every `interval` until it returns true, and returns how long that took; None
+/// once `timeout` has passed without.
+pub fn time_until(
+    timeout: Duration,
+    interval: Duration,
+    mut done: impl FnMut() -> bool,
+) -> Option<Duration> {
+    let started = Instant::now();
+    poll_until(timeout, interval, || if done() { Ok(()) } else { Err(()) }).ok()?;
+    Some(started.elapsed())
 }
 
 /// Polls `check` every [`POLL_INTERVAL`] until it returns Ok, and returns how long that took;
