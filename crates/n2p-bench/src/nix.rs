@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use n2p_testkit::{
     dir::remove_tree,
-    nix::{PathInfo, add_paths, check_same_nar, socket_store_url, try_path_infos},
+    nix::{PathInfo, check_same_nar, socket_store_url, try_add_paths, try_path_infos},
     rand::XorShift64,
 };
 use serde::Serialize;
@@ -135,12 +135,15 @@ impl Workloads {
         let (w5_dirs, w5_files, w5_file_bytes) =
             stage_machine_files(&w5_dir, sizes.w5_bytes, sizes.w5_paths)?;
 
-        let add = |files: &[PathBuf]| add_paths(&source_url, files, NIX_TIMEOUT);
-        let w1 = add(std::slice::from_ref(&w1_file)).remove(0);
-        let w1_net = w1_net_bytes.map(|_| add(std::slice::from_ref(&w1_net_file)).remove(0));
-        let w2 = add(std::slice::from_ref(&w2_dir)).remove(0);
-        let w3 = add(&w3_files);
-        let w5 = add(&w5_dirs);
+        let add = |files: &[PathBuf]| try_add_paths(&source_url, files, NIX_TIMEOUT);
+        let w1 = add(std::slice::from_ref(&w1_file))?.remove(0);
+        let w1_net = match w1_net_bytes {
+            Some(_) => Some(add(std::slice::from_ref(&w1_net_file))?.remove(0)),
+            None => None,
+        };
+        let w2 = add(std::slice::from_ref(&w2_dir))?.remove(0);
+        let w3 = add(&w3_files)?;
+        let w5 = add(&w5_dirs)?;
         remove_tree(&staging);
 
         let mut workloads = Self {

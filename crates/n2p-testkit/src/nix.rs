@@ -25,7 +25,9 @@ use std::time::Duration;
 
 use crate::Failure;
 use crate::dir::{ScratchDir, remove_tree};
-use crate::proc::{Process, expect_success, find_on_path, run_bounded};
+use crate::proc::{
+    Process, expect_success, find_on_path, run_bounded, success_stdout, try_run_bounded,
+};
 use crate::rand::XorShift64;
 use crate::wait::poll_until;
 
@@ -252,24 +254,30 @@ impl Default for SourceStore {
 }
 
 /// Adds `files` (files or directories, each as one path, recursively) to `store_url` in one
-/// `nix-store --add` and returns their store paths in the same order; panics if that fails
+/// `nix-store --add` and returns their store paths in the same order; fails if that fails
 /// or takes longer than `timeout`.
-pub fn add_paths(store_url: &str, files: &[PathBuf], timeout: Duration) -> Vec<String> {
-    let output = run_bounded(
+pub fn try_add_paths(
+    store_url: &str,
+    files: &[PathBuf],
+    timeout: Duration,
+) -> Result<Vec<String>, Failure> {
+    let what = format!("nix-store --add of {} paths", files.len());
+    let output = try_run_bounded(
         nix_command("nix-store")
             .args(["--store", store_url, "--add"])
             .args(files),
         timeout,
-        &format!("nix-store --add of {} paths", files.len()),
-    );
-    let stdout = expect_success(&output, "nix-store --add");
+        &what,
+    )?;
+    let stdout = success_stdout(&output, &what)?;
     let paths: Vec<String> = stdout.lines().map(str::to_owned).collect();
-    assert!(
-        paths.len() == files.len() && paths.iter().all(|p| p.starts_with("/nix/store/")),
-        "nix-store --add printed {paths:?} for {} files",
-        files.len()
-    );
-    paths
+    if paths.len() != files.len() || !paths.iter().all(|p| p.starts_with("/nix/store/")) {
+        return Err(Failure::new(format!(
+            "{what} printed {paths:?} for {} files",
+            files.len()
+        )));
+    }
+    Ok(paths)
 }
 
 /// Runs `nix copy --from <source> --to <to_url> <paths>` and returns its output.
@@ -318,21 +326,14 @@ pub fn try_path_infos(
     timeout: Duration,
 ) -> Result<BTreeMap<String, PathInfo>, Failure> {
     let what = format!("nix path-info --store {store_url} ({} paths)", paths.len());
-    let output = run_bounded(
+    let output = try_run_bounded(
         nix_command("nix")
             .args(["path-info", "--json", "--store", store_url])
             .args(paths),
         timeout,
         &what,
-    );
-    if !output.status.success() {
-        return Err(Failure::new(format!(
-            "{what} failed ({}); its stderr:\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        )));
-    }
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    )?;
+    let stdout = success_stdout(&output, &what)?;
     let json: serde_json::Value = serde_json::from_str(&stdout).map_err(|error| {
         Failure::new(format!("{what} printed invalid JSON ({error}): {stdout}"))
     })?;

@@ -108,39 +108,56 @@ fn wait_with_watchdog(child: &mut Child, timeout: Duration) -> io::Result<(ExitS
 /// Runs `command` to completion with stdin closed, collecting its output, and panics if it
 /// takes longer than `timeout` (killing it). `what` names the command in the panic message.
 pub fn run_bounded(command: &mut Command, timeout: Duration, what: &str) -> Output {
+    try_run_bounded(command, timeout, what).unwrap_or_else(|failure| panic!("{failure}"))
+}
+
+/// Like [`run_bounded`], but fails instead of panicking when the command cannot start or
+/// overruns. A command that runs and exits non-zero is no failure here: see its status.
+pub fn try_run_bounded(
+    command: &mut Command,
+    timeout: Duration,
+    what: &str,
+) -> Result<Output, Failure> {
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|error| panic!("{what}: cannot start {command:?}: {error}"));
+        .map_err(|error| Failure::new(format!("{what}: cannot start {command:?}: {error}")))?;
     let stdout = drain(child.stdout.take());
     let stderr = drain(child.stderr.take());
     let (status, killed) = wait_with_watchdog(&mut child, timeout)
-        .unwrap_or_else(|error| panic!("{what}: waiting for it: {error}"));
+        .map_err(|error| Failure::new(format!("{what}: waiting for it: {error}")))?;
     if killed {
         let stderr = join_drain(stderr);
-        panic!(
+        return Err(Failure::new(format!(
             "{what}: did not finish within {timeout:?} (killed); its stderr:\n{}",
             String::from_utf8_lossy(&stderr)
-        );
+        )));
     }
-    Output {
+    Ok(Output {
         status,
         stdout: join_drain(stdout),
         stderr: join_drain(stderr),
-    }
+    })
 }
 
 /// Returns stdout of a finished command, or panics with its status and stderr if it failed.
 pub fn expect_success(output: &Output, what: &str) -> String {
-    assert!(
-        output.status.success(),
-        "{what} failed ({}); its stderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    success_stdout(output, what).unwrap_or_else(|failure| panic!("{failure}"))
+}
+
+/// Like [`expect_success`], but fails instead of panicking.
+pub fn success_stdout(output: &Output, what: &str) -> Result<String, Failure> {
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(Failure::new(format!(
+            "{what} failed ({}); its stderr:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )))
+    }
 }
 
 /// Waits up to `timeout` for `child` to exit; None if it is still running then.
