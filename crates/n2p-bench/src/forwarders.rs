@@ -22,7 +22,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use n2p_testkit::{
-    n2p::last_word,
+    n2p::{last_word, plain_logs},
     net::{free_tcp_port, free_udp_port},
     nix::socket_store_url,
     proc::Process,
@@ -148,10 +148,7 @@ pub(crate) fn command_in(ns: Option<&str>, program: &Path) -> Command {
 /// An n2p command for the home `home`: `N2P_HOME` set, default log level, no colours.
 pub(crate) fn n2p_command(ns: Option<&str>, n2p: &Path, home: &Path) -> Command {
     let mut command = command_in(ns, n2p);
-    command
-        .env("N2P_HOME", home)
-        .env_remove("RUST_LOG")
-        .env("NO_COLOR", "1");
+    plain_logs(&mut command).env("N2P_HOME", home);
     command
 }
 

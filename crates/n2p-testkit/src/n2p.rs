@@ -35,11 +35,17 @@ pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A command running the n2p binary at `n2p` for no home in particular (`n2p mesh
-/// new-secret` needs none): `RUST_LOG` unset (default log level), no colours in the logs.
+/// new-secret` needs none), with [`plain_logs`].
 pub fn n2p_command(n2p: &Path) -> Command {
     let mut command = Command::new(n2p);
-    command.env_remove("RUST_LOG").env("NO_COLOR", "1");
+    plain_logs(&mut command);
     command
+}
+
+/// Sets up `command`'s environment so that n2p logs at its default level (`RUST_LOG`
+/// unset) and without colours, which is what waits for log lines expect.
+pub fn plain_logs(command: &mut Command) -> &mut Command {
+    command.env_remove("RUST_LOG").env("NO_COLOR", "1")
 }
 
 /// A temporary n2p home (`N2P_HOME`, where a node keeps its keys and secret), deleted on
