@@ -39,8 +39,9 @@ pub const NIX_CONFIG: &str = "experimental-features = nix-command\n\
                               sandbox = false\n\
                               build-users-group =\n";
 
-/// Longest a single `nix` command of the kit may take; the 64 MiB copy through a debug build
-/// of the tunnel is the slowest one the tests make and needs a few seconds.
+/// Longest a single `nix` command may take where the caller gives no timeout of its own; the
+/// 64 MiB copy through a debug build of the tunnel is the slowest one the tests make and
+/// needs a few seconds.
 pub const NIX_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Longest a daemon may take to accept connections on its socket.
