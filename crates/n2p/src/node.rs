@@ -35,6 +35,7 @@ pub(crate) fn endpoint_options(
     EndpointOptions {
         relay: global.relay.clone().unwrap_or(relay_fallback),
         bind: global.bind,
+        congestion: global.congestion,
     }
 }
 

@@ -16,8 +16,8 @@ use n2p_core::endpoint::{EndpointOptions, RelayChoice};
 use n2p_core::home::N2pHome;
 use n2p_core::identity::load_or_create_secret_key;
 use n2p_mesh::node::{MeshNode, MeshSettings};
-use n2p_mesh::team::TeamConfig;
-use n2p_mesh::ticket::MeshTicket;
+use n2p_mesh::proto::team::TeamConfig;
+use n2p_mesh::proto::ticket::MeshTicket;
 
 use n2p_testkit::dir::ScratchDir;
 use n2p_testkit::n2p::STARTUP_TIMEOUT;
@@ -88,6 +88,7 @@ impl Forgers {
                     endpoint: EndpointOptions {
                         relay: RelayChoice::Disabled,
                         bind: Some(free_loopback_addr()),
+                        ..Default::default()
                     },
                 };
                 let node = runtime

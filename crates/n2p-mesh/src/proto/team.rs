@@ -3,7 +3,7 @@
 //! never holds the secret itself.
 //!
 //! ```
-//! use n2p_mesh::team::TeamConfig;
+//! use n2p_mesh::proto::team::TeamConfig;
 //! use std::path::Path;
 //!
 //! let team = TeamConfig::parse(
@@ -66,7 +66,7 @@ use n2p_core::{
 };
 use serde::Deserialize;
 
-use crate::{
+use crate::proto::{
     names::{MAX_NAME_LEN, name_key, validate_name},
     topic::{TeamSecret, TeamSecretError},
 };
@@ -894,8 +894,8 @@ push = false
         let path = write_secret(dir.path(), b"  0123456789abcdef\n", 0o600);
         let a = load_secret(&SecretSource::File(path), |_| None).expect("load");
         let b = TeamSecret::new(b"0123456789abcdef".to_vec()).expect("secret");
-        let ka = crate::topic::MeshKeys::derive(&a, "t").expect("keys");
-        let kb = crate::topic::MeshKeys::derive(&b, "t").expect("keys");
+        let ka = crate::proto::topic::MeshKeys::derive(&a, "t").expect("keys");
+        let kb = crate::proto::topic::MeshKeys::derive(&b, "t").expect("keys");
         assert_eq!(ka.topic_id(), kb.topic_id());
     }
 
