@@ -118,12 +118,7 @@ pub fn try_run_bounded(
     timeout: Duration,
     what: &str,
 ) -> Result<Output, Failure> {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|error| Failure::new(format!("{what}: cannot start {command:?}: {error}")))?;
+    let mut child = spawn_piped(command, what)?;
     let stdout = drain(child.stdout.take());
     let stderr = drain(child.stderr.take());
     let (status, killed) = wait_with_watchdog(&mut child, timeout)
@@ -169,6 +164,17 @@ pub fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<ExitStatus> 
         Err(error) => panic!("waiting for child process {id}: {error}"),
     })
     .ok()
+}
+
+/// Spawns `command` with stdin closed and both output streams piped; `what` names it in
+/// the failure.
+fn spawn_piped(command: &mut Command, what: &str) -> Result<Child, Failure> {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|error| Failure::new(format!("{what}: cannot start {command:?}: {error}")))
 }
 
 /// Reads a pipe to its end on a thread of its own, so that a chatty child never blocks.
@@ -387,12 +393,7 @@ impl Process {
         mut stderr_sink: LineSink,
         stdout_in_log: bool,
     ) -> Result<Self, Failure> {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|error| Failure::new(format!("starting {label} ({command:?}): {error}")))?;
+        let mut child = spawn_piped(command, &label)?;
         let log = Arc::new(Log::default());
         log.lock().open = 1 + usize::from(stdout_in_log);
         stderr_sink.log = Some(Arc::clone(&log));
