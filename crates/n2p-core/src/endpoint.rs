@@ -12,12 +12,13 @@ use iroh::{
 };
 use noq_proto::congestion;
 
-/// How long a silent connection lives before it is declared dead. Keep-alives are sent
-/// well within it, so only a crashed or unreachable peer hits it.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a silent connection lives before it is declared dead: a crashed peer is noticed
+/// this long after its last packet. Keep-alives go out four times within it, so a live peer
+/// behind a path that drops a few packets is not mistaken for a dead one.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Interval of QUIC keep-alive pings on otherwise idle connections.
-pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How many daemon streams a peer may have open at once.
 pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
