@@ -8,8 +8,10 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use n2p_testkit::dir::ScratchDir;
+
 use crate::harness::mesh::{CONVERGENCE_TIMEOUT, MeshPeer, TeamDir, TeamSpec};
-use crate::harness::{ScratchDir, mode_of};
+use crate::harness::mode_of;
 
 /// How quickly `n2p mesh join` must give up on a setup it refuses.
 const FAIL_FAST: Duration = Duration::from_secs(5);
@@ -21,7 +23,7 @@ fn join_fails(peer: &MeshPeer, team: &Path, extra: &[&str], what: &str) -> Strin
     let mut node = peer.join(team, extra);
     let status = node.process.wait(FAIL_FAST);
     let took = started.elapsed();
-    let stderr = node.process.stderr();
+    let stderr = node.process.log_text();
     eprintln!("{what}: n2p mesh join exited {status} after {took:?}");
     assert!(
         !status.success(),
