@@ -14,6 +14,7 @@
 //! ```
 
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output};
 use std::time::Duration;
@@ -69,6 +70,9 @@ impl TempHome {
     }
 
     fn with_dir(n2p: PathBuf, dir: ScratchDir) -> Self {
+        // Private like a home n2p creates itself: n2p refuses a home open to others.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
+            .unwrap_or_else(|e| panic!("making {} private: {e}", dir.path().display()));
         Self {
             n2p,
             home: N2pHome::new(dir.path()),
