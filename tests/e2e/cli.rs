@@ -4,9 +4,10 @@
 use std::time::{Duration, Instant};
 
 use n2p_testkit::dir::ScratchDir;
+use n2p_testkit::n2p::COMMAND_TIMEOUT;
 use n2p_testkit::n2p::{ServerConfig, TempHome};
 use n2p_testkit::nix::{SourceStore, assert_copy_fails, require_nix};
-use n2p_testkit::proc::expect_success;
+use n2p_testkit::proc::{expect_success, run_bounded};
 
 use crate::harness::N2P;
 
@@ -120,4 +121,38 @@ fn server_reports_a_missing_daemon_socket() {
         &missing.display().to_string(),
         Duration::from_secs(10),
     );
+}
+
+/// One node per home: a second `n2p server` on the same `N2P_HOME` exits at once with a
+/// message naming the lock, and the first one keeps running.
+#[test]
+fn a_second_server_on_one_home_is_refused() {
+    let dir = ScratchDir::new("two-servers");
+    let daemon_socket = dir.join("no-daemon.sock");
+    let home = TempHome::new(N2P);
+    let mut first = home.server(&ServerConfig::new(&daemon_socket));
+    let output = run_bounded(
+        home.command()
+            .args([
+                "server",
+                "--relay",
+                "disabled",
+                "--bind",
+                "127.0.0.1:0",
+                "--daemon-socket",
+            ])
+            .arg(&daemon_socket),
+        COMMAND_TIMEOUT,
+        "a second n2p server on the same home",
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "the second server started: {stderr}"
+    );
+    assert!(
+        stderr.contains("another n2p node is already running with this home"),
+        "the second server should say why it stops: {stderr}"
+    );
+    assert!(first.process.is_running(), "the first server stopped");
 }

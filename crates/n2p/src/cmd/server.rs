@@ -23,6 +23,8 @@ const RELAY_WAIT: Duration = Duration::from_secs(5);
 
 pub(crate) async fn run(global: &GlobalArgs, args: ServerArgs) -> anyhow::Result<()> {
     let home = setup::home(global)?;
+    // One node per home: two servers would share one identity and access secret.
+    let _lock = home.lock("node")?;
     let key = setup::secret_key(&home)?;
     let secret = load_or_create_access_secret(&home).context("cannot load the access secret")?;
     let daemon_socket = setup::daemon_socket(args.daemon_socket.clone());
