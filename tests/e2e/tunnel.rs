@@ -37,11 +37,8 @@ fn push_through_the_tunnel() {
     let mut client = client_home.client(&server.long_address, &client_dir.join("c.sock"));
     client.wait_until_listening();
     let connect_time = connecting.elapsed();
+    // A measurement, not a target: start-up times belong to the benchmark.
     eprintln!("client start to listening socket (connected): {connect_time:?}");
-    assert!(
-        connect_time < std::time::Duration::from_secs(1),
-        "with relays disabled the client should connect over loopback well under a second, took {connect_time:?}"
-    );
 
     let mode = fs::metadata(&client.socket)
         .expect("the client's socket exists once it logged it")

@@ -14,7 +14,9 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use iroh::{
     Endpoint, EndpointAddr, EndpointId,
-    endpoint::{ApplicationClose, ConnectError, Connection, ConnectionError, VarInt},
+    endpoint::{
+        ApplicationClose, ConnectError, ConnectingError, Connection, ConnectionError, VarInt,
+    },
     protocol::{AcceptError, ProtocolHandler},
 };
 use tokio::{net::UnixListener, net::UnixStream, sync::Mutex, task::JoinSet};
@@ -141,7 +143,8 @@ impl ProtocolHandler for DaemonService {
 pub enum DialError {
     /// No connection could be established in time.
     #[error(
-        "peer {peer} did not answer within {after:?} (is it running, and is the address current?)"
+        "peer {peer} did not answer within {:.1} s (is it running, and is the address current?)",
+        after.as_secs_f64()
     )]
     Timeout {
         /// The peer.
@@ -220,6 +223,7 @@ impl DaemonDialer {
             }
         }
         let peer = self.target.id;
+        let started = std::time::Instant::now();
         let conn = tokio::time::timeout(
             self.connect_timeout,
             self.endpoint.connect(self.target.clone(), DAEMON_ALPN),
@@ -227,9 +231,20 @@ impl DaemonDialer {
         .await
         .map_err(|_| DialError::Timeout {
             peer,
-            after: self.connect_timeout,
+            after: started.elapsed(),
         })?
-        .map_err(|source| DialError::Connect { peer, source })?;
+        .map_err(|source| {
+            // QUIC gives up on a silent peer after its idle timeout, before ours: say so
+            // with the time really waited, not as iroh's chain of "timed out".
+            if is_timeout(&source) {
+                DialError::Timeout {
+                    peer,
+                    after: started.elapsed(),
+                }
+            } else {
+                DialError::Connect { peer, source }
+            }
+        })?;
         info!(peer = %peer.fmt_short(), "connected to {}", peer);
         tokio::spawn(log_when_closed(conn.clone()));
         *slot = Some(conn.clone());
@@ -278,6 +293,21 @@ impl DaemonDialer {
         if let Some(conn) = self.conn.lock().await.take() {
             conn.close(SHUTTING_DOWN, b"bye");
         }
+    }
+}
+
+/// Whether a connection attempt failed because the peer never answered.
+fn is_timeout(err: &ConnectError) -> bool {
+    match err {
+        ConnectError::Connection { source, .. } => matches!(source, ConnectionError::TimedOut),
+        ConnectError::Connecting { source, .. } => matches!(
+            source,
+            ConnectingError::ConnectionError {
+                source: ConnectionError::TimedOut,
+                ..
+            }
+        ),
+        _ => false,
     }
 }
 

@@ -15,6 +15,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     logging::init(cli.global.verbose);
+    raise_fd_limit();
     // One thread: the forwarding path is bound by the nix-daemon and QUIC's per-packet work,
     // and a multi-thread runtime only added cross-thread wake-ups (measured: +15-30% CPU per
     // byte, 2-5 MB more RSS; docs/BENCHMARKS.md).
@@ -33,6 +34,28 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit: every forwarded Nix connection
+/// holds a unix socket, and the usual soft limit (1024) is reached long before the hard one.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let wanted = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+                tracing::debug!("cannot raise the open-file limit from {}", limit.rlim_cur);
+            }
         }
     }
 }
