@@ -165,7 +165,7 @@ fn a_second_server_on_one_home_is_refused() {
 fn the_open_file_limit_is_raised_to_the_hard_limit() {
     let dir = ScratchDir::new("fd-limit");
     let home = TempHome::new(N2P);
-    let mut command = home.command();
+    let command = home.command();
     let n2p = command.get_program().to_owned();
     let mut shell = std::process::Command::new("sh");
     shell
