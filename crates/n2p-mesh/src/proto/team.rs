@@ -324,6 +324,27 @@ impl TeamConfig {
                         Some("add `[[member]]` tables, or remove `open = false`".to_owned()),
                     ));
                 }
+                if *open.get_ref()
+                    && let Some(member) = members.iter().find(|m| !m.push)
+                {
+                    // The daemon of an open team admits anyone who proves the secret, and
+                    // anyone holding the secret can make a new identity: push = false could
+                    // be sidestepped by its own member, so it is refused rather than ignored.
+                    return Err(src.error_at(
+                        open.span(),
+                        format!(
+                            "member `{}` has `push = false`, which an open team cannot \
+                             enforce: anyone holding the team secret can join under a new \
+                             identity and push",
+                            member.name
+                        ),
+                        Some(
+                            "remove `open = true` to make the team closed (only listed \
+                             members join), or drop `push = false`"
+                                .to_owned(),
+                        ),
+                    ));
+                }
                 *open.get_ref()
             }
         };
@@ -656,15 +677,28 @@ push = false
         assert!(team.admits(&id(2)));
         assert!(!team.admits(&id(3)));
 
-        let open = parse(&two_members().replace("expiry_secs = 6", "open = true")).expect("open");
+        let open = parse(
+            &two_members()
+                .replace("expiry_secs = 6", "open = true")
+                .replace("push = false", "push = true"),
+        )
+        .expect("open");
         assert!(open.is_open());
         assert!(open.may_push(&id(1)));
-        assert!(
-            !open.may_push(&id(2)),
-            "a listed member's push = false holds in open teams"
-        );
         assert!(open.may_push(&id(3)));
         assert!(open.admits(&id(3)));
+    }
+
+    #[test]
+    fn push_false_in_an_open_team_is_refused() {
+        let text = two_members().replace("expiry_secs = 6", "open = true");
+        let err = parse(&text).expect_err("push = false cannot hold in an open team");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("`push = false`, which an open team cannot enforce"),
+            "{msg}"
+        );
+        assert!(msg.contains("remove `open = true`"), "{msg}");
     }
 
     #[test]
