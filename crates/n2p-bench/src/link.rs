@@ -12,9 +12,10 @@
 //!
 //! Nothing outside the two namespaces is touched: the TUN devices are created inside them (by
 //! a thread that has joined the namespace), and deleting the namespaces on drop removes
-//! everything.
+//! everything; so does Ctrl-C (see [`cleanup`]).
 
 pub(crate) mod check;
+mod cleanup;
 mod forward;
 mod sched;
 
@@ -118,7 +119,7 @@ impl Link {
         if !(0.0..=100.0).contains(&shape.loss_percent) {
             bail!("loss must be within 0..100 %");
         }
-        remove_stale_namespaces();
+        cleanup::remove_stale_namespaces();
         let tag = std::process::id();
         let mut link = Self {
             client_ns: format!("{PREFIX}c-{tag}"),
@@ -158,6 +159,7 @@ impl Link {
     /// Adds the namespace `ns` with its TUN device at `addr`, loopback up.
     fn side(&mut self, ns: &str, addr: Ipv4Addr) -> Result<OwnedFd> {
         ip(&["netns", "add", ns])?;
+        cleanup::register(ns);
         let path = format!("/run/netns/{ns}");
         let tun = in_netns(&path, || {
             // No IPv6 on the link: no router solicitations or MLD reports in the numbers.
@@ -200,6 +202,7 @@ impl Drop for Link {
             if fs::metadata(format!("/run/netns/{ns}")).is_ok() {
                 ip(&["netns", "delete", ns]).ok();
             }
+            cleanup::unregister(ns);
         }
     }
 }
@@ -263,28 +266,6 @@ fn open_tun(name: &str) -> Result<OwnedFd> {
         bail!("TUNSETIFF {name}: {}", std::io::Error::last_os_error());
     }
     Ok(fd)
-}
-
-/// Deletes `n2pb-c-<pid>`/`n2pb-s-<pid>` namespaces whose process is gone (a benchmark that
-/// was killed), saying so.
-fn remove_stale_namespaces() {
-    let Ok(dir) = fs::read_dir("/run/netns") else {
-        return;
-    };
-    for entry in dir.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(PREFIX)
-            .and_then(|r| r.strip_prefix("c-").or_else(|| r.strip_prefix("s-")))
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid != std::process::id() && fs::metadata(format!("/proc/{pid}")).is_err() {
-            eprintln!("removing namespace {name} left by process {pid}, which is gone");
-            ip(&["netns", "delete", &name]).ok();
-        }
-    }
 }
 
 fn ip(args: &[&str]) -> Result<()> {

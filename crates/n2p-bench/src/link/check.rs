@@ -377,7 +377,7 @@ fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| link | set RTT ms | ping RTT min/avg/max ms | set rate Mbit/s | queue KB | TCP goodput Mbit/s: (cc) all / after warm-up | link rate during TCP Mbit/s | TCP packets lost / queue-dropped | set loss % | UDP loss % (n sent) | UDP dropped: random / queue / before the link | late delivery mean / max µs | priority | load avg |"
+        "| link | set RTT ms | ping RTT min/avg/max ms | set rate Mbit/s | queue KB | TCP goodput Mbit/s: (cc) all / after warm-up | link rate during TCP Mbit/s | TCP packets lost / queue-dropped | set loss % | UDP loss % (n sent) | UDP dropped: random / queue / before the link | late delivery: mean µs / share > 1 ms / max ms | priority | load avg |"
     );
     let _ = writeln!(
         out,
@@ -395,10 +395,12 @@ fn table(rows: &[Row]) -> String {
         } else {
             (r.tcp_link.late_ns_sum + r.udp_link.late_ns_sum) as f64 / delivered as f64 / 1e3
         };
-        let late_max = r.tcp_link.late_ns_max.max(r.udp_link.late_ns_max) as f64 / 1e3;
+        let late_max = r.tcp_link.late_ns_max.max(r.udp_link.late_ns_max) as f64 / 1e6;
+        let late_share = 100.0 * (r.tcp_link.late_over_1ms + r.udp_link.late_over_1ms) as f64
+            / delivered.max(1) as f64;
         let _ = writeln!(
             out,
-            "| {} | {} | {ping} | {} | {} | ({}) {:.1} / {:.1} | {:.1} | {} / {} | {} | {udp_loss:.2} ({}) | {} / {} / {} | {late_mean:.0} / {late_max:.0} | {} | {} |",
+            "| {} | {} | {ping} | {} | {} | ({}) {:.1} / {:.1} | {:.1} | {} / {} | {} | {udp_loss:.2} ({}) | {} / {} / {} | {late_mean:.0} / {late_share:.2} % / {late_max:.1} | {} | {} |",
             r.name,
             r.shape.rtt_ms,
             r.shape.rate_mbit,

@@ -31,6 +31,7 @@ pub(crate) struct DirStats {
     write_errors: AtomicU64,
     late_ns_sum: AtomicU64,
     late_ns_max: AtomicU64,
+    late_over_1ms: AtomicU64,
 }
 
 /// A copy of one direction's counters.
@@ -54,6 +55,8 @@ pub(crate) struct StatsSnapshot {
     pub(crate) late_ns_sum: u64,
     /// The latest delivery, ns after its time.
     pub(crate) late_ns_max: u64,
+    /// Deliveries more than 1 ms late.
+    pub(crate) late_over_1ms: u64,
 }
 
 impl StatsSnapshot {
@@ -69,6 +72,7 @@ impl StatsSnapshot {
             write_errors: self.write_errors - earlier.write_errors,
             late_ns_sum: self.late_ns_sum - earlier.late_ns_sum,
             late_ns_max: self.late_ns_max,
+            late_over_1ms: self.late_over_1ms - earlier.late_over_1ms,
         }
     }
 }
@@ -87,6 +91,7 @@ impl DirStats {
             write_errors: r(&self.write_errors),
             late_ns_sum: r(&self.late_ns_sum),
             late_ns_max: r(&self.late_ns_max),
+            late_over_1ms: r(&self.late_over_1ms),
         }
     }
 }
@@ -146,6 +151,9 @@ pub(crate) fn run(
                 let late = t.saturating_sub(p.at);
                 add(&stats.late_ns_sum, late);
                 stats.late_ns_max.fetch_max(late, Ordering::Relaxed);
+                if late > 1_000_000 {
+                    add(&stats.late_over_1ms, 1);
+                }
             }
             free.push(p.buf);
         }
