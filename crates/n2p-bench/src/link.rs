@@ -100,7 +100,7 @@ const DEV: &str = "n2pl0";
 const PREFIX: &str = "n2pb-";
 
 /// Two namespaces joined by the emulated link; dropping it stops the forwarding and deletes
-/// both namespaces.
+/// both namespaces. One at a time per process: the namespaces are named after the pid.
 pub(crate) struct Link {
     client_ns: String,
     server_ns: String,
@@ -129,8 +129,8 @@ impl Link {
             stats: Default::default(),
         };
         // From here on, drop cleans up whatever exists.
-        let client = link.side(&link.client_ns.clone(), CLIENT_IP)?;
-        let server = link.side(&link.server_ns.clone(), SERVER_IP)?;
+        let client = side(&link.client_ns, CLIENT_IP)?;
+        let server = side(&link.server_ns, SERVER_IP)?;
         let (client, server) = (Arc::new(client), Arc::new(server));
         let start = Instant::now();
         for (i, (from, to, seed)) in [
@@ -154,24 +154,6 @@ impl Link {
             );
         }
         Ok(link)
-    }
-
-    /// Adds the namespace `ns` with its TUN device at `addr`, loopback up.
-    fn side(&mut self, ns: &str, addr: Ipv4Addr) -> Result<OwnedFd> {
-        ip(&["netns", "add", ns])?;
-        cleanup::register(ns);
-        let path = format!("/run/netns/{ns}");
-        let tun = in_netns(&path, || {
-            // No IPv6 on the link: no router solicitations or MLD reports in the numbers.
-            fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1").ok();
-            fs::write("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1").ok();
-            open_tun(DEV)
-        })?;
-        let net = format!("{addr}/24");
-        ip(&["-n", ns, "addr", "add", &net, "dev", DEV])?;
-        ip(&["-n", ns, "link", "set", DEV, "mtu", &MTU.to_string(), "up"])?;
-        ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        Ok(tun)
     }
 
     /// Where the forwarders' two ends run.
@@ -205,6 +187,24 @@ impl Drop for Link {
             cleanup::unregister(ns);
         }
     }
+}
+
+/// Adds the namespace `ns` with its TUN device at `addr`, loopback up.
+fn side(ns: &str, addr: Ipv4Addr) -> Result<OwnedFd> {
+    ip(&["netns", "add", ns])?;
+    cleanup::register(ns);
+    let path = format!("/run/netns/{ns}");
+    let tun = in_netns(&path, || {
+        // No IPv6 on the link: no router solicitations or MLD reports in the numbers.
+        fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1").ok();
+        fs::write("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1").ok();
+        open_tun(DEV)
+    })?;
+    let net = format!("{addr}/24");
+    ip(&["-n", ns, "addr", "add", &net, "dev", DEV])?;
+    ip(&["-n", ns, "link", "set", DEV, "mtu", &MTU.to_string(), "up"])?;
+    ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    Ok(tun)
 }
 
 /// Runs `f` on a new thread that has joined the network namespace at `path`; sockets and

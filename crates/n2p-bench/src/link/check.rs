@@ -30,8 +30,9 @@ pub(crate) struct CheckArgs {
     /// Rate to check, Mbit/s.
     #[arg(long, requires = "rtt_ms")]
     rate_mbit: Option<u32>,
-    /// Loss to check, percent in each direction.
-    #[arg(long, default_value_t = 0.0)]
+    /// Loss to check, percent in each direction (with --rtt-ms; the standard links have their
+    /// own).
+    #[arg(long, default_value_t = 0.0, requires = "rtt_ms")]
     loss: f64,
     /// Drop-tail queue, bytes [default: one bandwidth-delay product, at least 32 packets].
     #[arg(long)]
