@@ -1,10 +1,9 @@
 //! The harness on its own, without n2p: `nix copy` straight into a daemon's socket. If this
 //! fails, the other tests' failures say nothing about n2p.
 
-use crate::harness::nix::{
-    NixDaemon, SourceStore, assert_copied, assert_copy_succeeds, assert_not_valid,
+use n2p_testkit::nix::{
+    NixDaemon, SourceStore, assert_copied, assert_copy_succeeds, assert_not_valid, require_nix,
 };
-use crate::harness::require_nix;
 
 #[test]
 fn nix_copy_straight_to_a_daemon_socket() {

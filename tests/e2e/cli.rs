@@ -3,9 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::n2p::{N2pHome, ServerConfig};
-use crate::harness::nix::{SourceStore, assert_copy_fails};
-use crate::harness::{ScratchDir, expect_success, require_nix};
+use n2p_testkit::dir::ScratchDir;
+use n2p_testkit::n2p::COMMAND_TIMEOUT;
+use n2p_testkit::n2p::{ServerConfig, TempHome};
+use n2p_testkit::nix::{SourceStore, assert_copy_fails, require_nix};
+use n2p_testkit::proc::{expect_success, run_bounded};
+
+use crate::harness::N2P;
 
 /// How quickly a client must give up on an address that cannot be parsed.
 const MALFORMED_ADDRESS_TIMEOUT: Duration = Duration::from_secs(10);
@@ -16,7 +20,7 @@ const UNREACHABLE_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[test]
 fn id_is_stable_and_global_options_go_anywhere() {
-    let home = N2pHome::new();
+    let home = TempHome::new(N2P);
     let id = home.id();
     assert_eq!(home.id(), id, "n2p id should print the same id every time");
     for args in [
@@ -32,7 +36,7 @@ fn id_is_stable_and_global_options_go_anywhere() {
         );
     }
     assert_ne!(
-        N2pHome::new().id(),
+        TempHome::new(N2P).id(),
         id,
         "two homes should have different ids"
     );
@@ -40,12 +44,12 @@ fn id_is_stable_and_global_options_go_anywhere() {
 
 #[test]
 fn client_rejects_a_malformed_address() {
-    let home = N2pHome::new();
+    let home = TempHome::new(N2P);
     let dir = ScratchDir::new("client");
     let started = Instant::now();
     let mut client = home.client("garbage", &dir.join("c.sock"));
     let status = client.process.wait(MALFORMED_ADDRESS_TIMEOUT);
-    let stderr = client.process.stderr();
+    let stderr = client.process.log_text();
     eprintln!(
         "client gave up on a malformed address in {:?}",
         started.elapsed()
@@ -65,16 +69,16 @@ fn client_rejects_a_malformed_address() {
 fn client_gives_up_on_an_unreachable_server() {
     // Nothing here needs Nix: the server goes away before anyone connects.
     let dir = ScratchDir::new("nothing");
-    let server_home = N2pHome::new();
+    let server_home = TempHome::new(N2P);
     let server = server_home.server(&ServerConfig::new(&dir.join("daemon.sock")));
     let address = server.long_address.clone();
     server.stop();
 
     let started = Instant::now();
-    let client_home = N2pHome::new();
+    let client_home = TempHome::new(N2P);
     let mut client = client_home.client(&address, &dir.join("c.sock"));
     let status = client.process.wait(UNREACHABLE_TIMEOUT);
-    let stderr = client.process.stderr();
+    let stderr = client.process.log_text();
     eprintln!(
         "client gave up on an unreachable server in {:?}",
         started.elapsed()
@@ -102,9 +106,9 @@ fn server_reports_a_missing_daemon_socket() {
     let path = source.add_file("lost.txt", b"has nowhere to go\n");
     let dir = ScratchDir::new("nothing");
     let missing = dir.join("no-daemon.sock");
-    let server_home = N2pHome::new();
+    let server_home = TempHome::new(N2P);
     let server = server_home.server(&ServerConfig::new(&missing));
-    let client_home = N2pHome::new();
+    let client_home = TempHome::new(N2P);
     let client = client_home.client(&server.long_address, &dir.join("c.sock"));
     client.wait_until_listening();
 
@@ -117,4 +121,38 @@ fn server_reports_a_missing_daemon_socket() {
         &missing.display().to_string(),
         Duration::from_secs(10),
     );
+}
+
+/// One node per home: a second `n2p server` on the same `N2P_HOME` exits at once with a
+/// message naming the lock, and the first one keeps running.
+#[test]
+fn a_second_server_on_one_home_is_refused() {
+    let dir = ScratchDir::new("two-servers");
+    let daemon_socket = dir.join("no-daemon.sock");
+    let home = TempHome::new(N2P);
+    let mut first = home.server(&ServerConfig::new(&daemon_socket));
+    let output = run_bounded(
+        home.command()
+            .args([
+                "server",
+                "--relay",
+                "disabled",
+                "--bind",
+                "127.0.0.1:0",
+                "--daemon-socket",
+            ])
+            .arg(&daemon_socket),
+        COMMAND_TIMEOUT,
+        "a second n2p server on the same home",
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "the second server started: {stderr}"
+    );
+    assert!(
+        stderr.contains("another n2p node is already running with this home"),
+        "the second server should say why it stops: {stderr}"
+    );
+    assert!(first.process.is_running(), "the first server stopped");
 }

@@ -9,6 +9,8 @@ mod harness;
 
 mod baseline;
 mod cli;
+mod faults;
+mod layers;
 mod mesh;
 mod mesh_access;
 mod mesh_config;

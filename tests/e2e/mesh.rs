@@ -4,12 +4,17 @@
 
 use std::time::{Duration, Instant};
 
+use n2p_testkit::n2p::SHUTDOWN_TIMEOUT;
+use n2p_testkit::nix::{
+    SourceStore, assert_copied, assert_copy_succeeds, assert_not_valid, require_nix,
+};
+use n2p_testkit::proc::Signal;
+use n2p_testkit::wait::wait_until;
+
 use crate::harness::mesh::{
     CONVERGENCE_TIMEOUT, EXPIRY_SECS, MeshPeer, TeamDir, TeamSpec, peer_by_id,
 };
-use crate::harness::n2p::{SHUTDOWN_TIMEOUT, Signal};
-use crate::harness::nix::{SourceStore, assert_copied, assert_copy_succeeds, assert_not_valid};
-use crate::harness::{mode_of, require_nix, wait_until};
+use crate::harness::mode_of;
 
 /// A clean leave must take a socket away at once: the `Leaving` announcement, not the
 /// expiry (which could not fire this early: peers are heard from every second).

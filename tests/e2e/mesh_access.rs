@@ -4,11 +4,12 @@
 
 use std::time::Duration;
 
+use n2p_testkit::nix::{SourceStore, assert_copy_fails, assert_not_valid, require_nix};
+use n2p_testkit::wait::assert_holds_for;
+
 use crate::harness::mesh::{
     ANNOUNCE_INTERVAL, CONVERGENCE_TIMEOUT, MeshPeer, TeamDir, TeamSpec, peer_by_id,
 };
-use crate::harness::nix::{SourceStore, assert_copy_fails, assert_not_valid};
-use crate::harness::{assert_holds_for, require_nix};
 
 /// How long the tests watch for something that must not happen (a socket for a node that
 /// must get none) after everything that should happen did: a few announcement rounds.

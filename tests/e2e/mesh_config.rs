@@ -8,8 +8,13 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use n2p_testkit::dir::ScratchDir;
+
 use crate::harness::mesh::{CONVERGENCE_TIMEOUT, MeshPeer, TeamDir, TeamSpec};
-use crate::harness::{ScratchDir, mode_of};
+use n2p_testkit::n2p::{COMMAND_TIMEOUT, n2p_command};
+use n2p_testkit::proc::run_bounded;
+
+use crate::harness::{N2P, mode_of};
 
 /// How quickly `n2p mesh join` must give up on a setup it refuses.
 const FAIL_FAST: Duration = Duration::from_secs(5);
@@ -21,7 +26,7 @@ fn join_fails(peer: &MeshPeer, team: &Path, extra: &[&str], what: &str) -> Strin
     let mut node = peer.join(team, extra);
     let status = node.process.wait(FAIL_FAST);
     let took = started.elapsed();
-    let stderr = node.process.stderr();
+    let stderr = node.process.log_text();
     eprintln!("{what}: n2p mesh join exited {status} after {took:?}");
     assert!(
         !status.success(),
@@ -70,10 +75,10 @@ fn leftovers_of_a_crash_are_cleared_at_start_and_nothing_else_is_touched() {
 
     // What a crash leaves: sockets nobody listens on, one of them named like a live peer.
     // Also things that are not n2p's to remove: a file of the user's, and a link (named
-    // like a socket) to a live socket outside the peers dir. And a directory too open.
+    // like a socket) to a live socket outside the peers dir.
     let peers = alice.peers_dir();
     fs::create_dir(&peers).expect("creating alice's peers dir");
-    fs::set_permissions(&peers, fs::Permissions::from_mode(0o755)).expect("chmod peers dir");
+    fs::set_permissions(&peers, fs::Permissions::from_mode(0o700)).expect("chmod peers dir");
     for stale in ["ghost.sock", "bob.sock"] {
         drop(UnixListener::bind(peers.join(stale)).expect("binding a soon stale socket"));
     }
@@ -102,11 +107,7 @@ fn leftovers_of_a_crash_are_cleared_at_start_and_nothing_else_is_touched() {
     eprintln!("stale sockets cleared and bob's socket made within {took:?}");
     // The stale bob.sock refused connections; the new one accepts them.
     UnixStream::connect(peers.join("bob.sock")).expect("connecting to alice's new bob.sock");
-    assert_eq!(
-        mode_of(&peers),
-        0o700,
-        "alice's peers dir should be made private"
-    );
+    assert_eq!(mode_of(&peers), 0o700, "alice's peers dir changed mode");
     assert_eq!(
         fs::read_to_string(peers.join("notes.txt")).expect("reading the user file"),
         "mine\n"
@@ -191,4 +192,53 @@ fn assert_names_line(stderr: &str, file: &Path, line: usize, key: &str) {
         stderr.contains(&location) && stderr.contains(key),
         "the error should name {location} and {key:?}; stderr:\n{stderr}"
     );
+}
+
+/// A peers directory (or home) the user made open to others is refused with a hint, and
+/// left as it was: n2p never chmods what it did not create.
+#[test]
+fn a_directory_open_to_others_is_refused_and_left_alone() {
+    let alice = MeshPeer::new("alice");
+    let team = TeamDir::new();
+    let team_file = team.write("team.toml", &TeamSpec::closed([alice.member()]));
+    let peers = alice.peers_dir();
+    fs::create_dir(&peers).expect("creating alice's peers dir");
+    fs::set_permissions(&peers, fs::Permissions::from_mode(0o755)).expect("chmod peers dir");
+    let output = run_bounded(
+        alice.join_command(&team_file).args(["--name", "alice"]),
+        COMMAND_TIMEOUT,
+        "n2p mesh join with an open peers dir",
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "n2p mesh join started: {stderr}");
+    assert!(
+        stderr.contains("open to other users")
+            && stderr.contains(&format!("chmod 700 {}", peers.display())),
+        "the refusal should say why and how to fix it: {stderr}"
+    );
+    assert_eq!(mode_of(&peers), 0o755, "the peers dir's mode was changed");
+
+    // A shared home such as /tmp (sticky, world-writable): even `n2p id` refuses it and
+    // keeps the sticky bit.
+    let shared = ScratchDir::new("shared-home");
+    fs::set_permissions(shared.path(), fs::Permissions::from_mode(0o1777)).expect("chmod 1777");
+    let output = run_bounded(
+        n2p_command(Path::new(N2P))
+            .arg("id")
+            .env("N2P_HOME", shared.path()),
+        COMMAND_TIMEOUT,
+        "n2p id with a 1777 home",
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "n2p id accepted a 1777 home: {stderr}"
+    );
+    assert!(stderr.contains("chmod 700"), "{stderr}");
+    let mode = fs::metadata(shared.path())
+        .expect("meta")
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(mode, 0o1777, "the shared home's mode was changed");
 }

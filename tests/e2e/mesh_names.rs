@@ -8,9 +8,11 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use n2p_testkit::dir::ScratchDir;
+
 use crate::harness::forge::Forgers;
 use crate::harness::mesh::{CONVERGENCE_TIMEOUT, MeshPeer, TeamDir, TeamSpec};
-use crate::harness::{ScratchDir, mode_of, tree};
+use crate::harness::{mode_of, tree};
 
 /// How quickly `n2p mesh join` must give up on a name it refuses.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -77,7 +79,7 @@ fn unsafe_names_of_its_own_are_refused_before_joining() {
         let started = Instant::now();
         let mut node = peer.spawn(command);
         let status = node.process.wait(REFUSAL_TIMEOUT);
-        let stderr = node.process.stderr();
+        let stderr = node.process.log_text();
         eprintln!(
             "name {name:?} by {how}: exit {status} after {:?}",
             started.elapsed()

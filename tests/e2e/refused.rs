@@ -3,9 +3,11 @@
 
 use std::time::Duration;
 
-use crate::harness::n2p::{Client, N2pHome, Server, ServerConfig};
-use crate::harness::nix::{NixDaemon, SourceStore, assert_copy_fails, assert_not_valid};
-use crate::harness::{ScratchDir, require_nix};
+use n2p_testkit::dir::ScratchDir;
+use n2p_testkit::n2p::{Client, Server, ServerConfig, TempHome};
+use n2p_testkit::nix::{NixDaemon, SourceStore, assert_copy_fails, assert_not_valid, require_nix};
+
+use crate::harness::N2P;
 
 /// How long the server may take to log the refusal once the client's copy failed.
 const REFUSAL_LOG_TIMEOUT: Duration = Duration::from_secs(10);
@@ -19,13 +21,13 @@ fn refuses_a_client_not_on_the_allow_list() {
     let source = SourceStore::new();
     let path = source.add_file("secret.txt", b"must not arrive\n");
 
-    let someone_else = N2pHome::new().id();
+    let someone_else = TempHome::new(N2P).id();
     let mut config = ServerConfig::new(daemon.socket_path());
     config.allow.push(someone_else);
-    let server_home = N2pHome::new();
+    let server_home = TempHome::new(N2P);
     let server = server_home.server(&config);
 
-    let client_home = N2pHome::new();
+    let client_home = TempHome::new(N2P);
     // Before the client starts: both would create the home's key at once otherwise.
     let client_id = client_home.id();
     let client_dir = ScratchDir::new("client");
@@ -42,7 +44,7 @@ fn refuses_an_address_from_before_rotate_secret() {
     let source = SourceStore::new();
     let path = source.add_file("secret.txt", b"must not arrive\n");
 
-    let server_home = N2pHome::new();
+    let server_home = TempHome::new(N2P);
     // The same port throughout, so the old address still points at the new server.
     let config = ServerConfig::new(daemon.socket_path());
     let old = server_home.server(&config);
@@ -60,7 +62,7 @@ fn refuses_an_address_from_before_rotate_secret() {
         "rotate-secret should change the short address"
     );
 
-    let client_home = N2pHome::new();
+    let client_home = TempHome::new(N2P);
     // Before the client starts: both would create the home's key at once otherwise.
     let client_id = client_home.id();
     let client_dir = ScratchDir::new("client");

@@ -3,9 +3,12 @@
 
 use std::fs;
 
-use crate::harness::n2p::{N2pHome, ServerConfig, Signal};
-use crate::harness::nix::{NixDaemon, SourceStore, assert_copied, assert_copy_succeeds};
-use crate::harness::{ScratchDir, require_nix};
+use n2p_testkit::dir::ScratchDir;
+use n2p_testkit::n2p::{ServerConfig, TempHome};
+use n2p_testkit::nix::{NixDaemon, SourceStore, assert_copied, assert_copy_succeeds, require_nix};
+use n2p_testkit::proc::Signal;
+
+use crate::harness::N2P;
 
 #[test]
 fn client_recovers_when_the_server_restarts() {
@@ -17,11 +20,11 @@ fn client_recovers_when_the_server_restarts() {
     let before = source.add_file("before.txt", b"copied before the restart\n");
     let after = source.add_file("after.txt", b"copied after the restart\n");
 
-    let server_home = N2pHome::new();
+    let server_home = TempHome::new(N2P);
     let config = ServerConfig::new(daemon.socket_path());
     let server = server_home.server(&config);
     let client_dir = ScratchDir::new("client");
-    let client_home = N2pHome::new();
+    let client_home = TempHome::new(N2P);
     let mut client = client_home.client(&server.long_address, &client_dir.join("c.sock"));
     client.wait_until_listening();
     assert_copy_succeeds(&source, &client.store_url(), &[&before]);

@@ -4,9 +4,12 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Instant;
 
-use crate::harness::n2p::{N2pHome, ServerConfig, Signal};
-use crate::harness::nix::{NixDaemon, SourceStore, assert_copied, assert_copy_succeeds};
-use crate::harness::{ScratchDir, require_nix};
+use n2p_testkit::dir::ScratchDir;
+use n2p_testkit::n2p::{ServerConfig, TempHome};
+use n2p_testkit::nix::{NixDaemon, SourceStore, assert_copied, assert_copy_succeeds, require_nix};
+use n2p_testkit::proc::Signal;
+
+use crate::harness::N2P;
 
 /// Size of the one big file in the suite: large enough to need many QUIC flow-control
 /// windows, small enough to stay quick in a debug build.
@@ -26,10 +29,10 @@ fn push_through_the_tunnel() {
     let big = source.add_random_file("big.bin", BIG_FILE_LEN, 1);
     let tree = source.add_tree("tree", TREE_FILES);
 
-    let server_home = N2pHome::new();
+    let server_home = TempHome::new(N2P);
     let server = server_home.server(&ServerConfig::new(daemon.socket_path()));
     let client_dir = ScratchDir::new("client");
-    let client_home = N2pHome::new();
+    let client_home = TempHome::new(N2P);
     let connecting = Instant::now();
     let mut client = client_home.client(&server.long_address, &client_dir.join("c.sock"));
     client.wait_until_listening();
@@ -70,8 +73,8 @@ fn push_through_the_tunnel() {
     // Offline with relays disabled, neither side has anything to warn about (the server's
     // warning about running as root, which CI does, is expected).
     for (who, log) in [
-        ("server", server.process.stderr()),
-        ("client", client.process.stderr()),
+        ("server", server.process.log_text()),
+        ("client", client.process.log_text()),
     ] {
         let warnings: Vec<&str> = log
             .lines()

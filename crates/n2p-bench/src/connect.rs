@@ -9,12 +9,16 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use n2p_testkit::{
+    net::free_udp_port,
+    nix::{nix_command, socket_store_url},
+    proc::{Process, try_run_timed},
+};
 use serde::Serialize;
 
 use crate::{
     forwarders::{Forwarder, READY_TIMEOUT, Variant, n2p_command},
-    nix::{NIX_TIMEOUT, nix_command},
-    proc::{Service, free_port, run_timed},
+    nix::NIX_TIMEOUT,
     stats::{Summary, rotated},
     worker::connect_and_query,
 };
@@ -93,9 +97,10 @@ pub(crate) fn measure_connections(
                     } else {
                         let mut command = nix_command("nix");
                         command.args(["path-info", "--store", &inv.url, path]);
-                        run_timed(&mut command, None, &scratch.join("conn.err"), NIX_TIMEOUT)
+                        try_run_timed(&mut command, None, &scratch.join("conn.err"), NIX_TIMEOUT)
                             .and_then(|t| t.check("nix path-info"))
                             .map(|t| t.elapsed)
+                            .map_err(anyhow::Error::from)
                     };
                     match result {
                         Ok(took) => {
@@ -187,15 +192,16 @@ fn one_n2p_startup(
     dir: &Path,
     path: &str,
 ) -> Result<(Duration, Duration)> {
-    let bind = format!("127.0.0.1:{}", free_port(true)?);
+    let bind = format!("127.0.0.1:{}", free_udp_port());
     let mut command = n2p_command(None, n2p, home);
     command
         .args(["client", address, "--socket"])
         .arg(socket)
         .args(["--relay", "disabled", "--bind", &bind]);
     let started = Instant::now();
-    let mut client = Service::spawn("n2p client", &mut command, &dir.join("client.log"))?;
-    let ready = client.wait_for_path(socket, READY_TIMEOUT)?;
+    let mut client =
+        Process::try_spawn_logged("n2p client", &mut command, &dir.join("client.log"))?;
+    let ready = client.try_wait_for_path(socket, READY_TIMEOUT)?;
     let first = first_successful_path_info(socket, path, dir, started)?;
     client.stop(Duration::from_secs(5));
     Ok((ready, first))
@@ -208,11 +214,11 @@ fn first_successful_path_info(
     scratch: &Path,
     started: Instant,
 ) -> Result<Duration> {
-    let url = crate::nix::socket_url(socket);
+    let url = socket_store_url(socket);
     for _ in 0..100 {
         let mut command = nix_command("nix");
         command.args(["path-info", "--store", &url, path]);
-        let timed = run_timed(&mut command, None, &scratch.join("first.err"), NIX_TIMEOUT)?;
+        let timed = try_run_timed(&mut command, None, &scratch.join("first.err"), NIX_TIMEOUT)?;
         if timed.status.success() {
             return Ok(started.elapsed());
         }
@@ -258,9 +264,9 @@ pub(crate) fn seed_path(source_url: &str, socket: &Path, path: &str, scratch: &P
     let mut command = nix_command("nix");
     command
         .args(["copy", "--from", source_url, "--to"])
-        .arg(crate::nix::socket_url(socket))
+        .arg(socket_store_url(socket))
         .arg(path);
-    run_timed(&mut command, None, &scratch.join("seed.err"), NIX_TIMEOUT)?
+    try_run_timed(&mut command, None, &scratch.join("seed.err"), NIX_TIMEOUT)?
         .check("seeding the daemon")
         .map(|_| ())
         .context("copying a path for the connection tests")

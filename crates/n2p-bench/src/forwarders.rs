@@ -7,7 +7,7 @@
 //!
 //! ```ignore
 //! let mut fwd = Forwarder::start(Variant::N2p, &dir, &tools, &Net::loopback())?;
-//! let daemon = Daemon::start(fwd.slot(), &store_dir)?;
+//! let daemon = NixDaemon::try_start_at(fwd.slot(), &store_dir)?;
 //! let inv = fwd.invocation()?;          // dumbpipe starts its connector here
 //! run nix with inv.url, measure CPU of inv.pids
 //! ```
@@ -21,13 +21,16 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use n2p_testkit::{
+    n2p::{last_word, plain_logs},
+    net::{free_tcp_port, free_udp_port},
+    nix::socket_store_url,
+    proc::Process,
+    wait::{MEASURING_POLL_INTERVAL, time_until},
+};
 use serde::Serialize;
 
-use crate::{
-    mesh::Team,
-    nix::socket_url,
-    proc::{Service, free_port},
-};
+use crate::mesh::Team;
 
 /// How long a forwarder may take to become ready (dumbpipe waits about 5 s for a relay).
 pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -145,19 +148,8 @@ pub(crate) fn command_in(ns: Option<&str>, program: &Path) -> Command {
 /// An n2p command for the home `home`: `N2P_HOME` set, default log level, no colours.
 pub(crate) fn n2p_command(ns: Option<&str>, n2p: &Path, home: &Path) -> Command {
     let mut command = command_in(ns, n2p);
+    plain_logs(&mut command).env("N2P_HOME", home);
     command
-        .env("N2P_HOME", home)
-        .env_remove("RUST_LOG")
-        .env("NO_COLOR", "1");
-    command
-}
-
-/// The last whitespace-separated word of a log line.
-pub(crate) fn last_word(line: &str) -> String {
-    line.split_whitespace()
-        .last()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 /// One forwarder, set up and warm.
@@ -166,7 +158,7 @@ pub(crate) struct Forwarder {
     dir: PathBuf,
     slot: PathBuf,
     front: PathBuf,
-    services: Vec<Service>,
+    services: Vec<Process>,
     /// dumbpipe's binary, ticket and where its connector runs.
     dumbpipe: Option<(PathBuf, String)>,
     net: Net,
@@ -185,7 +177,7 @@ pub(crate) struct Invocation {
     /// The forwarding processes (for CPU and memory).
     pub(crate) pids: Vec<u32>,
     /// dumbpipe's connector for this invocation; killed on drop.
-    _connector: Option<Service>,
+    _connector: Option<Process>,
 }
 
 impl Forwarder {
@@ -245,7 +237,7 @@ impl Forwarder {
 
     /// The long-running forwarding processes (not per-invocation ones).
     pub(crate) fn pids(&self) -> Vec<u32> {
-        self.services.iter().map(Service::pid).collect()
+        self.services.iter().map(Process::pid).collect()
     }
 
     /// Names of the forwarding processes, in the order of [`Invocation::pids`].
@@ -272,7 +264,7 @@ impl Forwarder {
         let mut pids = self.pids();
         let Some((bin, ticket)) = &self.dumbpipe else {
             return Ok(Invocation {
-                url: socket_url(&self.front),
+                url: socket_store_url(&self.front),
                 socket: self.front.clone(),
                 pids,
                 _connector: None,
@@ -286,11 +278,11 @@ impl Forwarder {
             .arg(&socket)
             .args(["--ipv4-addr", &bind.to_string(), ticket]);
         let log = self.dir.join("connector.log");
-        let mut connector = Service::spawn("dumbpipe connect-unix", &mut command, &log)?;
-        connector.wait_for_path(&socket, READY_TIMEOUT)?;
+        let mut connector = Process::try_spawn_logged("dumbpipe connect-unix", &mut command, &log)?;
+        connector.try_wait_for_path(&socket, READY_TIMEOUT)?;
         pids.push(connector.pid());
         Ok(Invocation {
-            url: socket_url(&socket),
+            url: socket_store_url(&socket),
             socket,
             pids,
             _connector: Some(connector),
@@ -300,14 +292,15 @@ impl Forwarder {
     fn start_n2p(&mut self, n2p: &Path) -> Result<()> {
         let server_home = self.dir.join("server-home");
         let client_home = self.dir.join("client-home");
-        let server_bind = SocketAddr::new(self.net.server_ip, free_port(true)?);
+        let server_bind = SocketAddr::new(self.net.server_ip, free_udp_port());
         let mut command = n2p_command(self.net.server_ns.as_deref(), n2p, &server_home);
         command
             .args(["--relay", "disabled", "--bind", &server_bind.to_string()])
             .args(["server", "--daemon-socket"])
             .arg(&self.slot);
-        let mut server = Service::spawn("n2p server", &mut command, &self.dir.join("server.log"))?;
-        let address = last_word(&server.wait_for_line("long address:", READY_TIMEOUT)?);
+        let server =
+            Process::try_spawn_logged("n2p server", &mut command, &self.dir.join("server.log"))?;
+        let address = last_word(&server.try_wait_for_line("long address:", READY_TIMEOUT)?);
         self.services.push(server);
         let front = self.dir.join("client.sock");
         let client = start_n2p_client(
@@ -331,7 +324,7 @@ impl Forwarder {
         self.services.push(pusher);
         self.services.push(sharer);
         let front = team.peer_socket(0, 1);
-        if crate::proc::wait_until(READY_TIMEOUT, || front.exists()).is_none() {
+        if time_until(READY_TIMEOUT, MEASURING_POLL_INTERVAL, || front.exists()).is_none() {
             bail!(
                 "the mesh peer socket {} did not appear; node logs:\n{}\n{}",
                 front.display(),
@@ -351,19 +344,20 @@ impl Forwarder {
             .args(["listen-unix", "--socket-path"])
             .arg(&self.slot)
             .args(["--ipv4-addr", &bind.to_string()]);
-        let mut listener = Service::spawn(
+        let listener = Process::try_spawn_logged(
             "dumbpipe listen-unix",
             &mut command,
             &self.dir.join("listener.log"),
         )?;
-        let ticket = last_word(&listener.wait_for_line("dumbpipe connect-unix", READY_TIMEOUT)?);
+        let ticket =
+            last_word(&listener.try_wait_for_line("dumbpipe connect-unix", READY_TIMEOUT)?);
         self.services.push(listener);
         self.dumbpipe = Some((bin.to_owned(), ticket));
         Ok(())
     }
 
     fn start_socat(&mut self, bin: &Path) -> Result<()> {
-        let port = free_port(false)?;
+        let port = free_tcp_port();
         let mut command = command_in(self.net.server_ns.as_deref(), bin);
         command
             .arg(format!(
@@ -371,19 +365,20 @@ impl Forwarder {
                 self.net.server_ip
             ))
             .arg(format!("UNIX-CONNECT:{}", self.slot.display()));
-        let tcp_side = Service::spawn("socat (tcp side)", &mut command, &self.dir.join("tcp.log"))?;
+        let tcp_side =
+            Process::try_spawn_logged("socat (tcp side)", &mut command, &self.dir.join("tcp.log"))?;
         self.services.push(tcp_side);
         let front = self.dir.join("front.sock");
         let mut command = command_in(self.net.client_ns.as_deref(), bin);
         command
             .arg(format!("UNIX-LISTEN:{},fork,unlink-early", front.display()))
             .arg(format!("TCP:{}:{port},nodelay", self.net.server_ip));
-        let mut unix_side = Service::spawn(
+        let mut unix_side = Process::try_spawn_logged(
             "socat (unix side)",
             &mut command,
             &self.dir.join("unix.log"),
         )?;
-        unix_side.wait_for_path(&front, READY_TIMEOUT)?;
+        unix_side.try_wait_for_path(&front, READY_TIMEOUT)?;
         self.services.push(unix_side);
         self.front = front;
         Ok(())
@@ -399,15 +394,15 @@ pub(crate) fn start_n2p_client(
     socket: &Path,
     net: &Net,
     log: &Path,
-) -> Result<Service> {
-    let bind = SocketAddr::new(net.client_ip, free_port(true)?);
+) -> Result<Process> {
+    let bind = SocketAddr::new(net.client_ip, free_udp_port());
     let mut command = n2p_command(net.client_ns.as_deref(), n2p, home);
     command
         .args(["client", address, "--socket"])
         .arg(socket)
         .args(["--relay", "disabled", "--bind", &bind.to_string()]);
-    let mut client = Service::spawn("n2p client", &mut command, log)?;
-    client.wait_for_path(socket, READY_TIMEOUT)?;
+    let mut client = Process::try_spawn_logged("n2p client", &mut command, log)?;
+    client.try_wait_for_path(socket, READY_TIMEOUT)?;
     Ok(client)
 }
 

@@ -16,7 +16,7 @@ mod forwarders;
 mod link;
 mod mesh;
 mod nix;
-mod proc;
+mod procfs;
 mod report;
 mod stats;
 mod transfer;
@@ -31,11 +31,16 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use n2p_testkit::{
+    dir::remove_tree,
+    nix::NixDaemon,
+    proc::{find_on_path, tail},
+};
 
 use crate::{
     forwarders::{Forwarder, Net, Tools, Variant},
-    nix::{Daemon, Sizes, Workloads, remove_tree},
-    proc::{on_path, output_of, status_bytes},
+    nix::{Sizes, Workloads},
+    procfs::{output_of, status_bytes},
     report::{Machine, NetemResults, Report, RssSample, Versions},
 };
 
@@ -164,7 +169,7 @@ fn run(args: Args) -> Result<()> {
         ]
     });
     for program in ["nix", "nix-daemon", "nix-store"] {
-        if on_path(program).is_none() {
+        if find_on_path(program).is_none() {
             bail!("{program} not found: install Nix (on Debian: apt-get install -y nix-bin)");
         }
     }
@@ -184,7 +189,7 @@ fn run(args: Args) -> Result<()> {
             }
         }
     };
-    let socat = on_path("socat");
+    let socat = find_on_path("socat");
     if socat.is_none() {
         unavailable.push("socat: not installed (apt-get install -y socat)".to_owned());
     }
@@ -341,8 +346,14 @@ fn run_sections(
     if sections.contains(&Section::Connect) || sections.contains(&Section::Startup) {
         let mut daemons = Vec::new();
         for fwd in &fwds {
-            let daemon = Daemon::start(fwd.slot(), &work.join("conn").join(fwd.variant().name()))?;
-            connect::seed_path(&workloads.source_url, daemon.socket(), &probe, &scratch)?;
+            let daemon =
+                NixDaemon::try_start_at(fwd.slot(), &work.join("conn").join(fwd.variant().name()))?;
+            connect::seed_path(
+                &workloads.source_url,
+                daemon.socket_path(),
+                &probe,
+                &scratch,
+            )?;
             daemons.push(daemon);
         }
         if sections.contains(&Section::Connect) {
@@ -576,7 +587,7 @@ fn dumbpipe_binary(args: &Args) -> Result<PathBuf> {
     if !output.status.success() || !bin.is_file() {
         bail!(
             "cargo install dumbpipe failed: {}",
-            proc::tail(&String::from_utf8_lossy(&output.stderr), 600).trim()
+            tail(&String::from_utf8_lossy(&output.stderr), 600).trim()
         );
     }
     Ok(bin)
@@ -603,7 +614,7 @@ fn machine() -> Machine {
         .map(|(_, m)| m.trim().to_owned())
         .unwrap_or_else(|| "unknown".to_owned());
     let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_kb = proc::parse_status_kb(&meminfo, "MemTotal").unwrap_or(0);
+    let mem_kb = procfs::parse_status_kb(&meminfo, "MemTotal").unwrap_or(0);
     Machine {
         nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),
         cpu_model,

@@ -18,12 +18,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+use n2p_testkit::{
+    net::free_udp_port,
+    proc::{Process, Signal, signal, tail},
+    wait::time_until,
+};
 use serde::Serialize;
 
 use crate::{
     forwarders::n2p_command,
-    proc::{Service, free_port, output_of, status_bytes},
+    procfs::{output_of, status_bytes},
     stats::Summary,
 };
 
@@ -73,7 +78,7 @@ impl Team {
             let home = dir.join(format!("home-{name}"));
             let id = output_of(n2p_command(None, n2p, &home).arg("id"))
                 .with_context(|| format!("`n2p id` failed for {}", home.display()))?;
-            let port = free_port(true)?;
+            let port = free_udp_port();
             let _ = write!(
                 text,
                 "\n[[member]]\nname = \"{name}\"\nid = \"{id}\"\naddrs = [\"127.0.0.1:{port}\"]\n"
@@ -100,7 +105,7 @@ impl Team {
     }
 
     /// Starts node `i`, sharing the daemon at `share` or not sharing.
-    pub(crate) fn spawn(&self, i: usize, share: Option<&Path>) -> Result<Service> {
+    pub(crate) fn spawn(&self, i: usize, share: Option<&Path>) -> Result<Process> {
         let node = &self.nodes[i];
         let mut command = n2p_command(None, &self.n2p, &node.home);
         command
@@ -117,7 +122,11 @@ impl Team {
             None => command.arg("--no-share"),
         };
         let log = self.dir.join(format!("{}.log", node.name));
-        Service::spawn(&format!("mesh node {}", node.name), &mut command, &log)
+        Ok(Process::try_spawn_logged(
+            format!("mesh node {}", node.name),
+            &mut command,
+            &log,
+        )?)
     }
 
     /// Node `i`'s socket for node `j`.
@@ -270,31 +279,19 @@ pub(crate) fn measure_round(n2p: &Path, dir: &Path, n: usize) -> Result<MeshRoun
         })
     })();
     for node in &nodes {
-        crate::proc::signal(node.pid(), libc::SIGTERM);
+        let _ = signal(node.pid(), Signal::Term);
     }
     for node in &mut nodes {
         node.stop(Duration::from_secs(5));
     }
     if result.is_err() {
         let logs: String = nodes.iter().take(2).map(|n| n.log_text()).collect();
-        eprintln!(
-            "mesh logs (first two nodes):\n{}",
-            crate::proc::tail(&logs, 4000)
-        );
+        eprintln!("mesh logs (first two nodes):\n{}", tail(&logs, 4000));
     }
     result
 }
 
 /// Polls `done` every [`MESH_POLL`]; the time since the start of polling when it held.
-fn poll(timeout: Duration, mut done: impl FnMut() -> bool) -> Result<Duration> {
-    let started = Instant::now();
-    loop {
-        if done() {
-            return Ok(started.elapsed());
-        }
-        if started.elapsed() > timeout {
-            bail!("timed out after {timeout:?}");
-        }
-        thread::sleep(MESH_POLL);
-    }
+fn poll(timeout: Duration, done: impl FnMut() -> bool) -> Result<Duration> {
+    time_until(timeout, MESH_POLL, done).with_context(|| format!("timed out after {timeout:?}"))
 }

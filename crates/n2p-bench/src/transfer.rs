@@ -6,12 +6,17 @@
 use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
 
 use anyhow::Result;
+use n2p_testkit::{
+    nix::{NixDaemon, nix_command},
+    proc::try_run_timed,
+    wait::{MEASURING_POLL_INTERVAL, time_until},
+};
 use serde::Serialize;
 
 use crate::{
     forwarders::{Forwarder, Variant},
-    nix::{Daemon, NIX_TIMEOUT, Workloads, nix_command},
-    proc::{cpu_seconds_of, reset_peak_rss, run_timed, status_bytes, wait_until},
+    nix::{NIX_TIMEOUT, Workloads},
+    procfs::{cpu_seconds_of, reset_peak_rss, status_bytes},
     stats::{Summary, median, rotated, round_ratios},
 };
 
@@ -194,10 +199,10 @@ pub(crate) fn run(
             rep + 1,
             orders[rep].iter().map(|v| v.name()).collect::<Vec<_>>()
         );
-        let mut daemons: Vec<Option<Daemon>> = Vec::new();
+        let mut daemons: Vec<Option<NixDaemon>> = Vec::new();
         for fwd in fwds.iter() {
             let dir = dest_dir.join(format!("r{rep}-{}", fwd.variant()));
-            match Daemon::start(fwd.slot(), &dir) {
+            match NixDaemon::try_start_at(fwd.slot(), &dir) {
                 Ok(d) => daemons.push(Some(d)),
                 Err(e) => {
                     errors.push(format!("round {rep}: {}: daemon: {e:#}", fwd.variant()));
@@ -240,7 +245,7 @@ pub(crate) fn run(
         }
         for (fwd, daemon) in fwds.iter().zip(daemons) {
             let Some(daemon) = daemon else { continue };
-            if let Err(e) = workloads.verify_paths(daemon.socket(), &all_paths, scratch) {
+            if let Err(e) = workloads.verify_paths(daemon.socket_path(), &all_paths) {
                 errors.push(format!(
                     "round {rep}: {}: verification: {e:#}",
                     fwd.variant()
@@ -305,9 +310,9 @@ fn warm_up(fwds: &mut [Forwarder], scratch: &Path, errors: &mut Vec<String>) {
         let result = fwd.invocation().and_then(|inv| {
             let mut command = nix_command("nix");
             command.args(["store", "ping", "--store", &inv.url]);
-            run_timed(&mut command, None, &scratch.join("warm.err"), NIX_TIMEOUT)?
-                .check("nix store ping")
-                .map(|_| ())
+            try_run_timed(&mut command, None, &scratch.join("warm.err"), NIX_TIMEOUT)?
+                .check("nix store ping")?;
+            Ok(())
         });
         if let Err(e) = result {
             errors.push(format!("warm-up {}: {e:#}", fwd.variant()));
@@ -336,11 +341,13 @@ fn measure(
     }
     let cpu_before = cpu_seconds_of(&inv.pids);
     let mut command = job.command(&workloads.source_url, &inv.url);
-    let timed = run_timed(&mut command, None, &scratch.join("nix.err"), NIX_TIMEOUT)?
+    let timed = try_run_timed(&mut command, None, &scratch.join("nix.err"), NIX_TIMEOUT)?
         .check(&format!("{} through {}", job.name, fwd.variant()))?;
     // Forked relays (socat) account their children once reaped.
     for pid in &inv.pids {
-        wait_until(Duration::from_secs(2), || children_of(*pid) == 0);
+        time_until(Duration::from_secs(2), MEASURING_POLL_INTERVAL, || {
+            children_of(*pid) == 0
+        });
     }
     let cpu = cpu_seconds_of(&inv.pids) - cpu_before;
     let peaks = if track_peak {

@@ -21,17 +21,29 @@
 //! );
 //! ```
 //!
+//! The text is parsed into toml's spanned document tree, which a small deserializer of ours
+//! feeds to serde. Its error type keeps what serde reports as data (an unknown key and the
+//! valid ones, a missing key, an unknown value and the allowed ones, the expected and the
+//! found type) together with the byte span of the key or value it is about, so messages,
+//! hints and locations never depend on serde's or toml's wording.
+//!
 //! Checks that serde cannot express (duplicates, cross-field rules) read the file through a
 //! [`ConfigSource`], deserialize the values they check as [`Spanned`], and report with
 //! [`ConfigSource::error_at`] so their errors look the same.
 
+mod de;
+
 use std::{
     fmt, fs, io,
+    marker::PhantomData,
     ops::Range,
     path::{Path, PathBuf},
 };
 
 use serde::de::DeserializeOwned;
+use toml::de::{DeTable, DeValue};
+
+use self::de::Node;
 
 /// A value together with its byte span in the file, for errors found after parsing.
 pub use toml::Spanned;
@@ -55,7 +67,12 @@ pub enum ConfigFileError {
     /// The text is not valid TOML, has an unknown key, misses a required one, or holds a bad
     /// value. Displays as `<file>:<line>:<column>: <message>` and, when there is one, a
     /// `hint:` line below.
-    #[error("{}", Rendered { path, location, message, hint })]
+    #[error(
+        "{}{}: {message}{}",
+        path.display(),
+        location.map(|l| format!(":{l}")).unwrap_or_default(),
+        hint.as_ref().map(|h| format!("\n  hint: {h}")).unwrap_or_default()
+    )]
     Invalid {
         /// The file.
         path: PathBuf,
@@ -118,27 +135,6 @@ impl fmt::Display for Location {
     }
 }
 
-struct Rendered<'a> {
-    path: &'a Path,
-    location: &'a Option<Location>,
-    message: &'a str,
-    hint: &'a Option<String>,
-}
-
-impl fmt::Display for Rendered<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.path.display())?;
-        if let Some(location) = self.location {
-            write!(f, ":{location}")?;
-        }
-        write!(f, ": {}", self.message)?;
-        if let Some(hint) = self.hint {
-            write!(f, "\n  hint: {hint}")?;
-        }
-        Ok(())
-    }
-}
-
 /// The text of one config file and the path to name in its errors.
 #[derive(Debug, Clone, Copy)]
 pub struct ConfigSource<'a> {
@@ -165,7 +161,12 @@ impl<'a> ConfigSource<'a> {
     /// Deserializes the text; syntax errors, unknown or missing keys and bad values come
     /// back as [`ConfigFileError::Invalid`] with location and hint.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ConfigFileError> {
-        toml::from_str(self.text).map_err(|e| self.toml_error(&e))
+        // A syntax error: toml's parser describes it (it is not serde's), we place it.
+        let root = DeTable::parse(self.text)
+            .map_err(|e| self.invalid(e.span(), e.message().to_owned(), None))?;
+        let root = Node(Spanned::new(root.span(), DeValue::Table(root.into_inner())));
+        root.seed(PhantomData::<T>)
+            .map_err(|e| self.invalid(e.span, e.message, e.hint))
     }
 
     /// An error at the byte span `span` (as given by [`Spanned::span`]).
@@ -175,29 +176,23 @@ impl<'a> ConfigSource<'a> {
         message: impl Into<String>,
         hint: Option<String>,
     ) -> ConfigFileError {
-        ConfigFileError::Invalid {
-            path: self.path.to_owned(),
-            location: Some(Location::of(self.text, span.start)),
-            message: message.into(),
-            hint,
-        }
+        self.invalid(Some(span), message.into(), hint)
     }
 
     /// An error about the file as a whole.
     pub fn error(&self, message: impl Into<String>, hint: Option<String>) -> ConfigFileError {
-        ConfigFileError::Invalid {
-            path: self.path.to_owned(),
-            location: None,
-            message: message.into(),
-            hint,
-        }
+        self.invalid(None, message.into(), hint)
     }
 
-    fn toml_error(&self, err: &toml::de::Error) -> ConfigFileError {
-        let (message, hint) = explain(err.message());
+    fn invalid(
+        &self,
+        span: Option<Range<usize>>,
+        message: String,
+        hint: Option<String>,
+    ) -> ConfigFileError {
         ConfigFileError::Invalid {
             path: self.path.to_owned(),
-            location: err.span().map(|span| Location::of(self.text, span.start)),
+            location: span.map(|span| Location::of(self.text, span.start)),
             message,
             hint,
         }
@@ -237,63 +232,10 @@ pub fn read_config_text(path: &Path) -> Result<String, ConfigFileError> {
 
 /// A serde custom error whose message carries a hint, for `Deserialize` impls of checked
 /// values: the loader shows `message` at the value's location and `hint` below it.
+///
+/// (serde's `custom` takes only a message, so the hint travels after a separator of ours.)
 pub fn de_error_with_hint<E: serde::de::Error>(message: impl fmt::Display, hint: &str) -> E {
     E::custom(format_args!("{message}{HINT_MARKER}{hint}"))
-}
-
-/// Turns serde/toml wording into ours: "key" instead of "field", and a hint where we can.
-fn explain(raw: &str) -> (String, Option<String>) {
-    if let Some((message, hint)) = raw.split_once(HINT_MARKER) {
-        return (message.to_owned(), Some(hint.to_owned()));
-    }
-    if let Some(rest) = raw.strip_prefix("unknown field `") {
-        let Some((key, expected)) = rest.split_once('`') else {
-            return (raw.to_owned(), None);
-        };
-        let valid = backticked(expected);
-        let hint = if valid.is_empty() {
-            "no keys are allowed here".to_owned()
-        } else {
-            let list = valid
-                .iter()
-                .map(|k| format!("`{k}`"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            match closest(key, &valid) {
-                Some(near) => format!("did you mean `{near}`? valid keys here: {list}"),
-                None => format!("valid keys here: {list}"),
-            }
-        };
-        return (format!("unknown key `{key}`"), Some(hint));
-    }
-    if let Some(rest) = raw.strip_prefix("missing field `")
-        && let Some((key, _)) = rest.split_once('`')
-    {
-        return (
-            format!("missing key `{key}`"),
-            Some(format!("this table needs a `{key}` key")),
-        );
-    }
-    if let Some(rest) = raw.strip_prefix("unknown variant `")
-        && let Some((value, expected)) = rest.split_once('`')
-    {
-        let valid = backticked(expected);
-        let list = valid
-            .iter()
-            .map(|k| format!("`{k}`"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        return (
-            format!("unknown value `{value}`"),
-            Some(format!("use one of {list}")),
-        );
-    }
-    (raw.to_owned(), None)
-}
-
-/// The words between backticks in `s`.
-fn backticked(s: &str) -> Vec<&str> {
-    s.split('`').skip(1).step_by(2).collect()
 }
 
 /// The valid key closest to a misspelt one, if it is close enough to be a typo.
@@ -593,6 +535,134 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "m.toml:1:8: unknown value `medium`\n  hint: use one of `fast`, `slow`"
+        );
+    }
+
+    #[test]
+    fn wrong_type_names_expected_and_found() {
+        let err = parse_err("[mesh]\nopen = \"yes\"\n");
+        assert_eq!(
+            err.to_string(),
+            "team.toml:2:8: expected a boolean, found string \"yes\""
+        );
+        let err = parse_err("[mesh]\nexpiry_secs = -1\n");
+        assert_eq!(
+            err.to_string(),
+            "team.toml:2:15: invalid value: expected u64, found integer `-1`"
+        );
+        let err = parse_err("mesh = 3\n");
+        assert_eq!(
+            err.to_string(),
+            "team.toml:1:8: expected struct Mesh, found integer `3`"
+        );
+        let err = parse_err("[mesh]\nexpiry_secs = 1979-05-27\n");
+        assert_eq!(
+            err.location(),
+            Some(Location {
+                line: 2,
+                column: 15
+            })
+        );
+        assert!(err.to_string().contains("found a date-time"), "{err}");
+        let err = parse_err("[mesh]\nexpiry_secs = 99999999999999999999\n");
+        assert!(err.to_string().starts_with("team.toml:2:15: "), "{err}");
+    }
+
+    #[test]
+    fn missing_key_is_located_at_its_table() {
+        let err = parse_err("[mesh]\n[[member]]\naddrs = []\n");
+        assert_eq!(
+            err.to_string(),
+            "team.toml:2:1: missing key `name`\n  hint: this table needs a `name` key"
+        );
+        let err = parse_err("");
+        assert_eq!(err.location(), Some(Location { line: 1, column: 1 }));
+        assert_eq!(err.hint(), Some("this table needs a `mesh` key"));
+    }
+
+    #[test]
+    fn unknown_key_with_suggestion_in_inline_table_and_nowhere_to_go() {
+        let err = parse_err("mesh = { open = true, opne = false }\n");
+        assert_eq!(
+            err.to_string(),
+            "team.toml:1:23: unknown key `opne`\n  hint: did you mean `open`? valid keys \
+             here: `secret_env`, `expiry_secs`, `open`"
+        );
+
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Empty {}
+        let err = parse_toml::<Empty>("\n  x = 1\n", Path::new("e.toml")).expect_err("no keys");
+        assert_eq!(
+            err.to_string(),
+            "e.toml:2:3: unknown key `x`\n  hint: no keys are allowed here"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_come_from_the_parser_with_their_place() {
+        let err = parse_err("[mesh]\nopen = \n");
+        assert_eq!(err.location().map(|l| l.line), Some(2), "{err}");
+        assert_eq!(err.hint(), None);
+        let err = parse_err("[mesh\n");
+        assert!(err.to_string().starts_with("team.toml:1:"), "{err}");
+        let err = parse_err("[mesh]\nopen = true\n[mesh]\n");
+        assert_eq!(err.location().map(|l| l.line), Some(3), "{err}");
+    }
+
+    #[test]
+    fn errors_inside_arrays_point_at_the_element() {
+        // A hint from a `Deserialize` impl, two tables down, in the second element.
+        #[derive(Debug, Deserialize)]
+        struct Names {
+            #[allow(dead_code)]
+            names: Vec<Even>,
+        }
+        let err = parse_toml::<Names>("names = [\"ab\",\n  \"abc\"]\n", Path::new("n.toml"))
+            .expect_err("odd");
+        assert_eq!(
+            err.to_string(),
+            "n.toml:2:3: odd name `abc`\n  hint: add a letter"
+        );
+    }
+
+    #[test]
+    fn spans_and_values_pass_through() {
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct S {
+            name: Spanned<String>,
+            list: Option<Spanned<Vec<Spanned<u32>>>>,
+            ratio: f64,
+            hex: u8,
+            big: u64,
+            path: PathBuf,
+            #[serde(default)]
+            absent: Option<bool>,
+        }
+        let text = "name = \"x\"\nlist = [1, 2]\nratio = 0.5\nhex = 0xff\nbig = 18446744073709551615\npath = 'a/b'\n";
+        let s: S = parse_toml(text, Path::new("s.toml")).expect("valid");
+        assert_eq!(s.name.get_ref(), "x");
+        assert_eq!(&text[s.name.span()], "\"x\"");
+        let list = s.list.expect("list");
+        assert_eq!(&text[list.span()], "[1, 2]");
+        assert_eq!(*list.get_ref()[1].get_ref(), 2);
+        assert_eq!(&text[list.get_ref()[1].span()], "2");
+        assert_eq!(s.ratio, 0.5);
+        assert_eq!(s.hex, 255);
+        assert_eq!(s.big, u64::MAX);
+        assert_eq!(s.path, Path::new("a/b"));
+        assert_eq!(s.absent, None);
+
+        let err = parse_toml::<S>(
+            "name = \"x\"\nratio = 1\nhex = 256\nbig = 1\npath = ''\n",
+            Path::new("s.toml"),
+        )
+        .expect_err("hex out of range");
+        assert_eq!(
+            err.location(),
+            Some(Location { line: 3, column: 7 }),
+            "{err}"
         );
     }
 }

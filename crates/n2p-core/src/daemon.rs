@@ -14,9 +14,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use iroh::{
     Endpoint, EndpointAddr, EndpointId,
-    endpoint::{
-        ApplicationClose, ConnectError, Connection, ConnectionError, RecvStream, SendStream, VarInt,
-    },
+    endpoint::{ApplicationClose, ConnectError, Connection, ConnectionError, VarInt},
     protocol::{AcceptError, ProtocolHandler},
 };
 use tokio::{net::UnixListener, net::UnixStream, sync::Mutex, task::JoinSet};
@@ -25,7 +23,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::{
     access::{AccessPolicy, AccessProof, AccessSecret},
-    forward::{FORWARD_ABORTED, forward},
+    forward::{QuicPair, forward},
 };
 
 /// ALPN of the raw daemon protocol.
@@ -61,10 +59,12 @@ impl DaemonService {
         }
     }
 
-    async fn handle_stream(&self, conn: &Connection, mut send: SendStream, mut recv: RecvStream) {
+    /// Checks the stream's proof, then joins it to a fresh daemon connection. Every early
+    /// return drops `streams`, which resets them.
+    async fn handle_stream(&self, conn: &Connection, mut streams: QuicPair) {
         let peer = conn.remote_id();
         let mut proof = [0u8; AccessProof::LEN];
-        match tokio::time::timeout(PROOF_TIMEOUT, recv.read_exact(&mut proof)).await {
+        match tokio::time::timeout(PROOF_TIMEOUT, streams.recv.read_exact(&mut proof)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 debug!("stream ended before its access proof: {e}");
@@ -88,12 +88,10 @@ impl DaemonService {
                     "cannot connect to the nix-daemon at {}: {e} (is nix-daemon running? set --daemon-socket or NIX_DAEMON_SOCKET_PATH)",
                     self.daemon_socket.display()
                 );
-                send.reset(FORWARD_ABORTED).ok();
-                recv.stop(FORWARD_ABORTED).ok();
                 return;
             }
         };
-        forward_unix_stream("daemon stream", daemon, send, recv).await;
+        forward_unix_stream("daemon stream", daemon, streams).await;
     }
 }
 
@@ -118,7 +116,7 @@ impl ProtocolHandler for DaemonService {
                             let conn = conn.clone();
                             let service = self.clone();
                             streams.spawn(async move {
-                                service.handle_stream(&conn, send, recv).await
+                                service.handle_stream(&conn, QuicPair::new(send, recv)).await
                             }.in_current_span());
                         }
                         Err(e) => {
@@ -240,7 +238,7 @@ impl DaemonDialer {
 
     /// Opens one daemon stream, proof already sent. Retries once on a fresh connection when
     /// the cached one turns out to be dead.
-    pub async fn open_stream(&self) -> Result<(SendStream, RecvStream), DialError> {
+    pub async fn open_stream(&self) -> Result<QuicPair, DialError> {
         let peer = self.target.id;
         let mut last = None;
         for _attempt in 0..2 {
@@ -264,12 +262,15 @@ impl DaemonDialer {
         })
     }
 
-    async fn open_on(&self, conn: &Connection) -> Result<(SendStream, RecvStream), String> {
-        let (mut send, recv) = conn.open_bi().await.map_err(|e| describe_close(&e))?;
-        send.write_all(&self.proof.0)
+    async fn open_on(&self, conn: &Connection) -> Result<QuicPair, String> {
+        let (send, recv) = conn.open_bi().await.map_err(|e| describe_close(&e))?;
+        let mut streams = QuicPair::new(send, recv);
+        streams
+            .send
+            .write_all(&self.proof.0)
             .await
             .map_err(|e| e.to_string())?;
-        Ok((send, recv))
+        Ok(streams)
     }
 
     /// Closes the current connection, if any.
@@ -353,20 +354,19 @@ pub async fn serve_local_listener(
 }
 
 async fn forward_local_connection(local: UnixStream, dialer: &DaemonDialer) {
-    let (send, recv) = match dialer.open_stream().await {
+    let streams = match dialer.open_stream().await {
         Ok(pair) => pair,
         Err(e) => {
             error!("{e}");
             return;
         }
     };
-    forward_unix_stream("local connection", local, send, recv).await;
+    forward_unix_stream("local connection", local, streams).await;
 }
 
 /// Joins a unix stream to an iroh stream pair until both directions end; logs the outcome.
-async fn forward_unix_stream(what: &str, stream: UnixStream, send: SendStream, recv: RecvStream) {
-    let (read, write) = stream.into_split();
-    match forward(read, write, send, recv).await {
+async fn forward_unix_stream(what: &str, stream: UnixStream, streams: QuicPair) {
+    match forward(stream, streams).await {
         Ok(stats) => debug!(sent = stats.sent, received = stats.received, "{what} done"),
         Err(e) => warn!("{what} aborted: {e}"),
     }
@@ -391,6 +391,7 @@ mod tests {
         EndpointOptions {
             relay: RelayChoice::Disabled,
             bind: "127.0.0.1:0".parse().ok(),
+            ..Default::default()
         }
     }
 
@@ -499,14 +500,13 @@ mod tests {
         let wrong = AccessSecret::from_bytes([6; 32]);
         let dialer = DaemonDialer::new(client.clone(), router.endpoint().addr(), &wrong);
         let conn = dialer.connection().await?;
-        let (mut send, mut recv) = dialer.open_stream().await?;
-        send.write_all(b"hello daemon").await.ok();
-        send.finish().ok();
-        let read = recv.read_to_end(1024).await;
-        assert!(
-            read.as_ref().map(|d| d.is_empty()).unwrap_or(true),
-            "refused stream must not carry data"
-        );
+        let mut streams = dialer.open_stream().await?;
+        streams.send.write_all(b"hello daemon").await.ok();
+        streams.send.finish().ok();
+        // The refusal closes the connection: the stream ends in an error, never in data or
+        // a clean (empty) finish.
+        let read = streams.recv.read_to_end(1024).await;
+        assert!(read.is_err(), "refused stream ended with {read:?}");
         assert_eq!(connections.load(Ordering::SeqCst), 0);
         // The whole connection was closed as a refusal.
         let reason = conn.closed().await;

@@ -4,19 +4,21 @@
 //! With [`RelayChoice::Disabled`] the endpoint uses no relay and no DNS/pkarr lookup at all:
 //! it is silent offline and connects over loopback or a LAN by direct addresses.
 
-use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
+use std::{fmt, net::SocketAddr, str::FromStr, sync::Arc, time::Duration};
 
 use iroh::{
     Endpoint, RelayMode, RelayUrl, SecretKey,
-    endpoint::{BindOpts, Builder, QuicTransportConfig, VarInt, presets},
+    endpoint::{BindOpts, Builder, ControllerFactory, QuicTransportConfig, VarInt, presets},
 };
+use noq_proto::congestion;
 
-/// How long a silent connection lives before it is declared dead. Keep-alives are sent
-/// well within it, so only a crashed or unreachable peer hits it.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a silent connection lives before it is declared dead: a crashed peer is noticed
+/// this long after its last packet. Keep-alives go out four times within it, so a live peer
+/// behind a path that drops a few packets is not mistaken for a dead one.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Interval of QUIC keep-alive pings on otherwise idle connections.
-pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How many daemon streams a peer may have open at once.
 pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
@@ -66,6 +68,57 @@ impl fmt::Display for RelayChoice {
     }
 }
 
+/// The QUIC congestion controller of every connection an endpoint makes or accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CongestionControl {
+    /// Loss-based Cubic: QUIC's usual default.
+    #[default]
+    Cubic,
+    /// Loss-based NewReno (RFC 9002's reference controller).
+    NewReno,
+    /// Model-based BBRv3: paces at the measured bottleneck rate and does not halve its
+    /// rate on every random loss.
+    Bbr,
+}
+
+/// A congestion controller name that is not one of n2p's.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid congestion controller '{0}': use 'cubic', 'new-reno' or 'bbr'")]
+pub struct CongestionControlParseError(String);
+
+impl FromStr for CongestionControl {
+    type Err = CongestionControlParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cubic" => Ok(Self::Cubic),
+            "new-reno" | "newreno" => Ok(Self::NewReno),
+            "bbr" | "bbr3" => Ok(Self::Bbr),
+            _ => Err(CongestionControlParseError(s.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for CongestionControl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Cubic => "cubic",
+            Self::NewReno => "new-reno",
+            Self::Bbr => "bbr",
+        })
+    }
+}
+
+impl CongestionControl {
+    fn factory(self) -> Arc<dyn ControllerFactory + Send + Sync + 'static> {
+        match self {
+            Self::Cubic => Arc::new(congestion::CubicConfig::default()),
+            Self::NewReno => Arc::new(congestion::NewRenoConfig::default()),
+            Self::Bbr => Arc::new(congestion::Bbr3Config::default()),
+        }
+    }
+}
+
 /// Network settings of an endpoint.
 #[derive(Debug, Clone, Default)]
 pub struct EndpointOptions {
@@ -73,6 +126,8 @@ pub struct EndpointOptions {
     pub relay: RelayChoice,
     /// Bind only this socket address (default: all interfaces, random port).
     pub bind: Option<SocketAddr>,
+    /// The congestion controller.
+    pub congestion: CongestionControl,
 }
 
 /// Errors while binding the endpoint.
@@ -100,13 +155,14 @@ pub enum EndpointBindError {
 }
 
 /// The QUIC transport settings n2p uses: short idle timeout with keep-alives (a crashed
-/// peer is noticed in seconds) and room for many concurrent daemon streams. Flow-control
-/// windows stay at iroh's defaults.
-pub fn transport_config() -> QuicTransportConfig {
+/// peer is noticed in seconds), room for many concurrent daemon streams, and the chosen
+/// congestion controller. Flow-control windows stay at iroh's defaults.
+pub fn transport_config(congestion: CongestionControl) -> QuicTransportConfig {
     QuicTransportConfig::builder()
         .max_idle_timeout(IDLE_TIMEOUT.try_into().ok())
         .keep_alive_interval(KEEP_ALIVE_INTERVAL)
         .max_concurrent_bidi_streams(VarInt::from_u32(MAX_CONCURRENT_STREAMS))
+        .congestion_controller_factory(congestion.factory())
         .build()
 }
 
@@ -129,7 +185,7 @@ pub fn endpoint_builder(
     builder = builder
         .secret_key(secret_key)
         .alpns(alpns)
-        .transport_config(transport_config());
+        .transport_config(transport_config(options.congestion));
     if let Some(addr) = options.bind {
         builder = builder
             .clear_ip_transports()
@@ -182,5 +238,18 @@ mod tests {
         ));
         let err = "sometimes".parse::<RelayChoice>().expect_err("bad");
         assert!(err.to_string().contains("'default', 'disabled'"));
+    }
+
+    #[test]
+    fn congestion_control_parses_and_prints_back() {
+        for cc in [
+            CongestionControl::Cubic,
+            CongestionControl::NewReno,
+            CongestionControl::Bbr,
+        ] {
+            assert_eq!(cc.to_string().parse::<CongestionControl>().ok(), Some(cc));
+        }
+        let err = "vegas".parse::<CongestionControl>().expect_err("bad");
+        assert!(err.to_string().contains("'cubic', 'new-reno' or 'bbr'"));
     }
 }

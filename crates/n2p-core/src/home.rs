@@ -5,7 +5,7 @@ use std::{
     fs, io,
     os::{
         fd::AsRawFd,
-        unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+        unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt},
     },
     path::{Path, PathBuf},
 };
@@ -20,7 +20,23 @@ pub enum HomeError {
     /// Neither `$N2P_HOME` nor `$HOME` is set.
     #[error("cannot find a home directory: set N2P_HOME or HOME")]
     NoHome,
-    /// A directory could not be created or its permissions set.
+    /// An existing directory is open to other users (or owned by another user). n2p does
+    /// not change permissions of what it did not create; the user decides.
+    #[error(
+        "{} is open to other users (mode {mode:o}{}); n2p keeps keys and daemon sockets there\n  hint: `chmod 700 {}` if it is yours alone, or set N2P_HOME (or --home) to another directory",
+        path.display(),
+        if *foreign_owner { ", owned by another user" } else { "" },
+        path.display()
+    )]
+    TooOpen {
+        /// The directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+        /// Whether another user owns it.
+        foreign_owner: bool,
+    },
+    /// A directory could not be created or its permissions read.
     #[error("cannot prepare directory {}", path.display())]
     Io {
         /// The directory.
@@ -161,10 +177,12 @@ pub enum LockError {
     Home(HomeError),
 }
 
-/// Creates `dir` (and parents) if missing and makes it owner-only (0700).
+/// Creates `dir` (and parents) owner-only (0700) if it is missing.
 ///
-/// An existing directory that others can read or enter is tightened to 0700: it holds
-/// sockets that reach a nix-daemon.
+/// An existing directory is used only when it is this user's and closed to everyone else;
+/// otherwise it is refused with a hint and left exactly as it is ([`HomeError::TooOpen`]):
+/// it will hold keys and sockets that reach a nix-daemon, and a directory n2p did not
+/// create is not n2p's to chmod.
 pub fn ensure_private_dir(dir: &Path) -> Result<(), HomeError> {
     let io_err = |source| HomeError::Io {
         path: dir.to_owned(),
@@ -172,8 +190,15 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), HomeError> {
     };
     match fs::metadata(dir) {
         Ok(meta) if meta.is_dir() => {
-            if meta.permissions().mode() & 0o077 != 0 {
-                fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err)?;
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            let foreign_owner = meta.uid() != unsafe { libc::geteuid() };
+            let mode = meta.permissions().mode() & 0o7777;
+            if mode & 0o077 != 0 || foreign_owner {
+                return Err(HomeError::TooOpen {
+                    path: dir.to_owned(),
+                    mode,
+                    foreign_owner,
+                });
             }
             Ok(())
         }
@@ -195,7 +220,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn creates_private_dirs_and_tightens_loose_ones() {
+    fn creates_private_dirs_and_refuses_open_ones_untouched() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let home = N2pHome::new(tmp.path().join("h"));
         home.ensure().expect("ensure");
@@ -204,13 +229,20 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o700);
+        home.ensure().expect("an existing private home is fine");
 
-        let loose = tmp.path().join("loose");
-        fs::create_dir(&loose).expect("mkdir");
-        fs::set_permissions(&loose, fs::Permissions::from_mode(0o755)).expect("chmod");
-        ensure_private_dir(&loose).expect("tighten");
-        let mode = fs::metadata(&loose).expect("meta").permissions().mode();
-        assert_eq!(mode & 0o777, 0o700);
+        // A shared directory (sticky, world-writable, like /tmp) and a merely readable one:
+        // refused with a hint, and their modes (sticky bit included) stay as they were.
+        for open in [0o1777, 0o755] {
+            let dir = tmp.path().join(format!("open{open:o}"));
+            fs::create_dir(&dir).expect("mkdir");
+            fs::set_permissions(&dir, fs::Permissions::from_mode(open)).expect("chmod");
+            let err = ensure_private_dir(&dir).expect_err("too open");
+            assert!(matches!(err, HomeError::TooOpen { .. }), "{err}");
+            assert!(err.to_string().contains("chmod 700"), "{err}");
+            let mode = fs::metadata(&dir).expect("meta").permissions().mode() & 0o7777;
+            assert_eq!(mode, open, "the directory's mode was changed");
+        }
     }
 
     #[test]

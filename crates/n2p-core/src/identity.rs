@@ -1,53 +1,22 @@
 //! The node's persistent secrets: its ed25519 identity (`secret.key`) and the access secret
 //! (`access.secret`) that server addresses carry. Both are 32 random bytes stored as hex,
-//! created on first use with mode 0600 and refused when group or others can read them.
+//! created on first use with mode 0600 and read through [`crate::secret_file`], which refuses
+//! them when group or others can read them.
 
-use std::{
-    fs, io,
-    io::Write,
-    os::unix::fs::{OpenOptionsExt, PermissionsExt},
-    path::{Path, PathBuf},
-};
+use std::{fs, io, path::Path};
 
 use iroh::SecretKey;
+use zeroize::Zeroizing;
 
-use crate::{access::AccessSecret, home::N2pHome};
+pub use crate::secret_file::SecretFileError;
+use crate::{
+    access::AccessSecret,
+    home::N2pHome,
+    secret_file::{create_secret_file, read_secret_file},
+};
 
-/// Errors while loading or creating a secret file.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SecretFileError {
-    /// Group or others may read the file.
-    #[error(
-        "{} is readable by other users (mode {mode:o}); fix it with: chmod 600 {}",
-        path.display(),
-        path.display()
-    )]
-    TooOpen {
-        /// The file.
-        path: PathBuf,
-        /// Its permission bits.
-        mode: u32,
-    },
-    /// The file does not hold 64 hex digits.
-    #[error("{} is not a valid key file (expected 64 hex digits); move it away to create a new one", path.display())]
-    Malformed {
-        /// The file.
-        path: PathBuf,
-    },
-    /// Reading, writing or preparing the directory failed.
-    #[error("cannot access {}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        #[source]
-        source: io::Error,
-    },
-    /// The home directory could not be prepared.
-    #[error(transparent)]
-    Home(#[from] crate::home::HomeError),
-}
+/// The most bytes a key file may hold: 64 hex digits and some white space.
+const KEY_FILE_LIMIT: usize = 1024;
 
 /// Loads the node's iroh secret key, creating it on first use.
 pub fn load_or_create_secret_key(home: &N2pHome) -> Result<SecretKey, SecretFileError> {
@@ -70,7 +39,7 @@ pub fn rotate_access_secret(home: &N2pHome) -> Result<AccessSecret, SecretFileEr
     let bytes: [u8; 32] = rand::random();
     let tmp = path.with_extension("secret.new");
     let _ = fs::remove_file(&tmp);
-    write_new_secret(&tmp, &bytes)?;
+    create_secret_file(&tmp, key_file_text(&bytes).as_bytes())?;
     fs::rename(&tmp, &path).map_err(|source| SecretFileError::Io {
         path: path.clone(),
         source,
@@ -80,26 +49,16 @@ pub fn rotate_access_secret(home: &N2pHome) -> Result<AccessSecret, SecretFileEr
 
 /// Reads 32 bytes of hex from `path`, or creates the file with fresh random bytes.
 fn load_or_create_secret_bytes(path: &Path) -> Result<[u8; 32], SecretFileError> {
-    match fs::metadata(path) {
-        Ok(meta) => {
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(SecretFileError::TooOpen {
-                    path: path.to_owned(),
-                    mode,
-                });
-            }
-            let text = fs::read_to_string(path).map_err(|source| SecretFileError::Io {
+    match read_secret_file(path, KEY_FILE_LIMIT) {
+        Ok(text) => std::str::from_utf8(&text)
+            .ok()
+            .and_then(|text| parse_hex32(text.trim()))
+            .ok_or_else(|| SecretFileError::Malformed {
                 path: path.to_owned(),
-                source,
-            })?;
-            parse_hex32(text.trim()).ok_or_else(|| SecretFileError::Malformed {
-                path: path.to_owned(),
-            })
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            }),
+        Err(SecretFileError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
             let bytes: [u8; 32] = rand::random();
-            match write_new_secret(path, &bytes) {
+            match create_secret_file(path, key_file_text(&bytes).as_bytes()) {
                 Ok(()) => Ok(bytes),
                 // Another process created it first: use theirs.
                 Err(SecretFileError::Io { source, .. })
@@ -110,37 +69,15 @@ fn load_or_create_secret_bytes(path: &Path) -> Result<[u8; 32], SecretFileError>
                 Err(e) => Err(e),
             }
         }
-        Err(source) => Err(SecretFileError::Io {
-            path: path.to_owned(),
-            source,
-        }),
+        Err(e) => Err(e),
     }
 }
 
-/// Creates `path` with mode 0600 holding the hex of `bytes`, atomically: the content is
-/// written to a temporary file first and then linked into place, so a concurrent reader
-/// never sees a half-written key. Fails with `AlreadyExists` if `path` exists.
-fn write_new_secret(path: &Path, bytes: &[u8; 32]) -> Result<(), SecretFileError> {
-    let io_err = |source| SecretFileError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let suffix: u64 = rand::random();
-    let tmp = path.with_extension(format!("{suffix:016x}.tmp"));
-    let written = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        let mut text = to_hex(bytes);
-        text.push('\n');
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        fs::hard_link(&tmp, path)
-    })();
-    fs::remove_file(&tmp).ok();
-    written.map_err(io_err)
+/// The content of a key file: the hex of `bytes` and a newline.
+fn key_file_text(bytes: &[u8; 32]) -> Zeroizing<String> {
+    let mut text = Zeroizing::new(to_hex(bytes));
+    text.push('\n');
+    text
 }
 
 /// Lower-case hex of `bytes`.
@@ -158,6 +95,8 @@ pub(crate) fn parse_hex32(text: &str) -> Option<[u8; 32]> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     fn home() -> (tempfile::TempDir, N2pHome) {
@@ -212,5 +151,61 @@ mod tests {
         let c = load_or_create_access_secret(&home).expect("load");
         assert_ne!(a, b);
         assert_eq!(b, c);
+    }
+
+    #[test]
+    fn garbage_key_says_what_is_wrong_and_what_to_do() {
+        let (_tmp, home) = home();
+        home.ensure().expect("home");
+        let path = home.secret_key_path();
+        for garbage in [
+            &b"not hex"[..],
+            &[0xff, 0xfe, 0x00],
+            &[b'a'; 62],
+            &[b'a'; 66],
+        ] {
+            fs::write(&path, garbage).expect("write");
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
+            let err = load_or_create_secret_key(&home).expect_err("garbage");
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "{} is not a valid key file (expected 64 hex digits); move it away to \
+                     create a new one",
+                    path.display()
+                )
+            );
+        }
+        // Upper case and surrounding white space are fine.
+        fs::write(&path, format!("  {}\n\n", "AB".repeat(32))).expect("write");
+        assert!(load_or_create_secret_key(&home).is_ok());
+    }
+
+    #[test]
+    fn directory_in_place_of_a_key_is_named() {
+        let (_tmp, home) = home();
+        home.ensure().expect("home");
+        let path = home.access_secret_path();
+        fs::create_dir(&path).expect("mkdir");
+        let err = load_or_create_access_secret(&home).expect_err("a directory");
+        assert_eq!(
+            err.to_string(),
+            format!("{} is a directory, not a file", path.display())
+        );
+    }
+
+    #[test]
+    fn concurrent_first_use_agrees_on_one_key() {
+        let (_tmp, home) = home();
+        let keys: Vec<_> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| load_or_create_secret_key(&home).expect("key").public()))
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().expect("thread"))
+                .collect()
+        });
+        assert!(keys.windows(2).all(|w| w[0] == w[1]), "{keys:?}");
     }
 }

@@ -6,6 +6,8 @@
 //!
 //! - [`home::N2pHome`] finds `$N2P_HOME` (default `~/.n2p`) and keeps its permissions tight.
 //! - [`identity`] loads or creates the node's ed25519 key and the access secret beside it.
+//! - [`secret_file`] is the one reader of secret files: it checks the opened file's type and
+//!   mode (owner-only) and creates new ones atomically with mode 0600.
 //! - [`address::ServerAddress`] is what `n2p server` prints and `n2p client` parses.
 //! - [`endpoint`] builds an iroh endpoint for a relay choice and bind address.
 //! - [`daemon`] is the `n2p/daemon/1` protocol: the serving side checks access and joins
@@ -22,6 +24,7 @@ pub mod endpoint;
 pub mod forward;
 pub mod home;
 pub mod identity;
+pub mod secret_file;
 pub mod unix;
 
 pub use iroh::{EndpointAddr, EndpointId, SecretKey};

@@ -3,7 +3,10 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
-use n2p_core::{EndpointId, endpoint::RelayChoice};
+use n2p_core::{
+    EndpointId,
+    endpoint::{CongestionControl, RelayChoice},
+};
 
 /// Move Nix store paths directly between your machines, peer to peer.
 ///
@@ -29,6 +32,16 @@ pub(crate) struct GlobalArgs {
     /// A fixed port keeps the long address valid across restarts.
     #[arg(long, global = true, value_name = "IP:PORT")]
     pub(crate) bind: Option<SocketAddr>,
+    /// QUIC congestion controller: `cubic`, `new-reno` or `bbr` (docs/BENCHMARKS.md says
+    /// how each behaves on lossy links).
+    #[arg(
+        long,
+        global = true,
+        env = "N2P_CONGESTION",
+        value_name = "cubic|new-reno|bbr",
+        default_value_t
+    )]
+    pub(crate) congestion: CongestionControl,
     /// The n2p home directory (keys, sockets, personal config).
     #[arg(long, global = true, env = "N2P_HOME", value_name = "DIR")]
     pub(crate) home: Option<PathBuf>,

@@ -47,7 +47,7 @@ mod tests {
             Path::new("config/config.toml"),
         )
         .expect("config/config.toml");
-        let team = n2p_mesh::team::TeamConfig::parse(
+        let team = n2p_mesh::proto::team::TeamConfig::parse(
             include_str!("../../../config/team.toml"),
             Path::new("config/team.toml"),
         )

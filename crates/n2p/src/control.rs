@@ -2,12 +2,15 @@
 //! `n2p mesh peers` ask the running node what it sees.
 //!
 //! Protocol: the client writes one request line (`status`), the node answers with one JSON
-//! document and closes the connection.
+//! document and closes the connection. The answer to `status` is a
+//! [`n2p_mesh::status::MeshStatus`]; a request the node cannot answer gets
+//! `{"error": "<why>"}`.
 
 use std::{future::Future, path::Path, pin::Pin, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use n2p_core::unix::{SocketFileGuard, bind_private_listener};
+use serde::de::DeserializeOwned;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::UnixStream,
@@ -83,4 +86,14 @@ pub(crate) async fn request(path: &Path, request: &str) -> anyhow::Result<serde_
     tokio::time::timeout(CONTROL_TIMEOUT, exchange)
         .await
         .context("the running node did not answer in time")?
+}
+
+/// Sends `request` to the node listening at `path` and reads its answer as a `T`; an
+/// `{"error": …}` answer becomes this function's error.
+pub(crate) async fn ask<T: DeserializeOwned>(path: &Path, request: &str) -> anyhow::Result<T> {
+    let answer = self::request(path, request).await?;
+    if let Some(error) = answer.get("error").and_then(serde_json::Value::as_str) {
+        anyhow::bail!("the running node cannot answer `{request}`: {error}");
+    }
+    serde_json::from_value(answer).context("unexpected answer from the running node")
 }

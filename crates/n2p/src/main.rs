@@ -5,7 +5,7 @@ mod cmd;
 mod config;
 mod control;
 mod logging;
-mod node;
+mod setup;
 mod shutdown;
 
 use std::process::ExitCode;

@@ -13,14 +13,15 @@ use std::path::Path;
 use std::time::Duration;
 
 use n2p_core::endpoint::{EndpointOptions, RelayChoice};
-use n2p_core::home::N2pHome as CoreHome;
+use n2p_core::home::N2pHome;
 use n2p_core::identity::load_or_create_secret_key;
 use n2p_mesh::node::{MeshNode, MeshSettings};
-use n2p_mesh::team::TeamConfig;
-use n2p_mesh::ticket::MeshTicket;
+use n2p_mesh::proto::team::TeamConfig;
+use n2p_mesh::proto::ticket::MeshTicket;
 
-use super::ScratchDir;
-use super::n2p::{STARTUP_TIMEOUT, free_loopback_addr};
+use n2p_testkit::dir::ScratchDir;
+use n2p_testkit::n2p::STARTUP_TIMEOUT;
+use n2p_testkit::net::free_loopback_addr;
 
 /// Longest forgers get to announce that they leave.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -69,7 +70,7 @@ impl Forgers {
             .iter()
             .enumerate()
             .map(|(i, name)| {
-                let home = CoreHome::new(dir.join(&format!("forger{i}")));
+                let home = N2pHome::new(dir.join(&format!("forger{i}")));
                 let key = load_or_create_secret_key(&home)
                     .unwrap_or_else(|error| panic!("making a key for forger {i}: {error}"));
                 let id = key.public().to_string();
@@ -87,6 +88,7 @@ impl Forgers {
                     endpoint: EndpointOptions {
                         relay: RelayChoice::Disabled,
                         bind: Some(free_loopback_addr()),
+                        ..Default::default()
                     },
                 };
                 let node = runtime

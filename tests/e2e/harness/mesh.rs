@@ -23,11 +23,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::n2p::{
-    COMMAND_TIMEOUT, N2pHome, N2pProcess, STARTUP_TIMEOUT, free_loopback_addr, n2p_command,
-};
-use super::nix::{NixDaemon, socket_store_url};
-use super::{ScratchDir, dir_names, expect_success, run_bounded, wait_until};
+use n2p_testkit::dir::ScratchDir;
+use n2p_testkit::n2p::{COMMAND_TIMEOUT, STARTUP_TIMEOUT, TempHome, n2p_command};
+use n2p_testkit::net::free_loopback_addr;
+use n2p_testkit::nix::{NixDaemon, socket_store_url};
+use n2p_testkit::proc::{Process, expect_success, run_bounded};
+use n2p_testkit::wait::wait_until;
+
+use super::{N2P, dir_names};
 
 /// The topic the tests' nodes join. Every test has a secret of its own, and the gossip topic
 /// id is derived from both, so tests running side by side never meet.
@@ -58,7 +61,7 @@ impl TeamDir {
     /// A new directory with a new secret.
     pub(crate) fn new() -> Self {
         let output = run_bounded(
-            n2p_command().args(["mesh", "new-secret"]),
+            n2p_command(N2P.as_ref()).args(["mesh", "new-secret"]),
             COMMAND_TIMEOUT,
             "n2p mesh new-secret",
         );
@@ -192,7 +195,7 @@ pub(crate) struct MeshPeer {
     /// Its `--bind` address.
     pub(crate) bind: SocketAddr,
     /// Its home (`N2P_HOME`).
-    pub(crate) home: N2pHome,
+    pub(crate) home: TempHome,
     daemon: Option<NixDaemon>,
 }
 
@@ -200,20 +203,20 @@ impl MeshPeer {
     /// A node without a nix-daemon (its `--daemon-socket` leads nowhere), homed in the
     /// system's temp dir.
     pub(crate) fn new(name: &str) -> Self {
-        Self::build(name, N2pHome::new(), None)
+        Self::build(name, TempHome::new(N2P), None)
     }
 
     /// Like [`Self::new`], with the home inside `parent`.
     pub(crate) fn new_in(parent: &Path, name: &str) -> Self {
-        Self::build(name, N2pHome::new_in(parent), None)
+        Self::build(name, TempHome::new_in(N2P, parent), None)
     }
 
     /// A node sharing a nix-daemon of its own (needs Nix: see `require_nix`).
     pub(crate) fn with_daemon(name: &str) -> Self {
-        Self::build(name, N2pHome::new(), Some(NixDaemon::start()))
+        Self::build(name, TempHome::new(N2P), Some(NixDaemon::start()))
     }
 
-    fn build(name: &str, home: N2pHome, daemon: Option<NixDaemon>) -> Self {
+    fn build(name: &str, home: TempHome, daemon: Option<NixDaemon>) -> Self {
         // `n2p id` creates the key, before any `mesh join` could race to do the same.
         let id = home.id();
         Self {
@@ -258,7 +261,7 @@ impl MeshPeer {
 
     /// `<home>/peers`.
     pub(crate) fn peers_dir(&self) -> PathBuf {
-        self.home.path().join("peers")
+        self.home.home().peers_dir()
     }
 
     /// `<home>/peers/<name>.sock`.
@@ -285,9 +288,9 @@ impl MeshPeer {
     }
 
     /// Starts `command` (from [`Self::join_command`]) as this node; does not wait.
-    pub(crate) fn spawn(&self, command: Command) -> MeshProcess<'_> {
+    pub(crate) fn spawn(&self, mut command: Command) -> MeshProcess<'_> {
         MeshProcess {
-            process: N2pProcess::spawn(self.name.clone(), command),
+            process: Process::spawn(self.name.clone(), &mut command),
             _peer: self,
         }
     }
@@ -389,7 +392,7 @@ pub(crate) fn peer_by_id<'a>(
 /// it (the home and the daemon go with the peer).
 pub(crate) struct MeshProcess<'peer> {
     /// The process.
-    pub(crate) process: N2pProcess,
+    pub(crate) process: Process,
     _peer: &'peer MeshPeer,
 }
 

@@ -15,7 +15,7 @@ use tracing::info;
 
 use crate::{
     cli::{ClientArgs, GlobalArgs},
-    node, shutdown,
+    setup, shutdown,
 };
 
 /// A fresh socket path under `$N2P_HOME/clients/` (the directory created 0700).
@@ -31,10 +31,10 @@ pub(crate) async fn run(global: &GlobalArgs, args: ClientArgs) -> anyhow::Result
         .address
         .parse()
         .with_context(|| format!("invalid server address '{}'", abbreviate(&args.address)))?;
-    let home = node::home(global)?;
-    let key = node::secret_key(&home)?;
-    let options = node::endpoint_options(global, RelayChoice::Default);
-    let endpoint = node::endpoint(key, Vec::new(), &options).await?;
+    let home = setup::home(global)?;
+    let key = setup::secret_key(&home)?;
+    let options = setup::endpoint_options(global, RelayChoice::Default);
+    let endpoint = setup::endpoint(key, Vec::new(), &options).await?;
 
     let dialer = DaemonDialer::new(endpoint.clone(), address.endpoint.clone(), &address.secret)
         .with_connect_timeout(args.connect_timeout);

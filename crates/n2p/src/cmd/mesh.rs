@@ -1,14 +1,17 @@
 //! `n2p mesh …` and `n2p status`: join a team's gossip topic and keep a socket per live peer.
 
-use std::{path::PathBuf, sync::Arc};
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use n2p_core::home::N2pHome;
 use n2p_mesh::{
-    names::{sanitize_name, validate_name},
     node::{MeshNode, MeshSettings},
-    team::TeamConfig,
-    ticket::MeshTicket,
+    proto::{
+        names::{sanitize_name, validate_name},
+        team::TeamConfig,
+        ticket::MeshTicket,
+    },
+    status::MeshStatus,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -16,12 +19,12 @@ use tracing::info;
 use crate::{
     cli::{GlobalArgs, InviteArgs, JoinArgs, StatusArgs},
     config::PersonalConfig,
-    control, node, shutdown,
+    control, setup, shutdown,
 };
 
 /// `n2p mesh join`.
 pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<()> {
-    let home = node::home(global)?;
+    let home = setup::home(global)?;
     let personal = PersonalConfig::load_or_default(&home.config_path())?;
     let team_path = args
         .team
@@ -47,7 +50,7 @@ pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<
         })?;
 
     let _lock = home.lock("node")?;
-    let key = node::secret_key(&home)?;
+    let key = setup::secret_key(&home)?;
     let me = key.public();
     let name = match team.member_by_id(&me) {
         Some(member) => member.name.clone(),
@@ -76,7 +79,7 @@ pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<
     } else {
         args.share || personal.share.unwrap_or(true)
     };
-    let daemon_socket = node::daemon_socket(
+    let daemon_socket = setup::daemon_socket(
         args.daemon_socket
             .clone()
             .or(personal.daemon_socket.clone()),
@@ -98,7 +101,7 @@ pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<
         name,
         share_daemon,
         daemon_socket,
-        endpoint: node::endpoint_options(global, team.relay().clone()),
+        endpoint: setup::endpoint_options(global, team.relay().clone()),
         team,
         secret,
         peers_dir: home.peers_dir(),
@@ -129,7 +132,12 @@ pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<
 
 async fn answer(node: &MeshNode, topic: &str, request: &str) -> serde_json::Value {
     match request {
-        "status" => serde_json::to_value(node.status().await).unwrap_or_default(),
+        "status" => match node.status().await {
+            Ok(status) => serde_json::to_value(status).unwrap_or_else(
+                |e| serde_json::json!({ "error": format!("cannot encode the status: {e}") }),
+            ),
+            Err(e) => serde_json::json!({ "error": e.to_string() }),
+        },
         "invite" => {
             let ticket = MeshTicket {
                 topic: topic.to_owned(),
@@ -150,62 +158,31 @@ fn default_name() -> String {
         .unwrap_or_else(|| "peer".to_owned())
 }
 
-async fn running_status(home: &N2pHome) -> anyhow::Result<MeshStatusView> {
-    let value = control::request(&home.control_socket_path(), "status").await?;
-    serde_json::from_value(value.clone())
-        .map(|status| MeshStatusView { status, raw: value })
-        .context("unexpected answer from the running node")
-}
-
-/// The status as parsed, plus the raw JSON for `--json`.
-struct MeshStatusView {
-    status: StatusDoc,
-    raw: serde_json::Value,
-}
-
-/// What this command reads back of a [`MeshStatus`].
-#[derive(serde::Deserialize)]
-struct StatusDoc {
-    id: String,
-    name: String,
-    topic: String,
-    shares_daemon: bool,
-    open_team: bool,
-    peers_dir: PathBuf,
-    peers: Vec<PeerDoc>,
-}
-
-#[derive(serde::Deserialize)]
-struct PeerDoc {
-    name: String,
-    id: String,
-    shares_daemon: bool,
-    socket: Option<PathBuf>,
-    path: String,
-    last_seen_secs: f64,
+/// The running node's [`MeshStatus`], through the control socket.
+async fn running_status(home: &N2pHome) -> anyhow::Result<MeshStatus> {
+    control::ask(&home.control_socket_path(), "status").await
 }
 
 /// `n2p mesh peers`.
 pub(crate) async fn peers(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<()> {
-    let home = node::home(global)?;
-    let view = running_status(&home).await?;
+    let home = setup::home(global)?;
+    let status = running_status(&home).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&view.raw["peers"])?);
+        println!("{}", serde_json::to_string_pretty(&status.peers)?);
         return Ok(());
     }
-    print_peers(&view.status);
+    print_peers(&status);
     Ok(())
 }
 
 /// `n2p status`.
 pub(crate) async fn status(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<()> {
-    let home = node::home(global)?;
-    let view = running_status(&home).await?;
+    let home = setup::home(global)?;
+    let s = running_status(&home).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&view.raw)?);
+        println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());
     }
-    let s = &view.status;
     println!("node     {} ({})", s.name, s.id);
     println!(
         "topic    {}{}",
@@ -214,11 +191,11 @@ pub(crate) async fn status(global: &GlobalArgs, args: StatusArgs) -> anyhow::Res
     );
     println!("sharing  {}", if s.shares_daemon { "yes" } else { "no" });
     println!("peers in {}", s.peers_dir.display());
-    print_peers(s);
+    print_peers(&s);
     Ok(())
 }
 
-fn print_peers(status: &StatusDoc) {
+fn print_peers(status: &MeshStatus) {
     if status.peers.is_empty() {
         println!("no live peers");
         return;
@@ -245,7 +222,7 @@ fn print_peers(status: &StatusDoc) {
 
 /// `n2p mesh invite`.
 pub(crate) async fn invite(global: &GlobalArgs, args: InviteArgs) -> anyhow::Result<()> {
-    let home = node::home(global)?;
+    let home = setup::home(global)?;
     let value = control::request(&home.control_socket_path(), "invite").await?;
     let ticket: MeshTicket = value["ticket"]
         .as_str()

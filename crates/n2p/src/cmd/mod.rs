@@ -9,7 +9,7 @@ use n2p_core::identity::rotate_access_secret;
 
 use crate::{
     cli::{Cli, Command, MeshCommand},
-    node,
+    setup,
 };
 
 /// Runs the chosen subcommand.
@@ -17,8 +17,8 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
     let global = &cli.global;
     match cli.command {
         Command::Id => {
-            let home = node::home(global)?;
-            let key = node::secret_key(&home)?;
+            let home = setup::home(global)?;
+            let key = setup::secret_key(&home)?;
             println!("{}", key.public());
             Ok(())
         }
@@ -33,7 +33,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Status(args) => mesh::status(global, args).await,
         Command::RotateSecret => {
-            let home = node::home(global)?;
+            let home = setup::home(global)?;
             rotate_access_secret(&home).context("cannot rotate the access secret")?;
             tracing::info!(target: "n2p",
                 "new access secret in {}; addresses printed before no longer work (restart `n2p server` to print new ones)",

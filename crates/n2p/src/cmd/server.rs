@@ -15,17 +15,19 @@ use tracing::{info, warn};
 
 use crate::{
     cli::{GlobalArgs, ServerArgs},
-    node, shutdown,
+    setup, shutdown,
 };
 
 /// How long to wait for a home relay before printing addresses anyway.
 const RELAY_WAIT: Duration = Duration::from_secs(5);
 
 pub(crate) async fn run(global: &GlobalArgs, args: ServerArgs) -> anyhow::Result<()> {
-    let home = node::home(global)?;
-    let key = node::secret_key(&home)?;
+    let home = setup::home(global)?;
+    // One node per home: two servers would share one identity and access secret.
+    let _lock = home.lock("node")?;
+    let key = setup::secret_key(&home)?;
     let secret = load_or_create_access_secret(&home).context("cannot load the access secret")?;
-    let daemon_socket = node::daemon_socket(args.daemon_socket.clone());
+    let daemon_socket = setup::daemon_socket(args.daemon_socket.clone());
     if !daemon_socket.exists() {
         warn!(target: "n2p",
             "no nix-daemon socket at {} (yet); clients will be disconnected until it exists (set --daemon-socket or NIX_DAEMON_SOCKET_PATH)",
@@ -45,8 +47,8 @@ pub(crate) async fn run(global: &GlobalArgs, args: ServerArgs) -> anyhow::Result
     }
     let policy: Arc<dyn AccessPolicy> = Arc::new(policy);
 
-    let options = node::endpoint_options(global, RelayChoice::Default);
-    let endpoint = node::endpoint(key, vec![DAEMON_ALPN.to_vec()], &options).await?;
+    let options = setup::endpoint_options(global, RelayChoice::Default);
+    let endpoint = setup::endpoint(key, vec![DAEMON_ALPN.to_vec()], &options).await?;
     let service = DaemonService::new(daemon_socket.clone(), policy, endpoint.id());
     let router = Router::builder(endpoint.clone())
         .accept(DAEMON_ALPN, service)

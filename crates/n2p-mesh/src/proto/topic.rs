@@ -2,7 +2,7 @@
 //! authenticates announcements, and the access secret open teams prove knowledge of.
 //!
 //! ```
-//! use n2p_mesh::topic::{MeshKeys, TeamSecret};
+//! use n2p_mesh::proto::topic::{MeshKeys, TeamSecret};
 //!
 //! let secret = TeamSecret::new(b"correct horse battery staple".to_vec())?;
 //! let keys = MeshKeys::derive(&secret, "builders")?;

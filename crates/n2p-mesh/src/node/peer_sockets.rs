@@ -3,7 +3,7 @@
 //!
 //! [`PeerSockets::reconcile`] takes the desired map (socket name → peer) that the peer table
 //! computes and creates, replaces or removes sockets to match. Names are trusted only after
-//! [`crate::names`] sanitising, and every path is checked again here to lie directly inside
+//! [`crate::proto::names`] sanitising, and every path is checked again here to lie directly inside
 //! the peers directory: nothing is ever created or removed elsewhere.
 
 use std::{

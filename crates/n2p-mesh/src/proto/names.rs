@@ -2,7 +2,7 @@
 //! announced name into one that is safe to put under the peers directory.
 //!
 //! ```
-//! use n2p_mesh::names::{sanitize_name, socket_file_name, validate_name};
+//! use n2p_mesh::proto::names::{sanitize_name, socket_file_name, validate_name};
 //!
 //! assert!(validate_name("alice").is_ok());
 //! assert!(validate_name("../x").is_err());

@@ -3,8 +3,8 @@
 //!
 //! ```
 //! use iroh::SecretKey;
-//! use n2p_mesh::announce::{decode_verified, encode, AnnounceKind, Announcement};
-//! use n2p_mesh::topic::{MeshKeys, TeamSecret};
+//! use n2p_mesh::proto::announce::{decode_verified, encode, AnnounceKind, Announcement};
+//! use n2p_mesh::proto::topic::{MeshKeys, TeamSecret};
 //!
 //! let keys = MeshKeys::derive(&TeamSecret::new(b"0123456789abcdef".to_vec())?, "t")?;
 //! let me = SecretKey::from_bytes(&[7; 32]);
@@ -49,7 +49,7 @@ use iroh::{EndpointId, RelayUrl, SecretKey, Signature};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
-use crate::topic::AnnounceKey;
+use crate::proto::topic::AnnounceKey;
 
 /// The version byte this build writes and the only one it reads.
 pub const WIRE_VERSION: u8 = 1;
@@ -451,7 +451,7 @@ mod tests {
     use iroh_gossip::TopicId;
 
     use super::*;
-    use crate::topic::{MeshKeys, TeamSecret};
+    use crate::proto::topic::{MeshKeys, TeamSecret};
 
     fn keys(topic: &str) -> MeshKeys {
         let secret = TeamSecret::new(b"0123456789abcdef-team".to_vec()).expect("secret");

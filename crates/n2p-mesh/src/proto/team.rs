@@ -3,7 +3,7 @@
 //! never holds the secret itself.
 //!
 //! ```
-//! use n2p_mesh::team::TeamConfig;
+//! use n2p_mesh::proto::team::TeamConfig;
 //! use std::path::Path;
 //!
 //! let team = TeamConfig::parse(
@@ -51,10 +51,8 @@
 use std::{
     collections::BTreeMap,
     ffi::OsString,
-    fmt, fs,
-    io::{self, Read},
+    fmt, io,
     net::SocketAddr,
-    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -63,10 +61,11 @@ use iroh::{EndpointAddr, EndpointId, TransportAddr};
 use n2p_core::{
     config_file::{ConfigFileError, ConfigSource, Spanned, read_config_text},
     endpoint::RelayChoice,
+    secret_file::{SecretFileError, read_secret_file as read_private_file},
 };
 use serde::Deserialize;
 
-use crate::{
+use crate::proto::{
     names::{MAX_NAME_LEN, name_key, validate_name},
     topic::{TeamSecret, TeamSecretError},
 };
@@ -137,6 +136,9 @@ pub enum SecretLoadError {
         /// Its permission bits.
         mode: u32,
     },
+    /// The secret file is not a regular file, or too large to be a secret.
+    #[error("cannot use the team secret file")]
+    File(#[source] SecretFileError),
     /// The environment variable is not set.
     #[error("the environment variable {var} (the team's secret_env) is not set")]
     EnvUnset {
@@ -166,7 +168,7 @@ impl SecretLoadError {
                     .to_owned(),
             ),
             Self::EnvUnset { var } => Some(format!("export {var}=<the team secret>")),
-            Self::Io { .. } => None,
+            Self::Io { .. } | Self::File(_) => None,
         }
     }
 }
@@ -457,38 +459,24 @@ pub fn load_secret(
         SecretSource::File(path) => read_secret_file(path)?,
         SecretSource::Env(var) => {
             let value = env(var).ok_or_else(|| SecretLoadError::EnvUnset { var: var.clone() })?;
-            std::os::unix::ffi::OsStringExt::into_vec(value)
+            zeroize::Zeroizing::new(std::os::unix::ffi::OsStringExt::into_vec(value))
         }
     };
-    let bytes = zeroize::Zeroizing::new(bytes);
     TeamSecret::new(bytes.trim_ascii().to_vec()).map_err(|reason| SecretLoadError::Weak {
         origin: source.clone(),
         reason,
     })
 }
 
-/// Reads a secret file after checking (on the open file) that only its owner can read it.
-fn read_secret_file(path: &Path) -> Result<Vec<u8>, SecretLoadError> {
-    let io_err = |source| SecretLoadError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let mut file = fs::File::open(path).map_err(io_err)?;
-    let meta = file.metadata().map_err(io_err)?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(SecretLoadError::TooOpen {
-            path: path.to_owned(),
-            mode,
-        });
-    }
-    let limit = u64::try_from(TeamSecret::MAX_LEN).unwrap_or(u64::MAX) * 2 + 64;
-    let mut bytes = Vec::new();
-    file.by_ref()
-        .take(limit)
-        .read_to_end(&mut bytes)
-        .map_err(io_err)?;
-    Ok(bytes)
+/// Reads the secret file through core's checked loader (type and mode checked on the open
+/// file, size bounded).
+fn read_secret_file(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, SecretLoadError> {
+    let limit = TeamSecret::MAX_LEN * 2 + 64;
+    read_private_file(path, limit).map_err(|e| match e {
+        SecretFileError::TooOpen { path, mode } => SecretLoadError::TooOpen { path, mode },
+        SecretFileError::Io { path, source } => SecretLoadError::Io { path, source },
+        other => SecretLoadError::File(other),
+    })
 }
 
 fn check_members(
@@ -597,7 +585,7 @@ fn line_of(src: &ConfigSource<'_>, offset: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use std::{collections::HashMap, os::unix::fs::PermissionsExt};
+    use std::{collections::HashMap, fs, os::unix::fs::PermissionsExt};
 
     use iroh::SecretKey;
 
@@ -894,8 +882,8 @@ push = false
         let path = write_secret(dir.path(), b"  0123456789abcdef\n", 0o600);
         let a = load_secret(&SecretSource::File(path), |_| None).expect("load");
         let b = TeamSecret::new(b"0123456789abcdef".to_vec()).expect("secret");
-        let ka = crate::topic::MeshKeys::derive(&a, "t").expect("keys");
-        let kb = crate::topic::MeshKeys::derive(&b, "t").expect("keys");
+        let ka = crate::proto::topic::MeshKeys::derive(&a, "t").expect("keys");
+        let kb = crate::proto::topic::MeshKeys::derive(&b, "t").expect("keys");
         assert_eq!(ka.topic_id(), kb.topic_id());
     }
 

@@ -1,5 +1,6 @@
-//! What every command that runs a node needs: the home directory, the identity and an
-//! endpoint built from the global flags.
+//! Setting a command up from the global flags: the home directory (`--home`, `N2P_HOME`,
+//! `~/.n2p`), this node's identity, the endpoint options and bound endpoint, and which
+//! nix-daemon socket to use.
 
 use std::path::PathBuf;
 
@@ -35,6 +36,7 @@ pub(crate) fn endpoint_options(
     EndpointOptions {
         relay: global.relay.clone().unwrap_or(relay_fallback),
         bind: global.bind,
+        congestion: global.congestion,
     }
 }
 

@@ -6,7 +6,7 @@
 //! use std::time::{Duration, Instant};
 //!
 //! use iroh::SecretKey;
-//! use n2p_mesh::{
+//! use n2p_mesh::proto::{
 //!     announce::{AnnounceKind, Announcement},
 //!     table::{PeerTable, diff_sockets},
 //!     team::{SecretSource, TeamConfig},
@@ -54,7 +54,7 @@ use std::{
 
 use iroh::{EndpointAddr, EndpointId, RelayUrl, TransportAddr};
 
-use crate::{
+use crate::proto::{
     announce::{AnnounceKind, Announcement, PROTO_VERSION},
     names::{id_stem, name_key, sanitize_name, socket_file_name, suffixed_name},
     team::TeamConfig,
@@ -118,7 +118,8 @@ pub enum Dropped {
     },
 }
 
-/// What `n2p mesh peers` shows about one live peer.
+/// The table's record of one live peer (status reports are made from it: see
+/// [`crate::status::PeerStatus`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PeerInfo {
@@ -541,7 +542,7 @@ mod tests {
     use n2p_core::endpoint::RelayChoice;
 
     use super::*;
-    use crate::{
+    use crate::proto::{
         names::{MAX_STEM_LEN, is_safe_stem},
         team::SecretSource,
     };

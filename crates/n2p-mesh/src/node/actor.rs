@@ -1,0 +1,340 @@
+//! The actor behind a [`super::MeshNode`]: the one task that owns the peer table and the
+//! peer sockets, and the only one that reads or changes them.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    time::{Duration, Instant, SystemTime},
+};
+
+use iroh::{
+    Endpoint, EndpointId, SecretKey, address_lookup::memory::MemoryLookup,
+    endpoint::TransportAddrUsage,
+};
+use iroh_gossip::{
+    api::{Event, GossipReceiver, GossipSender},
+    net::Gossip,
+};
+use n0_future::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::peer_sockets::PeerSockets;
+use crate::{
+    proto::{
+        announce::{
+            AnnounceKind, Announcement, MAX_ADDRS, SeqClock, decode_verified, encode, unix_ms,
+        },
+        names::socket_file_name,
+        table::{Applied, PeerTable},
+        topic::MeshKeys,
+    },
+    status::{MeshStatus, PeerPath, PeerStatus},
+};
+
+/// After a change in the swarm, wait this long before announcing, to coalesce bursts.
+const ANNOUNCE_DEBOUNCE: Duration = Duration::from_millis(150);
+
+/// Time for iroh-gossip to quit a topic before it is joined again.
+const REJOIN_PAUSE: Duration = Duration::from_millis(200);
+
+/// How long a peer dropped for silence may remain a gossip neighbour before the topic is
+/// rejoined to clear it.
+const STALE_NEIGHBOR_GRACE: Duration = Duration::from_secs(3);
+
+/// Silent peers are watched this long, then forgotten.
+const SILENT_NEIGHBOR_FORGET: Duration = Duration::from_secs(120);
+
+/// Upper bound of the random extra pause before rejoining, in milliseconds.
+const REJOIN_JITTER_MS: u64 = 800;
+
+/// How long a `Leaving` announcement gets to go out before the endpoint closes.
+const LEAVE_GRACE: Duration = Duration::from_millis(250);
+
+/// What the handle asks of the actor.
+#[derive(Debug)]
+pub(super) enum Command {
+    /// Answer with a [`MeshStatus`].
+    Status(oneshot::Sender<MeshStatus>),
+}
+
+/// The task that owns the table and the sockets.
+pub(super) struct Actor {
+    pub(super) gossip: Gossip,
+    /// Team members and ticket peers: whom to (re)join the topic through.
+    pub(super) bootstrap: Vec<EndpointId>,
+    pub(super) endpoint: Endpoint,
+    pub(super) secret_key: SecretKey,
+    pub(super) keys: MeshKeys,
+    /// The name I announce.
+    pub(super) name: String,
+    /// The topic name, for status reports.
+    pub(super) topic: String,
+    pub(super) share_daemon: bool,
+    /// Where the peer sockets are, for status reports.
+    pub(super) peers_dir: PathBuf,
+    pub(super) memory: MemoryLookup,
+    /// `None` only while rejoining.
+    pub(super) sender: Option<GossipSender>,
+    pub(super) sockets: PeerSockets,
+    pub(super) table: PeerTable,
+    pub(super) seq: SeqClock,
+    pub(super) announce_interval: Duration,
+}
+
+impl Actor {
+    /// Runs until `cancel` fires, the handle is dropped or the gossip subscription ends;
+    /// then announces `Leaving` and removes every peer socket.
+    pub(super) async fn run(
+        mut self,
+        mut receiver: GossipReceiver,
+        mut commands: mpsc::Receiver<Command>,
+        cancel: CancellationToken,
+    ) {
+        self.announce(AnnounceKind::Alive).await;
+        let mut announce_tick = tokio::time::interval(self.announce_interval);
+        announce_tick.reset();
+        let mut expire_tick = tokio::time::interval(Duration::from_millis(250));
+        let mut announce_soon: Option<tokio::time::Instant> = None;
+        // Peers dropped for silence, and when: watched for stale gossip neighbour state.
+        let mut silent_since: BTreeMap<EndpointId, Instant> = BTreeMap::new();
+        loop {
+            let soon = async {
+                match announce_soon {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                command = commands.recv() => match command {
+                    Some(Command::Status(reply)) => {
+                        // The asker may have given up; nothing to do then.
+                        reply.send(self.status().await).ok();
+                    }
+                    // The handle is gone: nobody can ask or make us leave any more.
+                    None => break,
+                },
+                event = receiver.next() => match event {
+                    Some(Ok(Event::Received(msg))) => {
+                        if self.handle_message(&msg.content) {
+                            announce_soon.get_or_insert(tokio::time::Instant::now() + ANNOUNCE_DEBOUNCE);
+                        }
+                    }
+                    Some(Ok(Event::NeighborUp(peer))) => {
+                        debug!(peer = %peer.fmt_short(), "gossip neighbor up");
+                        announce_soon.get_or_insert(tokio::time::Instant::now() + ANNOUNCE_DEBOUNCE);
+                    }
+                    Some(Ok(Event::NeighborDown(peer))) => {
+                        debug!(peer = %peer.fmt_short(), "gossip neighbor down");
+                    }
+                    Some(Ok(Event::Lagged)) => warn!("fell behind on gossip messages; some were dropped"),
+                    Some(Err(e)) => {
+                        warn!("gossip subscription failed: {e}");
+                        break;
+                    }
+                    None => {
+                        warn!("gossip subscription ended");
+                        break;
+                    }
+                },
+                _ = soon => {
+                    announce_soon = None;
+                    self.announce(AnnounceKind::Alive).await;
+                    announce_tick.reset();
+                }
+                _ = announce_tick.tick() => self.announce(AnnounceKind::Alive).await,
+                _ = expire_tick.tick() => {
+                    let now = Instant::now();
+                    for id in self.expire() {
+                        silent_since.insert(id, now);
+                    }
+                    // A peer that vanished without a goodbye may still count as a gossip
+                    // neighbour long after it went silent; then its restarted instance is
+                    // never taken back (its Join is ignored). A dead peer's connection times
+                    // out and it stops being a neighbour; one that stays a neighbour while
+                    // silent is that stale state, and leaving and rejoining the topic clears
+                    // it. Not done at once, so a crash noticed by everyone at the same moment
+                    // does not make the whole mesh rejoin in lockstep.
+                    let live: Vec<EndpointId> = self.table.peers().iter().map(|p| p.id).collect();
+                    silent_since.retain(|id, since| {
+                        !live.contains(id) && now.saturating_duration_since(*since) < SILENT_NEIGHBOR_FORGET
+                    });
+                    let stale: Vec<EndpointId> = silent_since
+                        .iter()
+                        .filter(|(id, since)| {
+                            now.saturating_duration_since(**since) >= STALE_NEIGHBOR_GRACE
+                                && receiver.neighbors().any(|n| n == **id)
+                        })
+                        .map(|(id, _)| *id)
+                        .collect();
+                    if !stale.is_empty() {
+                        for id in &stale {
+                            silent_since.remove(id);
+                            debug!(peer = %id.fmt_short(), "silent peer is still a gossip neighbour; rejoining");
+                        }
+                        match self.rejoin(receiver, &stale).await {
+                            Some(fresh) => {
+                                receiver = fresh;
+                                announce_soon.get_or_insert(tokio::time::Instant::now() + ANNOUNCE_DEBOUNCE);
+                            }
+                            None => break,
+                        }
+                    }
+                }
+            }
+        }
+        self.announce(AnnounceKind::Leaving).await;
+        tokio::time::sleep(LEAVE_GRACE).await;
+        self.sockets.clear();
+    }
+
+    /// Verifies and applies one gossip message; returns whether a new peer joined (so we
+    /// should announce ourselves to it soon).
+    fn handle_message(&mut self, bytes: &[u8]) -> bool {
+        let ann = match decode_verified(bytes, self.keys.announce_key()) {
+            Ok(ann) => ann,
+            Err(e) => {
+                debug!("dropped gossip message: {e}");
+                return false;
+            }
+        };
+        let now = Instant::now();
+        let applied = self.table.apply(&ann, now);
+        // New or changed addresses go to the address lookup, for dialing the peer.
+        let addr = matches!(applied, Ok(Applied::Joined | Applied::Changed))
+            .then(|| self.table.endpoint_addr(&ann.id))
+            .flatten();
+        if let Some(addr) = addr.filter(|a| !a.is_empty()) {
+            self.memory.add_endpoint_info(addr);
+        }
+        match applied {
+            Ok(applied) => {
+                if matches!(applied, Applied::Left) {
+                    info!(target: "n2p", "peer {} left", ann.id.fmt_short());
+                }
+                let desired = self.table.sockets();
+                self.reconcile(&desired);
+                matches!(applied, Applied::Joined)
+            }
+            Err(dropped) => {
+                debug!("ignored announcement: {dropped}");
+                false
+            }
+        }
+    }
+
+    /// Leaves and rejoins the gossip topic through the bootstrap peers and every peer still
+    /// live; returns the new receiver (the sender is replaced in place), or `None` when the
+    /// gossip actor is gone.
+    async fn rejoin(&mut self, old: GossipReceiver, gone: &[EndpointId]) -> Option<GossipReceiver> {
+        let mut peers = self.bootstrap.clone();
+        peers.extend(self.table.peers().into_iter().map(|p| p.id));
+        peers.sort();
+        peers.dedup();
+        peers.retain(|id| !gone.contains(id) || self.bootstrap.contains(id));
+        debug!("rejoining the gossip topic through {} peers", peers.len());
+        // Dropping both halves of the subscription makes iroh-gossip quit the topic (it
+        // notices asynchronously); only a later subscribe starts from a clean state.
+        drop(old);
+        self.sender = None;
+        // Jitter, so peers that noticed the same crash at the same moment do not rejoin in
+        // lockstep (each one's quit would cut the other's fresh join).
+        let jitter = Duration::from_millis(rand::random_range(0..REJOIN_JITTER_MS));
+        tokio::time::sleep(REJOIN_PAUSE + jitter).await;
+        match self.gossip.subscribe(self.keys.topic_id(), peers).await {
+            Ok(topic) => {
+                let (sender, receiver) = topic.split();
+                self.sender = Some(sender);
+                Some(receiver)
+            }
+            Err(e) => {
+                warn!("cannot rejoin the gossip topic: {e}");
+                None
+            }
+        }
+    }
+
+    fn expire(&mut self) -> Vec<EndpointId> {
+        let now = Instant::now();
+        let gone = self.table.expire(now);
+        for id in &gone {
+            info!(target: "n2p", "peer {} went silent; dropped", id.fmt_short());
+        }
+        if !gone.is_empty() {
+            let desired = self.table.sockets();
+            self.reconcile(&desired);
+        }
+        gone
+    }
+
+    /// What the node sees now.
+    async fn status(&self) -> MeshStatus {
+        let now = Instant::now();
+        let mut peers = Vec::with_capacity(self.table.len());
+        for info in self.table.peers() {
+            let path = self.path_to(info.id).await;
+            peers.push(PeerStatus::from_info(info, &self.peers_dir, path, now));
+        }
+        MeshStatus {
+            id: self.endpoint.id().to_string(),
+            name: self.name.clone(),
+            topic: self.topic.clone(),
+            shares_daemon: self.share_daemon,
+            open_team: self.table.team().is_open(),
+            addrs: self.endpoint.addr().ip_addrs().copied().collect(),
+            peers_dir: self.peers_dir.clone(),
+            peers,
+        }
+    }
+
+    /// How traffic to `peer` goes now: over the first path the endpoint has in use.
+    async fn path_to(&self, peer: EndpointId) -> PeerPath {
+        let Some(info) = self.endpoint.remote_info(peer).await else {
+            return PeerPath::None;
+        };
+        info.addrs()
+            .filter(|a| matches!(a.usage(), TransportAddrUsage::Active))
+            .map(|a| {
+                if a.addr().is_relay() {
+                    PeerPath::Relay
+                } else {
+                    PeerPath::Direct
+                }
+            })
+            .next()
+            .unwrap_or(PeerPath::None)
+    }
+
+    fn reconcile(&mut self, desired: &BTreeMap<String, EndpointId>) {
+        let files: BTreeMap<String, EndpointId> = desired
+            .iter()
+            .map(|(name, id)| (socket_file_name(name), *id))
+            .collect();
+        self.sockets.reconcile(&files);
+    }
+
+    async fn announce(&mut self, kind: AnnounceKind) {
+        let addr = self.endpoint.addr();
+        let mut ann = Announcement::new(
+            self.endpoint.id(),
+            self.name.clone(),
+            self.seq.next(unix_ms(SystemTime::now())),
+            kind,
+        );
+        ann.shares_daemon = self.share_daemon;
+        ann.addrs = addr.ip_addrs().copied().take(MAX_ADDRS).collect();
+        ann.relay = addr.relay_urls().next().cloned();
+        match encode(&ann, &self.secret_key, self.keys.announce_key()) {
+            Ok(bytes) => {
+                let Some(sender) = &self.sender else { return };
+                if let Err(e) = sender.broadcast(bytes.into()).await {
+                    debug!("broadcast failed: {e}");
+                }
+            }
+            Err(e) => warn!("cannot encode my announcement: {e}"),
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! The pieces n2p's end-to-end tests and its benchmark runner share: real `nix-daemon`s on
+//! chroot stores ([`nix`]), bounded child processes with captured logs ([`proc`]), the n2p
+//! binary with a home of its own ([`n2p`]), waits that say what they waited for ([`wait`]),
+//! free loopback ports ([`net`]), seeded content ([`rand`]) and scratch directories
+//! ([`dir`]).
+//!
+//! ```no_run
+//! use n2p_testkit::nix::{NixDaemon, SourceStore, assert_copied, assert_copy_succeeds, require_nix};
+//!
+//! if !require_nix("my_test") {
+//!     return;
+//! }
+//! let daemon = NixDaemon::start();
+//! let source = SourceStore::new();
+//! let path = source.add_file("hello.txt", b"hello");
+//! assert_copy_succeeds(&source, &daemon.store_url(), &[&path]);
+//! assert_copied(&source, &daemon.store_url(), &path);
+//! ```
+//!
+//! A test kit fails loudly: most functions panic with a message naming what they did and
+//! what they saw, which is what a failing test should print. The few that a benchmark must
+//! survive (a forwarder that does not start) have `try_` forms returning a [`Failure`].
+//! Every wait is bounded, so a hang fails instead of hanging.
+
+pub mod dir;
+pub mod n2p;
+pub mod net;
+pub mod nix;
+pub mod proc;
+pub mod rand;
+pub mod wait;
+
+use std::fmt;
+
+/// Why a `try_` operation of the kit failed: one message naming what was tried and what was
+/// seen instead (a process's log, a command's stderr).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure(String);
+
+impl Failure {
+    /// A failure with `message`.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Failure {}
