@@ -13,8 +13,8 @@
 
 mod connect;
 mod forwarders;
+mod link;
 mod mesh;
-mod netem;
 mod nix;
 mod procfs;
 mod report;
@@ -30,7 +30,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use n2p_testkit::{
     dir::remove_tree,
     nix::NixDaemon,
@@ -102,6 +102,16 @@ struct Args {
     /// MiB of W1 on the emulated WAN link [default: 64; quick: 16].
     #[arg(long)]
     netem_w1_mib: Option<u64>,
+    /// Something else than the benchmark.
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+/// Other commands.
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Measure the link emulator against its set RTT, rate and loss (root; ip, ping).
+    LinkCheck(link::check::CheckArgs),
 }
 
 /// Parts of the benchmark.
@@ -115,13 +125,18 @@ enum Section {
     Startup,
     /// Mesh convergence and expiry.
     Mesh,
-    /// W1/W3 over an emulated WAN link (network namespaces + netem).
-    Netem,
+    /// W1/W3 over an emulated WAN link (network namespaces joined by `link::Link`).
+    #[value(alias = "netem")]
+    Wan,
 }
 
 fn main() {
-    let args = Args::parse();
-    if let Err(e) = run(args) {
+    let mut args = Args::parse();
+    let result = match args.command.take() {
+        Some(Cmd::LinkCheck(check)) => link::check::run(check),
+        None => run(args),
+    };
+    if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
@@ -150,7 +165,7 @@ fn run(args: Args) -> Result<()> {
             Section::Connect,
             Section::Startup,
             Section::Mesh,
-            Section::Netem,
+            Section::Wan,
         ]
     });
     for program in ["nix", "nix-daemon", "nix-store"] {
@@ -277,7 +292,7 @@ fn run_sections(
         .netem_w1_mib
         .unwrap_or(if args.quick { 16 } else { 64 })
         << 20;
-    let wants_netem = sections.contains(&Section::Netem);
+    let wants_netem = sections.contains(&Section::Wan);
     eprintln!("creating the workloads in {} …", work.display());
     let t = Instant::now();
     let workloads = Workloads::create(
@@ -409,17 +424,14 @@ fn run_sections(
     }
 
     if wants_netem {
-        let shape = netem::Shape {
-            rtt_ms: 30,
-            rate_mbit: 100,
-        };
+        let shape = link::Shape::new(30, 100);
         match run_netem(
             args, tools, variants, work, &workloads, shape, netem_w1, &scratch,
         ) {
             Ok(n) => report.netem = Some(n),
             Err(e) => {
-                eprintln!("netem section unavailable: {e:#}");
-                report.unavailable.push(format!("WAN link (netem): {e:#}"));
+                eprintln!("WAN section unavailable: {e:#}");
+                report.unavailable.push(format!("WAN link: {e:#}"));
             }
         }
     }
@@ -433,11 +445,11 @@ fn run_netem(
     variants: &[Variant],
     work: &Path,
     workloads: &Workloads,
-    shape: netem::Shape,
+    shape: link::Shape,
     w1_bytes: u64,
     scratch: &Path,
 ) -> Result<NetemResults> {
-    let link = netem::Link::create(shape)?;
+    let link = link::Link::create(shape)?;
     let net = link.net();
     let mut fwds = Vec::new();
     for v in variants {

@@ -8,8 +8,8 @@ use serde::Serialize;
 use crate::{
     connect::{ConnectResults, StartupResult},
     forwarders::Variant,
+    link::Shape,
     mesh::MeshResult,
-    netem::Shape,
     nix::Sizes,
     stats::Summary,
     transfer::{TransferResults, added_ms_per_path},
@@ -515,7 +515,7 @@ pub(crate) fn markdown(r: &Report) -> String {
     if let Some(n) = &r.netem {
         let _ = writeln!(
             out,
-            "### Emulated WAN link: {} ms RTT, {} Mbit/s (two network namespaces, veth + netem)\n",
+            "### Emulated WAN link: {} ms RTT, {} Mbit/s (two network namespaces joined by n2p-bench's link emulator)\n",
             n.shape.rtt_ms, n.shape.rate_mbit
         );
         let _ = writeln!(
