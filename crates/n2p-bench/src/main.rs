@@ -102,6 +102,15 @@ struct Args {
     /// MiB of W1 on the emulated WAN link [default: 64; quick: 16].
     #[arg(long)]
     netem_w1_mib: Option<u64>,
+    /// Round-trip time of the emulated WAN link, in ms.
+    #[arg(long, default_value_t = 30)]
+    wan_rtt_ms: u32,
+    /// Rate of the emulated WAN link, in Mbit/s.
+    #[arg(long, default_value_t = 100)]
+    wan_rate_mbit: u32,
+    /// Random loss of the emulated WAN link, in percent of packets in each direction.
+    #[arg(long, default_value_t = 0.0)]
+    wan_loss: f64,
     /// Something else than the benchmark.
     #[command(subcommand)]
     command: Option<Cmd>,
@@ -424,7 +433,10 @@ fn run_sections(
     }
 
     if wants_netem {
-        let shape = link::Shape::new(30, 100);
+        let shape = link::Shape {
+            loss_percent: args.wan_loss,
+            ..link::Shape::new(args.wan_rtt_ms, args.wan_rate_mbit)
+        };
         match run_netem(
             args, tools, variants, work, &workloads, shape, netem_w1, &scratch,
         ) {

@@ -515,8 +515,8 @@ pub(crate) fn markdown(r: &Report) -> String {
     if let Some(n) = &r.netem {
         let _ = writeln!(
             out,
-            "### Emulated WAN link: {} ms RTT, {} Mbit/s (two network namespaces joined by n2p-bench's link emulator)\n",
-            n.shape.rtt_ms, n.shape.rate_mbit
+            "### Emulated WAN link: {} ms RTT, {} Mbit/s, {} % random loss (two network namespaces joined by n2p-bench's link emulator)\n",
+            n.shape.rtt_ms, n.shape.rate_mbit, n.shape.loss_percent
         );
         let _ = writeln!(
             out,
