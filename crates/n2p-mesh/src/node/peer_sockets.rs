@@ -5,6 +5,11 @@
 //! computes and creates, replaces or removes sockets to match. Names are trusted only after
 //! [`crate::proto::names`] sanitising, and every path is checked again here to lie directly inside
 //! the peers directory: nothing is ever created or removed elsewhere.
+//!
+//! Removing a socket takes its file away at once, so no new connection can arrive, but lets
+//! the transfers in flight through it finish (or fail) on their own; the socket's task
+//! waits for them and only then closes its connection to the peer. [`PeerSockets::leave`]
+//! removes every socket and bounds that wait.
 
 use std::{
     collections::BTreeMap,
@@ -12,27 +17,33 @@ use std::{
     os::unix::fs::FileTypeExt,
     path::{Component, Path, PathBuf},
     sync::Arc,
+    time::Duration,
 };
 
 use iroh::{Endpoint, EndpointAddr, EndpointId};
 use n2p_core::{
     access::AccessSecret,
-    daemon::{DaemonDialer, serve_local_listener},
+    daemon::{DaemonDialer, ListenerShutdown, serve_local_listener},
     home::ensure_private_dir,
     unix::{SocketFileGuard, bind_private_listener},
 };
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 /// One live peer socket and what serves it.
 #[derive(Debug)]
 struct PeerSocket {
     peer: EndpointId,
-    dialer: Arc<DaemonDialer>,
-    cancel: CancellationToken,
+    serving: Serving,
+    guard: SocketFileGuard,
+}
+
+/// The task serving one socket, live or draining: it forwards connections until stopped,
+/// waits for those in flight (unless aborted), then closes the connection to the peer.
+#[derive(Debug)]
+struct Serving {
+    shutdown: ListenerShutdown,
     task: JoinHandle<()>,
-    _guard: SocketFileGuard,
 }
 
 /// The set of peer sockets in the peers directory.
@@ -42,6 +53,8 @@ pub struct PeerSockets {
     endpoint: Endpoint,
     access: AccessSecret,
     live: BTreeMap<String, PeerSocket>,
+    /// Removed sockets whose transfers are still in flight.
+    draining: Vec<Serving>,
 }
 
 /// Errors while preparing the peers directory.
@@ -84,6 +97,7 @@ impl PeerSockets {
             endpoint,
             access,
             live: BTreeMap::new(),
+            draining: Vec::new(),
         })
     }
 
@@ -122,37 +136,78 @@ impl PeerSockets {
             EndpointAddr::new(peer),
             &self.access,
         ));
-        let cancel = CancellationToken::new();
+        let shutdown = ListenerShutdown::new();
         let span = info_span!("peer_socket", name = %stem(name));
         let task = tokio::spawn(
-            serve_local_listener(listener, dialer.clone(), cancel.clone()).instrument(span),
+            {
+                let shutdown = shutdown.clone();
+                async move {
+                    serve_local_listener(listener, dialer.clone(), shutdown).await;
+                    dialer.close().await;
+                }
+            }
+            .instrument(span),
         );
         info!(target: "n2p", "peer {} ({}) is at unix://{}", stem(name), peer.fmt_short(), path.display());
         self.live.insert(
             name.to_owned(),
             PeerSocket {
                 peer,
-                dialer,
-                cancel,
-                task,
-                _guard: guard,
+                serving: Serving { shutdown, task },
+                guard,
             },
         );
     }
 
+    /// Removes the socket file at once and stops accepting on it; its transfers in flight
+    /// go on, and its task closes the connection to the peer after the last one ends.
     fn remove(&mut self, name: &str) {
+        self.draining.retain(|d| !d.task.is_finished());
         if let Some(socket) = self.live.remove(name) {
-            socket.cancel.cancel();
-            socket.task.abort();
-            let dialer = socket.dialer;
-            tokio::spawn(async move { dialer.close().await });
-            info!(target: "n2p", "peer {} ({}) is gone; socket removed", stem(name), socket.peer.fmt_short());
+            drop(socket.guard);
+            socket.serving.shutdown.stop();
+            let in_flight = socket.serving.shutdown.in_flight();
+            if in_flight > 0 {
+                info!(target: "n2p", "peer {} ({}) is gone; socket removed, {in_flight} transfers in flight may finish", stem(name), socket.peer.fmt_short());
+            } else {
+                info!(target: "n2p", "peer {} ({}) is gone; socket removed", stem(name), socket.peer.fmt_short());
+            }
+            self.draining.push(socket.serving);
         }
     }
 
-    /// Removes every socket (on shutdown).
+    /// Removes every socket (on shutdown); transfers in flight go on as after
+    /// [`Self::reconcile`] removed their socket.
     pub fn clear(&mut self) {
         self.reconcile(&BTreeMap::new());
+    }
+
+    /// Removes every socket at once, waits up to `bound` for the transfers in flight
+    /// through them (and through sockets removed earlier) to end on their own, then aborts
+    /// the rest, which resets them: their Nix client and the peer's daemon each see an
+    /// error, never a clean end. Returns when every socket's task has closed its connection.
+    pub async fn leave(&mut self, bound: Duration) {
+        self.clear();
+        let mut draining = std::mem::take(&mut self.draining);
+        let in_flight: usize = draining.iter().map(|d| d.shutdown.in_flight()).sum();
+        if in_flight > 0 {
+            info!(target: "n2p", "waiting up to {bound:?} for {in_flight} transfers in flight to finish");
+        }
+        let all_done = async {
+            for serving in &mut draining {
+                (&mut serving.task).await.ok();
+            }
+        };
+        if tokio::time::timeout(bound, all_done).await.is_err() {
+            let left: usize = draining.iter().map(|d| d.shutdown.in_flight()).sum();
+            warn!(target: "n2p", "aborting {left} transfers still in flight after {bound:?}");
+            for serving in &draining {
+                serving.shutdown.abort();
+            }
+            for serving in &mut draining {
+                (&mut serving.task).await.ok();
+            }
+        }
     }
 
     /// `dir/name` if `name` is one plain file name ending in `.sock`, else `None`.
@@ -171,11 +226,15 @@ fn stem(file_name: &str) -> &str {
     file_name.strip_suffix(".sock").unwrap_or(file_name)
 }
 
+/// Without a [`PeerSockets::leave`], aborts every transfer at once: each socket's task
+/// then resets its streams and closes its connection, in the background.
 impl Drop for PeerSockets {
     fn drop(&mut self) {
         for (_, socket) in std::mem::take(&mut self.live) {
-            socket.cancel.cancel();
-            socket.task.abort();
+            socket.serving.shutdown.abort();
+        }
+        for serving in std::mem::take(&mut self.draining) {
+            serving.shutdown.abort();
         }
     }
 }
