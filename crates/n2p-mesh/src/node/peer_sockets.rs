@@ -168,7 +168,7 @@ impl PeerSockets {
             socket.serving.shutdown.stop();
             let in_flight = socket.serving.shutdown.in_flight();
             if in_flight > 0 {
-                info!(target: "n2p", "peer {} ({}) is gone; socket removed, {in_flight} transfers in flight may finish", stem(name), socket.peer.fmt_short());
+                info!(target: "n2p", "peer {} ({}) is gone; socket removed, {in_flight} transfer(s) in flight may finish", stem(name), socket.peer.fmt_short());
             } else {
                 info!(target: "n2p", "peer {} ({}) is gone; socket removed", stem(name), socket.peer.fmt_short());
             }
@@ -191,7 +191,7 @@ impl PeerSockets {
         let mut draining = std::mem::take(&mut self.draining);
         let in_flight: usize = draining.iter().map(|d| d.shutdown.in_flight()).sum();
         if in_flight > 0 {
-            info!(target: "n2p", "waiting up to {bound:?} for {in_flight} transfers in flight to finish");
+            info!(target: "n2p", "waiting up to {bound:?} for {in_flight} transfer(s) in flight to finish");
         }
         let all_done = async {
             for serving in &mut draining {
@@ -200,7 +200,7 @@ impl PeerSockets {
         };
         if tokio::time::timeout(bound, all_done).await.is_err() {
             let left: usize = draining.iter().map(|d| d.shutdown.in_flight()).sum();
-            warn!(target: "n2p", "aborting {left} transfers still in flight after {bound:?}");
+            warn!(target: "n2p", "aborting {left} transfer(s) still in flight after {bound:?}");
             for serving in &draining {
                 serving.shutdown.abort();
             }

@@ -66,7 +66,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: ClientArgs) -> anyhow::Result
     let in_flight = stop.in_flight();
     match &signal {
         Ok(signal) if in_flight > 0 => info!(target: "n2p",
-            "{signal} received; removed {}; waiting up to {DRAIN_BOUND:?} for {in_flight} transfers in flight to finish",
+            "{signal} received; removed {}; waiting up to {DRAIN_BOUND:?} for {in_flight} transfer(s) in flight to finish",
             socket_path.display()
         ),
         Ok(signal) => info!(target: "n2p", "{signal} received; removed {}", socket_path.display()),
@@ -77,7 +77,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: ClientArgs) -> anyhow::Result
         .is_err()
     {
         warn!(target: "n2p",
-            "aborting {} transfers still in flight after {DRAIN_BOUND:?}",
+            "aborting {} transfer(s) still in flight after {DRAIN_BOUND:?}",
             stop.in_flight()
         );
         stop.abort();

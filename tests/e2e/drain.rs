@@ -1,0 +1,345 @@
+//! Draining: a socket taken away stops new connections, but a push already running through
+//! it finishes (or fails on its own); a clean stop waits for it, bounded, and then aborts
+//! it, so the receiving daemon sees an error and never a valid partial path.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use n2p_testkit::dir::ScratchDir;
+use n2p_testkit::n2p::{SHUTDOWN_TIMEOUT, ServerConfig, TempHome};
+use n2p_testkit::nix::{
+    NixDaemon, SourceStore, assert_copied, assert_not_valid, nix_command, require_nix,
+};
+use n2p_testkit::proc::{Process, Signal, signal, wait_bounded};
+use n2p_testkit::wait::wait_until;
+
+use crate::harness::N2P;
+use crate::harness::forge::Forgers;
+use crate::harness::mesh::{CONVERGENCE_TIMEOUT, MeshPeer, TeamDir, TeamSpec};
+
+/// Large enough that a debug build is still pushing when the signal arrives, small enough
+/// that the rest of the push fits in the drain bound on a busy machine: a debug build
+/// pushed 64 MiB in 6 to 8 s with two such tests side by side on a loaded 2-core machine,
+/// and 128 MiB once took over 11 s alone.
+const PUSH_LEN: usize = 32 << 20;
+
+/// How long the push runs before the test interrupts it: past Nix's start and handshake.
+const HEAD_START: Duration = Duration::from_millis(700);
+
+/// n2p's drain bound (`LEAVE_DRAIN_BOUND`, and the client's): transfers in flight get this
+/// long after SIGTERM.
+const DRAIN_BOUND: Duration = Duration::from_secs(10);
+
+/// Longest a push may take to end (either way) after the signal: the drain bound plus
+/// slack for a loaded machine.
+const PUSH_END_BOUND: Duration = Duration::from_secs(30);
+
+/// Longest the socket file may outlive the signal: it goes at once.
+const SOCKET_GONE_BOUND: Duration = Duration::from_secs(2);
+
+/// A `nix copy` running in the background, its stderr in a file; killed (even when
+/// stopped) on drop.
+struct Push {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Push {
+    /// Starts `nix copy --from <source> --to <to_url> <path>`.
+    fn start(source: &SourceStore, to_url: &str, path: &str, log: &Path) -> Self {
+        let file = File::create(log).expect("create the copy log");
+        let child = nix_command("nix")
+            .args(["copy", "--from", &source.url(), "--to", to_url, path])
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start nix copy");
+        Self {
+            child,
+            log: log.to_owned(),
+        }
+    }
+
+    /// Lets the push run for [`HEAD_START`]; panics if it has ended by then (the test would
+    /// no longer interrupt anything).
+    fn get_going(&mut self) {
+        std::thread::sleep(HEAD_START);
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "the push ended ({status}) within {HEAD_START:?}, before the test could \
+                 interrupt it: make PUSH_LEN larger; its log:\n{}",
+                self.log_text()
+            );
+        }
+    }
+
+    fn signal(&self, sig: Signal) {
+        signal(self.child.id(), sig).unwrap_or_else(|error| panic!("{sig:?} to nix copy: {error}"));
+    }
+
+    /// Waits (bounded) for `nix copy` to end.
+    fn wait(&mut self, what: &str) -> ExitStatus {
+        wait_bounded(&mut self.child, PUSH_END_BOUND).unwrap_or_else(|| {
+            panic!(
+                "nix copy still runs {PUSH_END_BOUND:?} after {what}; its log:\n{}",
+                self.log_text()
+            )
+        })
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Push {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = wait_bounded(&mut self.child, Duration::from_secs(10));
+    }
+}
+
+/// Waits (bounded) until `socket` no longer exists.
+fn wait_socket_gone(socket: &Path) -> Duration {
+    wait_until(
+        &format!("{} is removed", socket.display()),
+        SOCKET_GONE_BOUND,
+        || {
+            if socket.exists() {
+                Err(format!("{} still exists", socket.display()))
+            } else {
+                Ok(())
+            }
+        },
+    )
+}
+
+/// SIGTERMs `process` and checks that it removes `socket` at once and says it waits for
+/// one transfer; returns when the signal was sent.
+fn terminate_while_pushing(process: &Process, socket: &Path) -> Instant {
+    let mark = process.mark();
+    process.signal(Signal::Term);
+    let signalled = Instant::now();
+    let gone = wait_socket_gone(socket);
+    process.wait_for_line_since(&mark, "1 transfer(s) in flight", SOCKET_GONE_BOUND);
+    eprintln!(
+        "{}: socket gone {gone:?} after SIGTERM, drain started",
+        process.label()
+    );
+    signalled
+}
+
+/// Two closed-team nodes: alice (no daemon) pushes into bob's daemon through
+/// `peers/bob.sock`; alice gets SIGTERM mid-push. The push finishes whole, and alice leaves
+/// after it.
+#[test]
+fn sigterm_lets_a_mesh_push_in_flight_finish() {
+    if !require_nix("sigterm_lets_a_mesh_push_in_flight_finish") {
+        return;
+    }
+    let alice = MeshPeer::new("alice");
+    let bob = MeshPeer::with_daemon("bob");
+    let team = TeamDir::new();
+    let team_file = team.write(
+        "team.toml",
+        &TeamSpec::closed([alice.member(), bob.member()]),
+    );
+    let source = SourceStore::new();
+    let path = source.add_random_file("big.bin", PUSH_LEN, 11);
+    let scratch = ScratchDir::new("drain");
+    let mut alice_node = alice.join(&team_file, &[]);
+    let _bob_node = bob.join(&team_file, &[]);
+    alice.wait_for_sockets(&["bob"], CONVERGENCE_TIMEOUT);
+
+    let started = Instant::now();
+    let mut push = Push::start(
+        &source,
+        &alice.socket_url("bob"),
+        &path,
+        &scratch.join("copy.log"),
+    );
+    push.get_going();
+    let signalled = terminate_while_pushing(&alice_node.process, &alice.socket("bob"));
+    let status = push.wait("alice's SIGTERM");
+    let drained = signalled.elapsed();
+    assert!(
+        status.success(),
+        "nix copy failed ({status}) although alice drains; its log:\n{}\nalice's log:\n{}",
+        push.log_text(),
+        alice_node.process.log_text()
+    );
+    assert_copied(&source, &bob.daemon().store_url(), &path);
+    let exit = alice_node.process.wait(SHUTDOWN_TIMEOUT);
+    assert!(exit.success(), "alice exited with {exit}");
+    eprintln!(
+        "TIMING mesh drain: push of {} MiB ran {:?} before SIGTERM, finished {drained:?} \
+         after it; alice exited {:?} after it",
+        PUSH_LEN >> 20,
+        signalled - started,
+        signalled.elapsed()
+    );
+}
+
+/// `n2p client` gets SIGTERM mid-push: the push finishes whole, and the client exits 0
+/// after it.
+#[test]
+fn sigterm_lets_a_client_push_in_flight_finish() {
+    if !require_nix("sigterm_lets_a_client_push_in_flight_finish") {
+        return;
+    }
+    let source = SourceStore::new();
+    let path = source.add_random_file("big.bin", PUSH_LEN, 12);
+    let scratch = ScratchDir::new("drain");
+    let daemon = NixDaemon::start();
+    let server_home = TempHome::new(N2P);
+    let server = server_home.server(&ServerConfig::new(daemon.socket_path()));
+    let client_home = TempHome::new(N2P);
+    let mut client = client_home.client(&server.long_address, &scratch.join("c.sock"));
+    client.wait_until_listening();
+
+    let started = Instant::now();
+    let mut push = Push::start(
+        &source,
+        &client.store_url(),
+        &path,
+        &scratch.join("copy.log"),
+    );
+    push.get_going();
+    let signalled = terminate_while_pushing(&client.process, &client.socket);
+    let status = push.wait("the client's SIGTERM");
+    let drained = signalled.elapsed();
+    assert!(
+        status.success(),
+        "nix copy failed ({status}) although the client drains; its log:\n{}\nthe client's \
+         log:\n{}",
+        push.log_text(),
+        client.process.log_text()
+    );
+    assert_copied(&source, &daemon.store_url(), &path);
+    let exit = client.process.wait(SHUTDOWN_TIMEOUT);
+    assert!(exit.success(), "the client exited with {exit}");
+    eprintln!(
+        "TIMING client drain: push of {} MiB ran {:?} before SIGTERM, finished {drained:?} \
+         after it; the client exited {:?} after it",
+        PUSH_LEN >> 20,
+        signalled - started,
+        signalled.elapsed()
+    );
+}
+
+/// A push that stalls (its `nix copy` frozen with SIGSTOP) outlasts alice's drain bound
+/// after SIGTERM: alice aborts it and exits; the resumed `nix copy` fails and bob's daemon
+/// has no valid path.
+#[test]
+fn a_stalled_push_is_aborted_after_the_drain_bound() {
+    if !require_nix("a_stalled_push_is_aborted_after_the_drain_bound") {
+        return;
+    }
+    let alice = MeshPeer::new("alice");
+    let bob = MeshPeer::with_daemon("bob");
+    let team = TeamDir::new();
+    let team_file = team.write(
+        "team.toml",
+        &TeamSpec::closed([alice.member(), bob.member()]),
+    );
+    let source = SourceStore::new();
+    let path = source.add_random_file("big.bin", PUSH_LEN, 13);
+    let scratch = ScratchDir::new("drain");
+    let mut alice_node = alice.join(&team_file, &[]);
+    let _bob_node = bob.join(&team_file, &[]);
+    alice.wait_for_sockets(&["bob"], CONVERGENCE_TIMEOUT);
+
+    let mut push = Push::start(
+        &source,
+        &alice.socket_url("bob"),
+        &path,
+        &scratch.join("copy.log"),
+    );
+    push.get_going();
+    push.signal(Signal::Stop);
+    let mark = alice_node.process.mark();
+    let signalled = terminate_while_pushing(&alice_node.process, &alice.socket("bob"));
+    alice_node.process.wait_for_line_since(
+        &mark,
+        "aborting 1 transfer(s) still in flight",
+        DRAIN_BOUND + SHUTDOWN_TIMEOUT,
+    );
+    let aborted = signalled.elapsed();
+    assert!(
+        aborted >= DRAIN_BOUND,
+        "alice aborted after {aborted:?}, before the drain bound {DRAIN_BOUND:?}"
+    );
+    let exit = alice_node.process.wait(SHUTDOWN_TIMEOUT);
+    let exited = signalled.elapsed();
+    assert!(exit.success(), "alice exited with {exit}");
+    push.signal(Signal::Cont);
+    let status = push.wait("alice aborted it");
+    assert!(
+        !status.success(),
+        "nix copy exited 0 although alice aborted it; its log:\n{}",
+        push.log_text()
+    );
+    assert_not_valid(&bob.daemon().store_url(), &path);
+    eprintln!(
+        "TIMING drain bound: alice aborted the stalled push {aborted:?} after SIGTERM and \
+         exited {exited:?} after it; nix copy: {}",
+        push.log_text().lines().last().unwrap_or_default()
+    );
+}
+
+/// In an open team, an impostor taking bob's name renames alice's socket for bob while
+/// alice pushes through it: `bob.sock` goes, `bob-<id>.sock` comes, and the push in flight
+/// through the removed socket still finishes whole.
+#[test]
+fn a_push_in_flight_survives_its_socket_being_renamed() {
+    if !require_nix("a_push_in_flight_survives_its_socket_being_renamed") {
+        return;
+    }
+    let root = ScratchDir::new("drain");
+    let team = TeamDir::new();
+    let team_file = team.write("team.toml", &TeamSpec::open());
+    let alice = MeshPeer::new_in(root.path(), "alice");
+    let bob = MeshPeer::with_daemon("bob");
+    let alice_node = alice.join(&team_file, &[]);
+    alice_node.wait_until_joined();
+    let ticket = alice.invite();
+    let _bob_node = bob.join(&team_file, &["--ticket", &ticket]);
+    alice.wait_for_sockets(&["bob"], CONVERGENCE_TIMEOUT);
+    let source = SourceStore::new();
+    // Larger: the impostor takes a while to start and be heard, and a removed socket has
+    // no drain bound to fit in.
+    let path = source.add_random_file("big.bin", 8 * PUSH_LEN, 14);
+
+    let mut push = Push::start(
+        &source,
+        &alice.socket_url("bob"),
+        &path,
+        &root.join("copy.log"),
+    );
+    let mark = alice_node.process.mark();
+    push.get_going();
+    let forgers = Forgers::join(root.path(), &team_file, &ticket, &["bob"]);
+    let bob_real = format!("bob-{}", bob.short_id());
+    let bob_fake = format!("bob-{}", forgers.nodes[0].short_id());
+    let took = alice.wait_for_sockets(&[&bob_real, &bob_fake], CONVERGENCE_TIMEOUT);
+    alice_node.process.wait_for_line_since(
+        &mark,
+        "transfer(s) in flight may finish",
+        SOCKET_GONE_BOUND,
+    );
+    eprintln!("alice renamed bob's socket {took:?} into the wait, with the push in flight");
+    let status = push.wait("the rename");
+    assert!(
+        status.success(),
+        "nix copy through the removed socket failed ({status}); its log:\n{}\nalice's log:\n{}",
+        push.log_text(),
+        alice_node.process.log_text()
+    );
+    assert_copied(&source, &bob.daemon().store_url(), &path);
+    // The new socket works too.
+    let small = source.add_file("after-rename.txt", b"after the rename\n");
+    n2p_testkit::nix::assert_copy_succeeds(&source, &alice.socket_url(&bob_real), &[&small]);
+    assert_copied(&source, &bob.daemon().store_url(), &small);
+}
