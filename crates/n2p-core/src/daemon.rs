@@ -538,22 +538,8 @@ mod tests {
     #[tokio::test]
     async fn forwards_both_ways_with_half_close_and_no_loss() -> TestResult {
         let dir = tempfile::tempdir()?;
-        let secret = AccessSecret::from_bytes([5; 32]);
-        let (router, connections) = server(dir.path(), &secret).await?;
-        let client = bind_endpoint(SecretKey::from_bytes(&[2; 32]), vec![], &options()).await?;
-        let dialer = Arc::new(DaemonDialer::new(
-            client.clone(),
-            router.endpoint().addr(),
-            &secret,
-        ));
-        let socket = dir.path().join("client.sock");
-        let listener = UnixListener::bind(&socket)?;
-        let shutdown = ListenerShutdown::new();
-        let serving = tokio::spawn(serve_local_listener(
-            listener,
-            dialer.clone(),
-            shutdown.clone(),
-        ));
+        let s = served(dir.path()).await?;
+        let socket = s.socket.clone();
 
         // Several connections at once, one large, all over one QUIC connection.
         let mut tasks = JoinSet::new();
@@ -576,13 +562,9 @@ mod tests {
         while let Some(result) = tasks.join_next().await {
             result??;
         }
-        assert_eq!(connections.load(Ordering::SeqCst), 4);
-        shutdown.stop();
-        serving.await?;
-        dialer.close().await;
-        client.close().await;
-        router.shutdown().await?;
-        Ok(())
+        assert_eq!(s.connections.load(Ordering::SeqCst), 4);
+        s.shutdown.stop();
+        s.finish().await
     }
 
     /// A client and a served local listener in `dir`, over a server answering as
@@ -594,11 +576,13 @@ mod tests {
         socket: PathBuf,
         shutdown: ListenerShutdown,
         serving: tokio::task::JoinHandle<()>,
+        /// Connections the stand-in daemon has had.
+        connections: Arc<AtomicUsize>,
     }
 
     async fn served(dir: &std::path::Path) -> Result<Served, Box<dyn std::error::Error>> {
         let secret = AccessSecret::from_bytes([5; 32]);
-        let (router, _) = server(dir, &secret).await?;
+        let (router, connections) = server(dir, &secret).await?;
         let client = bind_endpoint(SecretKey::from_bytes(&[2; 32]), vec![], &options()).await?;
         let dialer = Arc::new(DaemonDialer::new(
             client.clone(),
@@ -620,7 +604,20 @@ mod tests {
             socket,
             shutdown,
             serving,
+            connections,
         })
+    }
+
+    impl Served {
+        /// Checks that serving has ended (bounded) with nothing in flight; closes all.
+        async fn finish(self) -> TestResult {
+            tokio::time::timeout(Duration::from_secs(10), self.serving).await??;
+            assert_eq!(self.shutdown.in_flight(), 0);
+            self.dialer.close().await;
+            self.client.close().await;
+            self.router.shutdown().await?;
+            Ok(())
+        }
     }
 
     /// Waits (bounded) until `shutdown` counts `n` forwards in flight.
@@ -666,12 +663,7 @@ mod tests {
         expected.extend(data.iter().rev());
         assert!(reply == expected, "the drained reply differs");
         drop(stream);
-        tokio::time::timeout(Duration::from_secs(10), s.serving).await??;
-        assert_eq!(s.shutdown.in_flight(), 0);
-        s.dialer.close().await;
-        s.client.close().await;
-        s.router.shutdown().await?;
-        Ok(())
+        s.finish().await
     }
 
     #[tokio::test]
@@ -684,8 +676,8 @@ mod tests {
 
         s.shutdown.stop();
         s.shutdown.abort();
-        tokio::time::timeout(Duration::from_secs(10), s.serving).await??;
-        assert_eq!(s.shutdown.in_flight(), 0);
+        // Serving ends at once, with nothing left in flight.
+        s.finish().await?;
         // The local end is closed without a reply: the echo daemon answers only after a
         // clean end of its input, which an aborted forward never gives it.
         let mut reply = Vec::new();
@@ -708,9 +700,6 @@ mod tests {
             wrote.is_err(),
             "the aborted local connection still takes writes"
         );
-        s.dialer.close().await;
-        s.client.close().await;
-        s.router.shutdown().await?;
         Ok(())
     }
 
