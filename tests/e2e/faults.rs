@@ -39,7 +39,7 @@ fn killing_the_server_mid_push_never_looks_complete() {
     for round in 0..ROUNDS {
         let daemon = NixDaemon::start();
         let server_home = TempHome::new(N2P);
-        let mut server = server_home.server(&ServerConfig::new(daemon.socket_path()));
+        let server = server_home.server(&ServerConfig::new(daemon.socket_path()));
         let client_home = TempHome::new(N2P);
         let client = client_home.client(
             &server.long_address,

@@ -309,6 +309,7 @@ mod tests {
     /// on a thread of its own, as in Nix) wakes with EOF or ECONNRESET. (Which of the two
     /// a reader already blocked in `read` sees is the kernel's race with the writer, which
     /// takes the reset; the end-to-end test `faults` shows Nix 2.8 fails either way.)
+    #[tokio::test]
     async fn a_failed_peer_closes_the_local_socket() -> TestResult {
         use std::{
             io::{Read, Write},
