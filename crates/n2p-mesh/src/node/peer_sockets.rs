@@ -110,7 +110,7 @@ impl PeerSockets {
             .map(|(name, _)| name.clone())
             .collect();
         for name in stale {
-            self.remove(&name);
+            self.remove(&name, "is gone");
         }
         for (name, peer) in desired {
             if !self.live.contains_key(name) {
@@ -161,16 +161,16 @@ impl PeerSockets {
 
     /// Removes the socket file at once and stops accepting on it; its transfers in flight
     /// go on, and its task closes the connection to the peer after the last one ends.
-    fn remove(&mut self, name: &str) {
+    fn remove(&mut self, name: &str, why: &str) {
         self.draining.retain(|d| !d.task.is_finished());
         if let Some(socket) = self.live.remove(name) {
             drop(socket.guard);
             socket.serving.shutdown.stop();
             let in_flight = socket.serving.shutdown.in_flight();
             if in_flight > 0 {
-                info!(target: "n2p", "peer {} ({}) is gone; socket removed, {in_flight} transfer(s) in flight may finish", stem(name), socket.peer.fmt_short());
+                info!(target: "n2p", "peer {} ({}) {why}; socket removed, {in_flight} transfer(s) in flight may finish", stem(name), socket.peer.fmt_short());
             } else {
-                info!(target: "n2p", "peer {} ({}) is gone; socket removed", stem(name), socket.peer.fmt_short());
+                info!(target: "n2p", "peer {} ({}) {why}; socket removed", stem(name), socket.peer.fmt_short());
             }
             self.draining.push(socket.serving);
         }
@@ -179,7 +179,10 @@ impl PeerSockets {
     /// Removes every socket (on shutdown); transfers in flight go on as after
     /// [`Self::reconcile`] removed their socket.
     pub fn clear(&mut self) {
-        self.reconcile(&BTreeMap::new());
+        let names: Vec<String> = self.live.keys().cloned().collect();
+        for name in names {
+            self.remove(&name, "stays, but I am leaving");
+        }
     }
 
     /// Removes every socket at once, waits up to `bound` for the transfers in flight
