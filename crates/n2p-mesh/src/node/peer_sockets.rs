@@ -187,8 +187,9 @@ impl PeerSockets {
 
     /// Removes every socket at once, waits up to `bound` for the transfers in flight
     /// through them (and through sockets removed earlier) to end on their own, then aborts
-    /// the rest, which resets them: their Nix client and the peer's daemon each see an
-    /// error, never a clean end. Returns when every socket's task has closed its connection.
+    /// the rest, which resets them: the peer's daemon sees an error, never a clean end, and
+    /// the local Nix client a connection closed without a half-close. Returns when every
+    /// socket's task has closed its connection.
     pub async fn leave(&mut self, bound: Duration) {
         self.clear();
         let mut draining = std::mem::take(&mut self.draining);
@@ -204,6 +205,8 @@ impl PeerSockets {
         if tokio::time::timeout(bound, all_done).await.is_err() {
             let left: usize = draining.iter().map(|d| d.shutdown.in_flight()).sum();
             warn!(target: "n2p", "aborting {left} transfer(s) still in flight after {bound:?}");
+            // Tasks awaited to their end above must not be awaited again.
+            draining.retain(|d| !d.task.is_finished());
             for serving in &draining {
                 serving.shutdown.abort();
             }
@@ -239,5 +242,134 @@ impl Drop for PeerSockets {
         for serving in std::mem::take(&mut self.draining) {
             serving.shutdown.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use iroh::{SecretKey, address_lookup::memory::MemoryLookup, protocol::Router};
+    use n2p_core::{
+        access::SecretPolicy,
+        daemon::{DAEMON_ALPN, DaemonService},
+        endpoint::{EndpointOptions, RelayChoice, bind_builder, bind_endpoint, endpoint_builder},
+    };
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::{UnixListener, UnixStream},
+    };
+
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn options() -> EndpointOptions {
+        EndpointOptions {
+            relay: RelayChoice::Disabled,
+            bind: "127.0.0.1:0".parse().ok(),
+            ..Default::default()
+        }
+    }
+
+    /// A stand-in daemon (unit test only) that answers each connection with what it read,
+    /// once the client half-closes.
+    fn spawn_echo_daemon(listener: UnixListener) {
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut data = Vec::new();
+                    stream.read_to_end(&mut data).await.ok();
+                    stream.write_all(&data).await.ok();
+                    stream.shutdown().await.ok();
+                });
+            }
+        });
+    }
+
+    /// Two sockets to one peer, one connection through each: on leave, the one that ends
+    /// within the bound gets its whole reply; the one that never ends is aborted at the
+    /// bound; both sockets' files go at once.
+    #[tokio::test]
+    async fn leave_drains_what_ends_and_aborts_the_rest_at_the_bound() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let secret = AccessSecret::from_bytes([8; 32]);
+        let daemon_path = dir.path().join("daemon.sock");
+        spawn_echo_daemon(UnixListener::bind(&daemon_path)?);
+        let server = bind_endpoint(
+            SecretKey::from_bytes(&[1; 32]),
+            vec![DAEMON_ALPN.to_vec()],
+            &options(),
+        )
+        .await?;
+        let policy = Arc::new(SecretPolicy::new(secret.clone()));
+        let service = DaemonService::new(daemon_path, policy, server.id());
+        let router = Router::builder(server).accept(DAEMON_ALPN, service).spawn();
+        let lookup = MemoryLookup::new();
+        lookup.add_endpoint_info(router.endpoint().addr());
+        let builder = endpoint_builder(SecretKey::from_bytes(&[2; 32]), vec![], &options())?
+            .address_lookup(lookup);
+        let client = bind_builder(builder, &options()).await?;
+
+        let peers = dir.path().join("peers");
+        let mut sockets = PeerSockets::open(peers.clone(), client.clone(), secret)?;
+        let peer = router.endpoint().id();
+        sockets.reconcile(&BTreeMap::from([
+            ("a.sock".to_owned(), peer),
+            ("b.sock".to_owned(), peer),
+        ]));
+        let mut ending = UnixStream::connect(peers.join("a.sock")).await?;
+        let mut stuck = UnixStream::connect(peers.join("b.sock")).await?;
+        ending.write_all(b"first half, ").await?;
+        stuck.write_all(b"never finished").await?;
+        // Both connections have reached the peer's daemon through the tunnel.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while sockets
+                .live
+                .values()
+                .map(|s| s.serving.shutdown.in_flight())
+                .sum::<usize>()
+                < 2
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await?;
+
+        let bound = Duration::from_secs(2);
+        let started = Instant::now();
+        let finisher = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            ending.write_all(b"second half").await?;
+            ending.shutdown().await?;
+            let mut reply = Vec::new();
+            ending.read_to_end(&mut reply).await?;
+            Ok::<_, std::io::Error>(reply)
+        });
+        {
+            let leaving = sockets.leave(bound);
+            tokio::pin!(leaving);
+            // The files go at once, before the drain is over.
+            tokio::select! {
+                _ = &mut leaving => return Err("leave returned before the bound".into()),
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+            assert!(!peers.join("a.sock").exists() && !peers.join("b.sock").exists());
+            tokio::time::timeout(Duration::from_secs(10), leaving).await?;
+        }
+        let took = started.elapsed();
+        assert!(
+            took >= bound && took < bound + Duration::from_secs(5),
+            "leave took {took:?} with a bound of {bound:?}"
+        );
+        assert_eq!(finisher.await??, b"first half, second half");
+        // The stuck connection was cut without its echo.
+        let mut reply = Vec::new();
+        let read = stuck.read_to_end(&mut reply).await;
+        assert!(read.is_err() || reply.is_empty(), "got {reply:?}");
+        assert!(sockets.draining.is_empty());
+        client.close().await;
+        router.shutdown().await?;
+        Ok(())
     }
 }
