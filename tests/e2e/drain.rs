@@ -279,7 +279,7 @@ fn sigterm_lets_a_client_push_in_flight_finish() {
 ///
 /// `nix copy` is resumed [`RESUME_BEFORE_BOUND`] before the bound, so that the abort hits a
 /// running Nix, as it would in life. (An abort while Nix is still frozen made Nix 2.8 exit 0
-/// without the path once in a few runs: on resuming it met a closed socket from both its
+/// without the path twice in about ten runs: on resuming it met a closed socket from both its
 /// threads and ignored the error. The daemon still had no valid path.)
 #[test]
 fn a_stalled_push_is_aborted_after_the_drain_bound() {

@@ -476,18 +476,10 @@ mod tests {
     use super::*;
     use crate::{
         access::SecretPolicy,
-        endpoint::{EndpointOptions, RelayChoice, bind_endpoint},
+        endpoint::{EndpointOptions, bind_endpoint},
     };
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-    fn options() -> EndpointOptions {
-        EndpointOptions {
-            relay: RelayChoice::Disabled,
-            bind: "127.0.0.1:0".parse().ok(),
-            ..Default::default()
-        }
-    }
 
     /// A stand-in daemon (unit test only; end-to-end tests use real nix-daemons) that
     /// answers each connection with the length of what it read (8 bytes LE) after the client half-closes, then the bytes reversed; counts
@@ -524,7 +516,7 @@ mod tests {
         let endpoint = bind_endpoint(
             SecretKey::from_bytes(&[1; 32]),
             vec![DAEMON_ALPN.to_vec()],
-            &options(),
+            &EndpointOptions::loopback(),
         )
         .await?;
         let policy = Arc::new(SecretPolicy::new(secret.clone()));
@@ -583,7 +575,12 @@ mod tests {
     async fn served(dir: &std::path::Path) -> Result<Served, Box<dyn std::error::Error>> {
         let secret = AccessSecret::from_bytes([5; 32]);
         let (router, connections) = server(dir, &secret).await?;
-        let client = bind_endpoint(SecretKey::from_bytes(&[2; 32]), vec![], &options()).await?;
+        let client = bind_endpoint(
+            SecretKey::from_bytes(&[2; 32]),
+            vec![],
+            &EndpointOptions::loopback(),
+        )
+        .await?;
         let dialer = Arc::new(DaemonDialer::new(
             client.clone(),
             router.endpoint().addr(),
@@ -708,7 +705,12 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let secret = AccessSecret::from_bytes([5; 32]);
         let (router, connections) = server(dir.path(), &secret).await?;
-        let client = bind_endpoint(SecretKey::from_bytes(&[3; 32]), vec![], &options()).await?;
+        let client = bind_endpoint(
+            SecretKey::from_bytes(&[3; 32]),
+            vec![],
+            &EndpointOptions::loopback(),
+        )
+        .await?;
         let wrong = AccessSecret::from_bytes([6; 32]);
         let dialer = DaemonDialer::new(client.clone(), router.endpoint().addr(), &wrong);
         let conn = dialer.connection().await?;
@@ -730,7 +732,12 @@ mod tests {
 
     #[tokio::test]
     async fn unreachable_peer_times_out() -> TestResult {
-        let client = bind_endpoint(SecretKey::from_bytes(&[4; 32]), vec![], &options()).await?;
+        let client = bind_endpoint(
+            SecretKey::from_bytes(&[4; 32]),
+            vec![],
+            &EndpointOptions::loopback(),
+        )
+        .await?;
         // Nothing listens on this port: the attempt must end within the bound.
         let nobody = EndpointAddr::new(SecretKey::from_bytes(&[9; 32]).public())
             .with_ip_addr("127.0.0.1:9".parse()?);

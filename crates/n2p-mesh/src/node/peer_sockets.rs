@@ -253,7 +253,7 @@ mod tests {
     use n2p_core::{
         access::SecretPolicy,
         daemon::{DAEMON_ALPN, DaemonService},
-        endpoint::{EndpointOptions, RelayChoice, bind_builder, bind_endpoint, endpoint_builder},
+        endpoint::{EndpointOptions, bind_builder, bind_endpoint, endpoint_builder},
     };
     use tokio::{
         io::{AsyncReadExt, AsyncWriteExt},
@@ -263,14 +263,6 @@ mod tests {
     use super::*;
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-    fn options() -> EndpointOptions {
-        EndpointOptions {
-            relay: RelayChoice::Disabled,
-            bind: "127.0.0.1:0".parse().ok(),
-            ..Default::default()
-        }
-    }
 
     /// A stand-in daemon (unit test only) that answers each connection with what it read,
     /// once the client half-closes.
@@ -299,7 +291,7 @@ mod tests {
         let server = bind_endpoint(
             SecretKey::from_bytes(&[1; 32]),
             vec![DAEMON_ALPN.to_vec()],
-            &options(),
+            &EndpointOptions::loopback(),
         )
         .await?;
         let policy = Arc::new(SecretPolicy::new(secret.clone()));
@@ -307,9 +299,13 @@ mod tests {
         let router = Router::builder(server).accept(DAEMON_ALPN, service).spawn();
         let lookup = MemoryLookup::new();
         lookup.add_endpoint_info(router.endpoint().addr());
-        let builder = endpoint_builder(SecretKey::from_bytes(&[2; 32]), vec![], &options())?
-            .address_lookup(lookup);
-        let client = bind_builder(builder, &options()).await?;
+        let builder = endpoint_builder(
+            SecretKey::from_bytes(&[2; 32]),
+            vec![],
+            &EndpointOptions::loopback(),
+        )?
+        .address_lookup(lookup);
+        let client = bind_builder(builder, &EndpointOptions::loopback()).await?;
 
         let peers = dir.path().join("peers");
         let mut sockets = PeerSockets::open(peers.clone(), client.clone(), secret)?;
