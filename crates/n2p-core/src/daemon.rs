@@ -8,9 +8,17 @@
 //!
 //! The dialing side ([`DaemonDialer`]) keeps one QUIC connection per peer, reconnecting when
 //! it has dropped, and [`serve_local_listener`] turns every connection on a local unix
-//! socket into one stream on it.
+//! socket into one stream on it; a [`ListenerShutdown`] stops it accepting at once and lets
+//! the forwards in flight finish, or aborts them.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use iroh::{
     Endpoint, EndpointAddr, EndpointId,
@@ -348,26 +356,101 @@ async fn log_when_closed(conn: Connection) {
     }
 }
 
-/// Accepts connections on `listener` until `cancel` fires, forwarding each over a new
-/// stream from `dialer`. A connection whose stream cannot be opened is closed (Nix sees a
-/// closed connection) and the reason logged.
+/// Stops a [`serve_local_listener`]: first its accepting, then (if need be) its forwards.
+///
+/// Clones share the same state. [`Self::abort`] implies [`Self::stop`].
+#[derive(Debug, Clone)]
+pub struct ListenerShutdown {
+    stop: CancellationToken,
+    abort: CancellationToken,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Default for ListenerShutdown {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ListenerShutdown {
+    /// A shutdown control that has fired nothing yet.
+    pub fn new() -> Self {
+        let abort = CancellationToken::new();
+        Self {
+            stop: abort.child_token(),
+            abort,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Stop accepting connections; forwards in flight go on until they end on their own.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Stop accepting and abort every forward in flight (each one resets its QUIC stream and
+    /// closes its local connection without a half-close, so neither end sees a clean end).
+    pub fn abort(&self) {
+        self.abort.cancel();
+    }
+
+    /// How many local connections are being forwarded now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts one forward in flight while it lives.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Accepts connections on `listener`, forwarding each over a new stream from `dialer`,
+/// until `shutdown` is stopped or aborted; returns once no forward is left. A connection
+/// whose stream cannot be opened is closed (Nix sees a closed connection) and the reason
+/// logged.
+///
+/// Shutdown order:
+/// 1. [`ListenerShutdown::stop`]: the accept loop ends and the listener is dropped. The
+///    caller removes the socket file (before or right after), so no new connection arrives.
+/// 2. Forwards in flight go on and end on their own (Nix closes its connection, or the peer
+///    or the QUIC connection fails); this function returns when the last one has ended.
+/// 3. [`ListenerShutdown::abort`], at any time: every forward still in flight is dropped,
+///    which resets its QUIC streams and closes its local connection, and the function
+///    returns. A bounded drain is `stop`, a timeout on this future, then `abort`.
+///
+/// The caller closes the dialer's connection after this returns, never before: that would
+/// cut the forwards still draining.
 pub async fn serve_local_listener(
     listener: UnixListener,
     dialer: Arc<DaemonDialer>,
-    cancel: CancellationToken,
+    shutdown: ListenerShutdown,
 ) {
     let mut tasks = JoinSet::new();
     loop {
         tokio::select! {
             biased;
-            _ = cancel.cancelled() => break,
+            _ = shutdown.stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((local, _)) => {
                     let dialer = dialer.clone();
-                    let cancel = cancel.child_token();
+                    let abort = shutdown.abort.child_token();
+                    let counted = InFlight::new(&shutdown.in_flight);
                     tasks.spawn(async move {
+                        let _counted = counted;
                         tokio::select! {
-                            _ = cancel.cancelled() => {}
+                            _ = abort.cancelled() => debug!("local connection aborted"),
                             _ = forward_local_connection(local, &dialer) => {}
                         }
                     }.in_current_span());
@@ -380,6 +463,19 @@ pub async fn serve_local_listener(
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }
+    drop(listener);
+    if !tasks.is_empty() {
+        debug!("stopped accepting; {} forwards in flight", tasks.len());
+    }
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.abort.cancelled() => break,
+            next = tasks.join_next() => if next.is_none() { break },
+        }
+    }
+    // After an abort: every task has seen its child token; this also ends any that has not
+    // been polled since.
     tasks.shutdown().await;
 }
 
@@ -404,26 +500,16 @@ async fn forward_unix_stream(what: &str, stream: UnixStream, streams: QuicPair) 
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
     use iroh::{SecretKey, protocol::Router};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
     use crate::{
         access::SecretPolicy,
-        endpoint::{EndpointOptions, RelayChoice, bind_endpoint},
+        endpoint::{EndpointOptions, bind_endpoint},
     };
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-    fn options() -> EndpointOptions {
-        EndpointOptions {
-            relay: RelayChoice::Disabled,
-            bind: "127.0.0.1:0".parse().ok(),
-            ..Default::default()
-        }
-    }
 
     /// A stand-in daemon (unit test only; end-to-end tests use real nix-daemons) that
     /// answers each connection with the length of what it read (8 bytes LE) after the client half-closes, then the bytes reversed; counts
@@ -460,7 +546,7 @@ mod tests {
         let endpoint = bind_endpoint(
             SecretKey::from_bytes(&[1; 32]),
             vec![DAEMON_ALPN.to_vec()],
-            &options(),
+            &EndpointOptions::loopback(),
         )
         .await?;
         let policy = Arc::new(SecretPolicy::new(secret.clone()));
@@ -474,22 +560,8 @@ mod tests {
     #[tokio::test]
     async fn forwards_both_ways_with_half_close_and_no_loss() -> TestResult {
         let dir = tempfile::tempdir()?;
-        let secret = AccessSecret::from_bytes([5; 32]);
-        let (router, connections) = server(dir.path(), &secret).await?;
-        let client = bind_endpoint(SecretKey::from_bytes(&[2; 32]), vec![], &options()).await?;
-        let dialer = Arc::new(DaemonDialer::new(
-            client.clone(),
-            router.endpoint().addr(),
-            &secret,
-        ));
-        let socket = dir.path().join("client.sock");
-        let listener = UnixListener::bind(&socket)?;
-        let cancel = CancellationToken::new();
-        let serving = tokio::spawn(serve_local_listener(
-            listener,
-            dialer.clone(),
-            cancel.clone(),
-        ));
+        let s = served(dir.path()).await?;
+        let socket = s.socket.clone();
 
         // Several connections at once, one large, all over one QUIC connection.
         let mut tasks = JoinSet::new();
@@ -512,12 +584,149 @@ mod tests {
         while let Some(result) = tasks.join_next().await {
             result??;
         }
-        assert_eq!(connections.load(Ordering::SeqCst), 4);
-        cancel.cancel();
-        serving.await?;
-        dialer.close().await;
-        client.close().await;
-        router.shutdown().await?;
+        assert_eq!(s.connections.load(Ordering::SeqCst), 4);
+        s.shutdown.stop();
+        s.finish().await
+    }
+
+    /// A client and a served local listener in `dir`, over a server answering as
+    /// [`spawn_echo_daemon`] does.
+    struct Served {
+        router: Router,
+        client: Endpoint,
+        dialer: Arc<DaemonDialer>,
+        socket: PathBuf,
+        shutdown: ListenerShutdown,
+        serving: tokio::task::JoinHandle<()>,
+        /// Connections the stand-in daemon has had.
+        connections: Arc<AtomicUsize>,
+    }
+
+    async fn served(dir: &std::path::Path) -> Result<Served, Box<dyn std::error::Error>> {
+        let secret = AccessSecret::from_bytes([5; 32]);
+        let (router, connections) = server(dir, &secret).await?;
+        let client = bind_endpoint(
+            SecretKey::from_bytes(&[2; 32]),
+            vec![],
+            &EndpointOptions::loopback(),
+        )
+        .await?;
+        let dialer = Arc::new(DaemonDialer::new(
+            client.clone(),
+            router.endpoint().addr(),
+            &secret,
+        ));
+        let socket = dir.join("client.sock");
+        let listener = UnixListener::bind(&socket)?;
+        let shutdown = ListenerShutdown::new();
+        let serving = tokio::spawn(serve_local_listener(
+            listener,
+            dialer.clone(),
+            shutdown.clone(),
+        ));
+        Ok(Served {
+            router,
+            client,
+            dialer,
+            socket,
+            shutdown,
+            serving,
+            connections,
+        })
+    }
+
+    impl Served {
+        /// Checks that serving has ended (bounded) with nothing in flight; closes all.
+        async fn finish(self) -> TestResult {
+            tokio::time::timeout(Duration::from_secs(10), self.serving).await??;
+            assert_eq!(self.shutdown.in_flight(), 0);
+            self.dialer.close().await;
+            self.client.close().await;
+            self.router.shutdown().await?;
+            Ok(())
+        }
+    }
+
+    /// Waits (bounded) until `shutdown` counts `n` forwards in flight.
+    async fn until_in_flight(shutdown: &ListenerShutdown, n: usize) -> TestResult {
+        let waited = tokio::time::timeout(Duration::from_secs(10), async {
+            while shutdown.in_flight() != n {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        waited.map_err(|_| format!("{} forwards in flight, not {n}", shutdown.in_flight()).into())
+    }
+
+    #[tokio::test]
+    async fn stop_refuses_new_connections_and_lets_one_in_flight_finish() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let s = served(dir.path()).await?;
+        let data: Vec<u8> = (0..(3usize << 20)).map(|i| (i % 253) as u8).collect();
+        let mut stream = UnixStream::connect(&s.socket).await?;
+        stream.write_all(&data[..1 << 20]).await?;
+        until_in_flight(&s.shutdown, 1).await?;
+
+        s.shutdown.stop();
+        // The accept loop ends and drops the listener: nothing answers there any more.
+        let refused = tokio::time::timeout(Duration::from_secs(10), async {
+            while UnixStream::connect(&s.socket).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(refused.is_ok(), "the stopped listener still accepts");
+        assert!(
+            !s.serving.is_finished(),
+            "returned with a forward in flight"
+        );
+
+        // The connection in flight goes on to its end, reply complete.
+        stream.write_all(&data[1 << 20..]).await?;
+        stream.shutdown().await?;
+        let mut reply = Vec::new();
+        stream.read_to_end(&mut reply).await?;
+        let mut expected = (data.len() as u64).to_le_bytes().to_vec();
+        expected.extend(data.iter().rev());
+        assert!(reply == expected, "the drained reply differs");
+        drop(stream);
+        s.finish().await
+    }
+
+    #[tokio::test]
+    async fn abort_cuts_forwards_in_flight() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let s = served(dir.path()).await?;
+        let mut stream = UnixStream::connect(&s.socket).await?;
+        stream.write_all(&[7u8; 100_000]).await?;
+        until_in_flight(&s.shutdown, 1).await?;
+
+        s.shutdown.stop();
+        s.shutdown.abort();
+        // Serving ends at once, with nothing left in flight.
+        s.finish().await?;
+        // The local end is closed without a reply: the echo daemon answers only after a
+        // clean end of its input, which an aborted forward never gives it.
+        let mut reply = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply)).await?;
+        assert!(
+            read.is_err() || reply.is_empty(),
+            "an aborted forward delivered {} bytes of reply",
+            reply.len()
+        );
+        // And it takes no more input.
+        let mut wrote = Ok(());
+        for _ in 0..64 {
+            wrote = stream.write_all(&[0u8; 65536]).await;
+            if wrote.is_err() {
+                break;
+            }
+        }
+        assert!(
+            wrote.is_err(),
+            "the aborted local connection still takes writes"
+        );
         Ok(())
     }
 
@@ -526,7 +735,12 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let secret = AccessSecret::from_bytes([5; 32]);
         let (router, connections) = server(dir.path(), &secret).await?;
-        let client = bind_endpoint(SecretKey::from_bytes(&[3; 32]), vec![], &options()).await?;
+        let client = bind_endpoint(
+            SecretKey::from_bytes(&[3; 32]),
+            vec![],
+            &EndpointOptions::loopback(),
+        )
+        .await?;
         let wrong = AccessSecret::from_bytes([6; 32]);
         let dialer = DaemonDialer::new(client.clone(), router.endpoint().addr(), &wrong);
         let conn = dialer.connection().await?;
@@ -548,7 +762,12 @@ mod tests {
 
     #[tokio::test]
     async fn unreachable_peer_times_out() -> TestResult {
-        let client = bind_endpoint(SecretKey::from_bytes(&[4; 32]), vec![], &options()).await?;
+        let client = bind_endpoint(
+            SecretKey::from_bytes(&[4; 32]),
+            vec![],
+            &EndpointOptions::loopback(),
+        )
+        .await?;
         // Nothing listens on this port: the attempt must end within the bound.
         let nobody = EndpointAddr::new(SecretKey::from_bytes(&[9; 32]).public())
             .with_ip_addr("127.0.0.1:9".parse()?);

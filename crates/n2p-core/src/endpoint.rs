@@ -130,6 +130,18 @@ pub struct EndpointOptions {
     pub congestion: CongestionControl,
 }
 
+impl EndpointOptions {
+    /// No relay, no lookup, bound to a random port on 127.0.0.1: reachable only from this
+    /// machine, by full address (tests, and nodes under test).
+    pub fn loopback() -> Self {
+        Self {
+            relay: RelayChoice::Disabled,
+            bind: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            ..Default::default()
+        }
+    }
+}
+
 /// Errors while binding the endpoint.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -249,7 +249,7 @@ mod tests {
     use tokio::io::AsyncWriteExt;
 
     use super::*;
-    use crate::endpoint::{EndpointOptions, RelayChoice, bind_endpoint};
+    use crate::endpoint::{EndpointOptions, bind_endpoint};
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -258,11 +258,7 @@ mod tests {
     /// Two offline endpoints on loopback and a connection from the first to the second.
     async fn connected()
     -> Result<(Endpoint, Endpoint, Connection, Connection), Box<dyn std::error::Error>> {
-        let options = EndpointOptions {
-            relay: RelayChoice::Disabled,
-            bind: "127.0.0.1:0".parse().ok(),
-            ..Default::default()
-        };
+        let options = EndpointOptions::loopback();
         let a = bind_endpoint(SecretKey::from_bytes(&[11; 32]), vec![], &options).await?;
         let b = bind_endpoint(
             SecretKey::from_bytes(&[12; 32]),

@@ -3,11 +3,13 @@
 //!
 //! One actor task owns the peer table and the peer sockets; it reacts to gossip events, its
 //! announce and expiry timers, and commands from the [`MeshNode`] handle (such as
-//! [`MeshNode::status`]). Shutdown order ([`MeshNode::leave`]): stop the actor (which
-//! announces `Leaving` and removes every peer socket), then shut the router down, which
-//! closes the endpoint. Dropping the handle without leaving stops the router's accept loop at
-//! once and makes the actor stop too (announcing `Leaving` and removing its sockets) in the
-//! background.
+//! [`MeshNode::status`]). Shutdown order ([`MeshNode::leave`]): stop the actor, which
+//! removes every peer socket file at once, waits up to [`LEAVE_DRAIN_BOUND`] for the
+//! transfers in flight through them to end on their own, aborts (resets) the rest, and then
+//! announces `Leaving`; then shut the router down, which closes the endpoint (transfers
+//! from peers into my daemon end there). Dropping the handle without leaving stops the
+//! router's accept loop at once and makes the actor stop too, going through the same steps
+//! in the background.
 
 mod actor;
 pub mod peer_sockets;
@@ -15,6 +17,7 @@ pub mod peer_sockets;
 use std::{
     path::PathBuf,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use iroh::{
@@ -49,6 +52,12 @@ use crate::{
     },
     status::MeshStatus,
 };
+
+/// How long a clean leave waits for transfers in flight through peer sockets to finish
+/// before it aborts them. Long enough for a push of a few hundred MiB on a LAN to complete;
+/// short enough that a stalled one does not keep a stopping node (and `systemctl stop`)
+/// waiting long.
+pub const LEAVE_DRAIN_BOUND: Duration = Duration::from_secs(10);
 
 /// How many commands may wait for the actor.
 const COMMAND_QUEUE: usize = 16;
@@ -259,8 +268,9 @@ impl MeshNode {
         answer.await.map_err(|_| StatusError::Stopped)
     }
 
-    /// Announces `Leaving`, removes every peer socket and closes the endpoint. Later calls
-    /// do nothing.
+    /// Removes every peer socket, drains the transfers in flight through them (bounded by
+    /// [`LEAVE_DRAIN_BOUND`], then aborted), announces `Leaving` and closes the endpoint.
+    /// Later calls do nothing.
     pub async fn leave(&self) {
         self.cancel.cancel();
         let actor = self.actor.lock().ok().and_then(|mut a| a.take());

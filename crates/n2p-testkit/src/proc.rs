@@ -39,6 +39,10 @@ pub enum Signal {
     Int,
     /// SIGKILL: no chance to clean up.
     Kill,
+    /// SIGSTOP: freezes the process (a stalled client) until [`Signal::Cont`].
+    Stop,
+    /// SIGCONT: resumes a stopped process.
+    Cont,
 }
 
 impl Signal {
@@ -47,6 +51,8 @@ impl Signal {
             Signal::Term => libc::SIGTERM,
             Signal::Int => libc::SIGINT,
             Signal::Kill => libc::SIGKILL,
+            Signal::Stop => libc::SIGSTOP,
+            Signal::Cont => libc::SIGCONT,
         }
     }
 }

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::peer_sockets::PeerSockets;
+use super::{LEAVE_DRAIN_BOUND, peer_sockets::PeerSockets};
 use crate::{
     proto::{
         announce::{
@@ -85,7 +85,8 @@ pub(super) struct Actor {
 
 impl Actor {
     /// Runs until `cancel` fires, the handle is dropped or the gossip subscription ends;
-    /// then announces `Leaving` and removes every peer socket.
+    /// then removes every peer socket, waits up to [`LEAVE_DRAIN_BOUND`] for the transfers
+    /// in flight through them and aborts the rest, and only then announces `Leaving`.
     pub(super) async fn run(
         mut self,
         mut receiver: GossipReceiver,
@@ -186,9 +187,9 @@ impl Actor {
                 }
             }
         }
+        self.sockets.leave(LEAVE_DRAIN_BOUND).await;
         self.announce(AnnounceKind::Leaving).await;
         tokio::time::sleep(LEAVE_GRACE).await;
-        self.sockets.clear();
     }
 
     /// Verifies and applies one gossip message; returns whether a new peer joined (so we

@@ -1,22 +1,25 @@
 //! `n2p client`: a local unix socket that reaches a server's nix-daemon.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use n2p_core::{
     address::ServerAddress,
-    daemon::{DaemonDialer, serve_local_listener},
+    daemon::{DaemonDialer, ListenerShutdown, serve_local_listener},
     endpoint::RelayChoice,
     home::N2pHome,
     unix::bind_private_listener,
 };
-use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
     cli::{ClientArgs, GlobalArgs},
     setup, shutdown,
 };
+
+/// How long SIGINT/SIGTERM wait for transfers in flight to finish before aborting them (the
+/// same bound as a mesh node's clean leave).
+const DRAIN_BOUND: Duration = Duration::from_secs(10);
 
 /// A fresh socket path under `$N2P_HOME/clients/` (the directory created 0700).
 fn default_socket_path(home: &N2pHome) -> anyhow::Result<PathBuf> {
@@ -49,23 +52,40 @@ pub(crate) async fn run(global: &GlobalArgs, args: ClientArgs) -> anyhow::Result
         None => default_socket_path(&home)?,
     };
     let socket_path = std::path::absolute(&socket_path).unwrap_or(socket_path);
-    let (listener, _socket_guard) = bind_private_listener(&socket_path)?;
+    let (listener, socket_guard) = bind_private_listener(&socket_path)?;
     info!(target: "n2p", "unix:{}", socket_path.display());
 
-    let cancel = CancellationToken::new();
+    // On a signal: the socket goes at once, transfers in flight get DRAIN_BOUND to finish,
+    // the rest are aborted (reset), and only then does the connection close.
+    let stop = ListenerShutdown::new();
     let dialer = Arc::new(dialer);
-    let serving = tokio::spawn(serve_local_listener(
-        listener,
-        dialer.clone(),
-        cancel.clone(),
-    ));
+    let mut serving = tokio::spawn(serve_local_listener(listener, dialer.clone(), stop.clone()));
     let signal = shutdown::signal_received().await;
-    cancel.cancel();
-    serving.await.ok();
+    drop(socket_guard);
+    stop.stop();
+    let in_flight = stop.in_flight();
+    match &signal {
+        Ok(signal) if in_flight > 0 => info!(target: "n2p",
+            "{signal} received; removed {}; waiting up to {DRAIN_BOUND:?} for {in_flight} transfer(s) in flight to finish",
+            socket_path.display()
+        ),
+        Ok(signal) => info!(target: "n2p", "{signal} received; removed {}", socket_path.display()),
+        Err(_) => {}
+    }
+    if tokio::time::timeout(DRAIN_BOUND, &mut serving)
+        .await
+        .is_err()
+    {
+        warn!(target: "n2p",
+            "aborting {} transfer(s) still in flight after {DRAIN_BOUND:?}",
+            stop.in_flight()
+        );
+        stop.abort();
+        serving.await.ok();
+    }
     dialer.close().await;
     endpoint.close().await;
-    let signal = signal?;
-    info!(target: "n2p", "{signal} received; removed {}", socket_path.display());
+    signal?;
     Ok(())
 }
 
