@@ -268,6 +268,13 @@ impl MeshNode {
         answer.await.map_err(|_| StatusError::Stopped)
     }
 
+    /// Resolves once the actor has ended: after [`Self::leave`], or on its own when its
+    /// gossip subscription fails for good (it then drains and announces `Leaving` first).
+    pub async fn stopped(&self) {
+        // The actor owns the receiving end of the command channel until it returns.
+        self.commands.closed().await
+    }
+
     /// Removes every peer socket, drains the transfers in flight through them (bounded by
     /// [`LEAVE_DRAIN_BOUND`], then aborted), announces `Leaving` and closes the endpoint.
     /// Later calls do nothing.
@@ -278,5 +285,44 @@ impl MeshNode {
             actor.await.ok();
             self.router.shutdown().await.ok();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use n2p_core::endpoint::{EndpointOptions, RelayChoice};
+
+    use super::*;
+    use crate::proto::team::SecretSource;
+
+    #[tokio::test]
+    async fn stopped_resolves_once_the_actor_has_ended() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let settings = MeshSettings {
+            topic: "t".to_owned(),
+            name: "solo".to_owned(),
+            share_daemon: false,
+            daemon_socket: dir.path().join("daemon.sock"),
+            team: TeamConfig::open_team(
+                SecretSource::Env("UNUSED".to_owned()),
+                RelayChoice::Disabled,
+            ),
+            secret: TeamSecret::new(vec![7; 32])?,
+            peers_dir: dir.path().join("peers"),
+            bootstrap: Vec::new(),
+            endpoint: EndpointOptions::loopback(),
+        };
+        let node = MeshNode::join(SecretKey::from_bytes(&[5; 32]), settings).await?;
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), node.stopped())
+                .await
+                .is_err(),
+            "a running node must not count as stopped"
+        );
+        node.leave().await;
+        tokio::time::timeout(Duration::from_secs(5), node.stopped()).await?;
+        Ok(())
     }
 }

@@ -123,11 +123,22 @@ pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<
     )?;
     info!(target: "n2p", "peer sockets appear in {}", home.peers_dir().display());
 
-    let signal = shutdown::signal_received().await?;
-    info!(target: "n2p", "{signal} received; leaving the mesh");
-    cancel.cancel();
-    node.leave().await;
-    Ok(())
+    tokio::select! {
+        signal = shutdown::signal_received() => {
+            let signal = signal?;
+            info!(target: "n2p", "{signal} received; leaving the mesh");
+            cancel.cancel();
+            node.leave().await;
+            Ok(())
+        }
+        () = node.stopped() => {
+            // Serving a frozen peer table would hide the failure: exit non-zero so that a
+            // supervisor (systemd, launchd) starts a fresh node.
+            cancel.cancel();
+            node.leave().await;
+            bail!("the mesh node stopped on its own (see the warning above); exiting")
+        }
+    }
 }
 
 async fn answer(node: &MeshNode, topic: &str, request: &str) -> serde_json::Value {
