@@ -198,3 +198,43 @@ fn the_open_file_limit_is_raised_to_the_hard_limit() {
     );
     assert_ne!(numbers[0], "256", "the soft limit stayed at 256: {line}");
 }
+
+/// A `--socket` that cannot be created is reported at once, before any connection attempt:
+/// the server here is gone, and the client must complain about the socket, not the server.
+#[test]
+fn client_checks_its_socket_path_before_connecting() {
+    let dir = ScratchDir::new("bad-socket");
+    let server_home = TempHome::new(N2P);
+    let server = server_home.server(&ServerConfig::new(&dir.join("daemon.sock")));
+    let address = server.long_address.clone();
+    server.stop();
+
+    let client_home = TempHome::new(N2P);
+    let missing = dir.join("no-such-dir").join("c.sock");
+    let output = run_bounded(
+        client_home
+            .command()
+            .args([
+                "--relay",
+                "disabled",
+                "--bind",
+                "127.0.0.1:0",
+                "client",
+                &address,
+                "--socket",
+            ])
+            .arg(&missing),
+        COMMAND_TIMEOUT,
+        "n2p client with an unusable --socket",
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "the client started: {stderr}");
+    assert!(
+        stderr.contains(&format!("cannot create socket {}", missing.display())),
+        "the client should name the socket it cannot create: {stderr}"
+    );
+    assert!(
+        !stderr.contains("cannot reach the server"),
+        "the client tried the server before checking its socket: {stderr}"
+    );
+}

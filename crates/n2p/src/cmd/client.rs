@@ -36,9 +36,18 @@ pub(crate) async fn run(global: &GlobalArgs, args: ClientArgs) -> anyhow::Result
         .with_context(|| format!("invalid server address '{}'", abbreviate(&args.address)))?;
     let home = setup::home(global)?;
     let key = setup::secret_key(&home)?;
+    // The socket first: a path that cannot be bound fails at once, not after a connection
+    // attempt. Nobody is told about it before the server answers, and it goes (with its
+    // guard) if the server does not.
+    let socket_path = match args.socket {
+        Some(path) => path,
+        None => default_socket_path(&home)?,
+    };
+    let socket_path = std::path::absolute(&socket_path).unwrap_or(socket_path);
+    let (listener, socket_guard) = bind_private_listener(&socket_path)?;
+
     let options = setup::endpoint_options(global, RelayChoice::Default);
     let endpoint = setup::endpoint(key, Vec::new(), &options).await?;
-
     let dialer = DaemonDialer::new(endpoint.clone(), address.endpoint.clone(), &address.secret)
         .with_connect_timeout(args.connect_timeout);
     let reached = dialer.connection().await;
@@ -46,13 +55,6 @@ pub(crate) async fn run(global: &GlobalArgs, args: ClientArgs) -> anyhow::Result
         endpoint.close().await;
         return Err(e).context("cannot reach the server");
     }
-
-    let socket_path = match args.socket {
-        Some(path) => path,
-        None => default_socket_path(&home)?,
-    };
-    let socket_path = std::path::absolute(&socket_path).unwrap_or(socket_path);
-    let (listener, socket_guard) = bind_private_listener(&socket_path)?;
     info!(target: "n2p", "unix:{}", socket_path.display());
 
     // On a signal: the socket goes at once, transfers in flight get DRAIN_BOUND to finish,
