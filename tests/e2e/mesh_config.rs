@@ -217,6 +217,10 @@ fn a_directory_open_to_others_is_refused_and_left_alone() {
         "the refusal should say why and how to fix it: {stderr}"
     );
     assert_eq!(mode_of(&peers), 0o755, "the peers dir's mode was changed");
+    assert!(
+        !stderr.contains("Endpoint dropped"),
+        "an early exit must close the endpoint properly: {stderr}"
+    );
 
     // A shared home such as /tmp (sticky, world-writable): even `n2p id` refuses it and
     // keeps the sticky bit.

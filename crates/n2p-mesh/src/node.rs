@@ -202,15 +202,26 @@ impl MeshNode {
         }
         let router = router.spawn();
 
-        let sockets = PeerSockets::open(
-            settings.peers_dir.clone(),
-            endpoint.clone(),
-            AccessSecret::from_bytes(keys.access_secret()),
-        )?;
-        let topic = gossip
-            .subscribe(keys.topic_id(), bootstrap_ids.clone())
-            .await
-            .map_err(|e| MeshError::Gossip(e.to_string()))?;
+        let ready = async {
+            let sockets = PeerSockets::open(
+                settings.peers_dir.clone(),
+                endpoint.clone(),
+                AccessSecret::from_bytes(keys.access_secret()),
+            )?;
+            let topic = gossip
+                .subscribe(keys.topic_id(), bootstrap_ids.clone())
+                .await
+                .map_err(|e| MeshError::Gossip(e.to_string()))?;
+            Ok::<_, MeshError>((sockets, topic))
+        };
+        let (sockets, topic) = match ready.await {
+            Ok(ready) => ready,
+            Err(e) => {
+                // Close the endpoint properly (the router owns it) before giving up.
+                router.shutdown().await.ok();
+                return Err(e);
+            }
+        };
         let (sender, receiver) = topic.split();
 
         let cancel = CancellationToken::new();
