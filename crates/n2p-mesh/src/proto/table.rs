@@ -555,13 +555,15 @@ mod tests {
         TeamConfig::open_team(SecretSource::Env("S".into()), RelayChoice::Disabled)
     }
 
-    /// A team file with members alice (1), bob (2, push = false) and carol (3), and my id
-    /// `me_push` controlling whether "me" (4) is a member that may push.
+    /// A team file with members alice (1), bob (2, push = false in a closed team; an open
+    /// team refuses that) and carol (3), and my id `me_push` controlling whether "me" (4)
+    /// is a member that may push.
     fn team(open: bool, me_member: Option<bool>) -> TeamConfig {
+        let bob_push = open;
         let mut text = format!(
             "[mesh]\nsecret_env = \"S\"\nopen = {open}\nexpiry_secs = 9\n\
              [[member]]\nname = \"alice\"\nid = \"{}\"\naddrs = [\"10.0.0.1:7001\"]\n\
-             [[member]]\nname = \"bob\"\nid = \"{}\"\npush = false\n\
+             [[member]]\nname = \"bob\"\nid = \"{}\"\npush = {bob_push}\n\
              [[member]]\nname = \"carol\"\nid = \"{}\"\n",
             id(1),
             id(2),
