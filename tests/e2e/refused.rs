@@ -94,3 +94,58 @@ fn assert_refused(
         "the server's refusal line should name the client {client_id}: {line:?}"
     );
 }
+
+/// `n2p client` checks its access before it says it is ready: a client outside `--allow`
+/// and one holding an address from before `rotate-secret` both exit non-zero, without a
+/// socket, saying which refusal it was. The server's daemon is never contacted.
+#[test]
+fn a_refused_client_exits_at_start_and_says_why() {
+    let dir = ScratchDir::new("refused-at-start");
+    // No daemon listens here: a refused client must not need one.
+    let daemon_socket = dir.join("no-daemon.sock");
+
+    let mut config = ServerConfig::new(&daemon_socket);
+    config.allow.push(TempHome::new(N2P).id());
+    let server_home = TempHome::new(N2P);
+    let server = server_home.server(&config);
+    let client_home = TempHome::new(N2P);
+    let mut client = client_home.client(&server.long_address, &dir.join("a.sock"));
+    let status = client.process.wait(n2p_testkit::n2p::STARTUP_TIMEOUT);
+    let log = client.process.log_text();
+    assert!(!status.success(), "a client outside --allow started: {log}");
+    assert!(
+        log.contains("the server did not accept this client")
+            && log.contains("identity not allowed"),
+        "the client should say it is not allowed: {log}"
+    );
+    assert!(!client.socket.exists(), "a refused client left its socket");
+    server.stop();
+
+    let rotated_home = TempHome::new(N2P);
+    let config = ServerConfig::new(&daemon_socket);
+    let old = rotated_home.server(&config);
+    let old_address = old.long_address.clone();
+    old.stop();
+    rotated_home.rotate_secret();
+    let server = rotated_home.server(&config);
+    let client_home = TempHome::new(N2P);
+    let mut client = client_home.client(&old_address, &dir.join("b.sock"));
+    let status = client.process.wait(n2p_testkit::n2p::STARTUP_TIMEOUT);
+    let log = client.process.log_text();
+    assert!(
+        !status.success(),
+        "a client with a rotated secret started: {log}"
+    );
+    assert!(
+        log.contains("wrong access secret"),
+        "the client should say its secret is wrong: {log}"
+    );
+    assert!(!client.socket.exists(), "a refused client left its socket");
+    assert!(
+        !server
+            .process
+            .log_text()
+            .contains("cannot connect to the nix-daemon"),
+        "a refused client made the server contact its daemon"
+    );
+}

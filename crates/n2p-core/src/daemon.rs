@@ -27,7 +27,12 @@ use iroh::{
     },
     protocol::{AcceptError, ProtocolHandler},
 };
-use tokio::{net::UnixListener, net::UnixStream, sync::Mutex, task::JoinSet};
+use tokio::{
+    io::AsyncWriteExt,
+    net::{UnixListener, UnixStream},
+    sync::Mutex,
+    task::JoinSet,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
@@ -47,6 +52,10 @@ pub const SHUTTING_DOWN: VarInt = VarInt::from_u32(0);
 
 /// How long a peer has to send its proof after opening a stream.
 const PROOF_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most bytes read from a daemon stream before the daemon connection is made (Nix's first
+/// message, its 8-byte magic and version, fits many times).
+const FIRST_READ: usize = 4096;
 
 /// Default bound on establishing a connection to a peer.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -91,7 +100,25 @@ impl DaemonService {
             conn.close(ACCESS_DENIED, refusal.to_string().as_bytes());
             return;
         }
-        let daemon = match UnixStream::connect(self.daemon_socket.as_path()).await {
+        // Nix speaks first on a daemon connection, so waiting for its first bytes before
+        // connecting to the daemon costs nothing; a stream that ends right after its proof
+        // is an access check ([`DaemonDialer::check_access`]): answered with a clean finish
+        // and no daemon connection at all.
+        let mut first = vec![0u8; FIRST_READ];
+        let first_len = match streams.recv.read(&mut first).await {
+            Ok(Some(n)) => n,
+            Ok(None) => {
+                debug!("access check passed");
+                streams.send.finish().ok();
+                streams.completed();
+                return;
+            }
+            Err(e) => {
+                debug!("stream ended before its first daemon bytes: {e}");
+                return;
+            }
+        };
+        let mut daemon = match UnixStream::connect(self.daemon_socket.as_path()).await {
             Ok(daemon) => daemon,
             Err(e) => {
                 error!(
@@ -101,6 +128,11 @@ impl DaemonService {
                 return;
             }
         };
+        if let Err(e) = daemon.write_all(&first[..first_len]).await {
+            warn!("writing to the nix-daemon failed: {e}");
+            return;
+        }
+        drop(first);
         forward_unix_stream("daemon stream", daemon, streams).await;
     }
 }
@@ -296,6 +328,47 @@ impl DaemonDialer {
         Ok(streams)
     }
 
+    /// Checks that the peer accepts us, without touching its daemon: sends a stream that
+    /// ends right after its access proof, which the serving side answers with a clean
+    /// finish, or by closing the connection as a refusal (wrong secret, identity not
+    /// allowed). Bounded by the connect timeout.
+    pub async fn check_access(&self) -> Result<(), DialError> {
+        let peer = self.target.id;
+        let started = std::time::Instant::now();
+        let conn = self.connection().await?;
+        let answer = async {
+            let mut streams = self.open_on(&conn).await?;
+            streams.send.finish().map_err(|e| e.to_string())?;
+            streams
+                .recv
+                .read_to_end(0)
+                .await
+                .map_err(|e| e.to_string())?;
+            streams.completed();
+            Ok::<(), String>(())
+        };
+        let outcome = tokio::time::timeout(self.connect_timeout, answer).await;
+        if let Some(reason) = conn.close_reason().as_ref().and_then(refusal_of) {
+            return Err(DialError::Refused { peer, reason });
+        }
+        match outcome {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => {
+                // A refusal closes the connection just after the stream ends: give the close
+                // a moment to arrive before calling it something else.
+                let closed = tokio::time::timeout(REFUSAL_GRACE, conn.closed()).await;
+                match closed.ok().as_ref().and_then(refusal_of) {
+                    Some(reason) => Err(DialError::Refused { peer, reason }),
+                    None => Err(DialError::Lost { peer, reason }),
+                }
+            }
+            Err(_) => Err(DialError::Timeout {
+                peer,
+                after: started.elapsed(),
+            }),
+        }
+    }
+
     /// Closes the current connection, if any.
     pub async fn close(&self) {
         if let Some(conn) = self.conn.lock().await.take() {
@@ -303,6 +376,9 @@ impl DaemonDialer {
         }
     }
 }
+
+/// How long [`DaemonDialer::check_access`] waits for a refusal's close after a failed read.
+const REFUSAL_GRACE: Duration = Duration::from_millis(500);
 
 /// Whether a connection attempt failed because the peer never answered.
 fn is_timeout(err: &ConnectError) -> bool {
@@ -574,6 +650,16 @@ mod tests {
                 stream.shutdown().await?; // half-close: the reply must still arrive in full
                 let mut reply = Vec::new();
                 stream.read_to_end(&mut reply).await?;
+                if size == 0 {
+                    // A connection that sends nothing is an access check to the server:
+                    // answered with a clean end, no daemon connection (counted below).
+                    assert!(
+                        reply.is_empty(),
+                        "an empty stream got {} bytes",
+                        reply.len()
+                    );
+                    return Ok(());
+                }
                 let mut expected = (size as u64).to_le_bytes().to_vec();
                 expected.extend(data.iter().rev());
                 assert_eq!(reply.len(), expected.len());
@@ -584,7 +670,7 @@ mod tests {
         while let Some(result) = tasks.join_next().await {
             result??;
         }
-        assert_eq!(s.connections.load(Ordering::SeqCst), 4);
+        assert_eq!(s.connections.load(Ordering::SeqCst), 3);
         s.shutdown.stop();
         s.finish().await
     }
@@ -755,6 +841,40 @@ mod tests {
         // The whole connection was closed as a refusal.
         let reason = conn.closed().await;
         assert!(refusal_of(&reason).is_some(), "{reason}");
+        client.close().await;
+        router.shutdown().await?;
+        Ok(())
+    }
+
+    /// The access check passes with the right secret and never opens a daemon connection;
+    /// with a wrong one it says the server refused, and why.
+    #[tokio::test]
+    async fn access_check_passes_or_says_why_without_touching_the_daemon() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let secret = AccessSecret::from_bytes([5; 32]);
+        let (router, connections) = server(dir.path(), &secret).await?;
+        let client = bind_endpoint(
+            SecretKey::from_bytes(&[3; 32]),
+            vec![],
+            &EndpointOptions::loopback(),
+        )
+        .await?;
+        let dialer = DaemonDialer::new(client.clone(), router.endpoint().addr(), &secret);
+        dialer.check_access().await?;
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            0,
+            "the check reached the daemon"
+        );
+
+        let wrong = AccessSecret::from_bytes([6; 32]);
+        let dialer = DaemonDialer::new(client.clone(), router.endpoint().addr(), &wrong);
+        let err = dialer.check_access().await.expect_err("wrong secret");
+        assert!(
+            matches!(&err, DialError::Refused { reason, .. } if reason == "wrong access secret"),
+            "{err}"
+        );
+        assert_eq!(connections.load(Ordering::SeqCst), 0);
         client.close().await;
         router.shutdown().await?;
         Ok(())

@@ -50,10 +50,18 @@ pub(crate) async fn run(global: &GlobalArgs, args: ClientArgs) -> anyhow::Result
     let endpoint = setup::endpoint(key, Vec::new(), &options).await?;
     let dialer = DaemonDialer::new(endpoint.clone(), address.endpoint.clone(), &address.secret)
         .with_connect_timeout(args.connect_timeout);
-    let reached = dialer.connection().await;
-    if let Err(e) = reached {
+    // Connected is not enough: a wrong or rotated secret, or an identity outside the
+    // server's --allow, must stop the client here, not fail every Nix operation later.
+    let checked = match dialer.connection().await {
+        Ok(_) => dialer
+            .check_access()
+            .await
+            .context("the server did not accept this client"),
+        Err(e) => Err(e).context("cannot reach the server"),
+    };
+    if let Err(e) = checked {
         endpoint.close().await;
-        return Err(e).context("cannot reach the server");
+        return Err(e);
     }
     info!(target: "n2p", "unix:{}", socket_path.display());
 
