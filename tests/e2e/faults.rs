@@ -19,9 +19,20 @@ const ROUNDS: u64 = 10;
 /// Large enough that a debug build is still pushing when the server dies.
 const PUSH_LEN: usize = 256 << 20;
 
+/// How long the server may take to notice a killed client (QUIC idle timeout, 4 s) and
+/// reset the daemon stream, with slack.
+const SERVER_NOTICES: Duration = Duration::from_secs(6);
+
 /// How long Nix may take to report the failure after the kill: the QUIC idle timeout (4 s)
 /// plus slack for a loaded machine.
 const FAILURE_BOUND: Duration = Duration::from_secs(30);
+
+/// Which process of the tunnel a fault test kills.
+#[derive(Debug, Clone, Copy)]
+enum Victim {
+    Server,
+    Client,
+}
 
 /// SIGKILLs `n2p server` while Nix 2.8 pushes 256 MiB through `n2p client`, ten times, each
 /// at another moment. `nix copy` must never exit 0 unless the path is valid, whole, in the
@@ -31,12 +42,28 @@ fn killing_the_server_mid_push_never_looks_complete() {
     if !require_nix("killing_the_server_mid_push_never_looks_complete") {
         return;
     }
+    kill_mid_push(Victim::Server, ROUNDS);
+}
+
+/// The same with `n2p client` killed: Nix sees its socket die at once, and the receiving
+/// daemon, whose stream is reset once the server notices, never gets a valid partial path.
+#[test]
+fn killing_the_client_mid_push_leaves_no_partial_path() {
+    if !require_nix("killing_the_client_mid_push_leaves_no_partial_path") {
+        return;
+    }
+    kill_mid_push(Victim::Client, 3);
+}
+
+/// Pushes through a fresh server/client pair `rounds` times and SIGKILLs `victim` at a
+/// different moment each time; checks what Nix and the destination store saw.
+fn kill_mid_push(victim: Victim, rounds: u64) {
     let source = SourceStore::new();
     let path = source.add_random_file("big.bin", PUSH_LEN, 3);
     let scratch = ScratchDir::new("faults");
     let mut interrupted = 0;
     let mut failure_times = Vec::new();
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         let daemon = NixDaemon::start();
         let server_home = TempHome::new(N2P);
         let server = server_home.server(&ServerConfig::new(daemon.socket_path()));
@@ -64,13 +91,21 @@ fn killing_the_server_mid_push_never_looks_complete() {
             .expect("start nix copy");
         // A different moment each round: early in the handshake to deep in the NAR.
         std::thread::sleep(Duration::from_millis(200 + 100 * round));
-        server.process.signal(Signal::Kill);
+        match victim {
+            Victim::Server => server.process.signal(Signal::Kill),
+            Victim::Client => client.process.signal(Signal::Kill),
+        }
         let killed = Instant::now();
         let status = wait_bounded(&mut copy, FAILURE_BOUND).unwrap_or_else(|| {
-            panic!("round {round}: nix copy still runs {FAILURE_BOUND:?} after the server died")
+            panic!("round {round}: nix copy still runs {FAILURE_BOUND:?} after the {victim:?} died")
         });
         let ended_after = killed.elapsed();
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if matches!(victim, Victim::Client) {
+            // The server notices the dead client within its idle timeout and resets the
+            // daemon stream; give it that long before looking at the store.
+            std::thread::sleep(SERVER_NOTICES);
+        }
         let arrived = path_info(&daemon.store_url(), &path);
         eprintln!(
             "round {round}: nix copy {status} {ended_after:?} after the kill, path valid: {}; {}",
@@ -95,10 +130,10 @@ fn killing_the_server_mid_push_never_looks_complete() {
     }
     failure_times.sort();
     eprintln!(
-        "interrupted rounds: {interrupted} of {ROUNDS}; nix copy failed after {failure_times:?}"
+        "{victim:?} killed: interrupted rounds: {interrupted} of {rounds}; nix copy failed after {failure_times:?}"
     );
     assert!(
-        interrupted >= ROUNDS / 2,
-        "only {interrupted} of {ROUNDS} rounds were cut off mid-push: the test no longer tests"
+        interrupted * 2 >= rounds,
+        "only {interrupted} of {rounds} rounds were cut off mid-push: the test no longer tests"
     );
 }
