@@ -90,3 +90,34 @@ fn push_through_the_tunnel() {
         client.socket.display()
     );
 }
+
+/// Ten `nix copy` processes at once through one client socket: each gets its own stream on
+/// the one QUIC connection, and every path arrives whole.
+#[test]
+fn ten_parallel_copies_through_one_socket() {
+    if !require_nix("ten_parallel_copies_through_one_socket") {
+        return;
+    }
+    const COPIES: u64 = 10;
+    let daemon = NixDaemon::start();
+    let source = SourceStore::new();
+    let paths: Vec<String> = (0..COPIES)
+        .map(|i| source.add_random_file(&format!("p{i}.bin"), 4 << 20, 100 + i))
+        .collect();
+    let server_home = TempHome::new(N2P);
+    let server = server_home.server(&ServerConfig::new(daemon.socket_path()));
+    let client_dir = ScratchDir::new("client");
+    let client_home = TempHome::new(N2P);
+    let client = client_home.client(&server.long_address, &client_dir.join("c.sock"));
+    client.wait_until_listening();
+    let url = client.store_url();
+    std::thread::scope(|scope| {
+        for path in &paths {
+            let (source, url) = (&source, &url);
+            scope.spawn(move || assert_copy_succeeds(source, url, &[path]));
+        }
+    });
+    for path in &paths {
+        assert_copied(&source, &daemon.store_url(), path);
+    }
+}
