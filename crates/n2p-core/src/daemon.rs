@@ -118,7 +118,7 @@ impl DaemonService {
                 return;
             }
         };
-        let mut daemon = match UnixStream::connect(self.daemon_socket.as_path()).await {
+        let mut daemon = match connect_daemon(self.daemon_socket.as_path()).await {
             Ok(daemon) => daemon,
             Err(e) => {
                 error!(
@@ -373,6 +373,31 @@ impl DaemonDialer {
     pub async fn close(&self) {
         if let Some(conn) = self.conn.lock().await.take() {
             conn.close(SHUTTING_DOWN, b"bye");
+        }
+    }
+}
+
+/// How long to keep trying a daemon socket whose listen queue is full.
+const DAEMON_BUSY_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Connects to the nix-daemon socket at `path`. A non-blocking connect to a unix socket
+/// whose listen queue is full fails with `EAGAIN` where a blocking one (as Nix's own
+/// clients use) would wait; nix-daemon listens with a short queue and forks per connection,
+/// so a burst of connections hits that. Such a connect is retried, with growing pauses, for
+/// up to [`DAEMON_BUSY_PATIENCE`].
+async fn connect_daemon(path: &std::path::Path) -> std::io::Result<UnixStream> {
+    let deadline = tokio::time::Instant::now() + DAEMON_BUSY_PATIENCE;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match UnixStream::connect(path).await {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && tokio::time::Instant::now() + pause < deadline =>
+            {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            other => return other,
         }
     }
 }
@@ -877,6 +902,54 @@ mod tests {
         assert_eq!(connections.load(Ordering::SeqCst), 0);
         client.close().await;
         router.shutdown().await?;
+        Ok(())
+    }
+
+    /// A daemon socket whose listen queue is full (nix-daemon's is short) makes a
+    /// non-blocking connect fail with EAGAIN; the connect waits for room instead.
+    #[tokio::test]
+    async fn a_full_daemon_queue_is_waited_for_not_failed() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("busy.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path)?;
+        // SAFETY: listen(2) on a socket we own; a backlog of 0 keeps the queue at one.
+        if unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 0) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        // Fill the queue with connections nobody accepts yet.
+        let mut queued = Vec::new();
+        let full = loop {
+            match UnixStream::connect(&path).await {
+                Ok(stream) => queued.push(stream),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break true,
+                Err(e) => return Err(e.into()),
+            }
+            if queued.len() > 64 {
+                break false;
+            }
+        };
+        assert!(full, "the listen queue never filled up");
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::UnixListener::from_std(listener)?;
+        let accepting = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let mut accepted = Vec::new();
+            while accepted.len() < 66 {
+                match tokio::time::timeout(Duration::from_secs(2), listener.accept()).await {
+                    Ok(Ok((stream, _))) => accepted.push(stream),
+                    _ => break,
+                }
+            }
+            accepted.len()
+        });
+        let started = std::time::Instant::now();
+        connect_daemon(&path).await?;
+        assert!(
+            started.elapsed() >= Duration::from_millis(150),
+            "the connect should have waited for the queue to drain"
+        );
+        drop(queued);
+        accepting.await?;
         Ok(())
     }
 
