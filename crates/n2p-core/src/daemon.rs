@@ -638,6 +638,16 @@ mod tests {
         Ok(connections)
     }
 
+    /// An offline loopback endpoint with the key seeded by `seed`, accepting nothing.
+    async fn client_endpoint(seed: u8) -> Result<Endpoint, crate::endpoint::EndpointBindError> {
+        bind_endpoint(
+            SecretKey::from_bytes(&[seed; 32]),
+            vec![],
+            &EndpointOptions::loopback(),
+        )
+        .await
+    }
+
     async fn server(
         dir: &std::path::Path,
         secret: &AccessSecret,
@@ -716,12 +726,7 @@ mod tests {
     async fn served(dir: &std::path::Path) -> Result<Served, Box<dyn std::error::Error>> {
         let secret = AccessSecret::from_bytes([5; 32]);
         let (router, connections) = server(dir, &secret).await?;
-        let client = bind_endpoint(
-            SecretKey::from_bytes(&[2; 32]),
-            vec![],
-            &EndpointOptions::loopback(),
-        )
-        .await?;
+        let client = client_endpoint(2).await?;
         let dialer = Arc::new(DaemonDialer::new(
             client.clone(),
             router.endpoint().addr(),
@@ -846,12 +851,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let secret = AccessSecret::from_bytes([5; 32]);
         let (router, connections) = server(dir.path(), &secret).await?;
-        let client = bind_endpoint(
-            SecretKey::from_bytes(&[3; 32]),
-            vec![],
-            &EndpointOptions::loopback(),
-        )
-        .await?;
+        let client = client_endpoint(3).await?;
         let wrong = AccessSecret::from_bytes([6; 32]);
         let dialer = DaemonDialer::new(client.clone(), router.endpoint().addr(), &wrong);
         let conn = dialer.connection().await?;
@@ -878,12 +878,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let secret = AccessSecret::from_bytes([5; 32]);
         let (router, connections) = server(dir.path(), &secret).await?;
-        let client = bind_endpoint(
-            SecretKey::from_bytes(&[3; 32]),
-            vec![],
-            &EndpointOptions::loopback(),
-        )
-        .await?;
+        let client = client_endpoint(3).await?;
         let dialer = DaemonDialer::new(client.clone(), router.endpoint().addr(), &secret);
         dialer.check_access().await?;
         assert_eq!(
@@ -955,12 +950,7 @@ mod tests {
 
     #[tokio::test]
     async fn unreachable_peer_times_out() -> TestResult {
-        let client = bind_endpoint(
-            SecretKey::from_bytes(&[4; 32]),
-            vec![],
-            &EndpointOptions::loopback(),
-        )
-        .await?;
+        let client = client_endpoint(4).await?;
         // Nothing listens on this port: the attempt must end within the bound.
         let nobody = EndpointAddr::new(SecretKey::from_bytes(&[9; 32]).public())
             .with_ip_addr("127.0.0.1:9".parse()?);
