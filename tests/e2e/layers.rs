@@ -11,8 +11,10 @@ use std::{
 /// draws them. A new crate must be added here and to the map.
 const ALLOWED: &[(&str, &[&str])] = &[
     ("n2p-core", &[]),
+    ("n2p-nix", &["n2p-testkit"]),
+    ("n2p-cache", &["n2p-core", "n2p-nix", "n2p-testkit"]),
     ("n2p-mesh", &["n2p-core"]),
-    ("n2p", &["n2p-core", "n2p-mesh", "n2p-testkit"]),
+    ("n2p", &["n2p-core", "n2p-mesh", "n2p-cache", "n2p-nix", "n2p-testkit"]),
     ("n2p-testkit", &["n2p-core"]),
     ("n2p-bench", &["n2p-testkit"]),
 ];
