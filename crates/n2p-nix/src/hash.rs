@@ -30,6 +30,8 @@ pub struct HashParseError(pub String);
 
 /// Length of the base16 spelling.
 const BASE16_LEN: usize = 64;
+/// Length of the padded base64 spelling.
+const BASE64_LEN: usize = 44;
 /// Length of the nix32 spelling.
 const NIX32_LEN: usize = nix32::encoded_len(32);
 
@@ -64,6 +66,12 @@ impl NarHash {
         Self::decode_base16(digest).ok_or_else(|| HashParseError(text.to_owned()))
     }
 
+    /// The canonical padded base64 of 32 bytes only: 44 characters, one `=`.
+    fn decode_base64(digest: &str) -> Option<Self> {
+        let bytes = BASE64.decode(digest.as_bytes()).ok()?;
+        Some(Self(bytes.try_into().ok()?))
+    }
+
     fn decode_base16(digest: &str) -> Option<Self> {
         let bytes = HEXLOWER_PERMISSIVE.decode(digest.as_bytes()).ok()?;
         Some(Self(bytes.try_into().ok()?))
@@ -72,19 +80,19 @@ impl NarHash {
 
 impl FromStr for NarHash {
     type Err = HashParseError;
-    /// Accepts `sha256:<nix32>`, `sha256:<base16>` and `sha256-<base64>` (SRI).
+    /// Accepts `sha256:<nix32>`, `sha256:<base16>`, `sha256:<base64>` and
+    /// `sha256-<base64>` (SRI), as Nix's `parseAnyPrefixed` does for SHA-256.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let bad = || HashParseError(text.to_owned());
         if let Some(digest) = text.strip_prefix("sha256:") {
             match digest.len() {
                 NIX32_LEN => nix32::decode(digest).map(Self).map_err(|_| bad()),
                 BASE16_LEN => Self::decode_base16(digest).ok_or_else(bad),
+                BASE64_LEN => Self::decode_base64(digest).ok_or_else(bad),
                 _ => Err(bad()),
             }
         } else if let Some(digest) = text.strip_prefix("sha256-") {
-            // The canonical padded base64 of 32 bytes only: 44 characters, one `=`.
-            let bytes = BASE64.decode(digest.as_bytes()).map_err(|_| bad())?;
-            Ok(Self(bytes.try_into().map_err(|_| bad())?))
+            Self::decode_base64(digest).ok_or_else(bad)
         } else {
             Err(bad())
         }
@@ -126,6 +134,7 @@ mod tests {
             format!("sha256:{EMPTY_HEX}"),
             format!("sha256:{}", EMPTY_HEX.to_uppercase()),
             EMPTY_SRI.to_owned(),
+            EMPTY_SRI.replace('-', ":"),
         ] {
             assert_eq!(text.parse::<NarHash>(), Ok(hash), "{text}");
         }
