@@ -26,13 +26,12 @@
 mod stderr;
 mod wire;
 
-use std::io::Cursor;
-
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite as W, AsyncWriteExt, BufStream};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWrite as W, AsyncWriteExt, BufStream};
 
 use self::stderr::STDERR_ERROR;
 use self::wire::{read_bool, read_string, read_strings, read_u64, write_bytes, write_u64};
-use crate::{NarHash, StoreDir, StorePath, nar::NarSummary};
+use crate::nar::{Copied, NarSummary, copy_nar_until};
+use crate::{NarHash, StoreDir, StorePath};
 
 /// Why a daemon operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -299,8 +298,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> DaemonClient<S> {
     /// leaves the connection ready for the next operation.
     ///
     /// The daemon sends the NAR unframed after its `STDERR_LAST`, so it reports a failure
-    /// (an invalid path on newer Nix, a missing file on Nix 2.8) in its place and then closes
-    /// the connection: that is [`WorkerError::Remote`] with [`Self::is_usable`] false.
+    /// (an invalid path on newer Nix, a missing file on Nix 2.8, which has already sent the
+    /// NAR's magic then) in the NAR's place and then closes the connection: that is
+    /// [`WorkerError::Remote`] with [`Self::is_usable`] false. A failure in the middle of a
+    /// file's contents cannot be told from them: it is a [`WorkerError::Nar`] error.
     /// Nix 2.8 dumps whatever lies at the path without checking that it is valid: ask
     /// [`Self::query_path_info`] first and compare the returned hash with its `nar_hash`.
     /// On any error the sink has received a prefix of the NAR at most and must be discarded.
@@ -312,15 +313,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> DaemonClient<S> {
         self.request(op::NAR_FROM_PATH).await?;
         write_bytes(&mut self.stream, self.store_dir.display(path).as_bytes()).await?;
         self.await_reply().await?;
-        // The NAR's first word is its magic's length (13); an error comes instead of it.
-        let first = read_u64(&mut self.stream).await?;
-        if first == STDERR_ERROR {
-            return Err(stderr::read_error(&mut self.stream, self.version).await?);
+        // A failure while the daemon dumps the path comes as STDERR_ERROR where the NAR
+        // (or its next string) should be.
+        match copy_nar_until(&mut self.stream, sink, Some(STDERR_ERROR)).await? {
+            Copied::Whole(summary) => {
+                self.broken = false;
+                Ok(summary)
+            }
+            Copied::Interrupted { offset } => {
+                let error = stderr::read_error(&mut self.stream, self.version).await?;
+                tracing::debug!(offset, %error, "nix-daemon stopped a NAR");
+                Err(error)
+            }
         }
-        let mut nar = Cursor::new(first.to_le_bytes()).chain(&mut self.stream);
-        let summary = crate::nar::copy_nar(&mut nar, sink).await?;
-        self.broken = false;
-        Ok(summary)
     }
 
     /// Starts an operation: refuses it on a broken connection, marks the connection busy and
