@@ -409,3 +409,188 @@ fn decode_version(wire: u64) -> Option<ProtocolVersion> {
     let major = u8::try_from(wire >> 8).ok()?;
     (major == 1).then_some((major, (wire & 0xff) as u8))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::io::ReadBuf;
+
+    use super::*;
+
+    /// A recorded daemon: reads come from its recording, writes are kept for comparison.
+    struct Replay<'a> {
+        from_daemon: &'a [u8],
+        from_client: Vec<u8>,
+    }
+
+    impl AsyncRead for Replay<'_> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let n = buf.remaining().min(self.from_daemon.len());
+            buf.put_slice(&self.from_daemon[..n]);
+            self.from_daemon = &self.from_daemon[n..];
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Replay<'_> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.from_client.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// One recording (see `tests/daemon.rs`, `record_handshake_and_query_path_info`).
+    struct Recording {
+        from_daemon: &'static [u8],
+        from_client: &'static [u8],
+        version: ProtocolVersion,
+        nix: &'static str,
+        trusted: Option<bool>,
+        info: PathInfo,
+    }
+
+    fn path(basename: &str) -> StorePath {
+        StorePath::from_basename(basename).expect("a valid basename")
+    }
+
+    fn nix_2_8() -> Recording {
+        Recording {
+            from_daemon: include_bytes!("../../tests/fixtures/daemon-2.8.0.from-daemon.bin"),
+            from_client: include_bytes!("../../tests/fixtures/daemon-2.8.0.from-client.bin"),
+            version: (1, 34),
+            nix: "2.8.0",
+            trusted: None,
+            info: PathInfo {
+                path: path("gvgfvm2b27csbkkiqxxkxkykpc1kfbnh-top"),
+                deriver: None,
+                nar_hash: "sha256:02375lijq085a43ivxqqh1cy1bbga1zm9knb5l46i6i0v1ssi34b"
+                    .parse()
+                    .expect("a hash"),
+                references: vec![path("r3z4jv0vv64bg5bx1qw11vrqrb7hfbzc-dep")],
+                registration_time: 1795934342,
+                nar_size: 168,
+                ultimate: false,
+                sigs: vec!["n2p-worker-test-1:VPXQgTemrScnL8y9j+R9wA3in58cWyJ2yzewglkWIz0lBdYIsIgwnJ1W9UQXkKo6UAmymO1ctt24ZfeyU+kzBQ==".into()],
+                ca: Some("text:sha256:1vv8c0jkg389y85jkc05zmj7ryr2z8h3kmr9zq5al5l6w3py3jq5".into()),
+            },
+        }
+    }
+
+    fn recordings() -> Vec<Recording> {
+        vec![nix_2_8()]
+    }
+
+    /// The handshake and QueryPathInfo of `path` against `from_daemon`.
+    async fn replay<'a>(
+        from_daemon: &'a [u8],
+        path: &StorePath,
+    ) -> Result<(DaemonClient<Replay<'a>>, Option<PathInfo>), WorkerError> {
+        let stream = Replay {
+            from_daemon,
+            from_client: Vec::new(),
+        };
+        let mut client = DaemonClient::handshake(stream, StoreDir::default()).await?;
+        let info = client.query_path_info(path).await?;
+        Ok((client, info))
+    }
+
+    #[tokio::test]
+    async fn recorded_daemons_replay() {
+        for recording in recordings() {
+            let (client, info) = replay(recording.from_daemon, &recording.info.path)
+                .await
+                .expect("the recorded exchange");
+            assert_eq!(client.version(), recording.version);
+            assert_eq!(client.daemon_nix_version(), Some(recording.nix));
+            assert_eq!(client.trusted(), recording.trusted);
+            assert_eq!(info.as_ref(), Some(&recording.info));
+            assert!(client.is_usable());
+            let stream = client.stream.into_inner();
+            assert!(
+                stream.from_daemon.is_empty(),
+                "the whole recording was read"
+            );
+            assert_eq!(
+                stream.from_client, recording.from_client,
+                "the client sends what it sent to the real daemon"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn every_truncated_recording_is_an_error() {
+        for recording in recordings() {
+            for len in 0..recording.from_daemon.len() {
+                match replay(&recording.from_daemon[..len], &recording.info.path).await {
+                    Err(WorkerError::Io(error)) => {
+                        assert_eq!(error.kind(), std::io::ErrorKind::UnexpectedEof, "{len}")
+                    }
+                    Err(other) => panic!("prefix of {len} bytes: {other}"),
+                    Ok(_) => panic!("prefix of {len} bytes was taken for a whole exchange"),
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn old_daemons_and_other_majors_are_refused() {
+        for version in [(1u64 << 8) | 20, (2 << 8) | 38, 0x1_0000_0122] {
+            let mut wire = WORKER_MAGIC_2.to_le_bytes().to_vec();
+            wire.extend_from_slice(&version.to_le_bytes());
+            match replay(&wire, &path("gvgfvm2b27csbkkiqxxkxkykpc1kfbnh-top")).await {
+                Err(WorkerError::Handshake(_)) => {}
+                Err(other) => panic!("version {version:#x}: {other}"),
+                Ok(_) => panic!("version {version:#x} accepted"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_1_38_daemon_exchanges_features_and_trust() {
+        // What a Nix 2.24+ daemon sends: magic, 1.38, its features, its version, trust
+        // (1 = trusted), no start-up messages.
+        let mut wire = Vec::new();
+        for word in [WORKER_MAGIC_2, (1 << 8) | 38, 1] {
+            wire.extend_from_slice(&word.to_le_bytes());
+        }
+        wire::write_bytes(&mut wire, b"some-feature")
+            .await
+            .expect("vec");
+        wire::write_bytes(&mut wire, b"2.30.0").await.expect("vec");
+        wire.extend_from_slice(&1u64.to_le_bytes());
+        wire.extend_from_slice(&stderr::STDERR_LAST.to_le_bytes());
+        let stream = Replay {
+            from_daemon: &wire,
+            from_client: Vec::new(),
+        };
+        let client = DaemonClient::handshake(stream, StoreDir::default())
+            .await
+            .expect("handshake");
+        assert_eq!(client.version(), (1, 38));
+        assert_eq!(client.daemon_nix_version(), Some("2.30.0"));
+        assert_eq!(client.trusted(), Some(true));
+        let sent = client.stream.into_inner().from_client;
+        let words: Vec<u64> = sent
+            .chunks(8)
+            .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+            .collect();
+        // magic, version, no features, CPU affinity 0, reserveSpace 0.
+        assert_eq!(words, [WORKER_MAGIC_1, (1 << 8) | 38, 0, 0, 0]);
+    }
+}
