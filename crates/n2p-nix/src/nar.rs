@@ -476,6 +476,7 @@ mod tests {
 
     #[tokio::test]
     async fn recorded_nars_copy_whole_with_the_hash_nix_computes() {
+        // nix-hash --type sha256 (base16) of what was dumped; see tests/fixtures/README.md.
         let cases = [
             (
                 TREE,
@@ -501,6 +502,12 @@ mod tests {
                 assert!(rest.is_empty());
             }
         }
+        // And nix-hash --type sha256 --base32 of the tree.
+        let (result, _, _) = run(TREE, 8192).await;
+        assert_eq!(
+            result.expect("valid").hash.nix32_digest(),
+            "1c6vgrd5ni6sws35rpn1h82fkxqr0f97jzqryj2lmg91r542ihnd"
+        );
     }
 
     #[tokio::test]

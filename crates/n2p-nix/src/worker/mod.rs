@@ -21,7 +21,13 @@
 //! After an error other than [`WorkerError::Remote`], or when an operation's future is
 //! dropped before it finishes, the two sides no longer agree on where they are in the stream:
 //! the client then refuses every further operation ([`DaemonClient::is_usable`] is false) and
-//! the caller opens a new connection.
+//! the caller opens a new connection. Nothing here has a deadline of its own: callers bound
+//! each operation (e.g. `tokio::time::timeout`), and a connection whose operation timed out
+//! is unusable in the same way.
+//!
+//! Daemon versions: Nix 2.3 speaks 1.21, 2.8 1.34 (tested against it), 2.15 and Lix 1.35
+//! (Lix refuses clients below it), 2.20 1.37, 2.24 and later 1.38 and above; this client
+//! offers 1.38 and both sides use the lower version.
 
 mod stderr;
 mod wire;
@@ -592,5 +598,68 @@ mod tests {
             .collect();
         // magic, version, no features, CPU affinity 0, reserveSpace 0.
         assert_eq!(words, [WORKER_MAGIC_1, (1 << 8) | 38, 0, 0, 0]);
+    }
+
+    /// A client past the handshake with a 1.34 daemon that will send `from_daemon`.
+    async fn client_on(from_daemon: &[u8]) -> DaemonClient<Replay<'_>> {
+        DaemonClient {
+            stream: BufStream::new(Replay {
+                from_daemon,
+                from_client: Vec::new(),
+            }),
+            version: (1, 34),
+            store_dir: StoreDir::default(),
+            daemon_nix_version: None,
+            trusted: None,
+            broken: false,
+        }
+    }
+
+    const TREE: &[u8] = include_bytes!("../../tests/fixtures/tree.nar");
+
+    #[tokio::test]
+    async fn a_nar_reply_is_read_to_its_end_and_no_further() {
+        // Everything arrives at once, so the read buffer holds the next reply too.
+        let mut wire = stderr::STDERR_LAST.to_le_bytes().to_vec();
+        wire.extend_from_slice(TREE);
+        wire.extend_from_slice(&stderr::STDERR_LAST.to_le_bytes());
+        wire.extend_from_slice(&1u64.to_le_bytes()); // AddTempRoot's reply
+        let mut client = client_on(&wire).await;
+        let top = path("gvgfvm2b27csbkkiqxxkxkykpc1kfbnh-top");
+        let mut nar = Vec::new();
+        let summary = client.nar_from_path(&top, &mut nar).await.expect("NAR");
+        assert_eq!(nar, TREE);
+        assert_eq!(summary.size, TREE.len() as u64);
+        client
+            .add_temp_root(&top)
+            .await
+            .expect("the next operation");
+        assert!(client.is_usable());
+    }
+
+    #[tokio::test]
+    async fn an_error_in_place_of_the_nar_is_remote_and_ends_the_connection() {
+        // Nix 2.8 sends the NAR's magic, then fails to read the path.
+        let mut wire = stderr::STDERR_LAST.to_le_bytes().to_vec();
+        wire.extend_from_slice(&TREE[..24]);
+        wire.extend_from_slice(&STDERR_ERROR.to_le_bytes());
+        wire::write_bytes(&mut wire, b"Error").await.expect("vec");
+        wire.extend_from_slice(&0u64.to_le_bytes());
+        wire::write_bytes(&mut wire, b"Error").await.expect("vec");
+        wire::write_bytes(&mut wire, b"getting status of '/nix/store/x': No such file")
+            .await
+            .expect("vec");
+        wire.extend_from_slice(&[0u8; 16]); // no position, no traces
+        let mut client = client_on(&wire).await;
+        let top = path("gvgfvm2b27csbkkiqxxkxkykpc1kfbnh-top");
+        match client.nar_from_path(&top, &mut tokio::io::sink()).await {
+            Err(WorkerError::Remote(message)) => assert!(message.contains("No such file")),
+            other => panic!("expected a remote error, got {other:?}"),
+        }
+        assert!(!client.is_usable());
+        assert!(matches!(
+            client.add_temp_root(&top).await,
+            Err(WorkerError::Protocol(_))
+        ));
     }
 }
