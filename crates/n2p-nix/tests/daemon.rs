@@ -16,9 +16,10 @@ use n2p_nix::{DaemonClient, NarHash, PathInfo, StoreDir, StorePath, WorkerError}
 use n2p_testkit::dir::ScratchDir;
 use n2p_testkit::nix::{
     NIX_COMMAND_TIMEOUT, NixDaemon, SourceStore, assert_copy_succeeds, nix_command, path_metadata,
-    require_nix,
+    require_nix, try_add_paths,
 };
 use n2p_testkit::proc::{expect_success, run_bounded};
+use n2p_testkit::rand::XorShift64;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UnixStream;
 
@@ -224,11 +225,26 @@ async fn nars_of_a_large_file_and_a_large_directory_stream_whole() {
         return;
     }
     let daemon = NixDaemon::start();
-    let source = SourceStore::new();
-    let big = source.add_random_file("big", 64 << 20, 7);
-    let tree = source.add_tree("many", 2000);
-    let small = source.add_file("small", b"small\n");
-    assert_copy_succeeds(&source, &daemon.store_url(), &[&big, &tree, &small]);
+    // Added straight through the daemon (one import each, not a local store and a copy).
+    let staging = ScratchDir::new("staging");
+    XorShift64::new(7)
+        .write_file(&staging.join("big"), 64 << 20)
+        .expect("writing the big file");
+    std::fs::create_dir(staging.join("many")).expect("mkdir");
+    for i in 0..2000 {
+        std::fs::write(
+            staging.join("many").join(format!("f{i:05}")),
+            format!("{i}\n"),
+        )
+        .expect("writing a small file");
+    }
+    std::fs::write(staging.join("small"), "small\n").expect("writing");
+    let files = ["big", "many", "small"].map(|name| staging.join(name));
+    let [big, tree, small]: [String; 3] =
+        try_add_paths(&daemon.store_url(), &files, NIX_COMMAND_TIMEOUT)
+            .unwrap_or_else(|failure| panic!("{failure}"))
+            .try_into()
+            .expect("three paths");
 
     let mut client = connect_to(&daemon).await;
     let (summary, took) = nar_matches_info(&mut client, &big).await;
