@@ -333,6 +333,43 @@ async fn a_peer_that_is_not_a_daemon_fails_the_handshake() {
     server.await.expect("task").expect("write");
 }
 
+/// The NAR and error checks of the tests above against a daemon started by hand (e.g. a
+/// newer Nix in a chroot, see `record_handshake_and_query_path_info`):
+/// `N2P_RECORD_SOCKET=... N2P_RECORD_PATH=... cargo test -p n2p-nix --test daemon external -- --ignored`.
+#[tokio::test]
+#[ignore = "needs a daemon started by hand"]
+async fn external_daemon_nar_and_errors() {
+    let socket = std::env::var("N2P_RECORD_SOCKET").expect("N2P_RECORD_SOCKET");
+    let top = std::env::var("N2P_RECORD_PATH").expect("N2P_RECORD_PATH");
+    let connect_external =
+        async || connect(UnixStream::connect(&socket).await.expect("connecting")).await;
+    let mut client = connect_external().await;
+    println!(
+        "Nix {:?}, protocol {:?}, trusted {:?}",
+        client.daemon_nix_version(),
+        client.version(),
+        client.trusted()
+    );
+    nar_matches_info(&mut client, &top).await;
+    match client.query_path_from_hash_part("tooshort").await {
+        Err(WorkerError::Remote(message)) => println!("remote error, usable: {message}"),
+        Ok(found) => println!("no error, {found:?}"),
+        Err(other) => panic!("{other}"),
+    }
+    assert!(client.is_usable());
+    nar_matches_info(&mut client, &top).await;
+    match client
+        .nar_from_path(&missing_path(), &mut tokio::io::sink())
+        .await
+    {
+        Err(WorkerError::Remote(message)) => println!("NarFromPath of a missing path: {message}"),
+        other => panic!("expected a remote error, got {other:?}"),
+    }
+    assert!(!client.is_usable());
+    let mut client = connect_external().await;
+    nar_matches_info(&mut client, &top).await;
+}
+
 /// A stream that keeps a copy of everything read from it and written to it.
 struct Tee<S> {
     inner: S,

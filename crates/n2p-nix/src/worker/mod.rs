@@ -498,8 +498,23 @@ mod tests {
         }
     }
 
+    /// Nix 2.26.3 (Debian trixie) negotiates 1.38: features are exchanged, trust is sent.
+    fn nix_2_26() -> Recording {
+        let mut info = nix_2_8().info;
+        info.registration_time = 1795934640;
+        info.sigs = vec!["n2p-worker-test-1:cLBnkx+o+0LtEqsY/qAyplHOD8vbvRx02du36fgt568zTXBVQGyUDlXk3Oefq0cenCj6mOgNN+oSEvq0nOIsDA==".into()];
+        Recording {
+            from_daemon: include_bytes!("../../tests/fixtures/daemon-2.26.3.from-daemon.bin"),
+            from_client: include_bytes!("../../tests/fixtures/daemon-2.26.3.from-client.bin"),
+            version: (1, 38),
+            nix: "2.26.3",
+            trusted: Some(true),
+            info,
+        }
+    }
+
     fn recordings() -> Vec<Recording> {
-        vec![nix_2_8()]
+        vec![nix_2_8(), nix_2_26()]
     }
 
     /// The handshake and QueryPathInfo of `path` against `from_daemon`.
