@@ -45,6 +45,10 @@ pub(crate) struct GlobalArgs {
     /// The n2p home directory (keys, sockets, personal config).
     #[arg(long, global = true, env = "N2P_HOME", value_name = "DIR")]
     pub(crate) home: Option<PathBuf>,
+    /// The running node's control socket, which `n2p status` asks [default:
+    /// $N2P_HOME/control.sock]. A system service puts it where a group can reach it.
+    #[arg(long, global = true, env = "N2P_CONTROL_SOCKET", value_name = "PATH")]
+    pub(crate) control_socket: Option<PathBuf>,
     /// More logging (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub(crate) verbose: u8,
@@ -104,6 +108,20 @@ pub(crate) struct JoinArgs {
     /// An invite ticket from `n2p mesh invite` (repeatable).
     #[arg(long, value_name = "TICKET")]
     pub(crate) ticket: Vec<String>,
+    /// Where the peer sockets go [default: `peers_dir` in config.toml, else $N2P_HOME/peers].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) peers_dir: Option<PathBuf>,
+    /// Share the peer sockets (0660, in a 0750 directory) and the control socket with this
+    /// Unix group (a name or gid) [default: `peers_group` in config.toml, else owner only].
+    #[arg(long, value_name = "GROUP")]
+    pub(crate) peers_group: Option<String>,
+    /// Read the team secret from this absolute path instead of what the team file names.
+    #[arg(long, value_name = "PATH", conflicts_with = "secret_credential")]
+    pub(crate) secret_file: Option<PathBuf>,
+    /// Read the team secret from the systemd credential NAME ($CREDENTIALS_DIRECTORY/NAME,
+    /// from `LoadCredential=NAME:…`) instead of what the team file names.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) secret_credential: Option<String>,
 }
 
 /// `n2p mesh invite`.

@@ -26,7 +26,7 @@ use n2p_core::{
     access::AccessSecret,
     daemon::{DaemonDialer, ListenerShutdown, serve_local_listener},
     home::{ensure_group_dir, ensure_private_dir},
-    unix::{SocketAccess, SocketFileGuard, bind_listener},
+    unix::{SocketAccess, SocketFileGuard, UnixBindError, bind_listener, clear_stale_socket},
 };
 use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span, warn};
@@ -72,12 +72,19 @@ pub enum PeerSocketsError {
         #[source]
         source: io::Error,
     },
+    /// Another running node serves sockets in the directory (a peers directory outside
+    /// the home is not covered by the home's lock).
+    #[error("another running n2p node serves {} in the peers directory; stop it or choose another --peers-dir", path.display())]
+    InUse {
+        /// The live socket.
+        path: PathBuf,
+    },
 }
 
 impl PeerSockets {
     /// Prepares `dir` (0700, or 0750 for [`SocketAccess::Group`]) and removes sockets left
-    /// there by a previous run. Call only while holding the node lock, so no other live node
-    /// owns them. Every socket is then bound with `sockets` access.
+    /// there by a previous run; a socket someone still listens on (another node using the
+    /// same directory from another home) is refused. Call only while holding the node lock. Every socket is then bound with `sockets` access.
     pub fn open(
         dir: PathBuf,
         endpoint: Endpoint,
@@ -97,7 +104,12 @@ impl PeerSockets {
             let entry = entry.map_err(dir_err)?;
             let is_socket = entry.file_type().map(|t| t.is_socket()).unwrap_or(false);
             if is_socket && entry.file_name().to_string_lossy().ends_with(".sock") {
-                fs::remove_file(entry.path()).ok();
+                match clear_stale_socket(&entry.path()) {
+                    Err(UnixBindError::InUse { path }) => {
+                        return Err(PeerSocketsError::InUse { path });
+                    }
+                    Ok(()) | Err(_) => {}
+                }
             }
         }
         Ok(Self {
