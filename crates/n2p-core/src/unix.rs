@@ -215,7 +215,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_group_socket_is_0660_and_owned_by_the_group() -> Result<(), Box<dyn std::error::Error>> {
+    async fn a_group_socket_is_0660_and_owned_by_the_group()
+    -> Result<(), Box<dyn std::error::Error>> {
         let tmp = tempfile::tempdir()?;
         let path = tmp.path().join("g.sock");
         // The process's own group: giving a file to it needs no privilege.

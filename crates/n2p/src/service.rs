@@ -38,6 +38,7 @@ fn send_notification(target: &OsStr, state: &str) -> std::io::Result<()> {
     let socket = UnixDatagram::unbound()?;
     let bytes = target.as_bytes();
     let sent = match bytes.first() {
+        #[cfg(target_os = "linux")]
         Some(b'@') => {
             use std::os::linux::net::SocketAddrExt;
             let addr = std::os::unix::net::SocketAddr::from_abstract_name(&bytes[1..])?;
@@ -136,7 +137,9 @@ pub(crate) fn resolve_group(group: &str) -> anyhow::Result<u32> {
                 .with_context(|| format!("cannot look up group {group}"));
         }
         if found.is_null() {
-            bail!("there is no group named {group} (see /etc/group, or create it: groupadd {group})");
+            bail!(
+                "there is no group named {group} (see /etc/group, or create it: groupadd {group})"
+            );
         }
         return Ok(entry.gr_gid);
     }
@@ -204,13 +207,11 @@ pub(crate) fn journald_captures_stderr() -> bool {
     let Some((dev, ino)) = parse_journal_stream(&value.to_string_lossy()) else {
         return false;
     };
-    // SAFETY: an all-zero `stat` is a valid buffer for fstat to fill in.
-    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: fstat on fd 2 with a valid buffer.
-    if unsafe { libc::fstat(2, &mut stat) } != 0 {
-        return false;
-    }
-    u64::from(stat.st_dev) == dev && u64::from(stat.st_ino) == ino
+    // What fd 2 is open on (Linux, the only system with journald).
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/fd/2")
+        .map(|meta| meta.dev() == dev && meta.ino() == ino)
+        .unwrap_or(false)
 }
 
 /// `<device>:<inode>`, both decimal.

@@ -104,11 +104,10 @@ impl PeerSockets {
             let entry = entry.map_err(dir_err)?;
             let is_socket = entry.file_type().map(|t| t.is_socket()).unwrap_or(false);
             if is_socket && entry.file_name().to_string_lossy().ends_with(".sock") {
-                match clear_stale_socket(&entry.path()) {
-                    Err(UnixBindError::InUse { path }) => {
-                        return Err(PeerSocketsError::InUse { path });
-                    }
-                    Ok(()) | Err(_) => {}
+                // Only a live socket matters here; a stale one is gone after this, and one
+                // that cannot be removed fails its bind later, with the reason.
+                if let Err(UnixBindError::InUse { path }) = clear_stale_socket(&entry.path()) {
+                    return Err(PeerSocketsError::InUse { path });
                 }
             }
         }

@@ -623,7 +623,10 @@ mod tests {
         let now = Instant::now();
         t.apply(&alive(1, "a", 1), now).expect("alice");
         t.apply(&alive(3, "c", 1), now).expect("carol");
-        assert_eq!(t.apply(&alive(9, "dave", 1), now), Err(Dropped::NotMember { id: id(9) }));
+        assert_eq!(
+            t.apply(&alive(9, "dave", 1), now),
+            Err(Dropped::NotMember { id: id(9) })
+        );
 
         // carol is removed, dave (9) added under the name "dave".
         let text = format!(
@@ -636,7 +639,10 @@ mod tests {
         let newer = TeamConfig::parse(&text, Path::new("team.toml")).expect("team");
         assert_eq!(t.set_team(newer), vec![id(3)]);
         assert_eq!(t.sockets(), BTreeMap::from([("alice".to_owned(), id(1))]));
-        assert_eq!(t.apply(&alive(3, "c", 2), now), Err(Dropped::NotMember { id: id(3) }));
+        assert_eq!(
+            t.apply(&alive(3, "c", 2), now),
+            Err(Dropped::NotMember { id: id(3) })
+        );
         assert_eq!(t.apply(&alive(9, "whatever", 2), now), Ok(Applied::Joined));
         assert_eq!(
             t.sockets(),

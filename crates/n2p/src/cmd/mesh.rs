@@ -32,8 +32,10 @@ pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<
         .or(personal.team.clone())
         .context("no team file: pass --team FILE or set `team = \"...\"` in config.toml")?;
     let team = TeamConfig::load(&team_path)?;
-    let secret_override =
-        service::secret_override(args.secret_file.as_deref(), args.secret_credential.as_deref())?;
+    let secret_override = service::secret_override(
+        args.secret_file.as_deref(),
+        args.secret_credential.as_deref(),
+    )?;
     let secret_source = secret_override
         .clone()
         .unwrap_or_else(|| team.secret_source().clone());
@@ -58,8 +60,11 @@ pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<
         .clone()
         .or(personal.peers_dir.clone())
         .unwrap_or_else(|| home.peers_dir());
-    let peers_access =
-        service::socket_access(args.peers_group.as_deref().or(personal.peers_group.as_deref()))?;
+    let peers_access = service::socket_access(
+        args.peers_group
+            .as_deref()
+            .or(personal.peers_group.as_deref()),
+    )?;
     let control_path = setup::control_socket(global, &home);
 
     let _lock = home.lock("node")?;
