@@ -20,3 +20,4 @@ mod refused;
 mod restart;
 mod service;
 mod tunnel;
+mod units;

@@ -1,0 +1,80 @@
+//! The service definitions shipped in the repository start the real binary with flags it
+//! accepts: every `ExecStart` in contrib/systemd parses (clap exits 2 on a usage error, and
+//! n2p 1 on anything it finds later, such as a missing team file).
+
+use std::path::{Path, PathBuf};
+
+use n2p_testkit::dir::ScratchDir;
+use n2p_testkit::n2p::{COMMAND_TIMEOUT, n2p_command};
+use n2p_testkit::proc::run_bounded;
+
+use crate::harness::N2P;
+
+/// The repository's top directory.
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The words of the `ExecStart=` line of the unit file at `path`, binary first.
+fn exec_start(path: &Path) -> Vec<String> {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .unwrap_or_else(|| panic!("{} has no ExecStart=", path.display()));
+    assert!(
+        !line.contains(['"', '\'', '\\']),
+        "keep ExecStart free of quoting, so this test splits it as systemd does: {line}"
+    );
+    line.split_whitespace().map(str::to_owned).collect()
+}
+
+/// Runs the binary with `args` (the unit's, minus the binary) in a scratch home, with a
+/// scratch credentials directory and the team file moved to a path that does not exist;
+/// asserts clap accepted them and n2p failed only later, on purpose.
+pub(crate) fn assert_args_parse(args: &[String], what: &str) {
+    let scratch = ScratchDir::new("unit-args");
+    let missing_team = scratch.join("no-team.toml");
+    let mut args: Vec<String> = args.to_vec();
+    // The team file is what makes the node stop before it does anything.
+    if let Some(i) = args.iter().position(|a| a == "--team") {
+        args[i + 1] = missing_team.to_string_lossy().into_owned();
+    }
+    let output = run_bounded(
+        n2p_command(N2P.as_ref())
+            .args(&args)
+            .env("N2P_HOME", scratch.join("home"))
+            .env("HOME", scratch.path())
+            .env("CREDENTIALS_DIRECTORY", scratch.path()),
+        COMMAND_TIMEOUT,
+        what,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!(
+        "{what}: n2p {} -> {}\n{stderr}",
+        args.join(" "),
+        output.status
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{what}: the flags should parse (clap exits 2) and n2p stop on the missing team file:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("Usage:") && stderr.contains("team"),
+        "{what}: expected n2p's error about the team file:\n{stderr}"
+    );
+}
+
+#[test]
+fn every_flag_in_the_systemd_units_parses() {
+    for unit in ["n2p.service", "n2p-user.service"] {
+        let words = exec_start(&repo().join("contrib/systemd").join(unit));
+        assert!(
+            words[0].ends_with("/n2p"),
+            "{unit}: ExecStart should run n2p: {words:?}"
+        );
+        assert_args_parse(&words[1..], unit);
+    }
+}
