@@ -1,6 +1,7 @@
-//! The service definitions shipped in the repository start the real binary with flags it
-//! accepts: every `ExecStart` in contrib/systemd parses (clap exits 2 on a usage error, and
-//! n2p 1 on anything it finds later, such as a missing team file).
+//! What packaging relies on, checked on the real binary: every `ExecStart` in contrib/systemd
+//! parses (clap exits 2 on a usage error, and n2p 1 on anything it finds later, such as a
+//! missing team file); `n2p completions` and `n2p man` print what the flake installs;
+//! `--version` names the git revision of the checkout it was built from.
 
 use std::path::{Path, PathBuf};
 
@@ -76,5 +77,48 @@ fn every_flag_in_the_systemd_units_parses() {
             "{unit}: ExecStart should run n2p: {words:?}"
         );
         assert_args_parse(&words[1..], unit);
+    }
+}
+
+#[test]
+fn completions_man_page_and_version_come_from_the_real_binary() {
+    let run = |args: &[&str]| -> String {
+        let output = run_bounded(
+            n2p_command(N2P.as_ref()).args(args),
+            COMMAND_TIMEOUT,
+            &format!("n2p {}", args.join(" ")),
+        );
+        assert!(output.status.success(), "n2p {args:?}: {output:?}");
+        String::from_utf8(output.stdout).expect("utf-8 output")
+    };
+    for shell in ["bash", "zsh", "fish"] {
+        let script = run(&["completions", shell]);
+        assert!(
+            script.contains("--peers-group") || script.contains("peers-group"),
+            "{shell} completions lack the service flags"
+        );
+    }
+    let page = run(&["man"]);
+    assert!(page.contains(".TH n2p 1"), "not a man page: {page}");
+    assert!(
+        page.contains("completions"),
+        "the man page lacks the subcommands"
+    );
+
+    let version = run(&["--version"]);
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(repo())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    eprintln!("n2p --version: {version}");
+    match head {
+        Some(rev) if std::env::var_os("N2P_GIT_REV").is_none() => assert!(
+            version.contains(&format!("(git {rev})")),
+            "--version should name HEAD {rev}: {version}"
+        ),
+        _ => assert!(version.starts_with("n2p "), "{version}"),
     }
 }

@@ -13,7 +13,7 @@ use n2p_core::{
 /// No SSH server, no binary cache in the middle, no port forwarding: n2p carries the
 /// nix-daemon protocol over iroh (QUIC with hole punching and relay fallback).
 #[derive(Debug, Parser)]
-#[command(name = "n2p", version, about, long_about = None)]
+#[command(name = "n2p", version = env!("N2P_VERSION"), about, long_about = None)]
 pub(crate) struct Cli {
     #[command(flatten)]
     pub(crate) global: GlobalArgs,
@@ -70,6 +70,25 @@ pub(crate) enum Command {
     Mesh(MeshCommand),
     /// What the running mesh node sees.
     Status(StatusArgs),
+    /// Print a shell completion script (e.g. `n2p completions bash > /etc/bash_completion.d/n2p`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the man page, n2p(1), in roff (`n2p man | man -l -`).
+    Man,
+}
+
+/// Shells `n2p completions` writes scripts for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum Shell {
+    /// Bash.
+    Bash,
+    /// Zsh.
+    Zsh,
+    /// Fish.
+    Fish,
 }
 
 /// `n2p mesh …`.

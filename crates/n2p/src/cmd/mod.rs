@@ -1,6 +1,7 @@
 //! The subcommands, each a thin layer over the library crates.
 
 mod client;
+mod completions;
 mod mesh;
 mod server;
 
@@ -32,6 +33,8 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status(args) => mesh::status(global, args).await,
+        Command::Completions { shell } => completions::completions(shell),
+        Command::Man => completions::man(),
         Command::RotateSecret => {
             let home = setup::home(global)?;
             rotate_access_secret(&home).context("cannot rotate the access secret")?;
