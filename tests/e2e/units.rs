@@ -122,3 +122,31 @@ fn completions_man_page_and_version_come_from_the_real_binary() {
         _ => assert!(version.starts_with("n2p "), "{version}"),
     }
 }
+
+#[test]
+fn every_flag_the_nix_modules_pass_parses() {
+    if !n2p_testkit::nix::require_nix("every_flag_the_nix_modules_pass_parses") {
+        return;
+    }
+    let example = repo().join("contrib/nix/args-example.nix");
+    let output = run_bounded(
+        n2p_testkit::nix::nix_command("nix-instantiate")
+            .args(["--eval", "--strict", "--json"])
+            .arg(&example),
+        COMMAND_TIMEOUT,
+        "nix-instantiate --eval contrib/nix/args-example.nix",
+    );
+    assert!(output.status.success(), "{output:?}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("JSON from nix-instantiate");
+    for module in ["nixos", "darwin"] {
+        let args: Vec<String> = json[module]
+            .as_array()
+            .unwrap_or_else(|| panic!("{module}: not a list: {json}"))
+            .iter()
+            .map(|a| a.as_str().expect("string argument").to_owned())
+            .collect();
+        assert!(args.len() > 4, "{module}: {args:?}");
+        assert_args_parse(&args, &format!("the {module} module"));
+    }
+}
