@@ -9,6 +9,7 @@ mod harness;
 
 mod baseline;
 mod cli;
+mod doctor;
 mod drain;
 mod faults;
 mod layers;

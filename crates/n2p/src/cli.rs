@@ -78,6 +78,32 @@ pub(crate) enum Command {
     },
     /// Print the man page, n2p(1), in roff (`n2p man | man -l -`).
     Man,
+    /// Check this machine's set-up (daemon, trust, team file and secret, relay, clock,
+    /// peers directory) and say how to fix what is wrong; exits 1 when something is.
+    Doctor(DoctorArgs),
+}
+
+/// `n2p doctor`: the flags of `n2p mesh join` that say where things are.
+#[derive(Debug, Args)]
+pub(crate) struct DoctorArgs {
+    /// The team file [default: `team` in $N2P_HOME/config.toml].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) team: Option<PathBuf>,
+    /// The nix-daemon socket [default: config, $NIX_DAEMON_SOCKET_PATH, /nix/var/nix/daemon-socket/socket].
+    #[arg(long, value_name = "PATH")]
+    pub(crate) daemon_socket: Option<PathBuf>,
+    /// Where the peer sockets go [default: config, else $N2P_HOME/peers].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) peers_dir: Option<PathBuf>,
+    /// The group the peer sockets are shared with [default: config, else none].
+    #[arg(long, value_name = "GROUP")]
+    pub(crate) peers_group: Option<String>,
+    /// The team secret's file, as for `n2p mesh join`.
+    #[arg(long, value_name = "PATH", conflicts_with = "secret_credential")]
+    pub(crate) secret_file: Option<PathBuf>,
+    /// The team secret's systemd credential, as for `n2p mesh join`.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) secret_credential: Option<String>,
 }
 
 /// Shells `n2p completions` writes scripts for.

@@ -2,6 +2,7 @@
 
 mod client;
 mod completions;
+mod doctor;
 mod mesh;
 mod server;
 
@@ -35,6 +36,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => mesh::status(global, args).await,
         Command::Completions { shell } => completions::completions(shell),
         Command::Man => completions::man(),
+        Command::Doctor(args) => doctor::run(global, args).await,
         Command::RotateSecret => {
             let home = setup::home(global)?;
             rotate_access_secret(&home).context("cannot rotate the access secret")?;
