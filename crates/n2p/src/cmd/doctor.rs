@@ -1,7 +1,8 @@
 //! `n2p doctor`: checks what a node needs and says how to fix what is wrong. Each check
 //! prints one line (`ok`, `warn` or `FAIL`) and, where there is one, the fix; the command
 //! exits non-zero when any check failed. It changes nothing: no directory is created, no
-//! lock taken, and the daemon probe adds nothing to the store.
+//! lock taken, and the daemon probe adds nothing to the store (see [`probe`] for the one
+//! lock file an old daemon may keep).
 
 mod probe;
 
