@@ -8,6 +8,8 @@
 {
   config,
   lib,
+  pkgs,
+  utils,
   ...
 }:
 let
@@ -216,8 +218,8 @@ in
       serviceConfig = {
         Type = "notify";
         NotifyAccess = "main";
-        ExecStart = lib.escapeShellArgs ([ (lib.getExe cfg.package) ] ++ args);
-        ExecReload = "${config.systemd.package}/bin/kill -HUP $MAINPID";
+        ExecStart = utils.escapeSystemdExecArgs ([ (lib.getExe cfg.package) ] ++ args);
+        ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
         Restart = "on-failure";
         RestartSec = "5s";
 

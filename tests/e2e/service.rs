@@ -87,6 +87,22 @@ fn a_group_shared_peers_dir_holds_0660_sockets_in_a_0750_dir() {
         let found = fs::metadata(&path).expect("metadata").gid();
         assert_eq!(found.to_string(), gid, "group of {}", path.display());
     }
+    // Another node (its own home) pointed at the same directory finds a live socket there
+    // and refuses to start instead of clearing it.
+    let carol = MeshPeer::new("carol");
+    let mut carol_node = carol.join(
+        &team_file,
+        &["--peers-dir", &peers_arg, "--peers-group", &gid],
+    );
+    let status = carol_node.process.wait(Duration::from_secs(10));
+    let stderr = carol_node.process.log_text();
+    assert!(!status.success(), "carol should refuse:\n{stderr}");
+    assert!(stderr.contains("another running n2p node"), "{stderr}");
+    assert!(
+        peers.join("bob.sock").exists(),
+        "carol removed alice's socket"
+    );
+
     // Nothing of this lands in the home; the private default is untouched there.
     assert!(!alice.peers_dir().exists(), "alice's home got a peers dir");
     assert!(!alice.home.home().control_socket_path().exists());
