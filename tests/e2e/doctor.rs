@@ -53,8 +53,18 @@ fn team_for(peer: &MeshPeer) -> (TeamDir, String) {
     (team, file.to_string_lossy().into_owned())
 }
 
-fn socket_arg(daemon: &NixDaemon) -> String {
-    daemon.socket_path().to_string_lossy().into_owned()
+/// `n2p doctor` for a node in a healthy team, against a testkit daemon whose nix.conf has
+/// `daemon_config` added; returns whether it passed, and what it printed.
+fn doctor_against(daemon_config: &str) -> (bool, String) {
+    let daemon = NixDaemon::start_with_config(daemon_config);
+    let peer = MeshPeer::new("alice");
+    let (_team, team_file) = team_for(&peer);
+    let socket = daemon.socket_path().to_string_lossy().into_owned();
+    let output = doctor(
+        &peer.home,
+        &["--team", &team_file, "--daemon-socket", &socket],
+    );
+    (output.status.success(), stdout(&output))
 }
 
 #[test]
@@ -62,20 +72,8 @@ fn doctor_passes_and_reports_the_nix_version_for_an_untrusted_user() {
     if !require_nix("doctor_passes_and_reports_the_nix_version_for_an_untrusted_user") {
         return;
     }
-    let daemon = NixDaemon::start_with_config("trusted-users = n2p-test-nobody");
-    let peer = MeshPeer::new("alice");
-    let (_team, team_file) = team_for(&peer);
-    let output = doctor(
-        &peer.home,
-        &[
-            "--team",
-            &team_file,
-            "--daemon-socket",
-            &socket_arg(&daemon),
-        ],
-    );
-    let text = stdout(&output);
-    assert!(output.status.success(), "doctor should pass:\n{text}");
+    let (passed, text) = doctor_against("trusted-users = n2p-test-nobody");
+    assert!(passed, "doctor should pass:\n{text}");
     assert!(text.contains("answers: Nix 2."), "{text}");
     assert!(
         text.contains("ok    trust: the daemon does not trust"),
@@ -90,23 +88,8 @@ fn doctor_warns_when_the_daemon_trusts_this_user() {
     if !require_nix("doctor_warns_when_the_daemon_trusts_this_user") {
         return;
     }
-    let daemon = NixDaemon::start_with_config(&format!("trusted-users = {}", me()));
-    let peer = MeshPeer::new("alice");
-    let (_team, team_file) = team_for(&peer);
-    let output = doctor(
-        &peer.home,
-        &[
-            "--team",
-            &team_file,
-            "--daemon-socket",
-            &socket_arg(&daemon),
-        ],
-    );
-    let text = stdout(&output);
-    assert!(
-        output.status.success(),
-        "a warning is not a failure:\n{text}"
-    );
+    let (passed, text) = doctor_against(&format!("trusted-users = {}", me()));
+    assert!(passed, "a warning is not a failure:\n{text}");
     assert!(
         text.contains("warn  trust: the daemon lets") && text.contains("add unsigned paths"),
         "{text}"

@@ -92,18 +92,9 @@ pub(crate) struct DoctorArgs {
     /// The nix-daemon socket [default: config, $NIX_DAEMON_SOCKET_PATH, /nix/var/nix/daemon-socket/socket].
     #[arg(long, value_name = "PATH")]
     pub(crate) daemon_socket: Option<PathBuf>,
-    /// Where the peer sockets go [default: config, else $N2P_HOME/peers].
-    #[arg(long, value_name = "DIR")]
-    pub(crate) peers_dir: Option<PathBuf>,
-    /// The group the peer sockets are shared with [default: config, else none].
-    #[arg(long, value_name = "GROUP")]
-    pub(crate) peers_group: Option<String>,
-    /// The team secret's file, as for `n2p mesh join`.
-    #[arg(long, value_name = "PATH", conflicts_with = "secret_credential")]
-    pub(crate) secret_file: Option<PathBuf>,
-    /// The team secret's systemd credential, as for `n2p mesh join`.
-    #[arg(long, value_name = "NAME")]
-    pub(crate) secret_credential: Option<String>,
+    /// The peers directory and team secret, as for `n2p mesh join`.
+    #[command(flatten)]
+    pub(crate) service: ServiceArgs,
 }
 
 /// Shells `n2p completions` writes scripts for.
@@ -153,6 +144,15 @@ pub(crate) struct JoinArgs {
     /// An invite ticket from `n2p mesh invite` (repeatable).
     #[arg(long, value_name = "TICKET")]
     pub(crate) ticket: Vec<String>,
+    /// Where the service keeps things.
+    #[command(flatten)]
+    pub(crate) service: ServiceArgs,
+}
+
+/// Where a node (or `n2p doctor`) finds its peers directory and team secret: what a system
+/// service sets.
+#[derive(Debug, Args)]
+pub(crate) struct ServiceArgs {
     /// Where the peer sockets go [default: `peers_dir` in config.toml, else $N2P_HOME/peers].
     #[arg(long, value_name = "DIR")]
     pub(crate) peers_dir: Option<PathBuf>,

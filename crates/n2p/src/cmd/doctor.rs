@@ -95,11 +95,16 @@ pub(crate) async fn run(global: &GlobalArgs, args: DoctorArgs) -> anyhow::Result
         .or_else(|| team.as_ref().map(|t| t.relay().clone()));
     check_relay(&mut report, relay).await;
     let peers_dir = args
+        .service
         .peers_dir
         .clone()
         .or(personal.peers_dir.clone())
         .unwrap_or_else(|| home.peers_dir());
-    let group = args.peers_group.clone().or(personal.peers_group.clone());
+    let group = args
+        .service
+        .peers_group
+        .clone()
+        .or(personal.peers_group.clone());
     check_peers_dir(&mut report, &peers_dir, group.as_deref());
     check_running_node(&mut report, &setup::control_socket(global, &home)).await;
 
@@ -301,8 +306,8 @@ fn check_team(
         ),
     );
     let source = match service::secret_override(
-        args.secret_file.as_deref(),
-        args.secret_credential.as_deref(),
+        args.service.secret_file.as_deref(),
+        args.service.secret_credential.as_deref(),
     ) {
         Ok(source) => source.unwrap_or_else(|| team.secret_source().clone()),
         Err(e) => {

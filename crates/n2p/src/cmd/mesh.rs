@@ -33,8 +33,8 @@ pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<
         .context("no team file: pass --team FILE or set `team = \"...\"` in config.toml")?;
     let team = TeamConfig::load(&team_path)?;
     let secret_override = service::secret_override(
-        args.secret_file.as_deref(),
-        args.secret_credential.as_deref(),
+        args.service.secret_file.as_deref(),
+        args.service.secret_credential.as_deref(),
     )?;
     let secret_source = secret_override
         .clone()
@@ -56,12 +56,14 @@ pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<
             ),
         })?;
     let peers_dir = args
+        .service
         .peers_dir
         .clone()
         .or(personal.peers_dir.clone())
         .unwrap_or_else(|| home.peers_dir());
     let peers_access = service::socket_access(
-        args.peers_group
+        args.service
+            .peers_group
             .as_deref()
             .or(personal.peers_group.as_deref()),
     )?;
