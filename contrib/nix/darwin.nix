@@ -14,7 +14,6 @@ let
   cfg = config.services.n2p;
   inherit (lib)
     mkOption
-    mkEnableOption
     mkIf
     types
     ;
@@ -47,20 +46,7 @@ let
   ];
 in
 {
-  options.services.n2p = {
-    enable = mkEnableOption "n2p, a Nix to Peer mesh node sharing this Mac's nix-daemon with a team";
-
-    package = mkOption {
-      type = types.package;
-      description = "The n2p package (the flake's module sets its own).";
-    };
-
-    topic = mkOption {
-      type = types.str;
-      example = "dev";
-      description = "The mesh topic name.";
-    };
-
+  options.services.n2p = import ./options.nix lib // {
     teamFile = mkOption {
       type = types.path;
       description = "The team file (no secret in it; a store path is fine). Changing it restarts the daemon.";
@@ -74,36 +60,6 @@ in
         Absolute path of the team secret, outside the Nix store, owned by `_n2p` with mode
         0600 (launchd has no credentials). When null, the team file's `secret_file` is used.
       '';
-    };
-
-    name = mkOption {
-      type = types.nullOr types.str;
-      default = null;
-      description = "The name to announce (a team file entry for this node's id wins).";
-    };
-
-    share = mkOption {
-      type = types.bool;
-      default = true;
-      description = "Let the team push into this Mac's nix-daemon.";
-    };
-
-    port = mkOption {
-      type = types.nullOr types.port;
-      default = null;
-      description = "The UDP port to listen on; null picks a random one.";
-    };
-
-    relay = mkOption {
-      type = types.nullOr types.str;
-      default = null;
-      description = "`default`, `disabled` or a relay URL; null keeps the team file's choice.";
-    };
-
-    peersGroup = mkOption {
-      type = types.str;
-      default = "n2p-peers";
-      description = "The group whose members may use the peer sockets; `_n2p`'s primary group.";
     };
 
     peersGroupMembers = mkOption {
@@ -123,18 +79,6 @@ in
       type = types.int;
       default = 542;
       description = "The gid of `peersGroup`.";
-    };
-
-    allowTrustedDaemonAccess = mkOption {
-      type = types.bool;
-      default = false;
-      description = "Allow `_n2p` to be a Nix trusted user (then every admitted peer may add unsigned paths).";
-    };
-
-    extraArgs = mkOption {
-      type = types.listOf types.str;
-      default = [ ];
-      description = "More arguments for `n2p mesh join`.";
     };
   };
 

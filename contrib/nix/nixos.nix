@@ -16,7 +16,6 @@ let
   cfg = config.services.n2p;
   inherit (lib)
     mkOption
-    mkEnableOption
     mkIf
     types
     ;
@@ -57,20 +56,7 @@ let
     ];
 in
 {
-  options.services.n2p = {
-    enable = mkEnableOption "n2p, a Nix to Peer mesh node sharing this machine's nix-daemon with a team";
-
-    package = mkOption {
-      type = types.package;
-      description = "The n2p package (the flake's module sets its own).";
-    };
-
-    topic = mkOption {
-      type = types.str;
-      example = "dev";
-      description = "The mesh topic name; with the team secret it gives the gossip topic.";
-    };
-
+  options.services.n2p = import ./options.nix lib // {
     teamFile = mkOption {
       type = types.path;
       example = lib.literalExpression "./n2p-team.toml";
@@ -94,36 +80,10 @@ in
       '';
     };
 
-    name = mkOption {
-      type = types.nullOr types.str;
-      default = null;
-      description = "The name to announce (a team file entry for this node's id wins); default: the host name.";
-    };
-
-    share = mkOption {
-      type = types.bool;
-      default = true;
-      description = "Let the team push into this machine's nix-daemon.";
-    };
-
-    port = mkOption {
-      type = types.nullOr types.port;
-      default = null;
-      example = 7000;
-      description = "The UDP port to listen on (all interfaces); null picks a random one. Fixed ports go with `addrs` in the team file.";
-    };
-
     openFirewall = mkOption {
       type = types.bool;
       default = false;
       description = "Open `port` (UDP, QUIC) in the firewall.";
-    };
-
-    relay = mkOption {
-      type = types.nullOr types.str;
-      default = null;
-      example = "disabled";
-      description = "`default`, `disabled` or a relay URL; null keeps the team file's choice.";
     };
 
     user = mkOption {
@@ -133,28 +93,6 @@ in
         The user the node runs as, and so the user the nix-daemon sees for every peer's push.
         The default `n2p` is created and added to `nix.settings.allowed-users`.
       '';
-    };
-
-    peersGroup = mkOption {
-      type = types.str;
-      default = "n2p-peers";
-      description = "The group whose members may use the peer sockets (and `n2p status`); add your users to it.";
-    };
-
-    allowTrustedDaemonAccess = mkOption {
-      type = types.bool;
-      default = false;
-      description = ''
-        Allow running the node as root or as a Nix trusted user. Then every peer the team
-        admits acts as a trusted Nix user here: it can add unsigned paths to this store.
-      '';
-    };
-
-    extraArgs = mkOption {
-      type = types.listOf types.str;
-      default = [ ];
-      example = [ "-v" ];
-      description = "More arguments for `n2p mesh join`.";
     };
   };
 
