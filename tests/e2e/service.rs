@@ -368,3 +368,104 @@ fn logs_carry_no_timestamps_when_journald_captures_stderr() {
     assert!(line(&journal).trim_start().starts_with("INFO"), "{journal}");
     assert!(!journal.contains('\u{1b}'), "colour codes: {journal:?}");
 }
+
+/// Runs `command` (a program and its arguments) as the local user `user` (the test runs as
+/// root), with a scratch HOME; returns whether it succeeded and its stderr.
+fn run_as(user: &str, home: &Path, command: &[&str]) -> (bool, String) {
+    let output = n2p_testkit::proc::run_bounded(
+        std::process::Command::new("runuser")
+            .args(["-u", user, "--", "env"])
+            .arg(format!("HOME={}", home.display()))
+            .arg("NIX_CONFIG=experimental-features = nix-command")
+            .args(command),
+        n2p_testkit::n2p::COMMAND_TIMEOUT,
+        &format!("{command:?} as {user}"),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    eprintln!("{command:?} as {user}: {}\n{stderr}", output.status);
+    (output.status.success(), stderr)
+}
+
+#[test]
+fn members_of_the_peers_group_reach_the_daemon_and_the_node_and_others_do_not() {
+    if !require_nix("members_of_the_peers_group_reach_the_daemon_and_the_node_and_others_do_not") {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "SKIPPED: members_of_the_peers_group_reach_the_daemon_and_the_node_and_others_do_not: acting as other users needs root"
+        );
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI runs as root"
+        );
+        return;
+    }
+    // nobody's primary group is nogroup (65534): the member. daemon (uid 1) is not in it.
+    let shared = ScratchDir::new("run-n2p");
+    fs::set_permissions(
+        shared.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("open the scratch dir for traversal, as /run is");
+    let scratch_home = ScratchDir::new("other-home");
+    fs::set_permissions(
+        scratch_home.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("a HOME anyone may write to");
+    let peers = shared.join("peers");
+    let control = shared.join("control.sock");
+    let alice = MeshPeer::new("alice");
+    let bob = MeshPeer::with_daemon("bob");
+    let team = TeamDir::new();
+    let team_file = team.write(
+        "team.toml",
+        &TeamSpec::closed([alice.member(), bob.member()]),
+    );
+    let peers_arg = peers.to_string_lossy().into_owned();
+    let control_arg = control.to_string_lossy().into_owned();
+    let _alice_node = alice.join(
+        &team_file,
+        &[
+            "--peers-dir",
+            &peers_arg,
+            "--peers-group",
+            "65534",
+            "--control-socket",
+            &control_arg,
+        ],
+    );
+    let _bob_node = bob.join(&team_file, &[]);
+    n2p_testkit::wait::wait_until(
+        "bob.sock in the shared peers dir",
+        CONVERGENCE_TIMEOUT,
+        || {
+            peers
+                .join("bob.sock")
+                .exists()
+                .then_some(())
+                .ok_or_else(|| "not yet".to_owned())
+        },
+    );
+
+    let store = format!("unix://{}", peers.join("bob.sock").display());
+    let n2p = crate::harness::N2P;
+    let ping = ["nix", "store", "ping", "--store", store.as_str()];
+    let status = [n2p, "status", "--control-socket", control_arg.as_str()];
+    let (ok, stderr) = run_as("nobody", scratch_home.path(), &ping);
+    assert!(
+        ok,
+        "a member of the group should reach bob's daemon:\n{stderr}"
+    );
+    let (ok, stderr) = run_as("nobody", scratch_home.path(), &status);
+    assert!(ok, "a member of the group should reach the node:\n{stderr}");
+    let (ok, stderr) = run_as("daemon", scratch_home.path(), &ping);
+    assert!(
+        !ok,
+        "a user outside the group reached bob's daemon:\n{stderr}"
+    );
+    let (ok, stderr) = run_as("daemon", scratch_home.path(), &status);
+    assert!(!ok, "a user outside the group reached the node:\n{stderr}");
+}
