@@ -9,6 +9,7 @@ mod harness;
 
 mod baseline;
 mod cli;
+mod doctor;
 mod drain;
 mod faults;
 mod layers;
@@ -18,4 +19,6 @@ mod mesh_config;
 mod mesh_names;
 mod refused;
 mod restart;
+mod service;
 mod tunnel;
+mod units;
