@@ -18,4 +18,5 @@ mod mesh_config;
 mod mesh_names;
 mod refused;
 mod restart;
+mod soak;
 mod tunnel;

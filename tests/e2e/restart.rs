@@ -49,3 +49,47 @@ fn client_recovers_when_the_server_restarts() {
         client.socket.display()
     );
 }
+
+/// A server that comes back on another port has a new long address: a fresh client given
+/// that address reaches it (same home: same identity and secret), and copies land.
+#[test]
+fn a_server_restarted_on_a_new_port_is_reached_by_a_fresh_client() {
+    if !require_nix("a_server_restarted_on_a_new_port_is_reached_by_a_fresh_client") {
+        return;
+    }
+    let daemon = NixDaemon::start();
+    let source = SourceStore::new();
+    let before = source.add_file("before-move.txt", b"copied before the move\n");
+    let after = source.add_file("after-move.txt", b"copied after the move\n");
+
+    let server_home = TempHome::new(N2P);
+    let first_config = ServerConfig::new(daemon.socket_path());
+    let server = server_home.server(&first_config);
+    let client_dir = ScratchDir::new("client");
+    let first_home = TempHome::new(N2P);
+    let mut first = first_home.client(&server.long_address, &client_dir.join("c1.sock"));
+    first.wait_until_listening();
+    assert_copy_succeeds(&source, &first.store_url(), &[&before]);
+    first.stop(Signal::Term);
+    let (old_long, old_short) = (server.long_address.clone(), server.short_address.clone());
+    server.stop();
+
+    let mut moved_config = ServerConfig::new(daemon.socket_path());
+    while moved_config.bind == first_config.bind {
+        moved_config = ServerConfig::new(daemon.socket_path());
+    }
+    let moved = server_home.server(&moved_config);
+    assert_ne!(
+        moved.long_address, old_long,
+        "the long address names the port, so it must change with it"
+    );
+    assert_eq!(
+        moved.short_address, old_short,
+        "the short address (id and secret) must survive a move"
+    );
+    let fresh_home = TempHome::new(N2P);
+    let fresh = fresh_home.client(&moved.long_address, &client_dir.join("c2.sock"));
+    fresh.wait_until_listening();
+    assert_copy_succeeds(&source, &fresh.store_url(), &[&after]);
+    assert_copied(&source, &daemon.store_url(), &after);
+}
