@@ -24,7 +24,8 @@ use super::{LEAVE_DRAIN_BOUND, peer_sockets::PeerSockets};
 use crate::{
     proto::{
         announce::{
-            AnnounceKind, Announcement, MAX_ADDRS, SeqClock, decode_verified, encode, unix_ms,
+            AnnounceError, AnnounceKind, Announcement, MAX_ADDRS, SeqClock, decode_fresh, encode,
+            unix_ms,
         },
         names::socket_file_name,
         table::{Applied, PeerTable},
@@ -51,6 +52,9 @@ const REJOIN_JITTER_MS: u64 = 800;
 
 /// How long a `Leaving` announcement gets to go out before the endpoint closes.
 const LEAVE_GRACE: Duration = Duration::from_millis(250);
+
+/// The most senders of stale announcements warned about; later ones are logged at debug.
+const MAX_STALE_WARNINGS: usize = 64;
 
 /// What the handle asks of the actor.
 #[derive(Debug)]
@@ -80,6 +84,9 @@ pub(super) struct Actor {
     pub(super) sockets: PeerSockets,
     pub(super) table: PeerTable,
     pub(super) seq: SeqClock,
+    /// Senders of stale announcements already warned about (at most
+    /// [`MAX_STALE_WARNINGS`]).
+    pub(super) stale_warned: std::collections::BTreeSet<EndpointId>,
     pub(super) announce_interval: Duration,
 }
 
@@ -195,8 +202,18 @@ impl Actor {
     /// Verifies and applies one gossip message; returns whether a new peer joined (so we
     /// should announce ourselves to it soon).
     fn handle_message(&mut self, bytes: &[u8]) -> bool {
-        let ann = match decode_verified(bytes, self.keys.announce_key()) {
+        let ann = match decode_fresh(bytes, self.keys.announce_key(), unix_ms(SystemTime::now())) {
             Ok(ann) => ann,
+            Err(e @ AnnounceError::Stale { id, .. }) => {
+                // A replay, or a member whose clock is off: the latter needs fixing by a
+                // human, so say it once per sender where they look.
+                if self.stale_warned.len() < MAX_STALE_WARNINGS && self.stale_warned.insert(id) {
+                    warn!(target: "n2p", "dropped {e}; if this peer is real, check both clocks (NTP)");
+                } else {
+                    debug!("dropped gossip message: {e}");
+                }
+                return false;
+            }
             Err(e) => {
                 debug!("dropped gossip message: {e}");
                 return false;

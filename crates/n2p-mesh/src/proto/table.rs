@@ -36,8 +36,10 @@
 //! - My own id is ignored. In a closed team, ids that are not members are dropped.
 //! - Per id, only announcements with a higher `seq` than the last one seen count; the rest
 //!   are replays or reordered and dropped. The last seq of a departed peer is remembered
-//!   for a while (see [`TOMBSTONE_FACTOR`]), so a delayed or replayed old announcement
-//!   cannot bring it back.
+//!   for a while ([`tombstone_keep`]), so a delayed or replayed old announcement cannot
+//!   bring it back; once it is forgotten, such an announcement is older than the
+//!   freshness window that nodes check before the table sees anything
+//!   ([`decode_fresh`](crate::proto::announce::decode_fresh)).
 //! - `Leaving` removes a peer at once; [`PeerTable::expire`] removes peers not heard from
 //!   for the team's expiry.
 //! - Names: see [`PeerTable::sockets`].
@@ -55,7 +57,7 @@ use std::{
 use iroh::{EndpointAddr, EndpointId, RelayUrl, TransportAddr};
 
 use crate::proto::{
-    announce::{AnnounceKind, Announcement, PROTO_VERSION},
+    announce::{AnnounceKind, Announcement, FRESHNESS_WINDOW, PROTO_VERSION},
     names::{id_stem, name_key, sanitize_name, socket_file_name, suffixed_name},
     team::TeamConfig,
 };
@@ -66,6 +68,16 @@ pub const MAX_PEERS: usize = 1024;
 
 /// A departed peer's last seq is remembered for this many expiry periods.
 pub const TOMBSTONE_FACTOR: u32 = 10;
+
+/// How long a departed peer's last seq is remembered: [`TOMBSTONE_FACTOR`] expiry periods,
+/// and at least twice the [`FRESHNESS_WINDOW`], so an announcement older than any tombstone
+/// forgotten is also too old to pass [`decode_fresh`](crate::proto::announce::decode_fresh)
+/// (even from a sender whose clock is a whole window ahead).
+pub fn tombstone_keep(expiry: std::time::Duration) -> std::time::Duration {
+    expiry
+        .saturating_mul(TOMBSTONE_FACTOR)
+        .max(FRESHNESS_WINDOW.saturating_mul(2))
+}
 
 /// The most departed peers remembered at once (the oldest are forgotten first).
 pub const MAX_TOMBSTONES: usize = 4096;
@@ -354,7 +366,7 @@ impl PeerTable {
             self.peers.remove(id);
             self.bury(*id, *seq, now);
         }
-        let keep = expiry.saturating_mul(TOMBSTONE_FACTOR);
+        let keep = tombstone_keep(expiry);
         self.tombstones
             .retain(|_, t| now.saturating_duration_since(t.at) < keep);
         if !gone.is_empty() {
@@ -656,6 +668,16 @@ mod tests {
         assert_eq!(names(&t), vec!["a-b-c", "hidden", "peer", "x"]);
         for name in names(&t) {
             assert!(is_safe_stem(&name), "{name}");
+        }
+    }
+
+    /// Once a tombstone is forgotten, what it guarded is older than the freshness window
+    /// (with a sender clock a whole window ahead), for every allowed expiry.
+    #[test]
+    fn tombstones_outlive_the_freshness_window() {
+        for secs in [2, 6, 3600] {
+            let keep = tombstone_keep(std::time::Duration::from_secs(secs));
+            assert!(keep >= FRESHNESS_WINDOW * 2, "expiry {secs} s keeps {keep:?}");
         }
     }
 
