@@ -249,3 +249,48 @@ fn client_checks_its_socket_path_before_connecting() {
         "the client tried the server before checking its socket: {stderr}"
     );
 }
+
+/// A symbolic link where the client's socket should go is refused with a message naming it,
+/// and neither the link nor what it points at (here a file of the user's) is touched.
+#[test]
+fn client_refuses_a_symlink_at_its_socket_path() {
+    let dir = ScratchDir::new("symlink-socket");
+    let server_home = TempHome::new(N2P);
+    let server = server_home.server(&ServerConfig::new(&dir.join("daemon.sock")));
+    let address = server.long_address.clone();
+    server.stop();
+
+    let victim = dir.join("precious.txt");
+    std::fs::write(&victim, b"keep me").expect("writing the victim file");
+    let link = dir.join("c.sock");
+    std::os::unix::fs::symlink(&victim, &link).expect("making the symlink");
+    let client_home = TempHome::new(N2P);
+    let output = run_bounded(
+        client_home
+            .command()
+            .args([
+                "--relay",
+                "disabled",
+                "--bind",
+                "127.0.0.1:0",
+                "client",
+                &address,
+                "--socket",
+            ])
+            .arg(&link),
+        COMMAND_TIMEOUT,
+        "n2p client with a symlink as --socket",
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "the client started: {stderr}");
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "error: {} is a symbolic link; refusing to bind through it or replace it (remove \
+             it, or choose another --socket)",
+            link.display()
+        )
+    );
+    assert_eq!(std::fs::read_link(&link).expect("the link"), victim);
+    assert_eq!(std::fs::read(&victim).expect("the victim"), b"keep me");
+}

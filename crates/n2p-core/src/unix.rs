@@ -26,6 +26,12 @@ pub enum UnixBindError {
         /// The path.
         path: PathBuf,
     },
+    /// The path is a symbolic link; it is neither followed nor replaced.
+    #[error("{} is a symbolic link; refusing to bind through it or replace it (remove it, or choose another --socket)", path.display())]
+    Symlink {
+        /// The path.
+        path: PathBuf,
+    },
     /// The path is longer than a unix socket address allows.
     #[error("socket path {} is too long for a unix socket (max 107 bytes); choose a shorter --socket or N2P_HOME", path.display())]
     TooLong {
@@ -72,8 +78,9 @@ impl Drop for SocketFileGuard {
 ///
 /// The socket is bound under a temporary name, restricted, then renamed into place, so the
 /// final path never has looser permissions. (The temporary name exists for a moment with
-/// the umask's mode; every caller binds inside a 0700 directory or one the user chose.) A stale socket (nobody listening) is replaced;
-/// a live one, or any other kind of file, is an error. Must be called inside a tokio runtime.
+/// the umask's mode; every caller binds inside a 0700 directory or one the user chose.) A
+/// stale socket (nobody listening) is replaced; a live one, a symbolic link or any other
+/// kind of file is an error and left as it is. Must be called inside a tokio runtime.
 pub fn bind_private_listener(
     path: &Path,
 ) -> Result<(UnixListener, SocketFileGuard), UnixBindError> {
@@ -103,7 +110,8 @@ pub fn bind_private_listener(
     Ok((listener, guard))
 }
 
-/// Removes `path` if it is a socket nobody listens on; errors if it is live or not a socket.
+/// Removes `path` if it is a socket nobody listens on; errors if it is live, not a socket,
+/// or a symbolic link (to anything: a link is never followed, replaced or removed).
 pub fn clear_stale_socket(path: &Path) -> Result<(), UnixBindError> {
     let meta = match fs::symlink_metadata(path) {
         Ok(meta) => meta,
@@ -115,6 +123,12 @@ pub fn clear_stale_socket(path: &Path) -> Result<(), UnixBindError> {
             });
         }
     };
+    // Never followed: a link could point at a live socket or a file of someone else's.
+    if meta.file_type().is_symlink() {
+        return Err(UnixBindError::Symlink {
+            path: path.to_owned(),
+        });
+    }
     if !meta.file_type().is_socket() {
         return Err(UnixBindError::NotASocket {
             path: path.to_owned(),
@@ -175,6 +189,38 @@ mod tests {
             Err(UnixBindError::NotASocket { .. })
         ));
         assert_eq!(fs::read(&file)?, b"keep me");
+        Ok(())
+    }
+
+    /// A symbolic link at the socket path is refused and left alone, and so is whatever it
+    /// points at: a file of the user's, a stale socket, nothing at all.
+    #[tokio::test]
+    async fn symlinks_are_never_followed_or_replaced() -> Result<(), Box<dyn std::error::Error>> {
+        let tmp = tempfile::tempdir()?;
+        let victim = tmp.path().join("victim");
+        fs::write(&victim, b"keep me")?;
+        let stale = tmp.path().join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale)?);
+        for (i, target) in [&victim, &stale, &tmp.path().join("missing")]
+            .into_iter()
+            .enumerate()
+        {
+            let link = tmp.path().join(format!("link{i}.sock"));
+            std::os::unix::fs::symlink(target, &link)?;
+            let err = bind_private_listener(&link).expect_err("bound through a symlink");
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "{} is a symbolic link; refusing to bind through it or replace it (remove \
+                     it, or choose another --socket)",
+                    link.display()
+                )
+            );
+            assert_eq!(fs::read_link(&link)?, *target, "the link was changed");
+        }
+        assert_eq!(fs::read(&victim)?, b"keep me");
+        assert!(fs::symlink_metadata(&stale)?.file_type().is_socket());
+        assert!(!tmp.path().join("missing").exists());
         Ok(())
     }
 

@@ -677,7 +677,10 @@ mod tests {
     fn tombstones_outlive_the_freshness_window() {
         for secs in [2, 6, 3600] {
             let keep = tombstone_keep(std::time::Duration::from_secs(secs));
-            assert!(keep >= FRESHNESS_WINDOW * 2, "expiry {secs} s keeps {keep:?}");
+            assert!(
+                keep >= FRESHNESS_WINDOW * 2,
+                "expiry {secs} s keeps {keep:?}"
+            );
         }
     }
 
