@@ -4,8 +4,12 @@
 use std::time::Duration;
 
 use n2p_testkit::dir::ScratchDir;
-use n2p_testkit::n2p::{Client, Server, ServerConfig, TempHome};
-use n2p_testkit::nix::{NixDaemon, SourceStore, assert_copy_fails, assert_not_valid, require_nix};
+use n2p_testkit::n2p::{Client, Server, ServerConfig, TempHome, last_word};
+use n2p_testkit::nix::{
+    NixDaemon, SourceStore, assert_copied, assert_copy_fails, assert_copy_succeeds,
+    assert_not_valid, require_nix,
+};
+use n2p_testkit::proc::Signal;
 
 use crate::harness::N2P;
 
@@ -148,4 +152,59 @@ fn a_refused_client_exits_at_start_and_says_why() {
             .contains("cannot connect to the nix-daemon"),
         "a refused client made the server contact its daemon"
     );
+}
+
+/// `n2p rotate-secret` and SIGHUP take effect in a running server, without a restart: the
+/// server logs new addresses, a client holding an old one is refused on its next stream
+/// (nothing reaches the daemon), and a client given the new one pushes.
+#[test]
+fn rotate_secret_takes_effect_in_a_running_server_on_sighup() {
+    if !require_nix("rotate_secret_takes_effect_in_a_running_server_on_sighup") {
+        return;
+    }
+    let daemon = NixDaemon::start();
+    let source = SourceStore::new();
+    let before = source.add_file("before.txt", b"pushed with the old secret\n");
+    let refused = source.add_file("refused.txt", b"must not arrive\n");
+    let after = source.add_file("after.txt", b"pushed with the new secret\n");
+
+    let server_home = TempHome::new(N2P);
+    let server = server_home.server(&ServerConfig::new(daemon.socket_path()));
+    let client_dir = ScratchDir::new("client");
+    let old_home = TempHome::new(N2P);
+    let old_client = old_home.client(&server.long_address, &client_dir.join("old.sock"));
+    old_client.wait_until_listening();
+    assert_copy_succeeds(&source, &old_client.store_url(), &[&before]);
+
+    server_home.rotate_secret();
+    let mark = server.process.mark();
+    server.process.signal(Signal::Hup);
+    server.process.wait_for_line_since(
+        &mark,
+        "SIGHUP: new access secret loaded",
+        REFUSAL_LOG_TIMEOUT,
+    );
+    let new_long = last_word(&server.process.wait_for_line_since(
+        &mark,
+        "long address:",
+        REFUSAL_LOG_TIMEOUT,
+    ));
+    assert_ne!(
+        new_long, server.long_address,
+        "SIGHUP printed the old address"
+    );
+
+    assert_copy_fails(&source, &old_client.store_url(), &[&refused]);
+    assert_not_valid(&daemon.store_url(), &refused);
+    server.process.wait_for_line_since(
+        &mark,
+        &format!("refused peer {}: wrong access secret", old_home.id()),
+        REFUSAL_LOG_TIMEOUT,
+    );
+
+    let new_home = TempHome::new(N2P);
+    let new_client = new_home.client(&new_long, &client_dir.join("new.sock"));
+    new_client.wait_until_listening();
+    assert_copy_succeeds(&source, &new_client.store_url(), &[&after]);
+    assert_copied(&source, &daemon.store_url(), &after);
 }
