@@ -294,3 +294,36 @@ fn client_refuses_a_symlink_at_its_socket_path() {
     assert_eq!(std::fs::read_link(&link).expect("the link"), victim);
     assert_eq!(std::fs::read(&victim).expect("the victim"), b"keep me");
 }
+
+/// One mistyped character in a real address is caught when the client parses it, with a
+/// message saying so, before anything is bound or dialled.
+#[test]
+fn client_rejects_a_mistyped_address() {
+    let dir = ScratchDir::new("typo");
+    let server_home = TempHome::new(N2P);
+    let server = server_home.server(&ServerConfig::new(&dir.join("daemon.sock")));
+    let address = server.long_address.clone();
+    server.stop();
+    // A character in the middle (inside the secret or the addresses) replaced by another.
+    let at = address.len() / 2;
+    let replacement = if &address[at..=at] == "q" { "r" } else { "q" };
+    let mut typo = address.clone();
+    typo.replace_range(at..=at, replacement);
+
+    let home = TempHome::new(N2P);
+    let mut client = home.client(&typo, &dir.join("c.sock"));
+    let status = client.process.wait(MALFORMED_ADDRESS_TIMEOUT);
+    assert!(!status.success(), "a mistyped address was accepted");
+    assert_eq!(
+        client.process.log_text().trim(),
+        format!(
+            "error: invalid server address '{}…': not an n2p address: its checksum does not \
+             match, so a character is mistyped, missing or extra (copy the whole address again)",
+            &typo[..24]
+        )
+    );
+    assert!(
+        !client.socket.exists(),
+        "a failed client left its socket behind"
+    );
+}
