@@ -284,10 +284,7 @@ mod tests {
             let (mut caught_by_checksum, mut typos) = (0, 0);
             let alphabet = "abcdefghijklmnopqrstuvwxyz234567";
             for at in ADDRESS_PREFIX.len()..text.len() {
-                for c in alphabet
-                    .chars()
-                    .filter(|&c| Some(c) != text[at..].chars().next())
-                {
+                for c in alphabet.chars().filter(|&c| !text[at..].starts_with(c)) {
                     let mut typo = text.clone();
                     typo.replace_range(at..at + 1, &c.to_string());
                     typos += 1;
