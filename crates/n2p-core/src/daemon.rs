@@ -17,7 +17,7 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use iroh::{
@@ -209,6 +209,23 @@ pub enum DialError {
         /// What it said.
         reason: String,
     },
+    /// The last attempt to connect failed moments ago ([`RETRY_AFTER`]): failed at once
+    /// instead of waiting for another attempt.
+    #[error(
+        "peer {peer} unreachable for {} s (last attempt: {reason}); next attempt in {:.1} s",
+        failing_for.as_secs(),
+        retry_in.as_secs_f64()
+    )]
+    Unreachable {
+        /// The peer.
+        peer: EndpointId,
+        /// Since the first failed attempt of this outage.
+        failing_for: Duration,
+        /// Until the next attempt is made.
+        retry_in: Duration,
+        /// Why the last attempt failed.
+        reason: String,
+    },
     /// The connection dropped while opening the stream.
     #[error("connection to peer {peer} lost: {reason}")]
     Lost {
@@ -219,14 +236,46 @@ pub enum DialError {
     },
 }
 
+/// After a failed connection attempt, how long further requests fail at once
+/// ([`DialError::Unreachable`]) instead of each waiting for an attempt of its own.
+pub const RETRY_AFTER: Duration = Duration::from_secs(3);
+
+/// While a peer stays unreachable, how often [`DaemonDialer::open_stream`] logs it.
+pub const UNREACHABLE_LOG_EVERY: Duration = Duration::from_secs(30);
+
 /// Opens daemon streams to one peer over one shared, lazily (re)established connection.
+///
+/// One connection attempt at a time: callers that arrive while one is under way wait for
+/// its outcome, and after a failure they (and everyone for [`RETRY_AFTER`]) fail at once,
+/// so a burst of Nix connections to an unreachable peer costs one connect timeout, not one
+/// each. [`Self::open_stream`] logs an outage when it starts and every
+/// [`UNREACHABLE_LOG_EVERY`] while it lasts, with how long it has lasted.
 #[derive(Debug)]
 pub struct DaemonDialer {
     endpoint: Endpoint,
     target: EndpointAddr,
     proof: AccessProof,
     connect_timeout: Duration,
-    conn: Mutex<Option<Connection>>,
+    state: Mutex<DialState>,
+}
+
+/// The dialer's connection, or the outage in progress.
+#[derive(Debug, Default)]
+struct DialState {
+    conn: Option<Connection>,
+    outage: Option<Outage>,
+}
+
+/// A peer that could not be reached, since when.
+#[derive(Debug)]
+struct Outage {
+    since: Instant,
+    last_attempt: Instant,
+    /// Why the last attempt failed.
+    reason: String,
+    /// Streams refused during the outage, and when it was last logged.
+    failed_streams: u64,
+    logged: Option<Instant>,
 }
 
 impl DaemonDialer {
@@ -238,7 +287,7 @@ impl DaemonDialer {
             target,
             proof,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            conn: Mutex::new(None),
+            state: Mutex::new(DialState::default()),
         }
     }
 
@@ -253,17 +302,65 @@ impl DaemonDialer {
         self.target.id
     }
 
-    /// The live connection, connecting first if there is none or it has closed.
+    /// The live connection, connecting first if there is none or it has closed; fails at
+    /// once during the [`RETRY_AFTER`] that follows a failed attempt.
     pub async fn connection(&self) -> Result<Connection, DialError> {
-        let mut slot = self.conn.lock().await;
-        if let Some(conn) = slot.as_ref() {
+        let mut state = self.state.lock().await;
+        if let Some(conn) = state.conn.as_ref() {
             match conn.close_reason() {
                 None => return Ok(conn.clone()),
                 Some(reason) => debug!("reconnecting: {}", describe_close(&reason)),
             }
         }
         let peer = self.target.id;
-        let started = std::time::Instant::now();
+        if let Some(outage) = &state.outage {
+            let since_attempt = outage.last_attempt.elapsed();
+            if since_attempt < RETRY_AFTER {
+                return Err(DialError::Unreachable {
+                    peer,
+                    failing_for: outage.since.elapsed(),
+                    retry_in: RETRY_AFTER - since_attempt,
+                    reason: outage.reason.clone(),
+                });
+            }
+        }
+        let started = Instant::now();
+        match self.connect(started).await {
+            Ok(conn) => {
+                if let Some(outage) = state.outage.take() {
+                    info!(peer = %peer.fmt_short(),
+                        "reached peer {peer} again after {} s unreachable",
+                        outage.since.elapsed().as_secs()
+                    );
+                }
+                state.conn = Some(conn.clone());
+                Ok(conn)
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                match &mut state.outage {
+                    Some(outage) => {
+                        outage.last_attempt = Instant::now();
+                        outage.reason = reason;
+                    }
+                    None => {
+                        state.outage = Some(Outage {
+                            since: started,
+                            last_attempt: Instant::now(),
+                            reason,
+                            failed_streams: 0,
+                            logged: None,
+                        });
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// One connection attempt, bounded by the connect timeout.
+    async fn connect(&self, started: Instant) -> Result<Connection, DialError> {
+        let peer = self.target.id;
         let conn = tokio::time::timeout(
             self.connect_timeout,
             self.endpoint.connect(self.target.clone(), DAEMON_ALPN),
@@ -287,13 +384,49 @@ impl DaemonDialer {
         })?;
         info!(peer = %peer.fmt_short(), "connected to {}", peer);
         tokio::spawn(log_when_closed(conn.clone()));
-        *slot = Some(conn.clone());
         Ok(conn)
     }
 
     /// Opens one daemon stream, proof already sent. Retries once on a fresh connection when
-    /// the cached one turns out to be dead.
+    /// the cached one turns out to be dead. While the peer is unreachable, logs so when the
+    /// outage starts and every [`UNREACHABLE_LOG_EVERY`] (with how long it has lasted and
+    /// how many streams failed); other failures are the caller's to log.
     pub async fn open_stream(&self) -> Result<QuicPair, DialError> {
+        let result = self.try_open_stream().await;
+        if let Err(
+            e @ (DialError::Timeout { .. }
+            | DialError::Connect { .. }
+            | DialError::Unreachable { .. }),
+        ) = &result
+        {
+            self.report_unreachable(e).await;
+        }
+        result
+    }
+
+    /// Counts a stream that failed because the peer is unreachable; logs when due.
+    async fn report_unreachable(&self, error: &DialError) {
+        let mut state = self.state.lock().await;
+        let Some(outage) = state.outage.as_mut() else {
+            return;
+        };
+        outage.failed_streams += 1;
+        if outage
+            .logged
+            .is_some_and(|at| at.elapsed() < UNREACHABLE_LOG_EVERY)
+        {
+            return;
+        }
+        outage.logged = Some(Instant::now());
+        let peer = self.target.id;
+        error!(peer = %peer.fmt_short(),
+            "cannot reach peer {peer} for {} s ({} Nix connection(s) failed): {error}; if it moved (new port or network) or was re-keyed, this address is stale: get its current one",
+            outage.since.elapsed().as_secs(),
+            outage.failed_streams,
+        );
+    }
+
+    async fn try_open_stream(&self) -> Result<QuicPair, DialError> {
         let peer = self.target.id;
         let mut last = None;
         for _attempt in 0..2 {
@@ -371,7 +504,7 @@ impl DaemonDialer {
 
     /// Closes the current connection, if any.
     pub async fn close(&self) {
-        if let Some(conn) = self.conn.lock().await.take() {
+        if let Some(conn) = self.state.lock().await.conn.take() {
             conn.close(SHUTTING_DOWN, b"bye");
         }
     }
@@ -583,6 +716,15 @@ pub async fn serve_local_listener(
 async fn forward_local_connection(local: UnixStream, dialer: &DaemonDialer) {
     let streams = match dialer.open_stream().await {
         Ok(pair) => pair,
+        // The dialer reports an unreachable peer itself, once per outage and periodically.
+        Err(
+            e @ (DialError::Timeout { .. }
+            | DialError::Connect { .. }
+            | DialError::Unreachable { .. }),
+        ) => {
+            debug!("local connection closed: {e}");
+            return;
+        }
         Err(e) => {
             error!("{e}");
             return;
@@ -964,6 +1106,64 @@ mod tests {
         assert!(
             matches!(err, DialError::Timeout { .. } | DialError::Connect { .. }),
             "{err}"
+        );
+        client.close().await;
+        Ok(())
+    }
+
+    /// After a failed attempt, a burst of streams to the same unreachable peer fails at
+    /// once, saying for how long the peer has been unreachable and when the next attempt
+    /// is, instead of each waiting for an attempt of its own; after [`RETRY_AFTER`] one
+    /// new attempt is made.
+    #[tokio::test]
+    async fn an_unreachable_peer_fails_a_burst_at_once_then_retries() -> TestResult {
+        let client = client_endpoint(5).await?;
+        let nobody = EndpointAddr::new(SecretKey::from_bytes(&[9; 32]).public())
+            .with_ip_addr("127.0.0.1:9".parse()?);
+        let dialer = Arc::new(
+            DaemonDialer::new(client.clone(), nobody, &AccessSecret::from_bytes([0; 32]))
+                .with_connect_timeout(Duration::from_millis(300)),
+        );
+        let first = dialer.open_stream().await.expect_err("unreachable");
+        assert!(
+            matches!(first, DialError::Timeout { .. } | DialError::Connect { .. }),
+            "{first}"
+        );
+        let mut burst = JoinSet::new();
+        for _ in 0..10 {
+            let dialer = dialer.clone();
+            burst.spawn(async move { dialer.open_stream().await.map(|_| ()) });
+        }
+        while let Some(result) = burst.join_next().await {
+            let err = result?.expect_err("unreachable");
+            assert!(
+                matches!(&err, DialError::Unreachable { retry_in, .. } if *retry_in <= RETRY_AFTER),
+                "{err}"
+            );
+            let text = err.to_string();
+            assert!(
+                text.starts_with(&format!(
+                    "peer {} unreachable for 0 s (last attempt: ",
+                    dialer.peer()
+                )) && text.contains("; next attempt in "),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            dialer
+                .state
+                .lock()
+                .await
+                .outage
+                .as_ref()
+                .map(|o| o.failed_streams),
+            Some(11)
+        );
+        tokio::time::sleep(RETRY_AFTER).await;
+        let again = dialer.open_stream().await.expect_err("still unreachable");
+        assert!(
+            matches!(again, DialError::Timeout { .. } | DialError::Connect { .. }),
+            "after RETRY_AFTER a new attempt is made: {again}"
         );
         client.close().await;
         Ok(())
