@@ -28,7 +28,7 @@ use crate::{
             unix_ms,
         },
         names::socket_file_name,
-        table::{Applied, PeerTable},
+        table::{Applied, Dropped, PeerTable},
         topic::MeshKeys,
     },
     status::{MeshStatus, PeerPath, PeerStatus},
@@ -87,6 +87,8 @@ pub(super) struct Actor {
     /// Senders of stale announcements already warned about (at most
     /// [`MAX_STALE_WARNINGS`]).
     pub(super) stale_warned: std::collections::BTreeSet<EndpointId>,
+    /// Whether reaching the table's cap on outsiders has been logged.
+    pub(super) full_warned: bool,
     pub(super) announce_interval: Duration,
 }
 
@@ -231,11 +233,18 @@ impl Actor {
         match applied {
             Ok(applied) => {
                 if matches!(applied, Applied::Left) {
+                    self.full_warned = false;
                     info!(target: "n2p", "peer {} left", ann.id.fmt_short());
                 }
                 let desired = self.table.sockets();
                 self.reconcile(&desired);
                 matches!(applied, Applied::Joined)
+            }
+            Err(dropped @ Dropped::Full { .. }) if !self.full_warned => {
+                // Logged once each time the cap is reached (again after peers went).
+                warn!(target: "n2p", "{dropped}; further outsiders are ignored until peers leave (listed members are always admitted)");
+                self.full_warned = true;
+                false
             }
             Err(dropped) => {
                 debug!("ignored announcement: {dropped}");
@@ -278,6 +287,9 @@ impl Actor {
     fn expire(&mut self) -> Vec<EndpointId> {
         let now = Instant::now();
         let gone = self.table.expire(now);
+        if !gone.is_empty() {
+            self.full_warned = false;
+        }
         for id in &gone {
             info!(target: "n2p", "peer {} went silent; dropped", id.fmt_short());
         }

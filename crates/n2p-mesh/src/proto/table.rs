@@ -62,8 +62,10 @@ use crate::proto::{
     team::TeamConfig,
 };
 
-/// The most peers a table holds; announcements from further new ids are dropped. Bounds
-/// the memory a holder of the secret can make an open team's members spend.
+/// The most peers outside the team file's member list a table holds; announcements from
+/// further new outsiders are dropped. Bounds the memory a holder of an open team's secret
+/// can make its members spend. Listed members do not count and are always admitted; no
+/// peer is ever evicted to make room.
 pub const MAX_PEERS: usize = 1024;
 
 /// A departed peer's last seq is remembered for this many expiry periods.
@@ -122,8 +124,8 @@ pub enum Dropped {
         /// The seq received.
         got: u64,
     },
-    /// The table already holds [`MAX_PEERS`] peers.
-    #[error("peer table full ({MAX_PEERS} peers); ignoring {}", id.fmt_short())]
+    /// The table already holds [`MAX_PEERS`] peers outside the member list.
+    #[error("peer table full ({MAX_PEERS} peers outside the member list); ignoring {}", id.fmt_short())]
     Full {
         /// The sender.
         id: EndpointId,
@@ -329,7 +331,7 @@ impl PeerTable {
                         Applied::Refreshed
                     });
                 }
-                if self.peers.len() >= MAX_PEERS {
+                if self.team.member_by_id(&id).is_none() && self.outsiders() >= MAX_PEERS {
                     return Err(Dropped::Full { id });
                 }
                 self.tombstones.remove(&id);
@@ -467,6 +469,14 @@ impl PeerTable {
             .map(TransportAddr::Ip);
         let relay = peer.relay.iter().cloned().map(TransportAddr::Relay);
         Some(EndpointAddr::from_parts(*id, ips.chain(relay)))
+    }
+
+    /// How many live peers are not listed in the team file.
+    fn outsiders(&self) -> usize {
+        self.peers
+            .keys()
+            .filter(|id| self.team.member_by_id(id).is_none())
+            .count()
     }
 
     /// Remembers a departed peer's last seq.
@@ -928,6 +938,28 @@ mod tests {
                 assert_eq!(fresh.sockets(), t.sockets());
             }
         }
+    }
+
+    /// An open team full of outsiders still admits every listed member, and evicts no one.
+    #[test]
+    fn a_full_open_team_still_admits_listed_members() {
+        let mut t = PeerTable::new(id(4), "me", team(true, None));
+        let now = Instant::now();
+        for seed in 1..=MAX_PEERS as u32 {
+            let mut bytes = [0u8; 32];
+            bytes[..4].copy_from_slice(&seed.to_le_bytes());
+            bytes[31] = 0xee;
+            let key = SecretKey::from_bytes(&bytes).public();
+            t.apply(&Announcement::new(key, "p", 1, AnnounceKind::Alive), now)
+                .expect("room for outsiders up to the cap");
+        }
+        let outsider = Announcement::new(id(250), "p", 1, AnnounceKind::Alive);
+        assert_eq!(t.apply(&outsider, now), Err(Dropped::Full { id: id(250) }));
+        for member in [1, 2, 3] {
+            assert_eq!(t.apply(&alive(member, "x", 1), now), Ok(Applied::Joined));
+        }
+        assert_eq!(t.len(), MAX_PEERS + 3, "someone was evicted");
+        assert!(t.sockets().contains_key("alice") && t.sockets().contains_key("carol"));
     }
 
     #[test]
