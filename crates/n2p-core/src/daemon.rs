@@ -39,19 +39,20 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::{
     access::{AccessPolicy, AccessProof, AccessSecret},
     forward::{QuicPair, forward},
+    limits::{AcceptBackoff, ConnectionGate, Limits, PeerSlots, UnprovenPermit},
 };
 
 /// ALPN of the raw daemon protocol.
 pub const DAEMON_ALPN: &[u8] = b"n2p/daemon/1";
+
+/// The reason sent with [`ACCESS_DENIED`] when no proof arrived by the deadline.
+const NO_PROOF_IN_TIME: &[u8] = b"no access proof in time";
 
 /// Application close code: the peer is not allowed to use this daemon.
 pub const ACCESS_DENIED: VarInt = VarInt::from_u32(403);
 
 /// Close code used when a node shuts down.
 pub const SHUTTING_DOWN: VarInt = VarInt::from_u32(0);
-
-/// How long a peer has to send its proof after opening a stream.
-const PROOF_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most bytes read from a daemon stream before the daemon connection is made (Nix's first
 /// message, its 8-byte magic and version, fits many times).
@@ -60,38 +61,60 @@ const FIRST_READ: usize = 4096;
 /// Default bound on establishing a connection to a peer.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves the local nix-daemon to peers that pass the access policy.
+/// Serves the local nix-daemon to peers that pass the access policy, within [`Limits`]: a
+/// connection that has not proved access may have only a few streams waiting and is closed
+/// if no proof arrives by the deadline; each peer may hold only so many daemon connections.
 #[derive(Debug, Clone)]
 pub struct DaemonService {
     daemon_socket: Arc<PathBuf>,
     policy: Arc<dyn AccessPolicy>,
     me: EndpointId,
+    limits: Limits,
+    peer_slots: Arc<PeerSlots>,
 }
 
 impl DaemonService {
     /// Forwards accepted streams to the daemon at `daemon_socket`; `me` is this node's id.
+    /// Applies [`Limits::default`].
     pub fn new(daemon_socket: PathBuf, policy: Arc<dyn AccessPolicy>, me: EndpointId) -> Self {
+        let limits = Limits::default();
         Self {
             daemon_socket: Arc::new(daemon_socket),
             policy,
             me,
+            limits,
+            peer_slots: Arc::new(PeerSlots::new(limits.max_per_peer)),
         }
+    }
+
+    /// The same service with other limits.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self.peer_slots = Arc::new(PeerSlots::new(limits.max_per_peer));
+        self
     }
 
     /// Checks the stream's proof, then joins it to a fresh daemon connection. Every early
     /// return drops `streams`, which resets them.
-    async fn handle_stream(&self, conn: &Connection, mut streams: QuicPair) {
+    async fn handle_stream(
+        &self,
+        conn: &Connection,
+        gate: &ConnectionGate,
+        unproven: UnprovenPermit,
+        mut streams: QuicPair,
+    ) {
         let peer = conn.remote_id();
         let mut proof = [0u8; AccessProof::LEN];
-        match tokio::time::timeout(PROOF_TIMEOUT, streams.recv.read_exact(&mut proof)).await {
+        let deadline = self.limits.proof_deadline;
+        match tokio::time::timeout(deadline, streams.recv.read_exact(&mut proof)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 debug!("stream ended before its access proof: {e}");
                 return;
             }
             Err(_) => {
-                warn!(peer = %peer, "refused peer {peer}: no access proof within {PROOF_TIMEOUT:?}");
-                conn.close(ACCESS_DENIED, b"no access proof");
+                warn!(peer = %peer, "refused peer {peer}: no access proof within {deadline:?}");
+                conn.close(ACCESS_DENIED, NO_PROOF_IN_TIME);
                 return;
             }
         }
@@ -100,6 +123,8 @@ impl DaemonService {
             conn.close(ACCESS_DENIED, refusal.to_string().as_bytes());
             return;
         }
+        gate.mark_proven();
+        drop(unproven);
         // Nix speaks first on a daemon connection, so waiting for its first bytes before
         // connecting to the daemon costs nothing; a stream that ends right after its proof
         // is an access check ([`DaemonDialer::check_access`]): answered with a clean finish
@@ -115,6 +140,19 @@ impl DaemonService {
             }
             Err(e) => {
                 debug!("stream ended before its first daemon bytes: {e}");
+                return;
+            }
+        };
+        // Each forward holds a daemon worker: a peer gets only so many at once.
+        let _slot = match self.peer_slots.acquire(peer) {
+            Ok(slot) => slot,
+            Err(hit) => {
+                if hit.first {
+                    warn!(peer = %peer,
+                        "peer {peer} holds {} daemon connections, the most allowed; refusing more until it holds none",
+                        hit.limit
+                    );
+                }
                 return;
             }
         };
@@ -151,14 +189,30 @@ impl ProtocolHandler for DaemonService {
             // The stream tasks borrow nothing from the accept loop, so a set owned here and
             // drained on exit bounds their lifetime to the connection's.
             let mut streams = JoinSet::new();
+            let gate = Arc::new(ConnectionGate::new(&self.limits));
             loop {
                 tokio::select! {
                     accepted = conn.accept_bi() => match accepted {
                         Ok((send, recv)) => {
+                            let pair = QuicPair::new(send, recv);
+                            let unproven = match gate.admit_unproven() {
+                                Ok(permit) => permit,
+                                Err(hit) => {
+                                    if hit.first {
+                                        warn!(peer = %peer,
+                                            "peer {peer} opened more than {} streams before proving access; resetting the extra ones",
+                                            hit.limit
+                                        );
+                                    }
+                                    // Dropping the pair resets the stream.
+                                    continue;
+                                }
+                            };
                             let conn = conn.clone();
                             let service = self.clone();
+                            let gate = gate.clone();
                             streams.spawn(async move {
-                                service.handle_stream(&conn, QuicPair::new(send, recv)).await
+                                service.handle_stream(&conn, &gate, unproven, pair).await
                             }.in_current_span());
                         }
                         Err(e) => {
@@ -166,6 +220,16 @@ impl ProtocolHandler for DaemonService {
                             break;
                         }
                     },
+                    _ = tokio::time::sleep_until(gate.deadline()), if !gate.is_proven() => {
+                        if !gate.is_proven() {
+                            warn!(peer = %peer,
+                                "refused peer {peer}: no access proof within {:?} of connecting",
+                                self.limits.proof_deadline
+                            );
+                            conn.close(ACCESS_DENIED, NO_PROOF_IN_TIME);
+                            break;
+                        }
+                    }
                     Some(_) = streams.join_next(), if !streams.is_empty() => {}
                 }
             }
@@ -672,12 +736,14 @@ pub async fn serve_local_listener(
     shutdown: ListenerShutdown,
 ) {
     let mut tasks = JoinSet::new();
+    let mut backoff = AcceptBackoff::new();
     loop {
         tokio::select! {
             biased;
             _ = shutdown.stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((local, _)) => {
+                    backoff.succeeded();
                     let dialer = dialer.clone();
                     let abort = shutdown.abort.child_token();
                     let counted = InFlight::new(&shutdown.in_flight);
@@ -690,8 +756,14 @@ pub async fn serve_local_listener(
                     }.in_current_span());
                 }
                 Err(e) => {
-                    warn!("accepting a local connection failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of descriptors, say: back off instead of spinning; log once per run.
+                    let (pause, first) = backoff.failed();
+                    if first {
+                        warn!("accepting a local connection failed: {e}; retrying with growing pauses");
+                    } else {
+                        debug!("accepting a local connection failed again: {e}");
+                    }
+                    tokio::time::sleep(pause).await;
                 }
             },
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
@@ -794,6 +866,14 @@ mod tests {
         dir: &std::path::Path,
         secret: &AccessSecret,
     ) -> Result<(Router, Arc<AtomicUsize>), Box<dyn std::error::Error>> {
+        server_with(dir, secret, Limits::default()).await
+    }
+
+    async fn server_with(
+        dir: &std::path::Path,
+        secret: &AccessSecret,
+        limits: Limits,
+    ) -> Result<(Router, Arc<AtomicUsize>), Box<dyn std::error::Error>> {
         let daemon_path = dir.join("daemon.sock");
         let connections = spawn_echo_daemon(daemon_path.clone()).await?;
         let endpoint = bind_endpoint(
@@ -803,7 +883,7 @@ mod tests {
         )
         .await?;
         let policy = Arc::new(SecretPolicy::new(secret.clone()));
-        let service = DaemonService::new(daemon_path, policy, endpoint.id());
+        let service = DaemonService::new(daemon_path, policy, endpoint.id()).with_limits(limits);
         let router = Router::builder(endpoint)
             .accept(DAEMON_ALPN, service)
             .spawn();
@@ -1089,6 +1169,131 @@ mod tests {
         );
         drop(queued);
         accepting.await?;
+        Ok(())
+    }
+
+    /// A connection that proves nothing (here: opens no stream at all) is closed as a
+    /// refusal at the proof deadline.
+    #[tokio::test]
+    async fn a_connection_without_a_proof_is_closed_at_the_deadline() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let secret = AccessSecret::from_bytes([5; 32]);
+        let limits = Limits {
+            proof_deadline: Duration::from_millis(300),
+            ..Limits::default()
+        };
+        let (router, connections) = server_with(dir.path(), &secret, limits).await?;
+        let client = client_endpoint(6).await?;
+        let conn = client
+            .connect(router.endpoint().addr(), DAEMON_ALPN)
+            .await?;
+        let reason = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await?;
+        assert_eq!(
+            refusal_of(&reason).as_deref(),
+            Some("no access proof in time"),
+            "{reason}"
+        );
+        assert_eq!(connections.load(Ordering::SeqCst), 0);
+        client.close().await;
+        router.shutdown().await?;
+        Ok(())
+    }
+
+    /// Before any proof, a connection may have only `max_unproven_streams` streams waiting:
+    /// further ones are reset at once while the first wait for their proofs.
+    #[tokio::test]
+    async fn an_unproven_connection_holds_only_a_few_streams() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let secret = AccessSecret::from_bytes([5; 32]);
+        // A deadline far off: only the cap may end the third stream early.
+        let limits = Limits {
+            max_unproven_streams: 2,
+            proof_deadline: Duration::from_secs(30),
+            ..Limits::default()
+        };
+        let (router, connections) = server_with(dir.path(), &secret, limits).await?;
+        let client = client_endpoint(7).await?;
+        let conn = client
+            .connect(router.endpoint().addr(), DAEMON_ALPN)
+            .await?;
+        let mut open = Vec::new();
+        for _ in 0..3 {
+            let (mut send, recv) = conn.open_bi().await?;
+            // One byte of a proof: the stream is seen, and waits for the rest.
+            send.write_all(&[0]).await?;
+            open.push((send, recv));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (_, mut third) = open.pop().ok_or("three streams")?;
+        let read = tokio::time::timeout(Duration::from_secs(5), third.read_to_end(64)).await?;
+        assert!(
+            read.is_err(),
+            "the third unproven stream was not reset: {read:?}"
+        );
+        for (_, recv) in &mut open {
+            let waiting =
+                tokio::time::timeout(Duration::from_millis(300), recv.read_to_end(64)).await;
+            assert!(waiting.is_err(), "an admitted stream ended: {waiting:?}");
+        }
+        assert!(conn.close_reason().is_none(), "the connection was closed");
+        assert_eq!(connections.load(Ordering::SeqCst), 0);
+        client.close().await;
+        router.shutdown().await?;
+        Ok(())
+    }
+
+    /// A peer that proved access holds at most `max_per_peer` daemon connections at once:
+    /// the next stream is reset without reaching the daemon, and once one ends there is room.
+    #[tokio::test]
+    async fn a_peer_holds_at_most_its_share_of_daemon_connections() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let secret = AccessSecret::from_bytes([5; 32]);
+        let limits = Limits {
+            max_per_peer: 2,
+            ..Limits::default()
+        };
+        let (router, connections) = server_with(dir.path(), &secret, limits).await?;
+        let client = client_endpoint(8).await?;
+        let dialer = DaemonDialer::new(client.clone(), router.endpoint().addr(), &secret);
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut pair = dialer.open_stream().await?;
+            pair.send.write_all(b"held open").await?;
+            held.push(pair);
+        }
+        let until_two = tokio::time::timeout(Duration::from_secs(10), async {
+            while connections.load(Ordering::SeqCst) < 2 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        until_two.await?;
+        let mut extra = dialer.open_stream().await?;
+        extra.send.write_all(b"one too many").await?;
+        extra.send.finish()?;
+        let read = tokio::time::timeout(Duration::from_secs(5), extra.recv.read_to_end(64)).await?;
+        assert!(
+            read.is_err(),
+            "the stream over the cap was served: {read:?}"
+        );
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+
+        let mut first = held.remove(0);
+        first.send.finish()?;
+        let reply = first.recv.read_to_end(1024).await?;
+        assert_eq!(reply.len(), 8 + b"held open".len());
+        first.completed();
+        let mut again = dialer.open_stream().await?;
+        again.send.write_all(b"room again").await?;
+        again.send.finish()?;
+        let reply = again.recv.read_to_end(1024).await?;
+        assert_eq!(reply.len(), 8 + b"room again".len());
+        again.completed();
+        assert_eq!(connections.load(Ordering::SeqCst), 3);
+        drop(extra);
+        drop(held);
+        dialer.close().await;
+        client.close().await;
+        router.shutdown().await?;
         Ok(())
     }
 
