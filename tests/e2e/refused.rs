@@ -3,6 +3,10 @@
 
 use std::time::Duration;
 
+use n2p_core::SecretKey;
+use n2p_core::address::ServerAddress;
+use n2p_core::daemon::DAEMON_ALPN;
+use n2p_core::endpoint::{EndpointOptions, bind_endpoint};
 use n2p_testkit::dir::ScratchDir;
 use n2p_testkit::n2p::{Client, Server, ServerConfig, TempHome, last_word};
 use n2p_testkit::nix::{
@@ -208,3 +212,64 @@ fn rotate_secret_takes_effect_in_a_running_server_on_sighup() {
     assert_copy_succeeds(&source, &new_client.store_url(), &[&after]);
     assert_copied(&source, &daemon.store_url(), &after);
 }
+
+/// An iroh node that connects to `n2p server` on the daemon ALPN and never proves access
+/// (it opens no stream) is cut off at the proof deadline (5 s) with a refusal, and the
+/// server logs that once; a real client is served all the while.
+#[test]
+fn a_connection_that_never_proves_access_is_closed_at_the_deadline() {
+    if !require_nix("a_connection_that_never_proves_access_is_closed_at_the_deadline") {
+        return;
+    }
+    let daemon = NixDaemon::start();
+    let source = SourceStore::new();
+    let path = source.add_file("served.txt", b"served while a stranger waits\n");
+    let server_home = TempHome::new(N2P);
+    let server = server_home.server(&ServerConfig::new(daemon.socket_path()));
+    let address: ServerAddress = server.long_address.parse().expect("the server's address");
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let (stranger_id, waited, reason) = runtime.block_on(async {
+        let key = SecretKey::from_bytes(&[77; 32]);
+        let endpoint = bind_endpoint(key, Vec::new(), &EndpointOptions::loopback())
+            .await
+            .expect("binding the stranger's endpoint");
+        let conn = endpoint
+            .connect(address.endpoint.clone(), DAEMON_ALPN)
+            .await
+            .expect("the stranger connects (the handshake needs no secret)");
+        let started = std::time::Instant::now();
+        let reason = tokio::time::timeout(PROOF_DEADLINE_BOUND, conn.closed())
+            .await
+            .expect("the server did not close an unproven connection in time");
+        let id = endpoint.id();
+        endpoint.close().await;
+        (id, started.elapsed(), reason.to_string())
+    });
+    eprintln!("MEASURED unproven connection closed after {waited:?}: {reason}");
+    assert!(
+        reason.contains("no access proof in time"),
+        "the close should say why: {reason}"
+    );
+    let line = server.process.wait_for_line(
+        &format!("refused peer {stranger_id}: no access proof within 5s of connecting"),
+        REFUSAL_LOG_TIMEOUT,
+    );
+    assert_eq!(
+        server.process.log_text().matches("no access proof").count(),
+        1,
+        "logged more than once: {line}"
+    );
+
+    let client_home = TempHome::new(N2P);
+    let client_dir = ScratchDir::new("client");
+    let client = client_home.client(&server.long_address, &client_dir.join("c.sock"));
+    client.wait_until_listening();
+    assert_copy_succeeds(&source, &client.store_url(), &[&path]);
+}
+
+/// The proof deadline (5 s) with slack for a loaded machine.
+const PROOF_DEADLINE_BOUND: Duration = Duration::from_secs(15);
