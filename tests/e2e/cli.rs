@@ -56,10 +56,11 @@ fn client_rejects_a_malformed_address() {
         started.elapsed()
     );
     assert!(!status.success(), "n2p client garbage exited successfully");
-    assert!(
-        stderr.contains("invalid server address 'garbage'")
-            && stderr.contains("it must start with 'n2p'"),
-        "n2p client garbage should say what is wrong with the address; its stderr:\n{stderr}"
+    assert_eq!(
+        stderr.trim(),
+        "error: invalid server address 'garbage': not an n2p address: it must start with \
+         'n2p' (copy the whole 'long address' that `n2p server` printed)",
+        "n2p client garbage should say exactly what is wrong with the address"
     );
     assert!(
         !client.socket.exists(),
@@ -72,6 +73,7 @@ fn client_gives_up_on_an_unreachable_server() {
     // Nothing here needs Nix: the server goes away before anyone connects.
     let dir = ScratchDir::new("nothing");
     let server_home = TempHome::new(N2P);
+    let server_id = server_home.id();
     let server = server_home.server(&ServerConfig::new(&dir.join("daemon.sock")));
     let address = server.long_address.clone();
     server.stop();
@@ -89,9 +91,18 @@ fn client_gives_up_on_an_unreachable_server() {
         !status.success(),
         "a client of a stopped server exited successfully"
     );
+    // The one error line names the server and the time really waited, which is bounded.
+    let prefix = format!("error: cannot reach the server: peer {server_id} did not answer within ");
+    let suffix = " s (is it running, and is the address current?)";
+    let line = stderr.trim();
+    let waited: f64 = line
+        .strip_prefix(&prefix)
+        .and_then(|rest| rest.strip_suffix(suffix))
+        .and_then(|secs| secs.parse().ok())
+        .unwrap_or_else(|| panic!("expected {prefix}<secs>{suffix}, the client said:\n{stderr}"));
     assert!(
-        stderr.contains("cannot reach the server") && stderr.contains("did not answer within"),
-        "a client of a stopped server should say why it gave up; its stderr:\n{stderr}"
+        waited > 0.0 && waited <= UNREACHABLE_TIMEOUT.as_secs_f64(),
+        "the client claims to have waited {waited} s"
     );
     assert!(
         !client.socket.exists(),
@@ -236,5 +247,83 @@ fn client_checks_its_socket_path_before_connecting() {
     assert!(
         !stderr.contains("cannot reach the server"),
         "the client tried the server before checking its socket: {stderr}"
+    );
+}
+
+/// A symbolic link where the client's socket should go is refused with a message naming it,
+/// and neither the link nor what it points at (here a file of the user's) is touched.
+#[test]
+fn client_refuses_a_symlink_at_its_socket_path() {
+    let dir = ScratchDir::new("symlink-socket");
+    let server_home = TempHome::new(N2P);
+    let server = server_home.server(&ServerConfig::new(&dir.join("daemon.sock")));
+    let address = server.long_address.clone();
+    server.stop();
+
+    let victim = dir.join("precious.txt");
+    std::fs::write(&victim, b"keep me").expect("writing the victim file");
+    let link = dir.join("c.sock");
+    std::os::unix::fs::symlink(&victim, &link).expect("making the symlink");
+    let client_home = TempHome::new(N2P);
+    let output = run_bounded(
+        client_home
+            .command()
+            .args([
+                "--relay",
+                "disabled",
+                "--bind",
+                "127.0.0.1:0",
+                "client",
+                &address,
+                "--socket",
+            ])
+            .arg(&link),
+        COMMAND_TIMEOUT,
+        "n2p client with a symlink as --socket",
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "the client started: {stderr}");
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "error: {} is a symbolic link; refusing to bind through it or replace it (remove \
+             it, or choose another --socket)",
+            link.display()
+        )
+    );
+    assert_eq!(std::fs::read_link(&link).expect("the link"), victim);
+    assert_eq!(std::fs::read(&victim).expect("the victim"), b"keep me");
+}
+
+/// One mistyped character in a real address is caught when the client parses it, with a
+/// message saying so, before anything is bound or dialled.
+#[test]
+fn client_rejects_a_mistyped_address() {
+    let dir = ScratchDir::new("typo");
+    let server_home = TempHome::new(N2P);
+    let server = server_home.server(&ServerConfig::new(&dir.join("daemon.sock")));
+    let address = server.long_address.clone();
+    server.stop();
+    // A character in the middle (inside the secret or the addresses) replaced by another.
+    let at = address.len() / 2;
+    let replacement = if &address[at..=at] == "q" { "r" } else { "q" };
+    let mut typo = address.clone();
+    typo.replace_range(at..=at, replacement);
+
+    let home = TempHome::new(N2P);
+    let mut client = home.client(&typo, &dir.join("c.sock"));
+    let status = client.process.wait(MALFORMED_ADDRESS_TIMEOUT);
+    assert!(!status.success(), "a mistyped address was accepted");
+    assert_eq!(
+        client.process.log_text().trim(),
+        format!(
+            "error: invalid server address '{}…': not an n2p address: its checksum does not \
+             match, so a character is mistyped, missing or extra (copy the whole address again)",
+            &typo[..24]
+        )
+    );
+    assert!(
+        !client.socket.exists(),
+        "a failed client left its socket behind"
     );
 }

@@ -20,5 +20,6 @@ mod mesh_names;
 mod refused;
 mod restart;
 mod service;
+mod soak;
 mod tunnel;
 mod units;

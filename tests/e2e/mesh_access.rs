@@ -1,15 +1,18 @@
 //! Who gets in: identities outside a closed team get no socket anywhere and are refused; a
 //! member without the right to push is refused at the daemon even with a doctored team
-//! file; an open team admits anyone with the secret and no one without it.
+//! file; an open team admits anyone with the secret and no one without it; a recorded
+//! announcement replayed to a freshly started node is refused.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use n2p_mesh::proto::announce::unix_ms;
 use n2p_testkit::nix::{SourceStore, assert_copy_fails, assert_not_valid, require_nix};
 use n2p_testkit::wait::assert_holds_for;
 
 use crate::harness::mesh::{
     ANNOUNCE_INTERVAL, CONVERGENCE_TIMEOUT, MeshPeer, TeamDir, TeamSpec, peer_by_id,
 };
+use crate::harness::replay::Replayer;
 
 /// How long the tests watch for something that must not happen (a socket for a node that
 /// must get none) after everything that should happen did: a few announcement rounds.
@@ -180,4 +183,39 @@ fn an_open_team_admits_anyone_with_the_secret_and_no_one_else() {
         peers.is_empty(),
         "cal, with the wrong secret, should hear from no one, yet lists {peers:#?}"
     );
+}
+
+/// A team member's announcement recorded a minute ago and replayed to a node that has just
+/// started (so it remembers nothing of the sender) is refused as stale, and logged so; the
+/// same member's fresh announcement, sent the same way, then makes its socket appear, so the
+/// refusal is the freshness check, not a broken channel.
+#[test]
+fn a_recorded_announcement_replayed_to_a_fresh_node_is_refused() {
+    let alice = MeshPeer::new("alice");
+    let team = TeamDir::new();
+    let team_file = team.write("team.toml", &TeamSpec::open());
+    let alice_node = alice.join(&team_file, &[]);
+    alice_node.wait_until_joined();
+    let replayer = Replayer::join(&team_file, &alice.invite());
+
+    let now = unix_ms(SystemTime::now());
+    let recorded = replayer.record("ghost", now - 60_000);
+    let mark = alice_node.process.mark();
+    replayer.broadcast(recorded);
+    let line = alice_node.process.wait_for_line_since(
+        &mark,
+        "dropped stale announcement from",
+        REFUSAL_LOG_TIMEOUT,
+    );
+    assert!(
+        line.contains("its clock is 60 s behind ours (at most 30 s accepted)"),
+        "{line}"
+    );
+    assert!(
+        !alice.socket("ghost").exists(),
+        "the replayed announcement made a socket"
+    );
+
+    replayer.broadcast(replayer.record("ghost", unix_ms(SystemTime::now())));
+    alice.wait_for_sockets(&["ghost"], CONVERGENCE_TIMEOUT);
 }

@@ -3,9 +3,17 @@
 
 use std::time::Duration;
 
+use n2p_core::SecretKey;
+use n2p_core::address::ServerAddress;
+use n2p_core::daemon::DAEMON_ALPN;
+use n2p_core::endpoint::{EndpointOptions, bind_endpoint};
 use n2p_testkit::dir::ScratchDir;
-use n2p_testkit::n2p::{Client, Server, ServerConfig, TempHome};
-use n2p_testkit::nix::{NixDaemon, SourceStore, assert_copy_fails, assert_not_valid, require_nix};
+use n2p_testkit::n2p::{Client, Server, ServerConfig, TempHome, last_word};
+use n2p_testkit::nix::{
+    NixDaemon, SourceStore, assert_copied, assert_copy_fails, assert_copy_succeeds,
+    assert_not_valid, require_nix,
+};
+use n2p_testkit::proc::Signal;
 
 use crate::harness::N2P;
 
@@ -149,3 +157,119 @@ fn a_refused_client_exits_at_start_and_says_why() {
         "a refused client made the server contact its daemon"
     );
 }
+
+/// `n2p rotate-secret` and SIGHUP take effect in a running server, without a restart: the
+/// server logs new addresses, a client holding an old one is refused on its next stream
+/// (nothing reaches the daemon), and a client given the new one pushes.
+#[test]
+fn rotate_secret_takes_effect_in_a_running_server_on_sighup() {
+    if !require_nix("rotate_secret_takes_effect_in_a_running_server_on_sighup") {
+        return;
+    }
+    let daemon = NixDaemon::start();
+    let source = SourceStore::new();
+    let before = source.add_file("before.txt", b"pushed with the old secret\n");
+    let refused = source.add_file("refused.txt", b"must not arrive\n");
+    let after = source.add_file("after.txt", b"pushed with the new secret\n");
+
+    let server_home = TempHome::new(N2P);
+    let server = server_home.server(&ServerConfig::new(daemon.socket_path()));
+    let client_dir = ScratchDir::new("client");
+    let old_home = TempHome::new(N2P);
+    let old_client = old_home.client(&server.long_address, &client_dir.join("old.sock"));
+    old_client.wait_until_listening();
+    assert_copy_succeeds(&source, &old_client.store_url(), &[&before]);
+
+    server_home.rotate_secret();
+    let mark = server.process.mark();
+    server.process.signal(Signal::Hup);
+    server.process.wait_for_line_since(
+        &mark,
+        "SIGHUP: new access secret loaded",
+        REFUSAL_LOG_TIMEOUT,
+    );
+    let new_long = last_word(&server.process.wait_for_line_since(
+        &mark,
+        "long address:",
+        REFUSAL_LOG_TIMEOUT,
+    ));
+    assert_ne!(
+        new_long, server.long_address,
+        "SIGHUP printed the old address"
+    );
+
+    assert_copy_fails(&source, &old_client.store_url(), &[&refused]);
+    assert_not_valid(&daemon.store_url(), &refused);
+    server.process.wait_for_line_since(
+        &mark,
+        &format!("refused peer {}: wrong access secret", old_home.id()),
+        REFUSAL_LOG_TIMEOUT,
+    );
+
+    let new_home = TempHome::new(N2P);
+    let new_client = new_home.client(&new_long, &client_dir.join("new.sock"));
+    new_client.wait_until_listening();
+    assert_copy_succeeds(&source, &new_client.store_url(), &[&after]);
+    assert_copied(&source, &daemon.store_url(), &after);
+}
+
+/// An iroh node that connects to `n2p server` on the daemon ALPN and never proves access
+/// (it opens no stream) is cut off at the proof deadline (5 s) with a refusal, and the
+/// server logs that once; a real client is served all the while.
+#[test]
+fn a_connection_that_never_proves_access_is_closed_at_the_deadline() {
+    if !require_nix("a_connection_that_never_proves_access_is_closed_at_the_deadline") {
+        return;
+    }
+    let daemon = NixDaemon::start();
+    let source = SourceStore::new();
+    let path = source.add_file("served.txt", b"served while a stranger waits\n");
+    let server_home = TempHome::new(N2P);
+    let server = server_home.server(&ServerConfig::new(daemon.socket_path()));
+    let address: ServerAddress = server.long_address.parse().expect("the server's address");
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let (stranger_id, waited, reason) = runtime.block_on(async {
+        let key = SecretKey::from_bytes(&[77; 32]);
+        let endpoint = bind_endpoint(key, Vec::new(), &EndpointOptions::loopback())
+            .await
+            .expect("binding the stranger's endpoint");
+        let conn = endpoint
+            .connect(address.endpoint.clone(), DAEMON_ALPN)
+            .await
+            .expect("the stranger connects (the handshake needs no secret)");
+        let started = std::time::Instant::now();
+        let reason = tokio::time::timeout(PROOF_DEADLINE_BOUND, conn.closed())
+            .await
+            .expect("the server did not close an unproven connection in time");
+        let id = endpoint.id();
+        endpoint.close().await;
+        (id, started.elapsed(), reason.to_string())
+    });
+    eprintln!("MEASURED unproven connection closed after {waited:?}: {reason}");
+    assert!(
+        reason.contains("no access proof in time"),
+        "the close should say why: {reason}"
+    );
+    let line = server.process.wait_for_line(
+        &format!("refused peer {stranger_id}: no access proof within 5s of connecting"),
+        REFUSAL_LOG_TIMEOUT,
+    );
+    assert_eq!(
+        server.process.log_text().matches("no access proof").count(),
+        1,
+        "logged more than once: {line}"
+    );
+
+    let client_home = TempHome::new(N2P);
+    let client_dir = ScratchDir::new("client");
+    let client = client_home.client(&server.long_address, &client_dir.join("c.sock"));
+    client.wait_until_listening();
+    assert_copy_succeeds(&source, &client.store_url(), &[&path]);
+}
+
+/// The proof deadline (5 s) with slack for a loaded machine.
+const PROOF_DEADLINE_BOUND: Duration = Duration::from_secs(15);

@@ -52,13 +52,7 @@ pub(crate) fn status_bytes(pid: u32, field: &str) -> Result<u64> {
         .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
 
-/// The value of `field:  <n> kB` in a `/proc/<pid>/status` text.
-pub(crate) fn parse_status_kb(status: &str, field: &str) -> Option<u64> {
-    status.lines().find_map(|line| {
-        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
-        rest.split_whitespace().next()?.parse().ok()
-    })
-}
+pub(crate) use n2p_testkit::procfs::parse_status_kb;
 
 /// Resets the peak resident set size (`VmHWM`) of `pid` to its current size.
 pub(crate) fn reset_peak_rss(pid: u32) -> Result<()> {
@@ -86,14 +80,6 @@ mod tests {
         let stat = "42 (a) b) (c) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 7 3 20 0 4 0";
         assert_eq!(parse_stat_cpu_ticks(stat), Some(310));
         assert_eq!(parse_stat_cpu_ticks("garbage"), None);
-    }
-
-    #[test]
-    fn status_fields_in_kb() {
-        let status = "Name:\tn2p\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\n";
-        assert_eq!(parse_status_kb(status, "VmHWM"), Some(20480));
-        assert_eq!(parse_status_kb(status, "VmRSS"), Some(10240));
-        assert_eq!(parse_status_kb(status, "VmSwap"), None);
     }
 
     #[test]

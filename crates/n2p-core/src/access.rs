@@ -116,6 +116,12 @@ impl SecretPolicy {
         }
     }
 
+    /// The same policy with another secret (the allow-list stays).
+    pub fn with_secret(mut self, secret: AccessSecret) -> Self {
+        self.secret = secret;
+        self
+    }
+
     /// Additionally, only these identities are allowed.
     pub fn with_allow_list(mut self, allow: impl IntoIterator<Item = EndpointId>) -> Self {
         self.allow = Some(allow.into_iter().collect());

@@ -6,7 +6,10 @@
 //! addresses, so it works with no lookup at all (offline, relays disabled).
 //!
 //! Text form: `n2p` followed by lower-case base32 (no padding) of a postcard-encoded,
-//! versioned payload.
+//! versioned payload and a 4-byte checksum of it, so a mistyped, missing or extra character
+//! is caught when the address is parsed ([`AddressParseError::Checksum`]), not when the
+//! server refuses a wrong secret. Addresses from before the checksum (version 1) are still
+//! read, without that check.
 //!
 //! ```
 //! use n2p_core::{access::AccessSecret, address::ServerAddress, EndpointAddr, SecretKey};
@@ -56,6 +59,11 @@ pub enum AddressParseError {
     /// The payload does not decode.
     #[error("not an n2p address: damaged or from an incompatible n2p version")]
     Payload,
+    /// The checksum does not match the payload: a character was mistyped, lost or added.
+    #[error(
+        "not an n2p address: its checksum does not match, so a character is mistyped, missing or extra (copy the whole address again)"
+    )]
+    Checksum,
     /// The endpoint id is not a valid ed25519 key.
     #[error("not an n2p address: invalid endpoint id")]
     EndpointId,
@@ -67,12 +75,37 @@ pub enum AddressParseError {
 /// The encoded payload; variants keep old addresses readable after format changes.
 #[derive(Serialize, Deserialize)]
 enum WireAddress {
+    /// Without a checksum (addresses printed before it was added); still read.
     V1 {
         id: [u8; 32],
         secret: [u8; 32],
         relay: Option<String>,
         direct: Vec<SocketAddr>,
     },
+    /// The same fields, followed by [`CHECKSUM_LEN`] bytes of [`checksum`]; what is written.
+    V2 {
+        id: [u8; 32],
+        secret: [u8; 32],
+        relay: Option<String>,
+        direct: Vec<SocketAddr>,
+    },
+}
+
+/// Bytes of checksum after a version 2 payload.
+const CHECKSUM_LEN: usize = 4;
+
+/// Key-derivation context of the address checksum.
+const CHECKSUM_CONTEXT: &str = "n2p 2025 server address checksum v2";
+
+/// The checksum of an encoded payload: the first [`CHECKSUM_LEN`] bytes of its BLAKE3 hash
+/// in derive-key mode. It catches typos (a wrong address passes with odds of 2^-32); it is
+/// no authentication, which the access secret inside gives.
+fn checksum(payload: &[u8]) -> [u8; CHECKSUM_LEN] {
+    let mut hasher = blake3::Hasher::new_derive_key(CHECKSUM_CONTEXT);
+    hasher.update(payload);
+    let mut sum = [0u8; CHECKSUM_LEN];
+    hasher.finalize_xof().fill(&mut sum);
+    sum
 }
 
 impl ServerAddress {
@@ -105,30 +138,28 @@ fn encode(
     relay: Option<String>,
     direct: Vec<SocketAddr>,
 ) -> String {
-    let wire = WireAddress::V1 {
+    let wire = WireAddress::V2 {
         id: *id.as_bytes(),
         secret: *secret.as_bytes(),
         relay,
         direct,
     };
-    encode_text(ADDRESS_PREFIX, &wire)
-}
-
-/// Encodes `value` as `prefix` + lower-case base32 (no padding) of its postcard bytes: the
-/// text form of addresses and tickets (copy-pasteable, one word).
-pub fn encode_text<T: Serialize>(prefix: &str, value: &T) -> String {
     // Serialising plain data into a Vec cannot fail.
-    let bytes = postcard::to_stdvec(value).unwrap_or_default();
-    format!(
-        "{prefix}{}",
-        data_encoding::BASE32_NOPAD
-            .encode(&bytes)
-            .to_ascii_lowercase()
-    )
+    let mut bytes = postcard::to_stdvec(&wire).unwrap_or_default();
+    let sum = checksum(&bytes);
+    bytes.extend_from_slice(&sum);
+    format!("{ADDRESS_PREFIX}{}", base32_lower(&bytes))
 }
 
-/// Decodes text made by [`encode_text`] with the same `prefix`.
-pub fn decode_text<T: DeserializeOwned>(prefix: &str, text: &str) -> Result<T, AddressParseError> {
+/// Lower-case base32 without padding.
+fn base32_lower(bytes: &[u8]) -> String {
+    data_encoding::BASE32_NOPAD
+        .encode(bytes)
+        .to_ascii_lowercase()
+}
+
+/// The bytes of `prefix` + base32 text.
+fn decode_base32(prefix: &str, text: &str) -> Result<Vec<u8>, AddressParseError> {
     let text = text.trim();
     if text.len() > MAX_ADDRESS_LEN {
         return Err(AddressParseError::TooLong(text.len()));
@@ -136,9 +167,22 @@ pub fn decode_text<T: DeserializeOwned>(prefix: &str, text: &str) -> Result<T, A
     let body = text
         .strip_prefix(prefix)
         .ok_or(AddressParseError::MissingPrefix)?;
-    let bytes = data_encoding::BASE32_NOPAD
+    data_encoding::BASE32_NOPAD
         .decode(body.to_ascii_uppercase().as_bytes())
-        .map_err(|_| AddressParseError::Encoding)?;
+        .map_err(|_| AddressParseError::Encoding)
+}
+
+/// Encodes `value` as `prefix` + lower-case base32 (no padding) of its postcard bytes: the
+/// text form of addresses and tickets (copy-pasteable, one word).
+pub fn encode_text<T: Serialize>(prefix: &str, value: &T) -> String {
+    // Serialising plain data into a Vec cannot fail.
+    let bytes = postcard::to_stdvec(value).unwrap_or_default();
+    format!("{prefix}{}", base32_lower(&bytes))
+}
+
+/// Decodes text made by [`encode_text`] with the same `prefix`.
+pub fn decode_text<T: DeserializeOwned>(prefix: &str, text: &str) -> Result<T, AddressParseError> {
+    let bytes = decode_base32(prefix, text)?;
     let (value, rest) =
         postcard::take_from_bytes(&bytes).map_err(|_| AddressParseError::Payload)?;
     if !rest.is_empty() {
@@ -151,13 +195,30 @@ impl FromStr for ServerAddress {
     type Err = AddressParseError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let wire: WireAddress = decode_text(ADDRESS_PREFIX, text)?;
-        let WireAddress::V1 {
-            id,
-            secret,
-            relay,
-            direct,
-        } = wire;
+        let bytes = decode_base32(ADDRESS_PREFIX, text)?;
+        let (wire, rest) = postcard::take_from_bytes::<WireAddress>(&bytes)
+            .map_err(|_| AddressParseError::Payload)?;
+        let (id, secret, relay, direct) = match wire {
+            WireAddress::V1 {
+                id,
+                secret,
+                relay,
+                direct,
+            } if rest.is_empty() => (id, secret, relay, direct),
+            WireAddress::V1 { .. } => return Err(AddressParseError::Payload),
+            WireAddress::V2 {
+                id,
+                secret,
+                relay,
+                direct,
+            } => {
+                let payload = &bytes[..bytes.len() - rest.len()];
+                if rest != checksum(payload) {
+                    return Err(AddressParseError::Checksum);
+                }
+                (id, secret, relay, direct)
+            }
+        };
         let id = EndpointId::from_bytes(&id).map_err(|_| AddressParseError::EndpointId)?;
         let mut endpoint = EndpointAddr::new(id);
         if let Some(relay) = relay {
@@ -213,6 +274,61 @@ mod tests {
         assert!(addr.to_short_string().len() < addr.to_long_string().len());
     }
 
+    /// Every single-character typo in an address (each position, each other base32
+    /// character) is refused at parse time, most by the checksum (the others break the
+    /// encoding or the payload structure).
+    #[test]
+    fn every_single_character_typo_is_caught() {
+        let addr = sample();
+        for text in [addr.to_long_string(), addr.to_short_string()] {
+            let (mut caught_by_checksum, mut typos) = (0, 0);
+            let alphabet = "abcdefghijklmnopqrstuvwxyz234567";
+            for at in ADDRESS_PREFIX.len()..text.len() {
+                for c in alphabet.chars().filter(|&c| !text[at..].starts_with(c)) {
+                    let mut typo = text.clone();
+                    typo.replace_range(at..at + 1, &c.to_string());
+                    typos += 1;
+                    match typo.parse::<ServerAddress>() {
+                        Ok(parsed) => panic!("typo at {at} parsed as {parsed:?}"),
+                        Err(AddressParseError::Checksum) => caught_by_checksum += 1,
+                        Err(_) => {}
+                    }
+                }
+            }
+            assert!(
+                caught_by_checksum * 4 > typos * 3,
+                "{caught_by_checksum} of {typos}"
+            );
+        }
+        assert_eq!(
+            AddressParseError::Checksum.to_string(),
+            "not an n2p address: its checksum does not match, so a character is mistyped, \
+             missing or extra (copy the whole address again)"
+        );
+    }
+
+    /// Addresses printed before the checksum (wire version 1) are still read.
+    #[test]
+    fn version_1_addresses_without_a_checksum_still_parse() {
+        let addr = sample();
+        let v1 = WireAddress::V1 {
+            id: *addr.id().as_bytes(),
+            secret: *addr.secret.as_bytes(),
+            relay: Some("https://relay.example.org./".to_owned()),
+            direct: addr.endpoint.ip_addrs().copied().collect(),
+        };
+        let text = encode_text(ADDRESS_PREFIX, &v1);
+        assert_eq!(text.parse::<ServerAddress>().expect("a v1 address"), addr);
+        // A v1 payload with bytes after it is damaged, not a v2 address.
+        let mut bytes = postcard::to_stdvec(&v1).expect("encode");
+        bytes.extend_from_slice(&checksum(&bytes));
+        let text = format!("{ADDRESS_PREFIX}{}", base32_lower(&bytes));
+        assert!(matches!(
+            text.parse::<ServerAddress>(),
+            Err(AddressParseError::Payload)
+        ));
+    }
+
     #[test]
     fn garbage_is_rejected_with_a_reason() {
         assert!(matches!(
@@ -232,12 +348,13 @@ mod tests {
             long.parse::<ServerAddress>(),
             Err(AddressParseError::TooLong(_))
         ));
-        // Truncating a valid address never panics and never parses to something else.
+        // Truncating a valid address never panics and never parses.
         let text = sample().to_long_string();
         for cut in 0..text.len() {
-            if let Ok(a) = text[..cut].parse::<ServerAddress>() {
-                assert_eq!(a.id(), sample().id());
-            }
+            assert!(
+                text[..cut].parse::<ServerAddress>().is_err(),
+                "cut at {cut}"
+            );
         }
     }
 }

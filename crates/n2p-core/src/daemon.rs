@@ -17,7 +17,7 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use iroh::{
@@ -39,19 +39,20 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::{
     access::{AccessPolicy, AccessProof, AccessSecret},
     forward::{QuicPair, forward},
+    limits::{AcceptBackoff, ConnectionGate, Limits, PeerSlots, UnprovenPermit},
 };
 
 /// ALPN of the raw daemon protocol.
 pub const DAEMON_ALPN: &[u8] = b"n2p/daemon/1";
+
+/// The reason sent with [`ACCESS_DENIED`] when no proof arrived by the deadline.
+const NO_PROOF_IN_TIME: &[u8] = b"no access proof in time";
 
 /// Application close code: the peer is not allowed to use this daemon.
 pub const ACCESS_DENIED: VarInt = VarInt::from_u32(403);
 
 /// Close code used when a node shuts down.
 pub const SHUTTING_DOWN: VarInt = VarInt::from_u32(0);
-
-/// How long a peer has to send its proof after opening a stream.
-const PROOF_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most bytes read from a daemon stream before the daemon connection is made (Nix's first
 /// message, its 8-byte magic and version, fits many times).
@@ -60,38 +61,60 @@ const FIRST_READ: usize = 4096;
 /// Default bound on establishing a connection to a peer.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves the local nix-daemon to peers that pass the access policy.
+/// Serves the local nix-daemon to peers that pass the access policy, within [`Limits`]: a
+/// connection that has not proved access may have only a few streams waiting and is closed
+/// if no proof arrives by the deadline; each peer may hold only so many daemon connections.
 #[derive(Debug, Clone)]
 pub struct DaemonService {
     daemon_socket: Arc<PathBuf>,
     policy: Arc<dyn AccessPolicy>,
     me: EndpointId,
+    limits: Limits,
+    peer_slots: Arc<PeerSlots>,
 }
 
 impl DaemonService {
     /// Forwards accepted streams to the daemon at `daemon_socket`; `me` is this node's id.
+    /// Applies [`Limits::default`].
     pub fn new(daemon_socket: PathBuf, policy: Arc<dyn AccessPolicy>, me: EndpointId) -> Self {
+        let limits = Limits::default();
         Self {
             daemon_socket: Arc::new(daemon_socket),
             policy,
             me,
+            limits,
+            peer_slots: Arc::new(PeerSlots::new(limits.max_per_peer)),
         }
+    }
+
+    /// The same service with other limits.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self.peer_slots = Arc::new(PeerSlots::new(limits.max_per_peer));
+        self
     }
 
     /// Checks the stream's proof, then joins it to a fresh daemon connection. Every early
     /// return drops `streams`, which resets them.
-    async fn handle_stream(&self, conn: &Connection, mut streams: QuicPair) {
+    async fn handle_stream(
+        &self,
+        conn: &Connection,
+        gate: &ConnectionGate,
+        unproven: UnprovenPermit,
+        mut streams: QuicPair,
+    ) {
         let peer = conn.remote_id();
         let mut proof = [0u8; AccessProof::LEN];
-        match tokio::time::timeout(PROOF_TIMEOUT, streams.recv.read_exact(&mut proof)).await {
+        let deadline = self.limits.proof_deadline;
+        match tokio::time::timeout(deadline, streams.recv.read_exact(&mut proof)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 debug!("stream ended before its access proof: {e}");
                 return;
             }
             Err(_) => {
-                warn!(peer = %peer, "refused peer {peer}: no access proof within {PROOF_TIMEOUT:?}");
-                conn.close(ACCESS_DENIED, b"no access proof");
+                warn!(peer = %peer, "refused peer {peer}: no access proof within {deadline:?}");
+                conn.close(ACCESS_DENIED, NO_PROOF_IN_TIME);
                 return;
             }
         }
@@ -100,6 +123,8 @@ impl DaemonService {
             conn.close(ACCESS_DENIED, refusal.to_string().as_bytes());
             return;
         }
+        gate.mark_proven();
+        drop(unproven);
         // Nix speaks first on a daemon connection, so waiting for its first bytes before
         // connecting to the daemon costs nothing; a stream that ends right after its proof
         // is an access check ([`DaemonDialer::check_access`]): answered with a clean finish
@@ -115,6 +140,19 @@ impl DaemonService {
             }
             Err(e) => {
                 debug!("stream ended before its first daemon bytes: {e}");
+                return;
+            }
+        };
+        // Each forward holds a daemon worker: a peer gets only so many at once.
+        let _slot = match self.peer_slots.acquire(peer) {
+            Ok(slot) => slot,
+            Err(hit) => {
+                if hit.first {
+                    warn!(peer = %peer,
+                        "peer {peer} holds {} daemon connections, the most allowed; refusing more until it holds none",
+                        hit.limit
+                    );
+                }
                 return;
             }
         };
@@ -151,14 +189,30 @@ impl ProtocolHandler for DaemonService {
             // The stream tasks borrow nothing from the accept loop, so a set owned here and
             // drained on exit bounds their lifetime to the connection's.
             let mut streams = JoinSet::new();
+            let gate = Arc::new(ConnectionGate::new(&self.limits));
             loop {
                 tokio::select! {
                     accepted = conn.accept_bi() => match accepted {
                         Ok((send, recv)) => {
+                            let pair = QuicPair::new(send, recv);
+                            let unproven = match gate.admit_unproven() {
+                                Ok(permit) => permit,
+                                Err(hit) => {
+                                    if hit.first {
+                                        warn!(peer = %peer,
+                                            "peer {peer} opened more than {} streams before proving access; resetting the extra ones",
+                                            hit.limit
+                                        );
+                                    }
+                                    // Dropping the pair resets the stream.
+                                    continue;
+                                }
+                            };
                             let conn = conn.clone();
                             let service = self.clone();
+                            let gate = gate.clone();
                             streams.spawn(async move {
-                                service.handle_stream(&conn, QuicPair::new(send, recv)).await
+                                service.handle_stream(&conn, &gate, unproven, pair).await
                             }.in_current_span());
                         }
                         Err(e) => {
@@ -166,6 +220,16 @@ impl ProtocolHandler for DaemonService {
                             break;
                         }
                     },
+                    _ = tokio::time::sleep_until(gate.deadline()), if !gate.is_proven() => {
+                        if !gate.is_proven() {
+                            warn!(peer = %peer,
+                                "refused peer {peer}: no access proof within {:?} of connecting",
+                                self.limits.proof_deadline
+                            );
+                            conn.close(ACCESS_DENIED, NO_PROOF_IN_TIME);
+                            break;
+                        }
+                    }
                     Some(_) = streams.join_next(), if !streams.is_empty() => {}
                 }
             }
@@ -209,6 +273,23 @@ pub enum DialError {
         /// What it said.
         reason: String,
     },
+    /// The last attempt to connect failed moments ago ([`RETRY_AFTER`]): failed at once
+    /// instead of waiting for another attempt.
+    #[error(
+        "peer {peer} unreachable for {} s (last attempt: {reason}); next attempt in {:.1} s",
+        failing_for.as_secs(),
+        retry_in.as_secs_f64()
+    )]
+    Unreachable {
+        /// The peer.
+        peer: EndpointId,
+        /// Since the first failed attempt of this outage.
+        failing_for: Duration,
+        /// Until the next attempt is made.
+        retry_in: Duration,
+        /// Why the last attempt failed.
+        reason: String,
+    },
     /// The connection dropped while opening the stream.
     #[error("connection to peer {peer} lost: {reason}")]
     Lost {
@@ -219,14 +300,46 @@ pub enum DialError {
     },
 }
 
+/// After a failed connection attempt, how long further requests fail at once
+/// ([`DialError::Unreachable`]) instead of each waiting for an attempt of its own.
+pub const RETRY_AFTER: Duration = Duration::from_secs(3);
+
+/// While a peer stays unreachable, how often [`DaemonDialer::open_stream`] logs it.
+pub const UNREACHABLE_LOG_EVERY: Duration = Duration::from_secs(30);
+
 /// Opens daemon streams to one peer over one shared, lazily (re)established connection.
+///
+/// One connection attempt at a time: callers that arrive while one is under way wait for
+/// its outcome, and after a failure they (and everyone for [`RETRY_AFTER`]) fail at once,
+/// so a burst of Nix connections to an unreachable peer costs one connect timeout, not one
+/// each. [`Self::open_stream`] logs an outage when it starts and every
+/// [`UNREACHABLE_LOG_EVERY`] while it lasts, with how long it has lasted.
 #[derive(Debug)]
 pub struct DaemonDialer {
     endpoint: Endpoint,
     target: EndpointAddr,
     proof: AccessProof,
     connect_timeout: Duration,
-    conn: Mutex<Option<Connection>>,
+    state: Mutex<DialState>,
+}
+
+/// The dialer's connection, or the outage in progress.
+#[derive(Debug, Default)]
+struct DialState {
+    conn: Option<Connection>,
+    outage: Option<Outage>,
+}
+
+/// A peer that could not be reached, since when.
+#[derive(Debug)]
+struct Outage {
+    since: Instant,
+    last_attempt: Instant,
+    /// Why the last attempt failed.
+    reason: String,
+    /// Streams refused during the outage, and when it was last logged.
+    failed_streams: u64,
+    logged: Option<Instant>,
 }
 
 impl DaemonDialer {
@@ -238,7 +351,7 @@ impl DaemonDialer {
             target,
             proof,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            conn: Mutex::new(None),
+            state: Mutex::new(DialState::default()),
         }
     }
 
@@ -253,17 +366,65 @@ impl DaemonDialer {
         self.target.id
     }
 
-    /// The live connection, connecting first if there is none or it has closed.
+    /// The live connection, connecting first if there is none or it has closed; fails at
+    /// once during the [`RETRY_AFTER`] that follows a failed attempt.
     pub async fn connection(&self) -> Result<Connection, DialError> {
-        let mut slot = self.conn.lock().await;
-        if let Some(conn) = slot.as_ref() {
+        let mut state = self.state.lock().await;
+        if let Some(conn) = state.conn.as_ref() {
             match conn.close_reason() {
                 None => return Ok(conn.clone()),
                 Some(reason) => debug!("reconnecting: {}", describe_close(&reason)),
             }
         }
         let peer = self.target.id;
-        let started = std::time::Instant::now();
+        if let Some(outage) = &state.outage {
+            let since_attempt = outage.last_attempt.elapsed();
+            if since_attempt < RETRY_AFTER {
+                return Err(DialError::Unreachable {
+                    peer,
+                    failing_for: outage.since.elapsed(),
+                    retry_in: RETRY_AFTER - since_attempt,
+                    reason: outage.reason.clone(),
+                });
+            }
+        }
+        let started = Instant::now();
+        match self.connect(started).await {
+            Ok(conn) => {
+                if let Some(outage) = state.outage.take() {
+                    info!(peer = %peer.fmt_short(),
+                        "reached peer {peer} again after {} s unreachable",
+                        outage.since.elapsed().as_secs()
+                    );
+                }
+                state.conn = Some(conn.clone());
+                Ok(conn)
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                match &mut state.outage {
+                    Some(outage) => {
+                        outage.last_attempt = Instant::now();
+                        outage.reason = reason;
+                    }
+                    None => {
+                        state.outage = Some(Outage {
+                            since: started,
+                            last_attempt: Instant::now(),
+                            reason,
+                            failed_streams: 0,
+                            logged: None,
+                        });
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// One connection attempt, bounded by the connect timeout.
+    async fn connect(&self, started: Instant) -> Result<Connection, DialError> {
+        let peer = self.target.id;
         let conn = tokio::time::timeout(
             self.connect_timeout,
             self.endpoint.connect(self.target.clone(), DAEMON_ALPN),
@@ -287,13 +448,49 @@ impl DaemonDialer {
         })?;
         info!(peer = %peer.fmt_short(), "connected to {}", peer);
         tokio::spawn(log_when_closed(conn.clone()));
-        *slot = Some(conn.clone());
         Ok(conn)
     }
 
     /// Opens one daemon stream, proof already sent. Retries once on a fresh connection when
-    /// the cached one turns out to be dead.
+    /// the cached one turns out to be dead. While the peer is unreachable, logs so when the
+    /// outage starts and every [`UNREACHABLE_LOG_EVERY`] (with how long it has lasted and
+    /// how many streams failed); other failures are the caller's to log.
     pub async fn open_stream(&self) -> Result<QuicPair, DialError> {
+        let result = self.try_open_stream().await;
+        if let Err(
+            e @ (DialError::Timeout { .. }
+            | DialError::Connect { .. }
+            | DialError::Unreachable { .. }),
+        ) = &result
+        {
+            self.report_unreachable(e).await;
+        }
+        result
+    }
+
+    /// Counts a stream that failed because the peer is unreachable; logs when due.
+    async fn report_unreachable(&self, error: &DialError) {
+        let mut state = self.state.lock().await;
+        let Some(outage) = state.outage.as_mut() else {
+            return;
+        };
+        outage.failed_streams += 1;
+        if outage
+            .logged
+            .is_some_and(|at| at.elapsed() < UNREACHABLE_LOG_EVERY)
+        {
+            return;
+        }
+        outage.logged = Some(Instant::now());
+        let peer = self.target.id;
+        error!(peer = %peer.fmt_short(),
+            "cannot reach peer {peer} for {} s ({} Nix connection(s) failed): {error}; if it moved (new port or network) or was re-keyed, this address is stale: get its current one",
+            outage.since.elapsed().as_secs(),
+            outage.failed_streams,
+        );
+    }
+
+    async fn try_open_stream(&self) -> Result<QuicPair, DialError> {
         let peer = self.target.id;
         let mut last = None;
         for _attempt in 0..2 {
@@ -371,7 +568,7 @@ impl DaemonDialer {
 
     /// Closes the current connection, if any.
     pub async fn close(&self) {
-        if let Some(conn) = self.conn.lock().await.take() {
+        if let Some(conn) = self.state.lock().await.conn.take() {
             conn.close(SHUTTING_DOWN, b"bye");
         }
     }
@@ -539,12 +736,14 @@ pub async fn serve_local_listener(
     shutdown: ListenerShutdown,
 ) {
     let mut tasks = JoinSet::new();
+    let mut backoff = AcceptBackoff::new();
     loop {
         tokio::select! {
             biased;
             _ = shutdown.stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((local, _)) => {
+                    backoff.succeeded();
                     let dialer = dialer.clone();
                     let abort = shutdown.abort.child_token();
                     let counted = InFlight::new(&shutdown.in_flight);
@@ -557,8 +756,14 @@ pub async fn serve_local_listener(
                     }.in_current_span());
                 }
                 Err(e) => {
-                    warn!("accepting a local connection failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of descriptors, say: back off instead of spinning; log once per run.
+                    let (pause, first) = backoff.failed();
+                    if first {
+                        warn!("accepting a local connection failed: {e}; retrying with growing pauses");
+                    } else {
+                        debug!("accepting a local connection failed again: {e}");
+                    }
+                    tokio::time::sleep(pause).await;
                 }
             },
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
@@ -583,6 +788,15 @@ pub async fn serve_local_listener(
 async fn forward_local_connection(local: UnixStream, dialer: &DaemonDialer) {
     let streams = match dialer.open_stream().await {
         Ok(pair) => pair,
+        // The dialer reports an unreachable peer itself, once per outage and periodically.
+        Err(
+            e @ (DialError::Timeout { .. }
+            | DialError::Connect { .. }
+            | DialError::Unreachable { .. }),
+        ) => {
+            debug!("local connection closed: {e}");
+            return;
+        }
         Err(e) => {
             error!("{e}");
             return;
@@ -652,6 +866,14 @@ mod tests {
         dir: &std::path::Path,
         secret: &AccessSecret,
     ) -> Result<(Router, Arc<AtomicUsize>), Box<dyn std::error::Error>> {
+        server_with(dir, secret, Limits::default()).await
+    }
+
+    async fn server_with(
+        dir: &std::path::Path,
+        secret: &AccessSecret,
+        limits: Limits,
+    ) -> Result<(Router, Arc<AtomicUsize>), Box<dyn std::error::Error>> {
         let daemon_path = dir.join("daemon.sock");
         let connections = spawn_echo_daemon(daemon_path.clone()).await?;
         let endpoint = bind_endpoint(
@@ -661,7 +883,7 @@ mod tests {
         )
         .await?;
         let policy = Arc::new(SecretPolicy::new(secret.clone()));
-        let service = DaemonService::new(daemon_path, policy, endpoint.id());
+        let service = DaemonService::new(daemon_path, policy, endpoint.id()).with_limits(limits);
         let router = Router::builder(endpoint)
             .accept(DAEMON_ALPN, service)
             .spawn();
@@ -926,8 +1148,11 @@ mod tests {
         assert!(full, "the listen queue never filled up");
         listener.set_nonblocking(true)?;
         let listener = tokio::net::UnixListener::from_std(listener)?;
+        let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let started_draining = draining.clone();
         let accepting = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(200)).await;
+            started_draining.store(true, Ordering::SeqCst);
             let mut accepted = Vec::new();
             while accepted.len() < 66 {
                 match tokio::time::timeout(Duration::from_secs(2), listener.accept()).await {
@@ -937,14 +1162,138 @@ mod tests {
             }
             accepted.len()
         });
-        let started = std::time::Instant::now();
         connect_daemon(&path).await?;
         assert!(
-            started.elapsed() >= Duration::from_millis(150),
-            "the connect should have waited for the queue to drain"
+            draining.load(Ordering::SeqCst),
+            "the connect returned before anyone made room in the queue"
         );
         drop(queued);
         accepting.await?;
+        Ok(())
+    }
+
+    /// A connection that proves nothing (here: opens no stream at all) is closed as a
+    /// refusal at the proof deadline.
+    #[tokio::test]
+    async fn a_connection_without_a_proof_is_closed_at_the_deadline() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let secret = AccessSecret::from_bytes([5; 32]);
+        let limits = Limits {
+            proof_deadline: Duration::from_millis(300),
+            ..Limits::default()
+        };
+        let (router, connections) = server_with(dir.path(), &secret, limits).await?;
+        let client = client_endpoint(6).await?;
+        let conn = client
+            .connect(router.endpoint().addr(), DAEMON_ALPN)
+            .await?;
+        let reason = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await?;
+        assert_eq!(
+            refusal_of(&reason).as_deref(),
+            Some("no access proof in time"),
+            "{reason}"
+        );
+        assert_eq!(connections.load(Ordering::SeqCst), 0);
+        client.close().await;
+        router.shutdown().await?;
+        Ok(())
+    }
+
+    /// Before any proof, a connection may have only `max_unproven_streams` streams waiting:
+    /// further ones are reset at once while the first wait for their proofs.
+    #[tokio::test]
+    async fn an_unproven_connection_holds_only_a_few_streams() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let secret = AccessSecret::from_bytes([5; 32]);
+        // A deadline far off: only the cap may end the third stream early.
+        let limits = Limits {
+            max_unproven_streams: 2,
+            proof_deadline: Duration::from_secs(30),
+            ..Limits::default()
+        };
+        let (router, connections) = server_with(dir.path(), &secret, limits).await?;
+        let client = client_endpoint(7).await?;
+        let conn = client
+            .connect(router.endpoint().addr(), DAEMON_ALPN)
+            .await?;
+        let mut open = Vec::new();
+        for _ in 0..3 {
+            let (mut send, recv) = conn.open_bi().await?;
+            // One byte of a proof: the stream is seen, and waits for the rest.
+            send.write_all(&[0]).await?;
+            open.push((send, recv));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (_, mut third) = open.pop().ok_or("three streams")?;
+        let read = tokio::time::timeout(Duration::from_secs(5), third.read_to_end(64)).await?;
+        assert!(
+            read.is_err(),
+            "the third unproven stream was not reset: {read:?}"
+        );
+        for (_, recv) in &mut open {
+            let waiting =
+                tokio::time::timeout(Duration::from_millis(300), recv.read_to_end(64)).await;
+            assert!(waiting.is_err(), "an admitted stream ended: {waiting:?}");
+        }
+        assert!(conn.close_reason().is_none(), "the connection was closed");
+        assert_eq!(connections.load(Ordering::SeqCst), 0);
+        client.close().await;
+        router.shutdown().await?;
+        Ok(())
+    }
+
+    /// A peer that proved access holds at most `max_per_peer` daemon connections at once:
+    /// the next stream is reset without reaching the daemon, and once one ends there is room.
+    #[tokio::test]
+    async fn a_peer_holds_at_most_its_share_of_daemon_connections() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let secret = AccessSecret::from_bytes([5; 32]);
+        let limits = Limits {
+            max_per_peer: 2,
+            ..Limits::default()
+        };
+        let (router, connections) = server_with(dir.path(), &secret, limits).await?;
+        let client = client_endpoint(8).await?;
+        let dialer = DaemonDialer::new(client.clone(), router.endpoint().addr(), &secret);
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut pair = dialer.open_stream().await?;
+            pair.send.write_all(b"held open").await?;
+            held.push(pair);
+        }
+        let until_two = tokio::time::timeout(Duration::from_secs(10), async {
+            while connections.load(Ordering::SeqCst) < 2 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        until_two.await?;
+        let mut extra = dialer.open_stream().await?;
+        extra.send.write_all(b"one too many").await?;
+        extra.send.finish()?;
+        let read = tokio::time::timeout(Duration::from_secs(5), extra.recv.read_to_end(64)).await?;
+        assert!(
+            read.is_err(),
+            "the stream over the cap was served: {read:?}"
+        );
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+
+        let mut first = held.remove(0);
+        first.send.finish()?;
+        let reply = first.recv.read_to_end(1024).await?;
+        assert_eq!(reply.len(), 8 + b"held open".len());
+        first.completed();
+        let mut again = dialer.open_stream().await?;
+        again.send.write_all(b"room again").await?;
+        again.send.finish()?;
+        let reply = again.recv.read_to_end(1024).await?;
+        assert_eq!(reply.len(), 8 + b"room again".len());
+        again.completed();
+        assert_eq!(connections.load(Ordering::SeqCst), 3);
+        drop(extra);
+        drop(held);
+        dialer.close().await;
+        client.close().await;
+        router.shutdown().await?;
         Ok(())
     }
 
@@ -962,6 +1311,64 @@ mod tests {
         assert!(
             matches!(err, DialError::Timeout { .. } | DialError::Connect { .. }),
             "{err}"
+        );
+        client.close().await;
+        Ok(())
+    }
+
+    /// After a failed attempt, a burst of streams to the same unreachable peer fails at
+    /// once, saying for how long the peer has been unreachable and when the next attempt
+    /// is, instead of each waiting for an attempt of its own; after [`RETRY_AFTER`] one
+    /// new attempt is made.
+    #[tokio::test]
+    async fn an_unreachable_peer_fails_a_burst_at_once_then_retries() -> TestResult {
+        let client = client_endpoint(5).await?;
+        let nobody = EndpointAddr::new(SecretKey::from_bytes(&[9; 32]).public())
+            .with_ip_addr("127.0.0.1:9".parse()?);
+        let dialer = Arc::new(
+            DaemonDialer::new(client.clone(), nobody, &AccessSecret::from_bytes([0; 32]))
+                .with_connect_timeout(Duration::from_millis(300)),
+        );
+        let first = dialer.open_stream().await.expect_err("unreachable");
+        assert!(
+            matches!(first, DialError::Timeout { .. } | DialError::Connect { .. }),
+            "{first}"
+        );
+        let mut burst = JoinSet::new();
+        for _ in 0..10 {
+            let dialer = dialer.clone();
+            burst.spawn(async move { dialer.open_stream().await.map(|_| ()) });
+        }
+        while let Some(result) = burst.join_next().await {
+            let err = result?.expect_err("unreachable");
+            assert!(
+                matches!(&err, DialError::Unreachable { retry_in, .. } if *retry_in <= RETRY_AFTER),
+                "{err}"
+            );
+            let text = err.to_string();
+            assert!(
+                text.starts_with(&format!(
+                    "peer {} unreachable for 0 s (last attempt: ",
+                    dialer.peer()
+                )) && text.contains("; next attempt in "),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            dialer
+                .state
+                .lock()
+                .await
+                .outage
+                .as_ref()
+                .map(|o| o.failed_streams),
+            Some(11)
+        );
+        tokio::time::sleep(RETRY_AFTER).await;
+        let again = dialer.open_stream().await.expect_err("still unreachable");
+        assert!(
+            matches!(again, DialError::Timeout { .. } | DialError::Connect { .. }),
+            "after RETRY_AFTER a new attempt is made: {again}"
         );
         client.close().await;
         Ok(())

@@ -161,6 +161,7 @@ mod tests {
         for garbage in [
             &b"not hex"[..],
             &[0xff, 0xfe, 0x00],
+            &[0x80; 64],
             &[b'a'; 62],
             &[b'a'; 66],
         ] {
@@ -181,17 +182,30 @@ mod tests {
         assert!(load_or_create_secret_key(&home).is_ok());
     }
 
+    /// A directory where `secret.key` or `access.secret` should be is named, with what to
+    /// do, and left alone.
     #[test]
-    fn directory_in_place_of_a_key_is_named() {
+    fn directory_in_place_of_a_key_is_named_with_a_hint() {
         let (_tmp, home) = home();
         home.ensure().expect("home");
-        let path = home.access_secret_path();
-        fs::create_dir(&path).expect("mkdir");
-        let err = load_or_create_access_secret(&home).expect_err("a directory");
-        assert_eq!(
-            err.to_string(),
-            format!("{} is a directory, not a file", path.display())
-        );
+        for path in [home.secret_key_path(), home.access_secret_path()] {
+            fs::create_dir(&path).expect("mkdir");
+            let err = if path == home.secret_key_path() {
+                load_or_create_secret_key(&home).map(|_| ())
+            } else {
+                load_or_create_access_secret(&home).map(|_| ())
+            }
+            .expect_err("a directory");
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "{} is a directory, not a regular file; move it out of the way (n2p never \
+                     removes what it did not create)",
+                    path.display()
+                )
+            );
+            assert!(path.is_dir(), "{} was touched", path.display());
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //!   each stream to a fresh nix-daemon connection; the dialing side keeps one QUIC
 //!   connection per peer and opens a stream per local connection.
 //! - [`forward`] copies bytes both ways with half-close carried through.
+//! - [`limits`] bounds what a peer may hold before and after it proves access.
 //! - [`unix`] binds unix sockets safely (0600, stale files replaced, live ones kept).
 
 pub mod access;
@@ -24,6 +25,7 @@ pub mod endpoint;
 pub mod forward;
 pub mod home;
 pub mod identity;
+pub mod limits;
 pub mod secret_file;
 pub mod unix;
 

@@ -64,7 +64,10 @@ pub enum SecretFileError {
         mode: u32,
     },
     /// The path names something other than a regular file.
-    #[error("{} is {kind}, not a file", path.display())]
+    #[error(
+        "{} is {kind}, not a regular file; move it out of the way (n2p never removes what it did not create)",
+        path.display()
+    )]
     NotAFile {
         /// The path.
         path: PathBuf,
@@ -237,7 +240,11 @@ mod tests {
             );
             assert_eq!(
                 err.to_string(),
-                format!("{} is a directory, not a file", sub.display())
+                format!(
+                    "{} is a directory, not a regular file; move it out of the way (n2p never \
+                     removes what it did not create)",
+                    sub.display()
+                )
             );
         }
     }

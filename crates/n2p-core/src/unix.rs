@@ -1,4 +1,4 @@
-//! Unix sockets that reach a daemon: bound owner-only (0600) without a window in which
+//! Unix sockets that reach a daemon: created owner-only (0600), with no window in which
 //! others could connect, stale files from a crash replaced, live sockets never stolen, and
 //! removed again when the guard drops.
 
@@ -23,6 +23,12 @@ pub enum UnixBindError {
     /// The path exists and is not a socket; it is left alone.
     #[error("{} exists and is not a socket; refusing to replace it", path.display())]
     NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The path is a symbolic link; it is neither followed nor replaced.
+    #[error("{} is a symbolic link; refusing to bind through it or replace it (remove it, or choose another --socket)", path.display())]
+    Symlink {
         /// The path.
         path: PathBuf,
     },
@@ -91,10 +97,11 @@ impl SocketAccess {
 
 /// Binds a listening unix socket at `path` with mode 0600.
 ///
-/// The socket is bound under a temporary name, restricted, then renamed into place, so the
-/// final path never has looser permissions. (The temporary name exists for a moment with
-/// the umask's mode; every caller binds inside a 0700 directory or one the user chose.) A stale socket (nobody listening) is replaced;
-/// a live one, or any other kind of file, is an error. Must be called inside a tokio runtime.
+/// The socket is bound under a temporary name, created 0600 (see [`bind_owner_only`]:
+/// never the umask's mode, even for a moment), then renamed into place, so the final path
+/// never has looser permissions and appears complete. A stale socket (nobody listening) is
+/// replaced; a live one, a symbolic link or any other
+/// kind of file is an error and left as it is. Must be called inside a tokio runtime.
 pub fn bind_private_listener(
     path: &Path,
 ) -> Result<(UnixListener, SocketFileGuard), UnixBindError> {
@@ -119,7 +126,7 @@ pub fn bind_listener(
     };
     clear_stale_socket(path)?;
     let tmp = temporary_name(path);
-    let listener = UnixListener::bind(&tmp).map_err(io_err)?;
+    let listener = bind_owner_only(&tmp).map_err(io_err)?;
     let grouped = match access {
         SocketAccess::Owner => Ok(()),
         SocketAccess::Group(gid) => std::os::unix::fs::chown(&tmp, None, Some(gid)),
@@ -139,7 +146,57 @@ pub fn bind_listener(
     Ok((listener, guard))
 }
 
-/// Removes `path` if it is a socket nobody listens on; errors if it is live or not a socket.
+/// Creates a listening socket at `path` whose file is 0600 from the moment it exists: the
+/// socket's inode is made owner-only (`fchmod`) before `bind` creates the file, which
+/// Linux then creates with that mode (minus the umask), never the umask's looser default.
+fn bind_owner_only(path: &Path) -> io::Result<UnixListener> {
+    use std::os::{
+        fd::{FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    };
+    // SAFETY: plain system calls on a descriptor we create and own; the address struct is
+    // zeroed, then filled within its bounds (the path length was checked against it).
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        );
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        if libc::fchmod(raw, 0o600) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut addr: libc::sockaddr_un = std::mem::zeroed();
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let bytes = path.as_os_str().as_bytes();
+        if bytes.len() >= addr.sun_path.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "socket path too long",
+            ));
+        }
+        for (slot, byte) in addr.sun_path.iter_mut().zip(bytes) {
+            *slot = *byte as libc::c_char;
+        }
+        let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+        if libc::bind(raw, (&raw const addr).cast(), len as libc::socklen_t) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::listen(raw, 1024) != 0 {
+            let err = io::Error::last_os_error();
+            fs::remove_file(path).ok();
+            return Err(err);
+        }
+        UnixListener::from_std(std::os::unix::net::UnixListener::from(fd))
+    }
+}
+
+/// Removes `path` if it is a socket nobody listens on; errors if it is live, not a socket,
+/// or a symbolic link (to anything: a link is never followed, replaced or removed).
 pub fn clear_stale_socket(path: &Path) -> Result<(), UnixBindError> {
     let meta = match fs::symlink_metadata(path) {
         Ok(meta) => meta,
@@ -151,6 +208,12 @@ pub fn clear_stale_socket(path: &Path) -> Result<(), UnixBindError> {
             });
         }
     };
+    // Never followed: a link could point at a live socket or a file of someone else's.
+    if meta.file_type().is_symlink() {
+        return Err(UnixBindError::Symlink {
+            path: path.to_owned(),
+        });
+    }
     if !meta.file_type().is_socket() {
         return Err(UnixBindError::NotASocket {
             path: path.to_owned(),
@@ -211,6 +274,52 @@ mod tests {
             Err(UnixBindError::NotASocket { .. })
         ));
         assert_eq!(fs::read(&file)?, b"keep me");
+        Ok(())
+    }
+
+    /// A symbolic link at the socket path is refused and left alone, and so is whatever it
+    /// points at: a file of the user's, a stale socket, nothing at all.
+    #[tokio::test]
+    async fn symlinks_are_never_followed_or_replaced() -> Result<(), Box<dyn std::error::Error>> {
+        let tmp = tempfile::tempdir()?;
+        let victim = tmp.path().join("victim");
+        fs::write(&victim, b"keep me")?;
+        let stale = tmp.path().join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale)?);
+        for (i, target) in [&victim, &stale, &tmp.path().join("missing")]
+            .into_iter()
+            .enumerate()
+        {
+            let link = tmp.path().join(format!("link{i}.sock"));
+            std::os::unix::fs::symlink(target, &link)?;
+            let err = bind_private_listener(&link).expect_err("bound through a symlink");
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "{} is a symbolic link; refusing to bind through it or replace it (remove \
+                     it, or choose another --socket)",
+                    link.display()
+                )
+            );
+            assert_eq!(fs::read_link(&link)?, *target, "the link was changed");
+        }
+        assert_eq!(fs::read(&victim)?, b"keep me");
+        assert!(fs::symlink_metadata(&stale)?.file_type().is_socket());
+        assert!(!tmp.path().join("missing").exists());
+        Ok(())
+    }
+
+    /// The socket file is owner-only as soon as it exists, before any chmod: under the
+    /// usual umask (022) a plain bind would create it 0755.
+    #[tokio::test]
+    async fn a_socket_is_created_owner_only() -> Result<(), Box<dyn std::error::Error>> {
+        let tmp = tempfile::tempdir()?;
+        let path = tmp.path().join("fresh.sock");
+        let listener = bind_owner_only(&path)?;
+        assert_eq!(fs::metadata(&path)?.permissions().mode() & 0o777, 0o600);
+        // It accepts connections.
+        let _client = tokio::net::UnixStream::connect(&path).await?;
+        let _accepted = listener.accept().await?;
         Ok(())
     }
 

@@ -235,6 +235,8 @@ impl MeshNode {
             sockets,
             table: PeerTable::new(me, &settings.name, settings.team.clone()),
             seq: SeqClock::new(),
+            stale_warned: Default::default(),
+            full_warned: false,
             announce_interval: settings.team.announce_interval(),
         };
         let span = info_span!("mesh", me = %me.fmt_short());

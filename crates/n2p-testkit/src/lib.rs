@@ -1,8 +1,8 @@
 //! The pieces n2p's end-to-end tests and its benchmark runner share: real `nix-daemon`s on
 //! chroot stores ([`nix`]), bounded child processes with captured logs ([`proc`]), the n2p
 //! binary with a home of its own ([`n2p`]), waits that say what they waited for ([`wait`]),
-//! free loopback ports ([`net`]), seeded content ([`rand`]) and scratch directories
-//! ([`dir`]).
+//! free loopback ports ([`net`]), seeded content ([`rand`]), what `/proc` says about a
+//! process ([`procfs`]) and scratch directories ([`dir`]).
 //!
 //! ```no_run
 //! use n2p_testkit::nix::{NixDaemon, SourceStore, assert_copied, assert_copy_succeeds, require_nix};
@@ -27,6 +27,7 @@ pub mod n2p;
 pub mod net;
 pub mod nix;
 pub mod proc;
+pub mod procfs;
 pub mod rand;
 pub mod wait;
 

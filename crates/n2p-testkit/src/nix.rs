@@ -26,8 +26,10 @@ use std::time::Duration;
 use crate::Failure;
 use crate::dir::{ScratchDir, remove_tree};
 use crate::proc::{
-    Process, expect_success, find_on_path, run_bounded, success_stdout, try_run_bounded,
+    Process, Signal, expect_success, find_on_path, run_bounded, signal, success_stdout,
+    try_run_bounded,
 };
+use crate::procfs::children;
 use crate::rand::XorShift64;
 use crate::wait::poll_until;
 
@@ -174,6 +176,34 @@ impl NixDaemon {
     /// The store URL of the daemon's socket, `unix:///abs/path`.
     pub fn store_url(&self) -> String {
         socket_store_url(&self.socket)
+    }
+
+    /// The daemon's process id (its workers, one per connection, are its children).
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Crashes the daemon: SIGKILLs it and every worker it has forked (one per client
+    /// connection), as an OOM kill or a crash of the whole service would. Killing only the
+    /// listening process would leave the workers, and the transfers they serve, running.
+    /// The socket file and the store stay; [`Self::restart`] starts a daemon on them again.
+    pub fn crash(&mut self) {
+        let pid = self.process.pid();
+        // Frozen first, so it forks no worker between the listing and the kill.
+        self.process.signal(Signal::Stop);
+        let workers = children(pid);
+        for worker in &workers {
+            let _ = signal(*worker, Signal::Kill);
+        }
+        self.process.kill();
+    }
+
+    /// Starts a daemon again on the same socket and store, after [`Self::crash`]; panics,
+    /// with its log, if it does not accept connections in time.
+    pub fn restart(&mut self) {
+        let fresh = Self::try_start_at(&self.socket, &self.dir)
+            .unwrap_or_else(|failure| panic!("restarting nix-daemon: {failure}"));
+        self.process = fresh.process;
     }
 
     /// Stops the daemon and deletes its socket and store.

@@ -43,7 +43,8 @@ pub enum Signal {
     Stop,
     /// SIGCONT: resumes a stopped process.
     Cont,
-    /// SIGHUP: what `systemctl reload` sends to n2p (reload the team file).
+    /// SIGHUP: what `systemctl reload` sends to n2p (the mesh reloads its team file, the
+    /// server its access secret).
     Hup,
 }
 

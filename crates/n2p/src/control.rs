@@ -10,14 +10,17 @@
 use std::{future::Future, path::Path, pin::Pin, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use n2p_core::unix::{SocketAccess, SocketFileGuard, bind_listener};
+use n2p_core::{
+    limits::AcceptBackoff,
+    unix::{SocketAccess, SocketFileGuard, bind_listener},
+};
 use serde::de::DeserializeOwned;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::UnixStream,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, warn};
 
 /// Longest request line accepted.
 const MAX_REQUEST: u64 = 256;
@@ -40,11 +43,26 @@ pub(crate) fn serve(
     let (listener, guard) =
         bind_listener(path, access).context("cannot create the control socket")?;
     tokio::spawn(async move {
+        let mut backoff = AcceptBackoff::new();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 accepted = listener.accept() => {
-                    let Ok((stream, _)) = accepted else { continue };
+                    let stream = match accepted {
+                        Ok((stream, _)) => {
+                            backoff.succeeded();
+                            stream
+                        }
+                        Err(e) => {
+                            // Out of descriptors, say: pause instead of spinning.
+                            let (pause, first) = backoff.failed();
+                            if first {
+                                warn!("accepting on the control socket failed: {e}; retrying with growing pauses");
+                            }
+                            tokio::time::sleep(pause).await;
+                            continue;
+                        }
+                    };
                     let respond = respond.clone();
                     tokio::spawn(async move {
                         if let Err(e) = tokio::time::timeout(CONTROL_TIMEOUT, answer(stream, respond)).await {

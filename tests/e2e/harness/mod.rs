@@ -1,6 +1,7 @@
 //! What the end-to-end tests need beyond `n2p_testkit` (real Nix, processes, waits, homes):
 //! the binary under test ([`N2P`]), mesh teams and nodes ([`mesh`]), forged in-process mesh
-//! nodes ([`forge`]) and looks at directories.
+//! nodes ([`forge`]), a raw gossip node that replays recorded announcements ([`replay`])
+//! and looks at directories.
 //!
 //! ```ignore
 //! if !require_nix("my_test") {
@@ -16,6 +17,7 @@
 
 pub(crate) mod forge;
 pub(crate) mod mesh;
+pub(crate) mod replay;
 
 use std::collections::BTreeSet;
 use std::fs;

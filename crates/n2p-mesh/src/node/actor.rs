@@ -24,10 +24,11 @@ use super::{LEAVE_DRAIN_BOUND, peer_sockets::PeerSockets};
 use crate::{
     proto::{
         announce::{
-            AnnounceKind, Announcement, MAX_ADDRS, SeqClock, decode_verified, encode, unix_ms,
+            AnnounceError, AnnounceKind, Announcement, MAX_ADDRS, SeqClock, decode_fresh, encode,
+            unix_ms,
         },
         names::socket_file_name,
-        table::{Applied, PeerTable},
+        table::{Applied, Dropped, PeerTable},
         team::TeamConfig,
         topic::MeshKeys,
     },
@@ -52,6 +53,9 @@ const REJOIN_JITTER_MS: u64 = 800;
 
 /// How long a `Leaving` announcement gets to go out before the endpoint closes.
 const LEAVE_GRACE: Duration = Duration::from_millis(250);
+
+/// The most senders of stale announcements warned about; later ones are logged at debug.
+const MAX_STALE_WARNINGS: usize = 64;
 
 /// What the handle asks of the actor.
 #[derive(Debug)]
@@ -83,6 +87,11 @@ pub(super) struct Actor {
     pub(super) sockets: PeerSockets,
     pub(super) table: PeerTable,
     pub(super) seq: SeqClock,
+    /// Senders of stale announcements already warned about (at most
+    /// [`MAX_STALE_WARNINGS`]).
+    pub(super) stale_warned: std::collections::BTreeSet<EndpointId>,
+    /// Whether reaching the table's cap on outsiders has been logged.
+    pub(super) full_warned: bool,
     pub(super) announce_interval: Duration,
 }
 
@@ -206,8 +215,18 @@ impl Actor {
     /// Verifies and applies one gossip message; returns whether a new peer joined (so we
     /// should announce ourselves to it soon).
     fn handle_message(&mut self, bytes: &[u8]) -> bool {
-        let ann = match decode_verified(bytes, self.keys.announce_key()) {
+        let ann = match decode_fresh(bytes, self.keys.announce_key(), unix_ms(SystemTime::now())) {
             Ok(ann) => ann,
+            Err(e @ AnnounceError::Stale { id, .. }) => {
+                // A replay, or a member whose clock is off: the latter needs fixing by a
+                // human, so say it once per sender where they look.
+                if self.stale_warned.len() < MAX_STALE_WARNINGS && self.stale_warned.insert(id) {
+                    warn!(target: "n2p", "dropped {e}; if this peer is real, check both clocks (NTP)");
+                } else {
+                    debug!("dropped gossip message: {e}");
+                }
+                return false;
+            }
             Err(e) => {
                 debug!("dropped gossip message: {e}");
                 return false;
@@ -225,11 +244,18 @@ impl Actor {
         match applied {
             Ok(applied) => {
                 if matches!(applied, Applied::Left) {
+                    self.full_warned = false;
                     info!(target: "n2p", "peer {} left", ann.id.fmt_short());
                 }
                 let desired = self.table.sockets();
                 self.reconcile(&desired);
                 matches!(applied, Applied::Joined)
+            }
+            Err(dropped @ Dropped::Full { .. }) if !self.full_warned => {
+                // Logged once each time the cap is reached (again after peers went).
+                warn!(target: "n2p", "{dropped}; further outsiders are ignored until peers leave (listed members are always admitted)");
+                self.full_warned = true;
+                false
             }
             Err(dropped) => {
                 debug!("ignored announcement: {dropped}");
@@ -305,6 +331,9 @@ impl Actor {
     fn expire(&mut self) -> Vec<EndpointId> {
         let now = Instant::now();
         let gone = self.table.expire(now);
+        if !gone.is_empty() {
+            self.full_warned = false;
+        }
         for id in &gone {
             info!(target: "n2p", "peer {} went silent; dropped", id.fmt_short());
         }

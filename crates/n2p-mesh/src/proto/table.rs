@@ -36,8 +36,10 @@
 //! - My own id is ignored. In a closed team, ids that are not members are dropped.
 //! - Per id, only announcements with a higher `seq` than the last one seen count; the rest
 //!   are replays or reordered and dropped. The last seq of a departed peer is remembered
-//!   for a while (see [`TOMBSTONE_FACTOR`]), so a delayed or replayed old announcement
-//!   cannot bring it back.
+//!   for a while ([`tombstone_keep`]), so a delayed or replayed old announcement cannot
+//!   bring it back; once it is forgotten, such an announcement is older than the
+//!   freshness window that nodes check before the table sees anything
+//!   ([`decode_fresh`](crate::proto::announce::decode_fresh)).
 //! - `Leaving` removes a peer at once; [`PeerTable::expire`] removes peers not heard from
 //!   for the team's expiry.
 //! - Names: see [`PeerTable::sockets`].
@@ -55,17 +57,29 @@ use std::{
 use iroh::{EndpointAddr, EndpointId, RelayUrl, TransportAddr};
 
 use crate::proto::{
-    announce::{AnnounceKind, Announcement, PROTO_VERSION},
+    announce::{AnnounceKind, Announcement, FRESHNESS_WINDOW, PROTO_VERSION},
     names::{id_stem, name_key, sanitize_name, socket_file_name, suffixed_name},
     team::TeamConfig,
 };
 
-/// The most peers a table holds; announcements from further new ids are dropped. Bounds
-/// the memory a holder of the secret can make an open team's members spend.
+/// The most peers outside the team file's member list a table holds; announcements from
+/// further new outsiders are dropped. Bounds the memory a holder of an open team's secret
+/// can make its members spend. Listed members do not count and are always admitted; no
+/// peer is ever evicted to make room.
 pub const MAX_PEERS: usize = 1024;
 
 /// A departed peer's last seq is remembered for this many expiry periods.
 pub const TOMBSTONE_FACTOR: u32 = 10;
+
+/// How long a departed peer's last seq is remembered: [`TOMBSTONE_FACTOR`] expiry periods,
+/// and at least twice the [`FRESHNESS_WINDOW`], so an announcement older than any tombstone
+/// forgotten is also too old to pass [`decode_fresh`](crate::proto::announce::decode_fresh)
+/// (even from a sender whose clock is a whole window ahead).
+pub fn tombstone_keep(expiry: std::time::Duration) -> std::time::Duration {
+    expiry
+        .saturating_mul(TOMBSTONE_FACTOR)
+        .max(FRESHNESS_WINDOW.saturating_mul(2))
+}
 
 /// The most departed peers remembered at once (the oldest are forgotten first).
 pub const MAX_TOMBSTONES: usize = 4096;
@@ -110,8 +124,8 @@ pub enum Dropped {
         /// The seq received.
         got: u64,
     },
-    /// The table already holds [`MAX_PEERS`] peers.
-    #[error("peer table full ({MAX_PEERS} peers); ignoring {}", id.fmt_short())]
+    /// The table already holds [`MAX_PEERS`] peers outside the member list.
+    #[error("peer table full ({MAX_PEERS} peers outside the member list); ignoring {}", id.fmt_short())]
     Full {
         /// The sender.
         id: EndpointId,
@@ -334,7 +348,7 @@ impl PeerTable {
                         Applied::Refreshed
                     });
                 }
-                if self.peers.len() >= MAX_PEERS {
+                if self.team.member_by_id(&id).is_none() && self.outsiders() >= MAX_PEERS {
                     return Err(Dropped::Full { id });
                 }
                 self.tombstones.remove(&id);
@@ -371,7 +385,7 @@ impl PeerTable {
             self.peers.remove(id);
             self.bury(*id, *seq, now);
         }
-        let keep = expiry.saturating_mul(TOMBSTONE_FACTOR);
+        let keep = tombstone_keep(expiry);
         self.tombstones
             .retain(|_, t| now.saturating_duration_since(t.at) < keep);
         if !gone.is_empty() {
@@ -472,6 +486,14 @@ impl PeerTable {
             .map(TransportAddr::Ip);
         let relay = peer.relay.iter().cloned().map(TransportAddr::Relay);
         Some(EndpointAddr::from_parts(*id, ips.chain(relay)))
+    }
+
+    /// How many live peers are not listed in the team file.
+    fn outsiders(&self) -> usize {
+        self.peers
+            .keys()
+            .filter(|id| self.team.member_by_id(id).is_none())
+            .count()
     }
 
     /// Remembers a departed peer's last seq.
@@ -706,6 +728,19 @@ mod tests {
         assert_eq!(names(&t), vec!["a-b-c", "hidden", "peer", "x"]);
         for name in names(&t) {
             assert!(is_safe_stem(&name), "{name}");
+        }
+    }
+
+    /// Once a tombstone is forgotten, what it guarded is older than the freshness window
+    /// (with a sender clock a whole window ahead), for every allowed expiry.
+    #[test]
+    fn tombstones_outlive_the_freshness_window() {
+        for secs in [2, 6, 3600] {
+            let keep = tombstone_keep(std::time::Duration::from_secs(secs));
+            assert!(
+                keep >= FRESHNESS_WINDOW * 2,
+                "expiry {secs} s keeps {keep:?}"
+            );
         }
     }
 
@@ -953,6 +988,28 @@ mod tests {
                 assert_eq!(fresh.sockets(), t.sockets());
             }
         }
+    }
+
+    /// An open team full of outsiders still admits every listed member, and evicts no one.
+    #[test]
+    fn a_full_open_team_still_admits_listed_members() {
+        let mut t = PeerTable::new(id(4), "me", team(true, None));
+        let now = Instant::now();
+        for seed in 1..=MAX_PEERS as u32 {
+            let mut bytes = [0u8; 32];
+            bytes[..4].copy_from_slice(&seed.to_le_bytes());
+            bytes[31] = 0xee;
+            let key = SecretKey::from_bytes(&bytes).public();
+            t.apply(&Announcement::new(key, "p", 1, AnnounceKind::Alive), now)
+                .expect("room for outsiders up to the cap");
+        }
+        let outsider = Announcement::new(id(250), "p", 1, AnnounceKind::Alive);
+        assert_eq!(t.apply(&outsider, now), Err(Dropped::Full { id: id(250) }));
+        for member in [1, 2, 3] {
+            assert_eq!(t.apply(&alive(member, "x", 1), now), Ok(Applied::Joined));
+        }
+        assert_eq!(t.len(), MAX_PEERS + 3, "someone was evicted");
+        assert!(t.sockets().contains_key("alice") && t.sockets().contains_key("carol"));
     }
 
     #[test]

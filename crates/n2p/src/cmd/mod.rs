@@ -41,7 +41,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
             let home = setup::home(global)?;
             rotate_access_secret(&home).context("cannot rotate the access secret")?;
             tracing::info!(target: "n2p",
-                "new access secret in {}; addresses printed before no longer work (restart `n2p server` to print new ones)",
+                "new access secret in {}; addresses printed before no longer work once `n2p server` has re-read it: send it SIGHUP (or restart it), and it prints the new addresses",
                 home.access_secret_path().display()
             );
             Ok(())

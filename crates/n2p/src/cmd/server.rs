@@ -1,17 +1,22 @@
 //! `n2p server`: share this machine's nix-daemon with clients that hold its address.
+//! SIGHUP re-reads `access.secret` (so `n2p rotate-secret` takes effect without a restart).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, PoisonError, RwLock},
+    time::Duration,
+};
 
 use anyhow::Context;
-use iroh::protocol::Router;
+use iroh::{EndpointId, protocol::Router};
 use n2p_core::{
-    access::{AccessPolicy, SecretPolicy},
+    access::{AccessPolicy, AccessProof, AccessSecret, Refusal, SecretPolicy},
     address::ServerAddress,
     daemon::{DAEMON_ALPN, DaemonService},
     endpoint::RelayChoice,
     identity::load_or_create_access_secret,
 };
-use tracing::{info, warn};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info, warn};
 
 use crate::{
     cli::{GlobalArgs, ServerArgs},
@@ -45,11 +50,11 @@ pub(crate) async fn run(global: &GlobalArgs, args: ServerArgs) -> anyhow::Result
         policy = policy.with_allow_list(args.allow.iter().copied());
         info!(target: "n2p", "only these clients may connect: {:?}", args.allow.iter().map(|id| id.to_string()).collect::<Vec<_>>());
     }
-    let policy: Arc<dyn AccessPolicy> = Arc::new(policy);
+    let policy = Arc::new(ReloadablePolicy(RwLock::new(policy)));
 
     let options = setup::endpoint_options(global, RelayChoice::Default);
     let endpoint = setup::endpoint(key, vec![DAEMON_ALPN.to_vec()], &options).await?;
-    let service = DaemonService::new(daemon_socket.clone(), policy, endpoint.id());
+    let service = DaemonService::new(daemon_socket.clone(), policy.clone(), endpoint.id());
     let router = Router::builder(endpoint.clone())
         .accept(DAEMON_ALPN, service)
         .spawn();
@@ -61,17 +66,79 @@ pub(crate) async fn run(global: &GlobalArgs, args: ServerArgs) -> anyhow::Result
     {
         warn!(target: "n2p", "no relay reached within {RELAY_WAIT:?}; the long address has direct addresses only");
     }
-    let address = ServerAddress::new(endpoint.addr(), secret);
+    let address = ServerAddress::new(endpoint.addr(), secret.clone());
     info!(target: "n2p", "forwarding to the nix-daemon at {}", daemon_socket.display());
     info!(target: "n2p", "node id: {}", endpoint.id());
     let direct: Vec<String> = address.endpoint.ip_addrs().map(|a| a.to_string()).collect();
     info!(target: "n2p", "direct addresses: {}", if direct.is_empty() { "none".to_owned() } else { direct.join(" ") });
-    info!(target: "n2p", "short address: {}", address.to_short_string());
-    info!(target: "n2p", "long address: {}", address.to_long_string());
+    log_addresses(&address);
     info!(target: "n2p", "on the other machine: n2p client <address>");
 
-    let signal = shutdown::signal_received().await?;
-    info!(target: "n2p", "{signal} received, shutting down");
+    // SIGHUP re-reads access.secret (after `n2p rotate-secret`); SIGINT/SIGTERM stop.
+    let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    let stop = shutdown::signal_received();
+    tokio::pin!(stop);
+    let mut secret = secret;
+    let received = loop {
+        tokio::select! {
+            received = &mut stop => break received?,
+            _ = hangup.recv() => match load_or_create_access_secret(&home) {
+                Ok(fresh) if fresh == secret => {
+                    info!(target: "n2p", "SIGHUP: {} unchanged", home.access_secret_path().display());
+                }
+                Ok(fresh) => {
+                    policy.replace_secret(fresh.clone());
+                    secret = fresh;
+                    info!(target: "n2p",
+                        "SIGHUP: new access secret loaded from {}; addresses printed before no longer work (new streams are checked against it; transfers in flight go on)",
+                        home.access_secret_path().display()
+                    );
+                    log_addresses(&ServerAddress::new(endpoint.addr(), secret.clone()));
+                }
+                Err(e) => error!(target: "n2p",
+                    "SIGHUP: cannot reload the access secret, keeping the old one: {}",
+                    anyhow::Error::from(e)
+                ),
+            },
+        }
+    };
+    info!(target: "n2p", "{received} received, shutting down");
     router.shutdown().await.ok();
     Ok(())
+}
+
+/// Logs both addresses, each the last word of its line (what scripts and tests read).
+fn log_addresses(address: &ServerAddress) {
+    info!(target: "n2p", "short address: {}", address.to_short_string());
+    info!(target: "n2p", "long address: {}", address.to_long_string());
+}
+
+/// The server's access policy, whose secret SIGHUP replaces; `--allow` stays as given.
+#[derive(Debug)]
+struct ReloadablePolicy(RwLock<SecretPolicy>);
+
+impl ReloadablePolicy {
+    fn replace_secret(&self, secret: AccessSecret) {
+        let mut policy = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        *policy = policy.clone().with_secret(secret);
+    }
+
+    fn current(&self) -> std::sync::RwLockReadGuard<'_, SecretPolicy> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl AccessPolicy for ReloadablePolicy {
+    fn check_peer(&self, peer: EndpointId) -> Result<(), Refusal> {
+        self.current().check_peer(peer)
+    }
+
+    fn check_stream(
+        &self,
+        peer: EndpointId,
+        me: EndpointId,
+        proof: &AccessProof,
+    ) -> Result<(), Refusal> {
+        self.current().check_stream(peer, me, proof)
+    }
 }
