@@ -339,6 +339,10 @@ fn a_stalled_push_is_aborted_after_the_drain_bound() {
 /// In an open team, an impostor taking bob's name renames alice's socket for bob while
 /// alice pushes through it: `bob.sock` goes, `bob-<id>.sock` comes, and the push in flight
 /// through the removed socket still finishes whole.
+///
+/// The push is frozen (SIGSTOP) while the impostor starts and is heard, and resumed once
+/// the socket is gone, so the transfer is in flight across the rename however fast or
+/// loaded the machine is.
 #[test]
 fn a_push_in_flight_survives_its_socket_being_renamed() {
     if !require_nix("a_push_in_flight_survives_its_socket_being_renamed") {
@@ -355,9 +359,7 @@ fn a_push_in_flight_survives_its_socket_being_renamed() {
     let _bob_node = bob.join(&team_file, &["--ticket", &ticket]);
     alice.wait_for_sockets(&["bob"], CONVERGENCE_TIMEOUT);
     let source = SourceStore::new();
-    // Larger: the impostor takes a while to start and be heard, and a removed socket has
-    // no drain bound to fit in.
-    let path = source.add_random_file("big.bin", 8 * PUSH_LEN, 14);
+    let path = source.add_random_file("big.bin", PUSH_LEN, 14);
 
     let mut push = Push::start(
         &source,
@@ -367,6 +369,7 @@ fn a_push_in_flight_survives_its_socket_being_renamed() {
     );
     let mark = alice_node.process.mark();
     push.get_going();
+    push.signal(Signal::Stop);
     let forgers = Forgers::join(root.path(), &team_file, &ticket, &["bob"]);
     let bob_real = format!("bob-{}", bob.short_id());
     let bob_fake = format!("bob-{}", forgers.nodes[0].short_id());
@@ -377,6 +380,7 @@ fn a_push_in_flight_survives_its_socket_being_renamed() {
         SOCKET_GONE_BOUND,
     );
     eprintln!("alice renamed bob's socket {took:?} into the wait, with the push in flight");
+    push.signal(Signal::Cont);
     let status = push.wait("the rename");
     assert!(
         status.success(),
