@@ -1,8 +1,9 @@
 //! The pieces n2p's end-to-end tests and its benchmark runner share: real `nix-daemon`s on
 //! chroot stores ([`nix`]), bounded child processes with captured logs ([`proc`]), the n2p
 //! binary with a home of its own ([`n2p`]), waits that say what they waited for ([`wait`]),
-//! free loopback ports ([`net`]), seeded content ([`rand`]) and scratch directories
-//! ([`dir`]).
+//! free loopback ports ([`net`]), seeded content ([`rand`]), scratch directories ([`dir`]),
+//! network namespaces ([`netns`]) and, with the `relay` feature, a NAT test bed with a local
+//! iroh relay ([`natbed`]).
 //!
 //! ```no_run
 //! use n2p_testkit::nix::{NixDaemon, SourceStore, assert_copied, assert_copy_succeeds, require_nix};
@@ -25,6 +26,7 @@
 pub mod dir;
 pub mod n2p;
 pub mod net;
+pub mod netns;
 pub mod nix;
 pub mod proc;
 pub mod rand;
