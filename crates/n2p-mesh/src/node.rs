@@ -12,6 +12,7 @@
 //! in the background.
 
 mod actor;
+mod paths;
 pub mod peer_sockets;
 
 use std::{
@@ -21,7 +22,7 @@ use std::{
 };
 
 use iroh::{
-    Endpoint, EndpointAddr, EndpointId, SecretKey,
+    Endpoint, EndpointAddr, EndpointId, SecretKey, TransportAddr,
     address_lookup::memory::MemoryLookup,
     endpoint::{AfterHandshakeOutcome, Connection, EndpointHooks},
     protocol::Router,
@@ -30,7 +31,7 @@ use iroh_gossip::net::{GOSSIP_ALPN, Gossip};
 use n2p_core::{
     access::{AccessPolicy, AccessSecret, SecretPolicy},
     daemon::{ACCESS_DENIED, DAEMON_ALPN, DaemonService},
-    endpoint::{EndpointBindError, EndpointOptions, bind_builder, endpoint_builder},
+    endpoint::{EndpointBindError, EndpointOptions, RelayChoice, bind_builder, endpoint_builder},
 };
 use tokio::{
     sync::{mpsc, oneshot},
@@ -41,6 +42,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use self::{
     actor::{Actor, Command},
+    paths::PathWatch,
     peer_sockets::{PeerSockets, PeerSocketsError},
 };
 use crate::{
@@ -159,15 +161,23 @@ impl MeshNode {
                 team: settings.team.clone(),
             });
         }
+        // After the gate: refused connections are not watched.
+        let paths = PathWatch::default();
+        builder = builder.hooks(paths.clone());
         let endpoint = bind_builder(builder, &settings.endpoint).await?;
 
         let mut bootstrap_ids = Vec::new();
-        for addr in settings
-            .team
-            .bootstrap(&me)
-            .into_iter()
-            .chain(settings.bootstrap.iter().cloned())
-        {
+        // Listed members are also looked for at our own relay, when we have one: a team that
+        // runs its relay needs no fixed addresses and no address lookup.
+        let relay = match &settings.endpoint.relay {
+            RelayChoice::Custom(url) => Some(TransportAddr::Relay(url.clone())),
+            RelayChoice::Default | RelayChoice::Disabled => None,
+        };
+        let members = settings.team.bootstrap(&me).into_iter().map(|mut addr| {
+            addr.addrs.extend(relay.clone());
+            addr
+        });
+        for addr in members.chain(settings.bootstrap.iter().cloned()) {
             if addr.id == me {
                 continue;
             }
@@ -242,6 +252,7 @@ impl MeshNode {
             table: PeerTable::new(me, &settings.name, settings.team.clone()),
             seq: SeqClock::new(),
             announce_interval: settings.team.announce_interval(),
+            paths,
         };
         let span = info_span!("mesh", me = %me.fmt_short());
         let actor = tokio::spawn(

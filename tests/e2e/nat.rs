@@ -1,0 +1,256 @@
+//! Real networks, offline: two hosts each behind a NAT router of its own (nftables
+//! masquerade), and a local iroh relay server in the "public" namespace between them
+//! (`n2p_testkit::natbed`, `n2p_testkit::relay`). The n2p processes run inside the host
+//! namespaces and are given the relay only as a URL (team file `relay =`, or `--relay`),
+//! plus `--relay-ca` for the relay's self-signed QUIC certificate. The nix-daemons and `nix`
+//! stay outside: they only talk over unix sockets, which are files.
+//!
+//! Needs root (network namespaces), `ip` and `nft`; prints SKIPPED otherwise (a failure
+//! under `CI=true`). docs/NETWORKS.md describes the bed and the round-trip times measured.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use n2p_testkit::dir::ScratchDir;
+use n2p_testkit::n2p::{STARTUP_TIMEOUT, TempHome, last_word, plain_logs};
+use n2p_testkit::natbed::{Host, Layout, NatBed, require_nat_bed};
+use n2p_testkit::nix::{
+    SourceStore, assert_copied, assert_copy_succeeds, require_nix, socket_store_url,
+};
+use n2p_testkit::proc::Process;
+use n2p_testkit::relay::TestRelay;
+use n2p_testkit::wait::wait_until;
+
+use crate::harness::N2P;
+use crate::harness::mesh::{
+    CONVERGENCE_TIMEOUT, MemberSpec, MeshPeer, MeshProcess, TOPIC, TeamDir, TeamSpec, peer_by_id,
+};
+
+/// How long hole punching may take to move a connection onto a direct path.
+const DIRECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The bed and its relay; dropped after the processes that use it.
+struct Net {
+    relay: Option<TestRelay>,
+    bed: NatBed,
+    _dir: ScratchDir,
+}
+
+impl Net {
+    /// Builds the bed and starts the relay.
+    fn start(layout: Layout, block_direct_udp: bool) -> Self {
+        let bed = NatBed::create(layout).unwrap_or_else(|failure| panic!("{failure}"));
+        if block_direct_udp {
+            bed.block_direct_udp()
+                .unwrap_or_else(|failure| panic!("{failure}"));
+        }
+        let dir = ScratchDir::new("nat");
+        let relay = TestRelay::start(bed.public(), dir.path())
+            .unwrap_or_else(|failure| panic!("{failure}"));
+        Self {
+            relay: Some(relay),
+            bed,
+            _dir: dir,
+        }
+    }
+
+    fn relay(&self) -> &TestRelay {
+        self.relay.as_ref().expect("the relay runs")
+    }
+
+    /// Starts alice on host A and bob on host B as a closed team whose file names only the
+    /// relay (no addresses, no address lookup), and waits until each has a socket for the
+    /// other.
+    fn join<'p>(&self, alice: &'p MeshPeer, bob: &'p MeshPeer) -> [MeshProcess<'p>; 2] {
+        let team = TeamDir::new();
+        let member = |peer: &MeshPeer| MemberSpec {
+            addr: None,
+            ..peer.member()
+        };
+        let team_file = team.write(
+            "team.toml",
+            &TeamSpec {
+                relay: Some(self.relay().url().to_owned()),
+                ..TeamSpec::closed([member(alice), member(bob)])
+            },
+        );
+        let nodes = [
+            join_in(alice, &self.bed.a, &team_file, self.relay()),
+            join_in(bob, &self.bed.b, &team_file, self.relay()),
+        ];
+        alice.wait_for_sockets(&["bob"], CONVERGENCE_TIMEOUT);
+        bob.wait_for_sockets(&["alice"], CONVERGENCE_TIMEOUT);
+        nodes
+    }
+}
+
+/// Pushes `len` fresh bytes from alice into bob's daemon through alice's socket for bob,
+/// and checks they landed with the right NAR hash.
+fn push(source: &SourceStore, alice: &MeshPeer, bob: &MeshPeer, name: &str, len: usize) {
+    let path = source.add_random_file(name, len, len as u64 ^ name.len() as u64);
+    assert_copy_succeeds(source, &alice.socket_url("bob"), &[&path]);
+    assert_copied(source, &bob.daemon().store_url(), &path);
+}
+
+/// What `peer`'s `n2p status --json` says about `other`: the path and its RTT in ms.
+fn path_to(peer: &MeshPeer, other: &MeshPeer) -> (String, Option<f64>) {
+    let status = peer.status_json();
+    let peers = status["peers"].as_array().cloned().unwrap_or_default();
+    let entry = peer_by_id(&peers, &other.id).unwrap_or_else(|| {
+        panic!(
+            "{}'s status does not list {}: {status}",
+            peer.name, other.name
+        )
+    });
+    let path = entry["path"].as_str().unwrap_or_default().to_owned();
+    (path, entry["rtt_ms"].as_f64())
+}
+
+/// Waits until `peer`'s status says `other` is reached over `path` with an RTT; returns it.
+fn wait_for_path(peer: &MeshPeer, other: &MeshPeer, path: &str, timeout: Duration) -> f64 {
+    let mut rtt = 0.0;
+    wait_until(
+        &format!(
+            "{}'s status says {} is reached {path}, with an RTT",
+            peer.name, other.name
+        ),
+        timeout,
+        || match path_to(peer, other) {
+            (seen, Some(ms)) if seen == path && ms > 0.0 => {
+                rtt = ms;
+                Ok(())
+            }
+            seen => Err(format!("{} sees {} as {seen:?}", peer.name, other.name)),
+        },
+    );
+    rtt
+}
+
+/// `n2p mesh join` for `peer` inside `host`'s namespace, relay from the team file.
+fn join_in<'p>(
+    peer: &'p MeshPeer,
+    host: &Host,
+    team_file: &Path,
+    relay: &TestRelay,
+) -> MeshProcess<'p> {
+    let mut command = n2p_in(host, peer.home.path(), relay);
+    command
+        .args(["mesh", "join", TOPIC, "--team"])
+        .arg(team_file)
+        .args(["--name", &peer.name, "--daemon-socket"])
+        .arg(peer.daemon().socket_path());
+    let node = peer.spawn(command);
+    node.wait_until_joined();
+    node
+}
+
+/// The n2p binary run inside `host`'s namespace with `home`, trusting the relay's
+/// certificate; the caller adds the subcommand.
+fn n2p_in(host: &Host, home: &Path, relay: &TestRelay) -> Command {
+    let mut command = host.ns.command(N2P);
+    plain_logs(&mut command)
+        .env("N2P_HOME", home)
+        .arg("--relay-ca")
+        .arg(relay.ca_file());
+    command
+}
+
+/// Prints a measurement past libtest's capture, for docs/NETWORKS.md.
+fn report(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "MEASURED {line}");
+}
+
+#[test]
+fn with_direct_udp_blocked_mesh_and_compat_pushes_go_through_the_relay() {
+    let test = "with_direct_udp_blocked_mesh_and_compat_pushes_go_through_the_relay";
+    if !require_nix(test) || !require_nat_bed(test) {
+        return;
+    }
+    let net = Net::start(Layout::BothBehindNat, true);
+    let (alice, bob) = (MeshPeer::with_daemon("alice"), MeshPeer::with_daemon("bob"));
+    let source = SourceStore::new();
+    let _nodes = net.join(&alice, &bob);
+
+    // Mesh: alice pushes into bob's daemon through her socket for bob.
+    push(&source, &alice, &bob, "mesh-push.bin", 4 << 20);
+    let rtt = wait_for_path(&alice, &bob, "relay", CONVERGENCE_TIMEOUT);
+    report(&format!("relay RTT (mesh, QUIC estimate): {rtt:.2} ms"));
+
+    // Compat: `n2p server` on host B, `n2p client` on host A, relay given by `--relay`.
+    let server_home = TempHome::new(N2P);
+    let client_home = TempHome::new(N2P);
+    let mut command = n2p_in(&net.bed.b, server_home.path(), net.relay());
+    command
+        .args(["--relay", net.relay().url(), "server", "--daemon-socket"])
+        .arg(bob.daemon().socket_path());
+    let _server = Process::spawn("server", &mut command);
+    let address = last_word(&_server.wait_for_line("long address:", STARTUP_TIMEOUT));
+    let socket = client_home.path().join("client.sock");
+    let mut command = n2p_in(&net.bed.a, client_home.path(), net.relay());
+    command
+        .args(["--relay", net.relay().url(), "client", &address, "--socket"])
+        .arg(&socket);
+    let client = Process::spawn("client", &mut command);
+    client.wait_for_line("unix:", STARTUP_TIMEOUT);
+    let path = source.add_random_file("compat-push.bin", 4 << 20, 2);
+    let started = Instant::now();
+    assert_copy_succeeds(&source, &socket_store_url(&socket), &[&path]);
+    report(&format!(
+        "compat push of 4 MiB through the relay: {:?}",
+        started.elapsed()
+    ));
+    assert_copied(&source, &bob.daemon().store_url(), &path);
+
+    // Nothing went direct: the mesh connection is still on the relay.
+    assert_eq!(path_to(&alice, &bob).0, "relay");
+}
+
+#[test]
+fn with_hole_punching_possible_the_connection_becomes_direct() {
+    let test = "with_hole_punching_possible_the_connection_becomes_direct";
+    if !require_nix(test) || !require_nat_bed(test) {
+        return;
+    }
+    let net = Net::start(Layout::BothBehindNat, false);
+    let (alice, bob) = (MeshPeer::with_daemon("alice"), MeshPeer::with_daemon("bob"));
+    let source = SourceStore::new();
+    let _nodes = net.join(&alice, &bob);
+    push(&source, &alice, &bob, "first.bin", 1 << 20);
+    let started = Instant::now();
+    let rtt = wait_for_path(&alice, &bob, "direct", DIRECT_TIMEOUT);
+    report(&format!(
+        "direct RTT (mesh, QUIC estimate): {rtt:.2} ms, direct {:?} after the first push",
+        started.elapsed()
+    ));
+    wait_for_path(&bob, &alice, "direct", DIRECT_TIMEOUT);
+    push(&source, &alice, &bob, "direct.bin", 4 << 20);
+}
+
+#[test]
+fn killing_the_relay_leaves_direct_connections_up() {
+    let test = "killing_the_relay_leaves_direct_connections_up";
+    if !require_nix(test) || !require_nat_bed(test) {
+        return;
+    }
+    let mut net = Net::start(Layout::BothBehindNat, false);
+    let (alice, bob) = (MeshPeer::with_daemon("alice"), MeshPeer::with_daemon("bob"));
+    let source = SourceStore::new();
+    let _nodes = net.join(&alice, &bob);
+    push(&source, &alice, &bob, "before.bin", 1 << 20);
+    wait_for_path(&alice, &bob, "direct", DIRECT_TIMEOUT);
+    wait_for_path(&bob, &alice, "direct", DIRECT_TIMEOUT);
+
+    net.relay.take().expect("the relay runs").kill();
+    // Longer than the idle timeout (4 s) and the team's expiry (3 s): a connection or a
+    // peer that depended on the relay would be gone by now.
+    std::thread::sleep(Duration::from_secs(6));
+    alice
+        .check_sockets(&["bob"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    bob.check_sockets(&["alice"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(path_to(&alice, &bob).0, "direct");
+    push(&source, &alice, &bob, "after.bin", 4 << 20);
+}
