@@ -216,6 +216,9 @@ fn side(
         &lan_router.to_string(),
     ])?;
     // Source NAT onto the WAN address; conntrack lets in only what an outbound packet opened.
+    // Unsolicited packets to the router itself are dropped, as home routers do: a hole
+    // punching packet that arrives before ours went out must not leave a conntrack entry
+    // that would make the masquerade pick another port for our own packets.
     router.nft(
         "table ip n2p_nat {\n\
          \x20 chain postrouting {\n\
@@ -226,6 +229,10 @@ fn side(
          \x20   type filter hook forward priority 0; policy drop;\n\
          \x20   iifname \"lan\" oifname \"wan\" accept\n\
          \x20   ct state established,related accept\n\
+         \x20 }\n\
+         \x20 chain input {\n\
+         \x20   type filter hook input priority 0; policy accept;\n\
+         \x20   iifname \"wan\" ct state new drop\n\
          \x20 }\n\
          }\n",
     )?;
