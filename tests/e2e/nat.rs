@@ -8,19 +8,23 @@
 //! Needs root (network namespaces), `ip` and `nft`; prints SKIPPED otherwise (a failure
 //! under `CI=true`). docs/NETWORKS.md describes the bed and the round-trip times measured.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use n2p_testkit::Failure;
 use n2p_testkit::dir::ScratchDir;
 use n2p_testkit::n2p::{STARTUP_TIMEOUT, TempHome, last_word, plain_logs};
-use n2p_testkit::natbed::{Host, Layout, NatBed, require_nat_bed};
+use n2p_testkit::natbed::{Host, Layout, NatBed, RELAY_IP, require_nat_bed};
+use n2p_testkit::netns::in_netns;
 use n2p_testkit::nix::{
     SourceStore, assert_copied, assert_copy_succeeds, require_nix, socket_store_url,
 };
-use n2p_testkit::proc::Process;
-use n2p_testkit::relay::TestRelay;
+use n2p_testkit::proc::{Process, run_bounded};
+use n2p_testkit::relay::{HTTP_PORT, TestRelay};
 use n2p_testkit::wait::wait_until;
 
 use crate::harness::N2P;
@@ -162,6 +166,88 @@ fn report(line: &str) {
     let _ = writeln!(std::io::stderr().lock(), "MEASURED {line}");
 }
 
+/// Reports the RTT that `peer`'s status gives for `other` over `path`: the median and the
+/// lowest of ten readings 200 ms apart (QUIC's smoothed estimate, fed by keep-alives and
+/// traffic).
+fn report_rtt(peer: &MeshPeer, other: &MeshPeer, path: &str) {
+    let mut samples = Vec::new();
+    for _ in 0..10 {
+        if let (seen, Some(ms)) = path_to(peer, other)
+            && seen == path
+        {
+            samples.push(ms);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    samples.sort_by(f64::total_cmp);
+    if let (Some(low), Some(mid)) = (samples.first(), samples.get(samples.len() / 2)) {
+        report(&format!(
+            "{path} RTT, {} to {} (n2p status): median {mid:.2} ms, lowest {low:.2} ms",
+            peer.name, other.name
+        ));
+    }
+}
+
+/// Reports the median and lowest time of twenty daemon-protocol openings through `peer`'s
+/// socket for `other` next to the same on `other`'s daemon socket: connect, send the
+/// worker protocol's client magic, read the daemon's magic. Through n2p that is one new QUIC
+/// stream to the other node, its connection to its daemon, and the reply back: the
+/// application's round trip, on top of the daemon's own time.
+fn report_handshake(peer: &MeshPeer, other: &MeshPeer, path: &str) {
+    let through = handshake_times(&peer.socket(&other.name));
+    let direct = handshake_times(other.daemon().socket_path());
+    report(&format!(
+        "daemon handshake over the {path} path: median {:.2} ms, lowest {:.2} ms \
+         (on the daemon socket itself: median {:.2} ms, lowest {:.2} ms)",
+        through.1, through.0, direct.1, direct.0
+    ));
+}
+
+/// The lowest and the median time, in ms, of twenty handshakes on `socket`.
+fn handshake_times(socket: &Path) -> (f64, f64) {
+    const CLIENT_MAGIC: u64 = 0x6e69_7863;
+    const DAEMON_MAGIC: u64 = 0x6478_696f;
+    let mut times = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let mut stream = UnixStream::connect(socket)
+            .unwrap_or_else(|error| panic!("connecting to {}: {error}", socket.display()));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        stream
+            .write_all(&CLIENT_MAGIC.to_le_bytes())
+            .expect("sending the client magic");
+        let mut reply = [0u8; 8];
+        stream.read_exact(&mut reply).unwrap_or_else(|error| {
+            panic!(
+                "reading the daemon magic from {}: {error}",
+                socket.display()
+            )
+        });
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(u64::from_le_bytes(reply), DAEMON_MAGIC, "not a nix-daemon");
+    }
+    times.sort_by(f64::total_cmp);
+    (times[0], times[times.len() / 2])
+}
+
+/// Reports the ICMP round-trip time from `host` to the relay's address: the network's own
+/// share of every RTT in the bed.
+fn report_ping(host: &Host) {
+    let output = run_bounded(
+        host.ns
+            .command("ping")
+            .args(["-n", "-q", "-c", "5", "-i", "0.2", &RELAY_IP.to_string()]),
+        Duration::from_secs(10),
+        "ping the relay",
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    if let Some(line) = text.lines().find(|line| line.contains("min/avg")) {
+        report(&format!("ICMP RTT {} to the relay: {line}", host.addr));
+    }
+}
+
 #[test]
 fn with_direct_udp_blocked_mesh_and_compat_pushes_go_through_the_relay() {
     let test = "with_direct_udp_blocked_mesh_and_compat_pushes_go_through_the_relay";
@@ -175,8 +261,10 @@ fn with_direct_udp_blocked_mesh_and_compat_pushes_go_through_the_relay() {
 
     // Mesh: alice pushes into bob's daemon through her socket for bob.
     push(&source, &alice, &bob, "mesh-push.bin", 4 << 20);
-    let rtt = wait_for_path(&alice, &bob, "relay", CONVERGENCE_TIMEOUT);
-    report(&format!("relay RTT (mesh, QUIC estimate): {rtt:.2} ms"));
+    wait_for_path(&alice, &bob, "relay", CONVERGENCE_TIMEOUT);
+    report_rtt(&alice, &bob, "relay");
+    report_handshake(&alice, &bob, "relay");
+    report_ping(&net.bed.a);
 
     // Compat: `n2p server` on host B, `n2p client` on host A, relay given by `--relay`.
     let server_home = TempHome::new(N2P);
@@ -219,13 +307,15 @@ fn with_hole_punching_possible_the_connection_becomes_direct() {
     let _nodes = net.join(&alice, &bob);
     push(&source, &alice, &bob, "first.bin", 1 << 20);
     let started = Instant::now();
-    let rtt = wait_for_path(&alice, &bob, "direct", DIRECT_TIMEOUT);
+    wait_for_path(&alice, &bob, "direct", DIRECT_TIMEOUT);
     report(&format!(
-        "direct RTT (mesh, QUIC estimate): {rtt:.2} ms, direct {:?} after the first push",
+        "direct path {:?} after the first push",
         started.elapsed()
     ));
     wait_for_path(&bob, &alice, "direct", DIRECT_TIMEOUT);
     push(&source, &alice, &bob, "direct.bin", 4 << 20);
+    report_rtt(&alice, &bob, "direct");
+    report_handshake(&alice, &bob, "direct");
 }
 
 #[test]
@@ -243,6 +333,15 @@ fn killing_the_relay_leaves_direct_connections_up() {
     wait_for_path(&bob, &alice, "direct", DIRECT_TIMEOUT);
 
     net.relay.take().expect("the relay runs").kill();
+    let relay_addr = SocketAddr::from((RELAY_IP, HTTP_PORT));
+    let reached = in_netns(net.bed.a.ns.path(), move || {
+        Ok::<_, Failure>(TcpStream::connect_timeout(&relay_addr, Duration::from_secs(2)).is_ok())
+    })
+    .unwrap_or_else(|failure| panic!("{failure}"));
+    assert!(
+        !reached,
+        "the relay at {relay_addr} still answers after being killed"
+    );
     // Longer than the idle timeout (4 s) and the team's expiry (3 s): a connection or a
     // peer that depended on the relay would be gone by now.
     std::thread::sleep(Duration::from_secs(6));
