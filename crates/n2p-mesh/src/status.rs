@@ -286,7 +286,8 @@ mod tests {
         let info = table.peer(&bob).expect("live");
 
         let later = t0 + Duration::from_millis(1500);
-        let status = PeerStatus::from_info(info, Path::new("/p"), PeerPath::Relay, later);
+        let path = (PeerPath::Relay, Some(Duration::from_micros(15_250)));
+        let status = PeerStatus::from_info(info, Path::new("/p"), path, later);
         assert_eq!(
             status,
             PeerStatus {
@@ -295,6 +296,7 @@ mod tests {
                 shares_daemon: true,
                 socket: Some(PathBuf::from("/p/bob.sock")),
                 path: PeerPath::Relay,
+                rtt_ms: Some(15.25),
                 last_seen_secs: 1.5,
                 member: false,
             }

@@ -4,12 +4,14 @@
 //! with the same prefix ([`remove_stale`]).
 //!
 //! ```no_run
-//! use n2p_testkit::netns::{Netns, ip, in_netns};
+//! use n2p_testkit::{Failure, netns::{Netns, ip, in_netns}};
 //!
 //! let ns = Netns::create("n2pt-", "demo").expect("root may create namespaces");
-//! ip(&["-n", ns.name(), "link", "set", "lo", "up"]).expect("lo up");
-//! let socket = in_netns(ns.path(), || std::net::UdpSocket::bind("127.0.0.1:0"))
-//!     .expect("a socket inside the namespace");
+//! ip(&["-n", ns.name(), "addr", "add", "10.9.0.1/32", "dev", "lo"]).expect("an address");
+//! let socket = in_netns(ns.path(), || {
+//!     std::net::UdpSocket::bind("10.9.0.1:0").map_err(|e| Failure::new(e.to_string()))
+//! })
+//! .expect("a socket inside the namespace");
 //! ```
 //!
 //! Names are `<prefix><pid>-<n>-<role>`: unique per process and call, so tests create theirs
