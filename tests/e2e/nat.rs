@@ -35,16 +35,24 @@ use crate::harness::mesh::{
 /// How long hole punching may take to move a connection onto a direct path.
 const DIRECT_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The bed and its relay; dropped after the processes that use it.
+/// The bed, its relay and the two members alice (on host A) and bob (on host B), each with
+/// a nix-daemon; dropped after the processes that use them.
 struct Net {
-    relay: Option<TestRelay>,
+    alice: MeshPeer,
+    bob: MeshPeer,
+    source: SourceStore,
+    relay: TestRelay,
     bed: NatBed,
     _dir: ScratchDir,
 }
 
 impl Net {
-    /// Builds the bed and starts the relay.
-    fn start(layout: Layout, block_direct_udp: bool) -> Self {
+    /// Builds the bed and starts the relay; `None` (after saying SKIPPED) when Nix or
+    /// network namespaces are missing.
+    fn start(test: &str, layout: Layout, block_direct_udp: bool) -> Option<Self> {
+        if !require_nix(test) || !require_nat_bed(test) {
+            return None;
+        }
         let bed = NatBed::create(layout).unwrap_or_else(|failure| panic!("{failure}"));
         if block_direct_udp {
             bed.block_direct_udp()
@@ -53,21 +61,25 @@ impl Net {
         let dir = ScratchDir::new("nat");
         let relay = TestRelay::start(bed.public(), dir.path())
             .unwrap_or_else(|failure| panic!("{failure}"));
-        Self {
-            relay: Some(relay),
+        Some(Self {
+            alice: MeshPeer::with_daemon("alice"),
+            bob: MeshPeer::with_daemon("bob"),
+            source: SourceStore::new(),
+            relay,
             bed,
             _dir: dir,
-        }
+        })
     }
 
     fn relay(&self) -> &TestRelay {
-        self.relay.as_ref().expect("the relay runs")
+        &self.relay
     }
 
     /// Starts alice on host A and bob on host B as a closed team whose file names only the
     /// relay (no addresses, no address lookup), and waits until each has a socket for the
     /// other.
-    fn join<'p>(&self, alice: &'p MeshPeer, bob: &'p MeshPeer) -> [MeshProcess<'p>; 2] {
+    fn join(&self) -> [MeshProcess<'_>; 2] {
+        let (alice, bob) = (&self.alice, &self.bob);
         let team = TeamDir::new();
         let member = |peer: &MeshPeer| MemberSpec {
             addr: None,
@@ -90,12 +102,16 @@ impl Net {
     }
 }
 
-/// Pushes `len` fresh bytes from alice into bob's daemon through alice's socket for bob,
-/// and checks they landed with the right NAR hash.
-fn push(source: &SourceStore, alice: &MeshPeer, bob: &MeshPeer, name: &str, len: usize) {
-    let path = source.add_random_file(name, len, len as u64 ^ name.len() as u64);
-    assert_copy_succeeds(source, &alice.socket_url("bob"), &[&path]);
-    assert_copied(source, &bob.daemon().store_url(), &path);
+impl Net {
+    /// Pushes `len` fresh bytes (the file `name`) from alice into bob's daemon through
+    /// alice's socket for bob, and checks they landed with the right NAR hash.
+    fn push(&self, name: &str, len: usize) {
+        let path = self
+            .source
+            .add_random_file(name, len, len as u64 ^ name.len() as u64);
+        assert_copy_succeeds(&self.source, &self.alice.socket_url("bob"), &[&path]);
+        assert_copied(&self.source, &self.bob.daemon().store_url(), &path);
+    }
 }
 
 /// What `peer`'s `n2p status --json` says about `other`: the path and its RTT in ms.
@@ -251,19 +267,17 @@ fn report_ping(host: &Host) {
 #[test]
 fn with_direct_udp_blocked_mesh_and_compat_pushes_go_through_the_relay() {
     let test = "with_direct_udp_blocked_mesh_and_compat_pushes_go_through_the_relay";
-    if !require_nix(test) || !require_nat_bed(test) {
+    let Some(net) = Net::start(test, Layout::BothBehindNat, true) else {
         return;
-    }
-    let net = Net::start(Layout::BothBehindNat, true);
-    let (alice, bob) = (MeshPeer::with_daemon("alice"), MeshPeer::with_daemon("bob"));
-    let source = SourceStore::new();
-    let _nodes = net.join(&alice, &bob);
+    };
+    let (alice, bob) = (&net.alice, &net.bob);
+    let _nodes = net.join();
 
     // Mesh: alice pushes into bob's daemon through her socket for bob.
-    push(&source, &alice, &bob, "mesh-push.bin", 4 << 20);
-    wait_for_path(&alice, &bob, "relay", CONVERGENCE_TIMEOUT);
-    report_rtt(&alice, &bob, "relay");
-    report_handshake(&alice, &bob, "relay");
+    net.push("mesh-push.bin", 4 << 20);
+    wait_for_path(alice, bob, "relay", CONVERGENCE_TIMEOUT);
+    report_rtt(alice, bob, "relay");
+    report_handshake(alice, bob, "relay");
     report_ping(&net.bed.a);
 
     // Compat: `n2p server` on host B, `n2p client` on host A, relay given by `--relay`.
@@ -273,8 +287,8 @@ fn with_direct_udp_blocked_mesh_and_compat_pushes_go_through_the_relay() {
     command
         .args(["--relay", net.relay().url(), "server", "--daemon-socket"])
         .arg(bob.daemon().socket_path());
-    let _server = Process::spawn("server", &mut command);
-    let address = last_word(&_server.wait_for_line("long address:", STARTUP_TIMEOUT));
+    let server = Process::spawn("server", &mut command);
+    let address = last_word(&server.wait_for_line("long address:", STARTUP_TIMEOUT));
     let socket = client_home.path().join("client.sock");
     let mut command = n2p_in(&net.bed.a, client_home.path(), net.relay());
     command
@@ -282,57 +296,53 @@ fn with_direct_udp_blocked_mesh_and_compat_pushes_go_through_the_relay() {
         .arg(&socket);
     let client = Process::spawn("client", &mut command);
     client.wait_for_line("unix:", STARTUP_TIMEOUT);
-    let path = source.add_random_file("compat-push.bin", 4 << 20, 2);
+    let path = net.source.add_random_file("compat-push.bin", 4 << 20, 2);
     let started = Instant::now();
-    assert_copy_succeeds(&source, &socket_store_url(&socket), &[&path]);
+    assert_copy_succeeds(&net.source, &socket_store_url(&socket), &[&path]);
     report(&format!(
         "compat push of 4 MiB through the relay: {:?}",
         started.elapsed()
     ));
-    assert_copied(&source, &bob.daemon().store_url(), &path);
+    assert_copied(&net.source, &bob.daemon().store_url(), &path);
 
     // Nothing went direct: the mesh connection is still on the relay.
-    assert_eq!(path_to(&alice, &bob).0, "relay");
+    assert_eq!(path_to(alice, bob).0, "relay");
 }
 
 #[test]
 fn with_hole_punching_possible_the_connection_becomes_direct() {
     let test = "with_hole_punching_possible_the_connection_becomes_direct";
-    if !require_nix(test) || !require_nat_bed(test) {
+    let Some(net) = Net::start(test, Layout::BothBehindNat, false) else {
         return;
-    }
-    let net = Net::start(Layout::BothBehindNat, false);
-    let (alice, bob) = (MeshPeer::with_daemon("alice"), MeshPeer::with_daemon("bob"));
-    let source = SourceStore::new();
-    let _nodes = net.join(&alice, &bob);
-    push(&source, &alice, &bob, "first.bin", 1 << 20);
+    };
+    let (alice, bob) = (&net.alice, &net.bob);
+    let _nodes = net.join();
+    net.push("first.bin", 1 << 20);
     let started = Instant::now();
-    wait_for_path(&alice, &bob, "direct", DIRECT_TIMEOUT);
+    wait_for_path(alice, bob, "direct", DIRECT_TIMEOUT);
     report(&format!(
         "direct path {:?} after the first push",
         started.elapsed()
     ));
-    wait_for_path(&bob, &alice, "direct", DIRECT_TIMEOUT);
-    push(&source, &alice, &bob, "direct.bin", 4 << 20);
-    report_rtt(&alice, &bob, "direct");
-    report_handshake(&alice, &bob, "direct");
+    wait_for_path(bob, alice, "direct", DIRECT_TIMEOUT);
+    net.push("direct.bin", 4 << 20);
+    report_rtt(alice, bob, "direct");
+    report_handshake(alice, bob, "direct");
 }
 
 #[test]
 fn killing_the_relay_leaves_direct_connections_up() {
     let test = "killing_the_relay_leaves_direct_connections_up";
-    if !require_nix(test) || !require_nat_bed(test) {
+    let Some(net) = Net::start(test, Layout::BothBehindNat, false) else {
         return;
-    }
-    let mut net = Net::start(Layout::BothBehindNat, false);
-    let (alice, bob) = (MeshPeer::with_daemon("alice"), MeshPeer::with_daemon("bob"));
-    let source = SourceStore::new();
-    let _nodes = net.join(&alice, &bob);
-    push(&source, &alice, &bob, "before.bin", 1 << 20);
-    wait_for_path(&alice, &bob, "direct", DIRECT_TIMEOUT);
-    wait_for_path(&bob, &alice, "direct", DIRECT_TIMEOUT);
+    };
+    let (alice, bob) = (&net.alice, &net.bob);
+    let _nodes = net.join();
+    net.push("before.bin", 1 << 20);
+    wait_for_path(alice, bob, "direct", DIRECT_TIMEOUT);
+    wait_for_path(bob, alice, "direct", DIRECT_TIMEOUT);
 
-    net.relay.take().expect("the relay runs").kill();
+    net.relay().kill();
     let relay_addr = SocketAddr::from((RELAY_IP, HTTP_PORT));
     let reached = in_netns(net.bed.a.ns.path(), move || {
         Ok::<_, Failure>(TcpStream::connect_timeout(&relay_addr, Duration::from_secs(2)).is_ok())
@@ -350,6 +360,6 @@ fn killing_the_relay_leaves_direct_connections_up() {
         .unwrap_or_else(|e| panic!("{e}"));
     bob.check_sockets(&["alice"])
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(path_to(&alice, &bob).0, "direct");
-    push(&source, &alice, &bob, "after.bin", 4 << 20);
+    assert_eq!(path_to(alice, bob).0, "direct");
+    net.push("after.bin", 4 << 20);
 }

@@ -21,7 +21,7 @@ use std::{
     fs,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
-    sync::{Arc, mpsc},
+    sync::{Arc, Mutex, mpsc},
     thread::JoinHandle,
     time::Duration,
 };
@@ -47,8 +47,14 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct TestRelay {
     url: String,
     ca_file: PathBuf,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<Result<(), Failure>>>,
+    /// The way to stop the server, and its thread; taken by the first stop.
+    running: Mutex<Option<Running>>,
+}
+
+#[derive(Debug)]
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: JoinHandle<Result<(), Failure>>,
 }
 
 impl TestRelay {
@@ -105,17 +111,19 @@ impl TestRelay {
             drop(runtime);
             Ok(())
         })?;
-        let mut relay = Self {
+        let relay = Self {
             url: format!("http://{ip}:{HTTP_PORT}"),
             ca_file,
-            stop: Some(stop_tx),
-            thread: Some(thread),
+            running: Mutex::new(Some(Running {
+                stop: stop_tx,
+                thread,
+            })),
         };
         match ready_rx.recv_timeout(START_TIMEOUT) {
             Ok(Ok(())) => Ok(relay),
             Ok(Err(message)) => Err(Failure::new(message)),
             Err(_) => {
-                relay.stop_now();
+                relay.kill();
                 Err(Failure::new(format!(
                     "the relay server did not start within {START_TIMEOUT:?}"
                 )))
@@ -133,16 +141,12 @@ impl TestRelay {
         &self.ca_file
     }
 
-    /// Stops the server at once: its connections end without a goodbye.
-    pub fn kill(mut self) {
-        self.stop_now();
-    }
-
-    fn stop_now(&mut self) {
-        if let Some(stop) = self.stop.take() {
+    /// Stops the server at once: its connections end without a goodbye. Later calls do
+    /// nothing.
+    pub fn kill(&self) {
+        let running = self.running.lock().ok().and_then(|mut r| r.take());
+        if let Some(Running { stop, thread }) = running {
             stop.send(()).ok();
-        }
-        if let Some(thread) = self.thread.take() {
             thread.join().ok();
         }
     }
@@ -150,6 +154,6 @@ impl TestRelay {
 
 impl Drop for TestRelay {
     fn drop(&mut self) {
-        self.stop_now();
+        self.kill();
     }
 }
