@@ -103,6 +103,16 @@ impl Net {
 }
 
 impl Net {
+    /// Pushes a first path (which opens the daemon connection) and waits until both members
+    /// reach each other directly; returns how long after the push that took.
+    fn push_until_direct(&self) -> Duration {
+        self.push("first.bin", 1 << 20);
+        let started = Instant::now();
+        wait_for_path(&self.alice, &self.bob, "direct", DIRECT_TIMEOUT);
+        wait_for_path(&self.bob, &self.alice, "direct", DIRECT_TIMEOUT);
+        started.elapsed()
+    }
+
     /// Pushes `len` fresh bytes (the file `name`) from alice into bob's daemon through
     /// alice's socket for bob, and checks they landed with the right NAR hash.
     fn push(&self, name: &str, len: usize) {
@@ -315,17 +325,13 @@ fn with_hole_punching_possible_the_connection_becomes_direct() {
     let Some(net) = Net::start(test, Layout::BothBehindNat, false) else {
         return;
     };
-    let (alice, bob) = (&net.alice, &net.bob);
     let _nodes = net.join();
-    net.push("first.bin", 1 << 20);
-    let started = Instant::now();
-    wait_for_path(alice, bob, "direct", DIRECT_TIMEOUT);
+    let took = net.push_until_direct();
     report(&format!(
-        "direct path {:?} after the first push",
-        started.elapsed()
+        "both directions direct {took:?} after the first push"
     ));
-    wait_for_path(bob, alice, "direct", DIRECT_TIMEOUT);
     net.push("direct.bin", 4 << 20);
+    let (alice, bob) = (&net.alice, &net.bob);
     report_rtt(alice, bob, "direct");
     report_handshake(alice, bob, "direct");
 }
@@ -336,11 +342,8 @@ fn killing_the_relay_leaves_direct_connections_up() {
     let Some(net) = Net::start(test, Layout::BothBehindNat, false) else {
         return;
     };
-    let (alice, bob) = (&net.alice, &net.bob);
     let _nodes = net.join();
-    net.push("before.bin", 1 << 20);
-    wait_for_path(alice, bob, "direct", DIRECT_TIMEOUT);
-    wait_for_path(bob, alice, "direct", DIRECT_TIMEOUT);
+    net.push_until_direct();
 
     net.relay().kill();
     let relay_addr = SocketAddr::from((RELAY_IP, HTTP_PORT));
@@ -355,6 +358,7 @@ fn killing_the_relay_leaves_direct_connections_up() {
     // Longer than the idle timeout (4 s) and the team's expiry (3 s): a connection or a
     // peer that depended on the relay would be gone by now.
     std::thread::sleep(Duration::from_secs(6));
+    let (alice, bob) = (&net.alice, &net.bob);
     alice
         .check_sockets(&["bob"])
         .unwrap_or_else(|e| panic!("{e}"));

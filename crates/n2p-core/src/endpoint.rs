@@ -295,6 +295,29 @@ mod tests {
     }
 
     #[test]
+    fn relay_ca_needs_a_readable_file_with_a_certificate() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let missing = dir.path().join("missing.pem");
+        let err = load_relay_ca(&missing).expect_err("no file");
+        assert!(err.to_string().contains("missing.pem"), "{err}");
+
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").expect("write");
+        let err = load_relay_ca(&empty).expect_err("no PEM");
+        assert!(err.to_string().contains("no PEM certificate"), "{err}");
+
+        let pem = dir.path().join("relay.pem");
+        std::fs::write(
+            &pem,
+            "-----BEGIN CERTIFICATE-----\nAAECAw==\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        let certs = load_relay_ca(&pem).expect("one certificate");
+        assert_eq!(certs.len(), 1);
+        assert_eq!(certs[0].as_ref(), &[0, 1, 2, 3]);
+    }
+
+    #[test]
     fn congestion_control_parses_and_prints_back() {
         for cc in [
             CongestionControl::Cubic,
