@@ -10,7 +10,7 @@
 //!         "open_team": false, "addrs": ["192.168.1.10:7001"], "peers_dir": "/home/a/.n2p/peers",
 //!         "peers": [{"name": "bob", "id": "8a88", "shares_daemon": true,
 //!                    "socket": "/home/a/.n2p/peers/bob.sock", "path": "direct",
-//!                    "last_seen_secs": 0.5, "member": true}]}"#,
+//!                    "rtt_ms": 0.8, "last_seen_secs": 0.5, "member": true}]}"#,
 //! )?;
 //! assert_eq!(status.peers[0].path, PeerPath::Direct);
 //! # Ok::<(), serde_json::Error>(())

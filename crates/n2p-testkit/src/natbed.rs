@@ -21,7 +21,7 @@
 //! Everything lives in namespaces named `n2pt-<pid>-<n>-<role>` and is deleted on drop
 //! (see [`crate::netns`]); no address or rule outside them is touched. IPv6 is off inside.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use crate::{
     Failure,
@@ -78,7 +78,6 @@ pub struct NatBed {
     pub a: Host,
     /// Host B.
     pub b: Host,
-    layout: Layout,
     public: Netns,
     _routers: Vec<Netns>,
 }
@@ -113,15 +112,9 @@ impl NatBed {
         Ok(Self {
             a,
             b,
-            layout,
             public,
             _routers: routers,
         })
-    }
-
-    /// The layout it was made with.
-    pub fn layout(&self) -> Layout {
-        self.layout
     }
 
     /// The public namespace (where the relay runs).
@@ -274,9 +267,4 @@ fn addr_up(ns: &Netns, dev: &str, addr: Ipv4Addr, prefix: u8) -> Result<(), Fail
         dev,
     ])?;
     ip(&["-n", ns.name(), "link", "set", dev, "up"])
-}
-
-/// Whether `addr` is one of the bed's private (behind-NAT) addresses.
-pub fn is_private(addr: IpAddr) -> bool {
-    matches!(addr, IpAddr::V4(v4) if v4.octets()[0] == 10)
 }
