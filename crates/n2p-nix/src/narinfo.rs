@@ -47,13 +47,7 @@ pub struct NarInfo {
 impl NarInfo {
     /// The fingerprint Nix signs for this path.
     pub fn fingerprint(&self, store_dir: &StoreDir) -> String {
-        crate::signature::fingerprint(
-            store_dir,
-            &self.store_path,
-            &self.nar_hash,
-            self.nar_size,
-            &self.references,
-        )
+        crate::signature::fingerprint(store_dir, &self.store_path, &self.nar_hash, self.nar_size, &self.references)
     }
     /// Adds `key`'s signature (replacing an older one by the same key name).
     pub fn sign(&mut self, store_dir: &StoreDir, key: &SecretKey) {

@@ -28,10 +28,7 @@ pub struct SecretKey {
 impl SecretKey {
     /// A fresh key named `name` from 32 random bytes the caller supplies.
     pub fn from_seed(name: &str, seed: [u8; 32]) -> Self {
-        Self {
-            name: name.to_owned(),
-            key: ed25519_dalek::SigningKey::from_bytes(&seed),
-        }
+        Self { name: name.to_owned(), key: ed25519_dalek::SigningKey::from_bytes(&seed) }
     }
     /// Parses `name:base64(64 bytes)`, the format of `nix key generate-secret`.
     pub fn parse(text: &str) -> Result<Self, KeyError> {
@@ -138,8 +135,5 @@ pub fn fingerprint<'a>(
     nar_size: u64,
     references: impl IntoIterator<Item = &'a StorePath>,
 ) -> String {
-    todo!(
-        "{store_dir:?}{path}{nar_hash}{nar_size}{}",
-        references.into_iter().count()
-    )
+    todo!("{store_dir:?}{path}{nar_hash}{nar_size}{}", references.into_iter().count())
 }
