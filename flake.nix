@@ -1,5 +1,5 @@
 {
-  description = "n2p (Nix to Peer): reach a nix-daemon on another machine over iroh";
+  description = "n2p (Nix to Peer): move Nix store paths directly between your machines over iroh";
 
   inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
 
@@ -17,50 +17,38 @@
 
       # Calls `f system pkgs` for each supported system; a stand-in for flake-utils.
       forAllSystems = f: lib.genAttrs systems (system: f system nixpkgs.legacyPackages.${system});
+      linuxSystems = lib.filter (lib.hasSuffix "-linux") systems;
 
       workspace = (lib.importTOML ./Cargo.toml).workspace.package;
+
+      # Only what the build reads, so editing docs does not rebuild n2p. tests/ and config/
+      # are named by the n2p package's test targets, which cargo resolves.
+      src = lib.fileset.toSource {
+        root = ./.;
+        fileset = lib.fileset.unions [
+          ./Cargo.toml
+          ./Cargo.lock
+          ./crates
+          ./tests
+          ./config
+        ];
+      };
+
+      n2pFor =
+        pkgs:
+        pkgs.callPackage ./contrib/nix/package.nix {
+          inherit src;
+          lockFile = ./Cargo.lock;
+          inherit (workspace) version;
+          rev = self.shortRev or self.dirtyShortRev or "";
+        };
+
     in
     {
       packages = forAllSystems (
-        system: pkgs: {
-          n2p = pkgs.rustPlatform.buildRustPackage {
-            pname = "n2p";
-            inherit (workspace) version;
-
-            # Only what the build reads, so editing docs does not rebuild n2p. tests/ and
-            # config/ are named by the n2p package's test targets, which cargo resolves.
-            src = lib.fileset.toSource {
-              root = ./.;
-              fileset = lib.fileset.unions [
-                ./Cargo.toml
-                ./Cargo.lock
-                ./crates
-                ./tests
-                ./config
-              ];
-            };
-            cargoLock.lockFile = ./Cargo.lock;
-            cargoBuildFlags = [
-              "--package"
-              "n2p"
-            ];
-
-            # The tests start nix-daemons and n2p servers; they run in CI (.ci/run), not in
-            # the build sandbox.
-            doCheck = false;
-
-            meta = {
-              description = "Forward nix-daemon connections between machines over iroh (QUIC)";
-              homepage = workspace.repository;
-              license = with lib.licenses; [
-                mit
-                asl20
-              ];
-              mainProgram = "n2p";
-              platforms = systems;
-            };
-          };
-          default = self.packages.${system}.n2p;
+        _system: pkgs: rec {
+          n2p = n2pFor pkgs;
+          default = n2p;
         }
       );
 
@@ -74,6 +62,22 @@
         }
       );
 
+      overlays.default = final: _prev: { n2p = n2pFor final; };
+
+      nixosModules.default =
+        { pkgs, ... }:
+        {
+          imports = [ ./contrib/nix/nixos.nix ];
+          services.n2p.package = lib.mkDefault (n2pFor pkgs);
+        };
+
+      darwinModules.default =
+        { pkgs, ... }:
+        {
+          imports = [ ./contrib/nix/darwin.nix ];
+          services.n2p.package = lib.mkDefault (n2pFor pkgs);
+        };
+
       devShells = forAllSystems (
         _system: pkgs: {
           default = pkgs.mkShell {
@@ -83,9 +87,71 @@
               clippy
               rustfmt
               nix
+              systemd
             ];
           };
         }
+      );
+
+      checks = forAllSystems (
+        system: pkgs:
+        {
+          package = self.packages.${system}.n2p;
+        }
+        // lib.optionalAttrs (lib.elem system linuxSystems) (
+          let
+            # A machine with the module on, as a user would write it.
+            machine =
+              extra:
+              lib.nixosSystem {
+                inherit system;
+                modules = [
+                  self.nixosModules.default
+                  {
+                    boot.isContainer = true;
+                    system.stateVersion = "25.05";
+                    services.n2p = {
+                      enable = true;
+                      topic = "dev";
+                      teamFile = ./config/team.toml;
+                      secretFile = "/run/secrets/n2p-team";
+                      port = 7000;
+                      openFirewall = true;
+                    };
+                  }
+                  extra
+                ];
+              };
+            good = machine { };
+            # Running the node as a trusted user is refused unless asked for explicitly.
+            trusted = machine { nix.settings.trusted-users = [ "n2p" ]; };
+            trustedAllowed = machine {
+              nix.settings.trusted-users = [ "n2p" ];
+              services.n2p.allowTrustedDaemonAccess = true;
+            };
+            evaluates = m: (builtins.tryEval m.config.system.build.toplevel.drvPath).success;
+          in
+          {
+            # The module evaluates, and its unit is what the module promises.
+            module =
+              assert evaluates good;
+              assert !(evaluates trusted);
+              assert evaluates trustedAllowed;
+              assert lib.elem "n2p" good.config.nix.settings.extra-allowed-users;
+              assert lib.elem 7000 good.config.networking.firewall.allowedUDPPorts;
+              pkgs.runCommand "n2p-module-check" { } ''
+                unit=${good.config.systemd.units."n2p.service".unit}/n2p.service
+                grep -q '^Type=notify$' $unit
+                grep -q '^User=n2p$' $unit
+                grep -q '^LoadCredential=team-secret:/run/secrets/n2p-team$' $unit
+                grep -q -- '--secret-credential' $unit
+                grep -q '^ProtectSystem=strict$' $unit
+                cp $unit $out
+              '';
+
+            vm = pkgs.testers.runNixOSTest (import ./contrib/nix/vm-test.nix { inherit self; });
+          }
+        )
       );
     };
 }

@@ -9,6 +9,7 @@ mod harness;
 
 mod baseline;
 mod cli;
+mod doctor;
 mod drain;
 mod faults;
 mod layers;
@@ -19,4 +20,6 @@ mod mesh_names;
 mod nat;
 mod refused;
 mod restart;
+mod service;
 mod tunnel;
+mod units;

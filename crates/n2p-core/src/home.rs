@@ -36,6 +36,27 @@ pub enum HomeError {
         /// Whether another user owns it.
         foreign_owner: bool,
     },
+    /// An existing directory meant to be shared with a group is not exactly that: mode 0750
+    /// (no group write, nothing for others), this user's, and the group's. Left untouched.
+    #[error(
+        "{} is not set up for group {gid} (found mode {mode:o}, group {found_gid}{}); n2p shares peer sockets there\n  hint: `chgrp {gid} {} && chmod 750 {}` if that is what you want, or remove it and n2p creates it",
+        path.display(),
+        if *foreign_owner { ", owned by another user" } else { "" },
+        path.display(),
+        path.display()
+    )]
+    NotGroupDir {
+        /// The directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+        /// The group it should belong to.
+        gid: u32,
+        /// The group it belongs to.
+        found_gid: u32,
+        /// Whether another user owns it.
+        foreign_owner: bool,
+    },
     /// A directory could not be created or its permissions read.
     #[error("cannot prepare directory {}", path.display())]
     Io {
@@ -215,6 +236,56 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), HomeError> {
     }
 }
 
+/// Creates `dir` for this user and the members of group `gid`: owner all, group read and
+/// traverse, others nothing (0750), group-owned by `gid`. Its parent must exist.
+///
+/// The directory is created 0700, given to the group, and only then opened to it, so no
+/// one outside the group ever sees it open. An existing directory is used only when it is
+/// this user's, the group's, and exactly 0750 (a set-gid bit is fine); anything else is
+/// refused with a hint and left as it is ([`HomeError::NotGroupDir`]).
+pub fn ensure_group_dir(dir: &Path, gid: u32) -> Result<(), HomeError> {
+    let io_err = |source| HomeError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    match fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => {
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            let foreign_owner = meta.uid() != unsafe { libc::geteuid() };
+            let mode = meta.permissions().mode() & 0o7777;
+            if mode & 0o777 != 0o750 || meta.gid() != gid || foreign_owner {
+                return Err(HomeError::NotGroupDir {
+                    path: dir.to_owned(),
+                    mode,
+                    gid,
+                    found_gid: meta.gid(),
+                    foreign_owner,
+                });
+            }
+            Ok(())
+        }
+        Ok(_) => Err(io_err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "exists and is not a directory",
+        ))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .map_err(io_err)?;
+            let opened = std::os::unix::fs::chown(dir, None, Some(gid))
+                .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(0o750)));
+            if let Err(e) = opened {
+                // Ours, just made and still empty: take it away again.
+                fs::remove_dir(dir).ok();
+                return Err(io_err(e));
+            }
+            Ok(())
+        }
+        Err(e) => Err(io_err(e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,6 +324,33 @@ mod tests {
         assert!(matches!(home.lock("mesh"), Err(LockError::Held { .. })));
         drop(first);
         home.lock("mesh").expect("after release");
+    }
+
+    #[test]
+    fn a_group_dir_is_0750_and_the_groups_and_a_wrong_one_is_left_alone() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        // SAFETY: getegid has no preconditions and cannot fail.
+        let gid = unsafe { libc::getegid() };
+        let dir = tmp.path().join("peers");
+        ensure_group_dir(&dir, gid).expect("create");
+        let meta = fs::metadata(&dir).expect("meta");
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o750);
+        assert_eq!(meta.gid(), gid);
+        ensure_group_dir(&dir, gid).expect("an existing group dir is fine");
+
+        for wrong in [0o700, 0o770, 0o755] {
+            let dir = tmp.path().join(format!("wrong{wrong:o}"));
+            fs::create_dir(&dir).expect("mkdir");
+            fs::set_permissions(&dir, fs::Permissions::from_mode(wrong)).expect("chmod");
+            let err = ensure_group_dir(&dir, gid).expect_err("wrong mode");
+            assert!(matches!(err, HomeError::NotGroupDir { .. }), "{err}");
+            assert!(err.to_string().contains("chmod 750"), "{err}");
+            let mode = fs::metadata(&dir).expect("meta").permissions().mode() & 0o7777;
+            assert_eq!(mode, wrong, "the directory's mode was changed");
+        }
+        // A missing parent is an error, not a tree of new directories.
+        assert!(ensure_group_dir(&tmp.path().join("a/b"), gid).is_err());
+        assert!(!tmp.path().join("a").exists());
     }
 
     #[test]

@@ -68,6 +68,27 @@ impl Drop for SocketFileGuard {
     }
 }
 
+/// Who may connect to a socket n2p binds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SocketAccess {
+    /// The owner only: mode 0600 (the default).
+    #[default]
+    Owner,
+    /// The owner and the members of this group (a gid): mode 0660, group-owned by it. The
+    /// process must be a member of the group (or privileged) to give the socket to it.
+    Group(u32),
+}
+
+impl SocketAccess {
+    /// The permission bits of a socket bound with this access.
+    pub fn socket_mode(self) -> u32 {
+        match self {
+            Self::Owner => 0o600,
+            Self::Group(_) => 0o660,
+        }
+    }
+}
+
 /// Binds a listening unix socket at `path` with mode 0600.
 ///
 /// The socket is bound under a temporary name, restricted, then renamed into place, so the
@@ -76,6 +97,16 @@ impl Drop for SocketFileGuard {
 /// a live one, or any other kind of file, is an error. Must be called inside a tokio runtime.
 pub fn bind_private_listener(
     path: &Path,
+) -> Result<(UnixListener, SocketFileGuard), UnixBindError> {
+    bind_listener(path, SocketAccess::Owner)
+}
+
+/// Like [`bind_private_listener`], with the socket's permissions given by `access`: for
+/// [`SocketAccess::Group`] the temporary name is given to the group and opened to it (0660)
+/// before it is renamed into place.
+pub fn bind_listener(
+    path: &Path,
+    access: SocketAccess,
 ) -> Result<(UnixListener, SocketFileGuard), UnixBindError> {
     if path.as_os_str().len() > 107 {
         return Err(UnixBindError::TooLong {
@@ -89,7 +120,12 @@ pub fn bind_private_listener(
     clear_stale_socket(path)?;
     let tmp = temporary_name(path);
     let listener = UnixListener::bind(&tmp).map_err(io_err)?;
-    let placed = fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))
+    let grouped = match access {
+        SocketAccess::Owner => Ok(()),
+        SocketAccess::Group(gid) => std::os::unix::fs::chown(&tmp, None, Some(gid)),
+    };
+    let placed = grouped
+        .and_then(|()| fs::set_permissions(&tmp, fs::Permissions::from_mode(access.socket_mode())))
         .and_then(|()| fs::rename(&tmp, path));
     if let Err(e) = placed {
         fs::remove_file(&tmp).ok();
@@ -175,6 +211,21 @@ mod tests {
             Err(UnixBindError::NotASocket { .. })
         ));
         assert_eq!(fs::read(&file)?, b"keep me");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_group_socket_is_0660_and_owned_by_the_group()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let tmp = tempfile::tempdir()?;
+        let path = tmp.path().join("g.sock");
+        // The process's own group: giving a file to it needs no privilege.
+        // SAFETY: getegid has no preconditions and cannot fail.
+        let gid = unsafe { libc::getegid() };
+        let (_listener, _guard) = bind_listener(&path, SocketAccess::Group(gid))?;
+        let meta = fs::metadata(&path)?;
+        assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+        assert_eq!(meta.gid(), gid);
         Ok(())
     }
 

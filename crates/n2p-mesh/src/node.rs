@@ -12,6 +12,7 @@
 //! in the background.
 
 mod actor;
+mod gate;
 mod paths;
 pub mod peer_sockets;
 
@@ -22,26 +23,26 @@ use std::{
 };
 
 use iroh::{
-    Endpoint, EndpointAddr, EndpointId, SecretKey, TransportAddr,
-    address_lookup::memory::MemoryLookup,
-    endpoint::{AfterHandshakeOutcome, Connection, EndpointHooks},
+    Endpoint, EndpointAddr, SecretKey, TransportAddr, address_lookup::memory::MemoryLookup,
     protocol::Router,
 };
 use iroh_gossip::net::{GOSSIP_ALPN, Gossip};
 use n2p_core::{
     access::{AccessPolicy, AccessSecret, SecretPolicy},
-    daemon::{ACCESS_DENIED, DAEMON_ALPN, DaemonService},
+    daemon::{DAEMON_ALPN, DaemonService},
     endpoint::{EndpointBindError, EndpointOptions, RelayChoice, bind_builder, endpoint_builder},
+    unix::SocketAccess,
 };
 use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, info, info_span};
 
 use self::{
     actor::{Actor, Command},
+    gate::{SharedTeam, TeamGate, TeamPolicy},
     paths::PathWatch,
     peer_sockets::{PeerSockets, PeerSocketsError},
 };
@@ -81,6 +82,8 @@ pub struct MeshSettings {
     pub secret: TeamSecret,
     /// Where peer sockets go.
     pub peers_dir: PathBuf,
+    /// Who may use them: the owner only (0600 in 0700, the default) or a group too.
+    pub peers_access: SocketAccess,
     /// Extra bootstrap peers (from invite tickets).
     pub bootstrap: Vec<EndpointAddr>,
     /// Relay and bind settings.
@@ -114,31 +117,32 @@ pub enum StatusError {
     Stopped,
 }
 
-/// Rejects, for every ALPN, peers that are not members of a closed team.
-#[derive(Debug)]
-struct TeamGate {
-    team: TeamConfig,
+/// Why [`MeshNode::reload`] did not take a team config.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReloadError {
+    /// The actor has stopped.
+    #[error("the mesh node has stopped")]
+    Stopped,
 }
 
-impl EndpointHooks for TeamGate {
-    async fn after_handshake<'a>(&'a self, conn: &'a Connection) -> AfterHandshakeOutcome {
-        let peer = conn.remote_id();
-        if self.team.admits(&peer) {
-            AfterHandshakeOutcome::accept()
-        } else {
-            warn!(peer = %peer, "refused peer {peer}: not a member of this team");
-            AfterHandshakeOutcome::Reject {
-                error_code: ACCESS_DENIED,
-                reason: b"not a team member".to_vec(),
-            }
-        }
-    }
+/// What a [`MeshNode::reload`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReloadReport {
+    /// Names of the members the new config lists and the old did not.
+    pub added: Vec<String>,
+    /// Names of the members the old config listed and the new does not.
+    pub removed: Vec<String>,
+    /// Settings that differ but are only read at start (the secret's source, the relay).
+    pub needs_restart: Vec<&'static str>,
 }
 
 /// A running mesh node: the handle to its actor.
 #[derive(Debug)]
 pub struct MeshNode {
     router: Router,
+    team: SharedTeam,
     commands: mpsc::Sender<Command>,
     cancel: CancellationToken,
     actor: Mutex<Option<JoinHandle<()>>>,
@@ -154,16 +158,14 @@ impl MeshNode {
             alpns.push(DAEMON_ALPN.to_vec());
         }
         let memory = MemoryLookup::new();
-        let mut builder = endpoint_builder(secret_key.clone(), alpns, &settings.endpoint)?
-            .address_lookup(memory.clone());
-        if !settings.team.is_open() {
-            builder = builder.hooks(TeamGate {
-                team: settings.team.clone(),
-            });
-        }
-        // After the gate: refused connections are not watched.
+        let team = SharedTeam::new(settings.team.clone());
+        // Installed for open teams too (it admits everyone then), so a reload may close one.
+        // The path watch comes after the gate: refused connections are not watched.
         let paths = PathWatch::default();
-        builder = builder.hooks(paths.clone());
+        let builder = endpoint_builder(secret_key.clone(), alpns, &settings.endpoint)?
+            .address_lookup(memory.clone())
+            .hooks(TeamGate { team: team.clone() })
+            .hooks(paths.clone());
         let endpoint = bind_builder(builder, &settings.endpoint).await?;
 
         let mut bootstrap_ids = Vec::new();
@@ -193,18 +195,10 @@ impl MeshNode {
         let mut router = Router::builder(endpoint.clone()).accept(GOSSIP_ALPN, gossip.clone());
         if settings.share_daemon {
             let access = AccessSecret::from_bytes(keys.access_secret());
-            let mut policy = SecretPolicy::new(access);
-            if !settings.team.is_open() {
-                let pushers: Vec<EndpointId> = settings
-                    .team
-                    .members()
-                    .iter()
-                    .filter(|m| m.push)
-                    .map(|m| m.id)
-                    .collect();
-                policy = policy.with_allow_list(pushers);
-            }
-            let policy: Arc<dyn AccessPolicy> = Arc::new(policy);
+            let policy: Arc<dyn AccessPolicy> = Arc::new(TeamPolicy {
+                secret: SecretPolicy::new(access),
+                team: team.clone(),
+            });
             router = router.accept(
                 DAEMON_ALPN,
                 DaemonService::new(settings.daemon_socket.clone(), policy, me),
@@ -217,6 +211,7 @@ impl MeshNode {
                 settings.peers_dir.clone(),
                 endpoint.clone(),
                 AccessSecret::from_bytes(keys.access_secret()),
+                settings.peers_access,
             )?;
             let topic = gossip
                 .subscribe(keys.topic_id(), bootstrap_ids.clone())
@@ -269,6 +264,7 @@ impl MeshNode {
         );
         Ok(Self {
             router,
+            team,
             commands,
             cancel,
             actor: Mutex::new(Some(actor)),
@@ -288,6 +284,47 @@ impl MeshNode {
             .await
             .map_err(|_| StatusError::Stopped)?;
         answer.await.map_err(|_| StatusError::Stopped)
+    }
+
+    /// Puts a new team config in force (a reloaded team file): members it no longer lists
+    /// are refused from the next connection and the next stream into my daemon on, and lose
+    /// their socket here; members it adds are admitted and joined. The topic, my name, the
+    /// secret and the relay stay as they were at start; differences in the last two are
+    /// reported in [`ReloadReport::needs_restart`].
+    pub async fn reload(&self, team: TeamConfig) -> Result<ReloadReport, ReloadError> {
+        let old = self.team.get();
+        let names = |t: &TeamConfig| -> Vec<(iroh::EndpointId, String)> {
+            t.members().iter().map(|m| (m.id, m.name.clone())).collect()
+        };
+        let (old_members, new_members) = (names(&old), names(&team));
+        let mut report = ReloadReport {
+            added: new_members
+                .iter()
+                .filter(|m| !old_members.contains(m))
+                .map(|m| m.1.clone())
+                .collect(),
+            removed: old_members
+                .iter()
+                .filter(|m| !new_members.contains(m))
+                .map(|m| m.1.clone())
+                .collect(),
+            needs_restart: Vec::new(),
+        };
+        if old.secret_source() != team.secret_source() {
+            report.needs_restart.push("the team secret's source");
+        }
+        if old.relay() != team.relay() {
+            report.needs_restart.push("relay");
+        }
+        // The gate first, so a removed member cannot start anything new from here on.
+        self.team.set(team.clone());
+        let (reply, done) = oneshot::channel();
+        self.commands
+            .send(Command::Reload(Box::new(team), reply))
+            .await
+            .map_err(|_| ReloadError::Stopped)?;
+        done.await.map_err(|_| ReloadError::Stopped)?;
+        Ok(report)
     }
 
     /// Resolves once the actor has ended: after [`Self::leave`], or on its own when its
@@ -333,6 +370,7 @@ mod tests {
             ),
             secret: TeamSecret::new(vec![7; 32])?,
             peers_dir: dir.path().join("peers"),
+            peers_access: SocketAccess::Owner,
             bootstrap: Vec::new(),
             endpoint: EndpointOptions::loopback(),
         };

@@ -97,8 +97,14 @@ impl NixDaemon {
     /// waits until the socket accepts connections; panics, with the daemon's log, if it
     /// does not.
     pub fn start() -> Self {
+        Self::start_with_config("")
+    }
+
+    /// Like [`Self::start`], with `extra` appended to the daemon's settings (nix.conf
+    /// lines, e.g. `trusted-users = alice`).
+    pub fn start_with_config(extra: &str) -> Self {
         let scratch = ScratchDir::new("daemon");
-        let mut daemon = Self::try_start_at(&scratch.join("daemon.sock"), scratch.path())
+        let mut daemon = Self::try_start_with(&scratch.join("daemon.sock"), scratch.path(), extra)
             .unwrap_or_else(|failure| panic!("{failure}"));
         daemon.scratch = Some(scratch);
         daemon
@@ -108,6 +114,11 @@ impl NixDaemon {
     /// `dir/daemon.log`) with its socket at `socket` (replacing a stale one), and waits until
     /// it accepts connections. The store stays after drop, until [`Self::remove`].
     pub fn try_start_at(socket: &Path, dir: &Path) -> Result<Self, Failure> {
+        Self::try_start_with(socket, dir, "")
+    }
+
+    /// [`Self::try_start_at`] with `extra` appended to the daemon's settings.
+    pub fn try_start_with(socket: &Path, dir: &Path, extra: &str) -> Result<Self, Failure> {
         fs::create_dir_all(dir)
             .map_err(|error| Failure::new(format!("creating {}: {error}", dir.display())))?;
         if socket.exists() {
@@ -118,6 +129,7 @@ impl NixDaemon {
             "nix-daemon",
             nix_command("nix-daemon")
                 .args(["--store", &store])
+                .env("NIX_CONFIG", format!("{NIX_CONFIG}{extra}\n"))
                 .env("NIX_DAEMON_SOCKET_PATH", socket),
             &dir.join("daemon.log"),
         )?;

@@ -43,6 +43,8 @@ pub enum Signal {
     Stop,
     /// SIGCONT: resumes a stopped process.
     Cont,
+    /// SIGHUP: what `systemctl reload` sends to n2p (reload the team file).
+    Hup,
 }
 
 impl Signal {
@@ -53,6 +55,7 @@ impl Signal {
             Signal::Kill => libc::SIGKILL,
             Signal::Stop => libc::SIGSTOP,
             Signal::Cont => libc::SIGCONT,
+            Signal::Hup => libc::SIGHUP,
         }
     }
 }

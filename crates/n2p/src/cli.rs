@@ -13,7 +13,7 @@ use n2p_core::{
 /// No SSH server, no binary cache in the middle, no port forwarding: n2p carries the
 /// nix-daemon protocol over iroh (QUIC with hole punching and relay fallback).
 #[derive(Debug, Parser)]
-#[command(name = "n2p", version, about, long_about = None)]
+#[command(name = "n2p", version = env!("N2P_VERSION"), about, long_about = None)]
 pub(crate) struct Cli {
     #[command(flatten)]
     pub(crate) global: GlobalArgs,
@@ -49,6 +49,10 @@ pub(crate) struct GlobalArgs {
     /// The n2p home directory (keys, sockets, personal config).
     #[arg(long, global = true, env = "N2P_HOME", value_name = "DIR")]
     pub(crate) home: Option<PathBuf>,
+    /// The running node's control socket, which `n2p status` asks [default:
+    /// $N2P_HOME/control.sock]. A system service puts it where a group can reach it.
+    #[arg(long, global = true, env = "N2P_CONTROL_SOCKET", value_name = "PATH")]
+    pub(crate) control_socket: Option<PathBuf>,
     /// More logging (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub(crate) verbose: u8,
@@ -70,6 +74,42 @@ pub(crate) enum Command {
     Mesh(MeshCommand),
     /// What the running mesh node sees.
     Status(StatusArgs),
+    /// Print a shell completion script (e.g. `n2p completions bash > /etc/bash_completion.d/n2p`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the man page, n2p(1), in roff (`n2p man | man -l -`).
+    Man,
+    /// Check this machine's set-up (daemon, trust, team file and secret, relay, clock,
+    /// peers directory) and say how to fix what is wrong; exits 1 when something is.
+    Doctor(DoctorArgs),
+}
+
+/// `n2p doctor`: the flags of `n2p mesh join` that say where things are.
+#[derive(Debug, Args)]
+pub(crate) struct DoctorArgs {
+    /// The team file [default: `team` in $N2P_HOME/config.toml].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) team: Option<PathBuf>,
+    /// The nix-daemon socket [default: config, $NIX_DAEMON_SOCKET_PATH, /nix/var/nix/daemon-socket/socket].
+    #[arg(long, value_name = "PATH")]
+    pub(crate) daemon_socket: Option<PathBuf>,
+    /// The peers directory and team secret, as for `n2p mesh join`.
+    #[command(flatten)]
+    pub(crate) service: ServiceArgs,
+}
+
+/// Shells `n2p completions` writes scripts for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum Shell {
+    /// Bash.
+    Bash,
+    /// Zsh.
+    Zsh,
+    /// Fish.
+    Fish,
 }
 
 /// `n2p mesh …`.
@@ -108,6 +148,29 @@ pub(crate) struct JoinArgs {
     /// An invite ticket from `n2p mesh invite` (repeatable).
     #[arg(long, value_name = "TICKET")]
     pub(crate) ticket: Vec<String>,
+    /// Where the service keeps things.
+    #[command(flatten)]
+    pub(crate) service: ServiceArgs,
+}
+
+/// Where a node (or `n2p doctor`) finds its peers directory and team secret: what a system
+/// service sets.
+#[derive(Debug, Args)]
+pub(crate) struct ServiceArgs {
+    /// Where the peer sockets go [default: `peers_dir` in config.toml, else $N2P_HOME/peers].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) peers_dir: Option<PathBuf>,
+    /// Share the peer sockets (0660, in a 0750 directory) and the control socket with this
+    /// Unix group (a name or gid) [default: `peers_group` in config.toml, else owner only].
+    #[arg(long, value_name = "GROUP")]
+    pub(crate) peers_group: Option<String>,
+    /// Read the team secret from this absolute path instead of what the team file names.
+    #[arg(long, value_name = "PATH", conflicts_with = "secret_credential")]
+    pub(crate) secret_file: Option<PathBuf>,
+    /// Read the team secret from the systemd credential NAME ($CREDENTIALS_DIRECTORY/NAME,
+    /// from `LoadCredential=NAME:…`) instead of what the team file names.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) secret_credential: Option<String>,
 }
 
 /// `n2p mesh invite`.

@@ -18,6 +18,10 @@ pub(crate) struct PersonalConfig {
     pub(crate) daemon_socket: Option<PathBuf>,
     /// The team file (relative paths are relative to this config file's directory).
     pub(crate) team: Option<PathBuf>,
+    /// Where the peer sockets go (relative paths as for `team`).
+    pub(crate) peers_dir: Option<PathBuf>,
+    /// The Unix group (name or gid) the peer sockets are shared with.
+    pub(crate) peers_group: Option<String>,
 }
 
 impl PersonalConfig {
@@ -30,6 +34,7 @@ impl PersonalConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         config.team = config.team.map(|team| base.join(team));
         config.daemon_socket = config.daemon_socket.map(|socket| base.join(socket));
+        config.peers_dir = config.peers_dir.map(|dir| base.join(dir));
         Ok(config)
     }
 }
@@ -58,8 +63,10 @@ mod tests {
 
     #[test]
     fn parses_all_keys_and_rejects_unknown_ones() {
-        let text = "name = \"alice\"\nshare = false\ndaemon_socket = \"/run/d.sock\"\nteam = \"team.toml\"\n";
+        let text = "name = \"alice\"\nshare = false\ndaemon_socket = \"/run/d.sock\"\nteam = \"team.toml\"\n\
+                    peers_dir = \"/run/n2p/peers\"\npeers_group = \"n2p-peers\"\n";
         let config: PersonalConfig = parse_toml(text, Path::new("config.toml")).expect("parse");
+        assert_eq!(config.peers_group.as_deref(), Some("n2p-peers"));
         assert_eq!(config.name.as_deref(), Some("alice"));
         assert_eq!(config.share, Some(false));
 

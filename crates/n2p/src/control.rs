@@ -1,4 +1,5 @@
-//! The local control socket (`$N2P_HOME/control.sock`, 0600): `n2p status` and
+//! The local control socket (`$N2P_HOME/control.sock` or `--control-socket`; 0600, or 0660
+//! for the peers group): `n2p status` and
 //! `n2p mesh peers` ask the running node what it sees.
 //!
 //! Protocol: the client writes one request line (`status`), the node answers with one JSON
@@ -9,7 +10,7 @@
 use std::{future::Future, path::Path, pin::Pin, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use n2p_core::unix::{SocketFileGuard, bind_private_listener};
+use n2p_core::unix::{SocketAccess, SocketFileGuard, bind_listener};
 use serde::de::DeserializeOwned;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
@@ -28,14 +29,16 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) type Responder =
     Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = serde_json::Value> + Send>> + Send + Sync>;
 
-/// Serves the control socket at `path` until `cancel` fires; the returned guard removes it.
+/// Serves the control socket at `path` (reachable as `access` says) until `cancel` fires;
+/// the returned guard removes it.
 pub(crate) fn serve(
     path: &Path,
+    access: SocketAccess,
     respond: Responder,
     cancel: CancellationToken,
 ) -> anyhow::Result<SocketFileGuard> {
     let (listener, guard) =
-        bind_private_listener(path).context("cannot create the control socket")?;
+        bind_listener(path, access).context("cannot create the control socket")?;
     tokio::spawn(async move {
         loop {
             tokio::select! {

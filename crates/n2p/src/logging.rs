@@ -1,4 +1,5 @@
-//! Logging set-up: human-readable lines on stderr, `RUST_LOG` first, else `-v` levels.
+//! Logging set-up: human-readable lines on stderr, `RUST_LOG` first, else `-v` levels;
+//! without timestamps or colours when journald captures stderr.
 
 use std::io::IsTerminal;
 
@@ -19,9 +20,13 @@ pub(crate) fn init(verbose: u8) {
         }),
         _ => EnvFilter::new(default),
     };
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    if crate::service::journald_captures_stderr() {
+        // journald stamps each line itself and shows escape codes as they are.
+        builder.with_ansi(false).without_time().init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
 }

@@ -5,6 +5,7 @@ mod cmd;
 mod config;
 mod control;
 mod logging;
+mod service;
 mod setup;
 mod shutdown;
 

@@ -62,3 +62,11 @@ pub(crate) fn daemon_socket(explicit: Option<PathBuf>) -> PathBuf {
         .or_else(|| std::env::var_os("NIX_DAEMON_SOCKET_PATH").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DAEMON_SOCKET))
 }
+
+/// The control socket: `--control-socket` / `N2P_CONTROL_SOCKET`, else the home's.
+pub(crate) fn control_socket(global: &GlobalArgs, home: &N2pHome) -> PathBuf {
+    global
+        .control_socket
+        .clone()
+        .unwrap_or_else(|| home.control_socket_path())
+}

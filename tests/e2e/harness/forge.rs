@@ -84,6 +84,7 @@ impl Forgers {
                         .load_secret()
                         .unwrap_or_else(|error| panic!("loading the team secret: {error}")),
                     peers_dir: home.peers_dir(),
+                    peers_access: Default::default(),
                     bootstrap: ticket.peers.clone(),
                     endpoint: EndpointOptions {
                         relay: RelayChoice::Disabled,

@@ -25,6 +25,7 @@ use crate::{
         },
         names::socket_file_name,
         table::{Applied, PeerTable},
+        team::TeamConfig,
         topic::MeshKeys,
     },
     status::{MeshStatus, PeerStatus},
@@ -54,6 +55,8 @@ const LEAVE_GRACE: Duration = Duration::from_millis(250);
 pub(super) enum Command {
     /// Answer with a [`MeshStatus`].
     Status(oneshot::Sender<MeshStatus>),
+    /// Apply a reloaded team config (already in force at the gate), then answer.
+    Reload(Box<TeamConfig>, oneshot::Sender<()>),
 }
 
 /// The task that owns the table and the sockets.
@@ -113,6 +116,14 @@ impl Actor {
                     Some(Command::Status(reply)) => {
                         // The asker may have given up; nothing to do then.
                         reply.send(self.status().await).ok();
+                    }
+                    Some(Command::Reload(team, done)) => {
+                        self.reload(*team).await;
+                        announce_tick = tokio::time::interval(self.announce_interval);
+                        announce_tick.reset();
+                        // Members just added learn about me without waiting a round.
+                        announce_soon.get_or_insert(tokio::time::Instant::now() + ANNOUNCE_DEBOUNCE);
+                        done.send(()).ok();
                     }
                     // The handle is gone: nobody can ask or make us leave any more.
                     None => break,
@@ -223,6 +234,39 @@ impl Actor {
                 debug!("ignored announcement: {dropped}");
                 false
             }
+        }
+    }
+
+    /// Applies a reloaded team config: drops the peers it no longer admits (and their
+    /// sockets), renames by the new member list, and dials members it adds.
+    async fn reload(&mut self, team: TeamConfig) {
+        let me = self.endpoint.id();
+        let old_members: Vec<EndpointId> =
+            self.table.team().members().iter().map(|m| m.id).collect();
+        let mut fresh = Vec::new();
+        for addr in team.bootstrap(&me) {
+            if !addr.is_empty() {
+                self.memory.add_endpoint_info(addr.clone());
+            }
+            if !self.bootstrap.contains(&addr.id) {
+                fresh.push(addr.id);
+            }
+        }
+        // Ticket peers stay; members of the old file stay only if the new one lists them.
+        self.bootstrap
+            .retain(|id| !old_members.contains(id) || team.member_by_id(id).is_some());
+        self.bootstrap.extend(fresh.iter().copied());
+        self.announce_interval = team.announce_interval();
+        for id in self.table.set_team(team) {
+            info!(target: "n2p", "peer {} is not admitted by the reloaded team file; dropped", id.fmt_short());
+        }
+        let desired = self.table.sockets();
+        self.reconcile(&desired);
+        if !fresh.is_empty()
+            && let Some(sender) = &self.sender
+            && let Err(e) = sender.join_peers(fresh).await
+        {
+            debug!("cannot dial the members just added: {e}");
         }
     }
 

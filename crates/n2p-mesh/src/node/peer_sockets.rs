@@ -1,5 +1,6 @@
-//! The peers directory: exactly one `<name>.sock` (0600, in a 0700 directory) per live peer
-//! I may use, each forwarding its connections over one iroh connection to that peer.
+//! The peers directory: exactly one `<name>.sock` (0600, in a 0700 directory; 0660 in a 0750
+//! one when shared with a group, see [`SocketAccess`]) per live peer I may use, each
+//! forwarding its connections over one iroh connection to that peer.
 //!
 //! [`PeerSockets::reconcile`] takes the desired map (socket name → peer) that the peer table
 //! computes and creates, replaces or removes sockets to match. Names are trusted only after
@@ -24,8 +25,8 @@ use iroh::{Endpoint, EndpointAddr, EndpointId};
 use n2p_core::{
     access::AccessSecret,
     daemon::{DaemonDialer, ListenerShutdown, serve_local_listener},
-    home::ensure_private_dir,
-    unix::{SocketFileGuard, bind_private_listener},
+    home::{ensure_group_dir, ensure_private_dir},
+    unix::{SocketAccess, SocketFileGuard, UnixBindError, bind_listener, clear_stale_socket},
 };
 use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span, warn};
@@ -52,6 +53,7 @@ pub struct PeerSockets {
     dir: PathBuf,
     endpoint: Endpoint,
     access: AccessSecret,
+    sockets: SocketAccess,
     live: BTreeMap<String, PeerSocket>,
     /// Removed sockets whose transfers are still in flight.
     draining: Vec<Serving>,
@@ -70,32 +72,50 @@ pub enum PeerSocketsError {
         #[source]
         source: io::Error,
     },
+    /// Another running node serves sockets in the directory (a peers directory outside
+    /// the home is not covered by the home's lock).
+    #[error("another running n2p node serves {} in the peers directory; stop it or choose another --peers-dir", path.display())]
+    InUse {
+        /// The live socket.
+        path: PathBuf,
+    },
 }
 
 impl PeerSockets {
-    /// Prepares `dir` (0700) and removes sockets left there by a previous run. Call only
-    /// while holding the node lock, so no other live node owns them.
+    /// Prepares `dir` (0700, or 0750 for [`SocketAccess::Group`]) and removes sockets left
+    /// there by a previous run; a socket someone still listens on (another node using the
+    /// same directory from another home) is refused. Call only while holding the node lock. Every socket is then bound with `sockets` access.
     pub fn open(
         dir: PathBuf,
         endpoint: Endpoint,
         access: AccessSecret,
+        sockets: SocketAccess,
     ) -> Result<Self, PeerSocketsError> {
         let dir_err = |source| PeerSocketsError::Dir {
             dir: dir.clone(),
             source,
         };
-        ensure_private_dir(&dir).map_err(|e| dir_err(io::Error::other(e)))?;
+        let prepared = match sockets {
+            SocketAccess::Owner => ensure_private_dir(&dir),
+            SocketAccess::Group(gid) => ensure_group_dir(&dir, gid),
+        };
+        prepared.map_err(|e| dir_err(io::Error::other(e)))?;
         for entry in fs::read_dir(&dir).map_err(dir_err)? {
             let entry = entry.map_err(dir_err)?;
             let is_socket = entry.file_type().map(|t| t.is_socket()).unwrap_or(false);
             if is_socket && entry.file_name().to_string_lossy().ends_with(".sock") {
-                fs::remove_file(entry.path()).ok();
+                // Only a live socket matters here; a stale one is gone after this, and one
+                // that cannot be removed fails its bind later, with the reason.
+                if let Err(UnixBindError::InUse { path }) = clear_stale_socket(&entry.path()) {
+                    return Err(PeerSocketsError::InUse { path });
+                }
             }
         }
         Ok(Self {
             dir,
             endpoint,
             access,
+            sockets,
             live: BTreeMap::new(),
             draining: Vec::new(),
         })
@@ -124,7 +144,7 @@ impl PeerSockets {
             warn!("not creating a socket for unsafe name {name:?}");
             return;
         };
-        let (listener, guard) = match bind_private_listener(&path) {
+        let (listener, guard) = match bind_listener(&path, self.sockets) {
             Ok(bound) => bound,
             Err(e) => {
                 warn!("cannot create peer socket: {e}");
@@ -308,7 +328,8 @@ mod tests {
         let client = bind_builder(builder, &EndpointOptions::loopback()).await?;
 
         let peers = dir.path().join("peers");
-        let mut sockets = PeerSockets::open(peers.clone(), client.clone(), secret)?;
+        let mut sockets =
+            PeerSockets::open(peers.clone(), client.clone(), secret, SocketAccess::Owner)?;
         let peer = router.endpoint().id();
         sockets.reconcile(&BTreeMap::from([
             ("a.sock".to_owned(), peer),

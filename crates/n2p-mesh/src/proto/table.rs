@@ -248,6 +248,23 @@ impl PeerTable {
         &self.team
     }
 
+    /// Puts `team` in force (a reloaded team file): live peers it does not admit are
+    /// removed, and returned; names are recomputed from its member list.
+    pub fn set_team(&mut self, team: TeamConfig) -> Vec<EndpointId> {
+        self.team = team;
+        let gone: Vec<EndpointId> = self
+            .peers
+            .keys()
+            .filter(|id| !self.team.admits(id))
+            .copied()
+            .collect();
+        for id in &gone {
+            self.peers.remove(id);
+        }
+        self.recompute_names();
+        gone
+    }
+
     /// How many peers are live.
     pub fn len(&self) -> usize {
         self.peers.len()
@@ -598,6 +615,39 @@ mod tests {
         let now = Instant::now();
         assert_eq!(t.apply(&alive(4, "me", 1), now), Err(Dropped::OwnId));
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_new_team_drops_the_peers_it_no_longer_admits_and_admits_new_ones() {
+        let mut t = PeerTable::new(id(4), "me", team(false, Some(true)));
+        let now = Instant::now();
+        t.apply(&alive(1, "a", 1), now).expect("alice");
+        t.apply(&alive(3, "c", 1), now).expect("carol");
+        assert_eq!(
+            t.apply(&alive(9, "dave", 1), now),
+            Err(Dropped::NotMember { id: id(9) })
+        );
+
+        // carol is removed, dave (9) added under the name "dave".
+        let text = format!(
+            "[mesh]\nsecret_env = \"S\"\n[[member]]\nname = \"alice\"\nid = \"{}\"\n\
+             [[member]]\nname = \"dave\"\nid = \"{}\"\n[[member]]\nname = \"me\"\nid = \"{}\"\n",
+            id(1),
+            id(9),
+            id(4)
+        );
+        let newer = TeamConfig::parse(&text, Path::new("team.toml")).expect("team");
+        assert_eq!(t.set_team(newer), vec![id(3)]);
+        assert_eq!(t.sockets(), BTreeMap::from([("alice".to_owned(), id(1))]));
+        assert_eq!(
+            t.apply(&alive(3, "c", 2), now),
+            Err(Dropped::NotMember { id: id(3) })
+        );
+        assert_eq!(t.apply(&alive(9, "whatever", 2), now), Ok(Applied::Joined));
+        assert_eq!(
+            t.sockets(),
+            BTreeMap::from([("alice".to_owned(), id(1)), ("dave".to_owned(), id(9))])
+        );
     }
 
     #[test]

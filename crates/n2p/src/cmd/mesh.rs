@@ -8,7 +8,7 @@ use n2p_mesh::{
     node::{MeshNode, MeshSettings},
     proto::{
         names::{sanitize_name, validate_name},
-        team::TeamConfig,
+        team::{TeamConfig, load_secret},
         ticket::MeshTicket,
     },
     status::MeshStatus,
@@ -19,7 +19,7 @@ use tracing::info;
 use crate::{
     cli::{GlobalArgs, InviteArgs, JoinArgs, StatusArgs},
     config::PersonalConfig,
-    control, setup, shutdown,
+    control, service, setup, shutdown,
 };
 
 /// `n2p mesh join`.
@@ -32,8 +32,14 @@ pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<
         .or(personal.team.clone())
         .context("no team file: pass --team FILE or set `team = \"...\"` in config.toml")?;
     let team = TeamConfig::load(&team_path)?;
-    let secret = team
-        .load_secret()
+    let secret_override = service::secret_override(
+        args.service.secret_file.as_deref(),
+        args.service.secret_credential.as_deref(),
+    )?;
+    let secret_source = secret_override
+        .clone()
+        .unwrap_or_else(|| team.secret_source().clone());
+    let secret = load_secret(&secret_source, |var| std::env::var_os(var))
         .map_err(|e| {
             let hint = e.hint();
             let message = format!("{:#}", anyhow::Error::new(e));
@@ -42,12 +48,26 @@ pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<
                 None => anyhow::anyhow!("{message}"),
             }
         })
-        .with_context(|| {
-            format!(
+        .with_context(|| match &secret_override {
+            Some(source) => format!("cannot load the team secret from {source}"),
+            None => format!(
                 "cannot load the team secret named in {}",
                 team_path.display()
-            )
+            ),
         })?;
+    let peers_dir = args
+        .service
+        .peers_dir
+        .clone()
+        .or(personal.peers_dir.clone())
+        .unwrap_or_else(|| home.peers_dir());
+    let peers_access = service::socket_access(
+        args.service
+            .peers_group
+            .as_deref()
+            .or(personal.peers_group.as_deref()),
+    )?;
+    let control_path = setup::control_socket(global, &home);
 
     let _lock = home.lock("node")?;
     let key = setup::secret_key(&home)?;
@@ -104,7 +124,8 @@ pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<
         endpoint: setup::endpoint_options(global, team.relay().clone()),
         team,
         secret,
-        peers_dir: home.peers_dir(),
+        peers_dir: peers_dir.clone(),
+        peers_access,
         bootstrap,
     };
     let node = Arc::new(MeshNode::join(key, settings).await?);
@@ -112,7 +133,8 @@ pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<
     let responder_node = node.clone();
     let topic = args.topic.clone();
     let _control = control::serve(
-        &home.control_socket_path(),
+        &control_path,
+        peers_access,
         Arc::new(move |request: String| {
             let node = responder_node.clone();
             let topic = topic.clone();
@@ -121,22 +143,34 @@ pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<
         }),
         cancel.clone(),
     )?;
-    info!(target: "n2p", "peer sockets appear in {}", home.peers_dir().display());
+    info!(target: "n2p", "peer sockets appear in {}", peers_dir.display());
+    // The peers directory, the control socket and the endpoint exist now.
+    service::notify("READY=1");
 
-    tokio::select! {
-        signal = shutdown::signal_received() => {
-            let signal = signal?;
-            info!(target: "n2p", "{signal} received; leaving the mesh");
-            cancel.cancel();
-            node.leave().await;
-            Ok(())
-        }
-        () = node.stopped() => {
-            // Serving a frozen peer table would hide the failure: exit non-zero so that a
-            // supervisor (systemd, launchd) starts a fresh node.
-            cancel.cancel();
-            node.leave().await;
-            bail!("the mesh node stopped on its own (see the warning above); exiting")
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot watch SIGHUP")?;
+    let shutdown = shutdown::signal_received();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            signal = &mut shutdown => {
+                let signal = signal?;
+                info!(target: "n2p", "{signal} received; leaving the mesh");
+                service::notify("STOPPING=1");
+                cancel.cancel();
+                node.leave().await;
+                return Ok(());
+            }
+            _ = hangup.recv() => {
+                service::reload_team(&node, &team_path, secret_override.is_some()).await;
+            }
+            () = node.stopped() => {
+                // Serving a frozen peer table would hide the failure: exit non-zero so that a
+                // supervisor (systemd, launchd) starts a fresh node.
+                cancel.cancel();
+                node.leave().await;
+                bail!("the mesh node stopped on its own (see the warning above); exiting")
+            }
         }
     }
 }
@@ -170,14 +204,14 @@ fn default_name() -> String {
 }
 
 /// The running node's [`MeshStatus`], through the control socket.
-async fn running_status(home: &N2pHome) -> anyhow::Result<MeshStatus> {
-    control::ask(&home.control_socket_path(), "status").await
+async fn running_status(global: &GlobalArgs, home: &N2pHome) -> anyhow::Result<MeshStatus> {
+    control::ask(&setup::control_socket(global, home), "status").await
 }
 
 /// `n2p mesh peers`.
 pub(crate) async fn peers(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<()> {
     let home = setup::home(global)?;
-    let status = running_status(&home).await?;
+    let status = running_status(global, &home).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status.peers)?);
         return Ok(());
@@ -189,7 +223,7 @@ pub(crate) async fn peers(global: &GlobalArgs, args: StatusArgs) -> anyhow::Resu
 /// `n2p status`.
 pub(crate) async fn status(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<()> {
     let home = setup::home(global)?;
-    let s = running_status(&home).await?;
+    let s = running_status(global, &home).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());
@@ -239,7 +273,7 @@ fn print_peers(status: &MeshStatus) {
 /// `n2p mesh invite`.
 pub(crate) async fn invite(global: &GlobalArgs, args: InviteArgs) -> anyhow::Result<()> {
     let home = setup::home(global)?;
-    let value = control::request(&home.control_socket_path(), "invite").await?;
+    let value = control::request(&setup::control_socket(global, &home), "invite").await?;
     let ticket: MeshTicket = value["ticket"]
         .as_str()
         .context("the running node gave no ticket")?

@@ -1,6 +1,8 @@
 //! The subcommands, each a thin layer over the library crates.
 
 mod client;
+mod completions;
+mod doctor;
 mod mesh;
 mod server;
 
@@ -32,6 +34,9 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status(args) => mesh::status(global, args).await,
+        Command::Completions { shell } => completions::completions(shell),
+        Command::Man => completions::man(),
+        Command::Doctor(args) => doctor::run(global, args).await,
         Command::RotateSecret => {
             let home = setup::home(global)?;
             rotate_access_secret(&home).context("cannot rotate the access secret")?;

@@ -1,0 +1,147 @@
+# nix-darwin module: `services.n2p`, one mesh node per Mac as a launchd daemon.
+#
+# Runs as the hidden user `_n2p` (primary group `peersGroup`, so the peer sockets can be
+# given to that group), starts once /nix/store is mounted, is restarted by launchd when it
+# exits, and logs to /var/log/n2p.log. Its home, /var/lib/n2p, holds `state/` (N2P_HOME:
+# keys, 0700), `peers/` (0750, the sockets 0660) and `control.sock`. The flake's
+# `darwinModules.default` imports this file and sets `package`.
+{
+  config,
+  lib,
+  ...
+}:
+let
+  cfg = config.services.n2p;
+  inherit (lib)
+    mkOption
+    mkIf
+    types
+    ;
+
+  user = "_n2p";
+  home = "/var/lib/n2p";
+  logFile = "/var/log/n2p.log";
+
+  args = import ./args.nix {
+    inherit (cfg)
+      topic
+      teamFile
+      secretFile
+      name
+      share
+      port
+      relay
+      peersGroup
+      extraArgs
+      ;
+    peersDir = "${home}/peers";
+    controlSocket = "${home}/control.sock";
+  };
+
+  trusted = config.nix.settings.trusted-users or [ ];
+  trustedAccess = lib.any (entry: lib.elem entry trusted) [
+    user
+    "@${cfg.peersGroup}"
+    "*"
+  ];
+in
+{
+  options.services.n2p = import ./options.nix lib // {
+    teamFile = mkOption {
+      type = types.path;
+      description = "The team file (no secret in it; a store path is fine). Changing it restarts the daemon.";
+    };
+
+    secretFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/var/lib/n2p/team.secret";
+      description = ''
+        Absolute path of the team secret, outside the Nix store, owned by `_n2p` with mode
+        0600 (launchd has no credentials). When null, the team file's `secret_file` is used.
+      '';
+    };
+
+    peersGroupMembers = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "alice" ];
+      description = "Local users who may push through the peer sockets.";
+    };
+
+    uid = mkOption {
+      type = types.int;
+      default = 542;
+      description = "The uid of `_n2p` (nix-darwin creates users with fixed ids).";
+    };
+
+    gid = mkOption {
+      type = types.int;
+      default = 542;
+      description = "The gid of `peersGroup`.";
+    };
+  };
+
+  config = mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = cfg.allowTrustedDaemonAccess || !trustedAccess;
+        message = "services.n2p: ${user} is a Nix trusted user; every peer could add unsigned paths. Remove it from nix.settings.trusted-users or set services.n2p.allowTrustedDaemonAccess = true.";
+      }
+    ];
+
+    environment.systemPackages = [ cfg.package ];
+    environment.variables.N2P_CONTROL_SOCKET = "${home}/control.sock";
+
+    users.knownUsers = [ user ];
+    users.users.${user} = {
+      inherit (cfg) uid;
+      inherit (cfg) gid;
+      inherit home;
+      shell = "/usr/bin/false";
+      isHidden = true;
+      description = "n2p mesh node";
+    };
+    users.knownGroups = [ cfg.peersGroup ];
+    users.groups.${cfg.peersGroup} = {
+      inherit (cfg) gid;
+      members = cfg.peersGroupMembers;
+      description = "Users who may push through n2p's peer sockets";
+    };
+
+    nix.settings.extra-allowed-users = [ user ];
+
+    # The home is traversable (the peer sockets are below it); n2p creates state/ 0700 and
+    # peers/ 0750 itself.
+    system.activationScripts.postActivation.text = ''
+      mkdir -p ${home}
+      chown ${toString cfg.uid}:${toString cfg.gid} ${home}
+      chmod 0755 ${home}
+      touch ${logFile}
+      chown ${toString cfg.uid}:${toString cfg.gid} ${logFile}
+      chmod 0640 ${logFile}
+    '';
+
+    launchd.daemons.n2p = {
+      serviceConfig = {
+        Label = "org.n2p.n2p";
+        # /nix/store is a volume mounted after launchd starts daemons: wait for it.
+        ProgramArguments = [
+          "/bin/sh"
+          "-c"
+          "/bin/wait4path /nix/store && exec ${lib.escapeShellArgs ([ (lib.getExe cfg.package) ] ++ args)}"
+        ];
+        EnvironmentVariables.N2P_HOME = "${home}/state";
+        UserName = user;
+        GroupName = cfg.peersGroup;
+        RunAtLoad = true;
+        KeepAlive = true;
+        # launchd's restart pause, so a broken setup does not spin.
+        ThrottleInterval = 10;
+        StandardOutPath = logFile;
+        StandardErrorPath = logFile;
+        Umask = 63; # 0077
+      };
+    };
+  };
+}

@@ -1,0 +1,68 @@
+# The options the NixOS and nix-darwin modules share; each module adds its own (the team
+# file's handling, the secret's, users and firewall).
+lib:
+let
+  inherit (lib) mkOption mkEnableOption types;
+in
+{
+  enable = mkEnableOption "n2p, a Nix to Peer mesh node sharing this machine's nix-daemon with a team";
+
+  package = mkOption {
+    type = types.package;
+    description = "The n2p package (the flake's module sets its own).";
+  };
+
+  topic = mkOption {
+    type = types.str;
+    example = "dev";
+    description = "The mesh topic name; with the team secret it gives the gossip topic.";
+  };
+
+  name = mkOption {
+    type = types.nullOr types.str;
+    default = null;
+    description = "The name to announce (a team file entry for this node's id wins); default: the host name.";
+  };
+
+  share = mkOption {
+    type = types.bool;
+    default = true;
+    description = "Let the team push into this machine's nix-daemon.";
+  };
+
+  port = mkOption {
+    type = types.nullOr types.port;
+    default = null;
+    example = 7000;
+    description = "The UDP port to listen on (all interfaces); null picks a random one. Fixed ports go with `addrs` in the team file.";
+  };
+
+  relay = mkOption {
+    type = types.nullOr types.str;
+    default = null;
+    example = "disabled";
+    description = "`default`, `disabled` or a relay URL; null keeps the team file's choice.";
+  };
+
+  peersGroup = mkOption {
+    type = types.str;
+    default = "n2p-peers";
+    description = "The group whose members may use the peer sockets (and `n2p status`).";
+  };
+
+  allowTrustedDaemonAccess = mkOption {
+    type = types.bool;
+    default = false;
+    description = ''
+      Allow running the node as root or as a Nix trusted user. Then every peer the team
+      admits acts as a trusted Nix user here: it can add unsigned paths to this store.
+    '';
+  };
+
+  extraArgs = mkOption {
+    type = types.listOf types.str;
+    default = [ ];
+    example = [ "-v" ];
+    description = "More arguments for `n2p mesh join`.";
+  };
+}

@@ -1,0 +1,471 @@
+//! `n2p mesh join` as a system service: peer sockets shared with a Unix group, the team
+//! secret from a systemd credential or an absolute path, READY=1 on `$NOTIFY_SOCKET`, and
+//! SIGHUP reloading the team file (members added and removed at once; a bad file changes
+//! nothing).
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use n2p_testkit::dir::ScratchDir;
+use n2p_testkit::nix::{
+    SourceStore, assert_copied, assert_copy_fails, assert_copy_succeeds, assert_not_valid,
+    require_nix,
+};
+use n2p_testkit::proc::Signal;
+use n2p_testkit::wait::assert_holds_for;
+
+use crate::harness::mesh::{ANNOUNCE_INTERVAL, CONVERGENCE_TIMEOUT, MeshPeer, TeamDir, TeamSpec};
+use crate::harness::mode_of;
+
+/// How long a node may take to act on a SIGHUP and log it.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A group the test may give files to: as root any (65534, `nogroup` on Debian, so the
+/// group visibly changes); otherwise the process's own.
+fn test_group() -> u32 {
+    // SAFETY: geteuid/getegid have no preconditions and cannot fail.
+    unsafe {
+        if libc::geteuid() == 0 {
+            65534
+        } else {
+            libc::getegid()
+        }
+    }
+}
+
+#[test]
+fn a_group_shared_peers_dir_holds_0660_sockets_in_a_0750_dir() {
+    let shared = ScratchDir::new("run-n2p");
+    let peers = shared.join("peers");
+    let control = shared.join("control.sock");
+    let gid = test_group().to_string();
+    let alice = MeshPeer::new("alice");
+    let bob = MeshPeer::new("bob");
+    let team = TeamDir::new();
+    let team_file = team.write(
+        "team.toml",
+        &TeamSpec::closed([alice.member(), bob.member()]),
+    );
+
+    let peers_arg = peers.to_string_lossy().into_owned();
+    let control_arg = control.to_string_lossy().into_owned();
+    let alice_node = alice.join(
+        &team_file,
+        &[
+            "--peers-dir",
+            &peers_arg,
+            "--peers-group",
+            &gid,
+            "--control-socket",
+            &control_arg,
+        ],
+    );
+    let _bob_node = bob.join(&team_file, &[]);
+    alice_node.wait_until_joined();
+    n2p_testkit::wait::wait_until(
+        "bob.sock in the shared peers dir",
+        CONVERGENCE_TIMEOUT,
+        || {
+            peers
+                .join("bob.sock")
+                .exists()
+                .then_some(())
+                .ok_or_else(|| "not yet".to_owned())
+        },
+    );
+
+    for (path, mode) in [
+        (peers.clone(), 0o750),
+        (peers.join("bob.sock"), 0o660),
+        (control.clone(), 0o660),
+    ] {
+        assert_eq!(mode_of(&path), mode, "mode of {}", path.display());
+        let found = fs::metadata(&path).expect("metadata").gid();
+        assert_eq!(found.to_string(), gid, "group of {}", path.display());
+    }
+    // Another node (its own home) pointed at the same directory finds a live socket there
+    // and refuses to start instead of clearing it.
+    let carol = MeshPeer::new("carol");
+    let mut carol_node = carol.join(
+        &team_file,
+        &["--peers-dir", &peers_arg, "--peers-group", &gid],
+    );
+    let status = carol_node.process.wait(Duration::from_secs(10));
+    let stderr = carol_node.process.log_text();
+    assert!(!status.success(), "carol should refuse:\n{stderr}");
+    assert!(stderr.contains("another running n2p node"), "{stderr}");
+    assert!(
+        peers.join("bob.sock").exists(),
+        "carol removed alice's socket"
+    );
+
+    // Nothing of this lands in the home; the private default is untouched there.
+    assert!(!alice.peers_dir().exists(), "alice's home got a peers dir");
+    assert!(!alice.home.home().control_socket_path().exists());
+
+    // `n2p status` reaches the node through the shared control socket.
+    let status = alice
+        .home
+        .run(&["status", "--json", "--control-socket", &control_arg]);
+    assert!(status.status.success(), "{status:?}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&status.stdout).expect("n2p status --json");
+    assert_eq!(json["peers_dir"], peers_arg);
+}
+
+#[test]
+fn a_group_peers_dir_with_other_modes_is_refused_and_left_alone() {
+    let shared = ScratchDir::new("run-n2p");
+    let peers = shared.join("peers");
+    fs::create_dir(&peers).expect("mkdir");
+    fs::set_permissions(&peers, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let alice = MeshPeer::new("alice");
+    let team = TeamDir::new();
+    let team_file = team.write("team.toml", &TeamSpec::closed([alice.member()]));
+    let gid = test_group().to_string();
+    let peers_arg = peers.to_string_lossy().into_owned();
+    let mut node = alice.join(
+        &team_file,
+        &["--peers-dir", &peers_arg, "--peers-group", &gid],
+    );
+    let status = node.process.wait(Duration::from_secs(10));
+    let stderr = node.process.log_text();
+    assert!(!status.success(), "should refuse:\n{stderr}");
+    assert!(stderr.contains("chmod 750"), "no hint:\n{stderr}");
+    assert_eq!(
+        mode_of(&peers),
+        0o755,
+        "n2p changed a directory it did not create"
+    );
+}
+
+/// Writes `text` to `path` with `mode`, creating it.
+fn write_secret(path: &Path, text: &str, mode: u32) {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .expect("create secret");
+    file.write_all(text.as_bytes()).expect("write secret");
+}
+
+#[test]
+fn the_team_secret_comes_from_a_systemd_credential_or_an_absolute_path() {
+    let alice = MeshPeer::new("alice");
+    let bob = MeshPeer::new("bob");
+    let team = TeamDir::new();
+    // The shared team file names a variable nobody sets: only the command line's secret
+    // can make these nodes meet.
+    let mut spec = TeamSpec::closed([alice.member(), bob.member()]);
+    spec.secret_env = Some("N2P_E2E_SECRET_NOBODY_SETS".to_owned());
+    let team_file = team.write("team.toml", &spec);
+
+    // What systemd's LoadCredential= makes: a directory with a 0400 file.
+    let credentials = ScratchDir::new("credentials");
+    write_secret(&credentials.join("n2p-team"), team.secret(), 0o400);
+    let mut command = alice.join_command(&team_file);
+    command
+        .args(["--name", "alice", "--secret-credential", "n2p-team"])
+        .env("CREDENTIALS_DIRECTORY", credentials.path())
+        .env_remove("N2P_E2E_SECRET_NOBODY_SETS");
+    let _alice_node = alice.spawn(command);
+    let secret_file = team.secret_file();
+    let _bob_node = bob.join(
+        &team_file,
+        &["--secret-file", &secret_file.to_string_lossy()],
+    );
+    alice.wait_for_sockets(&["bob"], CONVERGENCE_TIMEOUT);
+    bob.wait_for_sockets(&["alice"], CONVERGENCE_TIMEOUT);
+
+    // Without the credential directory, the flag says what it needs.
+    let carol = MeshPeer::new("carol");
+    let mut command = carol.join_command(&team_file);
+    command
+        .args(["--secret-credential", "n2p-team"])
+        .env_remove("CREDENTIALS_DIRECTORY");
+    let mut node = carol.spawn(command);
+    let status = node.process.wait(Duration::from_secs(10));
+    let stderr = node.process.log_text();
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("CREDENTIALS_DIRECTORY"), "{stderr}");
+}
+
+#[test]
+fn ready_is_sent_once_the_peers_dir_and_control_socket_exist() {
+    let dir = ScratchDir::new("notify");
+    let notify_path = dir.join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).expect("bind the notify socket");
+    notify
+        .set_read_timeout(Some(CONVERGENCE_TIMEOUT))
+        .expect("timeout");
+    let alice = MeshPeer::new("alice");
+    let team = TeamDir::new();
+    let team_file = team.write("team.toml", &TeamSpec::closed([alice.member()]));
+    let mut command = alice.join_command(&team_file);
+    command.env("NOTIFY_SOCKET", &notify_path);
+    let started = Instant::now();
+    let _node = alice.spawn(command);
+
+    let mut buf = [0u8; 256];
+    let n = notify
+        .recv(&mut buf)
+        .expect("READY=1 within the timeout (none arrived)");
+    let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+    eprintln!(
+        "TIMING notify {message:?} {:?} after spawning",
+        started.elapsed()
+    );
+    assert_eq!(message, "READY=1");
+    assert!(alice.home.home().control_socket_path().exists());
+    assert!(alice.peers_dir().is_dir());
+}
+
+#[test]
+fn a_bad_team_file_on_sighup_keeps_the_node_and_its_peers() {
+    let alice = MeshPeer::new("alice");
+    let bob = MeshPeer::new("bob");
+    let team = TeamDir::new();
+    let spec = TeamSpec::closed([alice.member(), bob.member()]);
+    let alices_file = team.write("alice.toml", &spec);
+    let bobs_file = team.write("bob.toml", &spec);
+    let mut alice_node = alice.join(&alices_file, &[]);
+    let _bob_node = bob.join(&bobs_file, &[]);
+    alice.wait_for_sockets(&["bob"], CONVERGENCE_TIMEOUT);
+
+    team.write_raw(
+        "alice.toml",
+        "[mesh]\nsecret_file = \"team.secret\"\nbogus = 1\n",
+    );
+    let mark = alice_node.process.mark();
+    alice_node.process.signal(Signal::Hup);
+    let line = alice_node.process.wait_for_line_since(
+        &mark,
+        "keeping the one loaded before",
+        RELOAD_TIMEOUT,
+    );
+    assert!(
+        line.contains("bogus"),
+        "the log should say what is wrong: {line}"
+    );
+    assert_holds_for(
+        "alice keeps running with bob's socket",
+        Duration::from_secs(3 * ANNOUNCE_INTERVAL.as_secs()),
+        || {
+            if !alice_node.process.is_running() {
+                return Err("alice's node exited".to_owned());
+            }
+            alice.check_sockets(&["bob"])
+        },
+    );
+}
+
+#[test]
+fn sighup_admits_an_added_member_and_refuses_a_removed_one() {
+    if !require_nix("sighup_admits_an_added_member_and_refuses_a_removed_one") {
+        return;
+    }
+    let alice = MeshPeer::with_daemon("alice");
+    let bob = MeshPeer::new("bob");
+    let carol = MeshPeer::new("carol");
+    let team = TeamDir::new();
+    let everyone = TeamSpec::closed([alice.member(), bob.member(), carol.member()]);
+    // alice's file starts without carol; bob and carol list all three.
+    let alices_file = team.write(
+        "alice.toml",
+        &TeamSpec::closed([alice.member(), bob.member()]),
+    );
+    let others_file = team.write("everyone.toml", &everyone);
+    let source = SourceStore::new();
+    let from_bob = source.add_file("from-bob.txt", b"bob, still a member\n");
+    let from_carol = source.add_file("from-carol.txt", b"carol, just added\n");
+    let from_bob_later = source.add_file("from-bob-later.txt", b"bob, removed\n");
+
+    let alice_node = alice.join(&alices_file, &[]);
+    let _bob_node = bob.join(&others_file, &[]);
+    let _carol_node = carol.join(&others_file, &[]);
+    bob.wait_for_sockets(&["alice", "carol"], CONVERGENCE_TIMEOUT);
+    alice.wait_for_sockets(&["bob"], CONVERGENCE_TIMEOUT);
+    alice_node
+        .process
+        .wait_for_line(&format!("refused peer {}", carol.id), CONVERGENCE_TIMEOUT);
+    assert_copy_succeeds(&source, &bob.socket_url("alice"), &[&from_bob]);
+    assert_copied(&source, &alice.daemon().store_url(), &from_bob);
+
+    // carol in, bob out.
+    team.write(
+        "alice.toml",
+        &TeamSpec::closed([alice.member(), carol.member()]),
+    );
+    let mark = alice_node.process.mark();
+    let started = Instant::now();
+    alice_node.process.signal(Signal::Hup);
+    let line =
+        alice_node
+            .process
+            .wait_for_line_since(&mark, "reloaded the team file", RELOAD_TIMEOUT);
+    assert!(
+        line.contains("added [\"carol\"]") && line.contains("removed [\"bob\"]"),
+        "{line}"
+    );
+    alice.wait_for_sockets(&["carol"], CONVERGENCE_TIMEOUT);
+    carol.wait_for_sockets(&["alice", "bob"], CONVERGENCE_TIMEOUT);
+    eprintln!(
+        "TIMING reload: carol and alice have each other's sockets {:?} after SIGHUP",
+        started.elapsed()
+    );
+
+    // carol's push goes in; bob's (his node still lists alice) is refused at alice's daemon.
+    assert_copy_succeeds(&source, &carol.socket_url("alice"), &[&from_carol]);
+    assert_copied(&source, &alice.daemon().store_url(), &from_carol);
+    // bob's own file still lists alice, and he hears her through carol.
+    bob.wait_for_sockets(&["alice", "carol"], CONVERGENCE_TIMEOUT);
+    let stderr = assert_copy_fails(&source, &bob.socket_url("alice"), &[&from_bob_later]);
+    eprintln!("bob's push after his removal failed as it should; nix said:\n{stderr}");
+    assert_not_valid(&alice.daemon().store_url(), &from_bob_later);
+    alice_node.process.wait_for_line_since(
+        &mark,
+        &format!("refused peer {}", bob.id),
+        RELOAD_TIMEOUT,
+    );
+}
+
+#[test]
+fn logs_carry_no_timestamps_when_journald_captures_stderr() {
+    let home = n2p_testkit::n2p::TempHome::new(crate::harness::N2P);
+    let dir = ScratchDir::new("journal");
+    let run = |journal: bool| -> String {
+        let log = dir.join(if journal { "journal.log" } else { "plain.log" });
+        let file = fs::File::create(&log).expect("log file");
+        let meta = file.metadata().expect("log metadata");
+        let mut command = home.command();
+        command.arg("rotate-secret").stderr(file);
+        if journal {
+            // What systemd sets: the device and inode of the stream it reads.
+            command.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+        } else {
+            command.env_remove("JOURNAL_STREAM");
+        }
+        let status = command.status().expect("run n2p rotate-secret");
+        assert!(status.success());
+        fs::read_to_string(&log).expect("read log")
+    };
+    let plain = run(false);
+    let journal = run(true);
+    eprintln!("plain: {plain}journal: {journal}");
+    let line = |text: &str| {
+        text.lines()
+            .find(|l| l.contains("new access secret"))
+            .unwrap_or_else(|| panic!("no log line in {text:?}"))
+            .to_owned()
+    };
+    assert!(line(&plain).starts_with("20"), "a timestamp first: {plain}");
+    assert!(line(&journal).trim_start().starts_with("INFO"), "{journal}");
+    assert!(!journal.contains('\u{1b}'), "colour codes: {journal:?}");
+}
+
+/// Runs `command` (a program and its arguments) as the local user `user` (the test runs as
+/// root), with a scratch HOME; returns whether it succeeded and its stderr.
+fn run_as(user: &str, home: &Path, command: &[&str]) -> (bool, String) {
+    let output = n2p_testkit::proc::run_bounded(
+        std::process::Command::new("runuser")
+            .args(["-u", user, "--", "env"])
+            .arg(format!("HOME={}", home.display()))
+            .arg("NIX_CONFIG=experimental-features = nix-command")
+            .args(command),
+        n2p_testkit::n2p::COMMAND_TIMEOUT,
+        &format!("{command:?} as {user}"),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    eprintln!("{command:?} as {user}: {}\n{stderr}", output.status);
+    (output.status.success(), stderr)
+}
+
+#[test]
+fn members_of_the_peers_group_reach_the_daemon_and_the_node_and_others_do_not() {
+    if !require_nix("members_of_the_peers_group_reach_the_daemon_and_the_node_and_others_do_not") {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "SKIPPED: members_of_the_peers_group_reach_the_daemon_and_the_node_and_others_do_not: acting as other users needs root"
+        );
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI runs as root"
+        );
+        return;
+    }
+    // nobody's primary group is nogroup (65534): the member. daemon (uid 1) is not in it.
+    let shared = ScratchDir::new("run-n2p");
+    fs::set_permissions(
+        shared.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("open the scratch dir for traversal, as /run is");
+    let scratch_home = ScratchDir::new("other-home");
+    fs::set_permissions(
+        scratch_home.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("a HOME anyone may write to");
+    let peers = shared.join("peers");
+    let control = shared.join("control.sock");
+    let alice = MeshPeer::new("alice");
+    let bob = MeshPeer::with_daemon("bob");
+    let team = TeamDir::new();
+    let team_file = team.write(
+        "team.toml",
+        &TeamSpec::closed([alice.member(), bob.member()]),
+    );
+    let peers_arg = peers.to_string_lossy().into_owned();
+    let control_arg = control.to_string_lossy().into_owned();
+    let _alice_node = alice.join(
+        &team_file,
+        &[
+            "--peers-dir",
+            &peers_arg,
+            "--peers-group",
+            "65534",
+            "--control-socket",
+            &control_arg,
+        ],
+    );
+    let _bob_node = bob.join(&team_file, &[]);
+    n2p_testkit::wait::wait_until(
+        "bob.sock in the shared peers dir",
+        CONVERGENCE_TIMEOUT,
+        || {
+            peers
+                .join("bob.sock")
+                .exists()
+                .then_some(())
+                .ok_or_else(|| "not yet".to_owned())
+        },
+    );
+
+    let store = format!("unix://{}", peers.join("bob.sock").display());
+    let n2p = crate::harness::N2P;
+    let ping = ["nix", "store", "ping", "--store", store.as_str()];
+    let status = [n2p, "status", "--control-socket", control_arg.as_str()];
+    let (ok, stderr) = run_as("nobody", scratch_home.path(), &ping);
+    assert!(
+        ok,
+        "a member of the group should reach bob's daemon:\n{stderr}"
+    );
+    let (ok, stderr) = run_as("nobody", scratch_home.path(), &status);
+    assert!(ok, "a member of the group should reach the node:\n{stderr}");
+    let (ok, stderr) = run_as("daemon", scratch_home.path(), &ping);
+    assert!(
+        !ok,
+        "a user outside the group reached bob's daemon:\n{stderr}"
+    );
+    let (ok, stderr) = run_as("daemon", scratch_home.path(), &status);
+    assert!(!ok, "a user outside the group reached the node:\n{stderr}");
+}
