@@ -17,6 +17,7 @@ mod mesh;
 mod mesh_access;
 mod mesh_config;
 mod mesh_names;
+mod nat;
 mod refused;
 mod restart;
 mod service;

@@ -24,6 +24,7 @@ use anyhow::{Context, Result, bail};
 use n2p_testkit::{
     n2p::{last_word, plain_logs},
     net::{free_tcp_port, free_udp_port},
+    netns::command_in,
     nix::socket_store_url,
     proc::Process,
     wait::{MEASURING_POLL_INTERVAL, time_until},
@@ -129,19 +130,6 @@ impl Net {
 
     fn is_loopback(&self) -> bool {
         self.client_ns.is_none() && self.server_ns.is_none()
-    }
-}
-
-/// `program` run in namespace `ns` (through `ip netns exec`, which execs in place, so the
-/// pid is the program's).
-pub(crate) fn command_in(ns: Option<&str>, program: &Path) -> Command {
-    match ns {
-        Some(ns) => {
-            let mut command = Command::new("ip");
-            command.args(["netns", "exec", ns]).arg(program);
-            command
-        }
-        None => Command::new(program),
     }
 }
 
@@ -414,17 +402,5 @@ mod tests {
     fn last_word_of_a_log_line() {
         assert_eq!(last_word("2025 INFO n2p: long address: abc"), "abc");
         assert_eq!(last_word(""), "");
-    }
-
-    #[test]
-    fn namespaced_commands_go_through_ip_netns_exec() {
-        let command = command_in(Some("ns1"), Path::new("/bin/socat"));
-        assert_eq!(command.get_program(), "ip");
-        let args: Vec<_> = command.get_args().collect();
-        assert_eq!(args, ["netns", "exec", "ns1", "/bin/socat"]);
-        assert_eq!(
-            command_in(None, Path::new("/bin/x")).get_program(),
-            "/bin/x"
-        );
     }
 }

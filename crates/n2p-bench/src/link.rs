@@ -12,10 +12,9 @@
 //!
 //! Nothing outside the two namespaces is touched: the TUN devices are created inside them (by
 //! a thread that has joined the namespace), and deleting the namespaces on drop removes
-//! everything; so does Ctrl-C (see [`cleanup`]).
+//! everything; so does Ctrl-C (see [`n2p_testkit::netns`]).
 
 pub(crate) mod check;
-mod cleanup;
 mod forward;
 mod sched;
 
@@ -23,7 +22,6 @@ use std::{
     fs,
     net::{IpAddr, Ipv4Addr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -33,6 +31,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use n2p_testkit::netns::{Netns, in_netns, ip};
 use serde::Serialize;
 
 use crate::forwarders::Net;
@@ -96,22 +95,23 @@ const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 1);
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 2);
 /// The TUN device's name inside each namespace.
 const DEV: &str = "n2pl0";
-/// Prefix of the namespaces' names, followed by `c-<pid>` or `s-<pid>`.
+/// Prefix of the namespaces' names (see [`Netns::create`]).
 const PREFIX: &str = "n2pb-";
 
 /// Two namespaces joined by the emulated link; dropping it stops the forwarding and deletes
-/// both namespaces. One at a time per process: the namespaces are named after the pid.
+/// both namespaces.
 pub(crate) struct Link {
-    client_ns: String,
-    server_ns: String,
+    // Dropped after the threads stop (see `Drop`), which deletes the namespaces.
+    client_ns: Netns,
+    server_ns: Netns,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     stats: [Arc<DirStats>; 2],
 }
 
 impl Link {
-    /// Creates the namespaces and TUN devices and starts forwarding. Removes namespaces left
-    /// by benchmark processes that no longer run first.
+    /// Creates the namespaces and TUN devices and starts forwarding. Namespaces left by
+    /// benchmark processes that no longer run are removed first.
     pub(crate) fn create(shape: Shape) -> Result<Self> {
         if shape.rate_mbit == 0 {
             bail!("the link rate must be above 0 Mbit/s");
@@ -119,11 +119,9 @@ impl Link {
         if !(0.0..=100.0).contains(&shape.loss_percent) {
             bail!("loss must be within 0..100 %");
         }
-        cleanup::remove_stale_namespaces();
-        let tag = std::process::id();
         let mut link = Self {
-            client_ns: format!("{PREFIX}c-{tag}"),
-            server_ns: format!("{PREFIX}s-{tag}"),
+            client_ns: Netns::create(PREFIX, "c")?,
+            server_ns: Netns::create(PREFIX, "s")?,
             stop: Arc::new(AtomicBool::new(false)),
             threads: Vec::new(),
             stats: Default::default(),
@@ -159,8 +157,8 @@ impl Link {
     /// Where the forwarders' two ends run.
     pub(crate) fn net(&self) -> Net {
         Net {
-            client_ns: Some(self.client_ns.clone()),
-            server_ns: Some(self.server_ns.clone()),
+            client_ns: Some(self.client_ns.name().to_owned()),
+            server_ns: Some(self.server_ns.name().to_owned()),
             client_ip: IpAddr::V4(CLIENT_IP),
             server_ip: IpAddr::V4(SERVER_IP),
         }
@@ -178,59 +176,32 @@ impl Drop for Link {
         for t in self.threads.drain(..) {
             t.join().ok();
         }
-        // The TUN fds were closed with the threads' last references; deleting a namespace
-        // removes whatever is left in it.
-        for ns in [&self.client_ns, &self.server_ns] {
-            if fs::metadata(format!("/run/netns/{ns}")).is_ok() {
-                ip(&["netns", "delete", ns]).ok();
-            }
-            cleanup::unregister(ns);
-        }
+        // The TUN fds were closed with the threads' last references; the namespaces, and
+        // whatever is left in them, are deleted when the fields drop after this.
     }
 }
 
-/// Adds the namespace `ns` with its TUN device at `addr`, loopback up.
-fn side(ns: &str, addr: Ipv4Addr) -> Result<OwnedFd> {
-    ip(&["netns", "add", ns])?;
-    cleanup::register(ns);
-    let path = format!("/run/netns/{ns}");
-    let tun = in_netns(&path, || {
+/// Adds the TUN device at `addr` to the namespace `ns`.
+fn side(ns: &Netns, addr: Ipv4Addr) -> Result<OwnedFd> {
+    let tun = in_netns(ns.path(), || {
         // No IPv6 on the link: no router solicitations or MLD reports in the numbers.
         fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1").ok();
         fs::write("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1").ok();
         open_tun(DEV)
     })?;
     let net = format!("{addr}/24");
-    ip(&["-n", ns, "addr", "add", &net, "dev", DEV])?;
-    ip(&["-n", ns, "link", "set", DEV, "mtu", &MTU.to_string(), "up"])?;
-    ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    ip(&["-n", ns.name(), "addr", "add", &net, "dev", DEV])?;
+    ip(&[
+        "-n",
+        ns.name(),
+        "link",
+        "set",
+        DEV,
+        "mtu",
+        &MTU.to_string(),
+        "up",
+    ])?;
     Ok(tun)
-}
-
-/// Runs `f` on a new thread that has joined the network namespace at `path`; sockets and
-/// devices it creates belong to that namespace (and stay there when the thread ends).
-pub(crate) fn in_netns<T: Send + 'static>(
-    path: &str,
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    spawn_in_netns(path, f)?
-        .join()
-        .map_err(|_| anyhow::anyhow!("a thread in {path} panicked"))?
-}
-
-/// Like [`in_netns`] without waiting: the thread's handle.
-pub(crate) fn spawn_in_netns<T: Send + 'static>(
-    path: &str,
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<JoinHandle<Result<T>>> {
-    let ns = fs::File::open(path).with_context(|| format!("opening {path}"))?;
-    Ok(std::thread::spawn(move || {
-        // SAFETY: setns on a valid namespace fd; it only changes this thread's namespace.
-        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns: {}", std::io::Error::last_os_error());
-        }
-        f()
-    }))
 }
 
 /// Opens a new non-blocking TUN device `name` (IP packets, no packet-info header) in this
@@ -266,19 +237,4 @@ fn open_tun(name: &str) -> Result<OwnedFd> {
         bail!("TUNSETIFF {name}: {}", std::io::Error::last_os_error());
     }
     Ok(fd)
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    let mut command = Command::new("ip");
-    command.args(args);
-    let output = command
-        .output()
-        .with_context(|| format!("running {command:?}"))?;
-    if !output.status.success() {
-        bail!(
-            "{command:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
 }

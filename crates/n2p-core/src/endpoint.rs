@@ -4,13 +4,22 @@
 //! With [`RelayChoice::Disabled`] the endpoint uses no relay and no DNS/pkarr lookup at all:
 //! it is silent offline and connects over loopback or a LAN by direct addresses.
 
-use std::{fmt, net::SocketAddr, str::FromStr, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    str::FromStr,
+    sync::Arc,
+    time::Duration,
+};
 
 use iroh::{
     Endpoint, RelayMode, RelayUrl, SecretKey,
     endpoint::{BindOpts, Builder, ControllerFactory, QuicTransportConfig, VarInt, presets},
+    tls::CaTlsConfig,
 };
 use noq_proto::congestion;
+use rustls_pki_types::{CertificateDer, pem::PemObject};
 
 /// How long a silent connection lives before it is declared dead: a crashed peer is noticed
 /// this long after its last packet. Keep-alives go out four times within it, so a live peer
@@ -128,6 +137,11 @@ pub struct EndpointOptions {
     pub bind: Option<SocketAddr>,
     /// The congestion controller.
     pub congestion: CongestionControl,
+    /// A PEM file of certificates to trust, besides the public roots, for the TLS of the
+    /// relays (their HTTPS and their QUIC address discovery): for a relay of your own whose
+    /// certificate no public authority signed. It widens trust only for relay TLS; peers
+    /// are still authenticated by their ed25519 keys.
+    pub relay_ca: Option<PathBuf>,
 }
 
 impl EndpointOptions {
@@ -164,6 +178,30 @@ pub enum EndpointBindError {
         #[source]
         source: iroh::endpoint::BindError,
     },
+    /// The relay certificate file (`--relay-ca`) is unusable.
+    #[error("cannot use the relay certificates in {path}: {reason}")]
+    RelayCa {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The certificates in the PEM file `path`: at least one, all parseable.
+fn load_relay_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, EndpointBindError> {
+    let fail = |reason: String| EndpointBindError::RelayCa {
+        path: path.to_owned(),
+        reason,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|error| fail(error.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| fail(error.to_string()))?;
+    if certs.is_empty() {
+        return Err(fail("no PEM certificate in it".to_owned()));
+    }
+    Ok(certs)
 }
 
 /// The QUIC transport settings n2p uses: short idle timeout with keep-alives (a crashed
@@ -198,6 +236,10 @@ pub fn endpoint_builder(
         .secret_key(secret_key)
         .alpns(alpns)
         .transport_config(transport_config(options.congestion));
+    if let Some(path) = &options.relay_ca {
+        builder =
+            builder.ca_tls_config(CaTlsConfig::default().with_extra_roots(load_relay_ca(path)?));
+    }
     if let Some(addr) = options.bind {
         builder = builder
             .clear_ip_transports()
@@ -250,6 +292,29 @@ mod tests {
         ));
         let err = "sometimes".parse::<RelayChoice>().expect_err("bad");
         assert!(err.to_string().contains("'default', 'disabled'"));
+    }
+
+    #[test]
+    fn relay_ca_needs_a_readable_file_with_a_certificate() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let missing = dir.path().join("missing.pem");
+        let err = load_relay_ca(&missing).expect_err("no file");
+        assert!(err.to_string().contains("missing.pem"), "{err}");
+
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").expect("write");
+        let err = load_relay_ca(&empty).expect_err("no PEM");
+        assert!(err.to_string().contains("no PEM certificate"), "{err}");
+
+        let pem = dir.path().join("relay.pem");
+        std::fs::write(
+            &pem,
+            "-----BEGIN CERTIFICATE-----\nAAECAw==\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        let certs = load_relay_ca(&pem).expect("one certificate");
+        assert_eq!(certs.len(), 1);
+        assert_eq!(certs[0].as_ref(), &[0, 1, 2, 3]);
     }
 
     #[test]

@@ -13,6 +13,7 @@
 
 mod actor;
 mod gate;
+mod paths;
 pub mod peer_sockets;
 
 use std::{
@@ -22,13 +23,14 @@ use std::{
 };
 
 use iroh::{
-    Endpoint, EndpointAddr, SecretKey, address_lookup::memory::MemoryLookup, protocol::Router,
+    Endpoint, EndpointAddr, SecretKey, TransportAddr, address_lookup::memory::MemoryLookup,
+    protocol::Router,
 };
 use iroh_gossip::net::{GOSSIP_ALPN, Gossip};
 use n2p_core::{
     access::{AccessPolicy, AccessSecret, SecretPolicy},
     daemon::{DAEMON_ALPN, DaemonService},
-    endpoint::{EndpointBindError, EndpointOptions, bind_builder, endpoint_builder},
+    endpoint::{EndpointBindError, EndpointOptions, RelayChoice, bind_builder, endpoint_builder},
     unix::SocketAccess,
 };
 use tokio::{
@@ -41,6 +43,7 @@ use tracing::{Instrument, info, info_span};
 use self::{
     actor::{Actor, Command},
     gate::{SharedTeam, TeamGate, TeamPolicy},
+    paths::PathWatch,
     peer_sockets::{PeerSockets, PeerSocketsError},
 };
 use crate::{
@@ -157,18 +160,26 @@ impl MeshNode {
         let memory = MemoryLookup::new();
         let team = SharedTeam::new(settings.team.clone());
         // Installed for open teams too (it admits everyone then), so a reload may close one.
+        // The path watch comes after the gate: refused connections are not watched.
+        let paths = PathWatch::default();
         let builder = endpoint_builder(secret_key.clone(), alpns, &settings.endpoint)?
             .address_lookup(memory.clone())
-            .hooks(TeamGate { team: team.clone() });
+            .hooks(TeamGate { team: team.clone() })
+            .hooks(paths.clone());
         let endpoint = bind_builder(builder, &settings.endpoint).await?;
 
         let mut bootstrap_ids = Vec::new();
-        for addr in settings
-            .team
-            .bootstrap(&me)
-            .into_iter()
-            .chain(settings.bootstrap.iter().cloned())
-        {
+        // Listed members are also looked for at our own relay, when we have one: a team that
+        // runs its relay needs no fixed addresses and no address lookup.
+        let relay = match &settings.endpoint.relay {
+            RelayChoice::Custom(url) => Some(TransportAddr::Relay(url.clone())),
+            RelayChoice::Default | RelayChoice::Disabled => None,
+        };
+        let members = settings.team.bootstrap(&me).into_iter().map(|mut addr| {
+            addr.addrs.extend(relay.clone());
+            addr
+        });
+        for addr in members.chain(settings.bootstrap.iter().cloned()) {
             if addr.id == me {
                 continue;
             }
@@ -238,6 +249,7 @@ impl MeshNode {
             stale_warned: Default::default(),
             full_warned: false,
             announce_interval: settings.team.announce_interval(),
+            paths,
         };
         let span = info_span!("mesh", me = %me.fmt_short());
         let actor = tokio::spawn(

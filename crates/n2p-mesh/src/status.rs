@@ -10,7 +10,7 @@
 //!         "open_team": false, "addrs": ["192.168.1.10:7001"], "peers_dir": "/home/a/.n2p/peers",
 //!         "peers": [{"name": "bob", "id": "8a88", "shares_daemon": true,
 //!                    "socket": "/home/a/.n2p/peers/bob.sock", "path": "direct",
-//!                    "last_seen_secs": 0.5, "member": true}]}"#,
+//!                    "rtt_ms": 0.8, "last_seen_secs": 0.5, "member": true}]}"#,
 //! )?;
 //! assert_eq!(status.peers[0].path, PeerPath::Direct);
 //! # Ok::<(), serde_json::Error>(())
@@ -23,7 +23,7 @@ use std::{
     fmt,
     net::SocketAddr,
     path::{Path, PathBuf},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use serde::{Deserialize, Serialize};
@@ -62,8 +62,11 @@ pub struct PeerStatus {
     pub shares_daemon: bool,
     /// Its socket, when I have one for it.
     pub socket: Option<PathBuf>,
-    /// How traffic reaches it.
+    /// How traffic reaches it: the path a live connection to it sends on now.
     pub path: PeerPath,
+    /// That path's round-trip time as QUIC estimates it, in milliseconds; `None` without
+    /// a connection.
+    pub rtt_ms: Option<f64>,
     /// Seconds since it was last heard from.
     pub last_seen_secs: f64,
     /// Whether it is listed in the team file.
@@ -72,11 +75,11 @@ pub struct PeerStatus {
 
 impl PeerStatus {
     /// The status of the peer table's record `info`, at `now`: its socket file name placed
-    /// in `peers_dir`, reached over `path`.
+    /// in `peers_dir`, reached over `path` with round-trip time `rtt`.
     pub(crate) fn from_info(
         info: PeerInfo,
         peers_dir: &Path,
-        path: PeerPath,
+        (path, rtt): (PeerPath, Option<Duration>),
         now: Instant,
     ) -> Self {
         Self {
@@ -85,6 +88,7 @@ impl PeerStatus {
             id: info.id.to_string(),
             shares_daemon: info.shares_daemon,
             path,
+            rtt_ms: rtt.map(|rtt| rtt.as_secs_f64() * 1000.0),
             last_seen_secs: now.saturating_duration_since(info.last_seen).as_secs_f64(),
             member: info.member,
         }
@@ -155,6 +159,7 @@ mod tests {
       "shares_daemon": true,
       "socket": "/home/alice/.n2p/peers/bob.sock",
       "path": "direct",
+      "rtt_ms": 12.5,
       "last_seen_secs": 1.25,
       "member": true
     },
@@ -164,6 +169,7 @@ mod tests {
       "shares_daemon": false,
       "socket": null,
       "path": "relay",
+      "rtt_ms": 48.0,
       "last_seen_secs": 0.0,
       "member": false
     },
@@ -173,6 +179,7 @@ mod tests {
       "shares_daemon": true,
       "socket": null,
       "path": "none",
+      "rtt_ms": null,
       "last_seen_secs": 4.5,
       "member": true
     }
@@ -187,6 +194,11 @@ mod tests {
                 shares_daemon,
                 socket: socket.map(PathBuf::from),
                 path,
+                rtt_ms: match path {
+                    PeerPath::Direct => Some(12.5),
+                    PeerPath::Relay => Some(48.0),
+                    PeerPath::None => None,
+                },
                 last_seen_secs: seen,
                 member: name != "carol",
             };
@@ -274,7 +286,8 @@ mod tests {
         let info = table.peer(&bob).expect("live");
 
         let later = t0 + Duration::from_millis(1500);
-        let status = PeerStatus::from_info(info, Path::new("/p"), PeerPath::Relay, later);
+        let path = (PeerPath::Relay, Some(Duration::from_micros(15_250)));
+        let status = PeerStatus::from_info(info, Path::new("/p"), path, later);
         assert_eq!(
             status,
             PeerStatus {
@@ -283,6 +296,7 @@ mod tests {
                 shares_daemon: true,
                 socket: Some(PathBuf::from("/p/bob.sock")),
                 path: PeerPath::Relay,
+                rtt_ms: Some(15.25),
                 last_seen_secs: 1.5,
                 member: false,
             }

@@ -2,7 +2,9 @@
 //! chroot stores ([`nix`]), bounded child processes with captured logs ([`proc`]), the n2p
 //! binary with a home of its own ([`n2p`]), waits that say what they waited for ([`wait`]),
 //! free loopback ports ([`net`]), seeded content ([`rand`]), what `/proc` says about a
-//! process ([`procfs`]) and scratch directories ([`dir`]).
+//! process ([`procfs`]), scratch directories ([`dir`]), network namespaces ([`netns`]), a
+//! NAT test bed in them ([`natbed`]) and, with the `relay` feature, a local iroh relay
+//! server to run there (`relay`).
 //!
 //! ```no_run
 //! use n2p_testkit::nix::{NixDaemon, SourceStore, assert_copied, assert_copy_succeeds, require_nix};
@@ -24,14 +26,31 @@
 
 pub mod dir;
 pub mod n2p;
+pub mod natbed;
 pub mod net;
+pub mod netns;
 pub mod nix;
 pub mod proc;
 pub mod procfs;
 pub mod rand;
+#[cfg(feature = "relay")]
+pub mod relay;
 pub mod wait;
 
-use std::fmt;
+use std::{env, fmt, io::Write};
+
+/// Says loudly that `test` is skipped because of `reason`: `SKIPPED: <test>: <reason>`
+/// straight to the terminal (past libtest's output capture, so it shows even for a passing
+/// test). Under `CI=true` it panics instead: CI installs what the tests need, so skipping
+/// there would hide a broken setup.
+pub fn skip(test: &str, reason: &str) {
+    let message = format!("SKIPPED: {test}: {reason}");
+    if matches!(env::var("CI").as_deref(), Ok("true" | "1")) {
+        panic!("{message}; CI=true does not allow skipping");
+    }
+    // Written to the process's stderr directly: eprintln! would be swallowed by the capture.
+    let _ = writeln!(std::io::stderr().lock(), "\n*** {message} ***\n");
+}
 
 /// Why a `try_` operation of the kit failed: one message naming what was tried and what was
 /// seen instead (a process's log, a command's stderr).

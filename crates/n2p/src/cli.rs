@@ -28,6 +28,10 @@ pub(crate) struct GlobalArgs {
     /// addresses only, no lookup: for LANs, loopback and offline use) or a relay URL.
     #[arg(long, global = true, value_name = "default|disabled|URL")]
     pub(crate) relay: Option<RelayChoice>,
+    /// Also trust the certificates in this PEM file for relay TLS (HTTPS, QUIC address
+    /// discovery): for your own relay with a private or self-signed certificate.
+    #[arg(long, global = true, env = "N2P_RELAY_CA", value_name = "FILE")]
+    pub(crate) relay_ca: Option<PathBuf>,
     /// Bind the iroh endpoint to this address only (default: all interfaces, random port).
     /// A fixed port keeps the long address valid across restarts.
     #[arg(long, global = true, value_name = "IP:PORT")]

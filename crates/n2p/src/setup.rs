@@ -37,6 +37,7 @@ pub(crate) fn endpoint_options(
         relay: global.relay.clone().unwrap_or(relay_fallback),
         bind: global.bind,
         congestion: global.congestion,
+        relay_ca: global.relay_ca.clone(),
     }
 }
 

@@ -122,6 +122,8 @@ pub(crate) struct TeamSpec {
     pub(crate) expiry_secs: Option<u64>,
     /// `secret_env = "<var>"` instead of `secret_file = "team.secret"`.
     pub(crate) secret_env: Option<String>,
+    /// `relay`; `None` writes `"disabled"`.
+    pub(crate) relay: Option<String>,
 }
 
 impl TeamSpec {
@@ -131,6 +133,7 @@ impl TeamSpec {
             members: members.into_iter().collect(),
             expiry_secs: Some(EXPIRY_SECS),
             secret_env: None,
+            relay: None,
         }
     }
 
@@ -139,15 +142,16 @@ impl TeamSpec {
         Self::closed([])
     }
 
-    /// The team file's text: relays disabled, the secret in `team.secret` beside it (or in
-    /// the environment).
+    /// The team file's text: relays disabled unless [`Self::relay`] says otherwise, the
+    /// secret in `team.secret` beside it (or in the environment).
     pub(crate) fn to_toml(&self) -> String {
         let mut text = String::from("[mesh]\n");
         match &self.secret_env {
             Some(var) => text.push_str(&format!("secret_env = {}\n", toml_string(var))),
             None => text.push_str(&format!("secret_file = {}\n", toml_string(SECRET_FILE))),
         }
-        text.push_str("relay = \"disabled\"\n");
+        let relay = self.relay.as_deref().unwrap_or("disabled");
+        text.push_str(&format!("relay = {}\n", toml_string(relay)));
         if let Some(secs) = self.expiry_secs {
             text.push_str(&format!("expiry_secs = {secs}\n"));
         }

@@ -19,7 +19,25 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use super::{Link, Shape, StatsSnapshot, spawn_in_netns};
+use n2p_testkit::netns;
+
+use super::{Link, Shape, StatsSnapshot};
+
+/// [`netns::in_netns`] for closures that fail with `anyhow`.
+fn in_netns<T: Send + 'static>(
+    path: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    netns::in_netns(std::path::Path::new(path), f)
+}
+
+/// [`netns::spawn_in_netns`] for closures that fail with `anyhow`.
+fn spawn_in_netns<T: Send + 'static>(
+    path: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<std::thread::JoinHandle<Result<T>>> {
+    Ok(netns::spawn_in_netns(std::path::Path::new(path), f)?)
+}
 
 /// Options of `link-check`.
 #[derive(Debug, Args)]
@@ -151,7 +169,7 @@ fn measure(name: &str, shape: Shape, args: &CheckArgs) -> Result<Row> {
 
     // One TCP stream, client to server.
     let addr = SocketAddr::new(server_ip, 5201);
-    let listener = super::in_netns(&sns, move || Ok(TcpListener::bind(addr)?))?;
+    let listener = in_netns(&sns, move || Ok(TcpListener::bind(addr)?))?;
     let warmup = Duration::from_secs_f64(args.warmup_secs);
     let receiver = std::thread::spawn(move || -> Result<(u64, Duration, u64, Duration)> {
         let (mut s, _) = listener.accept()?;
@@ -176,7 +194,7 @@ fn measure(name: &str, shape: Shape, args: &CheckArgs) -> Result<Row> {
     let secs = Duration::from_secs_f64(args.tcp_secs);
     let cc = match &args.cc {
         Some(cc) => cc.clone(),
-        None => super::in_netns(&cns, || {
+        None => in_netns(&cns, || {
             Ok(std::fs::read_to_string(
                 "/proc/sys/net/ipv4/tcp_congestion_control",
             )?)
@@ -219,7 +237,7 @@ fn measure(name: &str, shape: Shape, args: &CheckArgs) -> Result<Row> {
     let count = ((rate_bytes * 2.0 / (SIZE + 28) as f64) as u64).clamp(1000, 20_000);
     let interval = Duration::from_secs_f64((SIZE + 28) as f64 / rate_bytes);
     let uaddr = SocketAddr::new(server_ip, 5202);
-    let usock = super::in_netns(&sns, move || Ok(UdpSocket::bind(uaddr)?))?;
+    let usock = in_netns(&sns, move || Ok(UdpSocket::bind(uaddr)?))?;
     set_rcvbuf(&usock, 8 << 20);
     usock.set_read_timeout(Some(Duration::from_millis(100)))?;
     let done = Arc::new(AtomicBool::new(false));

@@ -7,10 +7,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use iroh::{
-    Endpoint, EndpointId, SecretKey, address_lookup::memory::MemoryLookup,
-    endpoint::TransportAddrUsage,
-};
+use iroh::{Endpoint, EndpointId, SecretKey, address_lookup::memory::MemoryLookup};
 use iroh_gossip::{
     api::{Event, GossipReceiver, GossipSender},
     net::Gossip,
@@ -20,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{LEAVE_DRAIN_BOUND, peer_sockets::PeerSockets};
+use super::{LEAVE_DRAIN_BOUND, paths::PathWatch, peer_sockets::PeerSockets};
 use crate::{
     proto::{
         announce::{
@@ -32,7 +29,7 @@ use crate::{
         team::TeamConfig,
         topic::MeshKeys,
     },
-    status::{MeshStatus, PeerPath, PeerStatus},
+    status::{MeshStatus, PeerStatus},
 };
 
 /// After a change in the swarm, wait this long before announcing, to coalesce bursts.
@@ -93,6 +90,8 @@ pub(super) struct Actor {
     /// Whether reaching the table's cap on outsiders has been logged.
     pub(super) full_warned: bool,
     pub(super) announce_interval: Duration,
+    /// The endpoint's connections, for the path to each peer.
+    pub(super) paths: PathWatch,
 }
 
 impl Actor {
@@ -349,7 +348,7 @@ impl Actor {
         let now = Instant::now();
         let mut peers = Vec::with_capacity(self.table.len());
         for info in self.table.peers() {
-            let path = self.path_to(info.id).await;
+            let path = self.paths.path_to(&info.id);
             peers.push(PeerStatus::from_info(info, &self.peers_dir, path, now));
         }
         MeshStatus {
@@ -362,24 +361,6 @@ impl Actor {
             peers_dir: self.peers_dir.clone(),
             peers,
         }
-    }
-
-    /// How traffic to `peer` goes now: over the first path the endpoint has in use.
-    async fn path_to(&self, peer: EndpointId) -> PeerPath {
-        let Some(info) = self.endpoint.remote_info(peer).await else {
-            return PeerPath::None;
-        };
-        info.addrs()
-            .filter(|a| matches!(a.usage(), TransportAddrUsage::Active))
-            .map(|a| {
-                if a.addr().is_relay() {
-                    PeerPath::Relay
-                } else {
-                    PeerPath::Direct
-                }
-            })
-            .next()
-            .unwrap_or(PeerPath::None)
     }
 
     fn reconcile(&mut self, desired: &BTreeMap<String, EndpointId>) {

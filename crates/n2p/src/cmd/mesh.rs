@@ -246,16 +246,21 @@ fn print_peers(status: &MeshStatus) {
         return;
     }
     println!(
-        "{:<20} {:<10} {:<7} {:<7} {:>9}  SOCKET",
-        "NAME", "ID", "SHARES", "PATH", "SEEN"
+        "{:<20} {:<10} {:<7} {:<7} {:>9} {:>9}  SOCKET",
+        "NAME", "ID", "SHARES", "PATH", "RTT", "SEEN"
     );
     for p in &status.peers {
+        let rtt = p
+            .rtt_ms
+            .map(|ms| format!("{ms:.1}ms"))
+            .unwrap_or_else(|| "-".to_owned());
         println!(
-            "{:<20} {:<10} {:<7} {:<7} {:>8.1}s  {}",
+            "{:<20} {:<10} {:<7} {:<7} {:>9} {:>8.1}s  {}",
             p.name,
             &p.id[..p.id.len().min(10)],
             if p.shares_daemon { "yes" } else { "no" },
             p.path,
+            rtt,
             p.last_seen_secs,
             p.socket
                 .as_ref()

@@ -1,0 +1,82 @@
+//! Which network path the connections to each peer use now, for `n2p status`: an endpoint
+//! hook notes every connection (weakly: it keeps none alive), and [`PathWatch::path_to`] reads
+//! the path QUIC currently sends application data on, and its round-trip time.
+//!
+//! A connection starts on the relay and moves to a direct path once hole punching succeeds;
+//! iroh may keep both open, so what counts is the *selected* path, not the open ones.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use iroh::{
+    EndpointId,
+    endpoint::{AfterHandshakeOutcome, Connection, EndpointHooks, WeakConnectionHandle},
+};
+
+use crate::status::PeerPath;
+
+/// The connections of this endpoint by peer; a clone shares them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PathWatch {
+    conns: Arc<Mutex<HashMap<EndpointId, Vec<WeakConnectionHandle>>>>,
+}
+
+impl EndpointHooks for PathWatch {
+    async fn after_handshake<'a>(&'a self, conn: &'a Connection) -> AfterHandshakeOutcome {
+        if let Ok(mut conns) = self.conns.lock() {
+            // Forget connections that are gone, so the map holds live peers only.
+            conns.retain(|_, handles| {
+                handles.retain(|h| h.upgrade().is_some_and(|c| c.close_reason().is_none()));
+                !handles.is_empty()
+            });
+            conns
+                .entry(conn.remote_id())
+                .or_default()
+                .push(conn.weak_handle());
+        }
+        AfterHandshakeOutcome::accept()
+    }
+}
+
+impl PathWatch {
+    /// How traffic to `peer` goes now, and that path's round-trip time: direct if a live
+    /// connection to it sends on a direct path, else relay if one sends through a relay,
+    /// else none.
+    pub(crate) fn path_to(&self, peer: &EndpointId) -> (PeerPath, Option<Duration>) {
+        let live: Vec<Connection> = match self.conns.lock() {
+            Ok(conns) => conns
+                .get(peer)
+                .into_iter()
+                .flatten()
+                .filter_map(WeakConnectionHandle::upgrade)
+                .filter(|c| c.close_reason().is_none())
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let mut best = (PeerPath::None, None);
+        for conn in &live {
+            let paths = conn.paths();
+            let Some(selected) = paths.iter().find(|p| p.is_selected()) else {
+                continue;
+            };
+            let kind = if selected.is_relay() {
+                PeerPath::Relay
+            } else {
+                PeerPath::Direct
+            };
+            let better = match (best.0, kind) {
+                (PeerPath::None, _) | (PeerPath::Relay, PeerPath::Direct) => true,
+                // Of two paths of one kind, the lower round-trip time.
+                (a, b) if a == b => best.1.is_none_or(|rtt| selected.rtt() < rtt),
+                _ => false,
+            };
+            if better {
+                best = (kind, Some(selected.rtt()));
+            }
+        }
+        best
+    }
+}
