@@ -77,16 +77,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> DaemonClient<S> {
         &self.store_dir
     }
     /// QueryPathInfo: `None` when the path is not valid.
-    pub async fn query_path_info(&mut self, path: &StorePath) -> Result<Option<PathInfo>, WorkerError> {
+    pub async fn query_path_info(
+        &mut self,
+        path: &StorePath,
+    ) -> Result<Option<PathInfo>, WorkerError> {
         let _ = (path, &mut self.stream);
         todo!()
     }
     /// QueryPathFromHashPart: the valid path with this hash part, if any.
-    pub async fn query_path_from_hash_part(&mut self, hash_part: &str) -> Result<Option<StorePath>, WorkerError> {
+    pub async fn query_path_from_hash_part(
+        &mut self,
+        hash_part: &str,
+    ) -> Result<Option<StorePath>, WorkerError> {
         todo!("{hash_part}")
     }
     /// QueryValidPaths: those of `paths` that are valid (no substitution).
-    pub async fn query_valid_paths(&mut self, paths: &[StorePath]) -> Result<Vec<StorePath>, WorkerError> {
+    pub async fn query_valid_paths(
+        &mut self,
+        paths: &[StorePath],
+    ) -> Result<Vec<StorePath>, WorkerError> {
         todo!("{paths:?}")
     }
     /// AddTempRoot: keeps `path` from garbage collection while this connection lives.
@@ -95,7 +104,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> DaemonClient<S> {
     }
     /// NarFromPath: streams the path's NAR to `sink` (validated and hashed on the way) and
     /// leaves the connection ready for the next operation.
-    pub async fn nar_from_path<Out: W + Unpin>(&mut self, path: &StorePath, sink: &mut Out) -> Result<NarSummary, WorkerError> {
+    pub async fn nar_from_path<Out: W + Unpin>(
+        &mut self,
+        path: &StorePath,
+        sink: &mut Out,
+    ) -> Result<NarSummary, WorkerError> {
         let _ = (path, sink);
         todo!()
     }
