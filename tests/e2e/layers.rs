@@ -14,7 +14,16 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("n2p-nix", &["n2p-testkit"]),
     ("n2p-cache", &["n2p-core", "n2p-nix", "n2p-testkit"]),
     ("n2p-mesh", &["n2p-core"]),
-    ("n2p", &["n2p-core", "n2p-mesh", "n2p-cache", "n2p-nix", "n2p-testkit"]),
+    (
+        "n2p",
+        &[
+            "n2p-core",
+            "n2p-mesh",
+            "n2p-cache",
+            "n2p-nix",
+            "n2p-testkit",
+        ],
+    ),
     ("n2p-testkit", &["n2p-core"]),
     ("n2p-bench", &["n2p-testkit"]),
 ];

@@ -222,6 +222,50 @@ impl SourceStore {
         self.add("add-path", &dir)
     }
 
+    /// Adds a text file called `name` holding `text` followed by the full path of each of
+    /// `references` on a line of its own; Nix records those as the new path's references,
+    /// so chains of paths with references can be built without a builder. The references
+    /// must be valid in this store. Returns the store path, which is content-addressed
+    /// (`text:`, made by `builtins.toFile`).
+    pub fn add_text_with_references(&self, name: &str, text: &str, references: &[&str]) -> String {
+        // A Nix string literal: `\`, `"` and `$` escaped; each reference spliced in with
+        // `builtins.storePath`, which gives the string the reference as context.
+        let mut literal: String = text
+            .chars()
+            .flat_map(|c| match c {
+                '\\' | '"' | '$' => vec!['\\', c],
+                c => vec![c],
+            })
+            .collect();
+        for reference in references {
+            assert!(
+                reference.starts_with("/nix/store/") && !reference.contains('"'),
+                "{reference:?} is not a store path"
+            );
+            literal.push_str(&format!("\n${{builtins.storePath \"{reference}\"}}"));
+        }
+        let expr = format!("builtins.toFile \"{name}\" \"{literal}\\n\"");
+        let output = run_bounded(
+            nix_command("nix").args([
+                "eval",
+                "--impure",
+                "--raw",
+                "--store",
+                &self.url(),
+                "--expr",
+                &expr,
+            ]),
+            NIX_COMMAND_TIMEOUT,
+            &format!("nix eval of builtins.toFile {name:?}"),
+        );
+        let store_path = expect_success(&output, "nix eval builtins.toFile");
+        assert!(
+            store_path.starts_with("/nix/store/") && !store_path.contains('\n'),
+            "nix eval printed {store_path:?}, not a store path"
+        );
+        store_path
+    }
+
     /// Where staging content called `name` goes; the name becomes the store path's name.
     fn staging(&self, name: &str) -> PathBuf {
         let path = self.dir.join("staging").join(name);
@@ -347,20 +391,7 @@ pub fn try_path_infos(
 /// versions print an object keyed by path, with null for invalid paths. Err names a field
 /// missing from a valid entry.
 pub fn parse_path_infos(json: &serde_json::Value) -> Result<BTreeMap<String, PathInfo>, String> {
-    let entries: Vec<(String, &serde_json::Value)> = match json {
-        serde_json::Value::Array(entries) => entries
-            .iter()
-            .filter(|entry| entry["valid"] != false)
-            .filter_map(|entry| Some((entry["path"].as_str()?.to_owned(), entry)))
-            .collect(),
-        serde_json::Value::Object(entries) => entries
-            .iter()
-            .filter(|(_, entry)| !entry.is_null())
-            .map(|(path, entry)| (path.clone(), entry))
-            .collect(),
-        _ => Vec::new(),
-    };
-    entries
+    valid_entries(json)
         .into_iter()
         .map(|(path, entry)| {
             let nar_hash = entry["narHash"]
@@ -373,6 +404,94 @@ pub fn parse_path_infos(json: &serde_json::Value) -> Result<BTreeMap<String, Pat
             Ok((path, PathInfo { nar_hash, nar_size }))
         })
         .collect()
+}
+
+/// The valid entries of `nix path-info --json` output of any Nix version, by path.
+fn valid_entries(json: &serde_json::Value) -> Vec<(String, &serde_json::Value)> {
+    match json {
+        serde_json::Value::Array(entries) => entries
+            .iter()
+            .filter(|entry| entry["valid"] != false)
+            .filter_map(|entry| Some((entry["path"].as_str()?.to_owned(), entry)))
+            .collect(),
+        serde_json::Value::Object(entries) => entries
+            .iter()
+            .filter(|(_, entry)| !entry.is_null())
+            .map(|(path, entry)| (path.clone(), entry))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Everything the kit reads from `nix path-info --json --sigs` about a valid path: what a
+/// narinfo or a signature covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathMetadata {
+    /// `sha256-...` hash of the path's NAR serialisation.
+    pub nar_hash: String,
+    /// Size of the NAR serialisation in bytes.
+    pub nar_size: u64,
+    /// Full store paths of its references, as Nix lists them.
+    pub references: Vec<String>,
+    /// Its signatures, `name:base64`.
+    pub signatures: Vec<String>,
+    /// Its content address, if any.
+    pub ca: Option<String>,
+}
+
+/// The valid paths in `nix path-info --json --sigs` output with their [`PathMetadata`]; Err
+/// names a field missing from a valid entry.
+pub fn parse_path_metadata(
+    json: &serde_json::Value,
+) -> Result<BTreeMap<String, PathMetadata>, String> {
+    let strings = |entry: &serde_json::Value, key: &str| -> Vec<String> {
+        entry[key]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let infos = parse_path_infos(json)?;
+    Ok(valid_entries(json)
+        .into_iter()
+        .filter_map(|(path, entry)| {
+            let info = infos.get(&path)?;
+            let metadata = PathMetadata {
+                nar_hash: info.nar_hash.clone(),
+                nar_size: info.nar_size,
+                references: strings(entry, "references"),
+                signatures: strings(entry, "signatures"),
+                ca: entry["ca"].as_str().map(str::to_owned),
+            };
+            Some((path, metadata))
+        })
+        .collect())
+}
+
+/// Asks `store_url` about `path` with `nix path-info --json --sigs`: Some(metadata) if it is
+/// valid there, None if not. Panics if nix cannot ask at all.
+pub fn path_metadata(store_url: &str, path: &str) -> Option<PathMetadata> {
+    let what = format!("nix path-info --json --sigs --store {store_url} {path}");
+    let output = run_bounded(
+        nix_command("nix")
+            .args(["path-info", "--json", "--sigs", "--store", store_url])
+            .arg(path),
+        NIX_COMMAND_TIMEOUT,
+        &what,
+    );
+    // An invalid path makes nix exit non-zero on some versions: ask whether it is valid.
+    if !output.status.success() && path_info(store_url, path).is_none() {
+        return None;
+    }
+    let stdout = expect_success(&output, &what);
+    let json: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|error| panic!("{what} printed invalid JSON ({error}): {stdout}"));
+    parse_path_metadata(&json)
+        .unwrap_or_else(|missing| panic!("{what}: no {missing} in its output: {stdout}"))
+        .remove(path)
 }
 
 /// Asks `store_url` about `path`: Some(info) if it is valid there, None if not. Panics if
@@ -451,6 +570,35 @@ mod tests {
                     nar_size: 1
                 }
             );
+        }
+    }
+
+    #[test]
+    fn path_metadata_of_old_and_new_nix() {
+        let old = serde_json::json!([{
+            "path": "/nix/store/a-x", "narHash": "sha256-A", "narSize": 1,
+            "references": ["/nix/store/b-y"], "signatures": ["k:AA=="], "ca": "text:sha256:0",
+        }]);
+        let new = serde_json::json!({
+            "/nix/store/a-x": {
+                "narHash": "sha256-A", "narSize": 1, "references": ["/nix/store/b-y"],
+                "signatures": ["k:AA=="], "ca": "text:sha256:0",
+            },
+            "/nix/store/b-y": null,
+        });
+        for json in [old, new] {
+            let infos = parse_path_metadata(&json).expect("well-formed");
+            assert_eq!(
+                infos["/nix/store/a-x"],
+                PathMetadata {
+                    nar_hash: "sha256-A".into(),
+                    nar_size: 1,
+                    references: vec!["/nix/store/b-y".into()],
+                    signatures: vec!["k:AA==".into()],
+                    ca: Some("text:sha256:0".into()),
+                }
+            );
+            assert_eq!(infos.len(), 1);
         }
     }
 
