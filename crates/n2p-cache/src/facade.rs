@@ -45,7 +45,7 @@ use n2p_nix::{
 };
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::client::{NarDownload, Peer, StoreClient};
 
@@ -146,7 +146,7 @@ impl Facade {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> io::Result<()> {
         if let Ok(addr) = listener.local_addr() {
-            info!(target: "n2p", "binary cache for Nix at http://{addr}");
+            debug!("binary cache for Nix at http://{addr}");
         }
         axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)

@@ -24,7 +24,7 @@ use iroh::{
     Endpoint, EndpointAddr, EndpointId, SecretKey,
     address_lookup::memory::MemoryLookup,
     endpoint::{AfterHandshakeOutcome, Connection, EndpointHooks},
-    protocol::Router,
+    protocol::{DynProtocolHandler, Router},
 };
 use iroh_gossip::net::{GOSSIP_ALPN, Gossip};
 use n2p_core::{
@@ -83,6 +83,10 @@ pub struct MeshSettings {
     pub bootstrap: Vec<EndpointAddr>,
     /// Relay and bind settings.
     pub endpoint: EndpointOptions,
+    /// More protocols to serve on the node's endpoint, each an ALPN and its handler (the
+    /// binary adds the pull side's store protocol here; the mesh knows nothing of it).
+    /// Closed teams refuse non-members on these too, before any handler runs.
+    pub protocols: Vec<(Vec<u8>, Box<dyn DynProtocolHandler>)>,
 }
 
 /// Errors while starting a mesh node.
@@ -151,6 +155,7 @@ impl MeshNode {
         if settings.share_daemon {
             alpns.push(DAEMON_ALPN.to_vec());
         }
+        alpns.extend(settings.protocols.iter().map(|(alpn, _)| alpn.clone()));
         let memory = MemoryLookup::new();
         let mut builder = endpoint_builder(secret_key.clone(), alpns, &settings.endpoint)?
             .address_lookup(memory.clone());
@@ -199,6 +204,9 @@ impl MeshNode {
                 DAEMON_ALPN,
                 DaemonService::new(settings.daemon_socket.clone(), policy, me),
             );
+        }
+        for (alpn, handler) in settings.protocols {
+            router = router.accept(alpn, handler);
         }
         let router = router.spawn();
 
@@ -324,6 +332,7 @@ mod tests {
             peers_dir: dir.path().join("peers"),
             bootstrap: Vec::new(),
             endpoint: EndpointOptions::loopback(),
+            protocols: Vec::new(),
         };
         let node = MeshNode::join(SecretKey::from_bytes(&[5; 32]), settings).await?;
         assert!(

@@ -18,6 +18,8 @@ pub(crate) struct PersonalConfig {
     pub(crate) daemon_socket: Option<PathBuf>,
     /// The team file (relative paths are relative to this config file's directory).
     pub(crate) team: Option<PathBuf>,
+    /// Where `n2p mesh join` serves the binary cache for Nix (default 127.0.0.1:5496).
+    pub(crate) cache: Option<std::net::SocketAddr>,
 }
 
 impl PersonalConfig {

@@ -46,6 +46,11 @@
 //! - `id` — the member's iroh endpoint id, as printed by `n2p id`.
 //! - `push` — whether the member may push into (use) the other members' daemons (default
 //!   `true`).
+//! - `pull` — whether the member may pull from (read the stores of) the other members
+//!   through the `n2p/store` protocol (default `true`).
+//! - `nix_key` — the member's Nix public key, `name:base64` as `n2p key` prints it,
+//!   optional: `n2p trust` lists it in `trusted-public-keys`, and the binary cache ranks
+//!   paths it signed first. Key names are unique in a team (Nix looks keys up by name).
 //! - `addrs` — fixed direct addresses (`"ip:port"`) to reach the member at, optional.
 
 use std::{
@@ -89,6 +94,10 @@ pub struct Member {
     pub id: EndpointId,
     /// Whether it may push into (use) the other members' daemons.
     pub push: bool,
+    /// Whether it may pull from the other members' stores.
+    pub pull: bool,
+    /// Its Nix public key, if listed.
+    pub nix_key: Option<n2p_nix::PublicKey>,
     /// Fixed direct addresses to reach it at.
     pub addrs: Vec<SocketAddr>,
 }
@@ -209,6 +218,9 @@ struct RawMember {
     id: Spanned<String>,
     #[serde(default = "default_push")]
     push: bool,
+    #[serde(default = "default_push")]
+    pull: bool,
+    nix_key: Option<Spanned<String>>,
     addrs: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
@@ -345,6 +357,26 @@ impl TeamConfig {
                         ),
                     ));
                 }
+                if *open.get_ref()
+                    && let Some(member) = members.iter().find(|m| !m.pull)
+                {
+                    // As for push: the store protocol of an open team admits anyone who
+                    // proves the secret.
+                    return Err(src.error_at(
+                        open.span(),
+                        format!(
+                            "member `{}` has `pull = false`, which an open team cannot \
+                             enforce: anyone holding the team secret can join under a new \
+                             identity and pull",
+                            member.name
+                        ),
+                        Some(
+                            "remove `open = true` to make the team closed (only listed \
+                             members join), or drop `pull = false`"
+                                .to_owned(),
+                        ),
+                    ));
+                }
                 *open.get_ref()
             }
         };
@@ -432,6 +464,23 @@ impl TeamConfig {
     /// anyone (the secret is checked elsewhere).
     pub fn admits(&self, id: &EndpointId) -> bool {
         self.open || self.member_by_id(id).is_some()
+    }
+
+    /// Whether `id` may pull from another member's store: a listed member when its `pull`
+    /// is true; anyone else only in an open team.
+    pub fn may_pull(&self, id: &EndpointId) -> bool {
+        match self.member_by_id(id) {
+            Some(member) => member.pull,
+            None => self.open,
+        }
+    }
+
+    /// The Nix public keys of the members that list one.
+    pub fn nix_keys(&self) -> Vec<n2p_nix::PublicKey> {
+        self.members
+            .iter()
+            .filter_map(|m| m.nix_key.clone())
+            .collect()
     }
 
     /// Whether `id` may push into (use) another member's daemon.
@@ -590,10 +639,46 @@ fn check_members(
             }
         }
 
+        let nix_key = match m.nix_key {
+            None => None,
+            Some(text) => {
+                let key = n2p_nix::PublicKey::parse(text.get_ref().trim()).map_err(|e| {
+                    src.error_at(
+                        text.span(),
+                        format!("invalid `nix_key`: {e}"),
+                        Some(
+                            "paste the line `n2p key` prints on the member's machine \
+                             (name:base64)"
+                                .to_owned(),
+                        ),
+                    )
+                })?;
+                if let Some(other) = members.iter().find(|other: &&Member| {
+                    other
+                        .nix_key
+                        .as_ref()
+                        .is_some_and(|k| k.name() == key.name())
+                }) {
+                    return Err(src.error_at(
+                        text.span(),
+                        format!(
+                            "Nix key name `{}` is also used by member `{}`",
+                            key.name(),
+                            other.name
+                        ),
+                        Some("Nix looks keys up by name: give each member its own".to_owned()),
+                    ));
+                }
+                Some(key)
+            }
+        };
+
         members.push(Member {
             name: name.clone(),
             id,
             push: m.push,
+            pull: m.pull,
+            nix_key,
             addrs,
         });
     }

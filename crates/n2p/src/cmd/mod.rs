@@ -2,6 +2,7 @@
 
 mod client;
 mod mesh;
+mod pull;
 mod server;
 
 use anyhow::Context;
@@ -32,6 +33,8 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status(args) => mesh::status(global, args).await,
+        Command::Key(args) => pull::key(global, args),
+        Command::Trust(args) => pull::trust(global, args),
         Command::RotateSecret => {
             let home = setup::home(global)?;
             rotate_access_secret(&home).context("cannot rotate the access secret")?;
