@@ -104,9 +104,16 @@ impl NixDaemon {
     /// waits until the socket accepts connections; panics, with the daemon's log, if it
     /// does not.
     pub fn start() -> Self {
+        Self::start_with_config("")
+    }
+
+    /// Like [`Self::start`], with `extra` nix.conf lines after [`NIX_CONFIG`] (later lines
+    /// win): substituters, trusted keys.
+    pub fn start_with_config(extra: &str) -> Self {
         let scratch = ScratchDir::new("daemon");
-        let mut daemon = Self::try_start_at(&scratch.join("daemon.sock"), scratch.path())
-            .unwrap_or_else(|failure| panic!("{failure}"));
+        let mut daemon =
+            Self::try_start_configured(&scratch.join("daemon.sock"), scratch.path(), extra)
+                .unwrap_or_else(|failure| panic!("{failure}"));
         daemon.scratch = Some(scratch);
         daemon
     }
@@ -115,6 +122,10 @@ impl NixDaemon {
     /// `dir/daemon.log`) with its socket at `socket` (replacing a stale one), and waits until
     /// it accepts connections. The store stays after drop, until [`Self::remove`].
     pub fn try_start_at(socket: &Path, dir: &Path) -> Result<Self, Failure> {
+        Self::try_start_configured(socket, dir, "")
+    }
+
+    fn try_start_configured(socket: &Path, dir: &Path, extra: &str) -> Result<Self, Failure> {
         fs::create_dir_all(dir)
             .map_err(|error| Failure::new(format!("creating {}: {error}", dir.display())))?;
         if socket.exists() {
@@ -125,6 +136,7 @@ impl NixDaemon {
             "nix-daemon",
             nix_command("nix-daemon")
                 .args(["--store", &store])
+                .env("NIX_CONFIG", format!("{NIX_CONFIG}{extra}"))
                 .env("NIX_DAEMON_SOCKET_PATH", socket),
             &dir.join("daemon.log"),
         )?;
@@ -333,6 +345,18 @@ pub fn nix_copy(from: &SourceStore, to_url: &str, paths: &[&str]) -> Output {
             .args(paths),
         NIX_COMMAND_TIMEOUT,
         &format!("nix copy --to {to_url} {paths:?}"),
+    )
+}
+
+/// Runs `nix copy --from <from_url> --to <to_url> <paths>` (a binary cache URL, say),
+/// bounded by `timeout`, and returns its output.
+pub fn nix_copy_from_url(from_url: &str, to_url: &str, paths: &[&str], timeout: Duration) -> Output {
+    run_bounded(
+        nix_command("nix")
+            .args(["copy", "--from", from_url, "--to", to_url])
+            .args(paths),
+        timeout,
+        &format!("nix copy --from {from_url} --to {to_url} {paths:?}"),
     )
 }
 
