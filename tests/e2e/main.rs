@@ -16,6 +16,7 @@ mod mesh;
 mod mesh_access;
 mod mesh_config;
 mod mesh_names;
+mod pull;
 mod refused;
 mod restart;
 mod tunnel;

@@ -8,10 +8,7 @@ use std::{
     time::Duration,
 };
 
-use iroh::{
-    Endpoint, EndpointAddr, EndpointId,
-    endpoint::ReadError,
-};
+use iroh::{Endpoint, EndpointAddr, EndpointId, endpoint::ReadError};
 use n2p_core::{
     access::AccessSecret,
     daemon::{DEFAULT_CONNECT_TIMEOUT, DaemonDialer, DialError},

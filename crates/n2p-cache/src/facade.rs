@@ -40,9 +40,7 @@ use axum::{
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, stream::FuturesUnordered};
 use iroh::EndpointId;
-use n2p_nix::{
-    NarHash, NarInfo, PublicKey, StoreDir, StorePath, nix32, store_path::is_hash_part,
-};
+use n2p_nix::{NarHash, NarInfo, PublicKey, StoreDir, StorePath, nix32, store_path::is_hash_part};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
@@ -158,7 +156,10 @@ impl Facade {
         let peers = match tokio::time::timeout(self.config.deadline, (self.peers)()).await {
             Ok(peers) => peers,
             Err(_) => {
-                warn!("the live peer set did not come within {:?}", self.config.deadline);
+                warn!(
+                    "the live peer set did not come within {:?}",
+                    self.config.deadline
+                );
                 return Vec::new();
             }
         };
@@ -284,7 +285,10 @@ impl Facade {
         for (peer, path) in candidates {
             match self.client.nar(&peer, &path, nar_hash).await {
                 Ok(download) => {
-                    debug!("NAR of {path} from {} ({} bytes)", peer.name, download.nar_size);
+                    debug!(
+                        "NAR of {path} from {} ({} bytes)",
+                        peer.name, download.nar_size
+                    );
                     let size = download.nar_size;
                     let body = verified(chunks(download), nar_hash, size, path.to_string());
                     return (
@@ -296,7 +300,10 @@ impl Facade {
                     )
                         .into_response();
                 }
-                Err(e) => warn!("NAR of {path} from {}: {e}; trying the next peer", peer.name),
+                Err(e) => warn!(
+                    "NAR of {path} from {}: {e}; trying the next peer",
+                    peer.name
+                ),
             }
         }
         debug!("NAR {file}: no peer has it");
@@ -405,7 +412,10 @@ where
                         check.received += chunk.len() as u64;
                         if check.received > size {
                             warn!("NAR of {what}: more than its {size} bytes; aborted");
-                            return Some((Err(io::Error::other("NAR longer than announced")), None));
+                            return Some((
+                                Err(io::Error::other("NAR longer than announced")),
+                                None,
+                            ));
                         }
                         check.hasher.update(&chunk);
                         if let Some(previous) = check.held.replace(chunk) {
@@ -413,7 +423,10 @@ where
                         }
                     }
                     Some(Err(e)) => {
-                        warn!("NAR of {what} cut after {} of {size} bytes: {e}", check.received);
+                        warn!(
+                            "NAR of {what} cut after {} of {size} bytes: {e}",
+                            check.received
+                        );
                         return Some((Err(e), None));
                     }
                     None => {
@@ -423,7 +436,10 @@ where
                                 "NAR of {what}: {} of {size} bytes, hash {hash} (expected {expected}); aborted",
                                 check.received
                             );
-                            return Some((Err(io::Error::other("NAR incomplete or changed")), None));
+                            return Some((
+                                Err(io::Error::other("NAR incomplete or changed")),
+                                None,
+                            ));
                         }
                         return check.held.take().map(|last| (Ok(last), None));
                     }
@@ -506,12 +522,20 @@ mod tests {
         let mut items = chunked(&data, 1000);
         items.pop();
         let (out, ok) = run(items, hash, 10_000).await;
-        assert!(!ok && out.len() < 9_000, "truncated: {} bytes out", out.len());
+        assert!(
+            !ok && out.len() < 9_000,
+            "truncated: {} bytes out",
+            out.len()
+        );
         // Same size, different bytes.
         let mut other = data.clone();
         other[9_999] = 8;
         let (out, ok) = run(chunked(&other, 1000), hash, 10_000).await;
-        assert!(!ok && out.len() < 10_000, "changed: {} bytes out", out.len());
+        assert!(
+            !ok && out.len() < 10_000,
+            "changed: {} bytes out",
+            out.len()
+        );
         // Longer than announced.
         let (out, ok) = run(chunked(&data, 1000), hash, 9_000).await;
         assert!(!ok && out.len() < 9_000);

@@ -211,7 +211,13 @@ mod tests {
     #[tokio::test]
     async fn a_cut_frame_is_an_io_error_not_a_message() -> TestResult {
         let mut wire = Vec::new();
-        write_frame(&mut wire, &NarInfosReply { infos: vec![Some(info())] }).await?;
+        write_frame(
+            &mut wire,
+            &NarInfosReply {
+                infos: vec![Some(info())],
+            },
+        )
+        .await?;
         for cut in [0, 2, 4, wire.len() - 1] {
             let err = read_frame::<_, NarInfosReply>(&mut &wire[..cut])
                 .await

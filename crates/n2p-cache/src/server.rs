@@ -169,31 +169,33 @@ impl StoreService {
                 return;
             }
         }
-        if let Err(refusal) = self
-            .inner
-            .policy
-            .check_stream(peer, self.inner.me, &AccessProof(proof))
+        if let Err(refusal) =
+            self.inner
+                .policy
+                .check_stream(peer, self.inner.me, &AccessProof(proof))
         {
             warn!(peer = %peer, "refused store access to {peer}: {refusal}");
             conn.close(ACCESS_DENIED, refusal.to_string().as_bytes());
             return;
         }
-        let request =
-            match tokio::time::timeout(REQUEST_TIMEOUT, read_frame::<_, Request>(&mut streams.recv))
-                .await
-            {
-                Ok(Ok(request)) => request,
-                Ok(Err(e)) => {
-                    debug!("unreadable store request: {e}");
-                    streams.send.reset(BAD_REQUEST).ok();
-                    return;
-                }
-                Err(_) => {
-                    debug!("no store request within {REQUEST_TIMEOUT:?}");
-                    streams.send.reset(BAD_REQUEST).ok();
-                    return;
-                }
-            };
+        let request = match tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            read_frame::<_, Request>(&mut streams.recv),
+        )
+        .await
+        {
+            Ok(Ok(request)) => request,
+            Ok(Err(e)) => {
+                debug!("unreadable store request: {e}");
+                streams.send.reset(BAD_REQUEST).ok();
+                return;
+            }
+            Err(_) => {
+                debug!("no store request within {REQUEST_TIMEOUT:?}");
+                streams.send.reset(BAD_REQUEST).ok();
+                return;
+            }
+        };
         let outcome = match request {
             Request::NarInfos { hash_parts } if hash_parts.len() > MAX_HASH_PARTS => {
                 debug!(

@@ -45,9 +45,19 @@ pub fn signing_key_path(home: &N2pHome) -> PathBuf {
 pub fn key_name(node_name: &str) -> String {
     let clean: String = node_name
         .chars()
-        .map(|c| if c == ':' || c.is_whitespace() { '-' } else { c })
+        .map(|c| {
+            if c == ':' || c.is_whitespace() {
+                '-'
+            } else {
+                c
+            }
+        })
         .collect();
-    let clean = if clean.is_empty() { "node".to_owned() } else { clean };
+    let clean = if clean.is_empty() {
+        "node".to_owned()
+    } else {
+        clean
+    };
     format!("{clean}-n2p-1")
 }
 
@@ -116,7 +126,10 @@ mod tests {
         let key = load_or_create_signing_key(&home, "alice")?;
         assert_eq!(key.name(), "alice-n2p-1");
         let path = signing_key_path(&home);
-        assert_eq!(std::fs::metadata(&path)?.permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&path)?.permissions().mode() & 0o777,
+            0o600
+        );
         // Renamed node, same key.
         let again = load_or_create_signing_key(&home, "bob")?;
         assert_eq!(again.public(), key.public());

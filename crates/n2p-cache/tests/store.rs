@@ -122,7 +122,10 @@ async fn narinfo_and_nar_come_whole_signed_and_only_for_the_right_hash() -> Test
 
     // Another NAR hash, or a path bob does not have: refused, no bytes.
     let wrong = client.nar(&peer, &blob_path, NarHash([0; 32])).await;
-    assert!(matches!(wrong, Err(PullError::HashMismatch(_))), "{wrong:?}");
+    assert!(
+        matches!(wrong, Err(PullError::HashMismatch(_))),
+        "{wrong:?}"
+    );
     let absent = basename(&format!("/nix/store/{missing}-absent"));
     let none = client.nar(&peer, &absent, blob_info.nar_hash).await;
     assert!(matches!(none, Err(PullError::NotFound(_))), "{none:?}");

@@ -75,9 +75,8 @@ pub(crate) async fn run(global: &GlobalArgs, args: ClientArgs) -> anyhow::Result
     }
     // The binary cache: the server is its one peer, `/peer/server/` its one named path.
     let facade = cache_listener.map(|listener| {
-        let client = Arc::new(
-            StoreClient::new(endpoint.clone()).with_connect_timeout(args.connect_timeout),
-        );
+        let client =
+            Arc::new(StoreClient::new(endpoint.clone()).with_connect_timeout(args.connect_timeout));
         let server = Peer {
             name: "server".to_owned(),
             addr: address.endpoint.clone(),
@@ -87,7 +86,11 @@ pub(crate) async fn run(global: &GlobalArgs, args: ClientArgs) -> anyhow::Result
             let server = server.clone();
             Box::pin(async move { vec![server] })
         });
-        let facade = Facade::new(pull::facade_config(&args.cache_options, Vec::new()), client, peers);
+        let facade = Facade::new(
+            pull::facade_config(&args.cache_options, Vec::new()),
+            client,
+            peers,
+        );
         pull::RunningFacade::spawn(listener, facade)
     });
     info!(target: "n2p", "unix:{}", socket_path.display());

@@ -91,10 +91,7 @@ impl RunningFacade {
 pub(crate) fn key(global: &GlobalArgs, args: KeyArgs) -> anyhow::Result<()> {
     let home = setup::home(global)?;
     let personal = PersonalConfig::load_or_default(&home.config_path())?;
-    let name = args
-        .name
-        .or(personal.name)
-        .unwrap_or_else(setup::host_name);
+    let name = args.name.or(personal.name).unwrap_or_else(setup::host_name);
     let key = signing_key(&home, &name)?;
     println!("{}", key.public());
     tracing::debug!("the secret key is in {}", signing_key_path(&home).display());
@@ -107,10 +104,9 @@ pub(crate) fn trust(global: &GlobalArgs, args: TrustArgs) -> anyhow::Result<()> 
     let personal = PersonalConfig::load_or_default(&home.config_path())?;
     let mut keys: Vec<PublicKey> = Vec::new();
     for text in &args.keys {
-        keys.push(
-            PublicKey::parse(text)
-                .with_context(|| format!("invalid --key '{text}' (expected name:base64, as `n2p key` prints)"))?,
-        );
+        keys.push(PublicKey::parse(text).with_context(|| {
+            format!("invalid --key '{text}' (expected name:base64, as `n2p key` prints)")
+        })?);
     }
     if let Some(team_path) = args.team.clone().or(personal.team.clone()) {
         let team = TeamConfig::load(&team_path)?;
@@ -175,7 +171,10 @@ mod tests {
 
     #[test]
     fn nix_conf_lines_are_exact() {
-        let lines = nix_conf_lines("http://127.0.0.1:5496", &["a-n2p-1:AAA=".into(), "b:BBB=".into()]);
+        let lines = nix_conf_lines(
+            "http://127.0.0.1:5496",
+            &["a-n2p-1:AAA=".into(), "b:BBB=".into()],
+        );
         assert_eq!(
             lines,
             "# n2p: substitute from teammates through the local binary cache\n\

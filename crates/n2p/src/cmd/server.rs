@@ -5,16 +5,16 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use iroh::protocol::Router;
+use n2p_cache::{
+    proto::STORE_ALPN,
+    server::{StoreLimits, StoreService},
+};
 use n2p_core::{
     access::{AccessPolicy, SecretPolicy},
     address::ServerAddress,
     daemon::{DAEMON_ALPN, DaemonService},
     endpoint::RelayChoice,
     identity::load_or_create_access_secret,
-};
-use n2p_cache::{
-    proto::STORE_ALPN,
-    server::{StoreLimits, StoreService},
 };
 use tracing::{info, warn};
 
