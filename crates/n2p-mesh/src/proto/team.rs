@@ -797,7 +797,10 @@ push = false
     fn pull_and_nix_key_per_member() {
         let text = two_members().replace(
             "push = false",
-            &format!("push = false\npull = false\nnix_key = \"{}\"", nix_key("bob-n2p-1", 2)),
+            &format!(
+                "push = false\npull = false\nnix_key = \"{}\"",
+                nix_key("bob-n2p-1", 2)
+            ),
         );
         let team = parse(&text).expect("valid");
         let alice = team.member_by_id(&id(1)).expect("alice");
@@ -819,7 +822,9 @@ push = false
         let text = two_members()
             .replace("expiry_secs = 6", "open = true")
             .replace("push = false", "pull = false");
-        let msg = parse(&text).expect_err("pull = false in an open team").to_string();
+        let msg = parse(&text)
+            .expect_err("pull = false in an open team")
+            .to_string();
         assert!(
             msg.contains("`pull = false`, which an open team cannot enforce"),
             "{msg}"
@@ -830,7 +835,10 @@ push = false
     fn bad_or_colliding_nix_keys_are_refused_with_their_line() {
         let text = two_members().replace("push = false", "nix_key = \"bob:not-base64!\"");
         let msg = err(&text);
-        assert!(msg.contains(":15:") && msg.contains("invalid `nix_key`"), "{msg}");
+        assert!(
+            msg.contains(":15:") && msg.contains("invalid `nix_key`"),
+            "{msg}"
+        );
         assert!(msg.contains("n2p key"), "{msg}");
 
         let text = two_members()
@@ -838,7 +846,10 @@ push = false
                 "addrs = [",
                 &format!("nix_key = \"{}\"\naddrs = [", nix_key("same-1", 1)),
             )
-            .replace("push = false", &format!("nix_key = \"{}\"", nix_key("same-1", 2)));
+            .replace(
+                "push = false",
+                &format!("nix_key = \"{}\"", nix_key("same-1", 2)),
+            );
         let msg = err(&text);
         assert!(
             msg.contains("Nix key name `same-1` is also used by member `alice`"),
