@@ -18,6 +18,7 @@ mod mesh_access;
 mod mesh_config;
 mod mesh_names;
 mod nat;
+mod pull;
 mod refused;
 mod restart;
 mod service;

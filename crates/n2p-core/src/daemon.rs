@@ -307,7 +307,8 @@ pub const RETRY_AFTER: Duration = Duration::from_secs(3);
 /// While a peer stays unreachable, how often [`DaemonDialer::open_stream`] logs it.
 pub const UNREACHABLE_LOG_EVERY: Duration = Duration::from_secs(30);
 
-/// Opens daemon streams to one peer over one shared, lazily (re)established connection.
+/// Opens daemon streams to one peer over one shared, lazily (re)established connection
+/// (or, with [`DaemonDialer::with_alpn`], streams of another proof-first protocol).
 ///
 /// One connection attempt at a time: callers that arrive while one is under way wait for
 /// its outcome, and after a failure they (and everyone for [`RETRY_AFTER`]) fail at once,
@@ -318,6 +319,7 @@ pub const UNREACHABLE_LOG_EVERY: Duration = Duration::from_secs(30);
 pub struct DaemonDialer {
     endpoint: Endpoint,
     target: EndpointAddr,
+    alpn: &'static [u8],
     proof: AccessProof,
     connect_timeout: Duration,
     state: Mutex<DialState>,
@@ -349,6 +351,7 @@ impl DaemonDialer {
         Self {
             endpoint,
             target,
+            alpn: DAEMON_ALPN,
             proof,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             state: Mutex::new(DialState::default()),
@@ -358,6 +361,13 @@ impl DaemonDialer {
     /// Sets how long a connection attempt may take.
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// Speaks `alpn` instead of [`DAEMON_ALPN`]: for other protocols whose streams also
+    /// start with an [`AccessProof`] (the pull side's store protocol).
+    pub fn with_alpn(mut self, alpn: &'static [u8]) -> Self {
+        self.alpn = alpn;
         self
     }
 
@@ -427,7 +437,7 @@ impl DaemonDialer {
         let peer = self.target.id;
         let conn = tokio::time::timeout(
             self.connect_timeout,
-            self.endpoint.connect(self.target.clone(), DAEMON_ALPN),
+            self.endpoint.connect(self.target.clone(), self.alpn),
         )
         .await
         .map_err(|_| DialError::Timeout {
@@ -582,7 +592,7 @@ const DAEMON_BUSY_PATIENCE: Duration = Duration::from_secs(10);
 /// clients use) would wait; nix-daemon listens with a short queue and forks per connection,
 /// so a burst of connections hits that. Such a connect is retried, with growing pauses, for
 /// up to [`DAEMON_BUSY_PATIENCE`].
-async fn connect_daemon(path: &std::path::Path) -> std::io::Result<UnixStream> {
+pub async fn connect_daemon(path: &std::path::Path) -> std::io::Result<UnixStream> {
     let deadline = tokio::time::Instant::now() + DAEMON_BUSY_PATIENCE;
     let mut pause = Duration::from_millis(2);
     loop {

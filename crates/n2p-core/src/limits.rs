@@ -1,5 +1,5 @@
 //! Limits on what a peer may hold, for every service behind an ALPN that checks an access
-//! proof per stream (the daemon protocol now, the store protocol next): before a connection
+//! proof per stream (the daemon protocol and the store protocol): before a connection
 //! has proved access it may have only a few streams waiting ([`ConnectionGate`]) and must
 //! prove within a deadline; after, each peer may hold only so many expensive resources
 //! (daemon connections) at once ([`PeerSlots`]). Accept loops that fail back off

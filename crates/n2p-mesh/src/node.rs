@@ -16,19 +16,18 @@ mod gate;
 mod paths;
 pub mod peer_sockets;
 
-use std::{
-    path::PathBuf,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+pub use self::gate::{Permission, SharedTeam};
+
+use std::{path::PathBuf, sync::Mutex, time::Duration};
 
 use iroh::{
-    Endpoint, EndpointAddr, SecretKey, TransportAddr, address_lookup::memory::MemoryLookup,
-    protocol::Router,
+    Endpoint, EndpointAddr, SecretKey, TransportAddr,
+    address_lookup::memory::MemoryLookup,
+    protocol::{DynProtocolHandler, Router},
 };
 use iroh_gossip::net::{GOSSIP_ALPN, Gossip};
 use n2p_core::{
-    access::{AccessPolicy, AccessSecret, SecretPolicy},
+    access::AccessSecret,
     daemon::{DAEMON_ALPN, DaemonService},
     endpoint::{EndpointBindError, EndpointOptions, RelayChoice, bind_builder, endpoint_builder},
     unix::SocketAccess,
@@ -42,7 +41,7 @@ use tracing::{Instrument, info, info_span};
 
 use self::{
     actor::{Actor, Command},
-    gate::{SharedTeam, TeamGate, TeamPolicy},
+    gate::TeamGate,
     paths::PathWatch,
     peer_sockets::{PeerSockets, PeerSocketsError},
 };
@@ -88,6 +87,33 @@ pub struct MeshSettings {
     pub bootstrap: Vec<EndpointAddr>,
     /// Relay and bind settings.
     pub endpoint: EndpointOptions,
+    /// More protocols to serve on the node's endpoint, each an ALPN and a factory for its
+    /// handler (the binary adds the pull side's store protocol here; the mesh knows nothing
+    /// of it). The factory gets the node's [`SharedTeam`], so the handler's policy
+    /// ([`SharedTeam::policy`]) follows [`MeshNode::reload`] as the daemon's does. Closed
+    /// teams refuse non-members on these too, before any handler runs.
+    pub protocols: Vec<(Vec<u8>, ProtocolFactory)>,
+}
+
+/// Builds a protocol handler for [`MeshSettings::protocols`] from the team in force.
+pub struct ProtocolFactory(Box<MakeHandler>);
+
+/// What a [`ProtocolFactory`] calls.
+type MakeHandler = dyn FnOnce(&SharedTeam) -> Box<dyn DynProtocolHandler> + Send;
+
+impl ProtocolFactory {
+    /// Wraps `make`, called once when the node starts.
+    pub fn new(
+        make: impl FnOnce(&SharedTeam) -> Box<dyn DynProtocolHandler> + Send + 'static,
+    ) -> Self {
+        Self(Box::new(make))
+    }
+}
+
+impl std::fmt::Debug for ProtocolFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProtocolFactory")
+    }
 }
 
 /// Errors while starting a mesh node.
@@ -157,6 +183,7 @@ impl MeshNode {
         if settings.share_daemon {
             alpns.push(DAEMON_ALPN.to_vec());
         }
+        alpns.extend(settings.protocols.iter().map(|(alpn, _)| alpn.clone()));
         let memory = MemoryLookup::new();
         let team = SharedTeam::new(settings.team.clone());
         // Installed for open teams too (it admits everyone then), so a reload may close one.
@@ -195,14 +222,14 @@ impl MeshNode {
         let mut router = Router::builder(endpoint.clone()).accept(GOSSIP_ALPN, gossip.clone());
         if settings.share_daemon {
             let access = AccessSecret::from_bytes(keys.access_secret());
-            let policy: Arc<dyn AccessPolicy> = Arc::new(TeamPolicy {
-                secret: SecretPolicy::new(access),
-                team: team.clone(),
-            });
+            let policy = team.policy(Permission::Push, access);
             router = router.accept(
                 DAEMON_ALPN,
                 DaemonService::new(settings.daemon_socket.clone(), policy, me),
             );
+        }
+        for (alpn, make_handler) in settings.protocols {
+            router = router.accept(alpn, (make_handler.0)(&team));
         }
         let router = router.spawn();
 
@@ -375,6 +402,7 @@ mod tests {
             peers_access: SocketAccess::Owner,
             bootstrap: Vec::new(),
             endpoint: EndpointOptions::loopback(),
+            protocols: Vec::new(),
         };
         let node = MeshNode::join(SecretKey::from_bytes(&[5; 32]), settings).await?;
         assert!(

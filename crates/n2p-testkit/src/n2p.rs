@@ -151,12 +151,18 @@ impl TempHome {
     /// Starts `n2p client <address> --socket <socket>` with this home, relays disabled and a
     /// loopback bind. Does not wait for it: see [`Client::wait_until_listening`].
     pub fn client(&self, address: &str, socket: &Path) -> Client<'_> {
+        self.client_with(address, socket, &[])
+    }
+
+    /// Like [`Self::client`], with `extra` arguments (`--cache IP:PORT`, say).
+    pub fn client_with(&self, address: &str, socket: &Path, extra: &[&str]) -> Client<'_> {
         let bind = free_loopback_addr().to_string();
         let mut command = self.command();
         command
             .args(["client", address, "--socket"])
             .arg(socket)
-            .args(["--relay", "disabled", "--bind", &bind]);
+            .args(["--relay", "disabled", "--bind", &bind])
+            .args(extra);
         Client {
             process: Process::spawn("client", &mut command),
             socket: socket.to_owned(),

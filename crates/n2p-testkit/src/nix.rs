@@ -306,6 +306,46 @@ impl SourceStore {
         store_path
     }
 
+    /// Builds a derivation called `name` whose output is a file holding `text`, and returns
+    /// the output's path. Unlike every other path the store makes, it is input-addressed:
+    /// only a signature makes another store accept it. The build runs in the chroot store
+    /// with the host's `/bin/sh` (and what it links to) bound in.
+    pub fn add_built_file(&self, name: &str, text: &str) -> String {
+        assert!(
+            !text.contains(['"', '\\', '$', '\'']),
+            "{text:?} needs no quoting here"
+        );
+        let expr = format!(
+            "derivation {{ name = \"{name}\"; system = builtins.currentSystem; \
+             builder = \"/bin/sh\"; args = [\"-c\" \"echo '{text}' > $out\"]; }}"
+        );
+        let output = run_bounded(
+            nix_command("nix")
+                .env(
+                    "NIX_CONFIG",
+                    format!("{NIX_CONFIG}sandbox-paths = /bin /lib /lib64 /usr\n"),
+                )
+                .args([
+                    "build",
+                    "--no-link",
+                    "--json",
+                    "--impure",
+                    "--store",
+                    &self.url(),
+                ])
+                .args(["--expr", &expr]),
+            NIX_COMMAND_TIMEOUT,
+            &format!("nix build of {name:?}"),
+        );
+        let stdout = expect_success(&output, "nix build");
+        let json: serde_json::Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("nix build printed invalid JSON ({e}): {stdout}"));
+        let path = json[0]["outputs"]["out"]
+            .as_str()
+            .unwrap_or_else(|| panic!("nix build printed no output path: {stdout}"));
+        path.to_owned()
+    }
+
     /// Where staging content called `name` goes; the name becomes the store path's name.
     fn staging(&self, name: &str) -> PathBuf {
         let path = self.dir.join("staging").join(name);
@@ -374,6 +414,46 @@ pub fn nix_copy(from: &SourceStore, to_url: &str, paths: &[&str]) -> Output {
         NIX_COMMAND_TIMEOUT,
         &format!("nix copy --to {to_url} {paths:?}"),
     )
+}
+
+/// Runs `nix copy --from <from_url> --to <to_url> <paths>` (a binary cache URL, say),
+/// bounded by `timeout`, and returns its output.
+pub fn nix_copy_from_url(
+    from_url: &str,
+    to_url: &str,
+    paths: &[&str],
+    timeout: Duration,
+) -> Output {
+    run_bounded(
+        nix_command("nix")
+            .args(["copy", "--from", from_url, "--to", to_url])
+            .args(paths),
+        timeout,
+        &format!("nix copy --from {from_url} --to {to_url} {paths:?}"),
+    )
+}
+
+/// Copies `paths` like [`nix_copy`] with `--no-check-sigs` (for input-addressed paths
+/// nobody signed) and panics, with nix's stderr, if that fails.
+pub fn assert_copy_unsigned_succeeds(from: &SourceStore, to_url: &str, paths: &[&str]) {
+    let output = run_bounded(
+        nix_command("nix")
+            .args([
+                "copy",
+                "--no-check-sigs",
+                "--from",
+                &from.url(),
+                "--to",
+                to_url,
+            ])
+            .args(paths),
+        NIX_COMMAND_TIMEOUT,
+        &format!("nix copy --no-check-sigs --to {to_url} {paths:?}"),
+    );
+    expect_success(
+        &output,
+        &format!("nix copy --no-check-sigs --to {to_url} {paths:?}"),
+    );
 }
 
 /// Copies `paths` like [`nix_copy`] and panics, with nix's stderr, if that fails.

@@ -85,6 +85,11 @@ pub(crate) enum Command {
     /// Check this machine's set-up (daemon, trust, team file and secret, relay, clock,
     /// peers directory) and say how to fix what is wrong; exits 1 when something is.
     Doctor(DoctorArgs),
+    /// Print this node's Nix public key (creating its signing key on first use), for the
+    /// `nix_key` of its team file entry.
+    Key(KeyArgs),
+    /// Print the nix.conf lines that let this machine's Nix substitute from the facade.
+    Trust(TrustArgs),
 }
 
 /// `n2p doctor`: the flags of `n2p mesh join` that say where things are.
@@ -112,11 +117,42 @@ pub(crate) enum Shell {
     Fish,
 }
 
+/// `n2p key`.
+#[derive(Debug, Args)]
+pub(crate) struct KeyArgs {
+    /// The name a NEW key gets, as `<name>-n2p-1` [default: config `name`, else host name].
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+}
+
+/// `n2p trust`.
+#[derive(Debug, Args)]
+pub(crate) struct TrustArgs {
+    /// The team file whose members' `nix_key`s to trust [default: `team` in config.toml].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) team: Option<PathBuf>,
+    /// Also trust this Nix public key (`name:base64`, as `n2p key` prints it; repeatable):
+    /// for the `n2p server` of a server/client pair.
+    #[arg(long = "key", value_name = "NAME:BASE64")]
+    pub(crate) keys: Vec<String>,
+    /// The facade's address [default: config `cache`, else 127.0.0.1:5496].
+    #[arg(long, value_name = "IP:PORT")]
+    pub(crate) cache: Option<SocketAddr>,
+}
+
+/// Options of the local binary-cache facade.
+#[derive(Debug, Args)]
+pub(crate) struct CacheArgs {
+    /// How long a narinfo request waits for peers before answering 404.
+    #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = parse_seconds)]
+    pub(crate) narinfo_deadline: Duration,
+}
+
 /// `n2p mesh …`.
 #[derive(Debug, Subcommand)]
 pub(crate) enum MeshCommand {
     /// Join a topic and keep $N2P_HOME/peers/<name>.sock for every live peer that shares.
-    Join(JoinArgs),
+    Join(Box<JoinArgs>),
     /// List the live peers of the running node.
     Peers(StatusArgs),
     /// Print a ticket that lets a teammate without fixed addresses join.
@@ -148,6 +184,15 @@ pub(crate) struct JoinArgs {
     /// An invite ticket from `n2p mesh invite` (repeatable).
     #[arg(long, value_name = "TICKET")]
     pub(crate) ticket: Vec<String>,
+    /// Serve the binary cache for Nix (pulls from live peers) at this loopback address
+    /// [default: config `cache`, else 127.0.0.1:5496].
+    #[arg(long, value_name = "IP:PORT", conflicts_with = "no_cache")]
+    pub(crate) cache: Option<SocketAddr>,
+    /// Run no binary cache.
+    #[arg(long)]
+    pub(crate) no_cache: bool,
+    #[command(flatten)]
+    pub(crate) cache_options: CacheArgs,
     /// Where the service keeps things.
     #[command(flatten)]
     pub(crate) service: ServiceArgs,
@@ -211,6 +256,12 @@ pub(crate) struct ClientArgs {
     /// How long to wait for the server before giving up.
     #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
     pub(crate) connect_timeout: Duration,
+    /// Also serve a binary cache for Nix at this address (loopback), answered from the
+    /// server's store: `nix copy --from http://ADDR`, or a substituter.
+    #[arg(long, value_name = "IP:PORT")]
+    pub(crate) cache: Option<SocketAddr>,
+    #[command(flatten)]
+    pub(crate) cache_options: CacheArgs,
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {

@@ -22,6 +22,8 @@ pub(crate) struct PersonalConfig {
     pub(crate) peers_dir: Option<PathBuf>,
     /// The Unix group (name or gid) the peer sockets are shared with.
     pub(crate) peers_group: Option<String>,
+    /// Where `n2p mesh join` serves the binary cache for Nix (default 127.0.0.1:5496).
+    pub(crate) cache: Option<std::net::SocketAddr>,
 }
 
 impl PersonalConfig {

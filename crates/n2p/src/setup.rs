@@ -70,3 +70,21 @@ pub(crate) fn control_socket(global: &GlobalArgs, home: &N2pHome) -> PathBuf {
         .clone()
         .unwrap_or_else(|| home.control_socket_path())
 }
+
+/// The store directory: `$NIX_STORE_DIR`, else `/nix/store`.
+pub(crate) fn store_dir() -> n2p_nix::StoreDir {
+    std::env::var("NIX_STORE_DIR")
+        .ok()
+        .filter(|dir| !dir.is_empty())
+        .map(|dir| n2p_nix::StoreDir::new(dir.trim_end_matches('/').to_owned()))
+        .unwrap_or_default()
+}
+
+/// The host name, or `peer`.
+pub(crate) fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "peer".to_owned())
+}

@@ -91,6 +91,7 @@ impl Forgers {
                         bind: Some(free_loopback_addr()),
                         ..Default::default()
                     },
+                    protocols: Vec::new(),
                 };
                 let node = runtime
                     .block_on(async {

@@ -1,7 +1,8 @@
 //! Who gets in, read from the team config in force: the QUIC handshake gate for closed
-//! teams ([`TeamGate`]) and the daemon's access policy ([`TeamPolicy`]). Both read one
-//! [`SharedTeam`], so a reloaded team file (see [`super::MeshNode::reload`]) takes effect on
-//! the next connection and the next stream without a restart.
+//! teams ([`TeamGate`]) and the access policies of the daemon (push) and of the protocols the
+//! binary adds, such as the store (pull) ([`TeamPolicy`]). All read one [`SharedTeam`], so a
+//! reloaded team file (see [`super::MeshNode::reload`]) takes effect on the next connection
+//! and the next stream without a restart.
 
 use std::sync::{Arc, RwLock};
 
@@ -10,7 +11,7 @@ use iroh::{
     endpoint::{AfterHandshakeOutcome, Connection, EndpointHooks},
 };
 use n2p_core::{
-    access::{AccessPolicy, AccessProof, Refusal, SecretPolicy},
+    access::{AccessPolicy, AccessProof, AccessSecret, Refusal, SecretPolicy},
     daemon::ACCESS_DENIED,
 };
 use tracing::warn;
@@ -18,8 +19,20 @@ use tracing::warn;
 use crate::proto::team::TeamConfig;
 
 /// The team config in force, swapped whole on reload; readers take a cheap snapshot.
+///
+/// The node hands it to the factories of [`super::MeshSettings::protocols`], which build
+/// their access policy from it with [`SharedTeam::policy`].
 #[derive(Debug, Clone)]
-pub(super) struct SharedTeam(Arc<RwLock<Arc<TeamConfig>>>);
+pub struct SharedTeam(Arc<RwLock<Arc<TeamConfig>>>);
+
+/// What a closed team's member needs on top of membership to use a protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// `push = true`: use my nix-daemon (the daemon ALPN).
+    Push,
+    /// `pull = true`: read my store (the store ALPN).
+    Pull,
+}
 
 impl SharedTeam {
     pub(super) fn new(team: TeamConfig) -> Self {
@@ -36,6 +49,16 @@ impl SharedTeam {
     /// Puts `team` in force.
     pub(super) fn set(&self, team: TeamConfig) {
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(team);
+    }
+
+    /// An access policy that admits, at each connection and stream, whoever proves `secret`
+    /// and (in a closed team) holds `permission` in the team config in force then.
+    pub fn policy(&self, permission: Permission, secret: AccessSecret) -> Arc<dyn AccessPolicy> {
+        Arc::new(TeamPolicy {
+            secret: SecretPolicy::new(secret),
+            team: self.clone(),
+            permission,
+        })
     }
 }
 
@@ -60,19 +83,24 @@ impl EndpointHooks for TeamGate {
     }
 }
 
-/// The daemon's policy in a mesh: the proof of the team's access secret, and in a closed
-/// team membership with `push = true`, checked against the team config in force at each
-/// connection and each stream.
+/// A protocol's policy in a mesh: the proof of the team's access secret, and in a closed
+/// team membership with the protocol's [`Permission`], checked against the team config in
+/// force at each connection and each stream.
 #[derive(Debug)]
-pub(super) struct TeamPolicy {
-    pub(super) secret: SecretPolicy,
-    pub(super) team: SharedTeam,
+struct TeamPolicy {
+    secret: SecretPolicy,
+    team: SharedTeam,
+    permission: Permission,
 }
 
 impl AccessPolicy for TeamPolicy {
     fn check_peer(&self, peer: EndpointId) -> Result<(), Refusal> {
         let team = self.team.get();
-        if team.is_open() || team.may_push(&peer) {
+        let allowed = match self.permission {
+            Permission::Push => team.may_push(&peer),
+            Permission::Pull => team.may_pull(&peer),
+        };
+        if team.is_open() || allowed {
             self.secret.check_peer(peer)
         } else {
             Err(Refusal::NotAllowed)
@@ -103,7 +131,8 @@ mod tests {
         let mut text = String::from("[mesh]\nsecret_env = \"S\"\n");
         for (name, id, push) in members {
             text.push_str(&format!(
-                "[[member]]\nname = \"{name}\"\nid = \"{id}\"\npush = {push}\n"
+                "[[member]]\nname = \"{name}\"\nid = \"{id}\"\npush = {push}\npull = {}\n",
+                !push
             ));
         }
         TeamConfig::parse(&text, Path::new("team.toml")).expect("team")
@@ -116,10 +145,9 @@ mod tests {
         let carol = SecretKey::from_bytes(&[3; 32]).public();
         let secret = AccessSecret::from_bytes([9; 32]);
         let shared = SharedTeam::new(team(&[("me", me, true), ("bob", bob, true)]));
-        let policy = TeamPolicy {
-            secret: SecretPolicy::new(secret.clone()),
-            team: shared.clone(),
-        };
+        let policy = shared.policy(Permission::Push, secret.clone());
+        // Here `pull` is the opposite of `push`.
+        let pull = shared.policy(Permission::Pull, secret.clone());
         let proof = |peer| secret.proof(peer, me);
         assert_eq!(policy.check_stream(bob, me, &proof(bob)), Ok(()));
         assert_eq!(
@@ -137,8 +165,13 @@ mod tests {
             policy.check_stream(carol, me, &proof(carol)),
             Err(Refusal::NotAllowed)
         );
+        assert_eq!(pull.check_stream(carol, me, &proof(carol)), Ok(()));
         shared.set(team(&[("me", me, true), ("carol", carol, true)]));
         assert_eq!(policy.check_stream(carol, me, &proof(carol)), Ok(()));
+        assert_eq!(
+            pull.check_stream(carol, me, &proof(carol)),
+            Err(Refusal::NotAllowed)
+        );
         // The proof is still checked.
         assert_eq!(
             policy.check_stream(carol, me, &proof(bob)),

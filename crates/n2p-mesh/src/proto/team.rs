@@ -46,6 +46,11 @@
 //! - `id` — the member's iroh endpoint id, as printed by `n2p id`.
 //! - `push` — whether the member may push into (use) the other members' daemons (default
 //!   `true`).
+//! - `pull` — whether the member may pull from (read the stores of) the other members
+//!   through the `n2p/store` protocol (default `true`).
+//! - `nix_key` — the member's Nix public key, `name:base64` as `n2p key` prints it,
+//!   optional: `n2p trust` lists it in `trusted-public-keys`, and the binary cache ranks
+//!   paths it signed first. Key names are unique in a team (Nix looks keys up by name).
 //! - `addrs` — fixed direct addresses (`"ip:port"`) to reach the member at, optional.
 
 use std::{
@@ -89,6 +94,10 @@ pub struct Member {
     pub id: EndpointId,
     /// Whether it may push into (use) the other members' daemons.
     pub push: bool,
+    /// Whether it may pull from the other members' stores.
+    pub pull: bool,
+    /// Its Nix public key, if listed.
+    pub nix_key: Option<n2p_nix::PublicKey>,
     /// Fixed direct addresses to reach it at.
     pub addrs: Vec<SocketAddr>,
 }
@@ -209,6 +218,9 @@ struct RawMember {
     id: Spanned<String>,
     #[serde(default = "default_push")]
     push: bool,
+    #[serde(default = "default_push")]
+    pull: bool,
+    nix_key: Option<Spanned<String>>,
     addrs: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
@@ -345,6 +357,26 @@ impl TeamConfig {
                         ),
                     ));
                 }
+                if *open.get_ref()
+                    && let Some(member) = members.iter().find(|m| !m.pull)
+                {
+                    // As for push: the store protocol of an open team admits anyone who
+                    // proves the secret.
+                    return Err(src.error_at(
+                        open.span(),
+                        format!(
+                            "member `{}` has `pull = false`, which an open team cannot \
+                             enforce: anyone holding the team secret can join under a new \
+                             identity and pull",
+                            member.name
+                        ),
+                        Some(
+                            "remove `open = true` to make the team closed (only listed \
+                             members join), or drop `pull = false`"
+                                .to_owned(),
+                        ),
+                    ));
+                }
                 *open.get_ref()
             }
         };
@@ -432,6 +464,23 @@ impl TeamConfig {
     /// anyone (the secret is checked elsewhere).
     pub fn admits(&self, id: &EndpointId) -> bool {
         self.open || self.member_by_id(id).is_some()
+    }
+
+    /// Whether `id` may pull from another member's store: a listed member when its `pull`
+    /// is true; anyone else only in an open team.
+    pub fn may_pull(&self, id: &EndpointId) -> bool {
+        match self.member_by_id(id) {
+            Some(member) => member.pull,
+            None => self.open,
+        }
+    }
+
+    /// The Nix public keys of the members that list one.
+    pub fn nix_keys(&self) -> Vec<n2p_nix::PublicKey> {
+        self.members
+            .iter()
+            .filter_map(|m| m.nix_key.clone())
+            .collect()
     }
 
     /// Whether `id` may push into (use) another member's daemon.
@@ -590,10 +639,46 @@ fn check_members(
             }
         }
 
+        let nix_key = match m.nix_key {
+            None => None,
+            Some(text) => {
+                let key = n2p_nix::PublicKey::parse(text.get_ref().trim()).map_err(|e| {
+                    src.error_at(
+                        text.span(),
+                        format!("invalid `nix_key`: {e}"),
+                        Some(
+                            "paste the line `n2p key` prints on the member's machine \
+                             (name:base64)"
+                                .to_owned(),
+                        ),
+                    )
+                })?;
+                if let Some(other) = members.iter().find(|other: &&Member| {
+                    other
+                        .nix_key
+                        .as_ref()
+                        .is_some_and(|k| k.name() == key.name())
+                }) {
+                    return Err(src.error_at(
+                        text.span(),
+                        format!(
+                            "Nix key name `{}` is also used by member `{}`",
+                            key.name(),
+                            other.name
+                        ),
+                        Some("Nix looks keys up by name: give each member its own".to_owned()),
+                    ));
+                }
+                Some(key)
+            }
+        };
+
         members.push(Member {
             name: name.clone(),
             id,
             push: m.push,
+            pull: m.pull,
+            nix_key,
             addrs,
         });
     }
@@ -699,6 +784,77 @@ push = false
             "{msg}"
         );
         assert!(msg.contains("remove `open = true`"), "{msg}");
+    }
+
+    /// A Nix public key named `name` (any 32 bytes make a valid ed25519 public key here).
+    fn nix_key(name: &str, seed: u8) -> String {
+        n2p_nix::SecretKey::from_seed(name, [seed; 32])
+            .public()
+            .to_string()
+    }
+
+    #[test]
+    fn pull_and_nix_key_per_member() {
+        let text = two_members().replace(
+            "push = false",
+            &format!(
+                "push = false\npull = false\nnix_key = \"{}\"",
+                nix_key("bob-n2p-1", 2)
+            ),
+        );
+        let team = parse(&text).expect("valid");
+        let alice = team.member_by_id(&id(1)).expect("alice");
+        let bob = team.member_by_id(&id(2)).expect("bob");
+        assert!(alice.pull && alice.nix_key.is_none());
+        assert!(!bob.pull);
+        assert_eq!(
+            bob.nix_key.as_ref().map(|k| k.to_string()),
+            Some(nix_key("bob-n2p-1", 2))
+        );
+        assert!(team.may_pull(&id(1)));
+        assert!(!team.may_pull(&id(2)));
+        assert!(!team.may_pull(&id(3)));
+        assert_eq!(team.nix_keys().len(), 1);
+    }
+
+    #[test]
+    fn pull_false_in_an_open_team_is_refused() {
+        let text = two_members()
+            .replace("expiry_secs = 6", "open = true")
+            .replace("push = false", "pull = false");
+        let msg = parse(&text)
+            .expect_err("pull = false in an open team")
+            .to_string();
+        assert!(
+            msg.contains("`pull = false`, which an open team cannot enforce"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn bad_or_colliding_nix_keys_are_refused_with_their_line() {
+        let text = two_members().replace("push = false", "nix_key = \"bob:not-base64!\"");
+        let msg = err(&text);
+        assert!(
+            msg.contains(":15:") && msg.contains("invalid `nix_key`"),
+            "{msg}"
+        );
+        assert!(msg.contains("n2p key"), "{msg}");
+
+        let text = two_members()
+            .replace(
+                "addrs = [",
+                &format!("nix_key = \"{}\"\naddrs = [", nix_key("same-1", 1)),
+            )
+            .replace(
+                "push = false",
+                &format!("nix_key = \"{}\"", nix_key("same-1", 2)),
+            );
+        let msg = err(&text);
+        assert!(
+            msg.contains("Nix key name `same-1` is also used by member `alice`"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -883,9 +1039,9 @@ push = false
 
     #[test]
     fn unknown_member_key() {
-        let text = two_members().replace("push = false", "pull = false");
+        let text = two_members().replace("push = false", "pussh = false");
         let e = err(&text);
-        assert!(e.contains("unknown key `pull`"), "{e}");
+        assert!(e.contains("unknown key `pussh`"), "{e}");
         assert!(e.contains("did you mean `push`?"), "{e}");
     }
 

@@ -12,8 +12,14 @@ use n2p_core::{
 };
 use tracing::{info, warn};
 
+use n2p_cache::{
+    client::{Peer, StoreClient},
+    facade::{Facade, PeerSource},
+};
+
 use crate::{
     cli::{ClientArgs, GlobalArgs},
+    cmd::pull,
     setup, shutdown,
 };
 
@@ -45,6 +51,10 @@ pub(crate) async fn run(global: &GlobalArgs, args: ClientArgs) -> anyhow::Result
     };
     let socket_path = std::path::absolute(&socket_path).unwrap_or(socket_path);
     let (listener, socket_guard) = bind_private_listener(&socket_path)?;
+    let cache_listener = match args.cache {
+        Some(addr) => Some(pull::bind_facade(addr).await?),
+        None => None,
+    };
 
     let options = setup::endpoint_options(global, RelayChoice::Default);
     let endpoint = setup::endpoint(key, Vec::new(), &options).await?;
@@ -63,6 +73,26 @@ pub(crate) async fn run(global: &GlobalArgs, args: ClientArgs) -> anyhow::Result
         endpoint.close().await;
         return Err(e);
     }
+    // The binary cache: the server is its one peer, `/peer/server/` its one named path.
+    let facade = cache_listener.map(|listener| {
+        let client =
+            Arc::new(StoreClient::new(endpoint.clone()).with_connect_timeout(args.connect_timeout));
+        let server = Peer {
+            name: "server".to_owned(),
+            addr: address.endpoint.clone(),
+            secret: address.secret.clone(),
+        };
+        let peers: PeerSource = Arc::new(move || {
+            let server = server.clone();
+            Box::pin(async move { vec![server] })
+        });
+        let facade = Facade::new(
+            pull::facade_config(&args.cache_options, Vec::new()),
+            client,
+            peers,
+        );
+        pull::RunningFacade::spawn(listener, facade)
+    });
     info!(target: "n2p", "unix:{}", socket_path.display());
 
     // On a signal: the socket goes at once, transfers in flight get DRAIN_BOUND to finish,
@@ -92,6 +122,9 @@ pub(crate) async fn run(global: &GlobalArgs, args: ClientArgs) -> anyhow::Result
         );
         stop.abort();
         serving.await.ok();
+    }
+    if let Some(facade) = facade {
+        facade.stop().await;
     }
     dialer.close().await;
     endpoint.close().await;

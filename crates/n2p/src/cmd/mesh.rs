@@ -3,13 +3,20 @@
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use n2p_core::home::N2pHome;
+use n2p_cache::{
+    client::{Peer, StoreClient},
+    facade::{Facade, PeerSource},
+    proto::STORE_ALPN,
+    server::{StoreLimits, StoreService},
+};
+use n2p_core::{access::AccessSecret, home::N2pHome};
 use n2p_mesh::{
-    node::{MeshNode, MeshSettings},
+    node::{MeshNode, MeshSettings, Permission, ProtocolFactory, SharedTeam},
     proto::{
         names::{sanitize_name, validate_name},
         team::{TeamConfig, load_secret},
         ticket::MeshTicket,
+        topic::MeshKeys,
     },
     status::MeshStatus,
 };
@@ -18,6 +25,7 @@ use tracing::info;
 
 use crate::{
     cli::{GlobalArgs, InviteArgs, JoinArgs, StatusArgs},
+    cmd::pull,
     config::PersonalConfig,
     control, service, setup, shutdown,
 };
@@ -79,7 +87,7 @@ pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<
                 .name
                 .clone()
                 .or(personal.name.clone())
-                .unwrap_or_else(default_name);
+                .unwrap_or_else(setup::host_name);
             if args.name.is_some() || personal.name.is_some() {
                 validate_name(&wanted).with_context(|| format!("invalid name '{wanted}'"))?;
                 wanted
@@ -116,6 +124,42 @@ pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<
         }
         bootstrap.extend(ticket.peers);
     }
+    // The pull side: my store to members allowed to pull, and the binary cache for my Nix.
+    let access = AccessSecret::from_bytes(
+        MeshKeys::derive(&secret, &args.topic)
+            .context("invalid topic name")?
+            .access_secret(),
+    );
+    let signing_key = pull::signing_key(&home, &name)?;
+    // Members with `pull` in the team file in force (it follows SIGHUP reloads).
+    let store_access = access.clone();
+    let store_key = signing_key.clone();
+    let store_daemon = daemon_socket.clone();
+    let store = ProtocolFactory::new(move |team: &SharedTeam| {
+        Box::new(StoreService::new(
+            store_daemon,
+            setup::store_dir(),
+            team.policy(Permission::Pull, store_access),
+            me,
+            store_key,
+            StoreLimits::default(),
+        ))
+    });
+    let cache_listener = if args.no_cache {
+        None
+    } else {
+        let addr = pull::facade_addr(args.cache, &personal);
+        match pull::bind_facade(addr).await {
+            Ok(listener) => Some(listener),
+            Err(e) if args.cache.is_none() && personal.cache.is_none() => {
+                tracing::warn!(target: "n2p", "{e:#}; running without it");
+                None
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let trusted_keys = team.nix_keys();
+
     let settings = MeshSettings {
         topic: args.topic.clone(),
         name,
@@ -127,8 +171,25 @@ pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<
         peers_dir: peers_dir.clone(),
         peers_access,
         bootstrap,
+        protocols: vec![(STORE_ALPN.to_vec(), store)],
     };
     let node = Arc::new(MeshNode::join(key, settings).await?);
+    info!(target: "n2p", "nix signing key: {}", signing_key.public());
+    let facade = cache_listener.map(|listener| {
+        let client = Arc::new(StoreClient::new(node.endpoint().clone()));
+        let source_node = node.clone();
+        let peers: PeerSource = Arc::new(move || {
+            let node = source_node.clone();
+            let access = access.clone();
+            Box::pin(async move { live_peers(&node, &access).await })
+        });
+        let facade = Facade::new(
+            pull::facade_config(&args.cache_options, trusted_keys),
+            client,
+            peers,
+        );
+        pull::RunningFacade::spawn(listener, facade)
+    });
     let cancel = CancellationToken::new();
     let responder_node = node.clone();
     let topic = args.topic.clone();
@@ -151,15 +212,13 @@ pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<
         .context("cannot watch SIGHUP")?;
     let shutdown = shutdown::signal_received();
     tokio::pin!(shutdown);
-    loop {
+    let outcome = loop {
         tokio::select! {
             signal = &mut shutdown => {
                 let signal = signal?;
                 info!(target: "n2p", "{signal} received; leaving the mesh");
                 service::notify("STOPPING=1");
-                cancel.cancel();
-                node.leave().await;
-                return Ok(());
+                break Ok(());
             }
             _ = hangup.recv() => {
                 service::reload_team(&node, &team_path, secret_override.is_some()).await;
@@ -167,12 +226,38 @@ pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<
             () = node.stopped() => {
                 // Serving a frozen peer table would hide the failure: exit non-zero so that a
                 // supervisor (systemd, launchd) starts a fresh node.
-                cancel.cancel();
-                node.leave().await;
-                bail!("the mesh node stopped on its own (see the warning above); exiting")
+                break Err(anyhow::anyhow!(
+                    "the mesh node stopped on its own (see the warning above); exiting"
+                ));
             }
         }
+    };
+    cancel.cancel();
+    if let Some(facade) = facade {
+        facade.stop().await;
     }
+    node.leave().await;
+    outcome
+}
+
+/// The live peers as the facade wants them (an id is enough: the node's endpoint knows
+/// their addresses); none when the node has stopped.
+async fn live_peers(node: &MeshNode, access: &AccessSecret) -> Vec<Peer> {
+    let Ok(status) = node.status().await else {
+        return Vec::new();
+    };
+    status
+        .peers
+        .into_iter()
+        .filter_map(|p| {
+            let id: iroh::EndpointId = p.id.parse().ok()?;
+            Some(Peer {
+                name: p.name,
+                addr: iroh::EndpointAddr::new(id),
+                secret: access.clone(),
+            })
+        })
+        .collect()
 }
 
 async fn answer(node: &MeshNode, topic: &str, request: &str) -> serde_json::Value {
@@ -192,15 +277,6 @@ async fn answer(node: &MeshNode, topic: &str, request: &str) -> serde_json::Valu
         }
         other => serde_json::json!({ "error": format!("unknown request '{other}'") }),
     }
-}
-
-/// The host name, or `peer`.
-fn default_name() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "peer".to_owned())
 }
 
 /// The running node's [`MeshStatus`], through the control socket.

@@ -4,6 +4,7 @@ mod client;
 mod completions;
 mod doctor;
 mod mesh;
+mod pull;
 mod server;
 
 use anyhow::Context;
@@ -26,7 +27,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Server(args) => server::run(global, args).await,
         Command::Client(args) => client::run(global, args).await,
-        Command::Mesh(MeshCommand::Join(args)) => mesh::join(global, args).await,
+        Command::Mesh(MeshCommand::Join(args)) => mesh::join(global, *args).await,
         Command::Mesh(MeshCommand::Peers(args)) => mesh::peers(global, args).await,
         Command::Mesh(MeshCommand::Invite(args)) => mesh::invite(global, args).await,
         Command::Mesh(MeshCommand::NewSecret) => {
@@ -37,6 +38,8 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Completions { shell } => completions::completions(shell),
         Command::Man => completions::man(),
         Command::Doctor(args) => doctor::run(global, args).await,
+        Command::Key(args) => pull::key(global, args),
+        Command::Trust(args) => pull::trust(global, args),
         Command::RotateSecret => {
             let home = setup::home(global)?;
             rotate_access_secret(&home).context("cannot rotate the access secret")?;

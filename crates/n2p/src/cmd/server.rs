@@ -1,5 +1,6 @@
-//! `n2p server`: share this machine's nix-daemon with clients that hold its address.
-//! SIGHUP re-reads `access.secret` (so `n2p rotate-secret` takes effect without a restart).
+//! `n2p server`: share this machine's nix-daemon with clients that hold its address, and let
+//! them pull from its store (`n2p/store/1`, for `n2p client --cache`). SIGHUP re-reads
+//! `access.secret` (so `n2p rotate-secret` takes effect without a restart).
 
 use std::{
     sync::{Arc, PoisonError, RwLock},
@@ -8,6 +9,10 @@ use std::{
 
 use anyhow::Context;
 use iroh::{EndpointId, protocol::Router};
+use n2p_cache::{
+    proto::STORE_ALPN,
+    server::{StoreLimits, StoreService},
+};
 use n2p_core::{
     access::{AccessPolicy, AccessProof, AccessSecret, Refusal, SecretPolicy},
     address::ServerAddress,
@@ -20,6 +25,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     cli::{GlobalArgs, ServerArgs},
+    cmd::pull,
     setup, shutdown,
 };
 
@@ -52,11 +58,28 @@ pub(crate) async fn run(global: &GlobalArgs, args: ServerArgs) -> anyhow::Result
     }
     let policy = Arc::new(ReloadablePolicy(RwLock::new(policy)));
 
+    let signing_key = pull::signing_key(&home, &setup::host_name())?;
+
     let options = setup::endpoint_options(global, RelayChoice::Default);
-    let endpoint = setup::endpoint(key, vec![DAEMON_ALPN.to_vec()], &options).await?;
+    let endpoint = setup::endpoint(
+        key,
+        vec![DAEMON_ALPN.to_vec(), STORE_ALPN.to_vec()],
+        &options,
+    )
+    .await?;
     let service = DaemonService::new(daemon_socket.clone(), policy.clone(), endpoint.id());
+    // Clients holding the address may also pull from this store (same policy, --allow too).
+    let store = StoreService::new(
+        daemon_socket.clone(),
+        setup::store_dir(),
+        policy.clone(),
+        endpoint.id(),
+        signing_key.clone(),
+        StoreLimits::default(),
+    );
     let router = Router::builder(endpoint.clone())
         .accept(DAEMON_ALPN, service)
+        .accept(STORE_ALPN, store)
         .spawn();
 
     if options.relay != RelayChoice::Disabled
@@ -69,6 +92,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: ServerArgs) -> anyhow::Result
     let address = ServerAddress::new(endpoint.addr(), secret.clone());
     info!(target: "n2p", "forwarding to the nix-daemon at {}", daemon_socket.display());
     info!(target: "n2p", "node id: {}", endpoint.id());
+    info!(target: "n2p", "nix signing key: {}", signing_key.public());
     let direct: Vec<String> = address.endpoint.ip_addrs().map(|a| a.to_string()).collect();
     info!(target: "n2p", "direct addresses: {}", if direct.is_empty() { "none".to_owned() } else { direct.join(" ") });
     log_addresses(&address);

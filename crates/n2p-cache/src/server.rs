@@ -1,0 +1,483 @@
+//! The serving side of [`crate::proto`]: answers narinfo and NAR requests from the node's
+//! own store, through its nix-daemon, to peers its [`AccessPolicy`] lets in.
+//!
+//! Per stream: the access proof is read and checked before anything touches the store (a
+//! refused peer gets its whole connection closed with [`ACCESS_DENIED`], as on daemon
+//! streams); then one request is read and answered over a fresh daemon connection, so the
+//! daemon's own view (a chroot store in tests) is what peers see. A NAR is sent only for a
+//! valid path whose NAR hash is the one asked for, under a temporary GC root, streamed
+//! straight from the daemon into the QUIC stream; the stream is finished only when the NAR
+//! was whole and hashed as expected, and reset otherwise.
+//!
+//! Bounds: before a connection has proved access, the pre-auth limits of
+//! [`n2p_core::limits`] as on daemon connections ([`StoreLimits::pre_auth`]: a few streams
+//! waiting for their proof, extra ones reset, and the connection closed when no proof came
+//! within the deadline); after, [`StoreLimits::streams_per_connection`] requests in flight
+//! per connection (the next stream is not accepted before one ends) and
+//! [`StoreLimits::nars_per_peer`] NARs in flight per peer identity, across its connections.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use iroh::{
+    EndpointId,
+    endpoint::{Connection, SendStream},
+    protocol::{AcceptError, ProtocolHandler},
+};
+use n2p_core::{
+    access::{AccessPolicy, AccessProof},
+    daemon::{ACCESS_DENIED, connect_daemon, describe_close},
+    forward::QuicPair,
+    limits::{ConnectionGate, Limits, UnprovenPermit},
+};
+use n2p_nix::{
+    DaemonClient, NarHash, NarInfo, SecretKey, Signature, StoreDir, StorePath, WorkerError,
+    store_path::is_hash_part,
+};
+use tokio::{net::UnixStream, sync::Semaphore, task::JoinSet};
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::proto::{
+    BAD_REQUEST, MAX_HASH_PARTS, NAR_ABORTED, NarHeader, NarInfosReply, Request, WireInfo,
+    read_frame, write_frame,
+};
+
+/// How long a peer has to send its request after its proof.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The reason sent with [`ACCESS_DENIED`] when no proof arrived by the deadline (as on
+/// daemon connections).
+const NO_PROOF_IN_TIME: &[u8] = b"no access proof in time";
+
+/// Daemon connections kept open between narinfo lookups (each new one costs the daemon a
+/// fork and a handshake, most of a lookup's time).
+const IDLE_DAEMON_CONNECTIONS: usize = 4;
+
+/// Bounds on what one peer may ask at once.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreLimits {
+    /// Requests handled at once on one connection.
+    pub streams_per_connection: usize,
+    /// NARs sent at once to one peer identity (over all its connections).
+    pub nars_per_peer: usize,
+    /// Streams waiting for their proof before one has passed, and the deadline for a proof
+    /// (its `max_per_peer` is not used here: `nars_per_peer` bounds the expensive part).
+    pub pre_auth: Limits,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        Self {
+            streams_per_connection: 64,
+            nars_per_peer: 8,
+            pre_auth: Limits::default(),
+        }
+    }
+}
+
+/// Serves the local store, read-only, on [`crate::proto::STORE_ALPN`].
+#[derive(Debug, Clone)]
+pub struct StoreService {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    daemon_socket: PathBuf,
+    store_dir: StoreDir,
+    policy: Arc<dyn AccessPolicy>,
+    me: EndpointId,
+    key: SecretKey,
+    limits: StoreLimits,
+    nar_slots: Mutex<HashMap<EndpointId, Arc<Semaphore>>>,
+    /// Daemon connections whose last operation succeeded, for the next lookups. NARs always
+    /// get a fresh one (their temporary root lives as long as the connection).
+    idle: Mutex<Vec<DaemonClient<UnixStream>>>,
+}
+
+/// Why one request failed on the serving side (logged; the peer sees a reset stream).
+#[derive(Debug, thiserror::Error)]
+enum ServeError {
+    #[error("cannot connect to the nix-daemon at {}: {source}", socket.display())]
+    Connect {
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
+    #[error(transparent)]
+    Frame(#[from] crate::proto::FrameError),
+    #[error("the NAR of {path} came out as {got:?} ({size} bytes), not the expected {expected}")]
+    NarChanged {
+        path: StorePath,
+        got: NarHash,
+        size: u64,
+        expected: NarHash,
+    },
+}
+
+impl StoreService {
+    /// Answers from the nix-daemon at `daemon_socket` (whose store directory is
+    /// `store_dir`), signing narinfos with `key`; `me` is this node's id.
+    pub fn new(
+        daemon_socket: PathBuf,
+        store_dir: StoreDir,
+        policy: Arc<dyn AccessPolicy>,
+        me: EndpointId,
+        key: SecretKey,
+        limits: StoreLimits,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                daemon_socket,
+                store_dir,
+                policy,
+                me,
+                key,
+                limits,
+                nar_slots: Mutex::new(HashMap::new()),
+                idle: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// The semaphore bounding NARs in flight to `peer`.
+    fn nar_slots(&self, peer: EndpointId) -> Arc<Semaphore> {
+        let mut slots = self
+            .inner
+            .nar_slots
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Forget peers with nothing in flight, so the map stays as small as the live set.
+        slots.retain(|_, s| Arc::strong_count(s) > 1);
+        slots
+            .entry(peer)
+            .or_insert_with(|| Arc::new(Semaphore::new(self.inner.limits.nars_per_peer)))
+            .clone()
+    }
+
+    async fn daemon(&self) -> Result<DaemonClient<UnixStream>, ServeError> {
+        let socket = &self.inner.daemon_socket;
+        let stream = connect_daemon(socket)
+            .await
+            .map_err(|source| ServeError::Connect {
+                socket: socket.clone(),
+                source,
+            })?;
+        Ok(DaemonClient::handshake(stream, self.inner.store_dir.clone()).await?)
+    }
+
+    /// Checks the proof, reads the request, answers it. Every early return drops `streams`,
+    /// which resets them.
+    async fn handle_stream(
+        &self,
+        conn: &Connection,
+        gate: &ConnectionGate,
+        unproven: UnprovenPermit,
+        mut streams: QuicPair,
+    ) {
+        let peer = conn.remote_id();
+        let mut proof = [0u8; AccessProof::LEN];
+        let deadline = self.inner.limits.pre_auth.proof_deadline;
+        match tokio::time::timeout(deadline, streams.recv.read_exact(&mut proof)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                debug!("store stream ended before its access proof: {e}");
+                return;
+            }
+            Err(_) => {
+                warn!(peer = %peer, "refused peer {peer}: no access proof within {deadline:?}");
+                conn.close(ACCESS_DENIED, NO_PROOF_IN_TIME);
+                return;
+            }
+        }
+        if let Err(refusal) =
+            self.inner
+                .policy
+                .check_stream(peer, self.inner.me, &AccessProof(proof))
+        {
+            warn!(peer = %peer, "refused store access to {peer}: {refusal}");
+            conn.close(ACCESS_DENIED, refusal.to_string().as_bytes());
+            return;
+        }
+        gate.mark_proven();
+        drop(unproven);
+        let request = match tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            read_frame::<_, Request>(&mut streams.recv),
+        )
+        .await
+        {
+            Ok(Ok(request)) => request,
+            Ok(Err(e)) => {
+                debug!("unreadable store request: {e}");
+                streams.send.reset(BAD_REQUEST).ok();
+                return;
+            }
+            Err(_) => {
+                debug!("no store request within {REQUEST_TIMEOUT:?}");
+                streams.send.reset(BAD_REQUEST).ok();
+                return;
+            }
+        };
+        let outcome = match request {
+            Request::NarInfos { hash_parts } if hash_parts.len() > MAX_HASH_PARTS => {
+                debug!(
+                    "refused a batch of {} hash parts (at most {MAX_HASH_PARTS})",
+                    hash_parts.len()
+                );
+                streams.send.reset(BAD_REQUEST).ok();
+                return;
+            }
+            Request::NarInfos { hash_parts } => {
+                self.answer_narinfos(&hash_parts, &mut streams.send).await
+            }
+            Request::Nar {
+                store_path,
+                nar_hash,
+            } => {
+                let Ok(path) = StorePath::from_basename(&store_path) else {
+                    debug!("refused a NAR request for {store_path:?}: not a store path");
+                    streams.send.reset(BAD_REQUEST).ok();
+                    return;
+                };
+                let slots = self.nar_slots(peer);
+                let Ok(_permit) = slots.acquire_owned().await else {
+                    return;
+                };
+                self.send_nar(&path, NarHash(nar_hash), &mut streams.send)
+                    .await
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                if streams.send.finish().is_ok() {
+                    streams.completed();
+                }
+            }
+            Err(e) => {
+                warn!("store request from {} failed: {e}", peer.fmt_short());
+                streams.send.reset(NAR_ABORTED).ok();
+            }
+        }
+    }
+
+    async fn answer_narinfos(
+        &self,
+        hash_parts: &[String],
+        send: &mut SendStream,
+    ) -> Result<(), ServeError> {
+        let idle = self
+            .inner
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop();
+        let infos = match idle {
+            Some(mut daemon) => match self.lookups(&mut daemon, hash_parts).await {
+                Ok(infos) => {
+                    self.keep(daemon);
+                    infos
+                }
+                // An idle connection may have died (a restarted daemon): one more try on
+                // a fresh one.
+                Err(e) => {
+                    debug!("an idle daemon connection failed ({e}); connecting afresh");
+                    self.fresh_lookups(hash_parts).await?
+                }
+            },
+            None => self.fresh_lookups(hash_parts).await?,
+        };
+        write_frame(send, &NarInfosReply { infos }).await?;
+        Ok(())
+    }
+
+    async fn fresh_lookups(
+        &self,
+        hash_parts: &[String],
+    ) -> Result<Vec<Option<WireInfo>>, ServeError> {
+        let mut daemon = self.daemon().await?;
+        let infos = self.lookups(&mut daemon, hash_parts).await?;
+        self.keep(daemon);
+        Ok(infos)
+    }
+
+    /// Keeps a daemon connection whose operations all succeeded for later lookups.
+    fn keep(&self, daemon: DaemonClient<UnixStream>) {
+        let mut idle = self
+            .inner
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if idle.len() < IDLE_DAEMON_CONNECTIONS {
+            idle.push(daemon);
+        }
+    }
+
+    async fn lookups(
+        &self,
+        daemon: &mut DaemonClient<UnixStream>,
+        hash_parts: &[String],
+    ) -> Result<Vec<Option<WireInfo>>, ServeError> {
+        let mut infos = Vec::with_capacity(hash_parts.len());
+        for hash_part in hash_parts {
+            infos.push(self.lookup(daemon, hash_part).await?);
+        }
+        Ok(infos)
+    }
+
+    /// One path's metadata, signed by this node, or `None` when there is no valid path
+    /// with this hash part.
+    async fn lookup(
+        &self,
+        daemon: &mut DaemonClient<UnixStream>,
+        hash_part: &str,
+    ) -> Result<Option<WireInfo>, ServeError> {
+        if !is_hash_part(hash_part) {
+            return Ok(None);
+        }
+        let Some(path) = daemon.query_path_from_hash_part(hash_part).await? else {
+            return Ok(None);
+        };
+        let Some(info) = daemon.query_path_info(&path).await? else {
+            return Ok(None);
+        };
+        // Malformed signatures are dropped: newer Nix refuses a narinfo carrying one.
+        let sigs = info
+            .sigs
+            .iter()
+            .filter_map(|sig| Signature::parse(sig).ok())
+            .collect();
+        let mut narinfo = NarInfo {
+            store_path: info.path,
+            url: String::new(),
+            nar_hash: info.nar_hash,
+            nar_size: info.nar_size,
+            references: info.references,
+            deriver: info.deriver,
+            sigs,
+            ca: info.ca,
+        };
+        narinfo.sign(&self.inner.store_dir, &self.inner.key);
+        Ok(Some(WireInfo {
+            store_path: narinfo.store_path.to_string(),
+            nar_hash: narinfo.nar_hash.0,
+            nar_size: narinfo.nar_size,
+            references: narinfo.references.iter().map(|r| r.to_string()).collect(),
+            deriver: narinfo.deriver.as_ref().map(|d| d.to_string()),
+            sigs: narinfo.sigs.iter().map(|s| s.to_string()).collect(),
+            ca: narinfo.ca,
+        }))
+    }
+
+    /// Sends the header and, for a valid path with the expected hash, the NAR. `Ok` means
+    /// the stream may be finished: a refusal header, or a NAR sent whole and verified.
+    async fn send_nar(
+        &self,
+        path: &StorePath,
+        expected: NarHash,
+        send: &mut SendStream,
+    ) -> Result<(), ServeError> {
+        let mut daemon = self.daemon().await?;
+        let header = match daemon.query_path_info(path).await? {
+            None => NarHeader::NotFound,
+            Some(info) if info.nar_hash != expected => NarHeader::HashMismatch,
+            Some(info) => NarHeader::Ok {
+                nar_size: info.nar_size,
+            },
+        };
+        let NarHeader::Ok { nar_size } = header else {
+            debug!("NAR of {path}: {header:?}");
+            write_frame(send, &header).await?;
+            return Ok(());
+        };
+        // Kept from garbage collection while this daemon connection lives.
+        daemon.add_temp_root(path).await?;
+        write_frame(send, &header).await?;
+        let summary = daemon.nar_from_path(path, send).await?;
+        if summary.hash != expected || summary.size != nar_size {
+            return Err(ServeError::NarChanged {
+                path: path.clone(),
+                got: summary.hash,
+                size: summary.size,
+                expected,
+            });
+        }
+        debug!("sent the NAR of {path} ({nar_size} bytes)");
+        Ok(())
+    }
+}
+
+impl ProtocolHandler for StoreService {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let peer = conn.remote_id();
+        let span = info_span!("store", me = %self.inner.me.fmt_short(), remote = %peer.fmt_short());
+        async {
+            if let Err(refusal) = self.inner.policy.check_peer(peer) {
+                warn!(peer = %peer, "refused store access to {peer}: {refusal}");
+                conn.close(ACCESS_DENIED, refusal.to_string().as_bytes());
+                return Ok(());
+            }
+            let bound = Arc::new(Semaphore::new(self.inner.limits.streams_per_connection));
+            let gate = Arc::new(ConnectionGate::new(&self.inner.limits.pre_auth));
+            let mut streams = JoinSet::new();
+            loop {
+                // Back-pressure: no new stream is taken while the bound is reached.
+                let Ok(permit) = bound.clone().acquire_owned().await else {
+                    break;
+                };
+                tokio::select! {
+                    accepted = conn.accept_bi() => match accepted {
+                        Ok((send, recv)) => {
+                            let pair = QuicPair::new(send, recv);
+                            let unproven = match gate.admit_unproven() {
+                                Ok(unproven) => unproven,
+                                Err(hit) => {
+                                    if hit.first {
+                                        warn!(peer = %peer,
+                                            "peer {peer} opened more than {} store streams before proving access; resetting the extra ones",
+                                            hit.limit
+                                        );
+                                    }
+                                    // Dropping the pair resets the stream.
+                                    continue;
+                                }
+                            };
+                            let conn = conn.clone();
+                            let service = self.clone();
+                            let gate = gate.clone();
+                            streams.spawn(async move {
+                                let _permit = permit;
+                                service.handle_stream(&conn, &gate, unproven, pair).await
+                            }.in_current_span());
+                        }
+                        Err(e) => {
+                            debug!("store connection ended: {}", describe_close(&e));
+                            break;
+                        }
+                    },
+                    _ = tokio::time::sleep_until(gate.deadline()), if !gate.is_proven() => {
+                        if !gate.is_proven() {
+                            warn!(peer = %peer,
+                                "refused peer {peer}: no access proof within {:?} of connecting",
+                                self.inner.limits.pre_auth.proof_deadline
+                            );
+                            conn.close(ACCESS_DENIED, NO_PROOF_IN_TIME);
+                            break;
+                        }
+                    }
+                    Some(_) = streams.join_next(), if !streams.is_empty() => {}
+                }
+            }
+            while streams.join_next().await.is_some() {}
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+}

@@ -1,0 +1,170 @@
+//! The store protocol end to end in one process: a real nix-daemon on a chroot store behind
+//! a [`StoreService`] on a real iroh endpoint, asked by a [`StoreClient`] on another.
+
+use std::{sync::Arc, time::Duration};
+
+use iroh::{Endpoint, SecretKey, protocol::Router};
+use n2p_cache::{
+    client::{Peer, PullError, StoreClient},
+    proto::STORE_ALPN,
+    server::{StoreLimits, StoreService},
+};
+use n2p_core::{
+    access::{AccessSecret, SecretPolicy},
+    daemon::DialError,
+    endpoint::{EndpointOptions, bind_endpoint},
+};
+use n2p_nix::{NarHash, StoreDir, StorePath, nar::copy_nar};
+use n2p_testkit::nix::{NixDaemon, SourceStore, assert_copy_succeeds, path_metadata, require_nix};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+async fn endpoint(seed: u8, alpns: Vec<Vec<u8>>) -> Result<Endpoint, Box<dyn std::error::Error>> {
+    Ok(bind_endpoint(
+        SecretKey::from_bytes(&[seed; 32]),
+        alpns,
+        &EndpointOptions::loopback(),
+    )
+    .await?)
+}
+
+struct Served {
+    router: Router,
+    key: n2p_nix::SecretKey,
+    secret: AccessSecret,
+}
+
+async fn serve(daemon: &NixDaemon) -> Result<Served, Box<dyn std::error::Error>> {
+    let endpoint = endpoint(1, vec![STORE_ALPN.to_vec()]).await?;
+    let secret = AccessSecret::from_bytes([3; 32]);
+    let key = n2p_nix::SecretKey::from_seed("bob-n2p-1", [4; 32]);
+    let service = StoreService::new(
+        daemon.socket_path().to_owned(),
+        StoreDir::default(),
+        Arc::new(SecretPolicy::new(secret.clone())),
+        endpoint.id(),
+        key.clone(),
+        StoreLimits::default(),
+    );
+    let router = Router::builder(endpoint)
+        .accept(STORE_ALPN, service)
+        .spawn();
+    Ok(Served {
+        router,
+        key,
+        secret,
+    })
+}
+
+fn basename(full: &str) -> StorePath {
+    StoreDir::default()
+        .parse_path(full)
+        .unwrap_or_else(|e| panic!("{full}: {e}"))
+}
+
+#[tokio::test]
+async fn narinfo_and_nar_come_whole_signed_and_only_for_the_right_hash() -> TestResult {
+    if !require_nix("narinfo_and_nar_come_whole_signed_and_only_for_the_right_hash") {
+        return Ok(());
+    }
+    let daemon = NixDaemon::start();
+    let source = SourceStore::new();
+    let dep = source.add_file("dep", b"dependency\n");
+    let top = source.add_text_with_references("top", "top", &[&dep]);
+    let blob = source.add_random_file("blob", 3 << 20, 11);
+    assert_copy_succeeds(&source, &daemon.store_url(), &[&top, &blob]);
+    let served = serve(&daemon).await?;
+
+    let client = StoreClient::new(endpoint(2, vec![]).await?);
+    let peer = Peer {
+        name: "bob".into(),
+        addr: served.router.endpoint().addr(),
+        secret: served.secret.clone(),
+    };
+    let (top_path, blob_path) = (basename(&top), basename(&blob));
+    let missing = "0".repeat(32);
+    let infos = client
+        .narinfos(
+            &peer,
+            &[
+                top_path.hash_part().to_owned(),
+                missing.clone(),
+                "not-a-hash".to_owned(),
+                blob_path.hash_part().to_owned(),
+            ],
+        )
+        .await?;
+    assert_eq!(infos.len(), 4);
+    assert!(infos[1].is_none() && infos[2].is_none());
+    let top_info = infos[0].clone().expect("top is valid");
+    let blob_info = infos[3].clone().expect("blob is valid");
+    let want = path_metadata(&daemon.store_url(), &top).expect("top in bob's store");
+    assert_eq!(top_info.store_path, top_path);
+    assert_eq!(top_info.nar_hash.to_sri(), want.nar_hash);
+    assert_eq!(top_info.nar_size, want.nar_size);
+    assert_eq!(top_info.references, vec![basename(&dep)]);
+    assert_eq!(top_info.ca, want.ca);
+    // Signed by the serving node.
+    assert!(top_info.signed_by_any(&StoreDir::default(), &[served.key.public()]));
+
+    // The NAR: whole, with the announced size and hash, then a clean end.
+    let mut download = client.nar(&peer, &blob_path, blob_info.nar_hash).await?;
+    assert_eq!(download.nar_size, blob_info.nar_size);
+    let mut bytes = Vec::new();
+    while let Some(chunk) = download.next_chunk(1 << 20).await? {
+        bytes.extend_from_slice(&chunk);
+    }
+    download.completed();
+    assert_eq!(bytes.len() as u64, blob_info.nar_size);
+    assert_eq!(NarHash::of(&bytes), blob_info.nar_hash);
+    let summary = copy_nar(&mut &bytes[..], &mut tokio::io::sink()).await?;
+    assert_eq!(summary.hash, blob_info.nar_hash);
+
+    // Another NAR hash, or a path bob does not have: refused, no bytes.
+    let wrong = client.nar(&peer, &blob_path, NarHash([0; 32])).await;
+    assert!(
+        matches!(wrong, Err(PullError::HashMismatch(_))),
+        "{wrong:?}"
+    );
+    let absent = basename(&format!("/nix/store/{missing}-absent"));
+    let none = client.nar(&peer, &absent, blob_info.nar_hash).await;
+    assert!(matches!(none, Err(PullError::NotFound(_))), "{none:?}");
+
+    client.close().await;
+    served.router.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_wrong_secret_is_refused_before_the_store() -> TestResult {
+    if !require_nix("a_wrong_secret_is_refused_before_the_store") {
+        return Ok(());
+    }
+    let daemon = NixDaemon::start();
+    let source = SourceStore::new();
+    let path = source.add_file("secret-thing", b"private\n");
+    assert_copy_succeeds(&source, &daemon.store_url(), &[&path]);
+    let served = serve(&daemon).await?;
+    let client = StoreClient::new(endpoint(5, vec![]).await?);
+    let peer = Peer {
+        name: "bob".into(),
+        addr: served.router.endpoint().addr(),
+        secret: AccessSecret::from_bytes([9; 32]),
+    };
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.narinfos(&peer, &[basename(&path).hash_part().to_owned()]),
+    )
+    .await?;
+    match answer {
+        Err(PullError::Dial(DialError::Refused { reason, .. })) => {
+            assert_eq!(reason, "wrong access secret")
+        }
+        // The refusal closes the connection; the stream may see that as a lost read first.
+        Err(PullError::Frame(_)) | Err(PullError::Dial(_)) => {}
+        other => panic!("a wrong secret got {other:?}"),
+    }
+    client.close().await;
+    served.router.shutdown().await?;
+    Ok(())
+}
