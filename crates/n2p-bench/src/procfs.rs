@@ -60,6 +60,19 @@ pub(crate) fn parse_status_kb(status: &str, field: &str) -> Option<u64> {
     })
 }
 
+/// CPU seconds of `pid` and all its live descendants ([`cpu_seconds`] counts the reaped
+/// ones): what a forking server (sshd, nix-daemon) has spent so far, per connection
+/// included. Processes that are gone count as 0.
+pub(crate) fn tree_cpu_seconds(pid: u32) -> f64 {
+    let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    cpu_seconds(pid).unwrap_or(0.0)
+        + children
+            .split_whitespace()
+            .filter_map(|c| c.parse().ok())
+            .map(tree_cpu_seconds)
+            .sum::<f64>()
+}
+
 /// Resets the peak resident set size (`VmHWM`) of `pid` to its current size.
 pub(crate) fn reset_peak_rss(pid: u32) -> Result<()> {
     fs::write(format!("/proc/{pid}/clear_refs"), "5")

@@ -48,7 +48,8 @@ impl Job {
         }
     }
 
-    fn command(&self, source_url: &str, url: &str) -> Command {
+    /// The nix command copying from `source_url` to `url` (or asking `url`).
+    pub(crate) fn command(&self, source_url: &str, url: &str) -> Command {
         let mut command = nix_command("nix");
         match &self.kind {
             JobKind::Copy(paths) => command
@@ -99,11 +100,11 @@ pub(crate) fn standard_jobs(w: &Workloads, w1_bytes: u64) -> Vec<Job> {
     ]
 }
 
-/// One variant's numbers for one job.
+/// One variant's numbers for one job (`V`: a way of reaching the daemon, or a pull source).
 #[derive(Debug, Clone, Serialize)]
-pub(crate) struct VariantResult {
+pub(crate) struct VariantResult<V = Variant> {
     /// The variant.
-    pub(crate) variant: Variant,
+    pub(crate) variant: V,
     /// Wall time of the nix command per round (None: failed).
     pub(crate) times_s: Vec<Option<f64>>,
     /// CPU seconds (user + sys) of the forwarding processes per round.
@@ -118,7 +119,7 @@ pub(crate) struct VariantResult {
 
 /// All variants' numbers for one job.
 #[derive(Debug, Clone, Serialize)]
-pub(crate) struct JobResult {
+pub(crate) struct JobResult<V = Variant> {
     /// W1..W5.
     pub(crate) workload: String,
     /// What it moves.
@@ -126,12 +127,12 @@ pub(crate) struct JobResult {
     /// How many store paths (round trips for W4).
     pub(crate) paths: usize,
     /// Per variant.
-    pub(crate) variants: Vec<VariantResult>,
+    pub(crate) variants: Vec<VariantResult<V>>,
 }
 
-impl JobResult {
+impl<V: Copy + PartialEq> JobResult<V> {
     /// The result of `variant`, if measured.
-    pub(crate) fn of(&self, variant: Variant) -> Option<&VariantResult> {
+    pub(crate) fn of(&self, variant: V) -> Option<&VariantResult<V>> {
         self.variants.iter().find(|v| v.variant == variant)
     }
 }
@@ -184,8 +185,8 @@ pub(crate) fn run(
 ) -> TransferResults {
     let variants: Vec<Variant> = fwds.iter().map(Forwarder::variant).collect();
     // times[job][variant] = per-round samples
-    let mut times: Vec<BTreeMap<Variant, Vec<Option<f64>>>> = vec![BTreeMap::new(); jobs.len()];
-    let mut cpus: Vec<BTreeMap<Variant, Vec<Option<f64>>>> = vec![BTreeMap::new(); jobs.len()];
+    let mut times: Samples<Variant> = vec![BTreeMap::new(); jobs.len()];
+    let mut cpus: Samples<Variant> = vec![BTreeMap::new(); jobs.len()];
     let mut peaks: BTreeMap<(Variant, String), Vec<u64>> = BTreeMap::new();
     let mut errors = Vec::new();
     let mut orders: Vec<Vec<Variant>> = Vec::new();
@@ -256,8 +257,37 @@ pub(crate) fn run(
         }
     }
 
-    let jobs_out = jobs
-        .iter()
+    let jobs_out = summarize(jobs, &variants, &times, &cpus, baseline);
+    TransferResults {
+        baseline,
+        reps,
+        orders,
+        jobs: jobs_out,
+        w1_peak_rss: peaks
+            .into_iter()
+            .map(|((variant, process), bytes)| PeakRss {
+                variant,
+                process,
+                bytes,
+            })
+            .collect(),
+        errors,
+    }
+}
+
+/// Per-round samples of one job: `[job][variant] = one Option per round` (None: failed).
+pub(crate) type Samples<V> = Vec<BTreeMap<V, Vec<Option<f64>>>>;
+
+/// The results of `jobs` from their per-round `times` and `cpus`, with ratios taken per
+/// round against `baseline`.
+pub(crate) fn summarize<V: Copy + Ord>(
+    jobs: &[Job],
+    variants: &[V],
+    times: &Samples<V>,
+    cpus: &Samples<V>,
+    baseline: V,
+) -> Vec<JobResult<V>> {
+    jobs.iter()
         .enumerate()
         .map(|(j, job)| {
             let base = times[j].get(&baseline).cloned().unwrap_or_default();
@@ -282,22 +312,7 @@ pub(crate) fn run(
                     .collect(),
             }
         })
-        .collect();
-    TransferResults {
-        baseline,
-        reps,
-        orders,
-        jobs: jobs_out,
-        w1_peak_rss: peaks
-            .into_iter()
-            .map(|((variant, process), bytes)| PeakRss {
-                variant,
-                process,
-                bytes,
-            })
-            .collect(),
-        errors,
-    }
+        .collect()
 }
 
 /// One nix command through the forwarder, untimed, so connections are up before round 1
@@ -343,13 +358,7 @@ fn measure(
     let mut command = job.command(&workloads.source_url, &inv.url);
     let timed = try_run_timed(&mut command, None, &scratch.join("nix.err"), NIX_TIMEOUT)?
         .check(&format!("{} through {}", job.name, fwd.variant()))?;
-    // Forked relays (socat) account their children once reaped.
-    for pid in &inv.pids {
-        time_until(Duration::from_secs(2), MEASURING_POLL_INTERVAL, || {
-            children_of(*pid) == 0
-        });
-    }
-    let cpu = cpu_seconds_of(&inv.pids) - cpu_before;
+    let cpu = cpu_seconds_once_reaped(&inv.pids) - cpu_before;
     let peaks = if track_peak {
         fwd.process_labels()
             .into_iter()
@@ -364,6 +373,17 @@ fn measure(
         cpu,
         peaks,
     })
+}
+
+/// [`cpu_seconds_of`] `pids` once their children have been reaped (waiting up to 2 s):
+/// forking servers (socat, sshd, nix-daemon) account a connection's work when it ends.
+pub(crate) fn cpu_seconds_once_reaped(pids: &[u32]) -> f64 {
+    for pid in pids {
+        time_until(Duration::from_secs(2), MEASURING_POLL_INTERVAL, || {
+            children_of(*pid) == 0
+        });
+    }
+    cpu_seconds_of(pids)
 }
 
 /// How many child processes `pid` has (0 when unknown).

@@ -166,6 +166,11 @@ impl NixDaemon {
         })
     }
 
+    /// The daemon's process id (its per-connection workers are its children).
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     /// The daemon's socket.
     pub fn socket_path(&self) -> &Path {
         &self.socket
