@@ -426,7 +426,10 @@ fn run_sections(
     drop(fwds);
 
     if sections.contains(&Section::Pulls) {
-        let reps = args.pull_reps.unwrap_or(if args.quick { 1 } else { 3 }).max(1);
+        let reps = args
+            .pull_reps
+            .unwrap_or(if args.quick { 1 } else { 3 })
+            .max(1);
         let requests = args
             .narinfo_requests
             .unwrap_or(if args.quick { 100 } else { 200 });

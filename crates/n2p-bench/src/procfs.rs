@@ -64,7 +64,8 @@ pub(crate) fn parse_status_kb(status: &str, field: &str) -> Option<u64> {
 /// ones): what a forking server (sshd, nix-daemon) has spent so far, per connection
 /// included. Processes that are gone count as 0.
 pub(crate) fn tree_cpu_seconds(pid: u32) -> f64 {
-    let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let children =
+        fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
     cpu_seconds(pid).unwrap_or(0.0)
         + children
             .split_whitespace()

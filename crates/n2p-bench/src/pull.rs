@@ -142,8 +142,7 @@ impl Sources {
         let source_dir = Path::new(store_root)
             .parent()
             .context("the source store has no parent directory")?;
-        let source_daemon =
-            NixDaemon::try_start_at(&dir.join("source-daemon.sock"), source_dir)?;
+        let source_daemon = NixDaemon::try_start_at(&dir.join("source-daemon.sock"), source_dir)?;
 
         let file_dir = dir.join("file-cache");
         let file_url = format!("file://{}?compression=none", file_dir.display());
@@ -158,8 +157,7 @@ impl Sources {
         let net = Net::loopback();
         let n2p_dir = dir.join("n2p");
         fs::create_dir_all(&n2p_dir)?;
-        let (server, address) =
-            start_n2p_server(n2p, &n2p_dir, source_daemon.socket_path(), &net)?;
+        let (server, address) = start_n2p_server(n2p, &n2p_dir, source_daemon.socket_path(), &net)?;
         let cache_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_tcp_port()));
         let client = start_n2p_client(
             n2p,
@@ -448,11 +446,7 @@ fn measure(
 
 /// `requests` narinfo hits (cycling through `paths`) and as many misses (fresh random
 /// hashes), alternating, each on a new connection.
-fn narinfo_latency(
-    cache: SocketAddr,
-    paths: &[String],
-    requests: usize,
-) -> Result<NarinfoLatency> {
+fn narinfo_latency(cache: SocketAddr, paths: &[String], requests: usize) -> Result<NarinfoLatency> {
     if paths.is_empty() {
         bail!("no paths to ask for");
     }

@@ -11,8 +11,8 @@ use crate::{
     link::Shape,
     mesh::MeshResult,
     nix::Sizes,
-    stats::Summary,
     pull::{PullResults, Source},
+    stats::Summary,
     transfer::{JobResult, TransferResults, added_ms_per_path},
 };
 
@@ -327,7 +327,10 @@ pub(crate) fn evaluate_pull_targets(p: &PullResults) -> Vec<Target> {
     for job in &p.jobs {
         let vs_ssh = p.round_ratio(&job.workload, Source::N2p, Source::SshNg);
         targets.push(Target {
-            name: format!("{} ({}): n2p facade vs ssh-ng", job.workload, job.description),
+            name: format!(
+                "{} ({}): n2p facade vs ssh-ng",
+                job.workload, job.description
+            ),
             goal: "faster (< 1×)".to_owned(),
             measured: if ssh_measured {
                 opt(vs_ssh, |x| format!("{x:.2}× ssh-ng's time"))
@@ -350,7 +353,10 @@ pub(crate) fn evaluate_pull_targets(p: &PullResults) -> Vec<Target> {
     });
     let narinfo = p.narinfo.as_ref();
     for (what, summary) in [
-        ("narinfo hit through the facade", narinfo.and_then(|n| n.hit_ms)),
+        (
+            "narinfo hit through the facade",
+            narinfo.and_then(|n| n.hit_ms),
+        ),
         (
             "narinfo miss through the facade (the peer live)",
             narinfo.and_then(|n| n.miss_ms),
@@ -435,9 +441,10 @@ fn pull_markdown(out: &mut String, p: &PullResults) {
             .map(|j| format!(
                 "{} {}",
                 j.workload,
-                opt(p.round_ratio(&j.workload, Source::N2p, Source::SshNg), |x| {
-                    format!("{x:.2}×")
-                })
+                opt(
+                    p.round_ratio(&j.workload, Source::N2p, Source::SshNg),
+                    |x| { format!("{x:.2}×") }
+                )
             ))
             .collect::<Vec<_>>()
             .join(", ")
@@ -485,7 +492,10 @@ pub(crate) fn markdown(r: &Report) -> String {
     let _ = writeln!(
         out,
         "- {} rounds{}, whole run {:.0} s; stores in {} ({})",
-        r.reps,
+        r.pulls
+            .as_ref()
+            .filter(|_| r.transfers.is_none())
+            .map_or(r.reps, |p| p.reps),
         if r.quick {
             ", QUICK (small sizes: indicative only)"
         } else {
@@ -693,10 +703,8 @@ pub(crate) fn markdown(r: &Report) -> String {
         pull_markdown(&mut out, p);
     }
 
-    let issue4_measured = r.transfers.is_some()
-        || r.connect.is_some()
-        || !r.startup.is_empty()
-        || !r.mesh.is_empty();
+    let issue4_measured =
+        r.transfers.is_some() || r.connect.is_some() || !r.startup.is_empty() || !r.mesh.is_empty();
     if issue4_measured && !r.targets.is_empty() {
         targets_table(&mut out, "Targets (issue 4, point 4)", &r.targets);
     }

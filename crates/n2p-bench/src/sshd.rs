@@ -53,8 +53,9 @@ impl Sshd {
     /// Starts sshd with its keys, configuration and log in `dir` (created) and waits until
     /// it listens. Fails when openssh-server or ssh-keygen is missing.
     pub(crate) fn start(dir: &Path) -> Result<Self> {
-        let sshd = Self::binary()
-            .context("sshd not found (install Debian's openssh-server: apt-get install -y openssh-server)")?;
+        let sshd = Self::binary().context(
+            "sshd not found (install Debian's openssh-server: apt-get install -y openssh-server)",
+        )?;
         if find_on_path("ssh").is_none() || find_on_path("ssh-keygen").is_none() {
             bail!("ssh or ssh-keygen not found (install openssh-client)");
         }
