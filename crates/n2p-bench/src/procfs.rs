@@ -74,6 +74,17 @@ pub(crate) fn tree_cpu_seconds(pid: u32) -> f64 {
             .sum::<f64>()
 }
 
+/// The peak resident set size (`VmHWM`) of each labelled process still there:
+/// (label, bytes).
+pub(crate) fn peak_rss_of(
+    processes: impl IntoIterator<Item = (String, u32)>,
+) -> Vec<(String, u64)> {
+    processes
+        .into_iter()
+        .filter_map(|(label, pid)| Some((label, status_bytes(pid, "VmHWM").ok()?)))
+        .collect()
+}
+
 /// Resets the peak resident set size (`VmHWM`) of `pid` to its current size.
 pub(crate) fn reset_peak_rss(pid: u32) -> Result<()> {
     fs::write(format!("/proc/{pid}/clear_refs"), "5")

@@ -36,10 +36,10 @@ use serde::Serialize;
 use crate::{
     forwarders::{Net, READY_TIMEOUT, start_n2p_client, start_n2p_server},
     nix::{NIX_TIMEOUT, Workloads},
-    procfs::{reset_peak_rss, status_bytes, tree_cpu_seconds},
+    procfs::tree_cpu_seconds,
     sshd::Sshd,
     stats::{Summary, rotated, round_ratios},
-    transfer::{Job, JobKind, JobResult, Samples, summarize},
+    transfer::{Job, JobResult, Recorder, Sample, standard_jobs, summarize, timed_sample},
 };
 
 /// Nix settings for every measured pull: no narinfo answers remembered from an earlier
@@ -84,25 +84,20 @@ impl fmt::Display for Source {
     }
 }
 
-/// The pull jobs P1..P3 over the workloads' W1..W3.
+/// The pull jobs P1..P3: the transfer jobs W1..W3 (same paths, same descriptions).
 pub(crate) fn pull_jobs(w: &Workloads, p1_bytes: u64) -> Vec<Job> {
-    vec![
-        Job {
-            name: "P1",
-            description: format!("one {} MiB path", p1_bytes >> 20),
-            kind: JobKind::Copy(vec![w.w1.clone()]),
-        },
-        Job {
-            name: "P2",
-            description: "one directory path of small files (1-8 KiB)".to_owned(),
-            kind: JobKind::Copy(vec![w.w2.clone()]),
-        },
-        Job {
-            name: "P3",
-            description: format!("{} small paths in one nix copy", w.w3.len()),
-            kind: JobKind::Copy(w.w3.clone()),
-        },
-    ]
+    standard_jobs(w, p1_bytes)
+        .into_iter()
+        .filter_map(|job| {
+            let name = match job.name {
+                "W1" => "P1",
+                "W2" => "P2",
+                "W3" => "P3",
+                _ => return None,
+            };
+            Some(Job { name, ..job })
+        })
+        .collect()
 }
 
 /// The four sources, set up once and kept running across rounds.
@@ -305,10 +300,7 @@ pub(crate) fn run(
     dest_dir: &Path,
 ) -> PullResults {
     let available = sources.available();
-    let mut times: Samples<Source> = vec![BTreeMap::new(); jobs.len()];
-    let mut cpus: Samples<Source> = vec![BTreeMap::new(); jobs.len()];
-    let mut peaks: BTreeMap<&'static str, Vec<u64>> = BTreeMap::new();
-    let mut errors = Vec::new();
+    let mut rec = Recorder::new(jobs.len());
     let mut orders = Vec::new();
     let mut load = Vec::new();
     let all_paths: Vec<String> = jobs.iter().flat_map(|j| j.paths().to_vec()).collect();
@@ -330,7 +322,9 @@ pub(crate) fn run(
                 Ok(d) => {
                     daemons.insert(*source, d);
                 }
-                Err(e) => errors.push(format!("round {rep}: {source}: daemon: {e:#}")),
+                Err(e) => rec
+                    .errors
+                    .push(format!("round {rep}: {source}: daemon: {e:#}")),
             }
         }
         for (j, job) in jobs.iter().enumerate() {
@@ -339,30 +333,13 @@ pub(crate) fn run(
                     Some(daemon) => measure(sources, *source, job, daemon, j == 0, dest_dir),
                     None => Err(anyhow::anyhow!("no daemon")),
                 };
-                let (time, cpu) = match sample {
-                    Ok(s) => {
-                        for (process, bytes) in s.peaks {
-                            peaks.entry(process).or_default().push(bytes);
-                        }
-                        eprintln!(
-                            "  {} {source:<7} {:7.3} s  serving cpu {:6.3} s",
-                            job.name, s.secs, s.cpu
-                        );
-                        (Some(s.secs), Some(s.cpu))
-                    }
-                    Err(e) => {
-                        eprintln!("  {} {source:<7} FAILED: {e:#}", job.name);
-                        errors.push(format!("round {rep}: {} {source}: {e:#}", job.name));
-                        (None, None)
-                    }
-                };
-                times[j].entry(*source).or_default().push(time);
-                cpus[j].entry(*source).or_default().push(cpu);
+                rec.record(rep, j, job, *source, sample);
             }
         }
         for (source, daemon) in daemons {
             if let Err(e) = workloads.verify_paths(daemon.socket_path(), &all_paths) {
-                errors.push(format!("round {rep}: {source}: verification: {e:#}"));
+                rec.errors
+                    .push(format!("round {rep}: {source}: verification: {e:#}"));
                 eprintln!("  {source} verification FAILED: {e:#}");
             }
             daemon.remove();
@@ -374,7 +351,7 @@ pub(crate) fn run(
     let narinfo = match narinfo_latency(sources.cache_addr, &all_paths, narinfo_requests) {
         Ok(n) => Some(n),
         Err(e) => {
-            errors.push(format!("narinfo latency: {e:#}"));
+            rec.errors.push(format!("narinfo latency: {e:#}"));
             None
         }
     };
@@ -382,23 +359,15 @@ pub(crate) fn run(
         reps,
         orders,
         load,
-        jobs: summarize(jobs, &available, &times, &cpus, Source::File),
-        p1_peak_rss: peaks
+        jobs: summarize(jobs, &available, &rec.times, &rec.cpus, Source::File),
+        p1_peak_rss: rec
+            .peaks
             .into_iter()
-            .map(|(process, bytes)| ProcessPeak {
-                process: process.to_owned(),
-                bytes,
-            })
+            .map(|((_, process), bytes)| ProcessPeak { process, bytes })
             .collect(),
         narinfo,
-        errors,
+        errors: rec.errors,
     }
-}
-
-struct Sample {
-    secs: f64,
-    cpu: f64,
-    peaks: Vec<(&'static str, u64)>,
 }
 
 fn measure(
@@ -412,36 +381,27 @@ fn measure(
     let from = sources
         .url(source)
         .with_context(|| format!("{source} is not available"))?;
-    let track_peak = track_peak && source == Source::N2p;
-    if track_peak {
-        for (_, pid) in sources.n2p_processes() {
-            reset_peak_rss(pid)?;
-        }
-    }
+    let tracked: Vec<(String, u32)> = if track_peak && source == Source::N2p {
+        sources
+            .n2p_processes()
+            .map(|(label, pid)| (label.to_owned(), pid))
+            .to_vec()
+    } else {
+        Vec::new()
+    };
     let pids = sources.serving_pids(source);
-    let cpu_before: f64 = pids.iter().map(|p| tree_cpu_seconds(*p)).sum();
     let mut command = job.command(&from, &daemon.store_url());
     command.env("NIX_CONFIG", format!("{NIX_CONFIG}{NO_NARINFO_CACHE}"));
     if let (Source::SshNg, Some(sshd)) = (source, &sources.sshd) {
         command.env("NIX_SSHOPTS", sshd.nix_sshopts());
     }
-    let timed = try_run_timed(&mut command, None, &scratch.join("nix.err"), NIX_TIMEOUT)?
-        .check(&format!("{} from {source}", job.name))?;
-    let cpu = pids.iter().map(|p| tree_cpu_seconds(*p)).sum::<f64>() - cpu_before;
-    let peaks = if track_peak {
-        sources
-            .n2p_processes()
-            .into_iter()
-            .filter_map(|(label, pid)| Some((label, status_bytes(pid, "VmHWM").ok()?)))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    Ok(Sample {
-        secs: timed.elapsed.as_secs_f64(),
-        cpu,
-        peaks,
-    })
+    timed_sample(
+        &mut command,
+        &format!("{} from {source}", job.name),
+        scratch,
+        &tracked,
+        || pids.iter().map(|p| tree_cpu_seconds(*p)).sum(),
+    )
 }
 
 /// `requests` narinfo hits (cycling through `paths`) and as many misses (fresh random

@@ -3,7 +3,7 @@
 //! (the variant order rotating from round to round), timing the nix command and accounting
 //! the forwarders' CPU time and, during W1, their peak memory.
 
-use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
+use std::{collections::BTreeMap, fmt, path::Path, process::Command, time::Duration};
 
 use anyhow::Result;
 use n2p_testkit::{
@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::{
     forwarders::{Forwarder, Variant},
     nix::{NIX_TIMEOUT, Workloads},
-    procfs::{cpu_seconds_of, reset_peak_rss, status_bytes},
+    procfs::{cpu_seconds_of, peak_rss_of, reset_peak_rss},
     stats::{Summary, median, rotated, round_ratios},
 };
 
@@ -185,10 +185,7 @@ pub(crate) fn run(
 ) -> TransferResults {
     let variants: Vec<Variant> = fwds.iter().map(Forwarder::variant).collect();
     // times[job][variant] = per-round samples
-    let mut times: Samples<Variant> = vec![BTreeMap::new(); jobs.len()];
-    let mut cpus: Samples<Variant> = vec![BTreeMap::new(); jobs.len()];
-    let mut peaks: BTreeMap<(Variant, String), Vec<u64>> = BTreeMap::new();
-    let mut errors = Vec::new();
+    let mut rec = Recorder::new(jobs.len());
     let mut orders: Vec<Vec<Variant>> = Vec::new();
     let all_paths: Vec<String> = jobs.iter().flat_map(|j| j.paths().to_vec()).collect();
 
@@ -206,13 +203,14 @@ pub(crate) fn run(
             match NixDaemon::try_start_at(fwd.slot(), &dir) {
                 Ok(d) => daemons.push(Some(d)),
                 Err(e) => {
-                    errors.push(format!("round {rep}: {}: daemon: {e:#}", fwd.variant()));
+                    rec.errors
+                        .push(format!("round {rep}: {}: daemon: {e:#}", fwd.variant()));
                     daemons.push(None);
                 }
             }
         }
         if rep == 0 {
-            warm_up(fwds, scratch, &mut errors);
+            warm_up(fwds, scratch, &mut rec.errors);
         }
         for (j, job) in jobs.iter().enumerate() {
             for &i in &order {
@@ -223,31 +221,13 @@ pub(crate) fn run(
                 } else {
                     Err(anyhow::anyhow!("no daemon"))
                 };
-                let (time, cpu) = match sample {
-                    Ok(s) => {
-                        for (process, bytes) in s.peaks {
-                            peaks.entry((variant, process)).or_default().push(bytes);
-                        }
-                        eprintln!(
-                            "  {} {variant:<8} {:7.3} s  cpu {:6.3} s",
-                            job.name, s.secs, s.cpu
-                        );
-                        (Some(s.secs), Some(s.cpu))
-                    }
-                    Err(e) => {
-                        eprintln!("  {} {variant:<8} FAILED: {e:#}", job.name);
-                        errors.push(format!("round {rep}: {} {variant}: {e:#}", job.name));
-                        (None, None)
-                    }
-                };
-                times[j].entry(variant).or_default().push(time);
-                cpus[j].entry(variant).or_default().push(cpu);
+                rec.record(rep, j, job, variant, sample);
             }
         }
         for (fwd, daemon) in fwds.iter().zip(daemons) {
             let Some(daemon) = daemon else { continue };
             if let Err(e) = workloads.verify_paths(daemon.socket_path(), &all_paths) {
-                errors.push(format!(
+                rec.errors.push(format!(
                     "round {rep}: {}: verification: {e:#}",
                     fwd.variant()
                 ));
@@ -257,13 +237,13 @@ pub(crate) fn run(
         }
     }
 
-    let jobs_out = summarize(jobs, &variants, &times, &cpus, baseline);
     TransferResults {
         baseline,
         reps,
         orders,
-        jobs: jobs_out,
-        w1_peak_rss: peaks
+        jobs: summarize(jobs, &variants, &rec.times, &rec.cpus, baseline),
+        w1_peak_rss: rec
+            .peaks
             .into_iter()
             .map(|((variant, process), bytes)| PeakRss {
                 variant,
@@ -271,7 +251,79 @@ pub(crate) fn run(
                 bytes,
             })
             .collect(),
-        errors,
+        errors: rec.errors,
+    }
+}
+
+/// One measured nix command.
+pub(crate) struct Sample {
+    /// Its wall time, seconds.
+    pub(crate) secs: f64,
+    /// CPU seconds of the processes serving it (forwarders, sources).
+    pub(crate) cpu: f64,
+    /// Peak resident memory of tracked processes: (label, bytes).
+    pub(crate) peaks: Vec<(String, u64)>,
+}
+
+/// The samples of interleaved rounds as they come, for [`summarize`].
+pub(crate) struct Recorder<V> {
+    /// Wall times.
+    pub(crate) times: Samples<V>,
+    /// CPU seconds.
+    pub(crate) cpus: Samples<V>,
+    /// Peak memory by (variant, process), one entry per tracked run.
+    pub(crate) peaks: BTreeMap<(V, String), Vec<u64>>,
+    /// Failures, each naming its round.
+    pub(crate) errors: Vec<String>,
+}
+
+impl<V: Copy + Ord + fmt::Display> Recorder<V> {
+    /// Empty, for `jobs` jobs.
+    pub(crate) fn new(jobs: usize) -> Self {
+        Self {
+            times: vec![BTreeMap::new(); jobs],
+            cpus: vec![BTreeMap::new(); jobs],
+            peaks: BTreeMap::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// Records (and prints) round `rep`'s outcome of job `j` through `variant`: a missing
+    /// sample when it failed.
+    pub(crate) fn record(
+        &mut self,
+        rep: usize,
+        j: usize,
+        job: &Job,
+        variant: V,
+        sample: Result<Sample>,
+    ) {
+        let (time, cpu) = match sample {
+            Ok(s) => {
+                for (process, bytes) in s.peaks {
+                    self.peaks
+                        .entry((variant, process))
+                        .or_default()
+                        .push(bytes);
+                }
+                eprintln!(
+                    "  {} {:<8} {:7.3} s  cpu {:6.3} s",
+                    job.name,
+                    variant.to_string(),
+                    s.secs,
+                    s.cpu
+                );
+                (Some(s.secs), Some(s.cpu))
+            }
+            Err(e) => {
+                eprintln!("  {} {:<8} FAILED: {e:#}", job.name, variant.to_string());
+                self.errors
+                    .push(format!("round {rep}: {} {variant}: {e:#}", job.name));
+                (None, None)
+            }
+        };
+        self.times[j].entry(variant).or_default().push(time);
+        self.cpus[j].entry(variant).or_default().push(cpu);
     }
 }
 
@@ -335,12 +387,6 @@ fn warm_up(fwds: &mut [Forwarder], scratch: &Path, errors: &mut Vec<String>) {
     }
 }
 
-struct Sample {
-    secs: f64,
-    cpu: f64,
-    peaks: Vec<(String, u64)>,
-}
-
 fn measure(
     fwd: &mut Forwarder,
     job: &Job,
@@ -349,29 +395,42 @@ fn measure(
     scratch: &Path,
 ) -> Result<Sample> {
     let inv = fwd.invocation()?;
-    if track_peak {
-        for pid in &inv.pids {
-            reset_peak_rss(*pid).ok();
-        }
-    }
-    let cpu_before = cpu_seconds_of(&inv.pids);
-    let mut command = job.command(&workloads.source_url, &inv.url);
-    let timed = try_run_timed(&mut command, None, &scratch.join("nix.err"), NIX_TIMEOUT)?
-        .check(&format!("{} through {}", job.name, fwd.variant()))?;
-    let cpu = cpu_seconds_once_reaped(&inv.pids) - cpu_before;
-    let peaks = if track_peak {
+    let tracked: Vec<(String, u32)> = if track_peak {
         fwd.process_labels()
             .into_iter()
-            .zip(&inv.pids)
-            .filter_map(|(label, pid)| Some((label, status_bytes(*pid, "VmHWM").ok()?)))
+            .zip(inv.pids.iter().copied())
             .collect()
     } else {
         Vec::new()
     };
+    timed_sample(
+        &mut job.command(&workloads.source_url, &inv.url),
+        &format!("{} through {}", job.name, fwd.variant()),
+        scratch,
+        &tracked,
+        || cpu_seconds_once_reaped(&inv.pids),
+    )
+}
+
+/// Runs the nix `command` (`what`, for errors; its stderr goes to `scratch`) timed, with
+/// the peak memory of the `tracked` processes reset before and read after, and `cpu` (the
+/// CPU seconds of the serving processes so far) read before and after.
+pub(crate) fn timed_sample(
+    command: &mut Command,
+    what: &str,
+    scratch: &Path,
+    tracked: &[(String, u32)],
+    mut cpu: impl FnMut() -> f64,
+) -> Result<Sample> {
+    for (_, pid) in tracked {
+        reset_peak_rss(*pid).ok();
+    }
+    let cpu_before = cpu();
+    let timed = try_run_timed(command, None, &scratch.join("nix.err"), NIX_TIMEOUT)?.check(what)?;
     Ok(Sample {
         secs: timed.elapsed.as_secs_f64(),
-        cpu,
-        peaks,
+        cpu: cpu() - cpu_before,
+        peaks: peak_rss_of(tracked.iter().cloned()),
     })
 }
 
