@@ -13,7 +13,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("n2p-core", &[]),
     ("n2p-nix", &["n2p-testkit"]),
     ("n2p-cache", &["n2p-core", "n2p-nix", "n2p-testkit"]),
-    ("n2p-mesh", &["n2p-core"]),
+    ("n2p-mesh", &["n2p-core", "n2p-nix"]),
     (
         "n2p",
         &[

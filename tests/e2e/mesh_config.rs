@@ -137,12 +137,12 @@ fn a_team_file_with_an_unknown_key_or_bad_value_fails_with_file_and_line() {
     let stderr = join_fails(&peer, &path, &[], "unknown key in [mesh]");
     assert_names_line(&stderr, &path, line, "expiry");
 
-    // `pull` instead of `push` in a member.
-    let unknown = good.replacen("push =", "pull =", 1);
-    let line = line_of(&unknown, "pull =");
+    // `pusher` instead of `push` in a member.
+    let unknown = good.replacen("push =", "pusher =", 1);
+    let line = line_of(&unknown, "pusher =");
     let path = team.write_raw("member.toml", &unknown);
     let stderr = join_fails(&peer, &path, &[], "unknown key in [[member]]");
-    assert_names_line(&stderr, &path, line, "pull");
+    assert_names_line(&stderr, &path, line, "pusher");
 
     // An expiry below the minimum.
     let bad = good.replacen("expiry_secs = 3", "expiry_secs = 1", 1);

@@ -17,6 +17,10 @@ use n2p_testkit::nix::{
 use n2p_testkit::proc::{Signal, expect_success, run_bounded};
 
 use crate::harness::N2P;
+use crate::harness::mesh::{MeshPeer, TeamDir, TeamSpec};
+
+/// How long mesh nodes may take to see each other.
+const PEERS_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Nix options that keep a test from reading another run's narinfo cache (root's, shared).
 const NO_NARINFO_CACHE: &str = "narinfo-cache-negative-ttl = 0\nnarinfo-cache-positive-ttl = 0\n";
@@ -406,4 +410,155 @@ fn clients_the_server_refuses_get_no_cache() {
         TcpStream::connect(cache).is_err(),
         "the refused client left a binary cache listening"
     );
+}
+
+/// Starts a GET of `path` and reads its head and `first` body bytes; returns the stream, the
+/// announced `Content-Length` and the bytes read so far.
+fn http_start(addr: SocketAddr, path: &str, first: usize) -> (TcpStream, u64, usize) {
+    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("read timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send request");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream
+            .read_exact(&mut byte)
+            .expect("reading the reply head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "GET {path}: {head}");
+    let length: u64 = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("GET {path}: no Content-Length in {head}"));
+    let mut body = vec![0u8; first];
+    stream
+        .read_exact(&mut body)
+        .expect("reading the first bytes");
+    (stream, length, first)
+}
+
+/// The value of `key` in narinfo `text`.
+fn narinfo_field<'a>(text: &'a str, key: &str) -> &'a str {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}: ")))
+        .unwrap_or_else(|| panic!("no {key} in {text}"))
+}
+
+#[test]
+fn mesh_pulls_from_whoever_has_it_refuses_members_without_pull_and_survives_a_killed_peer() {
+    if !require_nix(
+        "mesh_pulls_from_whoever_has_it_refuses_members_without_pull_and_survives_a_killed_peer",
+    ) {
+        return;
+    }
+    let source = SourceStore::new();
+    let shared = source.add_random_file("shared.bin", 64 << 20, 31);
+    let only_carol = source.add_file("only-carol", b"carol alone has this\n");
+    let only_bob = source.add_file("only-bob", b"bob alone has this\n");
+    let alice = MeshPeer::with_daemon("alice");
+    let bob = MeshPeer::with_daemon("bob");
+    let carol = MeshPeer::with_daemon("carol");
+    assert_copy_succeeds(&source, &bob.daemon().store_url(), &[&shared, &only_bob]);
+    assert_copy_succeeds(
+        &source,
+        &carol.daemon().store_url(),
+        &[&shared, &only_carol],
+    );
+
+    let team_dir = TeamDir::new();
+    let mut carol_member = carol.member();
+    carol_member.pull = false;
+    let team = team_dir.write(
+        "team.toml",
+        &TeamSpec::closed([alice.member(), bob.member(), carol_member]),
+    );
+    let a = alice.join(&team, &[]);
+    let mut b = bob.join(&team, &[]);
+    let c = carol.join(&team, &[]);
+    for node in [&a, &b, &c] {
+        node.wait_until_joined();
+    }
+    alice.wait_for_sockets(&["bob", "carol"], PEERS_TIMEOUT);
+    carol.wait_for_sockets(&["alice", "bob"], PEERS_TIMEOUT);
+
+    // (g) A path only carol has: alice's root URL finds it, signed by carol's node.
+    let (status, body, _) = http(
+        "GET",
+        alice.cache,
+        &format!("/{}.narinfo", hash_part(&only_carol)),
+    );
+    let text = String::from_utf8_lossy(&body).into_owned();
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(narinfo_field(&text, "StorePath"), only_carol);
+    assert!(text.contains("Sig: carol-n2p-1:"), "{text}");
+    let output = copy_from(
+        &format!("http://{}", alice.cache),
+        &alice.daemon().store_url(),
+        &[&only_carol],
+    );
+    expect_success(&output, "nix copy --from alice's facade");
+    let want = path_metadata(&carol.daemon().store_url(), &only_carol).expect("at carol");
+    let got = path_metadata(&alice.daemon().store_url(), &only_carol).expect("pulled");
+    assert_eq!((got.nar_hash, got.nar_size), (want.nar_hash, want.nar_size));
+
+    // (f) carol may not pull: bob refuses her before his store is touched, so her
+    // facade has nothing, and bob says why.
+    let mark = b.process.mark();
+    let (status, _, _) = http(
+        "GET",
+        carol.cache,
+        &format!("/{}.narinfo", hash_part(&only_bob)),
+    );
+    assert_eq!(status, 404, "a member without pull got a narinfo");
+    b.process
+        .wait_for_line_since(&mark, "refused store access", LOG_TIMEOUT);
+
+    // (d) bob is killed while his NAR is on its way: the body ends short of its length.
+    let (status, body, _) = http(
+        "GET",
+        alice.cache,
+        &format!("/peer/bob/{}.narinfo", hash_part(&shared)),
+    );
+    let text = String::from_utf8_lossy(&body).into_owned();
+    assert_eq!(status, 200, "{text}");
+    let url = format!("/peer/bob/{}", narinfo_field(&text, "URL"));
+    let (mut stream, length, mut read) = http_start(alice.cache, &url, 1 << 20);
+    b.process.kill();
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    read += rest.len();
+    assert!(
+        (read as u64) < length,
+        "the NAR of a killed peer came whole ({read} of {length} bytes)"
+    );
+    // Nix, asked for bob's copy alone, fails and keeps nothing...
+    let output = copy_from(
+        &format!("http://{}/peer/bob", alice.cache),
+        &alice.daemon().store_url(),
+        &[&shared],
+    );
+    assert!(
+        !output.status.success(),
+        "nix copy from a dead peer succeeded"
+    );
+    assert_not_valid(&alice.daemon().store_url(), &shared);
+    // ...and through the root it gets carol's copy of the same NAR.
+    let output = copy_from(
+        &format!("http://{}", alice.cache),
+        &alice.daemon().store_url(),
+        &[&shared],
+    );
+    expect_success(&output, "nix copy of the shared path after bob died");
+    let want = path_metadata(&carol.daemon().store_url(), &shared).expect("at carol");
+    let got = path_metadata(&alice.daemon().store_url(), &shared).expect("pulled");
+    assert_eq!((got.nar_hash, got.nar_size), (want.nar_hash, want.nar_size));
 }

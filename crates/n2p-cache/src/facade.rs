@@ -218,18 +218,8 @@ impl Facade {
         answers
     }
 
-    /// 0: signed by a trusted key; 1: signed by some key besides the answering node's own
-    /// (which the server always appends last); 2: content-addressed; 3: the rest.
     fn rank(&self, info: &NarInfo) -> u8 {
-        if info.signed_by_any(&self.config.store_dir, &self.config.trusted_keys) {
-            0
-        } else if info.sigs.len() > 1 {
-            1
-        } else if info.ca.is_some() {
-            2
-        } else {
-            3
-        }
+        rank(info, &self.config.store_dir, &self.config.trusted_keys)
     }
 
     async fn narinfo(&self, scope: Scope, file: &str) -> Response {
@@ -308,6 +298,21 @@ impl Facade {
         }
         debug!("NAR {file}: no peer has it");
         not_found()
+    }
+}
+
+/// How good an answer is, lower first. 0: signed by a trusted key; 1: signed by some key
+/// besides the answering node's own (every node signs what it serves); 2: content-addressed;
+/// 3: the rest.
+fn rank(info: &NarInfo, store_dir: &StoreDir, trusted: &[PublicKey]) -> u8 {
+    if info.signed_by_any(store_dir, trusted) {
+        0
+    } else if info.sigs.len() > 1 {
+        1
+    } else if info.ca.is_some() {
+        2
+    } else {
+        3
     }
 }
 
@@ -557,6 +562,39 @@ mod tests {
         assert_eq!(parse_nar_file("x.nar"), None);
         assert_eq!(parse_nar_file(&file.replace(".nar", ".nar.xz")), None);
         assert_eq!(parse_nar_file(&format!("{}-zz.nar", "a".repeat(32))), None);
+    }
+
+    #[test]
+    fn answers_rank_trusted_then_upstream_signed_then_content_addressed() {
+        let dir = StoreDir::default();
+        let path = StorePath::from_basename(&format!("{}-x", "a".repeat(32))).expect("path");
+        let team = n2p_nix::SecretKey::from_seed("alice-n2p-1", [1; 32]);
+        let node = n2p_nix::SecretKey::from_seed("stranger-n2p-1", [2; 32]);
+        let upstream = n2p_nix::SecretKey::from_seed("cache.example.org-1", [3; 32]);
+        let base = NarInfo {
+            store_path: path,
+            url: String::new(),
+            nar_hash: NarHash::of(b"x"),
+            nar_size: 1,
+            references: Vec::new(),
+            deriver: None,
+            sigs: Vec::new(),
+            ca: None,
+        };
+        let trusted = [team.public()];
+        let signed = |keys: &[&n2p_nix::SecretKey]| {
+            let mut info = base.clone();
+            for key in keys {
+                info.sign(&dir, key);
+            }
+            info
+        };
+        assert_eq!(rank(&signed(&[&team]), &dir, &trusted), 0);
+        assert_eq!(rank(&signed(&[&upstream, &node]), &dir, &trusted), 1);
+        let mut ca = signed(&[&node]);
+        ca.ca = Some("fixed:r:sha256:x".into());
+        assert_eq!(rank(&ca, &dir, &trusted), 2);
+        assert_eq!(rank(&signed(&[&node]), &dir, &trusted), 3);
     }
 
     #[test]

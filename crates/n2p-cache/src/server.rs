@@ -45,6 +45,10 @@ use crate::proto::{
 /// How long a peer has to send its proof and its request after opening a stream.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Daemon connections kept open between narinfo lookups (each new one costs the daemon a
+/// fork and a handshake, most of a lookup's time).
+const IDLE_DAEMON_CONNECTIONS: usize = 4;
+
 /// Bounds on what one peer may ask at once.
 #[derive(Debug, Clone, Copy)]
 pub struct StoreLimits {
@@ -78,6 +82,9 @@ struct Inner {
     key: SecretKey,
     limits: StoreLimits,
     nar_slots: Mutex<HashMap<EndpointId, Arc<Semaphore>>>,
+    /// Daemon connections whose last operation succeeded, for the next lookups. NARs always
+    /// get a fresh one (their temporary root lives as long as the connection).
+    idle: Mutex<Vec<DaemonClient<UnixStream>>>,
 }
 
 /// Why one request failed on the serving side (logged; the peer sees a reset stream).
@@ -122,6 +129,7 @@ impl StoreService {
                 key,
                 limits,
                 nar_slots: Mutex::new(HashMap::new()),
+                idle: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -243,13 +251,63 @@ impl StoreService {
         hash_parts: &[String],
         send: &mut SendStream,
     ) -> Result<(), ServeError> {
-        let mut daemon = self.daemon().await?;
-        let mut infos = Vec::with_capacity(hash_parts.len());
-        for hash_part in hash_parts {
-            infos.push(self.lookup(&mut daemon, hash_part).await?);
-        }
+        let idle = self
+            .inner
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop();
+        let infos = match idle {
+            Some(mut daemon) => match self.lookups(&mut daemon, hash_parts).await {
+                Ok(infos) => {
+                    self.keep(daemon);
+                    infos
+                }
+                // An idle connection may have died (a restarted daemon): one more try on
+                // a fresh one.
+                Err(e) => {
+                    debug!("an idle daemon connection failed ({e}); connecting afresh");
+                    self.fresh_lookups(hash_parts).await?
+                }
+            },
+            None => self.fresh_lookups(hash_parts).await?,
+        };
         write_frame(send, &NarInfosReply { infos }).await?;
         Ok(())
+    }
+
+    async fn fresh_lookups(
+        &self,
+        hash_parts: &[String],
+    ) -> Result<Vec<Option<WireInfo>>, ServeError> {
+        let mut daemon = self.daemon().await?;
+        let infos = self.lookups(&mut daemon, hash_parts).await?;
+        self.keep(daemon);
+        Ok(infos)
+    }
+
+    /// Keeps a daemon connection whose operations all succeeded for later lookups.
+    fn keep(&self, daemon: DaemonClient<UnixStream>) {
+        let mut idle = self
+            .inner
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if idle.len() < IDLE_DAEMON_CONNECTIONS {
+            idle.push(daemon);
+        }
+    }
+
+    async fn lookups(
+        &self,
+        daemon: &mut DaemonClient<UnixStream>,
+        hash_parts: &[String],
+    ) -> Result<Vec<Option<WireInfo>>, ServeError> {
+        let mut infos = Vec::with_capacity(hash_parts.len());
+        for hash_part in hash_parts {
+            infos.push(self.lookup(daemon, hash_part).await?);
+        }
+        Ok(infos)
     }
 
     /// One path's metadata, signed by this node, or `None` when there is no valid path

@@ -71,6 +71,35 @@ where
     R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    match copy_nar_until(reader, writer, None).await? {
+        Copied::Whole(summary) => Ok(summary),
+        Copied::Interrupted { offset } => Err(malformed(offset, "interrupted")),
+    }
+}
+
+/// How [`copy_nar_until`] ended.
+pub(crate) enum Copied {
+    /// The whole NAR was copied.
+    Whole(NarSummary),
+    /// The stop word came where a string's length belonged (its 8 bytes are consumed).
+    Interrupted {
+        /// Where the stop word started.
+        offset: u64,
+    },
+}
+
+/// [`copy_nar`], except that `stop_word` where a tag, name or target length belongs (where
+/// no valid NAR has it: those are at most 4095) ends the copy as [`Copied::Interrupted`]. A
+/// nix-daemon that fails while it sends a NAR puts its `STDERR_ERROR` there.
+pub(crate) async fn copy_nar_until<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    stop_word: Option<u64>,
+) -> Result<Copied, NarError>
+where
+    R: AsyncBufRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut copier = Copier {
         reader,
         writer,
@@ -78,14 +107,21 @@ where
         offset: 0,
         out: Vec::with_capacity(OUT_CAPACITY),
         token: Vec::with_capacity(MAX_TARGET + 1),
+        stop_word,
+        interrupted_at: None,
     };
-    copier.nar().await?;
+    if let Err(error) = copier.nar().await {
+        return match copier.interrupted_at {
+            Some(offset) => Ok(Copied::Interrupted { offset }),
+            None => Err(error),
+        };
+    }
     copier.flush_out().await?;
     copier.writer.flush().await?;
-    Ok(NarSummary {
+    Ok(Copied::Whole(NarSummary {
         size: copier.offset,
         hash: NarHash(copier.hasher.finalize().into()),
-    })
+    }))
 }
 
 /// The parser's state: where it is in the input, the hash so far, pending output and the
@@ -100,6 +136,10 @@ struct Copier<'a, R, W> {
     out: Vec<u8>,
     /// The last string read.
     token: Vec<u8>,
+    /// See [`copy_nar_until`].
+    stop_word: Option<u64>,
+    /// Where the stop word was seen.
+    interrupted_at: Option<u64>,
 }
 
 /// A string for an error message.
@@ -117,6 +157,7 @@ where
     async fn nar(&mut self) -> Result<(), NarError> {
         let start = self.offset;
         let len = self.read_u64().await?;
+        self.check_stop_word(start, len)?;
         if len != MAGIC.len() as u64 {
             return Err(malformed(start, "not a NAR (bad magic)"));
         }
@@ -288,6 +329,7 @@ where
     async fn read_token(&mut self, max: usize) -> Result<(), NarError> {
         let at = self.offset;
         let len = self.read_u64().await?;
+        self.check_stop_word(at, len)?;
         match usize::try_from(len) {
             Ok(len) if len <= max => self.read_token_body(len).await,
             _ => Err(malformed(
@@ -295,6 +337,15 @@ where
                 format!("string of {len} bytes where at most {max} are allowed"),
             )),
         }
+    }
+
+    /// Ends the copy if `len`, read at `at`, is the stop word.
+    fn check_stop_word(&mut self, at: u64, len: u64) -> Result<(), NarError> {
+        if self.stop_word == Some(len) {
+            self.interrupted_at = Some(at);
+            return Err(malformed(at, "interrupted"));
+        }
+        Ok(())
     }
 
     /// Reads the `len` bytes and the padding of a string into `self.token`.
@@ -425,6 +476,7 @@ mod tests {
 
     #[tokio::test]
     async fn recorded_nars_copy_whole_with_the_hash_nix_computes() {
+        // nix-hash --type sha256 (base16) of what was dumped; see tests/fixtures/README.md.
         let cases = [
             (
                 TREE,
@@ -450,6 +502,12 @@ mod tests {
                 assert!(rest.is_empty());
             }
         }
+        // And nix-hash --type sha256 --base32 of the tree.
+        let (result, _, _) = run(TREE, 8192).await;
+        assert_eq!(
+            result.expect("valid").hash.nix32_digest(),
+            "1c6vgrd5ni6sws35rpn1h82fkxqr0f97jzqryj2lmg91r542ihnd"
+        );
     }
 
     #[tokio::test]
@@ -620,6 +678,26 @@ mod tests {
         }
         run(&nested(63), 8192).await.0.expect("a node at depth 63");
         refused_as_malformed(&nested(64), "nested deeper").await;
+    }
+
+    #[tokio::test]
+    async fn a_stop_word_for_a_string_length_interrupts_the_copy() {
+        const STOP: u64 = 0x6378_7470;
+        // Nix 2.8's daemon sends the magic, then its error instead of the root node.
+        let input = [&TREE[..24], &STOP.to_le_bytes(), b"error..."].concat();
+        let mut reader = &input[..];
+        match copy_nar_until(&mut reader, &mut tokio::io::sink(), Some(STOP)).await {
+            Ok(Copied::Interrupted { offset: 24 }) => assert_eq!(reader, b"error..."),
+            Ok(_) => panic!("not interrupted at 24"),
+            Err(error) => panic!("{error}"),
+        }
+        // The same word as a file's size is a size.
+        let mut nar = Nar::new();
+        nar.strs(&[b"(", b"type", b"regular", b"contents"]);
+        nar.0.extend_from_slice(&STOP.to_le_bytes());
+        let mut reader = &nar.0[..];
+        let result = copy_nar_until(&mut reader, &mut tokio::io::sink(), Some(STOP)).await;
+        assert!(matches!(result, Err(NarError::Io(_))), "an early end");
     }
 
     /// A NAR written by hand, for malformed cases.

@@ -481,6 +481,34 @@ mod tests {
     }
 
     #[test]
+    fn mutated_narinfos_never_panic_and_what_parses_renders_back() {
+        let dir = StoreDir::default();
+        let mut info = sample();
+        info.sign(&dir, &SecretKey::from_seed("a-1", [1; 32]));
+        let text: Vec<char> = info.render(&dir).chars().collect();
+        let mut rng = n2p_testkit::rand::XorShift64::new(5);
+        let pool: Vec<char> = ": \n-/.=+abcdz019AZé".chars().collect();
+        for _ in 0..5_000 {
+            let mut mutated = text.clone();
+            for _ in 0..=rng.below(3) {
+                let at = rng.below(mutated.len() as u64) as usize;
+                match rng.below(3) {
+                    0 => mutated[at] = pool[rng.below(pool.len() as u64) as usize],
+                    1 => {
+                        mutated.remove(at);
+                    }
+                    _ => mutated.insert(at, pool[rng.below(pool.len() as u64) as usize]),
+                }
+            }
+            let mutated: String = mutated.into_iter().collect();
+            if let Ok(parsed) = NarInfo::parse(&mutated, &dir) {
+                // Whatever is accepted is well-formed enough to render and parse again.
+                assert_eq!(NarInfo::parse(&parsed.render(&dir), &dir), Ok(parsed));
+            }
+        }
+    }
+
+    #[test]
     fn malformed_values_are_refused() {
         let dir = StoreDir::default();
         let cases = [

@@ -32,9 +32,23 @@ pub const fn encoded_len(bytes: usize) -> usize {
     (bytes * 8).div_ceil(5)
 }
 
+/// Marks a byte outside the alphabet in [`DIGITS`].
+const NOT_A_DIGIT: u8 = 0xff;
+
+/// Each byte's digit value, or [`NOT_A_DIGIT`].
+const DIGITS: [u8; 256] = {
+    let mut table = [NOT_A_DIGIT; 256];
+    let mut d = 0;
+    while d < ALPHABET.len() {
+        table[ALPHABET[d] as usize] = d as u8;
+        d += 1;
+    }
+    table
+};
+
 /// The value of one nix32 character, if it is one.
 fn digit(c: u8) -> Option<u8> {
-    ALPHABET.iter().position(|&a| a == c).map(|d| d as u8)
+    Some(DIGITS[usize::from(c)]).filter(|&d| d != NOT_A_DIGIT)
 }
 
 /// Whether every character of `text` is in the nix32 alphabet.
@@ -152,6 +166,24 @@ mod tests {
         }
         assert!(!is_nix32("0e"));
         assert!(is_nix32("0123456789abcdfghijklmnpqrsvwxyz"));
+    }
+
+    #[test]
+    fn random_text_never_panics() {
+        let mut rng = n2p_testkit::rand::XorShift64::new(11);
+        let pool: Vec<char> = "0123456789abcdefghijklmnopqrstuvwxyzé-".chars().collect();
+        for _ in 0..20_000 {
+            let len = rng.below(60) as usize;
+            let text: String = (0..len)
+                .map(|_| pool[rng.below(pool.len() as u64) as usize])
+                .collect();
+            if let Ok(bytes) = decode::<32>(&text) {
+                assert_eq!(encode(&bytes), text);
+            }
+            if let Ok(bytes) = decode::<20>(&text) {
+                assert_eq!(encode(&bytes), text);
+            }
+        }
     }
 
     #[test]

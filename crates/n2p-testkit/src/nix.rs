@@ -247,13 +247,18 @@ impl SourceStore {
     pub fn add_text_with_references(&self, name: &str, text: &str, references: &[&str]) -> String {
         // A Nix string literal: `\`, `"` and `$` escaped; each reference spliced in with
         // `builtins.storePath`, which gives the string the reference as context.
-        let mut literal: String = text
-            .chars()
-            .flat_map(|c| match c {
-                '\\' | '"' | '$' => vec!['\\', c],
-                c => vec![c],
-            })
-            .collect();
+        assert!(
+            name.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"+-._?=".contains(&c)),
+            "{name:?} is not a store path name"
+        );
+        let mut literal = String::with_capacity(text.len());
+        for c in text.chars() {
+            if matches!(c, '\\' | '"' | '$') {
+                literal.push('\\');
+            }
+            literal.push(c);
+        }
         for reference in references {
             assert!(
                 reference.starts_with("/nix/store/") && !reference.contains('"'),

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use n2p_testkit::dir::ScratchDir;
 use n2p_testkit::n2p::{COMMAND_TIMEOUT, STARTUP_TIMEOUT, TempHome, n2p_command};
-use n2p_testkit::net::free_loopback_addr;
+use n2p_testkit::net::{free_loopback_addr, free_tcp_port};
 use n2p_testkit::nix::{NixDaemon, socket_store_url};
 use n2p_testkit::proc::{Process, expect_success, run_bounded};
 use n2p_testkit::wait::wait_until;
@@ -153,10 +153,11 @@ impl TeamSpec {
         }
         for member in &self.members {
             text.push_str(&format!(
-                "\n[[member]]\nname = {}\nid = {}\npush = {}\n",
+                "\n[[member]]\nname = {}\nid = {}\npush = {}\npull = {}\n",
                 toml_string(&member.name),
                 toml_string(&member.id),
-                member.push
+                member.push,
+                member.pull
             ));
             if let Some(addr) = member.addr {
                 text.push_str(&format!("addrs = [{}]\n", toml_string(&addr.to_string())));
@@ -180,6 +181,8 @@ pub(crate) struct MemberSpec {
     pub(crate) id: String,
     /// `push`.
     pub(crate) push: bool,
+    /// `pull`.
+    pub(crate) pull: bool,
     /// The one entry of `addrs`, if any.
     pub(crate) addr: Option<SocketAddr>,
 }
@@ -194,6 +197,9 @@ pub(crate) struct MeshPeer {
     pub(crate) id: String,
     /// Its `--bind` address.
     pub(crate) bind: SocketAddr,
+    /// Its binary cache's `--cache` address (a free loopback TCP port: nodes on one
+    /// machine cannot share the default).
+    pub(crate) cache: SocketAddr,
     /// Its home (`N2P_HOME`).
     pub(crate) home: TempHome,
     daemon: Option<NixDaemon>,
@@ -223,6 +229,7 @@ impl MeshPeer {
             name: name.to_owned(),
             id,
             bind: free_loopback_addr(),
+            cache: SocketAddr::from(([127, 0, 0, 1], free_tcp_port())),
             home,
             daemon,
         }
@@ -234,6 +241,7 @@ impl MeshPeer {
             name: self.name.clone(),
             id: self.id.clone(),
             push: true,
+            pull: true,
             addr: Some(self.bind),
         }
     }
@@ -278,11 +286,13 @@ impl MeshPeer {
     /// daemon socket; no `--name`. Tests add arguments or environment and [`Self::spawn`] it.
     pub(crate) fn join_command(&self, team: &Path) -> Command {
         let bind = self.bind.to_string();
+        let cache = self.cache.to_string();
         let mut command = self.home.command();
         command
             .args(["mesh", "join", TOPIC, "--team"])
             .arg(team)
-            .args(["--relay", "disabled", "--bind", &bind, "--daemon-socket"])
+            .args(["--relay", "disabled", "--bind", &bind, "--cache", &cache])
+            .arg("--daemon-socket")
             .arg(self.daemon_socket());
         command
     }

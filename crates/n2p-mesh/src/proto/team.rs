@@ -786,6 +786,77 @@ push = false
         assert!(msg.contains("remove `open = true`"), "{msg}");
     }
 
+    /// A Nix public key named `name` (any 32 bytes make a valid ed25519 public key here).
+    fn nix_key(name: &str, seed: u8) -> String {
+        n2p_nix::SecretKey::from_seed(name, [seed; 32])
+            .public()
+            .to_string()
+    }
+
+    #[test]
+    fn pull_and_nix_key_per_member() {
+        let text = two_members().replace(
+            "push = false",
+            &format!(
+                "push = false\npull = false\nnix_key = \"{}\"",
+                nix_key("bob-n2p-1", 2)
+            ),
+        );
+        let team = parse(&text).expect("valid");
+        let alice = team.member_by_id(&id(1)).expect("alice");
+        let bob = team.member_by_id(&id(2)).expect("bob");
+        assert!(alice.pull && alice.nix_key.is_none());
+        assert!(!bob.pull);
+        assert_eq!(
+            bob.nix_key.as_ref().map(|k| k.to_string()),
+            Some(nix_key("bob-n2p-1", 2))
+        );
+        assert!(team.may_pull(&id(1)));
+        assert!(!team.may_pull(&id(2)));
+        assert!(!team.may_pull(&id(3)));
+        assert_eq!(team.nix_keys().len(), 1);
+    }
+
+    #[test]
+    fn pull_false_in_an_open_team_is_refused() {
+        let text = two_members()
+            .replace("expiry_secs = 6", "open = true")
+            .replace("push = false", "pull = false");
+        let msg = parse(&text)
+            .expect_err("pull = false in an open team")
+            .to_string();
+        assert!(
+            msg.contains("`pull = false`, which an open team cannot enforce"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn bad_or_colliding_nix_keys_are_refused_with_their_line() {
+        let text = two_members().replace("push = false", "nix_key = \"bob:not-base64!\"");
+        let msg = err(&text);
+        assert!(
+            msg.contains(":15:") && msg.contains("invalid `nix_key`"),
+            "{msg}"
+        );
+        assert!(msg.contains("n2p key"), "{msg}");
+
+        let text = two_members()
+            .replace(
+                "addrs = [",
+                &format!("nix_key = \"{}\"\naddrs = [", nix_key("same-1", 1)),
+            )
+            .replace(
+                "push = false",
+                &format!("nix_key = \"{}\"", nix_key("same-1", 2)),
+            );
+        let msg = err(&text);
+        assert!(
+            msg.contains("Nix key name `same-1` is also used by member `alice`"),
+            "{msg}"
+        );
+    }
+
     #[test]
     fn minimal_file_is_an_open_team() {
         let team = parse("[mesh]\nsecret_env = \"N2P_TEAM_SECRET\"\n").expect("valid");
@@ -968,9 +1039,9 @@ push = false
 
     #[test]
     fn unknown_member_key() {
-        let text = two_members().replace("push = false", "pull = false");
+        let text = two_members().replace("push = false", "pussh = false");
         let e = err(&text);
-        assert!(e.contains("unknown key `pull`"), "{e}");
+        assert!(e.contains("unknown key `pussh`"), "{e}");
         assert!(e.contains("did you mean `push`?"), "{e}");
     }
 

@@ -21,18 +21,23 @@
 //! After an error other than [`WorkerError::Remote`], or when an operation's future is
 //! dropped before it finishes, the two sides no longer agree on where they are in the stream:
 //! the client then refuses every further operation ([`DaemonClient::is_usable`] is false) and
-//! the caller opens a new connection.
+//! the caller opens a new connection. Nothing here has a deadline of its own: callers bound
+//! each operation (e.g. `tokio::time::timeout`), and a connection whose operation timed out
+//! is unusable in the same way.
+//!
+//! Daemon versions: Nix 2.3 speaks 1.21, 2.8 1.34 (tested against it), 2.15 and Lix 1.35
+//! (Lix refuses clients below it), 2.20 1.37, 2.24 and later 1.38 and above; this client
+//! offers 1.38 and both sides use the lower version.
 
 mod stderr;
 mod wire;
 
-use std::io::Cursor;
-
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite as W, AsyncWriteExt, BufStream};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWrite as W, AsyncWriteExt, BufStream};
 
 use self::stderr::STDERR_ERROR;
 use self::wire::{read_bool, read_string, read_strings, read_u64, write_bytes, write_u64};
-use crate::{NarHash, StoreDir, StorePath, nar::NarSummary};
+use crate::nar::{Copied, NarSummary, copy_nar_until};
+use crate::{NarHash, StoreDir, StorePath};
 
 /// Why a daemon operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -299,8 +304,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> DaemonClient<S> {
     /// leaves the connection ready for the next operation.
     ///
     /// The daemon sends the NAR unframed after its `STDERR_LAST`, so it reports a failure
-    /// (an invalid path on newer Nix, a missing file on Nix 2.8) in its place and then closes
-    /// the connection: that is [`WorkerError::Remote`] with [`Self::is_usable`] false.
+    /// (an invalid path on newer Nix, a missing file on Nix 2.8, which has already sent the
+    /// NAR's magic then) in the NAR's place and then closes the connection: that is
+    /// [`WorkerError::Remote`] with [`Self::is_usable`] false. A failure in the middle of a
+    /// file's contents cannot be told from them: it is a [`WorkerError::Nar`] error.
     /// Nix 2.8 dumps whatever lies at the path without checking that it is valid: ask
     /// [`Self::query_path_info`] first and compare the returned hash with its `nar_hash`.
     /// On any error the sink has received a prefix of the NAR at most and must be discarded.
@@ -312,15 +319,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> DaemonClient<S> {
         self.request(op::NAR_FROM_PATH).await?;
         write_bytes(&mut self.stream, self.store_dir.display(path).as_bytes()).await?;
         self.await_reply().await?;
-        // The NAR's first word is its magic's length (13); an error comes instead of it.
-        let first = read_u64(&mut self.stream).await?;
-        if first == STDERR_ERROR {
-            return Err(stderr::read_error(&mut self.stream, self.version).await?);
+        // A failure while the daemon dumps the path comes as STDERR_ERROR where the NAR
+        // (or its next string) should be.
+        match copy_nar_until(&mut self.stream, sink, Some(STDERR_ERROR)).await? {
+            Copied::Whole(summary) => {
+                self.broken = false;
+                Ok(summary)
+            }
+            Copied::Interrupted { offset } => {
+                let error = stderr::read_error(&mut self.stream, self.version).await?;
+                tracing::debug!(offset, %error, "nix-daemon stopped a NAR");
+                Err(error)
+            }
         }
-        let mut nar = Cursor::new(first.to_le_bytes()).chain(&mut self.stream);
-        let summary = crate::nar::copy_nar(&mut nar, sink).await?;
-        self.broken = false;
-        Ok(summary)
     }
 
     /// Starts an operation: refuses it on a broken connection, marks the connection busy and
@@ -403,4 +414,267 @@ fn encode_version((major, minor): ProtocolVersion) -> u64 {
 fn decode_version(wire: u64) -> Option<ProtocolVersion> {
     let major = u8::try_from(wire >> 8).ok()?;
     (major == 1).then_some((major, (wire & 0xff) as u8))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::io::ReadBuf;
+
+    use super::*;
+
+    /// A recorded daemon: reads come from its recording, writes are kept for comparison.
+    struct Replay<'a> {
+        from_daemon: &'a [u8],
+        from_client: Vec<u8>,
+    }
+
+    impl AsyncRead for Replay<'_> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let n = buf.remaining().min(self.from_daemon.len());
+            buf.put_slice(&self.from_daemon[..n]);
+            self.from_daemon = &self.from_daemon[n..];
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Replay<'_> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.from_client.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// One recording (see `tests/daemon.rs`, `record_handshake_and_query_path_info`).
+    struct Recording {
+        from_daemon: &'static [u8],
+        from_client: &'static [u8],
+        version: ProtocolVersion,
+        nix: &'static str,
+        trusted: Option<bool>,
+        info: PathInfo,
+    }
+
+    fn path(basename: &str) -> StorePath {
+        StorePath::from_basename(basename).expect("a valid basename")
+    }
+
+    fn nix_2_8() -> Recording {
+        Recording {
+            from_daemon: include_bytes!("../../tests/fixtures/daemon-2.8.0.from-daemon.bin"),
+            from_client: include_bytes!("../../tests/fixtures/daemon-2.8.0.from-client.bin"),
+            version: (1, 34),
+            nix: "2.8.0",
+            trusted: None,
+            info: PathInfo {
+                path: path("gvgfvm2b27csbkkiqxxkxkykpc1kfbnh-top"),
+                deriver: None,
+                nar_hash: "sha256:02375lijq085a43ivxqqh1cy1bbga1zm9knb5l46i6i0v1ssi34b"
+                    .parse()
+                    .expect("a hash"),
+                references: vec![path("r3z4jv0vv64bg5bx1qw11vrqrb7hfbzc-dep")],
+                registration_time: 1795934342,
+                nar_size: 168,
+                ultimate: false,
+                sigs: vec!["n2p-worker-test-1:VPXQgTemrScnL8y9j+R9wA3in58cWyJ2yzewglkWIz0lBdYIsIgwnJ1W9UQXkKo6UAmymO1ctt24ZfeyU+kzBQ==".into()],
+                ca: Some("text:sha256:1vv8c0jkg389y85jkc05zmj7ryr2z8h3kmr9zq5al5l6w3py3jq5".into()),
+            },
+        }
+    }
+
+    /// Nix 2.26.3 (Debian trixie) negotiates 1.38: features are exchanged, trust is sent.
+    fn nix_2_26() -> Recording {
+        let mut info = nix_2_8().info;
+        info.registration_time = 1795934640;
+        info.sigs = vec!["n2p-worker-test-1:cLBnkx+o+0LtEqsY/qAyplHOD8vbvRx02du36fgt568zTXBVQGyUDlXk3Oefq0cenCj6mOgNN+oSEvq0nOIsDA==".into()];
+        Recording {
+            from_daemon: include_bytes!("../../tests/fixtures/daemon-2.26.3.from-daemon.bin"),
+            from_client: include_bytes!("../../tests/fixtures/daemon-2.26.3.from-client.bin"),
+            version: (1, 38),
+            nix: "2.26.3",
+            trusted: Some(true),
+            info,
+        }
+    }
+
+    fn recordings() -> Vec<Recording> {
+        vec![nix_2_8(), nix_2_26()]
+    }
+
+    /// The handshake and QueryPathInfo of `path` against `from_daemon`.
+    async fn replay<'a>(
+        from_daemon: &'a [u8],
+        path: &StorePath,
+    ) -> Result<(DaemonClient<Replay<'a>>, Option<PathInfo>), WorkerError> {
+        let stream = Replay {
+            from_daemon,
+            from_client: Vec::new(),
+        };
+        let mut client = DaemonClient::handshake(stream, StoreDir::default()).await?;
+        let info = client.query_path_info(path).await?;
+        Ok((client, info))
+    }
+
+    #[tokio::test]
+    async fn recorded_daemons_replay() {
+        for recording in recordings() {
+            let (client, info) = replay(recording.from_daemon, &recording.info.path)
+                .await
+                .expect("the recorded exchange");
+            assert_eq!(client.version(), recording.version);
+            assert_eq!(client.daemon_nix_version(), Some(recording.nix));
+            assert_eq!(client.trusted(), recording.trusted);
+            assert_eq!(info.as_ref(), Some(&recording.info));
+            assert!(client.is_usable());
+            let stream = client.stream.into_inner();
+            assert!(
+                stream.from_daemon.is_empty(),
+                "the whole recording was read"
+            );
+            assert_eq!(
+                stream.from_client, recording.from_client,
+                "the client sends what it sent to the real daemon"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn every_truncated_recording_is_an_error() {
+        for recording in recordings() {
+            for len in 0..recording.from_daemon.len() {
+                match replay(&recording.from_daemon[..len], &recording.info.path).await {
+                    Err(WorkerError::Io(error)) => {
+                        assert_eq!(error.kind(), std::io::ErrorKind::UnexpectedEof, "{len}")
+                    }
+                    Err(other) => panic!("prefix of {len} bytes: {other}"),
+                    Ok(_) => panic!("prefix of {len} bytes was taken for a whole exchange"),
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn old_daemons_and_other_majors_are_refused() {
+        for version in [(1u64 << 8) | 20, (2 << 8) | 38, 0x1_0000_0122] {
+            let mut wire = WORKER_MAGIC_2.to_le_bytes().to_vec();
+            wire.extend_from_slice(&version.to_le_bytes());
+            match replay(&wire, &path("gvgfvm2b27csbkkiqxxkxkykpc1kfbnh-top")).await {
+                Err(WorkerError::Handshake(_)) => {}
+                Err(other) => panic!("version {version:#x}: {other}"),
+                Ok(_) => panic!("version {version:#x} accepted"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_1_38_daemon_exchanges_features_and_trust() {
+        // What a Nix 2.24+ daemon sends: magic, 1.38, its features, its version, trust
+        // (1 = trusted), no start-up messages.
+        let mut wire = Vec::new();
+        for word in [WORKER_MAGIC_2, (1 << 8) | 38, 1] {
+            wire.extend_from_slice(&word.to_le_bytes());
+        }
+        wire::write_bytes(&mut wire, b"some-feature")
+            .await
+            .expect("vec");
+        wire::write_bytes(&mut wire, b"2.30.0").await.expect("vec");
+        wire.extend_from_slice(&1u64.to_le_bytes());
+        wire.extend_from_slice(&stderr::STDERR_LAST.to_le_bytes());
+        let stream = Replay {
+            from_daemon: &wire,
+            from_client: Vec::new(),
+        };
+        let client = DaemonClient::handshake(stream, StoreDir::default())
+            .await
+            .expect("handshake");
+        assert_eq!(client.version(), (1, 38));
+        assert_eq!(client.daemon_nix_version(), Some("2.30.0"));
+        assert_eq!(client.trusted(), Some(true));
+        let sent = client.stream.into_inner().from_client;
+        let words: Vec<u64> = sent
+            .chunks(8)
+            .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+            .collect();
+        // magic, version, no features, CPU affinity 0, reserveSpace 0.
+        assert_eq!(words, [WORKER_MAGIC_1, (1 << 8) | 38, 0, 0, 0]);
+    }
+
+    /// A client past the handshake with a 1.34 daemon that will send `from_daemon`.
+    async fn client_on(from_daemon: &[u8]) -> DaemonClient<Replay<'_>> {
+        DaemonClient {
+            stream: BufStream::new(Replay {
+                from_daemon,
+                from_client: Vec::new(),
+            }),
+            version: (1, 34),
+            store_dir: StoreDir::default(),
+            daemon_nix_version: None,
+            trusted: None,
+            broken: false,
+        }
+    }
+
+    const TREE: &[u8] = include_bytes!("../../tests/fixtures/tree.nar");
+
+    #[tokio::test]
+    async fn a_nar_reply_is_read_to_its_end_and_no_further() {
+        // Everything arrives at once, so the read buffer holds the next reply too.
+        let mut wire = stderr::STDERR_LAST.to_le_bytes().to_vec();
+        wire.extend_from_slice(TREE);
+        wire.extend_from_slice(&stderr::STDERR_LAST.to_le_bytes());
+        wire.extend_from_slice(&1u64.to_le_bytes()); // AddTempRoot's reply
+        let mut client = client_on(&wire).await;
+        let top = path("gvgfvm2b27csbkkiqxxkxkykpc1kfbnh-top");
+        let mut nar = Vec::new();
+        let summary = client.nar_from_path(&top, &mut nar).await.expect("NAR");
+        assert_eq!(nar, TREE);
+        assert_eq!(summary.size, TREE.len() as u64);
+        client
+            .add_temp_root(&top)
+            .await
+            .expect("the next operation");
+        assert!(client.is_usable());
+    }
+
+    #[tokio::test]
+    async fn an_error_in_place_of_the_nar_is_remote_and_ends_the_connection() {
+        // Nix 2.8 sends the NAR's magic, then fails to read the path.
+        let mut wire = stderr::STDERR_LAST.to_le_bytes().to_vec();
+        wire.extend_from_slice(&TREE[..24]);
+        wire.extend_from_slice(&STDERR_ERROR.to_le_bytes());
+        wire::write_bytes(&mut wire, b"Error").await.expect("vec");
+        wire.extend_from_slice(&0u64.to_le_bytes());
+        wire::write_bytes(&mut wire, b"Error").await.expect("vec");
+        wire::write_bytes(&mut wire, b"getting status of '/nix/store/x': No such file")
+            .await
+            .expect("vec");
+        wire.extend_from_slice(&[0u8; 16]); // no position, no traces
+        let mut client = client_on(&wire).await;
+        let top = path("gvgfvm2b27csbkkiqxxkxkykpc1kfbnh-top");
+        match client.nar_from_path(&top, &mut tokio::io::sink()).await {
+            Err(WorkerError::Remote(message)) => assert!(message.contains("No such file")),
+            other => panic!("expected a remote error, got {other:?}"),
+        }
+        assert!(!client.is_usable());
+        assert!(matches!(
+            client.add_temp_root(&top).await,
+            Err(WorkerError::Protocol(_))
+        ));
+    }
 }
