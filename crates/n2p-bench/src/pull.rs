@@ -40,6 +40,7 @@ use crate::{
     sshd::Sshd,
     stats::{Summary, rotated, round_ratios},
     transfer::{Job, JobResult, Recorder, Sample, standard_jobs, summarize, timed_sample},
+    worker::connect_and_query,
 };
 
 /// Nix settings for every measured pull: no narinfo answers remembered from an earlier
@@ -252,6 +253,11 @@ pub(crate) struct NarinfoLatency {
     pub(crate) hit_ms: Option<Summary>,
     /// Misses (404) with the server live, ms: each a different random hash.
     pub(crate) miss_ms: Option<Summary>,
+    /// `/nix-cache-info`, ms: the facade's HTTP alone, no peer asked.
+    pub(crate) cache_info_ms: Option<Summary>,
+    /// A new connection to the source's nix-daemon + handshake + one IsValidPath, made by
+    /// the runner itself, ms: what the server pays per request before its two queries.
+    pub(crate) daemon_connection_ms: Option<Summary>,
     /// Answers with another status than expected.
     pub(crate) wrong_status: usize,
 }
@@ -348,7 +354,12 @@ pub(crate) fn run(
     load.push(load_average());
 
     eprintln!("narinfo latency: {narinfo_requests} hits and misses");
-    let narinfo = match narinfo_latency(sources.cache_addr, &all_paths, narinfo_requests) {
+    let narinfo = match narinfo_latency(
+        sources.cache_addr,
+        sources.source_daemon.socket_path(),
+        &all_paths,
+        narinfo_requests,
+    ) {
         Ok(n) => Some(n),
         Err(e) => {
             rec.errors.push(format!("narinfo latency: {e:#}"));
@@ -405,30 +416,52 @@ fn measure(
 }
 
 /// `requests` narinfo hits (cycling through `paths`) and as many misses (fresh random
-/// hashes), alternating, each on a new connection.
-fn narinfo_latency(cache: SocketAddr, paths: &[String], requests: usize) -> Result<NarinfoLatency> {
+/// hashes), alternating with `/nix-cache-info` and a direct connection to the daemon at
+/// `daemon_socket` for comparison; each HTTP request on a new connection.
+fn narinfo_latency(
+    cache: SocketAddr,
+    daemon_socket: &Path,
+    paths: &[String],
+    requests: usize,
+) -> Result<NarinfoLatency> {
     if paths.is_empty() {
         bail!("no paths to ask for");
     }
     let mut rng = XorShift64::new(0x6e61_7269);
     let mut hits = Vec::with_capacity(requests);
     let mut misses = Vec::with_capacity(requests);
+    let mut infos = Vec::with_capacity(requests);
+    let mut daemon = Vec::with_capacity(requests);
     let mut wrong_status = 0;
     for i in 0..requests {
-        let hit = format!("/{}.narinfo", hash_part(&paths[i % paths.len()])?);
+        let path = &paths[i % paths.len()];
+        let hit = format!("/{}.narinfo", hash_part(path)?);
         let miss = format!("/{}.narinfo", random_hash_part(&mut rng));
-        for (path, want, out) in [(hit, 200, &mut hits), (miss, 404, &mut misses)] {
-            let reply = http::request("GET", cache, &path, HTTP_TIMEOUT)?;
+        let info = "/nix-cache-info".to_owned();
+        for (url, want, out) in [
+            (hit, 200, &mut hits),
+            (miss, 404, &mut misses),
+            (info, 200, &mut infos),
+        ] {
+            let reply = http::request("GET", cache, &url, HTTP_TIMEOUT)?;
             if reply.status != want {
                 wrong_status += 1;
             }
             out.push(reply.elapsed.as_secs_f64() * 1000.0);
         }
+        let (took, valid) = connect_and_query(daemon_socket, path)
+            .with_context(|| format!("asking the daemon at {}", daemon_socket.display()))?;
+        if !valid {
+            bail!("{path} is not valid in the source daemon's store");
+        }
+        daemon.push(took.as_secs_f64() * 1000.0);
     }
     Ok(NarinfoLatency {
         requests,
         hit_ms: Summary::of(&hits),
         miss_ms: Summary::of(&misses),
+        cache_info_ms: Summary::of(&infos),
+        daemon_connection_ms: Summary::of(&daemon),
         wrong_status,
     })
 }

@@ -452,11 +452,16 @@ fn pull_markdown(out: &mut String, p: &PullResults) {
     if let Some(n) = &p.narinfo {
         let _ = writeln!(
             out,
-            "Facade narinfo latency (new TCP connection per request, ms: median [min–max]): \
-             hit {}, miss {} over {} requests each; {} answers with an unexpected status.\n",
+            "Facade latency (new TCP connection per request, ms: median [min–max], {} \
+             requests each, interleaved): narinfo hit {}, narinfo miss {}; for comparison \
+             `/nix-cache-info` (HTTP only, no peer asked) {} and a new connection to the \
+             source's nix-daemon + handshake + one query, made directly {}. {} answers with an \
+             unexpected status.\n",
+            n.requests,
             opt(n.hit_ms, |s| ms(&s)),
             opt(n.miss_ms, |s| ms(&s)),
-            n.requests,
+            opt(n.cache_info_ms, |s| ms(&s)),
+            opt(n.daemon_connection_ms, |s| ms(&s)),
             n.wrong_status
         );
     }
