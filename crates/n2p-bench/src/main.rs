@@ -205,7 +205,15 @@ fn run(args: Args) -> Result<()> {
 
     let n2p = n2p_binary(&args)?;
     let mut unavailable = Vec::new();
-    let dumbpipe = if args.no_dumbpipe {
+    let forwards = sections.iter().any(|s| {
+        matches!(
+            s,
+            Section::Transfers | Section::Connect | Section::Startup | Section::Wan
+        )
+    });
+    let dumbpipe = if !forwards {
+        None
+    } else if args.no_dumbpipe {
         unavailable.push("dumbpipe (--no-dumbpipe)".to_owned());
         None
     } else {
