@@ -335,7 +335,7 @@ pub(crate) fn evaluate_pull_targets(p: &PullResults) -> Vec<Target> {
             measured: if ssh_measured {
                 opt(vs_ssh, |x| format!("{x:.2}× ssh-ng's time"))
             } else {
-                "SKIPPED (no sshd)".to_owned()
+                "SKIPPED (no OpenSSH)".to_owned()
             },
             met: vs_ssh.map(|x| x < 1.0),
         });
