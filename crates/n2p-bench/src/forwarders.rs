@@ -278,26 +278,17 @@ impl Forwarder {
     }
 
     fn start_n2p(&mut self, n2p: &Path) -> Result<()> {
-        let server_home = self.dir.join("server-home");
-        let client_home = self.dir.join("client-home");
-        let server_bind = SocketAddr::new(self.net.server_ip, free_udp_port());
-        let mut command = n2p_command(self.net.server_ns.as_deref(), n2p, &server_home);
-        command
-            .args(["--relay", "disabled", "--bind", &server_bind.to_string()])
-            .args(["server", "--daemon-socket"])
-            .arg(&self.slot);
-        let server =
-            Process::try_spawn_logged("n2p server", &mut command, &self.dir.join("server.log"))?;
-        let address = last_word(&server.try_wait_for_line("long address:", READY_TIMEOUT)?);
+        let (server, address) = start_n2p_server(n2p, &self.dir, &self.slot, &self.net)?;
         self.services.push(server);
         let front = self.dir.join("client.sock");
         let client = start_n2p_client(
             n2p,
-            &client_home,
+            &self.dir.join("client-home"),
             &address,
             &front,
             &self.net,
             &self.dir.join("client.log"),
+            &[],
         )?;
         self.services.push(client);
         self.front = front;
@@ -373,8 +364,27 @@ impl Forwarder {
     }
 }
 
-/// Starts `n2p client <address> --socket <socket>` (relays disabled, bound next to the
-/// client end of `net`) and waits for its socket.
+/// Starts `n2p server --daemon-socket <daemon_socket>` (relays disabled, bound at the server
+/// end of `net`) with its home and log in `dir`; returns it and the long address it logged.
+pub(crate) fn start_n2p_server(
+    n2p: &Path,
+    dir: &Path,
+    daemon_socket: &Path,
+    net: &Net,
+) -> Result<(Process, String)> {
+    let bind = SocketAddr::new(net.server_ip, free_udp_port());
+    let mut command = n2p_command(net.server_ns.as_deref(), n2p, &dir.join("server-home"));
+    command
+        .args(["--relay", "disabled", "--bind", &bind.to_string()])
+        .args(["server", "--daemon-socket"])
+        .arg(daemon_socket);
+    let server = Process::try_spawn_logged("n2p server", &mut command, &dir.join("server.log"))?;
+    let address = last_word(&server.try_wait_for_line("long address:", READY_TIMEOUT)?);
+    Ok((server, address))
+}
+
+/// Starts `n2p client <address> --socket <socket> <extra>` (relays disabled, bound next to
+/// the client end of `net`) and waits for its socket.
 pub(crate) fn start_n2p_client(
     n2p: &Path,
     home: &Path,
@@ -382,13 +392,15 @@ pub(crate) fn start_n2p_client(
     socket: &Path,
     net: &Net,
     log: &Path,
+    extra: &[&str],
 ) -> Result<Process> {
     let bind = SocketAddr::new(net.client_ip, free_udp_port());
     let mut command = n2p_command(net.client_ns.as_deref(), n2p, home);
     command
         .args(["client", address, "--socket"])
         .arg(socket)
-        .args(["--relay", "disabled", "--bind", &bind.to_string()]);
+        .args(["--relay", "disabled", "--bind", &bind.to_string()])
+        .args(extra);
     let mut client = Process::try_spawn_logged("n2p client", &mut command, log)?;
     client.try_wait_for_path(socket, READY_TIMEOUT)?;
     Ok(client)

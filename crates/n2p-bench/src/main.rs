@@ -1,6 +1,8 @@
 //! `n2p-bench`: measures `nix copy --to` through n2p (client/server and mesh) against the
 //! daemon socket itself, dumbpipe and socat, plus n2p's connection costs, memory, start-up
-//! and mesh convergence, and writes a Markdown report and a JSON file (issue 4).
+//! and mesh convergence (issue 4), and pulls through n2p's binary-cache facade against a
+//! `file://` cache, ssh-ng and a local store (issue 7), and writes a Markdown report and a
+//! JSON file.
 //!
 //! ```text
 //! cargo run --release -p n2p-bench -- [--reps 5] [--quick] [--out docs/bench-results]
@@ -17,7 +19,9 @@ mod link;
 mod mesh;
 mod nix;
 mod procfs;
+mod pull;
 mod report;
+mod sshd;
 mod stats;
 mod transfer;
 mod worker;
@@ -102,6 +106,12 @@ struct Args {
     /// MiB of W1 on the emulated WAN link [default: 64; quick: 16].
     #[arg(long)]
     netem_w1_mib: Option<u64>,
+    /// Rounds of the pull section [default: 3; quick: 1].
+    #[arg(long)]
+    pull_reps: Option<usize>,
+    /// Narinfo hits and misses each for the facade's latency [default: 200; quick: 100].
+    #[arg(long)]
+    narinfo_requests: Option<usize>,
     /// Round-trip time of the emulated WAN link, in ms.
     #[arg(long, default_value_t = 30)]
     wan_rtt_ms: u32,
@@ -137,6 +147,9 @@ enum Section {
     /// W1/W3 over an emulated WAN link (network namespaces joined by `link::Link`).
     #[value(alias = "netem")]
     Wan,
+    /// P1..P3 pulled through the facade, a file:// cache, ssh-ng and a local store;
+    /// narinfo latency and facade memory.
+    Pulls,
 }
 
 fn main() {
@@ -175,8 +188,15 @@ fn run(args: Args) -> Result<()> {
             Section::Startup,
             Section::Mesh,
             Section::Wan,
+            Section::Pulls,
         ]
     });
+    // W5 is the transfers' only; leave it out of a run without them.
+    let sizes = if sections.contains(&Section::Transfers) {
+        sizes
+    } else {
+        sizes.without_w5()
+    };
     for program in ["nix", "nix-daemon", "nix-store"] {
         if find_on_path(program).is_none() {
             bail!("{program} not found: install Nix (on Debian: apt-get install -y nix-bin)");
@@ -185,7 +205,15 @@ fn run(args: Args) -> Result<()> {
 
     let n2p = n2p_binary(&args)?;
     let mut unavailable = Vec::new();
-    let dumbpipe = if args.no_dumbpipe {
+    let forwards = sections.iter().any(|s| {
+        matches!(
+            s,
+            Section::Transfers | Section::Connect | Section::Startup | Section::Wan
+        )
+    });
+    let dumbpipe = if !forwards {
+        None
+    } else if args.no_dumbpipe {
         unavailable.push("dumbpipe (--no-dumbpipe)".to_owned());
         None
     } else {
@@ -258,6 +286,8 @@ fn run(args: Args) -> Result<()> {
         mesh: Vec::new(),
         netem: None,
         targets: Vec::new(),
+        pulls: None,
+        pull_targets: Vec::new(),
     };
     let result = run_sections(
         &args,
@@ -275,6 +305,9 @@ fn run(args: Args) -> Result<()> {
     result?;
     report.duration_s = started.elapsed().as_secs_f64();
     report.targets = report::evaluate_targets(&report);
+    if let Some(p) = &report.pulls {
+        report.pull_targets = report::evaluate_pull_targets(p);
+    }
     fs::create_dir_all(&args.out)?;
     let json = args.out.join("results.json");
     let md = args.out.join("results.md");
@@ -399,6 +432,41 @@ fn run_sections(
         }
     }
     drop(fwds);
+
+    if sections.contains(&Section::Pulls) {
+        let reps = args
+            .pull_reps
+            .unwrap_or(if args.quick { 1 } else { 3 })
+            .max(1);
+        let requests = args
+            .narinfo_requests
+            .unwrap_or(if args.quick { 100 } else { 200 });
+        let jobs = pull::pull_jobs(&workloads, sizes.w1_bytes);
+        let paths: Vec<String> = jobs.iter().flat_map(|j| j.paths().to_vec()).collect();
+        match pull::Sources::start(
+            &tools.n2p,
+            &work.join("pull-sources"),
+            &workloads,
+            &paths,
+            &mut report.unavailable,
+        ) {
+            Ok(sources) => {
+                eprintln!("pulls: {reps} rounds of {} workloads", jobs.len());
+                report.pulls = Some(pull::run(
+                    &sources,
+                    &jobs,
+                    &workloads,
+                    reps,
+                    requests,
+                    &work.join("pull-dest"),
+                ));
+            }
+            Err(e) => {
+                eprintln!("pulls unavailable: {e:#}");
+                report.unavailable.push(format!("pulls: {e:#}"));
+            }
+        }
+    }
 
     if sections.contains(&Section::Mesh) {
         let sizes =

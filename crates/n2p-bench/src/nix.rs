@@ -47,6 +47,16 @@ impl Sizes {
         }
     }
 
+    /// These sizes without W5, which only the transfer section uses (the pulls' P1..P3 are
+    /// W1..W3).
+    pub(crate) fn without_w5(self) -> Self {
+        Self {
+            w5_bytes: 0,
+            w5_paths: 0,
+            ..self
+        }
+    }
+
     /// Small sizes for a smoke run.
     pub(crate) fn quick() -> Self {
         Self {
@@ -132,8 +142,11 @@ impl Workloads {
 
         let w5_dir = staging.join("w5");
         fs::create_dir(&w5_dir)?;
-        let (w5_dirs, w5_files, w5_file_bytes) =
-            stage_machine_files(&w5_dir, sizes.w5_bytes, sizes.w5_paths)?;
+        let (w5_dirs, w5_files, w5_file_bytes) = if sizes.w5_paths == 0 {
+            (Vec::new(), 0, 0)
+        } else {
+            stage_machine_files(&w5_dir, sizes.w5_bytes, sizes.w5_paths)?
+        };
 
         let add = |files: &[PathBuf]| try_add_paths(&source_url, files, NIX_TIMEOUT);
         let w1 = add(std::slice::from_ref(&w1_file))?.remove(0);
@@ -143,7 +156,11 @@ impl Workloads {
         };
         let w2 = add(std::slice::from_ref(&w2_dir))?.remove(0);
         let w3 = add(&w3_files)?;
-        let w5 = add(&w5_dirs)?;
+        let w5 = if w5_dirs.is_empty() {
+            Vec::new()
+        } else {
+            add(&w5_dirs)?
+        };
         remove_tree(&staging);
 
         let mut workloads = Self {

@@ -54,6 +54,31 @@ pub(crate) fn status_bytes(pid: u32, field: &str) -> Result<u64> {
 
 pub(crate) use n2p_testkit::procfs::parse_status_kb;
 
+/// CPU seconds of `pid` and all its live descendants ([`cpu_seconds`] counts the reaped
+/// ones): what a forking server (sshd, nix-daemon) has spent so far, per connection
+/// included. Processes that are gone count as 0.
+pub(crate) fn tree_cpu_seconds(pid: u32) -> f64 {
+    let children =
+        fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    cpu_seconds(pid).unwrap_or(0.0)
+        + children
+            .split_whitespace()
+            .filter_map(|c| c.parse().ok())
+            .map(tree_cpu_seconds)
+            .sum::<f64>()
+}
+
+/// The peak resident set size (`VmHWM`) of each labelled process still there:
+/// (label, bytes).
+pub(crate) fn peak_rss_of(
+    processes: impl IntoIterator<Item = (String, u32)>,
+) -> Vec<(String, u64)> {
+    processes
+        .into_iter()
+        .filter_map(|(label, pid)| Some((label, status_bytes(pid, "VmHWM").ok()?)))
+        .collect()
+}
+
 /// Resets the peak resident set size (`VmHWM`) of `pid` to its current size.
 pub(crate) fn reset_peak_rss(pid: u32) -> Result<()> {
     fs::write(format!("/proc/{pid}/clear_refs"), "5")

@@ -11,8 +11,9 @@ use crate::{
     link::Shape,
     mesh::MeshResult,
     nix::Sizes,
+    pull::{PullResults, Source},
     stats::Summary,
-    transfer::{TransferResults, added_ms_per_path},
+    transfer::{JobResult, TransferResults, added_ms_per_path},
 };
 
 /// The machine the numbers come from.
@@ -123,6 +124,10 @@ pub(crate) struct Report {
     pub(crate) netem: Option<NetemResults>,
     /// Targets of issue 4, evaluated.
     pub(crate) targets: Vec<Target>,
+    /// Pulls P1..P3 and the facade's narinfo latency.
+    pub(crate) pulls: Option<PullResults>,
+    /// Targets of issue 7 (pulls), evaluated.
+    pub(crate) pull_targets: Vec<Target>,
 }
 
 const MB: f64 = 1e6;
@@ -312,6 +317,172 @@ pub(crate) fn evaluate_targets(r: &Report) -> Vec<Target> {
     targets
 }
 
+/// Evaluates the pull targets of issue 7 point 6 against `p`.
+pub(crate) fn evaluate_pull_targets(p: &PullResults) -> Vec<Target> {
+    let mut targets = Vec::new();
+    let ssh_measured = p
+        .jobs
+        .first()
+        .is_some_and(|j| j.of(Source::SshNg).is_some());
+    for job in &p.jobs {
+        let vs_ssh = p.round_ratio(&job.workload, Source::N2p, Source::SshNg);
+        targets.push(Target {
+            name: format!(
+                "{} ({}): n2p facade vs ssh-ng",
+                job.workload, job.description
+            ),
+            goal: "faster (< 1×)".to_owned(),
+            measured: if ssh_measured {
+                opt(vs_ssh, |x| format!("{x:.2}× ssh-ng's time"))
+            } else {
+                "SKIPPED (no OpenSSH)".to_owned()
+            },
+            met: vs_ssh.map(|x| x < 1.0),
+        });
+    }
+    let p1_file = p
+        .job("P1")
+        .and_then(|j| j.of(Source::N2p))
+        .and_then(|v| v.ratio)
+        .map(|s| s.median);
+    targets.push(Target {
+        name: "P1 through the facade vs the file:// cache".to_owned(),
+        goal: "≤ 1.5×".to_owned(),
+        measured: opt(p1_file, |x| format!("{x:.2}×")),
+        met: p1_file.map(|x| x <= 1.5),
+    });
+    let narinfo = p.narinfo.as_ref();
+    for (what, summary) in [
+        (
+            "narinfo hit through the facade",
+            narinfo.and_then(|n| n.hit_ms),
+        ),
+        (
+            "narinfo miss through the facade (the peer live)",
+            narinfo.and_then(|n| n.miss_ms),
+        ),
+    ] {
+        targets.push(Target {
+            name: format!(
+                "{what}, median of {} requests",
+                narinfo.map_or(0, |n| n.requests)
+            ),
+            goal: "≤ 5 ms".to_owned(),
+            measured: opt(summary, |s| format!("{:.2} ms", s.median)),
+            met: summary.map(|s| s.median <= 5.0),
+        });
+    }
+    let facade_peak = p
+        .p1_peak_rss
+        .iter()
+        .find(|x| x.process.contains("facade"))
+        .and_then(|x| x.bytes.iter().max().copied());
+    targets.push(Target {
+        name: "facade process (n2p client --cache) peak RSS during P1".to_owned(),
+        goal: "≤ 64 MB".to_owned(),
+        measured: opt(facade_peak, |b| format!("max {}", mb(b as f64))),
+        met: facade_peak.map(|b| b as f64 <= 64.0 * MB),
+    });
+    targets
+}
+
+fn targets_table(out: &mut String, title: &str, targets: &[Target]) {
+    let _ = writeln!(out, "### {title}\n");
+    let _ = writeln!(out, "| target | goal | measured | |");
+    let _ = writeln!(out, "|---|---|---|---|");
+    for t in targets {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            t.name,
+            t.goal,
+            t.measured,
+            match t.met {
+                Some(true) => "met",
+                Some(false) => "**not met**",
+                None => "not measured",
+            }
+        );
+    }
+    out.push('\n');
+}
+
+fn pull_markdown(out: &mut String, p: &PullResults) {
+    let _ = writeln!(
+        out,
+        "### Pulls: `nix copy --from <source> --to <fresh daemon>`\n"
+    );
+    let _ = writeln!(
+        out,
+        "Sources: `n2p` = `http://` facade of `n2p client --cache` → `n2p server` → nix-daemon \
+         on the source store; `file` = `file://` binary cache, compression=none; `ssh-ng` = \
+         OpenSSH on loopback, `remote-store=local?root=`; `local` = `local?root=` of the source \
+         store. Destination: a fresh nix-daemon on a fresh chroot store per round and source. \
+         Load average (1 min) at the start of each round and at the end: {}.\n",
+        p.load
+            .iter()
+            .map(|l| format!("{l:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    job_tables(
+        out,
+        &p.jobs,
+        p.reps,
+        "file",
+        "CPU of the serving processes (n2p: server + client + source daemon; ssh-ng: sshd, its sessions and the remote nix-daemon), user+sys",
+        |s| matches!(s, Source::File | Source::Local),
+    );
+    let _ = writeln!(
+        out,
+        "n2p time / ssh-ng time, median of the per-round ratios: {}.\n",
+        p.jobs
+            .iter()
+            .map(|j| format!(
+                "{} {}",
+                j.workload,
+                opt(
+                    p.round_ratio(&j.workload, Source::N2p, Source::SshNg),
+                    |x| { format!("{x:.2}×") }
+                )
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if let Some(n) = &p.narinfo {
+        let _ = writeln!(
+            out,
+            "Facade latency (new TCP connection per request, ms: median [min–max], {} \
+             requests each, interleaved): narinfo hit {}, narinfo miss {}; for comparison \
+             `/nix-cache-info` (HTTP only, no peer asked) {} and a new connection to the \
+             source's nix-daemon + handshake + one query, made directly {}. {} answers with an \
+             unexpected status.\n",
+            n.requests,
+            opt(n.hit_ms, |s| ms(&s)),
+            opt(n.miss_ms, |s| ms(&s)),
+            opt(n.cache_info_ms, |s| ms(&s)),
+            opt(n.daemon_connection_ms, |s| ms(&s)),
+            n.wrong_status
+        );
+    }
+    for peak in &p.p1_peak_rss {
+        let _ = writeln!(
+            out,
+            "- peak RSS (VmHWM) of the {} during P1: {}",
+            peak.process,
+            peak.bytes
+                .iter()
+                .map(|b| mb(*b as f64))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    out.push('\n');
+    for e in &p.errors {
+        let _ = writeln!(out, "- failure: {}", e.replace('\n', " "));
+    }
+}
+
 /// Renders `r` as Markdown.
 pub(crate) fn markdown(r: &Report) -> String {
     let mut out = String::new();
@@ -326,7 +497,10 @@ pub(crate) fn markdown(r: &Report) -> String {
     let _ = writeln!(
         out,
         "- {} rounds{}, whole run {:.0} s; stores in {} ({})",
-        r.reps,
+        r.pulls
+            .as_ref()
+            .filter(|_| r.transfers.is_none())
+            .map_or(r.reps, |p| p.reps),
         if r.quick {
             ", QUICK (small sizes: indicative only)"
         } else {
@@ -530,32 +704,43 @@ pub(crate) fn markdown(r: &Report) -> String {
         }
     }
 
-    if !r.targets.is_empty() {
-        let _ = writeln!(out, "### Targets (issue 4, point 4)\n");
-        let _ = writeln!(out, "| target | goal | measured | |");
-        let _ = writeln!(out, "|---|---|---|---|");
-        for t in &r.targets {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} |",
-                t.name,
-                t.goal,
-                t.measured,
-                match t.met {
-                    Some(true) => "met",
-                    Some(false) => "**not met**",
-                    None => "not measured",
-                }
-            );
-        }
-        out.push('\n');
+    if let Some(p) = &r.pulls {
+        pull_markdown(&mut out, p);
+    }
+
+    let issue4_measured =
+        r.transfers.is_some() || r.connect.is_some() || !r.startup.is_empty() || !r.mesh.is_empty();
+    if issue4_measured && !r.targets.is_empty() {
+        targets_table(&mut out, "Targets (issue 4, point 4)", &r.targets);
+    }
+    if !r.pull_targets.is_empty() {
+        targets_table(&mut out, "Pull targets (issue 7, point 6)", &r.pull_targets);
     }
     out
 }
 
 fn transfer_tables(out: &mut String, t: &TransferResults, baseline: &str) {
-    let variants: Vec<Variant> = t
-        .jobs
+    job_tables(
+        out,
+        &t.jobs,
+        t.reps,
+        baseline,
+        "CPU of the forwarding processes (user+sys)",
+        |v| v == Variant::Direct,
+    );
+}
+
+/// The time, ratio and CPU tables of `jobs` (one column per variant); `no_cpu` marks the
+/// variants without processes of their own, whose CPU cell stays empty.
+fn job_tables<V: Copy + PartialEq + std::fmt::Display>(
+    out: &mut String,
+    jobs: &[JobResult<V>],
+    reps: usize,
+    baseline: &str,
+    cpu_title: &str,
+    no_cpu: impl Fn(V) -> bool,
+) {
+    let variants: Vec<V> = jobs
         .first()
         .map(|j| j.variants.iter().map(|v| v.variant).collect())
         .unwrap_or_default();
@@ -572,11 +757,10 @@ fn transfer_tables(out: &mut String, t: &TransferResults, baseline: &str) {
     };
     let _ = writeln!(
         out,
-        "### Wall time of the nix command, s: median [min–max] over {} rounds\n",
-        t.reps
+        "### Wall time of the nix command, s: median [min–max] over {reps} rounds\n"
     );
     header(out, "workload");
-    for j in &t.jobs {
+    for j in jobs {
         let _ = write!(out, "| {}: {} |", j.workload, j.description);
         for v in &j.variants {
             let _ = write!(out, " {} |", opt(v.time, |s| secs(&s)));
@@ -588,22 +772,19 @@ fn transfer_tables(out: &mut String, t: &TransferResults, baseline: &str) {
         "\n### Ratio to {baseline}: median [min–max] of the per-round ratios\n"
     );
     header(out, "workload");
-    for j in &t.jobs {
+    for j in jobs {
         let _ = write!(out, "| {} |", j.workload);
         for v in &j.variants {
             let _ = write!(out, " {} |", opt(v.ratio, |s| ratio(&s)));
         }
         out.push('\n');
     }
-    let _ = writeln!(
-        out,
-        "\n### CPU of the forwarding processes (user+sys), s: median [min–max]\n"
-    );
+    let _ = writeln!(out, "\n### {cpu_title}, s: median [min–max]\n");
     header(out, "workload");
-    for j in &t.jobs {
+    for j in jobs {
         let _ = write!(out, "| {} |", j.workload);
         for v in &j.variants {
-            let cell = if v.variant == Variant::Direct {
+            let cell = if no_cpu(v.variant) {
                 "–".to_owned()
             } else {
                 opt(v.cpu, |s| secs(&s))

@@ -3,7 +3,7 @@
 //! (the variant order rotating from round to round), timing the nix command and accounting
 //! the forwarders' CPU time and, during W1, their peak memory.
 
-use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
+use std::{collections::BTreeMap, fmt, path::Path, process::Command, time::Duration};
 
 use anyhow::Result;
 use n2p_testkit::{
@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::{
     forwarders::{Forwarder, Variant},
     nix::{NIX_TIMEOUT, Workloads},
-    procfs::{cpu_seconds_of, reset_peak_rss, status_bytes},
+    procfs::{cpu_seconds_of, peak_rss_of, reset_peak_rss},
     stats::{Summary, median, rotated, round_ratios},
 };
 
@@ -48,7 +48,8 @@ impl Job {
         }
     }
 
-    fn command(&self, source_url: &str, url: &str) -> Command {
+    /// The nix command copying from `source_url` to `url` (or asking `url`).
+    pub(crate) fn command(&self, source_url: &str, url: &str) -> Command {
         let mut command = nix_command("nix");
         match &self.kind {
             JobKind::Copy(paths) => command
@@ -99,11 +100,11 @@ pub(crate) fn standard_jobs(w: &Workloads, w1_bytes: u64) -> Vec<Job> {
     ]
 }
 
-/// One variant's numbers for one job.
+/// One variant's numbers for one job (`V`: a way of reaching the daemon, or a pull source).
 #[derive(Debug, Clone, Serialize)]
-pub(crate) struct VariantResult {
+pub(crate) struct VariantResult<V = Variant> {
     /// The variant.
-    pub(crate) variant: Variant,
+    pub(crate) variant: V,
     /// Wall time of the nix command per round (None: failed).
     pub(crate) times_s: Vec<Option<f64>>,
     /// CPU seconds (user + sys) of the forwarding processes per round.
@@ -118,7 +119,7 @@ pub(crate) struct VariantResult {
 
 /// All variants' numbers for one job.
 #[derive(Debug, Clone, Serialize)]
-pub(crate) struct JobResult {
+pub(crate) struct JobResult<V = Variant> {
     /// W1..W5.
     pub(crate) workload: String,
     /// What it moves.
@@ -126,12 +127,12 @@ pub(crate) struct JobResult {
     /// How many store paths (round trips for W4).
     pub(crate) paths: usize,
     /// Per variant.
-    pub(crate) variants: Vec<VariantResult>,
+    pub(crate) variants: Vec<VariantResult<V>>,
 }
 
-impl JobResult {
+impl<V: Copy + PartialEq> JobResult<V> {
     /// The result of `variant`, if measured.
-    pub(crate) fn of(&self, variant: Variant) -> Option<&VariantResult> {
+    pub(crate) fn of(&self, variant: V) -> Option<&VariantResult<V>> {
         self.variants.iter().find(|v| v.variant == variant)
     }
 }
@@ -184,10 +185,7 @@ pub(crate) fn run(
 ) -> TransferResults {
     let variants: Vec<Variant> = fwds.iter().map(Forwarder::variant).collect();
     // times[job][variant] = per-round samples
-    let mut times: Vec<BTreeMap<Variant, Vec<Option<f64>>>> = vec![BTreeMap::new(); jobs.len()];
-    let mut cpus: Vec<BTreeMap<Variant, Vec<Option<f64>>>> = vec![BTreeMap::new(); jobs.len()];
-    let mut peaks: BTreeMap<(Variant, String), Vec<u64>> = BTreeMap::new();
-    let mut errors = Vec::new();
+    let mut rec = Recorder::new(jobs.len());
     let mut orders: Vec<Vec<Variant>> = Vec::new();
     let all_paths: Vec<String> = jobs.iter().flat_map(|j| j.paths().to_vec()).collect();
 
@@ -205,13 +203,14 @@ pub(crate) fn run(
             match NixDaemon::try_start_at(fwd.slot(), &dir) {
                 Ok(d) => daemons.push(Some(d)),
                 Err(e) => {
-                    errors.push(format!("round {rep}: {}: daemon: {e:#}", fwd.variant()));
+                    rec.errors
+                        .push(format!("round {rep}: {}: daemon: {e:#}", fwd.variant()));
                     daemons.push(None);
                 }
             }
         }
         if rep == 0 {
-            warm_up(fwds, scratch, &mut errors);
+            warm_up(fwds, scratch, &mut rec.errors);
         }
         for (j, job) in jobs.iter().enumerate() {
             for &i in &order {
@@ -222,31 +221,13 @@ pub(crate) fn run(
                 } else {
                     Err(anyhow::anyhow!("no daemon"))
                 };
-                let (time, cpu) = match sample {
-                    Ok(s) => {
-                        for (process, bytes) in s.peaks {
-                            peaks.entry((variant, process)).or_default().push(bytes);
-                        }
-                        eprintln!(
-                            "  {} {variant:<8} {:7.3} s  cpu {:6.3} s",
-                            job.name, s.secs, s.cpu
-                        );
-                        (Some(s.secs), Some(s.cpu))
-                    }
-                    Err(e) => {
-                        eprintln!("  {} {variant:<8} FAILED: {e:#}", job.name);
-                        errors.push(format!("round {rep}: {} {variant}: {e:#}", job.name));
-                        (None, None)
-                    }
-                };
-                times[j].entry(variant).or_default().push(time);
-                cpus[j].entry(variant).or_default().push(cpu);
+                rec.record(rep, j, job, variant, sample);
             }
         }
         for (fwd, daemon) in fwds.iter().zip(daemons) {
             let Some(daemon) = daemon else { continue };
             if let Err(e) = workloads.verify_paths(daemon.socket_path(), &all_paths) {
-                errors.push(format!(
+                rec.errors.push(format!(
                     "round {rep}: {}: verification: {e:#}",
                     fwd.variant()
                 ));
@@ -256,8 +237,109 @@ pub(crate) fn run(
         }
     }
 
-    let jobs_out = jobs
-        .iter()
+    TransferResults {
+        baseline,
+        reps,
+        orders,
+        jobs: summarize(jobs, &variants, &rec.times, &rec.cpus, baseline),
+        w1_peak_rss: rec
+            .peaks
+            .into_iter()
+            .map(|((variant, process), bytes)| PeakRss {
+                variant,
+                process,
+                bytes,
+            })
+            .collect(),
+        errors: rec.errors,
+    }
+}
+
+/// One measured nix command.
+pub(crate) struct Sample {
+    /// Its wall time, seconds.
+    pub(crate) secs: f64,
+    /// CPU seconds of the processes serving it (forwarders, sources).
+    pub(crate) cpu: f64,
+    /// Peak resident memory of tracked processes: (label, bytes).
+    pub(crate) peaks: Vec<(String, u64)>,
+}
+
+/// The samples of interleaved rounds as they come, for [`summarize`].
+pub(crate) struct Recorder<V> {
+    /// Wall times.
+    pub(crate) times: Samples<V>,
+    /// CPU seconds.
+    pub(crate) cpus: Samples<V>,
+    /// Peak memory by (variant, process), one entry per tracked run.
+    pub(crate) peaks: BTreeMap<(V, String), Vec<u64>>,
+    /// Failures, each naming its round.
+    pub(crate) errors: Vec<String>,
+}
+
+impl<V: Copy + Ord + fmt::Display> Recorder<V> {
+    /// Empty, for `jobs` jobs.
+    pub(crate) fn new(jobs: usize) -> Self {
+        Self {
+            times: vec![BTreeMap::new(); jobs],
+            cpus: vec![BTreeMap::new(); jobs],
+            peaks: BTreeMap::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// Records (and prints) round `rep`'s outcome of job `j` through `variant`: a missing
+    /// sample when it failed.
+    pub(crate) fn record(
+        &mut self,
+        rep: usize,
+        j: usize,
+        job: &Job,
+        variant: V,
+        sample: Result<Sample>,
+    ) {
+        let (time, cpu) = match sample {
+            Ok(s) => {
+                for (process, bytes) in s.peaks {
+                    self.peaks
+                        .entry((variant, process))
+                        .or_default()
+                        .push(bytes);
+                }
+                eprintln!(
+                    "  {} {:<8} {:7.3} s  cpu {:6.3} s",
+                    job.name,
+                    variant.to_string(),
+                    s.secs,
+                    s.cpu
+                );
+                (Some(s.secs), Some(s.cpu))
+            }
+            Err(e) => {
+                eprintln!("  {} {:<8} FAILED: {e:#}", job.name, variant.to_string());
+                self.errors
+                    .push(format!("round {rep}: {} {variant}: {e:#}", job.name));
+                (None, None)
+            }
+        };
+        self.times[j].entry(variant).or_default().push(time);
+        self.cpus[j].entry(variant).or_default().push(cpu);
+    }
+}
+
+/// Per-round samples of one job: `[job][variant] = one Option per round` (None: failed).
+pub(crate) type Samples<V> = Vec<BTreeMap<V, Vec<Option<f64>>>>;
+
+/// The results of `jobs` from their per-round `times` and `cpus`, with ratios taken per
+/// round against `baseline`.
+pub(crate) fn summarize<V: Copy + Ord>(
+    jobs: &[Job],
+    variants: &[V],
+    times: &Samples<V>,
+    cpus: &Samples<V>,
+    baseline: V,
+) -> Vec<JobResult<V>> {
+    jobs.iter()
         .enumerate()
         .map(|(j, job)| {
             let base = times[j].get(&baseline).cloned().unwrap_or_default();
@@ -282,22 +364,7 @@ pub(crate) fn run(
                     .collect(),
             }
         })
-        .collect();
-    TransferResults {
-        baseline,
-        reps,
-        orders,
-        jobs: jobs_out,
-        w1_peak_rss: peaks
-            .into_iter()
-            .map(|((variant, process), bytes)| PeakRss {
-                variant,
-                process,
-                bytes,
-            })
-            .collect(),
-        errors,
-    }
+        .collect()
 }
 
 /// One nix command through the forwarder, untimed, so connections are up before round 1
@@ -320,12 +387,6 @@ fn warm_up(fwds: &mut [Forwarder], scratch: &Path, errors: &mut Vec<String>) {
     }
 }
 
-struct Sample {
-    secs: f64,
-    cpu: f64,
-    peaks: Vec<(String, u64)>,
-}
-
 fn measure(
     fwd: &mut Forwarder,
     job: &Job,
@@ -334,36 +395,54 @@ fn measure(
     scratch: &Path,
 ) -> Result<Sample> {
     let inv = fwd.invocation()?;
-    if track_peak {
-        for pid in &inv.pids {
-            reset_peak_rss(*pid).ok();
-        }
-    }
-    let cpu_before = cpu_seconds_of(&inv.pids);
-    let mut command = job.command(&workloads.source_url, &inv.url);
-    let timed = try_run_timed(&mut command, None, &scratch.join("nix.err"), NIX_TIMEOUT)?
-        .check(&format!("{} through {}", job.name, fwd.variant()))?;
-    // Forked relays (socat) account their children once reaped.
-    for pid in &inv.pids {
-        time_until(Duration::from_secs(2), MEASURING_POLL_INTERVAL, || {
-            children_of(*pid) == 0
-        });
-    }
-    let cpu = cpu_seconds_of(&inv.pids) - cpu_before;
-    let peaks = if track_peak {
+    let tracked: Vec<(String, u32)> = if track_peak {
         fwd.process_labels()
             .into_iter()
-            .zip(&inv.pids)
-            .filter_map(|(label, pid)| Some((label, status_bytes(*pid, "VmHWM").ok()?)))
+            .zip(inv.pids.iter().copied())
             .collect()
     } else {
         Vec::new()
     };
+    timed_sample(
+        &mut job.command(&workloads.source_url, &inv.url),
+        &format!("{} through {}", job.name, fwd.variant()),
+        scratch,
+        &tracked,
+        || cpu_seconds_once_reaped(&inv.pids),
+    )
+}
+
+/// Runs the nix `command` (`what`, for errors; its stderr goes to `scratch`) timed, with
+/// the peak memory of the `tracked` processes reset before and read after, and `cpu` (the
+/// CPU seconds of the serving processes so far) read before and after.
+pub(crate) fn timed_sample(
+    command: &mut Command,
+    what: &str,
+    scratch: &Path,
+    tracked: &[(String, u32)],
+    mut cpu: impl FnMut() -> f64,
+) -> Result<Sample> {
+    for (_, pid) in tracked {
+        reset_peak_rss(*pid).ok();
+    }
+    let cpu_before = cpu();
+    let timed = try_run_timed(command, None, &scratch.join("nix.err"), NIX_TIMEOUT)?.check(what)?;
     Ok(Sample {
         secs: timed.elapsed.as_secs_f64(),
-        cpu,
-        peaks,
+        cpu: cpu() - cpu_before,
+        peaks: peak_rss_of(tracked.iter().cloned()),
     })
+}
+
+/// [`cpu_seconds_of`] `pids` once their children have been reaped (waiting up to 2 s):
+/// forking servers (socat, sshd, nix-daemon) account a connection's work when it ends.
+pub(crate) fn cpu_seconds_once_reaped(pids: &[u32]) -> f64 {
+    for pid in pids {
+        time_until(Duration::from_secs(2), MEASURING_POLL_INTERVAL, || {
+            children_of(*pid) == 0
+        });
+    }
+    cpu_seconds_of(pids)
 }
 
 /// How many child processes `pid` has (0 when unknown).

@@ -36,6 +36,7 @@ use axum::{
     http::{StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
+    serve::ListenerExt,
 };
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, stream::FuturesUnordered};
@@ -146,6 +147,13 @@ impl Facade {
         if let Ok(addr) = listener.local_addr() {
             debug!("binary cache for Nix at http://{addr}");
         }
+        // Nagle would hold each small NAR's last segment for a delayed ACK (~40 ms per
+        // path on a reused connection).
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                debug!("cannot set TCP_NODELAY: {e}");
+            }
+        });
         axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)
             .await

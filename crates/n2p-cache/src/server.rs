@@ -57,6 +57,9 @@ const NO_PROOF_IN_TIME: &[u8] = b"no access proof in time";
 /// fork and a handshake, most of a lookup's time).
 const IDLE_DAEMON_CONNECTIONS: usize = 4;
 
+/// NARs one daemon connection serves (each leaving a temporary root) before it is closed.
+const TEMP_ROOTS_PER_CONNECTION: u32 = 16;
+
 /// Bounds on what one peer may ask at once.
 #[derive(Debug, Clone, Copy)]
 pub struct StoreLimits {
@@ -94,9 +97,26 @@ struct Inner {
     key: SecretKey,
     limits: StoreLimits,
     nar_slots: Mutex<HashMap<EndpointId, Arc<Semaphore>>>,
-    /// Daemon connections whose last operation succeeded, for the next lookups. NARs always
-    /// get a fresh one (their temporary root lives as long as the connection).
-    idle: Mutex<Vec<DaemonClient<UnixStream>>>,
+    /// Daemon connections whose last operation succeeded, for the next requests.
+    idle: Mutex<Vec<Pooled>>,
+}
+
+/// An idle daemon connection and how many temporary roots it holds: a root lives as long
+/// as its connection, so one that has served [`TEMP_ROOTS_PER_CONNECTION`] NARs is closed
+/// rather than kept, and the paths it pinned become collectable again.
+#[derive(Debug)]
+struct Pooled {
+    client: DaemonClient<UnixStream>,
+    temp_roots: u32,
+}
+
+impl Pooled {
+    fn new(client: DaemonClient<UnixStream>) -> Self {
+        Self {
+            client,
+            temp_roots: 0,
+        }
+    }
 }
 
 /// Why one request failed on the serving side (logged; the peer sees a reset stream).
@@ -159,6 +179,15 @@ impl StoreService {
             .entry(peer)
             .or_insert_with(|| Arc::new(Semaphore::new(self.inner.limits.nars_per_peer)))
             .clone()
+    }
+
+    /// An idle daemon connection, if one is kept.
+    fn idle(&self) -> Option<Pooled> {
+        self.inner
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop()
     }
 
     async fn daemon(&self) -> Result<DaemonClient<UnixStream>, ServeError> {
@@ -272,14 +301,8 @@ impl StoreService {
         hash_parts: &[String],
         send: &mut SendStream,
     ) -> Result<(), ServeError> {
-        let idle = self
-            .inner
-            .idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .pop();
-        let infos = match idle {
-            Some(mut daemon) => match self.lookups(&mut daemon, hash_parts).await {
+        let infos = match self.idle() {
+            Some(mut daemon) => match self.lookups(&mut daemon.client, hash_parts).await {
                 Ok(infos) => {
                     self.keep(daemon);
                     infos
@@ -303,12 +326,15 @@ impl StoreService {
     ) -> Result<Vec<Option<WireInfo>>, ServeError> {
         let mut daemon = self.daemon().await?;
         let infos = self.lookups(&mut daemon, hash_parts).await?;
-        self.keep(daemon);
+        self.keep(Pooled::new(daemon));
         Ok(infos)
     }
 
-    /// Keeps a daemon connection whose operations all succeeded for later lookups.
-    fn keep(&self, daemon: DaemonClient<UnixStream>) {
+    /// Keeps a daemon connection whose operations all succeeded for later requests.
+    fn keep(&self, daemon: Pooled) {
+        if daemon.temp_roots >= TEMP_ROOTS_PER_CONNECTION {
+            return;
+        }
         let mut idle = self
             .inner
             .idle
@@ -383,8 +409,25 @@ impl StoreService {
         expected: NarHash,
         send: &mut SendStream,
     ) -> Result<(), ServeError> {
-        let mut daemon = self.daemon().await?;
-        let header = match daemon.query_path_info(path).await? {
+        // An idle connection may have died (a restarted daemon): the query before the
+        // header is retried once on a fresh one; nothing has been sent yet.
+        let (mut daemon, info) = match self.idle() {
+            Some(mut daemon) => match daemon.client.query_path_info(path).await {
+                Ok(info) => (daemon, info),
+                Err(e) => {
+                    debug!("an idle daemon connection failed ({e}); connecting afresh");
+                    let mut fresh = Pooled::new(self.daemon().await?);
+                    let info = fresh.client.query_path_info(path).await?;
+                    (fresh, info)
+                }
+            },
+            None => {
+                let mut fresh = Pooled::new(self.daemon().await?);
+                let info = fresh.client.query_path_info(path).await?;
+                (fresh, info)
+            }
+        };
+        let header = match info {
             None => NarHeader::NotFound,
             Some(info) if info.nar_hash != expected => NarHeader::HashMismatch,
             Some(info) => NarHeader::Ok {
@@ -394,12 +437,14 @@ impl StoreService {
         let NarHeader::Ok { nar_size } = header else {
             debug!("NAR of {path}: {header:?}");
             write_frame(send, &header).await?;
+            self.keep(daemon);
             return Ok(());
         };
         // Kept from garbage collection while this daemon connection lives.
-        daemon.add_temp_root(path).await?;
+        daemon.client.add_temp_root(path).await?;
+        daemon.temp_roots += 1;
         write_frame(send, &header).await?;
-        let summary = daemon.nar_from_path(path, send).await?;
+        let summary = daemon.client.nar_from_path(path, send).await?;
         if summary.hash != expected || summary.size != nar_size {
             return Err(ServeError::NarChanged {
                 path: path.clone(),
@@ -409,6 +454,7 @@ impl StoreService {
             });
         }
         debug!("sent the NAR of {path} ({nar_size} bytes)");
+        self.keep(daemon);
         Ok(())
     }
 }

@@ -1,10 +1,10 @@
 //! The pieces n2p's end-to-end tests and its benchmark runner share: real `nix-daemon`s on
 //! chroot stores ([`nix`]), bounded child processes with captured logs ([`proc`]), the n2p
-//! binary with a home of its own ([`n2p`]), waits that say what they waited for ([`wait`]),
-//! free loopback ports ([`net`]), seeded content ([`rand`]), what `/proc` says about a
-//! process ([`procfs`]), scratch directories ([`dir`]), network namespaces ([`netns`]), a
-//! NAT test bed in them ([`natbed`]) and, with the `relay` feature, a local iroh relay
-//! server to run there (`relay`).
+//! binary with a home of its own ([`n2p`]), a bare HTTP/1.1 client ([`http`]), waits that
+//! say what they waited for ([`wait`]), free loopback ports ([`net`]), seeded content
+//! ([`rand`]), what `/proc` says about a process ([`procfs`]), scratch directories
+//! ([`dir`]), network namespaces ([`netns`]), a NAT test bed in them ([`natbed`]) and, with
+//! the `relay` feature, a local iroh relay server to run there (`relay`).
 //!
 //! ```no_run
 //! use n2p_testkit::nix::{NixDaemon, SourceStore, assert_copied, assert_copy_succeeds, require_nix};
@@ -25,6 +25,7 @@
 //! Every wait is bounded, so a hang fails instead of hanging.
 
 pub mod dir;
+pub mod http;
 pub mod n2p;
 pub mod natbed;
 pub mod net;

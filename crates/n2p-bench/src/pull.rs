@@ -1,0 +1,515 @@
+//! Pulls (issue 7, point 6): P1 (one large file), P2 (one directory of small files) and P3
+//! (many small paths) — the W1..W3 store paths — copied by `nix copy --from <source>` into
+//! a fresh chroot store behind its own nix-daemon, from four sources holding the same
+//! source store:
+//!
+//! - `n2p`: the binary-cache facade of `n2p client <addr> --cache ADDR`, whose `n2p server`
+//!   reads a nix-daemon on the source store (`http://ADDR`);
+//! - `file`: a `file://` binary cache with `compression=none`, written once beforehand (the
+//!   limit for any HTTP binary cache);
+//! - `ssh-ng`: Debian's OpenSSH server on loopback, the remote `nix-daemon --stdio` opening
+//!   the source store (`?remote-store=local?root=…`) — what a user would pick instead;
+//! - `local`: the source store opened directly (`local?root=…`).
+//!
+//! Rounds are interleaved like the transfers ([`crate::transfer`]); then the facade's
+//! narinfo latency is measured with bare HTTP requests (hits and misses, the server live).
+
+use std::{
+    collections::BTreeMap,
+    fmt, fs,
+    net::{Ipv4Addr, SocketAddr},
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use n2p_testkit::{
+    http,
+    net::free_tcp_port,
+    nix::{NIX_CONFIG, NixDaemon, nix_command},
+    proc::{Process, try_run_timed},
+    rand::XorShift64,
+    wait::{POLL_INTERVAL, poll_until},
+};
+use serde::Serialize;
+
+use crate::{
+    forwarders::{Net, READY_TIMEOUT, start_n2p_client, start_n2p_server},
+    nix::{NIX_TIMEOUT, Workloads},
+    procfs::tree_cpu_seconds,
+    sshd::Sshd,
+    stats::{Summary, rotated, round_ratios},
+    transfer::{Job, JobResult, Recorder, Sample, standard_jobs, summarize, timed_sample},
+    worker::connect_and_query,
+};
+
+/// Nix settings for every measured pull: no narinfo answers remembered from an earlier
+/// round (Nix keeps them in ~/.cache/nix for a month), so each pull asks its source.
+const NO_NARINFO_CACHE: &str = "narinfo-cache-negative-ttl = 0\nnarinfo-cache-positive-ttl = 0\n";
+
+/// Longest one bare HTTP request to the facade may take.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a pull comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Source {
+    /// n2p's binary-cache facade (`n2p client --cache` → `n2p server` → daemon).
+    N2p,
+    /// A `file://` binary cache, `compression=none`.
+    File,
+    /// `ssh-ng://` to OpenSSH on loopback.
+    SshNg,
+    /// The source store itself, `local?root=`.
+    Local,
+}
+
+impl Source {
+    /// All sources, in report order.
+    pub(crate) const ALL: [Source; 4] = [Source::N2p, Source::File, Source::SshNg, Source::Local];
+
+    /// Short name (JSON keys, directory names, table columns).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Source::N2p => "n2p",
+            Source::File => "file",
+            Source::SshNg => "ssh-ng",
+            Source::Local => "local",
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The pull jobs P1..P3: the transfer jobs W1..W3 (same paths, same descriptions).
+pub(crate) fn pull_jobs(w: &Workloads, p1_bytes: u64) -> Vec<Job> {
+    standard_jobs(w, p1_bytes)
+        .into_iter()
+        .filter_map(|job| {
+            let name = match job.name {
+                "W1" => "P1",
+                "W2" => "P2",
+                "W3" => "P3",
+                _ => return None,
+            };
+            Some(Job { name, ..job })
+        })
+        .collect()
+}
+
+/// The four sources, set up once and kept running across rounds.
+pub(crate) struct Sources {
+    /// The source store's `local?root=` URL.
+    local_url: String,
+    /// The `file://` cache's URL.
+    file_url: String,
+    /// The facade's address.
+    cache_addr: SocketAddr,
+    /// `n2p server`, `n2p client --cache`: killed on drop.
+    server: Process,
+    client: Process,
+    /// The nix-daemon on the source store that `n2p server` reads.
+    source_daemon: NixDaemon,
+    /// OpenSSH, when installed.
+    sshd: Option<Sshd>,
+}
+
+impl Sources {
+    /// Starts the sources for `workloads` under `dir`: a daemon on the source store, the
+    /// n2p server/client pair with the facade, sshd (skipped with a note in `unavailable`
+    /// when absent), and writes the `file://` cache of `paths`.
+    pub(crate) fn start(
+        n2p: &Path,
+        dir: &Path,
+        workloads: &Workloads,
+        paths: &[String],
+        unavailable: &mut Vec<String>,
+    ) -> Result<Self> {
+        fs::create_dir_all(dir)?;
+        let local_url = workloads.source_url.clone();
+        let store_root = local_url
+            .strip_prefix("local?root=")
+            .context("the source store is not a local?root= store")?;
+        // The daemon's directory is the source store's parent, so it serves that store.
+        let source_dir = Path::new(store_root)
+            .parent()
+            .context("the source store has no parent directory")?;
+        let source_daemon = NixDaemon::try_start_at(&dir.join("source-daemon.sock"), source_dir)?;
+
+        let file_dir = dir.join("file-cache");
+        let file_url = format!("file://{}?compression=none", file_dir.display());
+        eprintln!("writing the file:// binary cache …");
+        let mut command = nix_command("nix");
+        command
+            .args(["copy", "--from", &local_url, "--to", &file_url])
+            .args(paths);
+        try_run_timed(&mut command, None, &dir.join("file-cache.err"), NIX_TIMEOUT)?
+            .check("nix copy --to the file:// cache")?;
+
+        let net = Net::loopback();
+        let n2p_dir = dir.join("n2p");
+        fs::create_dir_all(&n2p_dir)?;
+        let (server, address) = start_n2p_server(n2p, &n2p_dir, source_daemon.socket_path(), &net)?;
+        let cache_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_tcp_port()));
+        let client = start_n2p_client(
+            n2p,
+            &n2p_dir.join("client-home"),
+            &address,
+            &n2p_dir.join("client.sock"),
+            &net,
+            &n2p_dir.join("client.log"),
+            &["--cache", &cache_addr.to_string()],
+        )?;
+        client.try_wait_for_line("binary cache for Nix at", READY_TIMEOUT)?;
+        poll_until(READY_TIMEOUT, POLL_INTERVAL, || {
+            match http::request("GET", cache_addr, "/nix-cache-info", HTTP_TIMEOUT) {
+                Ok(reply) if reply.status == 200 => Ok(()),
+                Ok(reply) => Err(anyhow::anyhow!("status {}", reply.status)),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .context("the facade's /nix-cache-info")?;
+
+        let sshd = match Sshd::start(&dir.join("sshd")) {
+            Ok(sshd) => Some(sshd),
+            Err(e) => {
+                eprintln!("SKIPPED: ssh-ng pulls: {e:#}");
+                unavailable.push(format!("ssh-ng pulls SKIPPED: {e:#}"));
+                None
+            }
+        };
+        Ok(Self {
+            local_url,
+            file_url,
+            cache_addr,
+            server,
+            client,
+            source_daemon,
+            sshd,
+        })
+    }
+
+    /// The sources that can be measured.
+    pub(crate) fn available(&self) -> Vec<Source> {
+        Source::ALL
+            .into_iter()
+            .filter(|s| *s != Source::SshNg || self.sshd.is_some())
+            .collect()
+    }
+
+    /// The `--from` URL of `source`.
+    fn url(&self, source: Source) -> Option<String> {
+        Some(match source {
+            Source::N2p => format!("http://{}", self.cache_addr),
+            Source::File => self.file_url.clone(),
+            Source::SshNg => self.sshd.as_ref()?.store_url(&self.local_url),
+            Source::Local => self.local_url.clone(),
+        })
+    }
+
+    /// The serving processes of `source` whose CPU (with their descendants) is accounted:
+    /// for n2p the server, the client (facade) and the source daemon; for ssh-ng sshd (its
+    /// sessions and the remote `nix-daemon --stdio`). The others run inside `nix`.
+    fn serving_pids(&self, source: Source) -> Vec<u32> {
+        match source {
+            Source::N2p => vec![
+                self.server.pid(),
+                self.client.pid(),
+                self.source_daemon.pid(),
+            ],
+            Source::SshNg => self.sshd.iter().map(Sshd::pid).collect(),
+            Source::File | Source::Local => Vec::new(),
+        }
+    }
+
+    /// The n2p processes whose peak memory P1 records: (label, pid).
+    fn n2p_processes(&self) -> [(&'static str, u32); 2] {
+        [
+            ("n2p client (facade)", self.client.pid()),
+            ("n2p server", self.server.pid()),
+        ]
+    }
+}
+
+/// Peak resident memory of one process during P1.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ProcessPeak {
+    /// Which process.
+    pub(crate) process: String,
+    /// VmHWM after P1 (reset before it), bytes, per round.
+    pub(crate) bytes: Vec<u64>,
+}
+
+/// The facade's narinfo latency.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct NarinfoLatency {
+    /// Requests of each kind.
+    pub(crate) requests: usize,
+    /// Hits (200), ms: each a different valid path.
+    pub(crate) hit_ms: Option<Summary>,
+    /// Misses (404) with the server live, ms: each a different random hash.
+    pub(crate) miss_ms: Option<Summary>,
+    /// `/nix-cache-info`, ms: the facade's HTTP alone, no peer asked.
+    pub(crate) cache_info_ms: Option<Summary>,
+    /// A new connection to the source's nix-daemon + handshake + one IsValidPath, made by
+    /// the runner itself, ms: what the server pays per request before its two queries.
+    pub(crate) daemon_connection_ms: Option<Summary>,
+    /// Answers with another status than expected.
+    pub(crate) wrong_status: usize,
+}
+
+/// Everything the pull section measured.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct PullResults {
+    /// Rounds run.
+    pub(crate) reps: usize,
+    /// The source order of each round.
+    pub(crate) orders: Vec<Vec<Source>>,
+    /// 1-minute load average at the start of each round, and after the last.
+    pub(crate) load: Vec<f64>,
+    /// Per job; ratios against `file`.
+    pub(crate) jobs: Vec<JobResult<Source>>,
+    /// Peak memory of the n2p processes during P1.
+    pub(crate) p1_peak_rss: Vec<ProcessPeak>,
+    /// The facade's narinfo latency.
+    pub(crate) narinfo: Option<NarinfoLatency>,
+    /// Failures (the measurement is then missing from its round).
+    pub(crate) errors: Vec<String>,
+}
+
+impl PullResults {
+    /// The result of `job`, if run.
+    pub(crate) fn job(&self, name: &str) -> Option<&JobResult<Source>> {
+        self.jobs.iter().find(|j| j.workload == name)
+    }
+
+    /// Median over rounds of `source`'s time divided by `other`'s in the same round.
+    pub(crate) fn round_ratio(&self, name: &str, source: Source, other: Source) -> Option<f64> {
+        let job = self.job(name)?;
+        let ratios = round_ratios(&job.of(source)?.times_s, &job.of(other)?.times_s);
+        Summary::of(&ratios).map(|s| s.median)
+    }
+}
+
+/// Runs `reps` interleaved rounds of `jobs` from every available source, then
+/// `narinfo_requests` narinfo hits and misses. Destination daemons live under `dest_dir`.
+pub(crate) fn run(
+    sources: &Sources,
+    jobs: &[Job],
+    workloads: &Workloads,
+    reps: usize,
+    narinfo_requests: usize,
+    dest_dir: &Path,
+) -> PullResults {
+    let available = sources.available();
+    let mut rec = Recorder::new(jobs.len());
+    let mut orders = Vec::new();
+    let mut load = Vec::new();
+    let all_paths: Vec<String> = jobs.iter().flat_map(|j| j.paths().to_vec()).collect();
+
+    for rep in 0..reps {
+        let order = rotated(&available, rep);
+        load.push(load_average());
+        eprintln!(
+            "pull round {}/{reps}: order {:?}, load {:.2}",
+            rep + 1,
+            order.iter().map(|s| s.name()).collect::<Vec<_>>(),
+            load[rep]
+        );
+        orders.push(order.clone());
+        let mut daemons: BTreeMap<Source, NixDaemon> = BTreeMap::new();
+        for source in &order {
+            let dir = dest_dir.join(format!("r{rep}-{source}"));
+            match NixDaemon::try_start_at(&dir.join("daemon.sock"), &dir) {
+                Ok(d) => {
+                    daemons.insert(*source, d);
+                }
+                Err(e) => rec
+                    .errors
+                    .push(format!("round {rep}: {source}: daemon: {e:#}")),
+            }
+        }
+        for (j, job) in jobs.iter().enumerate() {
+            for source in &order {
+                let sample = match daemons.get(source) {
+                    Some(daemon) => measure(sources, *source, job, daemon, j == 0, dest_dir),
+                    None => Err(anyhow::anyhow!("no daemon")),
+                };
+                rec.record(rep, j, job, *source, sample);
+            }
+        }
+        for (source, daemon) in daemons {
+            if let Err(e) = workloads.verify_paths(daemon.socket_path(), &all_paths) {
+                rec.errors
+                    .push(format!("round {rep}: {source}: verification: {e:#}"));
+                eprintln!("  {source} verification FAILED: {e:#}");
+            }
+            daemon.remove();
+        }
+    }
+    load.push(load_average());
+
+    eprintln!("narinfo latency: {narinfo_requests} hits and misses");
+    let narinfo = match narinfo_latency(
+        sources.cache_addr,
+        sources.source_daemon.socket_path(),
+        &all_paths,
+        narinfo_requests,
+    ) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            rec.errors.push(format!("narinfo latency: {e:#}"));
+            None
+        }
+    };
+    PullResults {
+        reps,
+        orders,
+        load,
+        jobs: summarize(jobs, &available, &rec.times, &rec.cpus, Source::File),
+        p1_peak_rss: rec
+            .peaks
+            .into_iter()
+            .map(|((_, process), bytes)| ProcessPeak { process, bytes })
+            .collect(),
+        narinfo,
+        errors: rec.errors,
+    }
+}
+
+fn measure(
+    sources: &Sources,
+    source: Source,
+    job: &Job,
+    daemon: &NixDaemon,
+    track_peak: bool,
+    scratch: &Path,
+) -> Result<Sample> {
+    let from = sources
+        .url(source)
+        .with_context(|| format!("{source} is not available"))?;
+    let tracked: Vec<(String, u32)> = if track_peak && source == Source::N2p {
+        sources
+            .n2p_processes()
+            .map(|(label, pid)| (label.to_owned(), pid))
+            .to_vec()
+    } else {
+        Vec::new()
+    };
+    let pids = sources.serving_pids(source);
+    let mut command = job.command(&from, &daemon.store_url());
+    command.env("NIX_CONFIG", format!("{NIX_CONFIG}{NO_NARINFO_CACHE}"));
+    if let (Source::SshNg, Some(sshd)) = (source, &sources.sshd) {
+        command.env("NIX_SSHOPTS", sshd.nix_sshopts());
+    }
+    timed_sample(
+        &mut command,
+        &format!("{} from {source}", job.name),
+        scratch,
+        &tracked,
+        || pids.iter().map(|p| tree_cpu_seconds(*p)).sum(),
+    )
+}
+
+/// `requests` narinfo hits (cycling through `paths`) and as many misses (fresh random
+/// hashes), alternating with `/nix-cache-info` and a direct connection to the daemon at
+/// `daemon_socket` for comparison; each HTTP request on a new connection.
+fn narinfo_latency(
+    cache: SocketAddr,
+    daemon_socket: &Path,
+    paths: &[String],
+    requests: usize,
+) -> Result<NarinfoLatency> {
+    if paths.is_empty() {
+        bail!("no paths to ask for");
+    }
+    let mut rng = XorShift64::new(0x6e61_7269);
+    let mut hits = Vec::with_capacity(requests);
+    let mut misses = Vec::with_capacity(requests);
+    let mut infos = Vec::with_capacity(requests);
+    let mut daemon = Vec::with_capacity(requests);
+    let mut wrong_status = 0;
+    for i in 0..requests {
+        let path = &paths[i % paths.len()];
+        let hit = format!("/{}.narinfo", hash_part(path)?);
+        let miss = format!("/{}.narinfo", random_hash_part(&mut rng));
+        let info = "/nix-cache-info".to_owned();
+        for (url, want, out) in [
+            (hit, 200, &mut hits),
+            (miss, 404, &mut misses),
+            (info, 200, &mut infos),
+        ] {
+            let reply = http::request("GET", cache, &url, HTTP_TIMEOUT)?;
+            if reply.status != want {
+                wrong_status += 1;
+            }
+            out.push(reply.elapsed.as_secs_f64() * 1000.0);
+        }
+        let (took, valid) = connect_and_query(daemon_socket, path)
+            .with_context(|| format!("asking the daemon at {}", daemon_socket.display()))?;
+        if !valid {
+            bail!("{path} is not valid in the source daemon's store");
+        }
+        daemon.push(took.as_secs_f64() * 1000.0);
+    }
+    Ok(NarinfoLatency {
+        requests,
+        hit_ms: Summary::of(&hits),
+        miss_ms: Summary::of(&misses),
+        cache_info_ms: Summary::of(&infos),
+        daemon_connection_ms: Summary::of(&daemon),
+        wrong_status,
+    })
+}
+
+/// The 32-character hash part of a store path.
+fn hash_part(path: &str) -> Result<&str> {
+    path.strip_prefix("/nix/store/")
+        .and_then(|rest| rest.get(..32))
+        .with_context(|| format!("{path} is not a store path"))
+}
+
+/// 32 random characters of Nix's base32 alphabet: a hash part no store has.
+fn random_hash_part(rng: &mut XorShift64) -> String {
+    const NIX32: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
+    (0..32)
+        .map(|_| NIX32[rng.below(NIX32.len() as u64) as usize] as char)
+        .collect()
+}
+
+/// The 1-minute load average (NaN when unreadable).
+pub(crate) fn load_average() -> f64 {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_parts_of_store_paths() {
+        assert_eq!(
+            hash_part("/nix/store/g1nbmnqnx4gpnv32yprf4ql87ccg5035-f1").expect("a store path"),
+            "g1nbmnqnx4gpnv32yprf4ql87ccg5035"
+        );
+        assert!(hash_part("/tmp/x").is_err());
+        assert!(hash_part("/nix/store/short").is_err());
+    }
+
+    #[test]
+    fn random_hash_parts_are_nix32() {
+        let mut rng = XorShift64::new(1);
+        let a = random_hash_part(&mut rng);
+        let b = random_hash_part(&mut rng);
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+        assert!(a.bytes().all(|c| !b"eotu".contains(&c)), "{a}");
+    }
+}
