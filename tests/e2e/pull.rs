@@ -562,3 +562,50 @@ fn mesh_pulls_from_whoever_has_it_refuses_members_without_pull_and_survives_a_ki
     let got = path_metadata(&alice.daemon().store_url(), &shared).expect("pulled");
     assert_eq!((got.nar_hash, got.nar_size), (want.nar_hash, want.nar_size));
 }
+
+#[test]
+fn a_sighup_that_takes_pull_away_refuses_the_members_next_pull() {
+    if !require_nix("a_sighup_that_takes_pull_away_refuses_the_members_next_pull") {
+        return;
+    }
+    let source = SourceStore::new();
+    let at_bob = source.add_file("at-bob", b"bob has this\n");
+    let alice = MeshPeer::new("alice");
+    let bob = MeshPeer::with_daemon("bob");
+    assert_copy_succeeds(&source, &bob.daemon().store_url(), &[&at_bob]);
+
+    let team_dir = TeamDir::new();
+    let bobs_file = team_dir.write(
+        "bob.toml",
+        &TeamSpec::closed([alice.member(), bob.member()]),
+    );
+    let alices_file = team_dir.write(
+        "alice.toml",
+        &TeamSpec::closed([alice.member(), bob.member()]),
+    );
+    let a = alice.join(&alices_file, &[]);
+    let b = bob.join(&bobs_file, &[]);
+    for node in [&a, &b] {
+        node.wait_until_joined();
+    }
+    alice.wait_for_sockets(&["bob"], PEERS_TIMEOUT);
+    let narinfo = format!("/peer/bob/{}.narinfo", hash_part(&at_bob));
+    let (status, body, _) = http("GET", alice.cache, &narinfo);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+
+    // bob's file now says alice may not pull; the node reloads it without a restart.
+    let mut no_pull = alice.member();
+    no_pull.pull = false;
+    team_dir.write("bob.toml", &TeamSpec::closed([no_pull, bob.member()]));
+    let mark = b.process.mark();
+    b.process.signal(Signal::Hup);
+    b.process
+        .wait_for_line_since(&mark, "reloaded the team file", LOG_TIMEOUT);
+    let (status, _, _) = http("GET", alice.cache, &narinfo);
+    assert_eq!(
+        status, 404,
+        "alice still pulls from bob after losing `pull`"
+    );
+    b.process
+        .wait_for_line_since(&mark, "refused store access", LOG_TIMEOUT);
+}
