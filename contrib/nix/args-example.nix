@@ -15,6 +15,7 @@ in
     peersDir = "/run/n2p/peers";
     peersGroup = "n2p-peers";
     controlSocket = "/run/n2p/control.sock";
+    cache = "127.0.0.1:5496";
     extraArgs = [ "-v" ];
   };
   darwin = args {

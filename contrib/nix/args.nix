@@ -16,6 +16,8 @@
   peersDir,
   peersGroup ? null,
   controlSocket,
+  # The binary-cache facade's IP:PORT, or null to run none.
+  cache ? null,
   extraArgs ? [ ],
 }:
 let
@@ -53,6 +55,15 @@ in
   "--relay"
   relay
 ]
+++ (
+  if cache != null then
+    [
+      "--cache"
+      cache
+    ]
+  else
+    [ "--no-cache" ]
+)
 ++ optional (peersGroup != null) [
   "--peers-group"
   peersGroup

@@ -12,6 +12,7 @@
 }:
 let
   cfg = config.services.n2p;
+  substitute = cfg.cache.enable && cfg.cache.substitute;
   inherit (lib)
     mkOption
     mkIf
@@ -35,6 +36,7 @@ let
       extraArgs
       ;
     peersDir = "${home}/peers";
+    cache = if cfg.cache.enable then cfg.cache.address else null;
     controlSocket = "${home}/control.sock";
   };
 
@@ -110,6 +112,13 @@ in
     };
 
     nix.settings.extra-allowed-users = [ user ];
+
+    # Substitution from the team through the facade; see the `cache.substitute` option.
+    nix.settings.extra-substituters = lib.mkIf substitute [ "http://${cfg.cache.address}" ];
+    nix.settings.extra-trusted-public-keys = lib.mkIf substitute (
+      import ./team-keys.nix cfg.teamFile
+    );
+    nix.settings.narinfo-cache-negative-ttl = lib.mkIf substitute (lib.mkDefault 10);
 
     # The home is traversable (the peer sockets are below it); n2p creates state/ 0700 and
     # peers/ 0750 itself.

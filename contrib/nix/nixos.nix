@@ -39,9 +39,12 @@ let
       extraArgs
       ;
     secretCredential = if cfg.secretFile != null then credential else null;
+    cache = if cfg.cache.enable then cfg.cache.address else null;
     peersDir = "${runtimeDir}/peers";
     controlSocket = "${runtimeDir}/control.sock";
   };
+
+  substitute = cfg.cache.enable && cfg.cache.substitute;
 
   # Whether the daemon would treat the node's user as trusted: listed by name, through one of
   # its groups, or everyone.
@@ -136,6 +139,11 @@ in
 
     # Added, not replacing the default `*`.
     nix.settings.extra-allowed-users = [ cfg.user ];
+
+    # Substitution from the team through the facade; see the `cache.substitute` option.
+    nix.settings.extra-substituters = mkIf substitute [ "http://${cfg.cache.address}" ];
+    nix.settings.extra-trusted-public-keys = mkIf substitute (import ./team-keys.nix cfg.teamFile);
+    nix.settings.narinfo-cache-negative-ttl = mkIf substitute (lib.mkDefault 10);
 
     networking.firewall.allowedUDPPorts = mkIf (cfg.openFirewall && cfg.port != null) [ cfg.port ];
 

@@ -59,6 +59,37 @@ in
     '';
   };
 
+  cache = {
+    enable = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Run the local binary-cache facade: Nix substitutes from every live teammate through
+        it (it asks the peers in parallel and answers a miss with a 404 within a second).
+      '';
+    };
+
+    address = mkOption {
+      type = types.str;
+      default = "127.0.0.1:5496";
+      description = ''
+        Where the facade listens (IP:PORT). Keep it on loopback: anyone who can reach it
+        can read what the team's stores hold. Fixed, so nix.conf can name it.
+      '';
+    };
+
+    substitute = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Add the facade to `nix.settings.extra-substituters`, the team file's `nix_key`
+        entries to `extra-trusted-public-keys`, and lower `narinfo-cache-negative-ttl`
+        to 10 s (by default Nix remembers a miss for an hour: a path a teammate has just
+        built would stay unfetchable). This is what `n2p trust --team` prints, done for you.
+      '';
+    };
+  };
+
   extraArgs = mkOption {
     type = types.listOf types.str;
     default = [ ];

@@ -150,3 +150,32 @@ fn every_flag_the_nix_modules_pass_parses() {
         assert_args_parse(&args, &format!("the {module} module"));
     }
 }
+
+/// The modules' `cache.substitute` trusts exactly the Nix keys the team file lists, read by
+/// `contrib/nix/team-keys.nix` at evaluation time: the same keys n2p reads from that file.
+#[test]
+fn the_nix_modules_trust_the_keys_the_team_file_lists() {
+    if !n2p_testkit::nix::require_nix("the_nix_modules_trust_the_keys_the_team_file_lists") {
+        return;
+    }
+    let team_file = repo().join("config/team.toml");
+    let expr = format!(
+        "import {} {}",
+        repo().join("contrib/nix/team-keys.nix").display(),
+        team_file.display()
+    );
+    let output = run_bounded(
+        n2p_testkit::nix::nix_command("nix-instantiate")
+            .args(["--eval", "--strict", "--json", "--expr"])
+            .arg(&expr),
+        COMMAND_TIMEOUT,
+        "nix-instantiate --eval contrib/nix/team-keys.nix",
+    );
+    assert!(output.status.success(), "{output:?}");
+    let from_nix: Vec<String> =
+        serde_json::from_slice(&output.stdout).expect("a JSON list of strings");
+    let team = n2p_mesh::proto::team::TeamConfig::load(&team_file).expect("config/team.toml");
+    let from_n2p: Vec<String> = team.nix_keys().iter().map(|k| k.to_string()).collect();
+    assert!(!from_n2p.is_empty(), "config/team.toml lists no nix_key");
+    assert_eq!(from_nix, from_n2p);
+}
