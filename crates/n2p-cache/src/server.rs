@@ -29,8 +29,9 @@ use iroh::{
     protocol::{AcceptError, ProtocolHandler},
 };
 use n2p_core::{
+    accept::{NO_PROOF_IN_TIME, serve_streams},
     access::{AccessPolicy, AccessProof},
-    daemon::{ACCESS_DENIED, connect_daemon, describe_close},
+    daemon::{ACCESS_DENIED, connect_daemon},
     forward::QuicPair,
     limits::{ConnectionGate, Limits, UnprovenPermit},
 };
@@ -38,7 +39,7 @@ use n2p_nix::{
     DaemonClient, NarHash, NarInfo, SecretKey, Signature, StoreDir, StorePath, WorkerError,
     store_path::is_hash_part,
 };
-use tokio::{net::UnixStream, sync::Semaphore, task::JoinSet};
+use tokio::{net::UnixStream, sync::Semaphore};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::proto::{
@@ -48,10 +49,6 @@ use crate::proto::{
 
 /// How long a peer has to send its request after its proof.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The reason sent with [`ACCESS_DENIED`] when no proof arrived by the deadline (as on
-/// daemon connections).
-const NO_PROOF_IN_TIME: &[u8] = b"no access proof in time";
 
 /// Daemon connections kept open between narinfo lookups (each new one costs the daemon a
 /// fork and a handshake, most of a lookup's time).
@@ -469,58 +466,18 @@ impl ProtocolHandler for StoreService {
                 conn.close(ACCESS_DENIED, refusal.to_string().as_bytes());
                 return Ok(());
             }
-            let bound = Arc::new(Semaphore::new(self.inner.limits.streams_per_connection));
-            let gate = Arc::new(ConnectionGate::new(&self.inner.limits.pre_auth));
-            let mut streams = JoinSet::new();
-            loop {
-                // Back-pressure: no new stream is taken while the bound is reached.
-                let Ok(permit) = bound.clone().acquire_owned().await else {
-                    break;
-                };
-                tokio::select! {
-                    accepted = conn.accept_bi() => match accepted {
-                        Ok((send, recv)) => {
-                            let pair = QuicPair::new(send, recv);
-                            let unproven = match gate.admit_unproven() {
-                                Ok(unproven) => unproven,
-                                Err(hit) => {
-                                    if hit.first {
-                                        warn!(peer = %peer,
-                                            "peer {peer} opened more than {} store streams before proving access; resetting the extra ones",
-                                            hit.limit
-                                        );
-                                    }
-                                    // Dropping the pair resets the stream.
-                                    continue;
-                                }
-                            };
-                            let conn = conn.clone();
-                            let service = self.clone();
-                            let gate = gate.clone();
-                            streams.spawn(async move {
-                                let _permit = permit;
-                                service.handle_stream(&conn, &gate, unproven, pair).await
-                            }.in_current_span());
-                        }
-                        Err(e) => {
-                            debug!("store connection ended: {}", describe_close(&e));
-                            break;
-                        }
-                    },
-                    _ = tokio::time::sleep_until(gate.deadline()), if !gate.is_proven() => {
-                        if !gate.is_proven() {
-                            warn!(peer = %peer,
-                                "refused peer {peer}: no access proof within {:?} of connecting",
-                                self.inner.limits.pre_auth.proof_deadline
-                            );
-                            conn.close(ACCESS_DENIED, NO_PROOF_IN_TIME);
-                            break;
-                        }
-                    }
-                    Some(_) = streams.join_next(), if !streams.is_empty() => {}
-                }
-            }
-            while streams.join_next().await.is_some() {}
+            let service = self.clone();
+            serve_streams(
+                &conn,
+                "store",
+                &self.inner.limits.pre_auth,
+                Some(self.inner.limits.streams_per_connection),
+                move |conn, gate, unproven, pair| {
+                    let service = service.clone();
+                    async move { service.handle_stream(&conn, &gate, unproven, pair).await }
+                },
+            )
+            .await;
             Ok(())
         }
         .instrument(span)

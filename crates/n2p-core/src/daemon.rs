@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::{
+    accept::{NO_PROOF_IN_TIME, serve_streams},
     access::{AccessPolicy, AccessProof, AccessSecret},
     forward::{QuicPair, forward},
     limits::{AcceptBackoff, ConnectionGate, Limits, PeerSlots, UnprovenPermit},
@@ -44,9 +45,6 @@ use crate::{
 
 /// ALPN of the raw daemon protocol.
 pub const DAEMON_ALPN: &[u8] = b"n2p/daemon/1";
-
-/// The reason sent with [`ACCESS_DENIED`] when no proof arrived by the deadline.
-const NO_PROOF_IN_TIME: &[u8] = b"no access proof in time";
 
 /// Application close code: the peer is not allowed to use this daemon.
 pub const ACCESS_DENIED: VarInt = VarInt::from_u32(403);
@@ -186,54 +184,18 @@ impl ProtocolHandler for DaemonService {
                 return Ok(());
             }
             debug!("peer connected");
-            // The stream tasks borrow nothing from the accept loop, so a set owned here and
-            // drained on exit bounds their lifetime to the connection's.
-            let mut streams = JoinSet::new();
-            let gate = Arc::new(ConnectionGate::new(&self.limits));
-            loop {
-                tokio::select! {
-                    accepted = conn.accept_bi() => match accepted {
-                        Ok((send, recv)) => {
-                            let pair = QuicPair::new(send, recv);
-                            let unproven = match gate.admit_unproven() {
-                                Ok(permit) => permit,
-                                Err(hit) => {
-                                    if hit.first {
-                                        warn!(peer = %peer,
-                                            "peer {peer} opened more than {} streams before proving access; resetting the extra ones",
-                                            hit.limit
-                                        );
-                                    }
-                                    // Dropping the pair resets the stream.
-                                    continue;
-                                }
-                            };
-                            let conn = conn.clone();
-                            let service = self.clone();
-                            let gate = gate.clone();
-                            streams.spawn(async move {
-                                service.handle_stream(&conn, &gate, unproven, pair).await
-                            }.in_current_span());
-                        }
-                        Err(e) => {
-                            debug!("peer connection ended: {}", describe_close(&e));
-                            break;
-                        }
-                    },
-                    _ = tokio::time::sleep_until(gate.deadline()), if !gate.is_proven() => {
-                        if !gate.is_proven() {
-                            warn!(peer = %peer,
-                                "refused peer {peer}: no access proof within {:?} of connecting",
-                                self.limits.proof_deadline
-                            );
-                            conn.close(ACCESS_DENIED, NO_PROOF_IN_TIME);
-                            break;
-                        }
-                    }
-                    Some(_) = streams.join_next(), if !streams.is_empty() => {}
-                }
-            }
-            while streams.join_next().await.is_some() {}
+            let service = self.clone();
+            serve_streams(
+                &conn,
+                "daemon",
+                &self.limits,
+                None,
+                move |conn, gate, unproven, pair| {
+                    let service = service.clone();
+                    async move { service.handle_stream(&conn, &gate, unproven, pair).await }
+                },
+            )
+            .await;
             Ok(())
         }
         .instrument(span)

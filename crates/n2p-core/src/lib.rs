@@ -17,6 +17,7 @@
 //! - [`limits`] bounds what a peer may hold before and after it proves access.
 //! - [`unix`] binds unix sockets safely (0600, stale files replaced, live ones kept).
 
+pub mod accept;
 pub mod access;
 pub mod address;
 pub mod config_file;
