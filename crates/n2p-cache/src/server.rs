@@ -29,8 +29,8 @@ use iroh::{
     protocol::{AcceptError, ProtocolHandler},
 };
 use n2p_core::{
-    accept::{NO_PROOF_IN_TIME, serve_streams},
-    access::{AccessPolicy, AccessProof},
+    accept::{prove_stream, serve_streams},
+    access::AccessPolicy,
     daemon::{ACCESS_DENIED, connect_daemon},
     forward::QuicPair,
     limits::{ConnectionGate, Limits, UnprovenPermit},
@@ -207,32 +207,21 @@ impl StoreService {
         unproven: UnprovenPermit,
         mut streams: QuicPair,
     ) {
-        let peer = conn.remote_id();
-        let mut proof = [0u8; AccessProof::LEN];
-        let deadline = self.inner.limits.pre_auth.proof_deadline;
-        match tokio::time::timeout(deadline, streams.recv.read_exact(&mut proof)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                debug!("store stream ended before its access proof: {e}");
-                return;
-            }
-            Err(_) => {
-                warn!(peer = %peer, "refused peer {peer}: no access proof within {deadline:?}");
-                conn.close(ACCESS_DENIED, NO_PROOF_IN_TIME);
-                return;
-            }
-        }
-        if let Err(refusal) =
-            self.inner
-                .policy
-                .check_stream(peer, self.inner.me, &AccessProof(proof))
-        {
-            warn!(peer = %peer, "refused store access to {peer}: {refusal}");
-            conn.close(ACCESS_DENIED, refusal.to_string().as_bytes());
+        let proven = prove_stream(
+            conn,
+            gate,
+            unproven,
+            &mut streams.recv,
+            self.inner.policy.as_ref(),
+            self.inner.me,
+            self.inner.limits.pre_auth.proof_deadline,
+            "refused store access to",
+        )
+        .await;
+        if !proven {
             return;
         }
-        gate.mark_proven();
-        drop(unproven);
+        let peer = conn.remote_id();
         let request = match tokio::time::timeout(
             REQUEST_TIMEOUT,
             read_frame::<_, Request>(&mut streams.recv),

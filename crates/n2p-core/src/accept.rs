@@ -3,13 +3,17 @@
 //! proved access, the connection is closed when no proof comes within the deadline, and
 //! each stream's task ends with the connection.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
-use iroh::endpoint::Connection;
+use iroh::{
+    EndpointId,
+    endpoint::{Connection, RecvStream},
+};
 use tokio::{sync::Semaphore, task::JoinSet};
 use tracing::{Instrument, debug, warn};
 
 use crate::{
+    access::{AccessPolicy, AccessProof},
     daemon::{ACCESS_DENIED, describe_close},
     forward::QuicPair,
     limits::{ConnectionGate, Limits, UnprovenPermit},
@@ -90,4 +94,44 @@ pub async fn serve_streams<F, Fut>(
         }
     }
     while streams.join_next().await.is_some() {}
+}
+
+/// Reads a stream's access proof within `deadline` and checks it against `policy` (`me` is
+/// this node). True when the stream may go on: the connection's gate is marked proven and
+/// `unproven` released. Otherwise the connection is closed with [`ACCESS_DENIED`] (a missing
+/// proof or a refusal, logged as `refused_as <peer>: <why>`) or the stream had ended; the
+/// caller then drops the stream, which resets it.
+#[allow(clippy::too_many_arguments)]
+pub async fn prove_stream(
+    conn: &Connection,
+    gate: &ConnectionGate,
+    unproven: UnprovenPermit,
+    recv: &mut RecvStream,
+    policy: &dyn AccessPolicy,
+    me: EndpointId,
+    deadline: Duration,
+    refused_as: &str,
+) -> bool {
+    let peer = conn.remote_id();
+    let mut proof = [0u8; AccessProof::LEN];
+    match tokio::time::timeout(deadline, recv.read_exact(&mut proof)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            debug!("stream ended before its access proof: {e}");
+            return false;
+        }
+        Err(_) => {
+            warn!(peer = %peer, "refused peer {peer}: no access proof within {deadline:?}");
+            conn.close(ACCESS_DENIED, NO_PROOF_IN_TIME);
+            return false;
+        }
+    }
+    if let Err(refusal) = policy.check_stream(peer, me, &AccessProof(proof)) {
+        warn!(peer = %peer, "{refused_as} {peer}: {refusal}");
+        conn.close(ACCESS_DENIED, refusal.to_string().as_bytes());
+        return false;
+    }
+    gate.mark_proven();
+    drop(unproven);
+    true
 }

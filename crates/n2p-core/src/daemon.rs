@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::{
-    accept::{NO_PROOF_IN_TIME, serve_streams},
+    accept::{prove_stream, serve_streams},
     access::{AccessPolicy, AccessProof, AccessSecret},
     forward::{QuicPair, forward},
     limits::{AcceptBackoff, ConnectionGate, Limits, PeerSlots, UnprovenPermit},
@@ -101,28 +101,21 @@ impl DaemonService {
         unproven: UnprovenPermit,
         mut streams: QuicPair,
     ) {
-        let peer = conn.remote_id();
-        let mut proof = [0u8; AccessProof::LEN];
-        let deadline = self.limits.proof_deadline;
-        match tokio::time::timeout(deadline, streams.recv.read_exact(&mut proof)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                debug!("stream ended before its access proof: {e}");
-                return;
-            }
-            Err(_) => {
-                warn!(peer = %peer, "refused peer {peer}: no access proof within {deadline:?}");
-                conn.close(ACCESS_DENIED, NO_PROOF_IN_TIME);
-                return;
-            }
-        }
-        if let Err(refusal) = self.policy.check_stream(peer, self.me, &AccessProof(proof)) {
-            warn!(peer = %peer, "refused peer {peer}: {refusal}");
-            conn.close(ACCESS_DENIED, refusal.to_string().as_bytes());
+        let proven = prove_stream(
+            conn,
+            gate,
+            unproven,
+            &mut streams.recv,
+            self.policy.as_ref(),
+            self.me,
+            self.limits.proof_deadline,
+            "refused peer",
+        )
+        .await;
+        if !proven {
             return;
         }
-        gate.mark_proven();
-        drop(unproven);
+        let peer = conn.remote_id();
         // Nix speaks first on a daemon connection, so waiting for its first bytes before
         // connecting to the daemon costs nothing; a stream that ends right after its proof
         // is an access check ([`DaemonDialer::check_access`]): answered with a clean finish
