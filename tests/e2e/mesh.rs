@@ -288,3 +288,37 @@ fn a_crashed_member_is_seen_again_after_restarting() {
         );
     }
 }
+
+/// carol's file lists alice without an address (a laptop: nobody can dial it, it dials
+/// out), so only alice can make the first connection. alice starts while carol is down and
+/// its gossip's dial of carol fails; iroh-gossip never dials a peer again after such a
+/// failure, so alice must dial carol herself once carol is up (`node::redial`).
+#[test]
+fn a_member_that_was_down_at_start_is_reached_when_it_comes_up() {
+    let alice = MeshPeer::new("alice");
+    let carol = MeshPeer::new("carol");
+    let team = TeamDir::new();
+    let alices_file = team.write(
+        "alice.toml",
+        &TeamSpec::closed([alice.member(), carol.member()]),
+    );
+    let mut alice_without_address = alice.member();
+    alice_without_address.addr = None;
+    let carols_file = team.write(
+        "carol.toml",
+        &TeamSpec::closed([alice_without_address, carol.member()]),
+    );
+    let alice_node = alice.join(&alices_file, &[]);
+    // iroh-gossip's own warning, with the short id it logs.
+    alice_node
+        .process
+        .wait_for_line("dial failed", CONVERGENCE_TIMEOUT);
+    let up = Instant::now();
+    let _carol_node = carol.join(&carols_file, &[]);
+    alice.wait_for_sockets(&["carol"], CONVERGENCE_TIMEOUT);
+    carol.wait_for_sockets(&["alice"], CONVERGENCE_TIMEOUT);
+    eprintln!(
+        "TIMING alice and carol see each other {:?} after carol came up",
+        up.elapsed()
+    );
+}

@@ -15,6 +15,7 @@ mod actor;
 mod gate;
 mod paths;
 pub mod peer_sockets;
+mod redial;
 
 pub use self::gate::{Permission, SharedTeam};
 
@@ -34,7 +35,7 @@ use n2p_core::{
 };
 use tokio::{
     sync::{mpsc, oneshot},
-    task::JoinHandle,
+    task::{JoinHandle, JoinSet},
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span};
@@ -277,6 +278,8 @@ impl MeshNode {
             full_warned: false,
             announce_interval: settings.team.announce_interval(),
             paths,
+            redial: Default::default(),
+            dials: JoinSet::new(),
         };
         let span = info_span!("mesh", me = %me.fmt_short());
         let actor = tokio::spawn(

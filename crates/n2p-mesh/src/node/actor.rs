@@ -13,11 +13,14 @@ use iroh_gossip::{
     net::Gossip,
 };
 use n0_future::StreamExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinSet,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{LEAVE_DRAIN_BOUND, paths::PathWatch, peer_sockets::PeerSockets};
+use super::{LEAVE_DRAIN_BOUND, paths::PathWatch, peer_sockets::PeerSockets, redial::Redial};
 use crate::{
     proto::{
         announce::{
@@ -53,6 +56,9 @@ const LEAVE_GRACE: Duration = Duration::from_millis(250);
 
 /// The most senders of stale announcements warned about; later ones are logged at debug.
 const MAX_STALE_WARNINGS: usize = 64;
+
+/// How long the node's own dial of an absent member may take.
+const MEMBER_DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the handle asks of the actor.
 #[derive(Debug)]
@@ -92,6 +98,10 @@ pub(super) struct Actor {
     pub(super) announce_interval: Duration,
     /// The endpoint's connections, for the path to each peer.
     pub(super) paths: PathWatch,
+    /// When to dial listed members that are absent.
+    pub(super) redial: Redial,
+    /// The node's own dials of members, handed to gossip when they connect.
+    pub(super) dials: JoinSet<()>,
 }
 
 impl Actor {
@@ -179,6 +189,17 @@ impl Actor {
                     // it. Not done at once, so a crash noticed by everyone at the same moment
                     // does not make the whole mesh rejoin in lockstep.
                     let live: Vec<EndpointId> = self.table.peers().iter().map(|p| p.id).collect();
+                    let me = self.endpoint.id();
+                    let absent: Vec<EndpointId> = self
+                        .table
+                        .team()
+                        .members()
+                        .iter()
+                        .map(|m| m.id)
+                        .filter(|id| *id != me && !live.contains(id) && !receiver.neighbors().any(|n| n == *id))
+                        .collect();
+                    let due = self.redial.due(absent, now);
+                    self.dial_members(due).await;
                     silent_since.retain(|id, since| {
                         !live.contains(id) && now.saturating_duration_since(*since) < SILENT_NEIGHBOR_FORGET
                     });
@@ -288,11 +309,37 @@ impl Actor {
         }
         let desired = self.table.sockets();
         self.reconcile(&desired);
-        if !fresh.is_empty()
-            && let Some(sender) = &self.sender
-            && let Err(e) = sender.join_peers(fresh).await
+        self.dial_members(fresh).await;
+    }
+
+    /// Connects to `members` with the gossip ALPN itself and hands each connection to
+    /// gossip, then asks gossip to join the topic through them. Gossip's own dial is not
+    /// enough: after one failed dial it never dials that peer again (see [`super::redial`]).
+    async fn dial_members(&mut self, members: Vec<EndpointId>) {
+        if members.is_empty() {
+            return;
+        }
+        for id in &members {
+            let (endpoint, gossip, id) = (self.endpoint.clone(), self.gossip.clone(), *id);
+            self.dials.spawn(async move {
+                let connect = endpoint.connect(id, iroh_gossip::net::GOSSIP_ALPN);
+                match tokio::time::timeout(MEMBER_DIAL_TIMEOUT, connect).await {
+                    Ok(Ok(conn)) => {
+                        if let Err(e) = gossip.handle_connection(conn).await {
+                            debug!(peer = %id.fmt_short(), "gossip did not take my connection: {e}");
+                        }
+                    }
+                    Ok(Err(e)) => debug!(peer = %id.fmt_short(), "cannot reach member: {e}"),
+                    Err(_) => debug!(peer = %id.fmt_short(), "cannot reach member within {MEMBER_DIAL_TIMEOUT:?}"),
+                }
+            });
+        }
+        // Finished dials are collected here; the set stays as small as the members.
+        while self.dials.try_join_next().is_some() {}
+        if let Some(sender) = &self.sender
+            && let Err(e) = sender.join_peers(members).await
         {
-            debug!("cannot dial the members just added: {e}");
+            debug!("cannot join the topic through the members: {e}");
         }
     }
 
