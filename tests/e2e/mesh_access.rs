@@ -1,7 +1,8 @@
 //! Who gets in: identities outside a closed team get no socket anywhere and are refused; a
 //! member without the right to push is refused at the daemon even with a doctored team
 //! file; an open team admits anyone with the secret and no one without it; a recorded
-//! announcement replayed to a freshly started node is refused.
+//! announcement replayed to a freshly started node is refused; an identity outside the team
+//! is refused at the handshake on every ALPN the node serves.
 
 use std::time::{Duration, SystemTime};
 
@@ -13,6 +14,7 @@ use crate::harness::mesh::{
     ANNOUNCE_INTERVAL, CONVERGENCE_TIMEOUT, MeshPeer, TeamDir, TeamSpec, peer_by_id,
 };
 use crate::harness::replay::Replayer;
+use crate::harness::stranger;
 
 /// How long the tests watch for something that must not happen (a socket for a node that
 /// must get none) after everything that should happen did: a few announcement rounds.
@@ -86,6 +88,42 @@ fn outsiders_of_a_closed_team_get_no_socket_and_are_refused() {
         peers.is_empty(),
         "trudy should hear from no member, yet lists {peers:#?}"
     );
+}
+
+/// The running node's one authority, at the handshake: an identity outside the closed team
+/// (that never even needs the secret) is turned away on gossip, daemon and store alike,
+/// before any stream, and the node says whom it refused.
+#[test]
+fn an_outsider_is_refused_at_the_handshake_on_every_alpn() {
+    let alice = MeshPeer::new("alice");
+    let bob = MeshPeer::new("bob");
+    let team = TeamDir::new();
+    let team_file = team.write(
+        "team.toml",
+        &TeamSpec::closed([alice.member(), bob.member()]),
+    );
+    let alice_node = alice.join(&team_file, &[]);
+    alice_node.wait_until_joined();
+    let stranger_key = n2p_core::SecretKey::from_bytes(&[66; 32]);
+    let stranger_id = stranger_key.public();
+    let target = iroh::EndpointAddr::from_parts(
+        alice.id.parse().expect("alice's id"),
+        [iroh::TransportAddr::Ip(alice.bind)],
+    );
+    let alpns: [&[u8]; 3] = [
+        iroh_gossip::net::GOSSIP_ALPN,
+        n2p_core::daemon::DAEMON_ALPN,
+        n2p_cache::proto::STORE_ALPN,
+    ];
+    let reasons = stranger::refusals(stranger_key, &target, &alpns);
+    for reason in &reasons {
+        assert_eq!(reason, "identity not allowed");
+    }
+    let refused = alice_node.process.wait_for_line(
+        &format!("refused peer {stranger_id}: identity not allowed"),
+        REFUSAL_LOG_TIMEOUT,
+    );
+    eprintln!("alice: {refused}");
 }
 
 #[test]

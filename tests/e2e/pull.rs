@@ -11,7 +11,7 @@ use n2p_testkit::dir::ScratchDir;
 use n2p_testkit::n2p::{ServerConfig, TempHome, last_word};
 use n2p_testkit::net::free_tcp_port;
 use n2p_testkit::nix::{
-    NIX_COMMAND_TIMEOUT, NixDaemon, SourceStore, assert_copy_succeeds,
+    NIX_COMMAND_TIMEOUT, NixDaemon, SourceStore, assert_copied, assert_copy_succeeds,
     assert_copy_unsigned_succeeds, assert_not_valid, nix_command, path_metadata, require_nix,
 };
 use n2p_testkit::proc::{Signal, expect_success, run_bounded};
@@ -464,6 +464,7 @@ fn mesh_pulls_from_whoever_has_it_refuses_members_without_pull_and_survives_a_ki
     let shared = source.add_random_file("shared.bin", 64 << 20, 31);
     let only_carol = source.add_file("only-carol", b"carol alone has this\n");
     let only_bob = source.add_file("only-bob", b"bob alone has this\n");
+    let pushed_by_carol = source.add_file("pushed-by-carol", b"carol may push\n");
     let alice = MeshPeer::with_daemon("alice");
     let bob = MeshPeer::with_daemon("bob");
     let carol = MeshPeer::with_daemon("carol");
@@ -475,11 +476,14 @@ fn mesh_pulls_from_whoever_has_it_refuses_members_without_pull_and_survives_a_ki
     );
 
     let team_dir = TeamDir::new();
+    // alice may pull but not push, carol may push but not pull: the two rights are apart.
+    let mut alice_member = alice.member();
+    alice_member.push = false;
     let mut carol_member = carol.member();
     carol_member.pull = false;
     let team = team_dir.write(
         "team.toml",
-        &TeamSpec::closed([alice.member(), bob.member(), carol_member]),
+        &TeamSpec::closed([alice_member, bob.member(), carol_member]),
     );
     let a = alice.join(&team, &[]);
     let mut b = bob.join(&team, &[]);
@@ -487,10 +491,18 @@ fn mesh_pulls_from_whoever_has_it_refuses_members_without_pull_and_survives_a_ki
     for node in [&a, &b, &c] {
         node.wait_until_joined();
     }
-    alice.wait_for_sockets(&["bob", "carol"], PEERS_TIMEOUT);
     carol.wait_for_sockets(&["alice", "bob"], PEERS_TIMEOUT);
+    bob.wait_for_sockets(&["alice", "carol"], PEERS_TIMEOUT);
+    // Without push, alice's node offers her no socket to anyone...
+    alice
+        .check_sockets(&[])
+        .unwrap_or_else(|error| panic!("{error}"));
+    // ...while carol, without pull, still pushes.
+    assert_copy_succeeds(&source, &carol.socket_url("bob"), &[&pushed_by_carol]);
+    assert_copied(&source, &bob.daemon().store_url(), &pushed_by_carol);
 
-    // (g) A path only carol has: alice's root URL finds it, signed by carol's node.
+    // (g) A path only carol has: alice, without push, pulls it through her root URL,
+    // signed by carol's node.
     let (status, body, _) = http(
         "GET",
         alice.cache,

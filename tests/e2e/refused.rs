@@ -16,6 +16,7 @@ use n2p_testkit::nix::{
 use n2p_testkit::proc::Signal;
 
 use crate::harness::N2P;
+use crate::harness::stranger;
 
 /// How long the server may take to log the refusal once the client's copy failed.
 const REFUSAL_LOG_TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,6 +77,28 @@ fn refuses_an_address_from_before_rotate_secret() {
     let client_dir = ScratchDir::new("client");
     let client = client_home.client(&old_long, &client_dir.join("c.sock"));
     assert_refused(&daemon, &source, &path, &server, &client, &client_id);
+}
+
+/// The server's one authority (its secret and `--allow`) at the handshake: an identity
+/// outside `--allow` is turned away on the daemon and the store ALPN alike, before any
+/// stream and without needing the secret, and the server names it.
+#[test]
+fn a_client_outside_allow_is_refused_at_the_handshake_on_every_alpn() {
+    let server_home = TempHome::new(N2P);
+    let mut config = ServerConfig::new(&ScratchDir::new("no-daemon").join("socket"));
+    config.allow.push(TempHome::new(N2P).id());
+    let server = server_home.server(&config);
+    let address: ServerAddress = server.long_address.parse().expect("the server's address");
+    let stranger_key = SecretKey::from_bytes(&[67; 32]);
+    let stranger_id = stranger_key.public();
+    let alpns: [&[u8]; 2] = [DAEMON_ALPN, n2p_cache::proto::STORE_ALPN];
+    for reason in stranger::refusals(stranger_key, &address.endpoint, &alpns) {
+        assert_eq!(reason, "identity not allowed");
+    }
+    server.process.wait_for_line(
+        &format!("refused peer {stranger_id}: identity not allowed"),
+        REFUSAL_LOG_TIMEOUT,
+    );
 }
 
 /// Checks everything a refusal means: the client's copy fails, the path did not reach the

@@ -89,7 +89,7 @@ pub struct StoreService {
 struct Inner {
     daemon_socket: PathBuf,
     store_dir: StoreDir,
-    policy: Arc<dyn AccessPolicy>,
+    policy: AccessPolicy,
     me: EndpointId,
     key: SecretKey,
     limits: StoreLimits,
@@ -144,7 +144,7 @@ impl StoreService {
     pub fn new(
         daemon_socket: PathBuf,
         store_dir: StoreDir,
-        policy: Arc<dyn AccessPolicy>,
+        policy: AccessPolicy,
         me: EndpointId,
         key: SecretKey,
         limits: StoreLimits,
@@ -212,7 +212,7 @@ impl StoreService {
             gate,
             unproven,
             &mut streams.recv,
-            self.inner.policy.as_ref(),
+            &self.inner.policy,
             self.inner.me,
             self.inner.limits.pre_auth.proof_deadline,
             "refused store access to",

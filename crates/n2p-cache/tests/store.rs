@@ -10,7 +10,7 @@ use n2p_cache::{
     server::{StoreLimits, StoreService},
 };
 use n2p_core::{
-    access::{AccessSecret, SecretPolicy},
+    access::{AccessPolicy, AccessSecret, Permission, ServerAuthority},
     daemon::DialError,
     endpoint::{EndpointOptions, bind_endpoint},
 };
@@ -41,7 +41,10 @@ async fn serve(daemon: &NixDaemon) -> Result<Served, Box<dyn std::error::Error>>
     let service = StoreService::new(
         daemon.socket_path().to_owned(),
         StoreDir::default(),
-        Arc::new(SecretPolicy::new(secret.clone())),
+        AccessPolicy::new(
+            Arc::new(ServerAuthority::new(secret.clone())),
+            Permission::Pull,
+        ),
         endpoint.id(),
         key.clone(),
         StoreLimits::default(),

@@ -107,7 +107,7 @@ pub async fn prove_stream(
     gate: &ConnectionGate,
     unproven: UnprovenPermit,
     recv: &mut RecvStream,
-    policy: &dyn AccessPolicy,
+    policy: &AccessPolicy,
     me: EndpointId,
     deadline: Duration,
     refused_as: &str,

@@ -1,11 +1,23 @@
-//! The access check in front of a nix-daemon: a peer must prove it knows the access secret
-//! (bound to both endpoint ids, compared in constant time) and, where an allow-list is set,
-//! be on it. Nothing reaches the daemon before [`AccessPolicy::check_stream`] says yes.
+//! Who may do what: one [`Authority`] per node, read by the handshake ([`HandshakeGate`]) and
+//! by each protocol's [`AccessPolicy`]. A peer must be admitted, hold the protocol's
+//! [`Permission`], and prove on every stream that it knows the access secret (bound to both
+//! endpoint ids, compared in constant time). Nothing reaches the daemon or the store before
+//! [`AccessPolicy::check_stream`] says yes.
 
-use std::{collections::BTreeSet, fmt};
+use std::{
+    collections::BTreeSet,
+    fmt,
+    sync::{Arc, PoisonError, RwLock},
+};
 
-use iroh::EndpointId;
+use iroh::{
+    EndpointId,
+    endpoint::{AfterHandshakeOutcome, Connection, EndpointHooks},
+};
 use subtle::ConstantTimeEq;
+use tracing::warn;
+
+use crate::daemon::ACCESS_DENIED;
 
 /// Key-derivation context for proofs; changing it invalidates every proof.
 const PROOF_CONTEXT: &str = "n2p 2025 daemon access proof v1";
@@ -85,41 +97,110 @@ pub enum Refusal {
     WrongSecret,
 }
 
-/// Decides which peers may reach the local daemon.
-pub trait AccessPolicy: Send + Sync + fmt::Debug + 'static {
-    /// Checks the identity alone, once per connection, before any stream is read.
-    fn check_peer(&self, peer: EndpointId) -> Result<(), Refusal>;
+/// What a peer needs, on top of being admitted, to use one of this node's protocols.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// Use my nix-daemon: push paths into my store (the daemon ALPN).
+    Push,
+    /// Read my store: pull paths from it (the store ALPN).
+    Pull,
+}
 
-    /// Checks one stream's proof; `me` is this node's id.
-    fn check_stream(
+/// The one source of who may do what on this node. Every access decision reads it: the
+/// handshake ([`HandshakeGate`], for every ALPN), each protocol's per-connection and
+/// per-stream check ([`AccessPolicy`]), and in a mesh which peer sockets exist. A mesh node's
+/// authority is its team file in force; `n2p server`'s is its access secret and `--allow`
+/// ([`ServerAuthority`]).
+pub trait Authority: Send + Sync + fmt::Debug + 'static {
+    /// Whether `peer` may connect at all; checked once, at the QUIC handshake.
+    fn admits(&self, peer: &EndpointId) -> bool;
+
+    /// Whether `peer` holds `permission`; implies [`Self::admits`].
+    fn permits(&self, peer: &EndpointId, permission: Permission) -> bool;
+
+    /// The secret whose proof opens each stream, as it is now.
+    fn access_secret(&self) -> AccessSecret;
+}
+
+/// One protocol's view of an [`Authority`]: the [`Permission`] it needs. Cheap to clone;
+/// nothing reaches the daemon or the store before [`Self::check_stream`] says yes.
+#[derive(Debug, Clone)]
+pub struct AccessPolicy {
+    authority: Arc<dyn Authority>,
+    permission: Permission,
+}
+
+impl AccessPolicy {
+    /// The policy of a protocol that needs `permission` from `authority`.
+    pub fn new(authority: Arc<dyn Authority>, permission: Permission) -> Self {
+        Self {
+            authority,
+            permission,
+        }
+    }
+
+    /// Checks the identity alone, once per connection, before any stream is read.
+    pub fn check_peer(&self, peer: EndpointId) -> Result<(), Refusal> {
+        if self.authority.permits(&peer, self.permission) {
+            Ok(())
+        } else {
+            Err(Refusal::NotAllowed)
+        }
+    }
+
+    /// Checks one stream's proof, and the identity again (the authority may have changed
+    /// since the connection began); `me` is this node's id.
+    pub fn check_stream(
         &self,
         peer: EndpointId,
         me: EndpointId,
         proof: &AccessProof,
-    ) -> Result<(), Refusal>;
+    ) -> Result<(), Refusal> {
+        self.check_peer(peer)?;
+        if self.authority.access_secret().verify(proof, peer, me) {
+            Ok(())
+        } else {
+            Err(Refusal::WrongSecret)
+        }
+    }
 }
 
-/// The policy of `n2p server` (and of a mesh node): a shared secret, optionally narrowed to
-/// a set of allowed identities.
+/// Refuses, at the QUIC handshake and for every ALPN, peers its [`Authority`] does not
+/// admit: the connection is closed with [`ACCESS_DENIED`] before any stream is opened.
 #[derive(Debug, Clone)]
-pub struct SecretPolicy {
-    secret: AccessSecret,
+pub struct HandshakeGate(pub Arc<dyn Authority>);
+
+impl EndpointHooks for HandshakeGate {
+    async fn after_handshake<'a>(&'a self, conn: &'a Connection) -> AfterHandshakeOutcome {
+        let peer = conn.remote_id();
+        if self.0.admits(&peer) {
+            AfterHandshakeOutcome::accept()
+        } else {
+            warn!(peer = %peer, "refused peer {peer}: {}", Refusal::NotAllowed);
+            AfterHandshakeOutcome::Reject {
+                error_code: ACCESS_DENIED,
+                reason: Refusal::NotAllowed.to_string().into_bytes(),
+            }
+        }
+    }
+}
+
+/// The authority of `n2p server`: whoever proves its access secret (the secret part of its
+/// address), narrowed to an allow-list when one is set, may push and pull. The secret can
+/// be replaced while running (SIGHUP after `n2p rotate-secret`); the allow-list stays.
+#[derive(Debug)]
+pub struct ServerAuthority {
+    secret: RwLock<AccessSecret>,
     allow: Option<BTreeSet<EndpointId>>,
 }
 
-impl SecretPolicy {
+impl ServerAuthority {
     /// Anyone who knows `secret` is allowed.
     pub fn new(secret: AccessSecret) -> Self {
         Self {
-            secret,
+            secret: RwLock::new(secret),
             allow: None,
         }
-    }
-
-    /// The same policy with another secret (the allow-list stays).
-    pub fn with_secret(mut self, secret: AccessSecret) -> Self {
-        self.secret = secret;
-        self
     }
 
     /// Additionally, only these identities are allowed.
@@ -127,28 +208,28 @@ impl SecretPolicy {
         self.allow = Some(allow.into_iter().collect());
         self
     }
+
+    /// Puts `secret` in force for every stream opened from now on.
+    pub fn replace_secret(&self, secret: AccessSecret) {
+        // A writer only swaps the value and cannot panic half-way.
+        *self.secret.write().unwrap_or_else(PoisonError::into_inner) = secret;
+    }
 }
 
-impl AccessPolicy for SecretPolicy {
-    fn check_peer(&self, peer: EndpointId) -> Result<(), Refusal> {
-        match &self.allow {
-            Some(allow) if !allow.contains(&peer) => Err(Refusal::NotAllowed),
-            _ => Ok(()),
-        }
+impl Authority for ServerAuthority {
+    fn admits(&self, peer: &EndpointId) -> bool {
+        self.allow.as_ref().is_none_or(|allow| allow.contains(peer))
     }
 
-    fn check_stream(
-        &self,
-        peer: EndpointId,
-        me: EndpointId,
-        proof: &AccessProof,
-    ) -> Result<(), Refusal> {
-        self.check_peer(peer)?;
-        if self.secret.verify(proof, peer, me) {
-            Ok(())
-        } else {
-            Err(Refusal::WrongSecret)
-        }
+    fn permits(&self, peer: &EndpointId, _: Permission) -> bool {
+        self.admits(peer)
+    }
+
+    fn access_secret(&self) -> AccessSecret {
+        self.secret
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -176,30 +257,49 @@ mod tests {
     }
 
     #[test]
-    fn policy_checks_secret_and_allow_list() {
+    fn a_server_policy_checks_secret_and_allow_list_and_follows_a_new_secret() {
         let secret = AccessSecret::from_bytes([7; 32]);
         let (me, alice, mallory) = (id(1), id(2), id(3));
-        let open = SecretPolicy::new(secret.clone());
-        assert_eq!(open.check_peer(mallory), Ok(()));
-        assert_eq!(
-            open.check_stream(alice, me, &secret.proof(alice, me)),
-            Ok(())
-        );
-        assert_eq!(
-            open.check_stream(alice, me, &AccessProof([0; 32])),
-            Err(Refusal::WrongSecret)
-        );
+        let open = Arc::new(ServerAuthority::new(secret.clone()));
+        assert!(open.admits(&mallory));
+        for permission in [Permission::Push, Permission::Pull] {
+            let policy = AccessPolicy::new(open.clone(), permission);
+            assert_eq!(policy.check_peer(mallory), Ok(()));
+            assert_eq!(
+                policy.check_stream(alice, me, &secret.proof(alice, me)),
+                Ok(())
+            );
+            assert_eq!(
+                policy.check_stream(alice, me, &AccessProof([0; 32])),
+                Err(Refusal::WrongSecret)
+            );
+        }
 
-        let narrow = open.with_allow_list([alice]);
-        assert_eq!(narrow.check_peer(mallory), Err(Refusal::NotAllowed));
+        let narrow = Arc::new(ServerAuthority::new(secret.clone()).with_allow_list([alice]));
+        assert!(!narrow.admits(&mallory));
+        let policy = AccessPolicy::new(narrow.clone(), Permission::Pull);
+        assert_eq!(policy.check_peer(mallory), Err(Refusal::NotAllowed));
         assert_eq!(
-            narrow.check_stream(mallory, me, &secret.proof(mallory, me)),
+            policy.check_stream(mallory, me, &secret.proof(mallory, me)),
             Err(Refusal::NotAllowed)
         );
         assert_eq!(
-            narrow.check_stream(alice, me, &secret.proof(alice, me)),
+            policy.check_stream(alice, me, &secret.proof(alice, me)),
             Ok(())
         );
+
+        // A rotated secret: old proofs fail from the next stream on, the allow-list stays.
+        let rotated = AccessSecret::from_bytes([8; 32]);
+        narrow.replace_secret(rotated.clone());
+        assert_eq!(
+            policy.check_stream(alice, me, &secret.proof(alice, me)),
+            Err(Refusal::WrongSecret)
+        );
+        assert_eq!(
+            policy.check_stream(alice, me, &rotated.proof(alice, me)),
+            Ok(())
+        );
+        assert!(!narrow.admits(&mallory));
     }
 
     #[test]

@@ -65,7 +65,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct DaemonService {
     daemon_socket: Arc<PathBuf>,
-    policy: Arc<dyn AccessPolicy>,
+    policy: AccessPolicy,
     me: EndpointId,
     limits: Limits,
     peer_slots: Arc<PeerSlots>,
@@ -74,7 +74,7 @@ pub struct DaemonService {
 impl DaemonService {
     /// Forwards accepted streams to the daemon at `daemon_socket`; `me` is this node's id.
     /// Applies [`Limits::default`].
-    pub fn new(daemon_socket: PathBuf, policy: Arc<dyn AccessPolicy>, me: EndpointId) -> Self {
+    pub fn new(daemon_socket: PathBuf, policy: AccessPolicy, me: EndpointId) -> Self {
         let limits = Limits::default();
         Self {
             daemon_socket: Arc::new(daemon_socket),
@@ -106,7 +106,7 @@ impl DaemonService {
             gate,
             unproven,
             &mut streams.recv,
-            self.policy.as_ref(),
+            &self.policy,
             self.me,
             self.limits.proof_deadline,
             "refused peer",
@@ -785,7 +785,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        access::SecretPolicy,
+        access::{AccessPolicy, Permission, ServerAuthority},
         endpoint::{EndpointOptions, bind_endpoint},
     };
 
@@ -847,7 +847,10 @@ mod tests {
             &EndpointOptions::loopback(),
         )
         .await?;
-        let policy = Arc::new(SecretPolicy::new(secret.clone()));
+        let policy = AccessPolicy::new(
+            Arc::new(ServerAuthority::new(secret.clone())),
+            Permission::Push,
+        );
         let service = DaemonService::new(daemon_path, policy, endpoint.id()).with_limits(limits);
         let router = Router::builder(endpoint)
             .accept(DAEMON_ALPN, service)

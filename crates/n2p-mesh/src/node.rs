@@ -17,9 +17,13 @@ mod paths;
 pub mod peer_sockets;
 mod redial;
 
-pub use self::gate::{Permission, SharedTeam};
+pub use self::gate::SharedTeam;
 
-use std::{path::PathBuf, sync::Mutex, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use iroh::{
     Endpoint, EndpointAddr, SecretKey, TransportAddr,
@@ -28,7 +32,7 @@ use iroh::{
 };
 use iroh_gossip::net::{GOSSIP_ALPN, Gossip};
 use n2p_core::{
-    access::AccessSecret,
+    access::{AccessSecret, HandshakeGate, Permission},
     daemon::{DAEMON_ALPN, DaemonService},
     endpoint::{EndpointBindError, EndpointOptions, RelayChoice, bind_builder, endpoint_builder},
     unix::SocketAccess,
@@ -42,7 +46,6 @@ use tracing::{Instrument, info, info_span};
 
 use self::{
     actor::{Actor, Command},
-    gate::TeamGate,
     paths::PathWatch,
     peer_sockets::{PeerSockets, PeerSocketsError},
 };
@@ -186,13 +189,16 @@ impl MeshNode {
         }
         alpns.extend(settings.protocols.iter().map(|(alpn, _)| alpn.clone()));
         let memory = MemoryLookup::new();
-        let team = SharedTeam::new(settings.team.clone());
+        let team = SharedTeam::new(
+            settings.team.clone(),
+            AccessSecret::from_bytes(keys.access_secret()),
+        );
         // Installed for open teams too (it admits everyone then), so a reload may close one.
         // The path watch comes after the gate: refused connections are not watched.
         let paths = PathWatch::default();
         let builder = endpoint_builder(secret_key.clone(), alpns, &settings.endpoint)?
             .address_lookup(memory.clone())
-            .hooks(TeamGate { team: team.clone() })
+            .hooks(HandshakeGate(Arc::new(team.clone())))
             .hooks(paths.clone());
         let endpoint = bind_builder(builder, &settings.endpoint).await?;
 
@@ -222,8 +228,7 @@ impl MeshNode {
             .spawn(endpoint.clone());
         let mut router = Router::builder(endpoint.clone()).accept(GOSSIP_ALPN, gossip.clone());
         if settings.share_daemon {
-            let access = AccessSecret::from_bytes(keys.access_secret());
-            let policy = team.policy(Permission::Push, access);
+            let policy = team.policy(Permission::Push);
             router = router.accept(
                 DAEMON_ALPN,
                 DaemonService::new(settings.daemon_socket.clone(), policy, me),
@@ -272,7 +277,7 @@ impl MeshNode {
             memory,
             sender: Some(sender),
             sockets,
-            table: PeerTable::new(me, &settings.name, settings.team.clone()),
+            table: PeerTable::new(me, &settings.name, team.get()),
             seq: SeqClock::new(),
             stale_warned: Default::default(),
             full_warned: false,
@@ -348,11 +353,12 @@ impl MeshNode {
         if old.relay() != team.relay() {
             report.needs_restart.push("relay");
         }
-        // The gate first, so a removed member cannot start anything new from here on.
-        self.team.set(team.clone());
+        // The gate and the policies first, so a removed member cannot start anything new
+        // from here on; then the table, with the same value.
+        let team = self.team.set(team);
         let (reply, done) = oneshot::channel();
         self.commands
-            .send(Command::Reload(Box::new(team), reply))
+            .send(Command::Reload(team, reply))
             .await
             .map_err(|_| ReloadError::Stopped)?;
         done.await.map_err(|_| ReloadError::Stopped)?;

@@ -8,7 +8,8 @@ use anyhow::Context;
 use iroh::Endpoint;
 use n2p_core::{
     SecretKey,
-    endpoint::{EndpointOptions, RelayChoice, bind_endpoint},
+    access::HandshakeGate,
+    endpoint::{EndpointOptions, RelayChoice, bind_builder, endpoint_builder},
     home::N2pHome,
     identity::load_or_create_secret_key,
 };
@@ -41,13 +42,19 @@ pub(crate) fn endpoint_options(
     }
 }
 
-/// Binds the node's endpoint.
+/// Binds the node's endpoint; with a `gate`, peers its authority does not admit are refused
+/// at the handshake, whatever ALPN they ask for.
 pub(crate) async fn endpoint(
     key: SecretKey,
     alpns: Vec<Vec<u8>>,
     options: &EndpointOptions,
+    gate: Option<HandshakeGate>,
 ) -> anyhow::Result<Endpoint> {
-    let endpoint = bind_endpoint(key, alpns, options).await?;
+    let mut builder = endpoint_builder(key, alpns, options)?;
+    if let Some(gate) = gate {
+        builder = builder.hooks(gate);
+    }
+    let endpoint = bind_builder(builder, options).await?;
     tracing::debug!(id = %endpoint.id(), relay = %options.relay, "endpoint bound");
     Ok(endpoint)
 }

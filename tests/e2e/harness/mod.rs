@@ -18,6 +18,7 @@
 pub(crate) mod forge;
 pub(crate) mod mesh;
 pub(crate) mod replay;
+pub(crate) mod stranger;
 
 use std::collections::BTreeSet;
 use std::fs;

@@ -4,6 +4,7 @@
 use std::{
     collections::BTreeMap,
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -66,7 +67,7 @@ pub(super) enum Command {
     /// Answer with a [`MeshStatus`].
     Status(oneshot::Sender<MeshStatus>),
     /// Apply a reloaded team config (already in force at the gate), then answer.
-    Reload(Box<TeamConfig>, oneshot::Sender<()>),
+    Reload(Arc<TeamConfig>, oneshot::Sender<()>),
 }
 
 /// The task that owns the table and the sockets.
@@ -137,7 +138,7 @@ impl Actor {
                         reply.send(self.status().await).ok();
                     }
                     Some(Command::Reload(team, done)) => {
-                        self.reload(*team).await;
+                        self.reload(team).await;
                         announce_tick = tokio::time::interval(self.announce_interval);
                         announce_tick.reset();
                         // Members just added learn about me without waiting a round.
@@ -286,7 +287,7 @@ impl Actor {
 
     /// Applies a reloaded team config: drops the peers it no longer admits (and their
     /// sockets), renames by the new member list, and dials members it adds.
-    async fn reload(&mut self, team: TeamConfig) {
+    async fn reload(&mut self, team: Arc<TeamConfig>) {
         let me = self.endpoint.id();
         let old_members: Vec<EndpointId> =
             self.table.team().members().iter().map(|m| m.id).collect();

@@ -271,7 +271,7 @@ mod tests {
 
     use iroh::{SecretKey, address_lookup::memory::MemoryLookup, protocol::Router};
     use n2p_core::{
-        access::SecretPolicy,
+        access::{AccessPolicy, Permission, ServerAuthority},
         daemon::{DAEMON_ALPN, DaemonService},
         endpoint::{EndpointOptions, bind_builder, bind_endpoint, endpoint_builder},
     };
@@ -314,7 +314,10 @@ mod tests {
             &EndpointOptions::loopback(),
         )
         .await?;
-        let policy = Arc::new(SecretPolicy::new(secret.clone()));
+        let policy = AccessPolicy::new(
+            Arc::new(ServerAuthority::new(secret.clone())),
+            Permission::Push,
+        );
         let service = DaemonService::new(daemon_path, policy, server.id());
         let router = Router::builder(server).accept(DAEMON_ALPN, service).spawn();
         let lookup = MemoryLookup::new();

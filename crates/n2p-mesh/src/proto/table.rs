@@ -44,17 +44,19 @@
 //!   for the team's expiry.
 //! - Names: see [`PeerTable::sockets`].
 //! - A live peer gets a socket when it shares its daemon, speaks a daemon protocol version
-//!   I accept, and my team config lets me push (`may_push(my id)`): without that right the
+//!   I accept, and my team config lets me push (`permits(my id, Push)`): without that right the
 //!   peers would refuse my streams, so offering sockets would only produce failures.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     ops::RangeInclusive,
+    sync::Arc,
     time::Instant,
 };
 
 use iroh::{EndpointAddr, EndpointId, RelayUrl, TransportAddr};
+use n2p_core::access::Permission;
 
 use crate::proto::{
     announce::{AnnounceKind, Announcement, FRESHNESS_WINDOW, PROTO_VERSION},
@@ -223,7 +225,7 @@ struct Tombstone {
 pub struct PeerTable {
     me: EndpointId,
     my_name: String,
-    team: TeamConfig,
+    team: Arc<TeamConfig>,
     proto_versions: RangeInclusive<u16>,
     peers: BTreeMap<EndpointId, Peer>,
     tombstones: BTreeMap<EndpointId, Tombstone>,
@@ -234,11 +236,11 @@ pub struct PeerTable {
 impl PeerTable {
     /// An empty table for node `me`, which announces itself as `my_name`, in `team`.
     /// Accepts peers speaking daemon protocol [`PROTO_VERSION`].
-    pub fn new(me: EndpointId, my_name: &str, team: TeamConfig) -> Self {
+    pub fn new(me: EndpointId, my_name: &str, team: impl Into<Arc<TeamConfig>>) -> Self {
         Self {
             me,
             my_name: my_name.to_owned(),
-            team,
+            team: team.into(),
             proto_versions: PROTO_VERSION..=PROTO_VERSION,
             peers: BTreeMap::new(),
             tombstones: BTreeMap::new(),
@@ -264,7 +266,7 @@ impl PeerTable {
 
     /// Puts `team` in force (a reloaded team file): live peers it does not admit are
     /// removed, and returned; names are recomputed from its member list.
-    pub fn set_team(&mut self, team: TeamConfig) -> Vec<EndpointId> {
+    pub fn set_team(&mut self, team: Arc<TeamConfig>) -> Vec<EndpointId> {
         self.team = team;
         let gone: Vec<EndpointId> = self
             .peers
@@ -416,7 +418,7 @@ impl PeerTable {
     /// Renaming one of two clashing peers would make a name that pointed at one peer point
     /// at another; giving both a suffix instead makes the clash visible.
     pub fn sockets(&self) -> BTreeMap<String, EndpointId> {
-        if !self.team.may_push(&self.me) {
+        if !self.team.permits(&self.me, Permission::Push) {
             return BTreeMap::new();
         }
         self.peers
@@ -659,7 +661,7 @@ mod tests {
             id(4)
         );
         let newer = TeamConfig::parse(&text, Path::new("team.toml")).expect("team");
-        assert_eq!(t.set_team(newer), vec![id(3)]);
+        assert_eq!(t.set_team(newer.into()), vec![id(3)]);
         assert_eq!(t.sockets(), BTreeMap::from([("alice".to_owned(), id(1))]));
         assert_eq!(
             t.apply(&alive(3, "c", 2), now),

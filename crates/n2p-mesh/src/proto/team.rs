@@ -64,6 +64,7 @@ use std::{
 
 use iroh::{EndpointAddr, EndpointId, TransportAddr};
 use n2p_core::{
+    access::Permission,
     config_file::{ConfigFileError, ConfigSource, Spanned, read_config_text},
     endpoint::RelayChoice,
     secret_file::{SecretFileError, read_secret_file as read_private_file},
@@ -466,15 +467,6 @@ impl TeamConfig {
         self.open || self.member_by_id(id).is_some()
     }
 
-    /// Whether `id` may pull from another member's store: a listed member when its `pull`
-    /// is true; anyone else only in an open team.
-    pub fn may_pull(&self, id: &EndpointId) -> bool {
-        match self.member_by_id(id) {
-            Some(member) => member.pull,
-            None => self.open,
-        }
-    }
-
     /// The Nix public keys of the members that list one.
     pub fn nix_keys(&self) -> Vec<n2p_nix::PublicKey> {
         self.members
@@ -483,16 +475,15 @@ impl TeamConfig {
             .collect()
     }
 
-    /// Whether `id` may push into (use) another member's daemon.
-    ///
-    /// A listed member may when its `push` is true. Anyone else may only in an open team,
-    /// and only after proving it knows the team secret (core's access check does that).
-    /// A node uses this in both directions: to admit incoming streams, and with its own id
-    /// to decide whether to offer sockets for its peers at all.
-    pub fn may_push(&self, id: &EndpointId) -> bool {
-        match self.member_by_id(id) {
-            Some(member) => member.push,
-            None => self.open,
+    /// Whether `id` holds `permission` (`push` or `pull` in its `[[member]]` entry);
+    /// anyone not listed holds it only in an open team. (An open team cannot take a right
+    /// away from a listed member, since anyone with the secret can mint a fresh identity:
+    /// such a file is refused at load.)
+    pub fn permits(&self, id: &EndpointId, permission: Permission) -> bool {
+        match (self.member_by_id(id), permission) {
+            (Some(member), Permission::Push) => member.push,
+            (Some(member), Permission::Pull) => member.pull,
+            (None, _) => self.open,
         }
     }
 
@@ -756,9 +747,9 @@ push = false
     #[test]
     fn permissions() {
         let team = parse(&two_members()).expect("valid");
-        assert!(team.may_push(&id(1)));
-        assert!(!team.may_push(&id(2)));
-        assert!(!team.may_push(&id(3)));
+        assert!(team.permits(&id(1), Permission::Push));
+        assert!(!team.permits(&id(2), Permission::Push));
+        assert!(!team.permits(&id(3), Permission::Push));
         assert!(team.admits(&id(2)));
         assert!(!team.admits(&id(3)));
 
@@ -769,8 +760,8 @@ push = false
         )
         .expect("open");
         assert!(open.is_open());
-        assert!(open.may_push(&id(1)));
-        assert!(open.may_push(&id(3)));
+        assert!(open.permits(&id(1), Permission::Push));
+        assert!(open.permits(&id(3), Permission::Push));
         assert!(open.admits(&id(3)));
     }
 
@@ -811,9 +802,9 @@ push = false
             bob.nix_key.as_ref().map(|k| k.to_string()),
             Some(nix_key("bob-n2p-1", 2))
         );
-        assert!(team.may_pull(&id(1)));
-        assert!(!team.may_pull(&id(2)));
-        assert!(!team.may_pull(&id(3)));
+        assert!(team.permits(&id(1), Permission::Pull));
+        assert!(!team.permits(&id(2), Permission::Pull));
+        assert!(!team.permits(&id(3), Permission::Pull));
         assert_eq!(team.nix_keys().len(), 1);
     }
 
@@ -867,7 +858,7 @@ push = false
             team.secret_source(),
             &SecretSource::Env("N2P_TEAM_SECRET".into())
         );
-        assert!(team.may_push(&id(9)));
+        assert!(team.permits(&id(9), Permission::Push));
         assert!(team.bootstrap(&id(9)).is_empty());
     }
 

@@ -57,7 +57,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: ClientArgs) -> anyhow::Result
     };
 
     let options = setup::endpoint_options(global, RelayChoice::Default);
-    let endpoint = setup::endpoint(key, Vec::new(), &options).await?;
+    let endpoint = setup::endpoint(key, Vec::new(), &options, None).await?;
     let dialer = DaemonDialer::new(endpoint.clone(), address.endpoint.clone(), &address.secret)
         .with_connect_timeout(args.connect_timeout);
     // Connected is not enough: a wrong or rotated secret, or an identity outside the

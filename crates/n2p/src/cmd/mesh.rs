@@ -9,9 +9,12 @@ use n2p_cache::{
     proto::STORE_ALPN,
     server::{StoreLimits, StoreService},
 };
-use n2p_core::{access::AccessSecret, home::N2pHome};
+use n2p_core::{
+    access::{AccessSecret, Permission},
+    home::N2pHome,
+};
 use n2p_mesh::{
-    node::{MeshNode, MeshSettings, Permission, ProtocolFactory, SharedTeam},
+    node::{MeshNode, MeshSettings, ProtocolFactory, SharedTeam},
     proto::{
         names::{sanitize_name, validate_name},
         team::{TeamConfig, load_secret},
@@ -124,7 +127,8 @@ pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<
         }
         bootstrap.extend(ticket.peers);
     }
-    // The pull side: my store to members allowed to pull, and the binary cache for my Nix.
+    // The pull side: my store to members allowed to pull, and the binary cache for my Nix
+    // (which proves the team's access secret to the peers it asks).
     let access = AccessSecret::from_bytes(
         MeshKeys::derive(&secret, &args.topic)
             .context("invalid topic name")?
@@ -132,14 +136,13 @@ pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<
     );
     let signing_key = pull::signing_key(&home, &name)?;
     // Members with `pull` in the team file in force (it follows SIGHUP reloads).
-    let store_access = access.clone();
     let store_key = signing_key.clone();
     let store_daemon = daemon_socket.clone();
     let store = ProtocolFactory::new(move |team: &SharedTeam| {
         Box::new(StoreService::new(
             store_daemon,
             setup::store_dir(),
-            team.policy(Permission::Pull, store_access),
+            team.policy(Permission::Pull),
             me,
             store_key,
             StoreLimits::default(),

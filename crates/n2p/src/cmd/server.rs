@@ -2,19 +2,16 @@
 //! them pull from its store (`n2p/store/1`, for `n2p client --cache`). SIGHUP re-reads
 //! `access.secret` (so `n2p rotate-secret` takes effect without a restart).
 
-use std::{
-    sync::{Arc, PoisonError, RwLock},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
-use iroh::{EndpointId, protocol::Router};
+use iroh::protocol::Router;
 use n2p_cache::{
     proto::STORE_ALPN,
     server::{StoreLimits, StoreService},
 };
 use n2p_core::{
-    access::{AccessPolicy, AccessProof, AccessSecret, Refusal, SecretPolicy},
+    access::{AccessPolicy, HandshakeGate, Permission, ServerAuthority},
     address::ServerAddress,
     daemon::{DAEMON_ALPN, DaemonService},
     endpoint::RelayChoice,
@@ -51,12 +48,13 @@ pub(crate) async fn run(global: &GlobalArgs, args: ServerArgs) -> anyhow::Result
             "running as root: the nix-daemon trusts this process, so every allowed peer acts as a trusted Nix user (can import unsigned paths). Run n2p as a user outside trusted-users to keep signature checks."
         );
     }
-    let mut policy = SecretPolicy::new(secret.clone());
+    // The one authority: the handshake, the daemon (push) and the store (pull) all read it.
+    let mut authority = ServerAuthority::new(secret.clone());
     if !args.allow.is_empty() {
-        policy = policy.with_allow_list(args.allow.iter().copied());
+        authority = authority.with_allow_list(args.allow.iter().copied());
         info!(target: "n2p", "only these clients may connect: {:?}", args.allow.iter().map(|id| id.to_string()).collect::<Vec<_>>());
     }
-    let policy = Arc::new(ReloadablePolicy(RwLock::new(policy)));
+    let authority = Arc::new(authority);
 
     let signing_key = pull::signing_key(&home, &setup::host_name())?;
 
@@ -65,14 +63,19 @@ pub(crate) async fn run(global: &GlobalArgs, args: ServerArgs) -> anyhow::Result
         key,
         vec![DAEMON_ALPN.to_vec(), STORE_ALPN.to_vec()],
         &options,
+        Some(HandshakeGate(authority.clone())),
     )
     .await?;
-    let service = DaemonService::new(daemon_socket.clone(), policy.clone(), endpoint.id());
-    // Clients holding the address may also pull from this store (same policy, --allow too).
+    let service = DaemonService::new(
+        daemon_socket.clone(),
+        AccessPolicy::new(authority.clone(), Permission::Push),
+        endpoint.id(),
+    );
+    // Clients holding the address may also pull from this store (--allow applies too).
     let store = StoreService::new(
         daemon_socket.clone(),
         setup::store_dir(),
-        policy.clone(),
+        AccessPolicy::new(authority.clone(), Permission::Pull),
         endpoint.id(),
         signing_key.clone(),
         StoreLimits::default(),
@@ -111,7 +114,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: ServerArgs) -> anyhow::Result
                     info!(target: "n2p", "SIGHUP: {} unchanged", home.access_secret_path().display());
                 }
                 Ok(fresh) => {
-                    policy.replace_secret(fresh.clone());
+                    authority.replace_secret(fresh.clone());
                     secret = fresh;
                     info!(target: "n2p",
                         "SIGHUP: new access secret loaded from {}; addresses printed before no longer work (new streams are checked against it; transfers in flight go on)",
@@ -135,34 +138,4 @@ pub(crate) async fn run(global: &GlobalArgs, args: ServerArgs) -> anyhow::Result
 fn log_addresses(address: &ServerAddress) {
     info!(target: "n2p", "short address: {}", address.to_short_string());
     info!(target: "n2p", "long address: {}", address.to_long_string());
-}
-
-/// The server's access policy, whose secret SIGHUP replaces; `--allow` stays as given.
-#[derive(Debug)]
-struct ReloadablePolicy(RwLock<SecretPolicy>);
-
-impl ReloadablePolicy {
-    fn replace_secret(&self, secret: AccessSecret) {
-        let mut policy = self.0.write().unwrap_or_else(PoisonError::into_inner);
-        *policy = policy.clone().with_secret(secret);
-    }
-
-    fn current(&self) -> std::sync::RwLockReadGuard<'_, SecretPolicy> {
-        self.0.read().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl AccessPolicy for ReloadablePolicy {
-    fn check_peer(&self, peer: EndpointId) -> Result<(), Refusal> {
-        self.current().check_peer(peer)
-    }
-
-    fn check_stream(
-        &self,
-        peer: EndpointId,
-        me: EndpointId,
-        proof: &AccessProof,
-    ) -> Result<(), Refusal> {
-        self.current().check_stream(peer, me, proof)
-    }
 }
