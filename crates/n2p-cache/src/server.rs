@@ -19,8 +19,8 @@
 use std::{
     collections::HashMap,
     path::PathBuf,
-    sync::{Arc, Mutex},
-    time::Duration,
+    sync::{Arc, Mutex, Weak},
+    time::{Duration, Instant},
 };
 
 use iroh::{
@@ -50,9 +50,10 @@ use crate::proto::{
 /// How long a peer has to send its request after its proof.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Daemon connections kept open between narinfo lookups (each new one costs the daemon a
-/// fork and a handshake, most of a lookup's time).
-const IDLE_DAEMON_CONNECTIONS: usize = 4;
+/// Daemon connections kept open between requests (each new one costs the daemon a fork and
+/// a handshake, most of a small path's time). Enough for one puller's parallel downloads:
+/// Nix runs up to 25 (`http-connections`), of which [`StoreLimits::nars_per_peer`] NARs.
+const IDLE_DAEMON_CONNECTIONS: usize = 16;
 
 /// NARs one daemon connection serves (each leaving a temporary root) before it is closed.
 const TEMP_ROOTS_PER_CONNECTION: u32 = 16;
@@ -67,6 +68,9 @@ pub struct StoreLimits {
     /// Streams waiting for their proof before one has passed, and the deadline for a proof
     /// (its `max_per_peer` is not used here: `nars_per_peer` bounds the expensive part).
     pub pre_auth: Limits,
+    /// A kept daemon connection idle this long is closed, so its worker exits and the
+    /// temporary roots it holds stop pinning the paths it served (default 30 s).
+    pub idle_daemon_timeout: Duration,
 }
 
 impl Default for StoreLimits {
@@ -75,6 +79,7 @@ impl Default for StoreLimits {
             streams_per_connection: 64,
             nars_per_peer: 8,
             pre_auth: Limits::default(),
+            idle_daemon_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -105,6 +110,8 @@ struct Inner {
 struct Pooled {
     client: DaemonClient<UnixStream>,
     temp_roots: u32,
+    /// When it was last put back idle.
+    idle_since: Instant,
 }
 
 impl Pooled {
@@ -112,6 +119,26 @@ impl Pooled {
         Self {
             client,
             temp_roots: 0,
+            idle_since: Instant::now(),
+        }
+    }
+}
+
+/// Closes the pool's connections idle for [`StoreLimits::idle_daemon_timeout`], checking a
+/// few times per timeout, until the service is gone.
+async fn close_idle_daemons(inner: Weak<Inner>, timeout: Duration) {
+    let mut tick = tokio::time::interval(timeout / 3);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let mut idle = inner
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let before = idle.len();
+        idle.retain(|pooled| pooled.idle_since.elapsed() < timeout);
+        if idle.len() < before {
+            debug!("closed {} idle daemon connection(s)", before - idle.len());
         }
     }
 }
@@ -149,18 +176,25 @@ impl StoreService {
         key: SecretKey,
         limits: StoreLimits,
     ) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                daemon_socket,
-                store_dir,
-                policy,
-                me,
-                key,
-                limits,
-                nar_slots: Mutex::new(HashMap::new()),
-                idle: Mutex::new(Vec::new()),
-            }),
+        let inner = Arc::new(Inner {
+            daemon_socket,
+            store_dir,
+            policy,
+            me,
+            key,
+            limits,
+            nar_slots: Mutex::new(HashMap::new()),
+            idle: Mutex::new(Vec::new()),
+        });
+        // Outside a runtime (never in n2p) idle connections are only closed when the
+        // service is dropped.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(close_idle_daemons(
+                Arc::downgrade(&inner),
+                limits.idle_daemon_timeout,
+            ));
         }
+        Self { inner }
     }
 
     /// The semaphore bounding NARs in flight to `peer`.
@@ -317,7 +351,8 @@ impl StoreService {
     }
 
     /// Keeps a daemon connection whose operations all succeeded for later requests.
-    fn keep(&self, daemon: Pooled) {
+    fn keep(&self, mut daemon: Pooled) {
+        daemon.idle_since = Instant::now();
         if daemon.temp_roots >= TEMP_ROOTS_PER_CONNECTION {
             return;
         }

@@ -1,7 +1,10 @@
 //! The store protocol end to end in one process: a real nix-daemon on a chroot store behind
 //! a [`StoreService`] on a real iroh endpoint, asked by a [`StoreClient`] on another.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use iroh::{Endpoint, SecretKey, protocol::Router};
 use n2p_cache::{
@@ -16,6 +19,7 @@ use n2p_core::{
 };
 use n2p_nix::{NarHash, StoreDir, StorePath, nar::copy_nar};
 use n2p_testkit::nix::{NixDaemon, SourceStore, assert_copy_succeeds, path_metadata, require_nix};
+use n2p_testkit::procfs::children;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -35,6 +39,13 @@ struct Served {
 }
 
 async fn serve(daemon: &NixDaemon) -> Result<Served, Box<dyn std::error::Error>> {
+    serve_with(daemon, StoreLimits::default()).await
+}
+
+async fn serve_with(
+    daemon: &NixDaemon,
+    limits: StoreLimits,
+) -> Result<Served, Box<dyn std::error::Error>> {
     let endpoint = endpoint(1, vec![STORE_ALPN.to_vec()]).await?;
     let secret = AccessSecret::from_bytes([3; 32]);
     let key = n2p_nix::SecretKey::from_seed("bob-n2p-1", [4; 32]);
@@ -47,7 +58,7 @@ async fn serve(daemon: &NixDaemon) -> Result<Served, Box<dyn std::error::Error>>
         ),
         endpoint.id(),
         key.clone(),
-        StoreLimits::default(),
+        limits,
     );
     let router = Router::builder(endpoint)
         .accept(STORE_ALPN, service)
@@ -167,6 +178,64 @@ async fn a_wrong_secret_is_refused_before_the_store() -> TestResult {
         Err(PullError::Frame(_)) | Err(PullError::Dial(_)) => {}
         other => panic!("a wrong secret got {other:?}"),
     }
+    client.close().await;
+    served.router.shutdown().await?;
+    Ok(())
+}
+
+/// The daemon connections a store service keeps are reused (no new daemon worker per
+/// request) and closed once idle for the timeout (the worker exits, releasing its
+/// temporary roots).
+#[tokio::test]
+async fn kept_daemon_connections_are_reused_then_closed_when_idle() -> TestResult {
+    if !require_nix("kept_daemon_connections_are_reused_then_closed_when_idle") {
+        return Ok(());
+    }
+    let daemon = NixDaemon::start();
+    let source = SourceStore::new();
+    let path = source.add_file("kept", b"asked twice\n");
+    assert_copy_succeeds(&source, &daemon.store_url(), &[&path]);
+    let timeout = Duration::from_secs(2);
+    let limits = StoreLimits {
+        idle_daemon_timeout: timeout,
+        ..StoreLimits::default()
+    };
+    let served = serve_with(&daemon, limits).await?;
+    let client = StoreClient::new(endpoint(2, vec![]).await?);
+    let peer = Peer {
+        name: "bob".into(),
+        addr: served.router.endpoint().addr(),
+        secret: served.secret.clone(),
+    };
+    let asked = [basename(&path).hash_part().to_owned()];
+    assert!(client.narinfos(&peer, &asked).await?[0].is_some());
+    let workers = children(daemon.pid());
+    assert_eq!(workers.len(), 1, "one daemon worker after one request");
+    for _ in 0..5 {
+        assert!(client.narinfos(&peer, &asked).await?[0].is_some());
+    }
+    assert_eq!(
+        children(daemon.pid()),
+        workers,
+        "later requests reuse the kept connection"
+    );
+    let idle = Instant::now();
+    while !children(daemon.pid()).is_empty() {
+        assert!(
+            idle.elapsed() < timeout * 3,
+            "the idle daemon connection was still open after {:?}",
+            idle.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "MEASURED idle daemon worker gone {:?} after the last request",
+        idle.elapsed()
+    );
+    assert!(
+        idle.elapsed() >= timeout.saturating_sub(Duration::from_millis(200)),
+        "closed before the timeout"
+    );
     client.close().await;
     served.router.shutdown().await?;
     Ok(())
