@@ -483,11 +483,17 @@ fn mesh_pulls_from_whoever_has_it_refuses_members_without_pull_and_survives_a_ki
     carol_member.pull = false;
     let team = team_dir.write(
         "team.toml",
-        &TeamSpec::closed([alice_member, bob.member(), carol_member]),
+        &TeamSpec::closed([alice_member.clone(), bob.member(), carol_member]),
+    );
+    // carol's own copy grants her `pull` (her node would not ask otherwise): the serving
+    // node's copy is what counts.
+    let carols_copy = team_dir.write(
+        "carol.toml",
+        &TeamSpec::closed([alice_member, bob.member(), carol.member()]),
     );
     let a = alice.join(&team, &[]);
     let mut b = bob.join(&team, &[]);
-    let c = carol.join(&team, &[]);
+    let c = carol.join(&carols_copy, &[]);
     for node in [&a, &b, &c] {
         node.wait_until_joined();
     }
@@ -608,7 +614,10 @@ fn a_sighup_that_takes_pull_away_refuses_the_members_next_pull() {
     // bob's file now says alice may not pull; the node reloads it without a restart.
     let mut no_pull = alice.member();
     no_pull.pull = false;
-    team_dir.write("bob.toml", &TeamSpec::closed([no_pull, bob.member()]));
+    team_dir.write(
+        "bob.toml",
+        &TeamSpec::closed([no_pull.clone(), bob.member()]),
+    );
     let mark = b.process.mark();
     b.process.signal(Signal::Hup);
     b.process
@@ -620,4 +629,20 @@ fn a_sighup_that_takes_pull_away_refuses_the_members_next_pull() {
     );
     b.process
         .wait_for_line_since(&mark, "refused store access", LOG_TIMEOUT);
+
+    // alice's own copy now says so too: her node stops asking and says why.
+    team_dir.write("alice.toml", &TeamSpec::closed([no_pull, bob.member()]));
+    let alice_mark = a.process.mark();
+    a.process.signal(Signal::Hup);
+    a.process
+        .wait_for_line_since(&alice_mark, "gives me `pull = false`", LOG_TIMEOUT);
+    let refusals = b.process.log_text().matches("refused store access").count();
+    let (status, _, _) = http("GET", alice.cache, &narinfo);
+    assert_eq!(status, 404);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        b.process.log_text().matches("refused store access").count(),
+        refusals,
+        "alice's node asked bob although her own team file denies her `pull`"
+    );
 }

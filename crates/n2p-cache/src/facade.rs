@@ -25,7 +25,7 @@ use std::{
     future::Future,
     io,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
@@ -77,7 +77,8 @@ pub struct FacadeConfig {
     pub priority: u32,
     /// How long a narinfo request waits for the peers.
     pub deadline: Duration,
-    /// Keys whose signature makes an answer best (the team's members' Nix keys).
+    /// Keys whose signature makes an answer best (the team's members' Nix keys) at start;
+    /// [`Facade::set_trusted_keys`] replaces them.
     pub trusted_keys: Vec<PublicKey>,
 }
 
@@ -95,6 +96,8 @@ impl Default for FacadeConfig {
 /// The facade's state, shared by its handlers.
 pub struct Facade {
     config: FacadeConfig,
+    /// [`FacadeConfig::trusted_keys`] as in force now ([`Facade::set_trusted_keys`]).
+    trusted_keys: RwLock<Arc<[PublicKey]>>,
     client: Arc<StoreClient>,
     peers: PeerSource,
     recent: Mutex<Recent>,
@@ -119,6 +122,7 @@ impl Facade {
     /// A facade asking `peers` through `client`.
     pub fn new(config: FacadeConfig, client: Arc<StoreClient>, peers: PeerSource) -> Arc<Self> {
         Arc::new(Self {
+            trusted_keys: RwLock::new(config.trusted_keys.clone().into()),
             config,
             client,
             peers,
@@ -227,7 +231,21 @@ impl Facade {
     }
 
     fn rank(&self, info: &NarInfo) -> u8 {
-        rank(info, &self.config.store_dir, &self.config.trusted_keys)
+        let trusted = self
+            .trusted_keys
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        rank(info, &self.config.store_dir, &trusted)
+    }
+
+    /// Puts `keys` in force as the keys whose signature makes an answer best (the team's
+    /// keys after a reloaded team file), from the next narinfo request on.
+    pub fn set_trusted_keys(&self, keys: Vec<PublicKey>) {
+        *self
+            .trusted_keys
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = keys.into();
     }
 
     async fn narinfo(&self, scope: Scope, file: &str) -> Response {

@@ -32,7 +32,7 @@ use iroh::{
 };
 use iroh_gossip::net::{GOSSIP_ALPN, Gossip};
 use n2p_core::{
-    access::{AccessSecret, HandshakeGate, Permission},
+    access::{AccessSecret, Authority, HandshakeGate, Permission},
     daemon::{DAEMON_ALPN, DaemonService},
     endpoint::{EndpointBindError, EndpointOptions, RelayChoice, bind_builder, endpoint_builder},
     unix::SocketAccess,
@@ -311,6 +311,17 @@ impl MeshNode {
     /// The node's endpoint.
     pub fn endpoint(&self) -> &Endpoint {
         self.router.endpoint()
+    }
+
+    /// The team config in force (the file loaded at start or by the last reload).
+    pub fn team(&self) -> Arc<TeamConfig> {
+        self.team.get()
+    }
+
+    /// Whether the team config in force grants this node `permission` (its peers decide
+    /// by their own copies; a node that lacks a right need not ask them).
+    pub fn may(&self, permission: Permission) -> bool {
+        self.team.permits(&self.endpoint().id(), permission)
     }
 
     /// What the node sees now, as the actor answers it.

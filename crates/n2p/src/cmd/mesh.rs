@@ -24,7 +24,7 @@ use n2p_mesh::{
     status::MeshStatus,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::{
     cli::{GlobalArgs, InviteArgs, JoinArgs, StatusArgs},
@@ -191,7 +191,8 @@ pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<
             client,
             peers,
         );
-        pull::RunningFacade::spawn(listener, facade)
+        warn_if_no_pull(&node);
+        (facade.clone(), pull::RunningFacade::spawn(listener, facade))
     });
     let cancel = CancellationToken::new();
     let responder_node = node.clone();
@@ -225,6 +226,10 @@ pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<
             }
             _ = hangup.recv() => {
                 service::reload_team(&node, &team_path, secret_override.is_some()).await;
+                if let Some((facade, _)) = &facade {
+                    facade.set_trusted_keys(node.team().nix_keys());
+                    warn_if_no_pull(&node);
+                }
             }
             () = node.stopped() => {
                 // Serving a frozen peer table would hide the failure: exit non-zero so that a
@@ -236,16 +241,29 @@ pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<
         }
     };
     cancel.cancel();
-    if let Some(facade) = facade {
-        facade.stop().await;
+    if let Some((_, running)) = facade {
+        running.stop().await;
     }
     node.leave().await;
     outcome
 }
 
+/// Says, where the user looks, why the binary cache will find nothing.
+fn warn_if_no_pull(node: &MeshNode) {
+    if !node.may(Permission::Pull) {
+        tracing::warn!(target: "n2p",
+            "the team file gives me `pull = false`: the binary cache asks no peer and answers every request with 404"
+        );
+    }
+}
+
 /// The live peers as the facade wants them (an id is enough: the node's endpoint knows
 /// their addresses); none when the node has stopped.
 async fn live_peers(node: &MeshNode, access: &AccessSecret) -> Vec<Peer> {
+    if !node.may(Permission::Pull) {
+        debug!("not asking peers: the team file in force does not let me pull");
+        return Vec::new();
+    }
     let Ok(status) = node.status().await else {
         return Vec::new();
     };
