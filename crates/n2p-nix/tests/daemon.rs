@@ -6,12 +6,14 @@
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
+use std::process::Command;
 use std::str::FromStr;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use n2p_nix::nar::NarSummary;
 use n2p_nix::worker::CLIENT_VERSION;
+use n2p_nix::worker::SignatureCheck;
 use n2p_nix::{DaemonClient, NarHash, PathInfo, StoreDir, StorePath, WorkerError};
 use n2p_testkit::dir::ScratchDir;
 use n2p_testkit::nix::{
@@ -312,6 +314,50 @@ async fn daemon_errors_are_remote_errors() {
     // A new connection works.
     let mut client = connect_to(&daemon).await;
     nar_matches_info(&mut client, &top).await;
+}
+
+/// The name of the user running the tests, as `trusted-users` wants it.
+fn me() -> String {
+    let output = run_bounded(Command::new("id").arg("-un"), NIX_COMMAND_TIMEOUT, "id -un");
+    expect_success(&output, "id -un").trim().to_owned()
+}
+
+#[tokio::test]
+async fn the_signature_probe_tells_a_trusting_daemon_and_adds_nothing() {
+    if !require_nix("the_signature_probe_tells_a_trusting_daemon_and_adds_nothing") {
+        return;
+    }
+    let probe = store_path("/nix/store/00000000000000000000000000000000-n2p-test-probe");
+    for (config, trusted) in [
+        ("trusted-users = n2p-test-nobody".to_owned(), false),
+        (format!("trusted-users = {}", me()), true),
+    ] {
+        let daemon = NixDaemon::start_with_config(&config);
+        let mut client = connect_to(&daemon).await;
+        assert_eq!(client.trusted(), None, "Nix 2.8 does not say in the handshake");
+        let answer = bounded(
+            "AddToStoreNar probe",
+            client.probe_signature_check(probe.name()),
+        )
+        .await
+        .expect("the daemon's refusal");
+        match (&answer, trusted) {
+            (SignatureCheck::Enforced(message), false) => {
+                assert!(message.contains("signature"), "{message}")
+            }
+            (SignatureCheck::Skipped(message), true) => {
+                assert!(message.contains("Nix archive"), "{message}")
+            }
+            _ => panic!("{config}: {answer:?}"),
+        }
+        // The daemon read the whole request: the same connection answers the next query,
+        // and the path was not added.
+        assert!(client.is_usable());
+        let valid = bounded("QueryValidPaths", client.query_valid_paths(&[probe.clone()]))
+            .await
+            .expect("QueryValidPaths after the probe");
+        assert!(valid.is_empty(), "{config}: the probe added {valid:?}");
+    }
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
 //! The client side of the Nix worker protocol, for reading paths out of a nix-daemon:
 //! handshake (protocol 1.21 of Nix 2.3 up to 1.38 of the newest Nix; Lix needs >= 1.35),
 //! STDERR log frames and remote errors, QueryPathInfo, QueryPathFromHashPart,
-//! QueryValidPaths, AddTempRoot and NarFromPath.
+//! QueryValidPaths, AddTempRoot and NarFromPath; and, for daemons whose handshake does not
+//! say whether they trust us, a refused AddToStoreNar that tells ([`signature_probe`]).
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
@@ -29,8 +30,11 @@
 //! (Lix refuses clients below it), 2.20 1.37, 2.24 and later 1.38 and above; this client
 //! offers 1.38 and both sides use the lower version.
 
+pub mod signature_probe;
 mod stderr;
 mod wire;
+
+pub use self::signature_probe::{SIGNATURE_PROBE_MIN_VERSION, SignatureCheck};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWrite as W, AsyncWriteExt, BufStream};
 
@@ -55,6 +59,19 @@ pub enum WorkerError {
     /// The daemon sent something that breaks the protocol.
     #[error("nix-daemon protocol: {0}")]
     Protocol(String),
+    /// The negotiated protocol is older than this operation needs.
+    #[error(
+        "nix-daemon protocol {}.{} is older than the {}.{} that {operation} needs",
+        version.0, version.1, needs.0, needs.1
+    )]
+    TooOld {
+        /// The operation refused.
+        operation: &'static str,
+        /// The negotiated version.
+        version: ProtocolVersion,
+        /// The oldest version the operation works with.
+        needs: ProtocolVersion,
+    },
     /// The NAR the daemon sent was malformed.
     #[error(transparent)]
     Nar(#[from] crate::nar::NarError),
@@ -108,6 +125,7 @@ mod op {
     pub(super) const QUERY_PATH_FROM_HASH_PART: u64 = 29;
     pub(super) const QUERY_VALID_PATHS: u64 = 31;
     pub(super) const NAR_FROM_PATH: u64 = 38;
+    pub(super) const ADD_TO_STORE_NAR: u64 = 39;
 }
 
 /// One connection to a nix-daemon, after the handshake.
@@ -118,6 +136,7 @@ mod op {
 pub struct DaemonClient<S> {
     stream: BufStream<S>,
     version: ProtocolVersion,
+    daemon_version: ProtocolVersion,
     store_dir: StoreDir,
     daemon_nix_version: Option<String>,
     trusted: Option<bool>,
@@ -197,6 +216,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> DaemonClient<S> {
         Ok(Self {
             stream,
             version,
+            daemon_version,
             store_dir,
             daemon_nix_version,
             trusted,
@@ -207,6 +227,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> DaemonClient<S> {
     /// The negotiated version.
     pub fn version(&self) -> ProtocolVersion {
         self.version
+    }
+
+    /// The version the daemon offered, which may be newer than the negotiated
+    /// [`Self::version`].
+    pub fn daemon_version(&self) -> ProtocolVersion {
+        self.daemon_version
     }
 
     /// The store directory paths are parsed against.
@@ -426,9 +452,9 @@ mod tests {
     use super::*;
 
     /// A recorded daemon: reads come from its recording, writes are kept for comparison.
-    struct Replay<'a> {
-        from_daemon: &'a [u8],
-        from_client: Vec<u8>,
+    pub(super) struct Replay<'a> {
+        pub(super) from_daemon: &'a [u8],
+        pub(super) from_client: Vec<u8>,
     }
 
     impl AsyncRead for Replay<'_> {
@@ -538,6 +564,7 @@ mod tests {
                 .await
                 .expect("the recorded exchange");
             assert_eq!(client.version(), recording.version);
+            assert_eq!(client.daemon_version(), recording.version);
             assert_eq!(client.daemon_nix_version(), Some(recording.nix));
             assert_eq!(client.trusted(), recording.trusted);
             assert_eq!(info.as_ref(), Some(&recording.info));
@@ -615,14 +642,36 @@ mod tests {
         assert_eq!(words, [WORKER_MAGIC_1, (1 << 8) | 38, 0, 0, 0]);
     }
 
+    #[tokio::test]
+    async fn a_newer_daemon_is_spoken_to_in_our_version_and_its_own_is_kept() {
+        let mut wire = Vec::new();
+        for word in [WORKER_MAGIC_2, (1 << 8) | 40, 0] {
+            wire.extend_from_slice(&word.to_le_bytes());
+        }
+        wire::write_bytes(&mut wire, b"2.40.0").await.expect("vec");
+        wire.extend_from_slice(&2u64.to_le_bytes());
+        wire.extend_from_slice(&stderr::STDERR_LAST.to_le_bytes());
+        let stream = Replay {
+            from_daemon: &wire,
+            from_client: Vec::new(),
+        };
+        let client = DaemonClient::handshake(stream, StoreDir::default())
+            .await
+            .expect("handshake");
+        assert_eq!(client.version(), CLIENT_VERSION);
+        assert_eq!(client.daemon_version(), (1, 40));
+        assert_eq!(client.trusted(), Some(false));
+    }
+
     /// A client past the handshake with a 1.34 daemon that will send `from_daemon`.
-    async fn client_on(from_daemon: &[u8]) -> DaemonClient<Replay<'_>> {
+    pub(super) async fn client_on(from_daemon: &[u8]) -> DaemonClient<Replay<'_>> {
         DaemonClient {
             stream: BufStream::new(Replay {
                 from_daemon,
                 from_client: Vec::new(),
             }),
             version: (1, 34),
+            daemon_version: (1, 34),
             store_dir: StoreDir::default(),
             daemon_nix_version: None,
             trusted: None,
