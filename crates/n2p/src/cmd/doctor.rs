@@ -181,19 +181,28 @@ async fn check_daemon(report: &mut Report, socket: &Path) {
     let facts = match facts {
         Ok(Ok(facts)) => facts,
         Ok(Err(e)) => {
-            let fix = match e.kind() {
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+            let kind = match &e {
+                n2p_nix::WorkerError::Io(io) => Some(io.kind()),
+                _ => None,
+            };
+            let fix = match kind {
+                Some(std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
                     "start the nix-daemon (e.g. `systemctl start nix-daemon.socket`), or name its socket with --daemon-socket or `daemon_socket` in config.toml".to_owned()
                 }
-                std::io::ErrorKind::PermissionDenied => format!(
+                Some(std::io::ErrorKind::PermissionDenied) => format!(
                     "this user may not open {}: add it to the daemon's allowed-users (nix.conf) and make sure it can reach the socket",
                     socket.display()
                 ),
                 _ => "check that a nix-daemon listens there".to_owned(),
             };
+            // An I/O error speaks for itself, without the "nix-daemon connection" prefix.
+            let why = match &e {
+                n2p_nix::WorkerError::Io(io) => io.to_string(),
+                other => other.to_string(),
+            };
             report.fail(
                 "nix-daemon",
-                format!("cannot talk to {}: {e}", socket.display()),
+                format!("cannot talk to {}: {why}", socket.display()),
                 fix,
             );
             return;
