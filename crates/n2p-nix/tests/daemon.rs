@@ -334,7 +334,11 @@ async fn the_signature_probe_tells_a_trusting_daemon_and_adds_nothing() {
     ] {
         let daemon = NixDaemon::start_with_config(&config);
         let mut client = connect_to(&daemon).await;
-        assert_eq!(client.trusted(), None, "Nix 2.8 does not say in the handshake");
+        assert_eq!(
+            client.trusted(),
+            None,
+            "Nix 2.8 does not say in the handshake"
+        );
         let answer = bounded(
             "AddToStoreNar probe",
             client.probe_signature_check(probe.name()),
@@ -353,9 +357,12 @@ async fn the_signature_probe_tells_a_trusting_daemon_and_adds_nothing() {
         // The daemon read the whole request: the same connection answers the next query,
         // and the path was not added.
         assert!(client.is_usable());
-        let valid = bounded("QueryValidPaths", client.query_valid_paths(&[probe.clone()]))
-            .await
-            .expect("QueryValidPaths after the probe");
+        let valid = bounded(
+            "QueryValidPaths",
+            client.query_valid_paths(std::slice::from_ref(&probe)),
+        )
+        .await
+        .expect("QueryValidPaths after the probe");
         assert!(valid.is_empty(), "{config}: the probe added {valid:?}");
     }
 }

@@ -170,15 +170,17 @@ mod tests {
         client.probe_signature_check("p").await.expect("an answer");
         let sent = client.stream.into_inner().from_client;
         let mut from = &sent[..];
-        let mut word = async |from: &mut &[u8]| {
-            crate::worker::wire::read_u64(from)
-                .await
-                .expect("a word")
-        };
+        let word =
+            async |from: &mut &[u8]| crate::worker::wire::read_u64(from).await.expect("a word");
         assert_eq!(word(&mut from).await, op::ADD_TO_STORE_NAR);
         let path = read_bytes(&mut from, "path").await.expect("path");
         assert_eq!(path, b"/nix/store/00000000000000000000000000000000-p");
-        assert!(read_bytes(&mut from, "deriver").await.expect("deriver").is_empty());
+        assert!(
+            read_bytes(&mut from, "deriver")
+                .await
+                .expect("deriver")
+                .is_empty()
+        );
         let hash = read_bytes(&mut from, "hash").await.expect("hash");
         assert_eq!(hash.len(), "sha256:".len() + 64);
         // references, registration time, NAR size, ultimate, signatures.
@@ -190,7 +192,10 @@ mod tests {
         assert_eq!(word(&mut from).await, 1, "skip signature checks");
         let frame = word(&mut from).await;
         let (body, rest) = from.split_at(frame as usize);
-        assert_eq!(read_bytes(&mut &body[..], "NAR").await.expect("NAR"), NOT_A_NAR);
+        assert_eq!(
+            read_bytes(&mut &body[..], "NAR").await.expect("NAR"),
+            NOT_A_NAR
+        );
         assert_eq!(rest, 0u64.to_le_bytes(), "the empty frame ends the request");
     }
 
