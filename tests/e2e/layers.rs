@@ -25,7 +25,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     ("n2p-testkit", &["n2p-core"]),
-    ("n2p-bench", &["n2p-testkit"]),
+    ("n2p-bench", &["n2p-testkit", "n2p-nix"]),
 ];
 
 /// Crates that may only ever be dev-dependencies of ours.

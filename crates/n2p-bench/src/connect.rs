@@ -31,7 +31,7 @@ const BLOCK: usize = 10;
 pub(crate) struct ConnectResult {
     /// The variant.
     pub(crate) variant: Variant,
-    /// Connect + handshake + one IsValidPath, milliseconds per connection.
+    /// Connect + handshake + one QueryValidPaths of one path, milliseconds per connection.
     pub(crate) raw_ms: Option<Summary>,
     /// A whole `nix path-info` process (one connection), milliseconds per call.
     pub(crate) nix_ms: Option<Summary>,

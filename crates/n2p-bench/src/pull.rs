@@ -255,7 +255,7 @@ pub(crate) struct NarinfoLatency {
     pub(crate) miss_ms: Option<Summary>,
     /// `/nix-cache-info`, ms: the facade's HTTP alone, no peer asked.
     pub(crate) cache_info_ms: Option<Summary>,
-    /// A new connection to the source's nix-daemon + handshake + one IsValidPath, made by
+    /// A new connection to the source's nix-daemon + handshake + one QueryValidPaths, made by
     /// the runner itself, ms: what the server pays per request before its two queries.
     pub(crate) daemon_connection_ms: Option<Summary>,
     /// Answers with another status than expected.

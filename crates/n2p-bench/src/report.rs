@@ -600,7 +600,7 @@ pub(crate) fn markdown(r: &Report) -> String {
         );
         let _ = writeln!(
             out,
-            "Raw: connect + worker-protocol handshake + one IsValidPath, timed in the runner. \
+            "Raw: connect + worker-protocol handshake + one QueryValidPaths, timed in the runner. \
              nix: one whole `nix path-info` process (start-up included).\n"
         );
         let _ = writeln!(
