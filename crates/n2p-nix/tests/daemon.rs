@@ -1,7 +1,8 @@
 //! The worker-protocol client against a real nix-daemon (Debian's Nix 2.8, protocol 1.34)
 //! on a chroot store: handshake, every query compared with `nix path-info`, NARs of a
 //! 64 MiB file and a 2,000-file directory, operations after a NAR on the same connection,
-//! and the daemon's errors.
+//! the daemon's errors, and the signature probe against a daemon that trusts us and one
+//! that does not.
 
 use std::future::Future;
 use std::path::Path;

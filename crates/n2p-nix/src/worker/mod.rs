@@ -610,57 +610,39 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_1_38_daemon_exchanges_features_and_trust() {
-        // What a Nix 2.24+ daemon sends: magic, 1.38, its features, its version, trust
-        // (1 = trusted), no start-up messages.
-        let mut wire = Vec::new();
-        for word in [WORKER_MAGIC_2, (1 << 8) | 38, 1] {
-            wire.extend_from_slice(&word.to_le_bytes());
+    async fn daemons_at_1_38_and_newer_exchange_features_and_trust_in_1_38() {
+        for (minor, trust, trusted) in [(38u8, 1u64, Some(true)), (40, 2, Some(false))] {
+            // What a Nix 2.24+ daemon sends: magic, its version, its features, its Nix
+            // version, trust (1 = trusted, 2 = not), no start-up messages.
+            let mut wire = Vec::new();
+            for word in [WORKER_MAGIC_2, (1 << 8) | u64::from(minor), 1] {
+                wire.extend_from_slice(&word.to_le_bytes());
+            }
+            wire::write_bytes(&mut wire, b"some-feature")
+                .await
+                .expect("vec");
+            wire::write_bytes(&mut wire, b"2.30.0").await.expect("vec");
+            wire.extend_from_slice(&trust.to_le_bytes());
+            wire.extend_from_slice(&stderr::STDERR_LAST.to_le_bytes());
+            let stream = Replay {
+                from_daemon: &wire,
+                from_client: Vec::new(),
+            };
+            let client = DaemonClient::handshake(stream, StoreDir::default())
+                .await
+                .expect("handshake");
+            assert_eq!(client.version(), (1, 38));
+            assert_eq!(client.daemon_version(), (1, minor));
+            assert_eq!(client.daemon_nix_version(), Some("2.30.0"));
+            assert_eq!(client.trusted(), trusted);
+            let sent = client.stream.into_inner().from_client;
+            let words: Vec<u64> = sent
+                .chunks(8)
+                .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+                .collect();
+            // magic, version, no features, CPU affinity 0, reserveSpace 0.
+            assert_eq!(words, [WORKER_MAGIC_1, (1 << 8) | 38, 0, 0, 0]);
         }
-        wire::write_bytes(&mut wire, b"some-feature")
-            .await
-            .expect("vec");
-        wire::write_bytes(&mut wire, b"2.30.0").await.expect("vec");
-        wire.extend_from_slice(&1u64.to_le_bytes());
-        wire.extend_from_slice(&stderr::STDERR_LAST.to_le_bytes());
-        let stream = Replay {
-            from_daemon: &wire,
-            from_client: Vec::new(),
-        };
-        let client = DaemonClient::handshake(stream, StoreDir::default())
-            .await
-            .expect("handshake");
-        assert_eq!(client.version(), (1, 38));
-        assert_eq!(client.daemon_nix_version(), Some("2.30.0"));
-        assert_eq!(client.trusted(), Some(true));
-        let sent = client.stream.into_inner().from_client;
-        let words: Vec<u64> = sent
-            .chunks(8)
-            .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
-            .collect();
-        // magic, version, no features, CPU affinity 0, reserveSpace 0.
-        assert_eq!(words, [WORKER_MAGIC_1, (1 << 8) | 38, 0, 0, 0]);
-    }
-
-    #[tokio::test]
-    async fn a_newer_daemon_is_spoken_to_in_our_version_and_its_own_is_kept() {
-        let mut wire = Vec::new();
-        for word in [WORKER_MAGIC_2, (1 << 8) | 40, 0] {
-            wire.extend_from_slice(&word.to_le_bytes());
-        }
-        wire::write_bytes(&mut wire, b"2.40.0").await.expect("vec");
-        wire.extend_from_slice(&2u64.to_le_bytes());
-        wire.extend_from_slice(&stderr::STDERR_LAST.to_le_bytes());
-        let stream = Replay {
-            from_daemon: &wire,
-            from_client: Vec::new(),
-        };
-        let client = DaemonClient::handshake(stream, StoreDir::default())
-            .await
-            .expect("handshake");
-        assert_eq!(client.version(), CLIENT_VERSION);
-        assert_eq!(client.daemon_version(), (1, 40));
-        assert_eq!(client.trusted(), Some(false));
     }
 
     /// A client past the handshake with a 1.34 daemon that will send `from_daemon`.
