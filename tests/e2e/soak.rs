@@ -1,10 +1,10 @@
 //! Soak: many short Nix connections through one client socket leave no descriptors and no
 //! memory behind in the server or the client.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
+
+use n2p_nix::{DaemonClient, StoreDir};
 
 use n2p_testkit::dir::ScratchDir;
 use n2p_testkit::n2p::{ServerConfig, TempHome};
@@ -12,6 +12,8 @@ use n2p_testkit::nix::{NixDaemon, require_nix};
 use n2p_testkit::proc::Process;
 use n2p_testkit::procfs::{open_fds, rss_bytes};
 use n2p_testkit::wait::poll_until;
+use tokio::net::UnixStream;
+use tokio::runtime::Runtime;
 
 use crate::harness::N2P;
 
@@ -48,14 +50,18 @@ fn five_hundred_sequential_connections_leave_fds_and_memory_flat() {
     let client = client_home.client(&server.long_address, &dir.join("c.sock"));
     client.wait_until_listening();
     let processes = [&server.process, &client.process];
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime for the handshakes");
 
     for _ in 0..WARM_UP {
-        handshake(&client.socket);
+        handshake(&runtime, &client.socket);
     }
     let before = processes.map(|p| settled_fds(p, usize::MAX));
     let rss_before = processes.map(rss_of);
     for _ in WARM_UP..CONNECTIONS {
-        handshake(&client.socket);
+        handshake(&runtime, &client.socket);
     }
     for (i, process) in processes.into_iter().enumerate() {
         let fds = settled_fds(process, before[i]);
@@ -109,47 +115,21 @@ fn rss_of(process: &Process) -> u64 {
     rss_bytes(pid).unwrap_or_else(|e| panic!("reading /proc/{pid}/status: {e}"))
 }
 
-/// Worker-protocol magic numbers and the version Nix 2.8 speaks (1.34).
-const WORKER_MAGIC_1: u64 = 0x6e69_7863;
-const WORKER_MAGIC_2: u64 = 0x6478_696f;
-const CLIENT_VERSION: u64 = (1 << 8) | 34;
-const STDERR_LAST: u64 = 0x616c_7473;
-
-/// One daemon connection as Nix opens it: the worker-protocol handshake up to the daemon's
-/// `STDERR_LAST`, then a close. Panics with what went wrong.
-fn handshake(socket: &Path) {
-    let stream = UnixStream::connect(socket)
-        .unwrap_or_else(|e| panic!("connecting to {}: {e}", socket.display()));
-    stream
-        .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-        .expect("setting a read timeout");
-    (&stream)
-        .write_all(&WORKER_MAGIC_1.to_le_bytes())
-        .unwrap_or_else(|e| panic!("writing the handshake: {e}"));
-    let recv = || {
-        let mut word = [0u8; 8];
-        (&stream)
-            .read_exact(&mut word)
-            .unwrap_or_else(|e| panic!("reading the daemon's handshake: {e}"));
-        u64::from_le_bytes(word)
-    };
-    assert_eq!(recv(), WORKER_MAGIC_2, "not a nix-daemon's magic");
-    let daemon_version = recv();
-    assert!(
-        daemon_version >> 8 == 1,
-        "daemon speaks {daemon_version:#x}"
-    );
-    // Versions from 1.14 send a CPU-affinity flag, from 1.11 a reserve-space flag.
-    for word in [CLIENT_VERSION.min(daemon_version), 0, 0] {
-        (&stream)
-            .write_all(&u64::to_le_bytes(word))
-            .unwrap_or_else(|e| panic!("writing the handshake: {e}"));
-    }
-    // From 1.33 the daemon sends its Nix version string, padded to 8 bytes.
-    let len = recv();
-    let mut version = vec![0u8; (len as usize).div_ceil(8) * 8];
-    (&stream)
-        .read_exact(&mut version)
-        .unwrap_or_else(|e| panic!("reading the daemon's version: {e}"));
-    assert_eq!(recv(), STDERR_LAST, "the daemon did not end its handshake");
+/// One daemon connection as Nix opens it: n2p-nix's worker-protocol handshake up to the
+/// daemon's `STDERR_LAST`, then a close. Panics with what went wrong.
+fn handshake(runtime: &Runtime, socket: &Path) {
+    runtime.block_on(async {
+        let connect = async {
+            let stream = UnixStream::connect(socket).await?;
+            DaemonClient::handshake(stream, StoreDir::default()).await
+        };
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, connect).await {
+            Ok(Ok(_daemon)) => {}
+            Ok(Err(e)) => panic!("the handshake through {}: {e}", socket.display()),
+            Err(_) => panic!(
+                "no handshake through {} within {HANDSHAKE_TIMEOUT:?}",
+                socket.display()
+            ),
+        }
+    });
 }
