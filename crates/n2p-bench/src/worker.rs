@@ -25,9 +25,7 @@ pub(crate) fn connect_and_query(
     socket: &Path,
     path: &str,
 ) -> Result<(Duration, bool), WorkerError> {
-    let path = StoreDir::default()
-        .parse_path(path)
-        .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+    let path = StoreDir::default().parse_path(path)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -82,7 +80,7 @@ mod tests {
 
         assert!(matches!(
             connect_and_query(socket, "/tmp/not-a-store-path"),
-            Err(WorkerError::Io(e)) if e.kind() == io::ErrorKind::InvalidInput
+            Err(WorkerError::InvalidPath(_))
         ));
         drop(daemon);
         assert!(matches!(

@@ -59,6 +59,9 @@ pub enum WorkerError {
     /// The daemon sent something that breaks the protocol.
     #[error("nix-daemon protocol: {0}")]
     Protocol(String),
+    /// A store path the caller gave is not valid (nothing was sent).
+    #[error("nix-daemon request: {0}")]
+    InvalidPath(#[from] crate::store_path::StorePathError),
     /// The negotiated protocol is older than this operation needs.
     #[error(
         "nix-daemon protocol {}.{} is older than the {}.{} that {operation} needs",

@@ -56,8 +56,9 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> DaemonClient<S> {
     /// Asks the daemon, by a refused AddToStoreNar (see the [module
     /// documentation](self)), whether it lets this client add unsigned paths. The path
     /// sent is `<store>/00000000000000000000000000000000-<name>`; `name` must be a valid
-    /// store path name and should be the same on every call (a trusted probe may leave that
-    /// path's lock file in the store).
+    /// store path name ([`WorkerError::InvalidPath`] before anything is sent otherwise) and
+    /// should be the same on every call (a trusted probe may leave that path's lock file in
+    /// the store).
     ///
     /// Needs protocol [`SIGNATURE_PROBE_MIN_VERSION`] (else [`WorkerError::TooOld`]); a
     /// daemon that accepts the path breaks the protocol ([`WorkerError::Protocol`]). The
@@ -73,8 +74,7 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> DaemonClient<S> {
                 needs: SIGNATURE_PROBE_MIN_VERSION,
             });
         }
-        let path = StorePath::from_basename(&format!("{PROBE_HASH_PART}-{name}"))
-            .map_err(|error| WorkerError::Protocol(format!("signature probe path: {error}")))?;
+        let path = StorePath::from_basename(&format!("{PROBE_HASH_PART}-{name}"))?;
         let path = self.store_dir.display(&path);
         self.request(op::ADD_TO_STORE_NAR).await?;
         let s = &mut self.stream;
@@ -220,7 +220,8 @@ mod tests {
         let mut client = client_on(&[]).await;
         assert!(matches!(
             client.probe_signature_check("not/a name").await,
-            Err(WorkerError::Protocol(_))
+            Err(WorkerError::InvalidPath(_))
         ));
+        assert!(client.is_usable(), "nothing was sent");
     }
 }
