@@ -11,7 +11,7 @@ use n2p_testkit::nix::{SourceStore, assert_copy_fails, assert_not_valid, require
 use n2p_testkit::wait::assert_holds_for;
 
 use crate::harness::mesh::{
-    ANNOUNCE_INTERVAL, CONVERGENCE_TIMEOUT, MeshPeer, TeamDir, TeamSpec, peer_by_id,
+    ANNOUNCE_INTERVAL, CONVERGENCE_TIMEOUT, MeshPeer, TeamDir, TeamSpec, alice_and_bob, peer_by_id,
 };
 use crate::harness::replay::Replayer;
 use crate::harness::stranger;
@@ -95,13 +95,7 @@ fn outsiders_of_a_closed_team_get_no_socket_and_are_refused() {
 /// before any stream, and the node says whom it refused.
 #[test]
 fn an_outsider_is_refused_at_the_handshake_on_every_alpn() {
-    let alice = MeshPeer::new("alice");
-    let bob = MeshPeer::new("bob");
-    let team = TeamDir::new();
-    let team_file = team.write(
-        "team.toml",
-        &TeamSpec::closed([alice.member(), bob.member()]),
-    );
+    let (alice, _bob, _team, team_file) = alice_and_bob();
     let alice_node = alice.join(&team_file, &[]);
     alice_node.wait_until_joined();
     let stranger_key = n2p_core::SecretKey::from_bytes(&[66; 32]);

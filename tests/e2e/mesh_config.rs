@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use n2p_testkit::dir::ScratchDir;
 
-use crate::harness::mesh::{CONVERGENCE_TIMEOUT, MeshPeer, TeamDir, TeamSpec};
+use crate::harness::mesh::{CONVERGENCE_TIMEOUT, MeshPeer, TeamDir, TeamSpec, alice_and_bob};
 use n2p_testkit::n2p::{COMMAND_TIMEOUT, n2p_command};
 use n2p_testkit::proc::run_bounded;
 
@@ -37,13 +37,7 @@ fn join_fails(peer: &MeshPeer, team: &Path, extra: &[&str], what: &str) -> Strin
 
 #[test]
 fn a_second_join_on_the_same_home_fails_fast_and_leaves_the_first_alone() {
-    let alice = MeshPeer::new("alice");
-    let bob = MeshPeer::new("bob");
-    let team = TeamDir::new();
-    let team_file = team.write(
-        "team.toml",
-        &TeamSpec::closed([alice.member(), bob.member()]),
-    );
+    let (alice, bob, _team, team_file) = alice_and_bob();
     let mut alice_node = alice.join(&team_file, &[]);
     let _bob_node = bob.join(&team_file, &[]);
     alice.wait_for_sockets(&["bob"], CONVERGENCE_TIMEOUT);
@@ -65,13 +59,7 @@ fn a_second_join_on_the_same_home_fails_fast_and_leaves_the_first_alone() {
 
 #[test]
 fn leftovers_of_a_crash_are_cleared_at_start_and_nothing_else_is_touched() {
-    let alice = MeshPeer::new("alice");
-    let bob = MeshPeer::new("bob");
-    let team = TeamDir::new();
-    let team_file = team.write(
-        "team.toml",
-        &TeamSpec::closed([alice.member(), bob.member()]),
-    );
+    let (alice, bob, _team, team_file) = alice_and_bob();
 
     // What a crash leaves: sockets nobody listens on, one of them named like a live peer.
     // Also things that are not n2p's to remove: a file of the user's, and a link (named

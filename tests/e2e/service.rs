@@ -18,7 +18,9 @@ use n2p_testkit::nix::{
 use n2p_testkit::proc::Signal;
 use n2p_testkit::wait::assert_holds_for;
 
-use crate::harness::mesh::{ANNOUNCE_INTERVAL, CONVERGENCE_TIMEOUT, MeshPeer, TeamDir, TeamSpec};
+use crate::harness::mesh::{
+    ANNOUNCE_INTERVAL, CONVERGENCE_TIMEOUT, MeshPeer, TeamDir, TeamSpec, alice_and_bob,
+};
 use crate::harness::mode_of;
 
 /// How long a node may take to act on a SIGHUP and log it.
@@ -43,13 +45,7 @@ fn a_group_shared_peers_dir_holds_0660_sockets_in_a_0750_dir() {
     let peers = shared.join("peers");
     let control = shared.join("control.sock");
     let gid = test_group().to_string();
-    let alice = MeshPeer::new("alice");
-    let bob = MeshPeer::new("bob");
-    let team = TeamDir::new();
-    let team_file = team.write(
-        "team.toml",
-        &TeamSpec::closed([alice.member(), bob.member()]),
-    );
+    let (alice, bob, _team, team_file) = alice_and_bob();
 
     let peers_arg = peers.to_string_lossy().into_owned();
     let control_arg = control.to_string_lossy().into_owned();

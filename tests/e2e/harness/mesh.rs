@@ -50,6 +50,19 @@ pub(crate) const CONVERGENCE_TIMEOUT: Duration = Duration::from_secs(15);
 /// The team secret's file name inside a [`TeamDir`].
 const SECRET_FILE: &str = "team.secret";
 
+/// alice and bob (no daemons) and `team.toml`, a closed team of the two: where many tests
+/// start. Returns the team directory too, for more files beside it.
+pub(crate) fn alice_and_bob() -> (MeshPeer, MeshPeer, TeamDir, PathBuf) {
+    let alice = MeshPeer::new("alice");
+    let bob = MeshPeer::new("bob");
+    let team = TeamDir::new();
+    let team_file = team.write(
+        "team.toml",
+        &TeamSpec::closed([alice.member(), bob.member()]),
+    );
+    (alice, bob, team, team_file)
+}
+
 /// A directory holding a fresh team secret (`team.secret`, mode 0600, made by
 /// `n2p mesh new-secret`) and the team files that refer to it.
 pub(crate) struct TeamDir {
