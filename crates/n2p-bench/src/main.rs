@@ -14,6 +14,7 @@
 //! It is not part of `cargo test`; only its pure helpers have unit tests.
 
 mod connect;
+mod fairness;
 mod forwarders;
 mod link;
 mod mesh;
@@ -147,6 +148,9 @@ struct Args {
 enum Cmd {
     /// Measure the link emulator against its set RTT, rate and loss (root; ip, ping).
     LinkCheck(link::check::CheckArgs),
+    /// An n2p stream and a TCP stream sharing the emulated bottleneck: each one's goodput
+    /// (root; ip).
+    Fairness(fairness::FairArgs),
 }
 
 /// Parts of the benchmark.
@@ -172,6 +176,7 @@ fn main() {
     let mut args = Args::parse();
     let result = match args.command.take() {
         Some(Cmd::LinkCheck(check)) => link::check::run(check),
+        Some(Cmd::Fairness(fair)) => fairness::run(fair),
         None => run(args),
     };
     if let Err(e) = result {
