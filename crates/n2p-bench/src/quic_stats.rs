@@ -103,6 +103,8 @@ pub(crate) struct QuicSample {
     pub(crate) cwnd_max: u64,
     /// Median congestion window in the lines of the transfer, bytes.
     pub(crate) cwnd_median: u64,
+    /// Smallest congestion window in the lines of the transfer, bytes.
+    pub(crate) cwnd_min: u64,
     /// Largest smoothed RTT in the lines of the transfer, ms.
     pub(crate) rtt_ms_max: f64,
     /// Path MTU at the end.
@@ -135,6 +137,7 @@ pub(crate) fn sample(before: Option<&Line>, during: &[Line]) -> Option<QuicSampl
         lost_mtu_probes: d(|l| l.lost_mtu_probes),
         cwnd_max: cwnds.last().copied().unwrap_or(0),
         cwnd_median: cwnds[cwnds.len() / 2],
+        cwnd_min: cwnds[0],
         rtt_ms_max: during.iter().map(|l| l.rtt_ms).fold(0.0, f64::max),
         mtu: end.mtu,
     })
@@ -226,7 +229,10 @@ mod tests {
             (5000, 30, 6)
         );
         assert!((s.loss_percent - 0.6).abs() < 1e-9);
-        assert_eq!((s.cwnd_max, s.cwnd_median), (80_000, 30_000));
+        assert_eq!(
+            (s.cwnd_max, s.cwnd_median, s.cwnd_min),
+            (80_000, 30_000, 20_000)
+        );
         assert_eq!(s.rtt_ms_max, 45.0);
         assert_eq!(sample(Some(&before), &[]), None);
         let first = sample(None, &during[..1]).expect("a sample");

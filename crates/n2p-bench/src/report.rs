@@ -746,9 +746,9 @@ fn quic_table(out: &mut String, rows: &[crate::transfer::QuicRow]) {
     );
     let _ = writeln!(
         out,
-        "| workload | variant | rounds | packets sent | lost packets | lost % | congestion events | spurious | cwnd max KB | cwnd median KB | RTT max ms | MTU | black holes |"
+        "| workload | variant | rounds | packets sent | lost packets | lost % | congestion events | spurious | cwnd min / median / max KB | RTT max ms | MTU | black holes |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let col = |f: fn(&crate::quic_stats::QuicSample) -> f64, digits: usize| {
             let v: Vec<f64> = r.rounds.iter().map(|(_, q)| f(q)).collect();
@@ -758,7 +758,7 @@ fn quic_table(out: &mut String, rows: &[crate::transfer::QuicRow]) {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} / {} / {} | {} | {} | {} |",
             r.workload,
             r.variant,
             r.rounds.len(),
@@ -767,8 +767,9 @@ fn quic_table(out: &mut String, rows: &[crate::transfer::QuicRow]) {
             col(|q| q.loss_percent, 2),
             col(|q| q.congestion_events as f64, 0),
             col(|q| q.spurious_congestion_events as f64, 0),
-            col(|q| q.cwnd_max as f64 / 1e3, 0),
+            col(|q| q.cwnd_min as f64 / 1e3, 0),
             col(|q| q.cwnd_median as f64 / 1e3, 0),
+            col(|q| q.cwnd_max as f64 / 1e3, 0),
             col(|q| q.rtt_ms_max, 1),
             col(|q| q.mtu as f64, 0),
             col(|q| q.black_holes as f64, 0),
