@@ -112,11 +112,14 @@ pub(crate) struct QuicSample {
 }
 
 /// The sample from the last line before the transfer (None: the connection had logged
-/// nothing yet) and the lines after it.
+/// nothing yet) and the lines after it. When the counters went down, the client has a new
+/// connection since (the old one closed): its counters started from zero.
 pub(crate) fn sample(before: Option<&Line>, during: &[Line]) -> Option<QuicSample> {
     let end = during.last()?;
     let zero = Line::default();
-    let b = before.unwrap_or(&zero);
+    let b = before
+        .filter(|b| b.sent_packets <= end.sent_packets)
+        .unwrap_or(&zero);
     let d = |f: fn(&Line) -> u64| f(end).saturating_sub(f(b));
     let sent = d(|l| l.sent_packets);
     let lost = d(|l| l.lost_packets);
@@ -237,6 +240,9 @@ mod tests {
         assert_eq!(sample(Some(&before), &[]), None);
         let first = sample(None, &during[..1]).expect("a sample");
         assert_eq!(first.sent_packets, 3000);
+        // A new connection counts from zero.
+        let fresh = sample(Some(&during[2]), &during[..1]).expect("a sample");
+        assert_eq!((fresh.sent_packets, fresh.lost_packets), (3000, 20));
     }
 
     #[test]
