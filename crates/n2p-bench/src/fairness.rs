@@ -61,6 +61,10 @@ pub(crate) struct FairArgs {
     /// Rounds of every combination.
     #[arg(long, default_value_t = 1)]
     reps: usize,
+    /// A control: the first flow is a second TCP stream with the controllers of `--n2p-cc`
+    /// instead of n2p (two TCP flows sharing the link).
+    #[arg(long)]
+    control_tcp: bool,
     /// Scratch directory [default: /dev/shm/n2p-fair-<pid>].
     #[arg(long)]
     work_dir: Option<PathBuf>,
@@ -78,6 +82,8 @@ pub(crate) struct FairRow {
     rate_mbit: u32,
     /// Random loss, percent.
     loss_percent: f64,
+    /// The first flow: `n2p`, or `tcp` in a control run.
+    first: String,
     /// n2p's controller.
     n2p_cc: String,
     /// TCP's controller.
@@ -202,6 +208,42 @@ pub(crate) fn run(args: FairArgs) -> Result<()> {
     Ok(())
 }
 
+/// One TCP stream from the client namespace `cns` to `addr` in the server namespace `sns`
+/// with controller `cc`, counting what arrives into `count` until `stop`: the receiving
+/// and the sending thread.
+#[allow(clippy::type_complexity)]
+fn tcp_flow(
+    sns: &Path,
+    cns: &Path,
+    addr: SocketAddr,
+    cc: &str,
+    count: &Arc<AtomicU64>,
+    stop: &Arc<AtomicBool>,
+    start: Instant,
+) -> Result<(JoinHandle<()>, JoinHandle<Result<()>>)> {
+    let listener = netns::in_netns(sns, move || {
+        TcpListener::bind(addr).map_err(|e| n2p_testkit::Failure::new(format!("{addr}: {e}")))
+    })?;
+    listener.set_nonblocking(true)?;
+    let (count, receiver_stop) = (Arc::clone(count), Arc::clone(stop));
+    let receiver = std::thread::spawn(move || {
+        let Some(s) = accept_until(|| listener.accept().map(|(s, _)| s), &receiver_stop) else {
+            return;
+        };
+        s.set_nonblocking(false).ok();
+        s.set_read_timeout(Some(IO_TIMEOUT)).ok();
+        count_reads(s, count, receiver_stop).join().ok();
+    });
+    let (cc, sender_stop) = (cc.to_owned(), Arc::clone(stop));
+    let sender = netns::spawn_in_netns(cns, move || -> Result<()> {
+        let s = connect(socket_with_cc(&cc)?, addr)?;
+        s.set_write_timeout(Some(IO_TIMEOUT))?;
+        write_until(&s, &sender_stop)
+            .with_context(|| format!("after {:.1} s", start.elapsed().as_secs_f64()))
+    })?;
+    Ok((receiver, sender))
+}
+
 /// A thread reading a stream until EOF, an error or `stop`, adding what it reads to `count`.
 fn count_reads<R: Read + Send + 'static>(
     mut r: R,
@@ -268,71 +310,64 @@ fn measure(
     let load = crate::pull::load_average();
     let link = Link::create(shape)?;
     let net = link.net();
-    let tools = Tools {
-        n2p: n2p.to_owned(),
-        n2p_alt: None,
-        congestion: [Some(n2p_cc.to_owned()), None],
-        dumbpipe: None,
-        socat: None,
-    };
-    let mut fwd = Forwarder::start(Variant::N2p, dir, &tools, &net)?;
-    let inv = fwd.invocation()?;
     let stop = Arc::new(AtomicBool::new(false));
     let n2p_bytes = Arc::new(AtomicU64::new(0));
     let tcp_bytes = Arc::new(AtomicU64::new(0));
-
-    // The n2p flow's sink where the daemon would be.
-    let sink = UnixListener::bind(fwd.slot())?;
-    let (n2p_count, sink_stop) = (Arc::clone(&n2p_bytes), Arc::clone(&stop));
-    sink.set_nonblocking(true)?;
-    let sink_thread = std::thread::spawn(move || {
-        let Some(s) = accept_until(|| sink.accept().map(|(s, _)| s), &sink_stop) else {
-            return;
-        };
-        s.set_nonblocking(false).ok();
-        s.set_read_timeout(Some(IO_TIMEOUT)).ok();
-        count_reads(s, n2p_count, sink_stop).join().ok();
-    });
-
-    // The TCP flow's receiver in the server namespace.
-    let sns = format!(
-        "/run/netns/{}",
-        net.server_ns.as_deref().context("no namespace")?
-    );
-    let cns = format!(
-        "/run/netns/{}",
-        net.client_ns.as_deref().context("no namespace")?
-    );
+    let ns_path = |ns: &Option<String>| -> Result<PathBuf> {
+        Ok(PathBuf::from(format!(
+            "/run/netns/{}",
+            ns.as_deref().context("no namespace")?
+        )))
+    };
+    let (sns, cns) = (ns_path(&net.server_ns)?, ns_path(&net.client_ns)?);
     let addr = SocketAddr::new(net.server_ip, 5301);
-    let listener = netns::in_netns(Path::new(&sns), move || {
-        TcpListener::bind(addr).map_err(|e| n2p_testkit::Failure::new(format!("{addr}: {e}")))
-    })?;
-    let (tcp_count, tcp_stop) = (Arc::clone(&tcp_bytes), Arc::clone(&stop));
-    listener.set_nonblocking(true)?;
-    let tcp_receiver = std::thread::spawn(move || {
-        let Some(s) = accept_until(|| listener.accept().map(|(s, _)| s), &tcp_stop) else {
-            return;
-        };
-        s.set_nonblocking(false).ok();
-        s.set_read_timeout(Some(IO_TIMEOUT)).ok();
-        count_reads(s, tcp_count, tcp_stop).join().ok();
-    });
-
-    let watch = inv.quic_log.as_deref().map(Watch::start);
     let start = Instant::now();
-    let (cc, sender_stop) = (tcp_cc.to_owned(), Arc::clone(&stop));
-    let tcp_sender = netns::spawn_in_netns(Path::new(&cns), move || -> Result<()> {
-        let s = connect(socket_with_cc(&cc)?, addr)?;
-        s.set_write_timeout(Some(IO_TIMEOUT))?;
-        write_until(&s, &sender_stop)
-    })?;
-    let (front, writer_stop) = (inv.socket.clone(), Arc::clone(&stop));
-    let n2p_writer = std::thread::spawn(move || -> Result<()> {
-        let s = UnixStream::connect(&front)?;
-        s.set_write_timeout(Some(IO_TIMEOUT))?;
-        write_until(&s, &writer_stop)
-            .with_context(|| format!("after {:.1} s", start.elapsed().as_secs_f64()))
-    });
+
+    // The first flow: n2p (client -> server -> a counting sink where the daemon would be),
+    // or in a control run a second TCP stream.
+    let mut n2p_parts = None;
+    let (first_receiver, first_sender) = if args.control_tcp {
+        let addr = SocketAddr::new(net.server_ip, 5302);
+        tcp_flow(&sns, &cns, addr, n2p_cc, &n2p_bytes, &stop, start)?
+    } else {
+        let tools = Tools {
+            n2p: n2p.to_owned(),
+            n2p_alt: None,
+            congestion: [Some(n2p_cc.to_owned()), None],
+            dumbpipe: None,
+            socat: None,
+        };
+        let mut fwd = Forwarder::start(Variant::N2p, dir, &tools, &net)?;
+        let inv = fwd.invocation()?;
+        let sink = UnixListener::bind(fwd.slot())?;
+        sink.set_nonblocking(true)?;
+        let (count, sink_stop) = (Arc::clone(&n2p_bytes), Arc::clone(&stop));
+        let receiver = std::thread::spawn(move || {
+            let Some(s) = accept_until(|| sink.accept().map(|(s, _)| s), &sink_stop) else {
+                return;
+            };
+            s.set_nonblocking(false).ok();
+            s.set_read_timeout(Some(IO_TIMEOUT)).ok();
+            count_reads(s, count, sink_stop).join().ok();
+        });
+        let watch = inv.quic_log.clone();
+        let (front, writer_stop) = (inv.socket.clone(), Arc::clone(&stop));
+        let sender = std::thread::spawn(move || -> Result<()> {
+            let s = UnixStream::connect(&front)?;
+            s.set_write_timeout(Some(IO_TIMEOUT))?;
+            write_until(&s, &writer_stop)
+                .with_context(|| format!("after {:.1} s", start.elapsed().as_secs_f64()))
+        });
+        n2p_parts = Some((fwd, inv, watch));
+        (receiver, sender)
+    };
+    // The TCP flow, started right after the first one's writer; the samples' clock starts
+    // here (the n2p forwarder took its time to start above).
+    let start = Instant::now();
+    let (tcp_receiver, tcp_sender) = tcp_flow(&sns, &cns, addr, tcp_cc, &tcp_bytes, &stop, start)?;
+    let watch = n2p_parts
+        .as_ref()
+        .and_then(|(_, _, log)| log.as_deref().map(Watch::start));
 
     let mut samples: Vec<(f64, u64, u64)> = Vec::new();
     let total = Duration::from_secs_f64(args.secs);
@@ -346,8 +381,8 @@ fn measure(
     }
     stop.store(true, Ordering::Relaxed);
     let sender_result = tcp_sender.join();
-    let writer_result = n2p_writer.join();
-    sink_thread.join().ok();
+    let writer_result = first_sender.join();
+    first_receiver.join().ok();
     tcp_receiver.join().ok();
     let quic = watch.and_then(Watch::finish);
     let logs = || {
@@ -360,8 +395,7 @@ fn measure(
             .collect::<Vec<_>>()
             .join("\n")
     };
-    drop(inv);
-    drop(fwd);
+    drop(n2p_parts);
     drop(link);
     match sender_result {
         Ok(Ok(())) => {}
@@ -370,7 +404,7 @@ fn measure(
     }
     match writer_result {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => bail!("n2p flow: {e:#}; logs:\n{}", logs()),
+        Ok(Err(e)) => bail!("first flow: {e:#}; logs:\n{}", logs()),
         Err(_) => bail!("n2p writer panicked"),
     }
     let from = args.warmup_secs.min(args.secs / 2.0);
@@ -385,6 +419,7 @@ fn measure(
         rtt_ms: shape.rtt_ms,
         rate_mbit: shape.rate_mbit,
         loss_percent: shape.loss_percent,
+        first: if args.control_tcp { "tcp" } else { "n2p" }.to_owned(),
         n2p_cc: n2p_cc.to_owned(),
         tcp_cc: tcp_cc.to_owned(),
         round,
@@ -419,7 +454,11 @@ fn table(rows: &[FairRow], args: &FairArgs) -> String {
             r.rtt_ms,
             r.rate_mbit,
             r.loss_percent,
-            r.n2p_cc,
+            if r.first == "n2p" {
+                r.n2p_cc.clone()
+            } else {
+                format!("(TCP) {}", r.n2p_cc)
+            },
             r.tcp_cc,
             r.round + 1,
             r.n2p_mbit,
