@@ -263,6 +263,15 @@ fn run(args: Args) -> Result<()> {
         socat,
     };
     let mut variants: Vec<Variant> = args.variants.clone().unwrap_or(Variant::ALL.to_vec());
+    if sections.contains(&Section::Wan)
+        && variants.contains(&Variant::SshNg)
+        && sshd::Sshd::binary().is_none()
+    {
+        eprintln!("SKIPPED: ssh-ng on the WAN link: sshd not found");
+        unavailable.push(
+            "ssh-ng on the WAN link: sshd not found (apt-get install -y openssh-server)".to_owned(),
+        );
+    }
     variants.retain(|v| match v {
         Variant::Dumbpipe => tools.dumbpipe.is_some(),
         Variant::Socat => tools.socat.is_some(),
