@@ -37,3 +37,7 @@ if [ -z "$NOLOOP" ]; then
      --out $OUT/loopback > $OUT/loopback/run.log 2>&1
   echo "   done $(date -u +%H:%M:%S) rc $? load $(cut -d' ' -f1-3 /proc/loadavg)" >> $OUT/runs.log
 fi
+# Afterwards, by hand: a second fairness run and the two-TCP-flow control.
+#   $B fairness --n2p $N --links 30/100,120/20 --secs 30 --warmup-secs 5 --out $OUT/fairness-2
+#   $B fairness --control-tcp --links 30/100,120/20 --n2p-cc cubic,bbr --tcp-cc cubic,bbr \
+#       --secs 30 --warmup-secs 5 --out $OUT/fairness-control
