@@ -2,12 +2,13 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use n2p_testkit::dir::ScratchDir;
 use n2p_testkit::n2p::{ServerConfig, TempHome};
 use n2p_testkit::nix::{NixDaemon, SourceStore, assert_copied, assert_copy_succeeds, require_nix};
 use n2p_testkit::proc::Signal;
+use n2p_testkit::wait::{POLL_INTERVAL, time_until};
 
 use crate::harness::N2P;
 
@@ -119,5 +120,58 @@ fn ten_parallel_copies_through_one_socket() {
     });
     for path in &paths {
         assert_copied(&source, &daemon.store_url(), path);
+    }
+}
+
+/// At debug level (`-v`) the client logs its QUIC connection's own counters under the target
+/// `n2p::stats`: after a 4 MiB push, an `idle` line of the dialing side that counts at least
+/// those bytes sent and has the RTT, window and loss fields (what docs/BENCHMARKS.md reads).
+#[test]
+fn a_verbose_client_logs_its_connection_stats() {
+    if !require_nix("a_verbose_client_logs_its_connection_stats") {
+        return;
+    }
+    const LEN: usize = 4 << 20;
+    let daemon = NixDaemon::start();
+    let source = SourceStore::new();
+    let path = source.add_random_file("stats.bin", LEN, 7);
+    let server_home = TempHome::new(N2P);
+    let server = server_home.server(&ServerConfig::new(daemon.socket_path()));
+    let client_dir = ScratchDir::new("client");
+    let client_home = TempHome::new(N2P);
+    let client = client_home.client_with(&server.long_address, &client_dir.join("c.sock"), &["-v"]);
+    client.wait_until_listening();
+    assert_copy_succeeds(&source, &client.store_url(), &[&path]);
+
+    let sent_bytes = |line: &str| -> Option<usize> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("sent_bytes="))
+            .and_then(|n| n.parse().ok())
+    };
+    let idle_line = || {
+        client.process.log_text().lines().find_map(|l| {
+            (l.contains("n2p::stats")
+                && l.contains("quic stats: state=idle side=dial")
+                && sent_bytes(l).is_some_and(|n| n >= LEN))
+            .then(|| l.to_owned())
+        })
+    };
+    let waited = time_until(Duration::from_secs(10), POLL_INTERVAL, || {
+        idle_line().is_some()
+    });
+    let line = idle_line().unwrap_or_else(|| {
+        panic!(
+            "no idle stats line with {LEN} bytes sent (waited {waited:?}); client log:\n{}",
+            client.process.log_text()
+        )
+    });
+    for field in [
+        "rtt_ms=",
+        "cwnd=",
+        "mtu=",
+        "lost_packets=",
+        "congestion_events=",
+    ] {
+        assert!(line.contains(field), "no {field} in {line}");
     }
 }

@@ -1,6 +1,6 @@
 //! The ways to reach a nix-daemon that the benchmark compares, each set up once and kept
 //! running across rounds: the daemon socket itself, `n2p client` -> `n2p server`, a mesh
-//! peer socket, dumbpipe and socat.
+//! peer socket, dumbpipe and socat; on the emulated link also `ssh-ng://` to OpenSSH.
 //!
 //! Every forwarder points at a fixed daemon socket path (its "slot"); each round starts a
 //! fresh nix-daemon on that path, so the forwarders stay warm while the store is new.
@@ -15,6 +15,7 @@
 use std::{
     fmt, fs,
     net::{IpAddr, Ipv4Addr, SocketAddr},
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -25,13 +26,13 @@ use n2p_testkit::{
     n2p::{last_word, plain_logs},
     net::{free_tcp_port, free_udp_port},
     netns::command_in,
-    nix::socket_store_url,
-    proc::Process,
+    nix::{NIX_CONFIG, socket_store_url},
+    proc::{Process, find_on_path},
     wait::{MEASURING_POLL_INTERVAL, time_until},
 };
 use serde::Serialize;
 
-use crate::mesh::Team;
+use crate::{mesh::Team, quic_stats, sshd::Sshd};
 
 /// How long a forwarder may take to become ready (dumbpipe waits about 5 s for a relay).
 pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -54,17 +55,23 @@ pub(crate) enum Variant {
     Dumbpipe,
     /// (e) socat unix -> TCP (TCP_NODELAY) -> unix, forking per connection.
     Socat,
+    /// `ssh-ng://` to OpenSSH in the server namespace, the remote `nix-daemon --stdio`
+    /// opening the round's chroot store (emulated link only).
+    #[value(name = "ssh-ng")]
+    #[serde(rename = "ssh-ng")]
+    SshNg,
 }
 
 impl Variant {
     /// All variants, in report order.
-    pub(crate) const ALL: [Variant; 6] = [
+    pub(crate) const ALL: [Variant; 7] = [
         Variant::Direct,
         Variant::N2p,
         Variant::N2pAlt,
         Variant::Mesh,
         Variant::Dumbpipe,
         Variant::Socat,
+        Variant::SshNg,
     ];
 
     /// Short name (JSON keys, directory names).
@@ -76,6 +83,7 @@ impl Variant {
             Variant::Mesh => "mesh",
             Variant::Dumbpipe => "dumbpipe",
             Variant::Socat => "socat",
+            Variant::SshNg => "ssh-ng",
         }
     }
 
@@ -98,6 +106,8 @@ pub(crate) struct Tools {
     pub(crate) n2p: PathBuf,
     /// Another n2p binary for the `n2p-alt` variant.
     pub(crate) n2p_alt: Option<PathBuf>,
+    /// `N2P_CONGESTION` of the `n2p` and `n2p-alt` variants (None: n2p's default).
+    pub(crate) congestion: [Option<String>; 2],
     /// dumbpipe, when available.
     pub(crate) dumbpipe: Option<PathBuf>,
     /// socat, when installed.
@@ -115,6 +125,10 @@ pub(crate) struct Net {
     pub(crate) client_ip: IpAddr,
     /// The server end's IP address.
     pub(crate) server_ip: IpAddr,
+    /// Whether n2p logs its connection stats ([`crate::quic_stats`]).
+    pub(crate) quic_stats: bool,
+    /// TCP congestion control set on socat's sockets (None: the namespace's default).
+    pub(crate) socat_cc: Option<String>,
 }
 
 impl Net {
@@ -125,6 +139,8 @@ impl Net {
             server_ns: None,
             client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             server_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            quic_stats: false,
+            socat_cc: None,
         }
     }
 
@@ -154,6 +170,12 @@ pub(crate) struct Forwarder {
     n2p_address: Option<String>,
     /// Kept for the mesh variant: its homes and team file live there.
     _team: Option<Team>,
+    /// The n2p client's log with its connection stats, when logged.
+    quic_log: Option<PathBuf>,
+    /// ssh-ng's server and the wrapper that runs the remote nix-daemon.
+    sshd: Option<(Sshd, PathBuf)>,
+    /// The chroot store of the current round (ssh-ng opens it itself).
+    round_store: Option<PathBuf>,
 }
 
 /// What one nix invocation uses: its store URL and the forwarding processes to account.
@@ -164,6 +186,12 @@ pub(crate) struct Invocation {
     pub(crate) socket: PathBuf,
     /// The forwarding processes (for CPU and memory).
     pub(crate) pids: Vec<u32>,
+    /// Environment nix needs (ssh-ng: `NIX_SSHOPTS`).
+    pub(crate) env: Vec<(String, String)>,
+    /// The namespace nix runs in (ssh-ng: the client's; None: this one).
+    pub(crate) ns: Option<String>,
+    /// The n2p client's log with its connection stats, when logged.
+    pub(crate) quic_log: Option<PathBuf>,
     /// dumbpipe's connector for this invocation; killed on drop.
     _connector: Option<Process>,
 }
@@ -184,13 +212,16 @@ impl Forwarder {
             invocations: 0,
             n2p_address: None,
             _team: None,
+            quic_log: None,
+            sshd: None,
+            round_store: None,
         };
         match variant {
             Variant::Direct => {}
-            Variant::N2p => fwd.start_n2p(&tools.n2p)?,
+            Variant::N2p => fwd.start_n2p(&tools.n2p, tools.congestion[0].as_deref())?,
             Variant::N2pAlt => {
                 let alt = tools.n2p_alt.clone().context("no --n2p-alt binary given")?;
-                fwd.start_n2p(&alt)?;
+                fwd.start_n2p(&alt, tools.congestion[1].as_deref())?;
             }
             Variant::Mesh => {
                 if !net.is_loopback() {
@@ -209,6 +240,7 @@ impl Forwarder {
                 let bin = tools.socat.clone().context("socat is not installed")?;
                 fwd.start_socat(&bin)?;
             }
+            Variant::SshNg => fwd.start_sshd()?,
         }
         Ok(fwd)
     }
@@ -225,7 +257,14 @@ impl Forwarder {
 
     /// The long-running forwarding processes (not per-invocation ones).
     pub(crate) fn pids(&self) -> Vec<u32> {
-        self.services.iter().map(Process::pid).collect()
+        let mut pids: Vec<u32> = self.services.iter().map(Process::pid).collect();
+        pids.extend(self.sshd.as_ref().map(|(s, _)| s.pid()));
+        pids
+    }
+
+    /// A round starts with a fresh daemon whose files are in `dir` (ssh-ng opens its store).
+    pub(crate) fn round_started(&mut self, dir: &Path) {
+        self.round_store = Some(dir.join("store"));
     }
 
     /// Names of the forwarding processes, in the order of [`Invocation::pids`].
@@ -236,6 +275,7 @@ impl Forwarder {
             Variant::Mesh => &["pushing node", "sharing node"],
             Variant::Dumbpipe => &["listener", "connector"],
             Variant::Socat => &["tcp side", "unix side"],
+            Variant::SshNg => &["sshd"],
         };
         labels.iter().map(|s| (*s).to_owned()).collect()
     }
@@ -250,11 +290,33 @@ impl Forwarder {
     pub(crate) fn invocation(&mut self) -> Result<Invocation> {
         self.invocations += 1;
         let mut pids = self.pids();
+        if let Some((sshd, wrapper)) = &self.sshd {
+            let store = self
+                .round_store
+                .as_ref()
+                .context("ssh-ng: no round store yet")?;
+            return Ok(Invocation {
+                url: format!(
+                    "{}&remote-program={}",
+                    sshd.store_url(&format!("local?root={}", store.display())),
+                    wrapper.display()
+                ),
+                socket: self.slot.clone(),
+                pids,
+                env: vec![("NIX_SSHOPTS".to_owned(), sshd.nix_sshopts())],
+                ns: self.net.client_ns.clone(),
+                quic_log: None,
+                _connector: None,
+            });
+        }
         let Some((bin, ticket)) = &self.dumbpipe else {
             return Ok(Invocation {
                 url: socket_store_url(&self.front),
                 socket: self.front.clone(),
                 pids,
+                env: Vec::new(),
+                ns: None,
+                quic_log: self.quic_log.clone(),
                 _connector: None,
             });
         };
@@ -273,24 +335,31 @@ impl Forwarder {
             url: socket_store_url(&socket),
             socket,
             pids,
+            env: Vec::new(),
+            ns: None,
+            quic_log: None,
             _connector: Some(connector),
         })
     }
 
-    fn start_n2p(&mut self, n2p: &Path) -> Result<()> {
-        let (server, address) = start_n2p_server(n2p, &self.dir, &self.slot, &self.net)?;
+    fn start_n2p(&mut self, n2p: &Path, congestion: Option<&str>) -> Result<()> {
+        let (server, address) =
+            start_n2p_server(n2p, &self.dir, &self.slot, &self.net, congestion)?;
         self.services.push(server);
         let front = self.dir.join("client.sock");
+        let log = self.dir.join("client.log");
         let client = start_n2p_client(
             n2p,
             &self.dir.join("client-home"),
             &address,
             &front,
             &self.net,
-            &self.dir.join("client.log"),
+            &log,
             &[],
+            congestion,
         )?;
         self.services.push(client);
+        self.quic_log = self.net.quic_stats.then_some(log);
         self.front = front;
         self.n2p_address = Some(address);
         Ok(())
@@ -337,10 +406,17 @@ impl Forwarder {
 
     fn start_socat(&mut self, bin: &Path) -> Result<()> {
         let port = free_tcp_port();
+        // TCP_CONGESTION (IPPROTO_TCP 6, option 13) on both TCP sockets.
+        let cc = self
+            .net
+            .socat_cc
+            .as_ref()
+            .map(|cc| format!(",setsockopt-string=6:13:{cc}"))
+            .unwrap_or_default();
         let mut command = command_in(self.net.server_ns.as_deref(), bin);
         command
             .arg(format!(
-                "TCP-LISTEN:{port},bind={},reuseaddr,fork,nodelay",
+                "TCP-LISTEN:{port},bind={},reuseaddr,fork,nodelay{cc}",
                 self.net.server_ip
             ))
             .arg(format!("UNIX-CONNECT:{}", self.slot.display()));
@@ -351,7 +427,7 @@ impl Forwarder {
         let mut command = command_in(self.net.client_ns.as_deref(), bin);
         command
             .arg(format!("UNIX-LISTEN:{},fork,unlink-early", front.display()))
-            .arg(format!("TCP:{}:{port},nodelay", self.net.server_ip));
+            .arg(format!("TCP:{}:{port},nodelay{cc}", self.net.server_ip));
         let mut unix_side = Process::try_spawn_logged(
             "socat (unix side)",
             &mut command,
@@ -364,16 +440,52 @@ impl Forwarder {
     }
 }
 
+impl Forwarder {
+    /// sshd in the server namespace and the wrapper it runs as the remote nix-daemon
+    /// (`nix-daemon` with the settings of the benchmark's own daemons, which a fresh ssh
+    /// session would not have).
+    fn start_sshd(&mut self) -> Result<()> {
+        if self.net.is_loopback() {
+            bail!("the ssh-ng variant runs on the emulated link only");
+        }
+        let sshd = Sshd::start_at(
+            &self.dir.join("sshd"),
+            self.net.server_ns.as_deref(),
+            self.net.server_ip,
+        )?;
+        let wrapper = self.dir.join("remote-nix-daemon");
+        let daemon = find_on_path("nix-daemon").context("nix-daemon not found")?;
+        fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexport NIX_CONFIG='{NIX_CONFIG}'\nexec {} \"$@\"\n",
+                daemon.display()
+            ),
+        )?;
+        fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755))?;
+        self.sshd = Some((sshd, wrapper));
+        Ok(())
+    }
+}
+
 /// Starts `n2p server --daemon-socket <daemon_socket>` (relays disabled, bound at the server
-/// end of `net`) with its home and log in `dir`; returns it and the long address it logged.
+/// end of `net`) with its home and log in `dir`, with `N2P_CONGESTION=congestion` when
+/// given; returns it and the long address it logged.
 pub(crate) fn start_n2p_server(
     n2p: &Path,
     dir: &Path,
     daemon_socket: &Path,
     net: &Net,
+    congestion: Option<&str>,
 ) -> Result<(Process, String)> {
     let bind = SocketAddr::new(net.server_ip, free_udp_port());
     let mut command = n2p_command(net.server_ns.as_deref(), n2p, &dir.join("server-home"));
+    if net.quic_stats {
+        command.env("RUST_LOG", quic_stats::RUST_LOG);
+    }
+    if let Some(cc) = congestion {
+        command.env("N2P_CONGESTION", cc);
+    }
     command
         .args(["--relay", "disabled", "--bind", &bind.to_string()])
         .args(["server", "--daemon-socket"])
@@ -384,7 +496,9 @@ pub(crate) fn start_n2p_server(
 }
 
 /// Starts `n2p client <address> --socket <socket> <extra>` (relays disabled, bound next to
-/// the client end of `net`) and waits for its socket.
+/// the client end of `net`), with `N2P_CONGESTION=congestion` when given, and waits for its
+/// socket.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn start_n2p_client(
     n2p: &Path,
     home: &Path,
@@ -393,9 +507,16 @@ pub(crate) fn start_n2p_client(
     net: &Net,
     log: &Path,
     extra: &[&str],
+    congestion: Option<&str>,
 ) -> Result<Process> {
     let bind = SocketAddr::new(net.client_ip, free_udp_port());
     let mut command = n2p_command(net.client_ns.as_deref(), n2p, home);
+    if net.quic_stats {
+        command.env("RUST_LOG", quic_stats::RUST_LOG);
+    }
+    if let Some(cc) = congestion {
+        command.env("N2P_CONGESTION", cc);
+    }
     command
         .args(["client", address, "--socket"])
         .arg(socket)

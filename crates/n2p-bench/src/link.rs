@@ -93,6 +93,8 @@ impl Shape {
 pub(crate) const MTU: u32 = 1500;
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 1);
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 2);
+/// The sysctl of a namespace's TCP congestion control.
+const TCP_CC: &str = "net/ipv4/tcp_congestion_control";
 /// The TUN device's name inside each namespace.
 const DEV: &str = "n2pl0";
 /// Prefix of the namespaces' names (see [`Netns::create`]).
@@ -161,7 +163,27 @@ impl Link {
             server_ns: Some(self.server_ns.name().to_owned()),
             client_ip: IpAddr::V4(CLIENT_IP),
             server_ip: IpAddr::V4(SERVER_IP),
+            quic_stats: true,
+            socat_cc: None,
         }
+    }
+
+    /// Sets the TCP congestion control of both namespaces (new sockets in them use it).
+    pub(crate) fn set_tcp_congestion(&self, cc: &str) -> Result<()> {
+        for ns in [&self.client_ns, &self.server_ns] {
+            ns.sysctl(TCP_CC, cc)
+                .with_context(|| format!("TCP congestion control {cc}"))?;
+        }
+        Ok(())
+    }
+
+    /// The TCP congestion control new sockets in the client namespace use.
+    pub(crate) fn tcp_congestion(&self) -> Result<String> {
+        let file = format!("/proc/sys/{TCP_CC}");
+        let cc = in_netns(self.client_ns.path(), move || {
+            fs::read_to_string(&file).map_err(|e| n2p_testkit::Failure::new(format!("{file}: {e}")))
+        })?;
+        Ok(cc.trim().to_owned())
     }
 
     /// Counters so far: client to server, then server to client.

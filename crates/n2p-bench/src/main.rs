@@ -14,12 +14,14 @@
 //! It is not part of `cargo test`; only its pure helpers have unit tests.
 
 mod connect;
+mod fairness;
 mod forwarders;
 mod link;
 mod mesh;
 mod nix;
 mod procfs;
 mod pull;
+mod quic_stats;
 mod report;
 mod sshd;
 mod stats;
@@ -121,6 +123,21 @@ struct Args {
     /// Random loss of the emulated WAN link, in percent of packets in each direction.
     #[arg(long, default_value_t = 0.0)]
     wan_loss: f64,
+    /// TCP congestion control of the two namespaces of the emulated link (sysctl
+    /// net.ipv4.tcp_congestion_control inside them; ssh-ng uses it) [default: inherited].
+    #[arg(long, value_name = "NAME")]
+    wan_tcp_cc: Option<String>,
+    /// TCP congestion control set on socat's sockets (TCP_CONGESTION) [default: the
+    /// namespace's].
+    #[arg(long, value_name = "NAME")]
+    wan_socat_cc: Option<String>,
+    /// `N2P_CONGESTION` (cubic, new-reno, bbr) of the `n2p` variant [default: n2p's].
+    #[arg(long, value_name = "NAME")]
+    n2p_congestion: Option<String>,
+    /// `N2P_CONGESTION` of the `n2p-alt` variant; without `--n2p-alt`, n2p-alt is the same
+    /// binary as n2p with this controller.
+    #[arg(long, value_name = "NAME")]
+    n2p_alt_congestion: Option<String>,
     /// Something else than the benchmark.
     #[command(subcommand)]
     command: Option<Cmd>,
@@ -131,6 +148,9 @@ struct Args {
 enum Cmd {
     /// Measure the link emulator against its set RTT, rate and loss (root; ip, ping).
     LinkCheck(link::check::CheckArgs),
+    /// An n2p stream and a TCP stream sharing the emulated bottleneck: each one's goodput
+    /// (root; ip).
+    Fairness(fairness::FairArgs),
 }
 
 /// Parts of the benchmark.
@@ -156,6 +176,7 @@ fn main() {
     let mut args = Args::parse();
     let result = match args.command.take() {
         Some(Cmd::LinkCheck(check)) => link::check::run(check),
+        Some(Cmd::Fairness(fair)) => fairness::run(fair),
         None => run(args),
     };
     if let Err(e) = result {
@@ -232,19 +253,30 @@ fn run(args: Args) -> Result<()> {
     }
     let n2p_alt = match &args.n2p_alt {
         Some(p) => Some(fs::canonicalize(p).with_context(|| format!("no n2p at {}", p.display()))?),
-        None => None,
+        None => args.n2p_alt_congestion.as_ref().map(|_| n2p.clone()),
     };
     let tools = Tools {
         n2p: n2p.clone(),
         n2p_alt,
+        congestion: [args.n2p_congestion.clone(), args.n2p_alt_congestion.clone()],
         dumbpipe,
         socat,
     };
     let mut variants: Vec<Variant> = args.variants.clone().unwrap_or(Variant::ALL.to_vec());
+    if sections.contains(&Section::Wan)
+        && variants.contains(&Variant::SshNg)
+        && sshd::Sshd::binary().is_none()
+    {
+        eprintln!("SKIPPED: ssh-ng on the WAN link: sshd not found");
+        unavailable.push(
+            "ssh-ng on the WAN link: sshd not found (apt-get install -y openssh-server)".to_owned(),
+        );
+    }
     variants.retain(|v| match v {
         Variant::Dumbpipe => tools.dumbpipe.is_some(),
         Variant::Socat => tools.socat.is_some(),
         Variant::N2pAlt => tools.n2p_alt.is_some(),
+        Variant::SshNg => sshd::Sshd::binary().is_some(),
         _ => true,
     });
     variants.sort();
@@ -352,7 +384,8 @@ fn run_sections(
         .any(|s| matches!(s, Section::Transfers | Section::Connect | Section::Startup));
     let mut fwds = Vec::new();
     if needs_forwarders {
-        for v in variants {
+        // ssh-ng is measured on the emulated link only.
+        for v in variants.iter().filter(|v| **v != Variant::SshNg) {
             match Forwarder::start(*v, &work.join(v.name()), tools, &Net::loopback()) {
                 Ok(f) => fwds.push(f),
                 Err(e) => {
@@ -530,12 +563,21 @@ fn run_netem(
     scratch: &Path,
 ) -> Result<NetemResults> {
     let link = link::Link::create(shape)?;
-    let net = link.net();
+    let mut net = link.net();
+    net.socat_cc = args.wan_socat_cc.clone();
+    if let Some(cc) = &args.wan_tcp_cc {
+        link.set_tcp_congestion(cc)?;
+    }
+    let tcp_cc = link.tcp_congestion()?;
+    eprintln!(
+        "WAN link: TCP congestion control {tcp_cc} (socat: {})",
+        net.socat_cc.as_deref().unwrap_or(&tcp_cc)
+    );
     let mut fwds = Vec::new();
     for v in variants {
         if matches!(
             v,
-            Variant::N2p | Variant::N2pAlt | Variant::Dumbpipe | Variant::Socat
+            Variant::N2p | Variant::N2pAlt | Variant::Dumbpipe | Variant::Socat | Variant::SshNg
         ) {
             fwds.push(Forwarder::start(
                 *v,
@@ -575,6 +617,9 @@ fn run_netem(
     drop(fwds);
     drop(link);
     Ok(NetemResults {
+        socat_cc: net.socat_cc.clone().unwrap_or_else(|| tcp_cc.clone()),
+        tcp_cc,
+        n2p_congestion: tools.congestion.clone(),
         shape,
         w1_bytes,
         w1_line_rate_s: w1_bytes as f64 * 8.0 / (shape.rate_mbit as f64 * 1e6),

@@ -153,7 +153,8 @@ impl Sources {
         let net = Net::loopback();
         let n2p_dir = dir.join("n2p");
         fs::create_dir_all(&n2p_dir)?;
-        let (server, address) = start_n2p_server(n2p, &n2p_dir, source_daemon.socket_path(), &net)?;
+        let (server, address) =
+            start_n2p_server(n2p, &n2p_dir, source_daemon.socket_path(), &net, None)?;
         let cache_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_tcp_port()));
         let client = start_n2p_client(
             n2p,
@@ -163,6 +164,7 @@ impl Sources {
             &net,
             &n2p_dir.join("client.log"),
             &["--cache", &cache_addr.to_string()],
+            None,
         )?;
         client.try_wait_for_line("binary cache for Nix at", READY_TIMEOUT)?;
         poll_until(READY_TIMEOUT, POLL_INTERVAL, || {

@@ -68,6 +68,12 @@ pub(crate) struct NetemResults {
     pub(crate) w1_bytes: u64,
     /// Seconds W1's bytes take at the link's rate alone.
     pub(crate) w1_line_rate_s: f64,
+    /// TCP congestion control of the namespaces (ssh-ng's).
+    pub(crate) tcp_cc: String,
+    /// TCP congestion control of socat's sockets.
+    pub(crate) socat_cc: String,
+    /// `N2P_CONGESTION` of n2p and n2p-alt (None: n2p's default).
+    pub(crate) n2p_congestion: [Option<String>; 2],
     /// The rounds (ratios against socat, the plain TCP relay).
     pub(crate) transfers: TransferResults,
 }
@@ -698,7 +704,17 @@ pub(crate) fn markdown(r: &Report) -> String {
             n.w1_bytes >> 20,
             n.w1_line_rate_s
         );
+        let cc = |c: &Option<String>| c.clone().unwrap_or_else(|| "n2p's default".to_owned());
+        let _ = writeln!(
+            out,
+            "Congestion control: n2p {}, n2p-alt {}; TCP in the namespaces (ssh-ng) {}, socat's sockets {}.\n",
+            cc(&n.n2p_congestion[0]),
+            cc(&n.n2p_congestion[1]),
+            n.tcp_cc,
+            n.socat_cc
+        );
         transfer_tables(&mut out, &n.transfers, "socat");
+        quic_table(&mut out, &n.transfers.quic);
         for e in &n.transfers.errors {
             let _ = writeln!(out, "- failure: {}", e.replace('\n', " "));
         }
@@ -717,6 +733,49 @@ pub(crate) fn markdown(r: &Report) -> String {
         targets_table(&mut out, "Pull targets (issue 7, point 6)", &r.pull_targets);
     }
     out
+}
+
+/// The n2p clients' QUIC counters per workload and variant: medians over rounds.
+fn quic_table(out: &mut String, rows: &[crate::transfer::QuicRow]) {
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "### QUIC connection of the n2p client (the sender), median over rounds [min–max]\n"
+    );
+    let _ = writeln!(
+        out,
+        "| workload | variant | rounds | packets sent | lost packets | lost % | congestion events | spurious | cwnd min / median / max KB | RTT max ms | MTU | black holes |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let col = |f: fn(&crate::quic_stats::QuicSample) -> f64, digits: usize| {
+            let v: Vec<f64> = r.rounds.iter().map(|(_, q)| f(q)).collect();
+            opt(Summary::of(&v), |s| {
+                format!("{:.d$} [{:.d$}–{:.d$}]", s.median, s.min, s.max, d = digits)
+            })
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} / {} / {} | {} | {} | {} |",
+            r.workload,
+            r.variant,
+            r.rounds.len(),
+            col(|q| q.sent_packets as f64, 0),
+            col(|q| q.lost_packets as f64, 0),
+            col(|q| q.loss_percent, 2),
+            col(|q| q.congestion_events as f64, 0),
+            col(|q| q.spurious_congestion_events as f64, 0),
+            col(|q| q.cwnd_min as f64 / 1e3, 0),
+            col(|q| q.cwnd_median as f64 / 1e3, 0),
+            col(|q| q.cwnd_max as f64 / 1e3, 0),
+            col(|q| q.rtt_ms_max, 1),
+            col(|q| q.mtu as f64, 0),
+            col(|q| q.black_holes as f64, 0),
+        );
+    }
+    out.push('\n');
 }
 
 fn transfer_tables(out: &mut String, t: &TransferResults, baseline: &str) {

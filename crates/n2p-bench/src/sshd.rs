@@ -1,4 +1,5 @@
-//! Debian's OpenSSH server on loopback, for the `ssh-ng://` pull baseline: what a user
+//! Debian's OpenSSH server on loopback (or in a network namespace), for the `ssh-ng://`
+//! baselines: what a user
 //! would set up instead of n2p. It runs in the foreground (`sshd -D -e`) on a free port
 //! with a host key and one authorized client key of its own, public-key authentication
 //! only, for the user running the benchmark; the client side trusts exactly that host key.
@@ -11,7 +12,7 @@
 
 use std::{
     fs,
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::Command,
@@ -20,6 +21,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use n2p_testkit::{
     net::free_tcp_port,
+    netns::command_in,
     proc::{Process, find_on_path, try_run_bounded},
 };
 
@@ -50,9 +52,14 @@ impl Sshd {
         })
     }
 
-    /// Starts sshd with its keys, configuration and log in `dir` (created) and waits until
-    /// it listens. Fails when openssh-server or ssh-keygen is missing.
+    /// Starts sshd on loopback with its keys, configuration and log in `dir` (created) and
+    /// waits until it listens. Fails when openssh-server or ssh-keygen is missing.
     pub(crate) fn start(dir: &Path) -> Result<Self> {
+        Self::start_at(dir, None, IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+
+    /// [`Self::start`] in the network namespace `ns` (None: this one), listening on `ip`.
+    pub(crate) fn start_at(dir: &Path, ns: Option<&str>, ip: IpAddr) -> Result<Self> {
         let sshd = Self::binary().context(
             "sshd not found (install Debian's openssh-server: apt-get install -y openssh-server)",
         )?;
@@ -75,14 +82,14 @@ impl Sshd {
         }
         let authorized = dir.join("authorized_keys");
         fs::copy(client_key.with_extension("pub"), &authorized)?;
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_tcp_port()));
+        let addr = SocketAddr::new(ip, free_tcp_port());
         let host_public = fs::read_to_string(host_key.with_extension("pub"))?;
         let known_hosts = dir.join("known_hosts");
         fs::write(&known_hosts, known_hosts_line(addr, &host_public)?)?;
         let config = dir.join("sshd_config");
         fs::write(&config, config_text(addr, &host_key, &authorized, &user))?;
 
-        let mut command = Command::new(&sshd);
+        let mut command = command_in(ns, &sshd);
         command.arg("-D").arg("-e").arg("-f").arg(&config);
         let process = Process::try_spawn_logged("sshd", &mut command, &dir.join("sshd.log"))?;
         process.try_wait_for_line("Server listening on", READY_TIMEOUT)?;

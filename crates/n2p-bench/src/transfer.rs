@@ -7,7 +7,8 @@ use std::{collections::BTreeMap, fmt, path::Path, process::Command, time::Durati
 
 use anyhow::Result;
 use n2p_testkit::{
-    nix::{NixDaemon, nix_command},
+    netns::command_in,
+    nix::{NIX_CONFIG, NixDaemon},
     proc::try_run_timed,
     wait::{MEASURING_POLL_INTERVAL, time_until},
 };
@@ -17,6 +18,7 @@ use crate::{
     forwarders::{Forwarder, Variant},
     nix::{NIX_TIMEOUT, Workloads},
     procfs::{cpu_seconds_of, peak_rss_of, reset_peak_rss},
+    quic_stats::{QuicSample, Watch},
     stats::{Summary, median, rotated, round_ratios},
 };
 
@@ -50,7 +52,13 @@ impl Job {
 
     /// The nix command copying from `source_url` to `url` (or asking `url`).
     pub(crate) fn command(&self, source_url: &str, url: &str) -> Command {
-        let mut command = nix_command("nix");
+        self.command_in(None, source_url, url)
+    }
+
+    /// [`Self::command`] run in the network namespace `ns` (None: this one).
+    pub(crate) fn command_in(&self, ns: Option<&str>, source_url: &str, url: &str) -> Command {
+        let mut command = command_in(ns, "nix");
+        command.env("NIX_CONFIG", NIX_CONFIG);
         match &self.kind {
             JobKind::Copy(paths) => command
                 .args(["copy", "--from", source_url, "--to", url])
@@ -159,10 +167,23 @@ pub(crate) struct TransferResults {
     pub(crate) orders: Vec<Vec<Variant>>,
     /// Per job.
     pub(crate) jobs: Vec<JobResult>,
+    /// What the n2p clients' QUIC connections counted, per job and variant (emulated link).
+    pub(crate) quic: Vec<QuicRow>,
     /// Peak memory during W1.
     pub(crate) w1_peak_rss: Vec<PeakRss>,
     /// Failures (the measurement is then missing from its round).
     pub(crate) errors: Vec<String>,
+}
+
+/// The QUIC stats of one job through one variant, one entry per round that logged them.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct QuicRow {
+    /// W1..W5.
+    pub(crate) workload: String,
+    /// The variant.
+    pub(crate) variant: Variant,
+    /// (round, what the connection counted).
+    pub(crate) rounds: Vec<(usize, QuicSample)>,
 }
 
 impl TransferResults {
@@ -198,10 +219,13 @@ pub(crate) fn run(
             orders[rep].iter().map(|v| v.name()).collect::<Vec<_>>()
         );
         let mut daemons: Vec<Option<NixDaemon>> = Vec::new();
-        for fwd in fwds.iter() {
+        for fwd in fwds.iter_mut() {
             let dir = dest_dir.join(format!("r{rep}-{}", fwd.variant()));
             match NixDaemon::try_start_at(fwd.slot(), &dir) {
-                Ok(d) => daemons.push(Some(d)),
+                Ok(d) => {
+                    fwd.round_started(&dir);
+                    daemons.push(Some(d));
+                }
                 Err(e) => {
                     rec.errors
                         .push(format!("round {rep}: {}: daemon: {e:#}", fwd.variant()));
@@ -242,6 +266,15 @@ pub(crate) fn run(
         reps,
         orders,
         jobs: summarize(jobs, &variants, &rec.times, &rec.cpus, baseline),
+        quic: rec
+            .quic
+            .into_iter()
+            .map(|((j, variant), rounds)| QuicRow {
+                workload: jobs[j].name.to_owned(),
+                variant,
+                rounds,
+            })
+            .collect(),
         w1_peak_rss: rec
             .peaks
             .into_iter()
@@ -263,6 +296,8 @@ pub(crate) struct Sample {
     pub(crate) cpu: f64,
     /// Peak resident memory of tracked processes: (label, bytes).
     pub(crate) peaks: Vec<(String, u64)>,
+    /// What the QUIC connection counted, when its stats are logged.
+    pub(crate) quic: Option<QuicSample>,
 }
 
 /// The samples of interleaved rounds as they come, for [`summarize`].
@@ -275,6 +310,8 @@ pub(crate) struct Recorder<V> {
     pub(crate) peaks: BTreeMap<(V, String), Vec<u64>>,
     /// Failures, each naming its round.
     pub(crate) errors: Vec<String>,
+    /// QUIC stats by (job, variant): (round, sample).
+    pub(crate) quic: BTreeMap<(usize, V), Vec<(usize, QuicSample)>>,
 }
 
 impl<V: Copy + Ord + fmt::Display> Recorder<V> {
@@ -285,6 +322,7 @@ impl<V: Copy + Ord + fmt::Display> Recorder<V> {
             cpus: vec![BTreeMap::new(); jobs],
             peaks: BTreeMap::new(),
             errors: Vec::new(),
+            quic: BTreeMap::new(),
         }
     }
 
@@ -300,6 +338,18 @@ impl<V: Copy + Ord + fmt::Display> Recorder<V> {
     ) {
         let (time, cpu) = match sample {
             Ok(s) => {
+                if let Some(q) = s.quic {
+                    eprintln!(
+                        "    quic: {} sent, {} lost ({:.2} %), {} congestion events, cwnd max {} KB, rtt max {:.1} ms",
+                        q.sent_packets,
+                        q.lost_packets,
+                        q.loss_percent,
+                        q.congestion_events,
+                        q.cwnd_max / 1000,
+                        q.rtt_ms_max
+                    );
+                    self.quic.entry((j, variant)).or_default().push((rep, q));
+                }
                 for (process, bytes) in s.peaks {
                     self.peaks
                         .entry((variant, process))
@@ -375,8 +425,11 @@ fn warm_up(fwds: &mut [Forwarder], scratch: &Path, errors: &mut Vec<String>) {
             continue;
         }
         let result = fwd.invocation().and_then(|inv| {
-            let mut command = nix_command("nix");
-            command.args(["store", "ping", "--store", &inv.url]);
+            let mut command = command_in(inv.ns.as_deref(), "nix");
+            command
+                .env("NIX_CONFIG", NIX_CONFIG)
+                .envs(inv.env.iter().map(|(k, v)| (k, v)))
+                .args(["store", "ping", "--store", &inv.url]);
             try_run_timed(&mut command, None, &scratch.join("warm.err"), NIX_TIMEOUT)?
                 .check("nix store ping")?;
             Ok(())
@@ -403,13 +456,18 @@ fn measure(
     } else {
         Vec::new()
     };
-    timed_sample(
-        &mut job.command(&workloads.source_url, &inv.url),
+    let mut command = job.command_in(inv.ns.as_deref(), &workloads.source_url, &inv.url);
+    command.envs(inv.env.iter().map(|(k, v)| (k, v)));
+    let watch = inv.quic_log.as_deref().map(Watch::start);
+    let mut sample = timed_sample(
+        &mut command,
         &format!("{} through {}", job.name, fwd.variant()),
         scratch,
         &tracked,
         || cpu_seconds_once_reaped(&inv.pids),
-    )
+    )?;
+    sample.quic = watch.and_then(Watch::finish);
+    Ok(sample)
 }
 
 /// Runs the nix `command` (`what`, for errors; its stderr goes to `scratch`) timed, with
@@ -431,6 +489,7 @@ pub(crate) fn timed_sample(
         secs: timed.elapsed.as_secs_f64(),
         cpu: cpu() - cpu_before,
         peaks: peak_rss_of(tracked.iter().cloned()),
+        quic: None,
     })
 }
 

@@ -177,6 +177,7 @@ impl ProtocolHandler for DaemonService {
                 return Ok(());
             }
             debug!("peer connected");
+            crate::conn_stats::spawn_logger(&conn, "accept");
             let service = self.clone();
             serve_streams(
                 &conn,
@@ -413,6 +414,7 @@ impl DaemonDialer {
         })?;
         info!(peer = %peer.fmt_short(), "connected to {}", peer);
         tokio::spawn(log_when_closed(conn.clone()));
+        crate::conn_stats::spawn_logger(&conn, "dial");
         Ok(conn)
     }
 

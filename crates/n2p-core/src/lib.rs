@@ -13,6 +13,8 @@
 //! - [`daemon`] is the `n2p/daemon/1` protocol: the serving side checks access and joins
 //!   each stream to a fresh nix-daemon connection; the dialing side keeps one QUIC
 //!   connection per peer and opens a stream per local connection.
+//! - [`conn_stats`] logs the QUIC connection's own counters (RTT, window, losses) at debug
+//!   level under the target `n2p::stats`.
 //! - [`forward`] copies bytes both ways with half-close carried through.
 //! - [`limits`] bounds what a peer may hold before and after it proves access.
 //! - [`unix`] binds unix sockets safely (0600, stale files replaced, live ones kept).
@@ -21,6 +23,7 @@ pub mod accept;
 pub mod access;
 pub mod address;
 pub mod config_file;
+pub mod conn_stats;
 pub mod daemon;
 pub mod endpoint;
 pub mod forward;

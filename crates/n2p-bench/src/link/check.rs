@@ -318,7 +318,7 @@ fn measure(name: &str, shape: Shape, args: &CheckArgs) -> Result<Row> {
 }
 
 /// A TCP socket (in this thread's namespace) using congestion control `cc`.
-fn socket_with_cc(cc: &str) -> Result<OwnedFd> {
+pub(crate) fn socket_with_cc(cc: &str) -> Result<OwnedFd> {
     // SAFETY: socket(2) with constant arguments.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -343,7 +343,7 @@ fn socket_with_cc(cc: &str) -> Result<OwnedFd> {
 }
 
 /// Connects `fd` to the IPv4 address `addr` (blocking).
-fn connect(fd: OwnedFd, addr: SocketAddr) -> Result<TcpStream> {
+pub(crate) fn connect(fd: OwnedFd, addr: SocketAddr) -> Result<TcpStream> {
     let SocketAddr::V4(v4) = addr else {
         bail!("{addr}: IPv4 only");
     };
