@@ -153,6 +153,22 @@ impl NixDaemon {
                 )))
             }
         })?;
+        // The probe above made the daemon fork a worker that sets up the fresh store. Nix
+        // 2.8 does that without a lock: a second worker doing it at the same time fails on
+        // `gcroots/profiles` ("creating symlink ...: File exists") and drops its client. So
+        // wait until the first worker has made that link.
+        let profiles = dir.join("store/nix/var/nix/gcroots/profiles");
+        poll_until(DAEMON_START_TIMEOUT, DAEMON_POLL, || {
+            if fs::symlink_metadata(&profiles).is_ok() {
+                Ok(())
+            } else {
+                Err(Failure::new(format!(
+                    "nix-daemon did not set up its store (no {}) within {DAEMON_START_TIMEOUT:?}; its log:\n{}",
+                    profiles.display(),
+                    process.log_text()
+                )))
+            }
+        })?;
         Ok(Self {
             process,
             socket: socket.to_owned(),
