@@ -175,3 +175,27 @@ fn a_verbose_client_logs_its_connection_stats() {
         assert!(line.contains(field), "no {field} in {line}");
     }
 }
+
+/// A client running n2p's own congestion controller (`--congestion tolerant`, the sending
+/// side of a push) carries a 16 MiB push whole; the server keeps the default.
+#[test]
+fn a_push_with_the_tolerant_controller_arrives_whole() {
+    if !require_nix("a_push_with_the_tolerant_controller_arrives_whole") {
+        return;
+    }
+    let daemon = NixDaemon::start();
+    let source = SourceStore::new();
+    let path = source.add_random_file("tolerant.bin", 16 << 20, 11);
+    let server_home = TempHome::new(N2P);
+    let server = server_home.server(&ServerConfig::new(daemon.socket_path()));
+    let client_dir = ScratchDir::new("client");
+    let client_home = TempHome::new(N2P);
+    let client = client_home.client_with(
+        &server.long_address,
+        &client_dir.join("c.sock"),
+        &["--congestion", "tolerant"],
+    );
+    client.wait_until_listening();
+    assert_copy_succeeds(&source, &client.store_url(), &[&path]);
+    assert_copied(&source, &daemon.store_url(), &path);
+}

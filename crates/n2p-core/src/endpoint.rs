@@ -88,11 +88,14 @@ pub enum CongestionControl {
     /// Model-based BBRv3: paces at the measured bottleneck rate and does not halve its
     /// rate on every random loss.
     Bbr,
+    /// n2p's Cubic that ignores random loss: it cuts its window only when the path shows a
+    /// queue or loses often ([`crate::congestion`]).
+    Tolerant,
 }
 
 /// A congestion controller name that is not one of n2p's.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid congestion controller '{0}': use 'cubic', 'new-reno' or 'bbr'")]
+#[error("invalid congestion controller '{0}': use 'cubic', 'tolerant', 'new-reno' or 'bbr'")]
 pub struct CongestionControlParseError(String);
 
 impl FromStr for CongestionControl {
@@ -103,6 +106,7 @@ impl FromStr for CongestionControl {
             "cubic" => Ok(Self::Cubic),
             "new-reno" | "newreno" => Ok(Self::NewReno),
             "bbr" | "bbr3" => Ok(Self::Bbr),
+            "tolerant" => Ok(Self::Tolerant),
             _ => Err(CongestionControlParseError(s.to_owned())),
         }
     }
@@ -114,6 +118,7 @@ impl fmt::Display for CongestionControl {
             Self::Cubic => "cubic",
             Self::NewReno => "new-reno",
             Self::Bbr => "bbr",
+            Self::Tolerant => "tolerant",
         })
     }
 }
@@ -124,6 +129,7 @@ impl CongestionControl {
             Self::Cubic => Arc::new(congestion::CubicConfig::default()),
             Self::NewReno => Arc::new(congestion::NewRenoConfig::default()),
             Self::Bbr => Arc::new(congestion::Bbr3Config::default()),
+            Self::Tolerant => Arc::new(crate::congestion::TolerantCubicConfig::default()),
         }
     }
 }
@@ -323,10 +329,14 @@ mod tests {
             CongestionControl::Cubic,
             CongestionControl::NewReno,
             CongestionControl::Bbr,
+            CongestionControl::Tolerant,
         ] {
             assert_eq!(cc.to_string().parse::<CongestionControl>().ok(), Some(cc));
         }
         let err = "vegas".parse::<CongestionControl>().expect_err("bad");
-        assert!(err.to_string().contains("'cubic', 'new-reno' or 'bbr'"));
+        assert!(
+            err.to_string()
+                .contains("'cubic', 'tolerant', 'new-reno' or 'bbr'")
+        );
     }
 }

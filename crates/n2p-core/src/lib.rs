@@ -9,7 +9,8 @@
 //! - [`secret_file`] is the one reader of secret files: it checks the opened file's type and
 //!   mode (owner-only) and creates new ones atomically with mode 0600.
 //! - [`address::ServerAddress`] is what `n2p server` prints and `n2p client` parses.
-//! - [`endpoint`] builds an iroh endpoint for a relay choice and bind address.
+//! - [`endpoint`] builds an iroh endpoint for a relay choice and bind address;
+//!   [`congestion`] is n2p's own congestion controller, one of its choices.
 //! - [`daemon`] is the `n2p/daemon/1` protocol: the serving side checks access and joins
 //!   each stream to a fresh nix-daemon connection; the dialing side keeps one QUIC
 //!   connection per peer and opens a stream per local connection.
@@ -23,6 +24,7 @@ pub mod accept;
 pub mod access;
 pub mod address;
 pub mod config_file;
+pub mod congestion;
 pub mod conn_stats;
 pub mod daemon;
 pub mod endpoint;

@@ -1,0 +1,357 @@
+//! n2p's own QUIC congestion controller: Cubic that tells random loss from congestion.
+//!
+//! A loss-based controller such as Cubic reads every lost packet as a sign of a full queue
+//! and shrinks its window. On a link that drops packets at random (Wi-Fi, mobile, a long
+//! lossy path) that caps the window near Mathis' `MSS/RTT × 1.22/√p`: 0.5 % random loss at
+//! 30 ms holds noq's Cubic, like Linux's, to about 7 Mbit/s on a 100 Mbit/s link
+//! (docs/BENCHMARKS.md, "Why Cubic collapses under random loss").
+//!
+//! [`TolerantCubic`] wraps noq's Cubic and passes a loss on to it only when the loss looks
+//! like congestion, decided by [`LossJudge`]:
+//!
+//! - the path shows a standing queue: its smoothed RTT is above the lowest RTT seen by more
+//!   than a quarter of that minimum (and at least [`QUEUE_DELAY_FLOOR`]); a drop-tail queue
+//!   that overflows has filled first, so losses from our own (or anyone's) overload count;
+//! - or losses are frequent: more than [`LOSS_SHARE_LIMIT`] of the recently sent bytes (over
+//!   at least [`LOSS_MEMORY_PACKETS`] packets), which bounds the damage on a path whose queue
+//!   is too short to show in the RTT;
+//! - or the connection is in persistent congestion, or the peer reported ECN congestion.
+//!
+//! Otherwise the loss is taken as random: the lost data is resent as always, but the window
+//! is not cut. Sharing a bottleneck with TCP, the queue that TCP builds makes our losses
+//! count, so the controller backs off like Cubic; alone on a lossy link it keeps the window
+//! the link can carry.
+
+use std::{any::Any, sync::Arc, time::Duration};
+
+use iroh::endpoint::ControllerFactory;
+use noq_proto::{
+    RttEstimator,
+    congestion::{Controller, ControllerMetrics, Cubic, CubicConfig},
+};
+
+/// Queueing delay that always counts as a standing queue, whatever the path's RTT.
+pub const QUEUE_DELAY_FLOOR: Duration = Duration::from_millis(2);
+
+/// Share of the recent bytes lost above which losses count as congestion even without a
+/// queue in the RTT.
+pub const LOSS_SHARE_LIMIT: f64 = 0.05;
+
+/// The loss share is taken over at least this many packets (or one window, if larger), so
+/// one random loss among the first packets of a connection is not read as a high rate.
+pub const LOSS_MEMORY_PACKETS: u64 = 128;
+
+/// What a loss is taken for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossVerdict {
+    /// The path is congested: cut the window.
+    Congestion,
+    /// Random loss on an uncongested path: keep the window.
+    Random,
+}
+
+/// Decides, loss by loss, whether the path is congested, from the RTT and the recent loss
+/// share. Pure bookkeeping: no clock, no I/O.
+#[derive(Debug, Clone, Default)]
+pub struct LossJudge {
+    /// Smoothed RTT at the last acknowledgement.
+    smoothed_rtt: Duration,
+    /// Lowest RTT seen on the path.
+    min_rtt: Duration,
+    /// Bytes acknowledged in the current loss memory.
+    delivered: u64,
+    /// Bytes lost in the current loss memory.
+    lost: u64,
+}
+
+impl LossJudge {
+    /// Records acknowledged bytes and the path's RTT. `memory` is how many bytes the loss
+    /// share looks back over (one window, at least [`LOSS_MEMORY_PACKETS`] packets); older
+    /// counts are halved each time that much has been delivered.
+    pub fn on_ack(&mut self, bytes: u64, smoothed_rtt: Duration, min_rtt: Duration, memory: u64) {
+        self.smoothed_rtt = smoothed_rtt;
+        self.min_rtt = min_rtt;
+        self.delivered = self.delivered.saturating_add(bytes);
+        if self.delivered >= memory.max(1) {
+            self.delivered /= 2;
+            self.lost /= 2;
+        }
+    }
+
+    /// Records `lost_bytes` and judges them. `memory` is as for [`LossJudge::on_ack`].
+    pub fn on_loss(&mut self, lost_bytes: u64, memory: u64) -> LossVerdict {
+        self.lost = self.lost.saturating_add(lost_bytes);
+        if self.queue_is_standing() || self.loss_share(memory) > LOSS_SHARE_LIMIT {
+            LossVerdict::Congestion
+        } else {
+            LossVerdict::Random
+        }
+    }
+
+    /// Whether the smoothed RTT shows a queue: above the minimum by more than a quarter of
+    /// it and by more than [`QUEUE_DELAY_FLOOR`].
+    pub fn queue_is_standing(&self) -> bool {
+        let queueing = self.smoothed_rtt.saturating_sub(self.min_rtt);
+        queueing > (self.min_rtt / 4).max(QUEUE_DELAY_FLOOR)
+    }
+
+    /// Lost bytes as a share of what was sent in the loss memory (at least `memory` bytes).
+    pub fn loss_share(&self, memory: u64) -> f64 {
+        let sent = (self.delivered + self.lost).max(memory).max(1);
+        self.lost as f64 / sent as f64
+    }
+}
+
+/// Cubic that cuts its window only for losses [`LossJudge`] takes for congestion.
+#[derive(Debug, Clone)]
+pub struct TolerantCubic {
+    cubic: Cubic,
+    judge: LossJudge,
+    mtu: u64,
+    /// Whether the last loss was passed to Cubic (so a spurious-loss undo goes there too).
+    last_loss_passed: bool,
+}
+
+impl TolerantCubic {
+    /// Bytes the loss share looks back over: one window, at least
+    /// [`LOSS_MEMORY_PACKETS`] packets.
+    fn loss_memory(&self) -> u64 {
+        self.cubic.window().max(LOSS_MEMORY_PACKETS * self.mtu)
+    }
+}
+
+impl Controller for TolerantCubic {
+    fn on_sent(&mut self, now: std::time::Instant, bytes: u64, largest_pn: u64) {
+        self.cubic.on_sent(now, bytes, largest_pn);
+    }
+
+    fn on_ack(
+        &mut self,
+        now: std::time::Instant,
+        sent: std::time::Instant,
+        bytes: u64,
+        pn: u64,
+        app_limited: bool,
+        rtt: &RttEstimator,
+    ) {
+        let memory = self.loss_memory();
+        self.judge.on_ack(bytes, rtt.get(), rtt.min(), memory);
+        self.cubic.on_ack(now, sent, bytes, pn, app_limited, rtt);
+    }
+
+    fn on_end_acks(
+        &mut self,
+        now: std::time::Instant,
+        in_flight: u64,
+        app_limited: bool,
+        largest_packet_num_acked: Option<u64>,
+    ) {
+        self.cubic
+            .on_end_acks(now, in_flight, app_limited, largest_packet_num_acked);
+    }
+
+    fn on_congestion_event(
+        &mut self,
+        now: std::time::Instant,
+        sent: std::time::Instant,
+        is_persistent_congestion: bool,
+        is_ecn: bool,
+        lost_bytes: u64,
+        largest_lost_pn: u64,
+    ) {
+        let memory = self.loss_memory();
+        let verdict = self.judge.on_loss(lost_bytes, memory);
+        let pass = is_persistent_congestion || is_ecn || verdict == LossVerdict::Congestion;
+        tracing::trace!(
+            target: "n2p::stats",
+            lost_bytes,
+            ?verdict,
+            is_persistent_congestion,
+            is_ecn,
+            window = self.cubic.window(),
+            "loss judged"
+        );
+        self.last_loss_passed = pass;
+        if pass {
+            self.cubic.on_congestion_event(
+                now,
+                sent,
+                is_persistent_congestion,
+                is_ecn,
+                lost_bytes,
+                largest_lost_pn,
+            );
+        }
+    }
+
+    fn on_spurious_congestion_event(&mut self) {
+        if self.last_loss_passed {
+            self.cubic.on_spurious_congestion_event();
+        }
+    }
+
+    fn on_mtu_update(&mut self, new_mtu: u16) {
+        self.mtu = u64::from(new_mtu);
+        self.cubic.on_mtu_update(new_mtu);
+    }
+
+    fn window(&self) -> u64 {
+        self.cubic.window()
+    }
+
+    fn metrics(&self) -> ControllerMetrics {
+        self.cubic.metrics()
+    }
+
+    fn clone_box(&self) -> Box<dyn Controller> {
+        Box::new(self.clone())
+    }
+
+    fn initial_window(&self) -> u64 {
+        self.cubic.initial_window()
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+}
+
+/// Builds a [`TolerantCubic`] for every path of every connection.
+#[derive(Debug, Clone, Default)]
+pub struct TolerantCubicConfig {
+    cubic: Arc<CubicConfig>,
+}
+
+impl ControllerFactory for TolerantCubicConfig {
+    fn build(self: Arc<Self>, now: std::time::Instant, current_mtu: u16) -> Box<dyn Controller> {
+        Box::new(TolerantCubic {
+            cubic: Cubic::new(self.cubic.clone(), now, current_mtu),
+            judge: LossJudge::default(),
+            mtu: u64::from(current_mtu),
+            last_loss_passed: false,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MTU: u64 = 1452;
+    const MEMORY: u64 = LOSS_MEMORY_PACKETS * MTU;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// A judge that has seen `packets` packets acknowledged at the given RTTs.
+    fn judge_after(packets: u64, smoothed: Duration, min: Duration) -> LossJudge {
+        let mut judge = LossJudge::default();
+        for _ in 0..packets {
+            judge.on_ack(MTU, smoothed, min, MEMORY);
+        }
+        judge
+    }
+
+    #[test]
+    fn a_loss_without_a_queue_is_random() {
+        let mut judge = judge_after(1000, ms(31), ms(30));
+        assert_eq!(judge.on_loss(MTU, MEMORY), LossVerdict::Random);
+    }
+
+    #[test]
+    fn a_loss_with_a_standing_queue_is_congestion() {
+        // 30 ms path, queue adds 10 ms: more than a quarter of the minimum.
+        let mut judge = judge_after(1000, ms(40), ms(30));
+        assert_eq!(judge.on_loss(MTU, MEMORY), LossVerdict::Congestion);
+        // 7 ms of queue on the same path is below the quarter: random.
+        let mut judge = judge_after(1000, ms(37), ms(30));
+        assert_eq!(judge.on_loss(MTU, MEMORY), LossVerdict::Random);
+    }
+
+    #[test]
+    fn short_paths_need_the_floor_of_queueing_delay() {
+        // 1 ms LAN: 1.5 ms extra is over a quarter but under the 2 ms floor (jitter).
+        let judge = judge_after(10, Duration::from_micros(2500), ms(1));
+        assert!(!judge.queue_is_standing());
+        let judge = judge_after(10, Duration::from_micros(3500), ms(1));
+        assert!(judge.queue_is_standing());
+    }
+
+    #[test]
+    fn random_loss_at_two_percent_stays_random() {
+        // One loss every 50 packets, for long: the share stays near 2 %.
+        let mut judge = LossJudge::default();
+        for i in 1..=10_000u64 {
+            judge.on_ack(MTU, ms(30), ms(30), MEMORY);
+            if i % 50 == 0 {
+                assert_eq!(judge.on_loss(MTU, MEMORY), LossVerdict::Random, "loss {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn frequent_loss_is_congestion_even_without_a_queue() {
+        // One loss every 10 packets (10 %), a queue too short to show in the RTT.
+        let mut judge = LossJudge::default();
+        let mut verdicts = Vec::new();
+        for i in 1..=2_000u64 {
+            judge.on_ack(MTU, ms(30), ms(30), MEMORY);
+            if i % 10 == 0 {
+                verdicts.push(judge.on_loss(MTU, MEMORY));
+            }
+        }
+        // Once the memory has filled, every loss counts.
+        assert!(
+            verdicts[20..].iter().all(|v| *v == LossVerdict::Congestion),
+            "{verdicts:?}"
+        );
+    }
+
+    #[test]
+    fn one_early_loss_is_not_a_high_share() {
+        // The tenth packet of a connection is lost: 1 of 10 is 10 %, but the share is taken
+        // over at least LOSS_MEMORY_PACKETS packets.
+        let mut judge = judge_after(10, ms(30), ms(30));
+        assert_eq!(judge.on_loss(MTU, MEMORY), LossVerdict::Random);
+        assert!(judge.loss_share(MEMORY) < 0.01);
+    }
+
+    fn controller() -> Box<dyn Controller> {
+        Arc::new(TolerantCubicConfig::default()).build(std::time::Instant::now(), MTU as u16)
+    }
+
+    #[test]
+    fn the_controller_keeps_its_window_on_a_random_loss() {
+        let mut cc = controller();
+        let before = cc.window();
+        let now = std::time::Instant::now();
+        cc.on_congestion_event(now, now, false, false, MTU, 7);
+        assert_eq!(cc.window(), before);
+    }
+
+    #[test]
+    fn the_controller_cuts_on_persistent_congestion_and_ecn() {
+        let now = std::time::Instant::now();
+        let mut cc = controller();
+        let before = cc.window();
+        cc.on_congestion_event(now, now, true, false, MTU, 7);
+        assert!(cc.window() < before, "persistent congestion cuts");
+        let mut cc = controller();
+        cc.on_congestion_event(now, now, false, true, 0, 7);
+        assert!(cc.window() < before, "ECN cuts");
+    }
+
+    #[test]
+    fn old_losses_fade() {
+        let mut judge = LossJudge::default();
+        for _ in 0..20 {
+            judge.on_loss(MTU, MEMORY);
+        }
+        assert!(judge.loss_share(MEMORY) > LOSS_SHARE_LIMIT);
+        for _ in 0..1_000 {
+            judge.on_ack(MTU, ms(30), ms(30), MEMORY);
+        }
+        assert!(judge.loss_share(MEMORY) < 0.01);
+    }
+}
