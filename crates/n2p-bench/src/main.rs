@@ -164,7 +164,7 @@ enum Section {
     Startup,
     /// Mesh convergence and expiry.
     Mesh,
-    /// W1/W3 over an emulated WAN link (network namespaces joined by `link::Link`).
+    /// W1..W4 over an emulated WAN link (network namespaces joined by `link::Link`).
     #[value(alias = "netem")]
     Wan,
     /// P1..P3 pulled through the facade, a file:// cache, ssh-ng and a local store;
@@ -398,10 +398,10 @@ fn run_sections(
     }
 
     if sections.contains(&Section::Transfers) {
-        let mut jobs = transfer::standard_jobs(&workloads, sizes.w1_bytes);
-        if let Some(only) = &args.workloads {
-            jobs.retain(|j| only.iter().any(|w| w.eq_ignore_ascii_case(j.name)));
-        }
+        let jobs = transfer::selected(
+            transfer::standard_jobs(&workloads, sizes.w1_bytes),
+            args.workloads.as_deref(),
+        );
         eprintln!("transfers: {} rounds of {} workloads", reps, jobs.len());
         report.transfers = Some(transfer::run(
             &mut fwds,
@@ -590,19 +590,23 @@ fn run_netem(
     if !fwds.iter().any(|f| f.variant() == Variant::Socat) {
         bail!("the WAN-link comparison needs socat as its baseline");
     }
-    let w1 = workloads.w1_net.clone().context("no W1 for the link")?;
-    let jobs = vec![
-        transfer::Job {
-            name: "W1",
-            description: format!("one {} MiB file of random bytes", w1_bytes >> 20),
-            kind: transfer::JobKind::Copy(vec![w1]),
-        },
-        transfer::Job {
-            name: "W3",
-            description: format!("{} small store paths in one nix copy", workloads.w3.len()),
-            kind: transfer::JobKind::Copy(workloads.w3.clone()),
-        },
-    ];
+    let w1 = workloads.w1_net.as_deref().context("no W1 for the link")?;
+    let jobs = transfer::selected(
+        transfer::for_link(
+            transfer::standard_jobs(workloads, w1_bytes),
+            workloads,
+            w1,
+            w1_bytes,
+        ),
+        args.workloads.as_deref(),
+    );
+    if jobs.iter().any(|j| j.name == "W4") && !jobs.iter().any(|j| j.name == "W3") {
+        bail!("W4 asks the destination about W3's paths: select W3 with it");
+    }
+    let nar_bytes = jobs
+        .iter()
+        .filter_map(|j| Some((j.name.to_owned(), j.nar_bytes(workloads)?)))
+        .collect();
     let reps = args.netem_reps.unwrap_or(if args.quick { 1 } else { 3 });
     eprintln!("WAN link: {reps} rounds");
     let transfers = transfer::run(
@@ -623,6 +627,7 @@ fn run_netem(
         shape,
         w1_bytes,
         w1_line_rate_s: w1_bytes as f64 * 8.0 / (shape.rate_mbit as f64 * 1e6),
+        nar_bytes,
         transfers,
     })
 }

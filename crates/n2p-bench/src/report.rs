@@ -1,7 +1,7 @@
 //! The benchmark's output: one JSON document with every sample, and a Markdown rendering of
 //! it with the targets of issue 4 marked met or not met.
 
-use std::fmt::Write as _;
+use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::Serialize;
 
@@ -12,7 +12,7 @@ use crate::{
     mesh::MeshResult,
     nix::Sizes,
     pull::{PullResults, Source},
-    stats::Summary,
+    stats::{Summary, round_ratios},
     transfer::{JobResult, TransferResults, added_ms_per_path},
 };
 
@@ -74,8 +74,25 @@ pub(crate) struct NetemResults {
     pub(crate) socat_cc: String,
     /// `N2P_CONGESTION` of n2p and n2p-alt (None: n2p's default).
     pub(crate) n2p_congestion: [Option<String>; 2],
+    /// NAR bytes each copying workload moves (for its share of the link rate).
+    pub(crate) nar_bytes: BTreeMap<String, u64>,
     /// The rounds (ratios against socat, the plain TCP relay).
     pub(crate) transfers: TransferResults,
+}
+
+impl NetemResults {
+    /// Median of the per-round ratios of `variant`'s time to ssh-ng's in `job`.
+    fn ratio_to_ssh(&self, job: &JobResult, variant: Variant) -> Option<Summary> {
+        let ssh = job.of(Variant::SshNg)?;
+        Summary::of(&round_ratios(&job.of(variant)?.times_s, &ssh.times_s))
+    }
+
+    /// `job`'s NAR bytes over `variant`'s median time, as a share of the link rate.
+    fn link_share(&self, job: &JobResult, variant: Variant) -> Option<f64> {
+        let bytes = *self.nar_bytes.get(&job.workload)?;
+        let secs = job.of(variant)?.time?.median;
+        Some(bytes as f64 * 8.0 / secs / (f64::from(self.shape.rate_mbit) * 1e6))
+    }
 }
 
 /// One target of issue 4 point 4.
@@ -714,6 +731,7 @@ pub(crate) fn markdown(r: &Report) -> String {
             n.socat_cc
         );
         transfer_tables(&mut out, &n.transfers, "socat");
+        link_table(&mut out, n);
         quic_table(&mut out, &n.transfers.quic);
         for e in &n.transfers.errors {
             let _ = writeln!(out, "- failure: {}", e.replace('\n', " "));
@@ -733,6 +751,43 @@ pub(crate) fn markdown(r: &Report) -> String {
         targets_table(&mut out, "Pull targets (issue 7, point 6)", &r.pull_targets);
     }
     out
+}
+
+/// Per workload and variant on the emulated link: the ratio to ssh-ng and the NAR bytes
+/// moved per second as a share of the link rate.
+fn link_table(out: &mut String, n: &NetemResults) {
+    let Some(first) = n.transfers.jobs.first() else {
+        return;
+    };
+    let variants: Vec<Variant> = first.variants.iter().map(|v| v.variant).collect();
+    let _ = writeln!(
+        out,
+        "### Against ssh-ng and the link rate: time / ssh-ng's time (median [min–max] of the \
+         per-round ratios) · NAR bytes / median time as a share of {} Mbit/s (IP packets, \
+         headers included, count against the rate)\n",
+        n.shape.rate_mbit
+    );
+    let _ = write!(out, "| workload |");
+    for v in &variants {
+        let _ = write!(out, " {v} |");
+    }
+    let _ = writeln!(out, "\n|---|{}", "---|".repeat(variants.len()));
+    for j in &n.transfers.jobs {
+        let _ = write!(out, "| {} |", j.workload);
+        for v in &variants {
+            let share = n
+                .link_share(j, *v)
+                .map(|x| format!(" · {:.0} %", x * 100.0))
+                .unwrap_or_default();
+            let _ = write!(
+                out,
+                " {}{share} |",
+                opt(n.ratio_to_ssh(j, *v), |s| ratio(&s))
+            );
+        }
+        out.push('\n');
+    }
+    out.push('\n');
 }
 
 /// The n2p clients' QUIC counters per workload and variant: medians over rounds.

@@ -50,6 +50,20 @@ impl Job {
         }
     }
 
+    /// Bytes of NAR the job moves (None: it moves none, like `nix path-info`).
+    pub(crate) fn nar_bytes(&self, w: &Workloads) -> Option<u64> {
+        match &self.kind {
+            JobKind::Copy(paths) => Some(
+                paths
+                    .iter()
+                    .filter_map(|p| w.nar_infos.get(p))
+                    .map(|i| i.nar_size)
+                    .sum(),
+            ),
+            JobKind::PathInfo(_) => None,
+        }
+    }
+
     /// The nix command copying from `source_url` to `url` (or asking `url`).
     pub(crate) fn command(&self, source_url: &str, url: &str) -> Command {
         self.command_in(None, source_url, url)
@@ -74,7 +88,7 @@ pub(crate) fn standard_jobs(w: &Workloads, w1_bytes: u64) -> Vec<Job> {
     vec![
         Job {
             name: "W1",
-            description: format!("one {} MiB file of random bytes", w1_bytes >> 20),
+            description: large_file(w1_bytes),
             kind: JobKind::Copy(vec![w.w1.clone()]),
         },
         Job {
@@ -106,6 +120,35 @@ pub(crate) fn standard_jobs(w: &Workloads, w1_bytes: u64) -> Vec<Job> {
             kind: JobKind::Copy(w.w5.clone()),
         },
     ]
+}
+
+/// `jobs` for the emulated link: the large file replaced by the link's smaller one
+/// (`w1_net`, `w1_bytes`) and W5 (the transfers' only) left out.
+pub(crate) fn for_link(jobs: Vec<Job>, w: &Workloads, w1_net: &str, w1_bytes: u64) -> Vec<Job> {
+    jobs.into_iter()
+        .filter(|j| j.name != "W5")
+        .map(|mut job| {
+            if let JobKind::Copy(paths) = &mut job.kind
+                && *paths == [w.w1.clone()]
+            {
+                *paths = vec![w1_net.to_owned()];
+                job.description = large_file(w1_bytes);
+            }
+            job
+        })
+        .collect()
+}
+
+/// The jobs named in `only` (case-insensitive), or all of them when `only` is None.
+pub(crate) fn selected(mut jobs: Vec<Job>, only: Option<&[String]>) -> Vec<Job> {
+    if let Some(only) = only {
+        jobs.retain(|j| only.iter().any(|w| w.eq_ignore_ascii_case(j.name)));
+    }
+    jobs
+}
+
+fn large_file(bytes: u64) -> String {
+    format!("one {} MiB file of random bytes", bytes >> 20)
 }
 
 /// One variant's numbers for one job (`V`: a way of reaching the daemon, or a pull source).
@@ -530,4 +573,56 @@ pub(crate) fn added_ms_per_path(
         })
         .collect();
     median(&diffs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workloads() -> Workloads {
+        let p = |n: &str| format!("/nix/store/{n}");
+        Workloads {
+            source_url: "local?root=/x".to_owned(),
+            w1: p("big"),
+            w1_net: Some(p("small")),
+            w2: p("dir"),
+            w3: vec![p("a"), p("b")],
+            w5: vec![p("usr")],
+            w5_files: 1,
+            w5_file_bytes: 1,
+            nar_infos: [("a", 10), ("b", 20), ("small", 300)]
+                .into_iter()
+                .map(|(n, size)| {
+                    let info = n2p_testkit::nix::PathInfo {
+                        nar_hash: String::new(),
+                        nar_size: size,
+                    };
+                    (p(n), info)
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_link_moves_its_smaller_file_and_no_w5() {
+        let w = workloads();
+        let jobs = for_link(standard_jobs(&w, 1 << 30), &w, "/nix/store/small", 4 << 20);
+        let names: Vec<&str> = jobs.iter().map(|j| j.name).collect();
+        assert_eq!(names, ["W1", "W2", "W3", "W4"]);
+        assert_eq!(jobs[0].paths(), ["/nix/store/small"]);
+        assert_eq!(jobs[0].description, "one 4 MiB file of random bytes");
+        assert_eq!(jobs[0].nar_bytes(&w), Some(300));
+        assert_eq!(jobs[2].nar_bytes(&w), Some(30));
+        assert_eq!(jobs[3].nar_bytes(&w), None, "path-info moves no NAR");
+    }
+
+    #[test]
+    fn workloads_are_selected_by_name() {
+        let w = workloads();
+        let only = ["w2".to_owned(), "W4".to_owned()];
+        let jobs = selected(standard_jobs(&w, 1), Some(&only));
+        let names: Vec<&str> = jobs.iter().map(|j| j.name).collect();
+        assert_eq!(names, ["W2", "W4"]);
+        assert_eq!(selected(standard_jobs(&w, 1), None).len(), 5);
+    }
 }
