@@ -10,14 +10,14 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use n2p_testkit::{
-    net::free_udp_port,
-    nix::{nix_command, socket_store_url},
-    proc::{Process, try_run_timed},
+    netns::command_in,
+    nix::{NIX_CONFIG, nix_command, socket_store_url},
+    proc::try_run_timed,
 };
 use serde::Serialize;
 
 use crate::{
-    forwarders::{Forwarder, READY_TIMEOUT, Variant, n2p_command},
+    forwarders::{Forwarder, Net, READY_TIMEOUT, Variant, start_n2p_client},
     nix::NIX_TIMEOUT,
     stats::{Summary, rotated},
     worker::connect_and_query,
@@ -151,10 +151,23 @@ pub(crate) struct StartupResult {
     pub(crate) errors: Vec<String>,
 }
 
+/// How an n2p client under test is started: its binary, where it runs and its
+/// `N2P_CONGESTION`.
+pub(crate) struct ClientSetup<'a> {
+    /// The n2p binary.
+    pub(crate) n2p: &'a Path,
+    /// Where the client runs (its namespace and bind address).
+    pub(crate) net: &'a Net,
+    /// `N2P_CONGESTION` (None: n2p's default).
+    pub(crate) congestion: Option<&'a str>,
+    /// The row's name in the report.
+    pub(crate) tool: String,
+}
+
 /// Starts `n2p client` on `address` `runs` times (one untimed run first creates its key),
 /// each time timing start -> socket -> first successful `nix path-info <path>`.
 pub(crate) fn n2p_client_startup(
-    n2p: &Path,
+    setup: &ClientSetup<'_>,
     address: &str,
     dir: &Path,
     path: &str,
@@ -166,7 +179,7 @@ pub(crate) fn n2p_client_startup(
     let home = dir.join("home");
     for run in 0..=runs {
         let socket = dir.join(format!("s{run}.sock"));
-        match one_n2p_startup(n2p, &home, address, &socket, dir, path) {
+        match one_n2p_startup(setup, &home, address, &socket, dir, path) {
             Ok((r, f)) if run > 0 => {
                 ready.push(r.as_secs_f64());
                 first.push(f.as_secs_f64());
@@ -177,7 +190,7 @@ pub(crate) fn n2p_client_startup(
         fs::remove_file(&socket).ok();
     }
     StartupResult {
-        tool: "n2p client".to_owned(),
+        tool: setup.tool.clone(),
         socket_ready_s: Summary::of(&ready),
         first_op_s: Summary::of(&first),
         errors,
@@ -185,49 +198,58 @@ pub(crate) fn n2p_client_startup(
 }
 
 fn one_n2p_startup(
-    n2p: &Path,
+    setup: &ClientSetup<'_>,
     home: &Path,
     address: &str,
     socket: &Path,
     dir: &Path,
     path: &str,
 ) -> Result<(Duration, Duration)> {
-    let bind = format!("127.0.0.1:{}", free_udp_port());
-    let mut command = n2p_command(None, n2p, home);
-    command
-        .args(["client", address, "--socket"])
-        .arg(socket)
-        .args(["--relay", "disabled", "--bind", &bind]);
     let started = Instant::now();
-    let mut client =
-        Process::try_spawn_logged("n2p client", &mut command, &dir.join("client.log"))?;
-    let ready = client.try_wait_for_path(socket, READY_TIMEOUT)?;
-    let first = first_successful_path_info(socket, path, dir, started)?;
+    let mut client = start_n2p_client(
+        setup.n2p,
+        home,
+        address,
+        socket,
+        setup.net,
+        &dir.join("client.log"),
+        &[],
+        setup.congestion,
+    )?;
+    let ready = started.elapsed();
+    let url = socket_store_url(socket);
+    let first = first_successful_path_info(&url, None, &[], path, dir, started)?;
     client.stop(Duration::from_secs(5));
     Ok((ready, first))
 }
 
-/// Runs `nix path-info` through `socket` until it succeeds; the time since `started`.
+/// Runs `nix path-info` on `url` (in the namespace `ns`, with `env`) until it succeeds,
+/// for at most [`READY_TIMEOUT`]; the time since `started`.
 fn first_successful_path_info(
-    socket: &Path,
+    url: &str,
+    ns: Option<&str>,
+    env: &[(String, String)],
     path: &str,
     scratch: &Path,
     started: Instant,
 ) -> Result<Duration> {
-    let url = socket_store_url(socket);
-    for _ in 0..100 {
-        let mut command = nix_command("nix");
-        command.args(["path-info", "--store", &url, path]);
+    while started.elapsed() < READY_TIMEOUT {
+        let mut command = command_in(ns, "nix");
+        command
+            .env("NIX_CONFIG", NIX_CONFIG)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .args(["path-info", "--store", url, path]);
         let timed = try_run_timed(&mut command, None, &scratch.join("first.err"), NIX_TIMEOUT)?;
         if timed.status.success() {
             return Ok(started.elapsed());
         }
     }
-    bail!("nix path-info through {} never succeeded", socket.display())
+    bail!("nix path-info through {url} did not succeed within {READY_TIMEOUT:?}")
 }
 
-/// Times dumbpipe's connector the same way, `runs` times (each waits for a relay first).
-pub(crate) fn dumbpipe_startup(
+/// Times a forwarder's invocation the same way, `runs` times: dumbpipe starts a connector
+/// (which waits for a relay first); ssh-ng's nix starts a new ssh connection itself.
+pub(crate) fn forwarder_startup(
     fwd: &mut Forwarder,
     dir: &Path,
     path: &str,
@@ -240,7 +262,14 @@ pub(crate) fn dumbpipe_startup(
         let started = Instant::now();
         let result = fwd.invocation().and_then(|inv| {
             let r = started.elapsed();
-            let f = first_successful_path_info(&inv.socket, path, dir, started)?;
+            let f = first_successful_path_info(
+                &inv.url,
+                inv.ns.as_deref(),
+                &inv.env,
+                path,
+                dir,
+                started,
+            )?;
             Ok((r, f))
         });
         match result {
@@ -252,7 +281,11 @@ pub(crate) fn dumbpipe_startup(
         }
     }
     StartupResult {
-        tool: "dumbpipe connect-unix".to_owned(),
+        tool: match fwd.variant() {
+            Variant::Dumbpipe => "dumbpipe connect-unix".to_owned(),
+            Variant::SshNg => "ssh-ng (nix starts ssh)".to_owned(),
+            v => v.to_string(),
+        },
         socket_ready_s: Summary::of(&ready),
         first_op_s: Summary::of(&first),
         errors,

@@ -87,7 +87,8 @@ struct Args {
     /// Variants to measure [default: all available].
     #[arg(long, value_delimiter = ',')]
     variants: Option<Vec<Variant>>,
-    /// Workloads of the transfer benchmark [default: all].
+    /// Workloads of the transfer and WAN sections: W1..W5 (the WAN link runs W1..W4, W4 with
+    /// W3) and, on the link, `ping` (`nix store ping` on the warm forwarder) [default: all].
     #[arg(long, value_delimiter = ',')]
     workloads: Option<Vec<String>>,
     /// Sections to run [default: all].
@@ -446,13 +447,19 @@ fn run_sections(
                 eprintln!("n2p client start-up: {runs} runs");
                 let dir = work.join("startup");
                 fs::create_dir_all(&dir)?;
+                let setup = connect::ClientSetup {
+                    n2p: &tools.n2p,
+                    net: &Net::loopback(),
+                    congestion: None,
+                    tool: "n2p client".to_owned(),
+                };
                 report.startup.push(connect::n2p_client_startup(
-                    &tools.n2p, &address, &dir, &probe, runs,
+                    &setup, &address, &dir, &probe, runs,
                 ));
             }
             if let Some(fwd) = fwds.iter_mut().find(|f| f.variant() == Variant::Dumbpipe) {
                 eprintln!("dumbpipe start-up");
-                report.startup.push(connect::dumbpipe_startup(
+                report.startup.push(connect::forwarder_startup(
                     fwd,
                     &scratch,
                     &probe,
@@ -591,15 +598,14 @@ fn run_netem(
         bail!("the WAN-link comparison needs socat as its baseline");
     }
     let w1 = workloads.w1_net.as_deref().context("no W1 for the link")?;
-    let jobs = transfer::selected(
-        transfer::for_link(
-            transfer::standard_jobs(workloads, w1_bytes),
-            workloads,
-            w1,
-            w1_bytes,
-        ),
-        args.workloads.as_deref(),
+    let mut jobs = transfer::for_link(
+        transfer::standard_jobs(workloads, w1_bytes),
+        workloads,
+        w1,
+        w1_bytes,
     );
+    jobs.push(transfer::ping_job());
+    let jobs = transfer::selected(jobs, args.workloads.as_deref());
     if jobs.iter().any(|j| j.name == "W4") && !jobs.iter().any(|j| j.name == "W3") {
         bail!("W4 asks the destination about W3's paths: select W3 with it");
     }
@@ -618,6 +624,15 @@ fn run_netem(
         &work.join("net-dest"),
         scratch,
     );
+    let startup = link_startup(
+        &mut fwds,
+        tools,
+        &net,
+        workloads,
+        &work.join("net-startup"),
+        if args.quick { 3 } else { 10 },
+        scratch,
+    );
     drop(fwds);
     drop(link);
     Ok(NetemResults {
@@ -629,7 +644,69 @@ fn run_netem(
         w1_line_rate_s: w1_bytes as f64 * 8.0 / (shape.rate_mbit as f64 * 1e6),
         nar_bytes,
         transfers,
+        startup,
     })
+}
+
+/// A fresh client to its first answer over the link, `runs` times each: a new `n2p client`
+/// process of n2p and n2p-alt to its first `nix path-info`, and ssh-ng's `nix path-info`
+/// (which starts its own ssh); a daemon holding the probe path behind each, under `dir`.
+fn link_startup(
+    fwds: &mut [Forwarder],
+    tools: &Tools,
+    net: &Net,
+    workloads: &Workloads,
+    dir: &Path,
+    runs: usize,
+    scratch: &Path,
+) -> Vec<connect::StartupResult> {
+    let probe = &workloads.w3[0];
+    let net = Net {
+        quic_stats: false,
+        ..net.clone()
+    };
+    let mut results = Vec::new();
+    for fwd in fwds.iter_mut() {
+        let variant = fwd.variant();
+        let (n2p, congestion) = match variant {
+            Variant::N2p => (Some(&tools.n2p), &tools.congestion[0]),
+            Variant::N2pAlt => (tools.n2p_alt.as_ref(), &tools.congestion[1]),
+            Variant::SshNg => (None, &None),
+            _ => continue,
+        };
+        eprintln!("WAN link: {variant} start → first answer, {runs} runs");
+        let dir = dir.join(variant.name());
+        let result = NixDaemon::try_start_at(fwd.slot(), &dir)
+            .map_err(anyhow::Error::from)
+            .and_then(|daemon| {
+                fwd.round_started(&dir);
+                connect::seed_path(&workloads.source_url, daemon.socket_path(), probe, scratch)?;
+                let result = match (n2p, fwd.n2p_address()) {
+                    (Some(n2p), Some(address)) => {
+                        let setup = connect::ClientSetup {
+                            n2p,
+                            net: &net,
+                            congestion: congestion.as_deref(),
+                            tool: format!("{variant} client"),
+                        };
+                        connect::n2p_client_startup(&setup, address, &dir, probe, runs)
+                    }
+                    _ => connect::forwarder_startup(fwd, &dir, probe, runs),
+                };
+                daemon.remove();
+                Ok(result)
+            });
+        match result {
+            Ok(r) => results.push(r),
+            Err(e) => results.push(connect::StartupResult {
+                tool: variant.to_string(),
+                socket_ready_s: None,
+                first_op_s: None,
+                errors: vec![format!("{e:#}")],
+            }),
+        }
+    }
+    results
 }
 
 /// VmRSS of every long-running forwarding process.

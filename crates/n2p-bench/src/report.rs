@@ -78,6 +78,8 @@ pub(crate) struct NetemResults {
     pub(crate) nar_bytes: BTreeMap<String, u64>,
     /// The rounds (ratios against socat, the plain TCP relay).
     pub(crate) transfers: TransferResults,
+    /// A fresh client process to its first answer over the link.
+    pub(crate) startup: Vec<StartupResult>,
 }
 
 impl NetemResults {
@@ -656,28 +658,11 @@ pub(crate) fn markdown(r: &Report) -> String {
         }
     }
 
-    if !r.startup.is_empty() {
-        let _ = writeln!(out, "### Client start → first successful `nix path-info`\n");
-        let _ = writeln!(
-            out,
-            "| client | socket ready, s | first nix operation done, s | runs |"
-        );
-        let _ = writeln!(out, "|---|---|---|---|");
-        for s in &r.startup {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} |",
-                s.tool,
-                opt(s.socket_ready_s, |x| secs(&x)),
-                opt(s.first_op_s, |x| secs(&x)),
-                s.first_op_s.map(|x| x.n).unwrap_or(0)
-            );
-            for e in &s.errors {
-                let _ = writeln!(out, "\n- {} failure: {}", s.tool, e.replace('\n', " "));
-            }
-        }
-        out.push('\n');
-    }
+    startup_table(
+        &mut out,
+        "Client start → first successful `nix path-info`",
+        &r.startup,
+    );
 
     if !r.mesh.is_empty() {
         let _ = writeln!(
@@ -732,6 +717,11 @@ pub(crate) fn markdown(r: &Report) -> String {
         );
         transfer_tables(&mut out, &n.transfers, "socat");
         link_table(&mut out, n);
+        startup_table(
+            &mut out,
+            "A fresh client process → first successful `nix path-info` over the link",
+            &n.startup,
+        );
         quic_table(&mut out, &n.transfers.quic);
         for e in &n.transfers.errors {
             let _ = writeln!(out, "- failure: {}", e.replace('\n', " "));
@@ -751,6 +741,33 @@ pub(crate) fn markdown(r: &Report) -> String {
         targets_table(&mut out, "Pull targets (issue 7, point 6)", &r.pull_targets);
     }
     out
+}
+
+/// The start-up rows `rows` under the heading `title` (nothing when empty).
+fn startup_table(out: &mut String, title: &str, rows: &[StartupResult]) {
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "### {title}\n");
+    let _ = writeln!(
+        out,
+        "| client | socket ready, s | first nix operation done, s | runs |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|");
+    for s in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            s.tool,
+            opt(s.socket_ready_s, |x| secs(&x)),
+            opt(s.first_op_s, |x| secs(&x)),
+            s.first_op_s.map(|x| x.n).unwrap_or(0)
+        );
+        for e in &s.errors {
+            let _ = writeln!(out, "\n- {} failure: {}", s.tool, e.replace('\n', " "));
+        }
+    }
+    out.push('\n');
 }
 
 /// Per workload and variant on the emulated link: the ratio to ssh-ng and the NAR bytes

@@ -40,6 +40,8 @@ pub(crate) enum JobKind {
     Copy(Vec<String>),
     /// `nix path-info --store <url> <paths>` (one connection, a round trip per path).
     PathInfo(Vec<String>),
+    /// `nix store ping --store <url>`: one connection, its handshake, nothing else.
+    Ping,
 }
 
 impl Job {
@@ -47,6 +49,7 @@ impl Job {
     pub(crate) fn paths(&self) -> &[String] {
         match &self.kind {
             JobKind::Copy(paths) | JobKind::PathInfo(paths) => paths,
+            JobKind::Ping => &[],
         }
     }
 
@@ -60,7 +63,7 @@ impl Job {
                     .map(|i| i.nar_size)
                     .sum(),
             ),
-            JobKind::PathInfo(_) => None,
+            JobKind::PathInfo(_) | JobKind::Ping => None,
         }
     }
 
@@ -78,6 +81,7 @@ impl Job {
                 .args(["copy", "--from", source_url, "--to", url])
                 .args(paths),
             JobKind::PathInfo(paths) => command.args(["path-info", "--store", url]).args(paths),
+            JobKind::Ping => command.args(["store", "ping", "--store", url]),
         };
         command
     }
@@ -137,6 +141,15 @@ pub(crate) fn for_link(jobs: Vec<Job>, w: &Workloads, w1_net: &str, w1_bytes: u6
             job
         })
         .collect()
+}
+
+/// `nix store ping` as a job (on a warm forwarder: the cost of one new daemon connection).
+pub(crate) fn ping_job() -> Job {
+    Job {
+        name: "ping",
+        description: "nix store ping (one new daemon connection, handshake only)".to_owned(),
+        kind: JobKind::Ping,
+    }
 }
 
 /// The jobs named in `only` (case-insensitive), or all of them when `only` is None.
@@ -468,11 +481,8 @@ fn warm_up(fwds: &mut [Forwarder], scratch: &Path, errors: &mut Vec<String>) {
             continue;
         }
         let result = fwd.invocation().and_then(|inv| {
-            let mut command = command_in(inv.ns.as_deref(), "nix");
-            command
-                .env("NIX_CONFIG", NIX_CONFIG)
-                .envs(inv.env.iter().map(|(k, v)| (k, v)))
-                .args(["store", "ping", "--store", &inv.url]);
+            let mut command = ping_job().command_in(inv.ns.as_deref(), "", &inv.url);
+            command.envs(inv.env.iter().map(|(k, v)| (k, v)));
             try_run_timed(&mut command, None, &scratch.join("warm.err"), NIX_TIMEOUT)?
                 .check("nix store ping")?;
             Ok(())
