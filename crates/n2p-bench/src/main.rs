@@ -488,6 +488,7 @@ fn run_sections(
             &work.join("pull-sources"),
             &workloads,
             &paths,
+            &Net::loopback(),
             &mut report.unavailable,
         ) {
             Ok(sources) => {
@@ -498,6 +499,7 @@ fn run_sections(
                     &workloads,
                     reps,
                     requests,
+                    pull::Source::File,
                     &work.join("pull-dest"),
                 ));
             }
@@ -609,13 +611,9 @@ fn run_netem(
     if jobs.iter().any(|j| j.name == "W4") && !jobs.iter().any(|j| j.name == "W3") {
         bail!("W4 asks the destination about W3's paths: select W3 with it");
     }
-    let nar_bytes = jobs
-        .iter()
-        .filter_map(|j| Some((j.name.to_owned(), j.nar_bytes(workloads)?)))
-        .collect();
     let reps = args.netem_reps.unwrap_or(if args.quick { 1 } else { 3 });
     eprintln!("WAN link: {reps} rounds");
-    let transfers = transfer::run(
+    let mut transfers = transfer::run(
         &mut fwds,
         &jobs,
         workloads,
@@ -634,6 +632,22 @@ fn run_netem(
         scratch,
     );
     drop(fwds);
+    let pulls =
+        link_pulls(args, tools, &net, work, workloads, w1, w1_bytes, reps).unwrap_or_else(|e| {
+            eprintln!("WAN link: pulls unavailable: {e:#}");
+            transfers.errors.push(format!("pulls: {e:#}"));
+            None
+        });
+    let pull_jobs = pulls
+        .as_ref()
+        .map(|(j, _)| j.as_slice())
+        .unwrap_or_default();
+    let nar_bytes = jobs
+        .iter()
+        .chain(pull_jobs)
+        .filter_map(|j| Some((j.name.to_owned(), j.nar_bytes(workloads)?)))
+        .collect();
+    let pulls = pulls.map(|(_, results)| results);
     drop(link);
     Ok(NetemResults {
         socat_cc: net.socat_cc.clone().unwrap_or_else(|| tcp_cc.clone()),
@@ -645,7 +659,63 @@ fn run_netem(
         nar_bytes,
         transfers,
         startup,
+        pulls,
     })
+}
+
+/// Pulls P1..P3 (those `--workloads` selects; P1 is the link's W1 file) over the link in
+/// `reps` rounds: the facade (`n2p client --cache` in the client namespace, `n2p server`
+/// and the source daemon across the link) against ssh-ng (sshd in the server namespace).
+/// None when no pull is selected; failures to start are noted in the results' errors.
+#[allow(clippy::too_many_arguments)]
+fn link_pulls(
+    args: &Args,
+    tools: &Tools,
+    net: &Net,
+    work: &Path,
+    workloads: &Workloads,
+    w1_net: &str,
+    w1_bytes: u64,
+    reps: usize,
+) -> Result<Option<(Vec<transfer::Job>, pull::PullResults)>> {
+    let jobs = transfer::selected(
+        transfer::for_link(
+            pull::pull_jobs(workloads, w1_bytes),
+            workloads,
+            w1_net,
+            w1_bytes,
+        ),
+        args.workloads.as_deref(),
+    );
+    if jobs.is_empty() {
+        return Ok(None);
+    }
+    let paths: Vec<String> = jobs.iter().flat_map(|j| j.paths().to_vec()).collect();
+    let mut unavailable = Vec::new();
+    let sources = pull::Sources::start(
+        &tools.n2p,
+        &work.join("net-pull-sources"),
+        workloads,
+        &paths,
+        net,
+        &mut unavailable,
+    )
+    .context("starting the pull sources on the link")?;
+    let requests = args
+        .narinfo_requests
+        .unwrap_or(if args.quick { 20 } else { 50 });
+    eprintln!("WAN link: {reps} pull rounds of {} workloads", jobs.len());
+    let mut results = pull::run(
+        &sources,
+        &jobs,
+        workloads,
+        reps,
+        requests,
+        pull::Source::SshNg,
+        &work.join("net-pull-dest"),
+    );
+    results.errors.extend(unavailable);
+    Ok(Some((jobs, results)))
 }
 
 /// A fresh client to its first answer over the link, `runs` times each: a new `n2p client`

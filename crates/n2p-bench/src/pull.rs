@@ -11,21 +11,19 @@
 //!   the source store (`?remote-store=local?root=…`) — what a user would pick instead;
 //! - `local`: the source store opened directly (`local?root=…`).
 //!
+//! On the emulated link (the WAN section) only `n2p` and `ssh-ng` are measured: the facade
+//! and the pulling `nix` run in the near namespace, `n2p server` and sshd in the far one.
+//!
 //! Rounds are interleaved like the transfers ([`crate::transfer`]); then the facade's
 //! narinfo latency is measured with bare HTTP requests (hits and misses, the server live).
 
-use std::{
-    collections::BTreeMap,
-    fmt, fs,
-    net::{Ipv4Addr, SocketAddr},
-    path::Path,
-    time::Duration,
-};
+use std::{collections::BTreeMap, fmt, fs, net::SocketAddr, path::Path, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use n2p_testkit::{
     http,
     net::free_tcp_port,
+    netns::in_netns,
     nix::{NIX_CONFIG, NixDaemon, nix_command},
     proc::{Process, try_run_timed},
     rand::XorShift64,
@@ -105,8 +103,10 @@ pub(crate) fn pull_jobs(w: &Workloads, p1_bytes: u64) -> Vec<Job> {
 pub(crate) struct Sources {
     /// The source store's `local?root=` URL.
     local_url: String,
-    /// The `file://` cache's URL.
-    file_url: String,
+    /// The `file://` cache's URL (on loopback only: it does not cross a link).
+    file_url: Option<String>,
+    /// The namespace that the pulling `nix` and the facade run in (None: this one).
+    client_ns: Option<String>,
     /// The facade's address.
     cache_addr: SocketAddr,
     /// `n2p server`, `n2p client --cache`: killed on drop.
@@ -121,12 +121,16 @@ pub(crate) struct Sources {
 impl Sources {
     /// Starts the sources for `workloads` under `dir`: a daemon on the source store, the
     /// n2p server/client pair with the facade, sshd (skipped with a note in `unavailable`
-    /// when absent), and writes the `file://` cache of `paths`.
+    /// when absent), and, on loopback, writes the `file://` cache of `paths`. On an emulated
+    /// link (`net` with namespaces) the server side (n2p server, sshd) runs in the server
+    /// namespace and the facade, like the pulling `nix`, in the client namespace; `file` and
+    /// `local` are then left out.
     pub(crate) fn start(
         n2p: &Path,
         dir: &Path,
         workloads: &Workloads,
         paths: &[String],
+        net: &Net,
         unavailable: &mut Vec<String>,
     ) -> Result<Self> {
         fs::create_dir_all(dir)?;
@@ -140,43 +144,51 @@ impl Sources {
             .context("the source store has no parent directory")?;
         let source_daemon = NixDaemon::try_start_at(&dir.join("source-daemon.sock"), source_dir)?;
 
-        let file_dir = dir.join("file-cache");
-        let file_url = format!("file://{}?compression=none", file_dir.display());
-        eprintln!("writing the file:// binary cache …");
-        let mut command = nix_command("nix");
-        command
-            .args(["copy", "--from", &local_url, "--to", &file_url])
-            .args(paths);
-        try_run_timed(&mut command, None, &dir.join("file-cache.err"), NIX_TIMEOUT)?
-            .check("nix copy --to the file:// cache")?;
+        let loopback = net.client_ns.is_none() && net.server_ns.is_none();
+        let file_url = if loopback {
+            let file_dir = dir.join("file-cache");
+            let file_url = format!("file://{}?compression=none", file_dir.display());
+            eprintln!("writing the file:// binary cache …");
+            let mut command = nix_command("nix");
+            command
+                .args(["copy", "--from", &local_url, "--to", &file_url])
+                .args(paths);
+            try_run_timed(&mut command, None, &dir.join("file-cache.err"), NIX_TIMEOUT)?
+                .check("nix copy --to the file:// cache")?;
+            Some(file_url)
+        } else {
+            None
+        };
 
-        let net = Net::loopback();
         let n2p_dir = dir.join("n2p");
         fs::create_dir_all(&n2p_dir)?;
         let (server, address) =
-            start_n2p_server(n2p, &n2p_dir, source_daemon.socket_path(), &net, None)?;
-        let cache_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_tcp_port()));
+            start_n2p_server(n2p, &n2p_dir, source_daemon.socket_path(), net, None)?;
+        let cache_addr = SocketAddr::new(net.client_ip, free_tcp_port());
         let client = start_n2p_client(
             n2p,
             &n2p_dir.join("client-home"),
             &address,
             &n2p_dir.join("client.sock"),
-            &net,
+            net,
             &n2p_dir.join("client.log"),
             &["--cache", &cache_addr.to_string()],
             None,
         )?;
         client.try_wait_for_line("binary cache for Nix at", READY_TIMEOUT)?;
-        poll_until(READY_TIMEOUT, POLL_INTERVAL, || {
-            match http::request("GET", cache_addr, "/nix-cache-info", HTTP_TIMEOUT) {
-                Ok(reply) if reply.status == 200 => Ok(()),
-                Ok(reply) => Err(anyhow::anyhow!("status {}", reply.status)),
-                Err(e) => Err(e.into()),
-            }
-        })
-        .context("the facade's /nix-cache-info")?;
+        in_ns(net.client_ns.as_deref(), move || {
+            poll_until(READY_TIMEOUT, POLL_INTERVAL, || {
+                match http::request("GET", cache_addr, "/nix-cache-info", HTTP_TIMEOUT) {
+                    Ok(reply) if reply.status == 200 => Ok(()),
+                    Ok(reply) => Err(anyhow::anyhow!("status {}", reply.status)),
+                    Err(e) => Err(e.into()),
+                }
+            })
+            .context("the facade's /nix-cache-info")
+        })?;
 
-        let sshd = match Sshd::start(&dir.join("sshd")) {
+        let sshd = match Sshd::start_at(&dir.join("sshd"), net.server_ns.as_deref(), net.server_ip)
+        {
             Ok(sshd) => Some(sshd),
             Err(e) => {
                 eprintln!("SKIPPED: ssh-ng pulls: {e:#}");
@@ -187,6 +199,7 @@ impl Sources {
         Ok(Self {
             local_url,
             file_url,
+            client_ns: net.client_ns.clone(),
             cache_addr,
             server,
             client,
@@ -199,17 +212,19 @@ impl Sources {
     pub(crate) fn available(&self) -> Vec<Source> {
         Source::ALL
             .into_iter()
-            .filter(|s| *s != Source::SshNg || self.sshd.is_some())
+            .filter(|s| self.url(*s).is_some())
             .collect()
     }
 
-    /// The `--from` URL of `source`.
+    /// The `--from` URL of `source` (None: not available here).
     fn url(&self, source: Source) -> Option<String> {
         Some(match source {
             Source::N2p => format!("http://{}", self.cache_addr),
-            Source::File => self.file_url.clone(),
+            Source::File => self.file_url.clone()?,
             Source::SshNg => self.sshd.as_ref()?.store_url(&self.local_url),
-            Source::Local => self.local_url.clone(),
+            // The source store is no further away than this machine, link or not.
+            Source::Local if self.client_ns.is_none() => self.local_url.clone(),
+            Source::Local => return None,
         })
     }
 
@@ -273,7 +288,9 @@ pub(crate) struct PullResults {
     pub(crate) orders: Vec<Vec<Source>>,
     /// 1-minute load average at the start of each round, and after the last.
     pub(crate) load: Vec<f64>,
-    /// Per job; ratios against `file`.
+    /// The source the ratios are taken against.
+    pub(crate) baseline: Source,
+    /// Per job.
     pub(crate) jobs: Vec<JobResult<Source>>,
     /// Peak memory of the n2p processes during P1.
     pub(crate) p1_peak_rss: Vec<ProcessPeak>,
@@ -298,13 +315,15 @@ impl PullResults {
 }
 
 /// Runs `reps` interleaved rounds of `jobs` from every available source, then
-/// `narinfo_requests` narinfo hits and misses. Destination daemons live under `dest_dir`.
+/// `narinfo_requests` narinfo hits and misses; ratios against `baseline`. Destination
+/// daemons live under `dest_dir`.
 pub(crate) fn run(
     sources: &Sources,
     jobs: &[Job],
     workloads: &Workloads,
     reps: usize,
     narinfo_requests: usize,
+    baseline: Source,
     dest_dir: &Path,
 ) -> PullResults {
     let available = sources.available();
@@ -356,12 +375,14 @@ pub(crate) fn run(
     load.push(load_average());
 
     eprintln!("narinfo latency: {narinfo_requests} hits and misses");
-    let narinfo = match narinfo_latency(
+    let (cache, daemon, paths) = (
         sources.cache_addr,
-        sources.source_daemon.socket_path(),
-        &all_paths,
-        narinfo_requests,
-    ) {
+        sources.source_daemon.socket_path().to_owned(),
+        all_paths.clone(),
+    );
+    let narinfo = match in_ns(sources.client_ns.as_deref(), move || {
+        narinfo_latency(cache, &daemon, &paths, narinfo_requests)
+    }) {
         Ok(n) => Some(n),
         Err(e) => {
             rec.errors.push(format!("narinfo latency: {e:#}"));
@@ -372,7 +393,8 @@ pub(crate) fn run(
         reps,
         orders,
         load,
-        jobs: summarize(jobs, &available, &rec.times, &rec.cpus, Source::File),
+        baseline,
+        jobs: summarize(jobs, &available, &rec.times, &rec.cpus, baseline),
         p1_peak_rss: rec
             .peaks
             .into_iter()
@@ -403,7 +425,7 @@ fn measure(
         Vec::new()
     };
     let pids = sources.serving_pids(source);
-    let mut command = job.command(&from, &daemon.store_url());
+    let mut command = job.command_in(sources.client_ns.as_deref(), &from, &daemon.store_url());
     command.env("NIX_CONFIG", format!("{NIX_CONFIG}{NO_NARINFO_CACHE}"));
     if let (Source::SshNg, Some(sshd)) = (source, &sources.sshd) {
         command.env("NIX_SSHOPTS", sshd.nix_sshopts());
@@ -415,6 +437,17 @@ fn measure(
         &tracked,
         || pids.iter().map(|p| tree_cpu_seconds(*p)).sum(),
     )
+}
+
+/// `f()` in the network namespace `ns` (None: here, on this thread).
+fn in_ns<T: Send + 'static>(
+    ns: Option<&str>,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    match ns {
+        Some(ns) => in_netns(&Path::new("/run/netns").join(ns), f),
+        None => f(),
+    }
 }
 
 /// `requests` narinfo hits (cycling through `paths`) and as many misses (fresh random

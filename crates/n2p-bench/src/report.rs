@@ -80,21 +80,23 @@ pub(crate) struct NetemResults {
     pub(crate) transfers: TransferResults,
     /// A fresh client process to its first answer over the link.
     pub(crate) startup: Vec<StartupResult>,
+    /// Pulls P1..P3 over the link (ratios against ssh-ng), when selected.
+    pub(crate) pulls: Option<PullResults>,
 }
 
 impl NetemResults {
-    /// Median of the per-round ratios of `variant`'s time to ssh-ng's in `job`.
-    fn ratio_to_ssh(&self, job: &JobResult, variant: Variant) -> Option<Summary> {
-        let ssh = job.of(Variant::SshNg)?;
-        Summary::of(&round_ratios(&job.of(variant)?.times_s, &ssh.times_s))
-    }
-
     /// `job`'s NAR bytes over `variant`'s median time, as a share of the link rate.
-    fn link_share(&self, job: &JobResult, variant: Variant) -> Option<f64> {
+    fn link_share<V: Copy + PartialEq>(&self, job: &JobResult<V>, variant: V) -> Option<f64> {
         let bytes = *self.nar_bytes.get(&job.workload)?;
         let secs = job.of(variant)?.time?.median;
         Some(bytes as f64 * 8.0 / secs / (f64::from(self.shape.rate_mbit) * 1e6))
     }
+}
+
+/// Median of the per-round ratios of `variant`'s time to `ssh`'s in `job`.
+fn ratio_to<V: Copy + PartialEq>(job: &JobResult<V>, variant: V, ssh: V) -> Option<Summary> {
+    let ssh = job.of(ssh)?;
+    Summary::of(&round_ratios(&job.of(variant)?.times_s, &ssh.times_s))
 }
 
 /// One target of issue 4 point 4.
@@ -432,18 +434,12 @@ fn targets_table(out: &mut String, title: &str, targets: &[Target]) {
     out.push('\n');
 }
 
-fn pull_markdown(out: &mut String, p: &PullResults) {
+/// The pull tables of `p` under the heading `title`, `sources` saying what was measured.
+fn pull_markdown(out: &mut String, p: &PullResults, title: &str, sources: &str) {
+    let _ = writeln!(out, "### {title}\n");
     let _ = writeln!(
         out,
-        "### Pulls: `nix copy --from <source> --to <fresh daemon>`\n"
-    );
-    let _ = writeln!(
-        out,
-        "Sources: `n2p` = `http://` facade of `n2p client --cache` → `n2p server` → nix-daemon \
-         on the source store; `file` = `file://` binary cache, compression=none; `ssh-ng` = \
-         OpenSSH on loopback, `remote-store=local?root=`; `local` = `local?root=` of the source \
-         store. Destination: a fresh nix-daemon on a fresh chroot store per round and source. \
-         Load average (1 min) at the start of each round and at the end: {}.\n",
+        "{sources} Load average (1 min) at the start of each round and at the end: {}.\n",
         p.load
             .iter()
             .map(|l| format!("{l:.2}"))
@@ -454,7 +450,7 @@ fn pull_markdown(out: &mut String, p: &PullResults) {
         out,
         &p.jobs,
         p.reps,
-        "file",
+        p.baseline.name(),
         "CPU of the serving processes (n2p: server + client + source daemon; ssh-ng: sshd, its sessions and the remote nix-daemon), user+sys",
         |s| matches!(s, Source::File | Source::Local),
     );
@@ -716,7 +712,7 @@ pub(crate) fn markdown(r: &Report) -> String {
             n.socat_cc
         );
         transfer_tables(&mut out, &n.transfers, "socat");
-        link_table(&mut out, n);
+        link_table(&mut out, n, &n.transfers.jobs, Variant::SshNg);
         startup_table(
             &mut out,
             "A fresh client process → first successful `nix path-info` over the link",
@@ -726,10 +722,32 @@ pub(crate) fn markdown(r: &Report) -> String {
         for e in &n.transfers.errors {
             let _ = writeln!(out, "- failure: {}", e.replace('\n', " "));
         }
+        if let Some(p) = &n.pulls {
+            pull_markdown(
+                &mut out,
+                p,
+                "Pulls over the link: `nix copy --from <source> --to <fresh daemon>`",
+                "Sources: `n2p` = `http://` facade of `n2p client --cache` in the near \
+                 namespace → `n2p server` across the link → nix-daemon on the source store; \
+                 `ssh-ng` = OpenSSH in the far namespace, `remote-store=local?root=`. nix runs \
+                 in the near namespace; destination: a fresh nix-daemon on a fresh chroot store \
+                 per round and source.",
+            );
+            link_table(&mut out, n, &p.jobs, Source::SshNg);
+        }
     }
 
     if let Some(p) = &r.pulls {
-        pull_markdown(&mut out, p);
+        pull_markdown(
+            &mut out,
+            p,
+            "Pulls: `nix copy --from <source> --to <fresh daemon>`",
+            "Sources: `n2p` = `http://` facade of `n2p client --cache` → `n2p server` → \
+             nix-daemon on the source store; `file` = `file://` binary cache, compression=none; \
+             `ssh-ng` = OpenSSH on loopback, `remote-store=local?root=`; `local` = `local?root=` \
+             of the source store. Destination: a fresh nix-daemon on a fresh chroot store per \
+             round and source.",
+        );
     }
 
     let issue4_measured =
@@ -770,13 +788,18 @@ fn startup_table(out: &mut String, title: &str, rows: &[StartupResult]) {
     out.push('\n');
 }
 
-/// Per workload and variant on the emulated link: the ratio to ssh-ng and the NAR bytes
-/// moved per second as a share of the link rate.
-fn link_table(out: &mut String, n: &NetemResults) {
-    let Some(first) = n.transfers.jobs.first() else {
+/// Per workload and variant (or source) of `jobs` on the emulated link: the ratio to `ssh`
+/// (ssh-ng) and the NAR bytes moved per second as a share of the link rate.
+fn link_table<V: Copy + PartialEq + std::fmt::Display>(
+    out: &mut String,
+    n: &NetemResults,
+    jobs: &[JobResult<V>],
+    ssh: V,
+) {
+    let Some(first) = jobs.first() else {
         return;
     };
-    let variants: Vec<Variant> = first.variants.iter().map(|v| v.variant).collect();
+    let variants: Vec<V> = first.variants.iter().map(|v| v.variant).collect();
     let _ = writeln!(
         out,
         "### Against ssh-ng and the link rate: time / ssh-ng's time (median [min–max] of the \
@@ -789,7 +812,7 @@ fn link_table(out: &mut String, n: &NetemResults) {
         let _ = write!(out, " {v} |");
     }
     let _ = writeln!(out, "\n|---|{}", "---|".repeat(variants.len()));
-    for j in &n.transfers.jobs {
+    for j in jobs {
         let _ = write!(out, "| {} |", j.workload);
         for v in &variants {
             let share = n
@@ -799,7 +822,7 @@ fn link_table(out: &mut String, n: &NetemResults) {
             let _ = write!(
                 out,
                 " {}{share} |",
-                opt(n.ratio_to_ssh(j, *v), |s| ratio(&s))
+                opt(ratio_to(j, *v, ssh), |s| ratio(&s))
             );
         }
         out.push('\n');

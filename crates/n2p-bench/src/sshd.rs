@@ -5,14 +5,14 @@
 //! only, for the user running the benchmark; the client side trusts exactly that host key.
 //!
 //! ```ignore
-//! let sshd = Sshd::start(&dir)?;   // Err when openssh-server is not installed
+//! let sshd = Sshd::start_at(&dir, None, "127.0.0.1".parse()?)?;   // Err without openssh-server
 //! let url = sshd.store_url("local?root=/dev/shm/x/store");
 //! nix copy --from $url … with NIX_SSHOPTS = sshd.nix_sshopts()
 //! ```
 
 use std::{
     fs,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::Command,
@@ -52,13 +52,9 @@ impl Sshd {
         })
     }
 
-    /// Starts sshd on loopback with its keys, configuration and log in `dir` (created) and
-    /// waits until it listens. Fails when openssh-server or ssh-keygen is missing.
-    pub(crate) fn start(dir: &Path) -> Result<Self> {
-        Self::start_at(dir, None, IpAddr::V4(Ipv4Addr::LOCALHOST))
-    }
-
-    /// [`Self::start`] in the network namespace `ns` (None: this one), listening on `ip`.
+    /// Starts sshd in the network namespace `ns` (None: this one), listening on `ip`, with
+    /// its keys, configuration and log in `dir` (created), and waits until it listens.
+    /// Fails when openssh-server or ssh-keygen is missing.
     pub(crate) fn start_at(dir: &Path, ns: Option<&str>, ip: IpAddr) -> Result<Self> {
         let sshd = Self::binary().context(
             "sshd not found (install Debian's openssh-server: apt-get install -y openssh-server)",
@@ -157,9 +153,9 @@ fn known_hosts_line(addr: SocketAddr, host_public: &str) -> Result<String> {
     Ok(format!("[{}]:{} {kind} {key}\n", addr.ip(), addr.port()))
 }
 
-/// sshd_config: loopback only, public keys only, one user, nothing forwarded. `StrictModes
-/// no` because the files live in a world-writable tmpfs (`/dev/shm`), whose mode sshd would
-/// otherwise refuse.
+/// sshd_config: one listening address, public keys only, one user, nothing forwarded.
+/// `StrictModes no` because the files live in a world-writable tmpfs (`/dev/shm`), whose
+/// mode sshd would otherwise refuse.
 fn config_text(addr: SocketAddr, host_key: &Path, authorized: &Path, user: &str) -> String {
     format!(
         "ListenAddress {addr}\n\

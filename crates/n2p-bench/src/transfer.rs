@@ -67,12 +67,8 @@ impl Job {
         }
     }
 
-    /// The nix command copying from `source_url` to `url` (or asking `url`).
-    pub(crate) fn command(&self, source_url: &str, url: &str) -> Command {
-        self.command_in(None, source_url, url)
-    }
-
-    /// [`Self::command`] run in the network namespace `ns` (None: this one).
+    /// The nix command copying from `source_url` to `url` (or asking `url`), run in the
+    /// network namespace `ns` (None: this one).
     pub(crate) fn command_in(&self, ns: Option<&str>, source_url: &str, url: &str) -> Command {
         let mut command = command_in(ns, "nix");
         command.env("NIX_CONFIG", NIX_CONFIG);
