@@ -88,7 +88,8 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     variants: Option<Vec<Variant>>,
     /// Workloads of the transfer and WAN sections: W1..W5 (the WAN link runs W1..W4, W4 with
-    /// W3) and, on the link, `ping` (`nix store ping` on the warm forwarder) [default: all].
+    /// W3) and, on the link, `ping` (`nix store ping` on the warm forwarder) and the pulls
+    /// P1..P3 [default: all].
     #[arg(long, value_delimiter = ',')]
     workloads: Option<Vec<String>>,
     /// Sections to run [default: all].
@@ -106,13 +107,14 @@ struct Args {
     /// Rounds on the emulated WAN link [default: 3; quick: 1].
     #[arg(long)]
     netem_reps: Option<usize>,
-    /// MiB of W1 on the emulated WAN link [default: 64; quick: 16].
+    /// MiB of W1 (and of P1) on the emulated WAN link [default: 64; quick: 16].
     #[arg(long)]
     netem_w1_mib: Option<u64>,
     /// Rounds of the pull section [default: 3; quick: 1].
     #[arg(long)]
     pull_reps: Option<usize>,
-    /// Narinfo hits and misses each for the facade's latency [default: 200; quick: 100].
+    /// Narinfo hits and misses each for the facade's latency [default: 200, on the WAN link
+    /// 50; quick: 100, on the link 20].
     #[arg(long)]
     narinfo_requests: Option<usize>,
     /// Round-trip time of the emulated WAN link, in ms.
@@ -165,7 +167,8 @@ enum Section {
     Startup,
     /// Mesh convergence and expiry.
     Mesh,
-    /// W1..W4 over an emulated WAN link (network namespaces joined by `link::Link`).
+    /// Over an emulated WAN link (network namespaces joined by `link::Link`): W1..W4
+    /// pushes, warm `nix store ping`, a fresh client to its first answer, pulls P1..P3.
     #[value(alias = "netem")]
     Wan,
     /// P1..P3 pulled through the facade, a file:// cache, ssh-ng and a local store;
