@@ -652,7 +652,7 @@ fn run_netem(
         .collect();
     let pulls = pulls.map(|(_, results)| results);
     drop(link);
-    Ok(NetemResults {
+    let mut results = NetemResults {
         socat_cc: net.socat_cc.clone().unwrap_or_else(|| tcp_cc.clone()),
         tcp_cc,
         n2p_congestion: tools.congestion.clone(),
@@ -663,7 +663,10 @@ fn run_netem(
         transfers,
         startup,
         pulls,
-    })
+        targets: Vec::new(),
+    };
+    results.targets = report::evaluate_link_targets(&results);
+    Ok(results)
 }
 
 /// Pulls P1..P3 (those `--workloads` selects; P1 is the link's W1 file) over the link in

@@ -82,6 +82,8 @@ pub(crate) struct NetemResults {
     pub(crate) startup: Vec<StartupResult>,
     /// Pulls P1..P3 over the link (ratios against ssh-ng), when selected.
     pub(crate) pulls: Option<PullResults>,
+    /// Targets of issue 10 on this link, evaluated.
+    pub(crate) targets: Vec<Target>,
 }
 
 impl NetemResults {
@@ -341,6 +343,64 @@ pub(crate) fn evaluate_targets(r: &Report) -> Vec<Target> {
         opt(gone, |(n, s)| format!("{:.2} s (N = {n})", s.median)),
         gone.map(|(_, s)| s.median <= 8.0),
     );
+    targets
+}
+
+/// Evaluates the targets of issue 10 on one link: n2p faster than ssh-ng in every workload
+/// (pushes, `ping`, pulls), W1 at ≥ 90 % of the link rate without loss and ≥ 80 % with
+/// 0.5 % loss, and a warm `nix store ping` within 1.5 RTT.
+pub(crate) fn evaluate_link_targets(n: &NetemResults) -> Vec<Target> {
+    let mut targets = Vec::new();
+    let faster = |job: String, r: Option<Summary>| Target {
+        name: format!("{job}: n2p time / ssh-ng time"),
+        goal: "< 1.00×".to_owned(),
+        measured: opt(r, |s| ratio(&s)),
+        met: r.map(|s| s.median < 1.0),
+    };
+    for j in &n.transfers.jobs {
+        targets.push(faster(
+            j.workload.clone(),
+            ratio_to(j, Variant::N2p, Variant::SshNg),
+        ));
+    }
+    for j in n.pulls.iter().flat_map(|p| &p.jobs) {
+        targets.push(faster(
+            j.workload.clone(),
+            ratio_to(j, Source::N2p, Source::SshNg),
+        ));
+    }
+    let loss = n.shape.loss_percent;
+    let goal = if loss == 0.0 {
+        Some(0.9)
+    } else if loss == 0.5 {
+        Some(0.8)
+    } else {
+        None
+    };
+    if let (Some(goal), Some(w1)) = (goal, n.transfers.job("W1")) {
+        let share = n.link_share(w1, Variant::N2p);
+        targets.push(Target {
+            name: format!(
+                "W1 ({} MiB) through n2p: NAR bytes / time, share of the link rate",
+                n.w1_bytes >> 20
+            ),
+            goal: format!("≥ {:.0} %", goal * 100.0),
+            measured: opt(share, |x| format!("{:.0} %", x * 100.0)),
+            met: share.map(|x| x >= goal),
+        });
+    }
+    let ping = n
+        .transfers
+        .job("ping")
+        .and_then(|j| j.of(Variant::N2p))
+        .and_then(|v| v.time);
+    let rtt_s = f64::from(n.shape.rtt_ms) / 1000.0;
+    targets.push(Target {
+        name: "warm `nix store ping` through n2p (wall time of the nix command)".to_owned(),
+        goal: format!("≤ 1.5 RTT = {:.3} s", 1.5 * rtt_s),
+        measured: opt(ping, |s| format!("{:.3} s", s.median)),
+        met: ping.map(|s| s.median <= 1.5 * rtt_s),
+    });
     targets
 }
 
@@ -735,6 +795,7 @@ pub(crate) fn markdown(r: &Report) -> String {
             );
             link_table(&mut out, n, &p.jobs, Source::SshNg);
         }
+        targets_table(&mut out, "Targets on this link (issue 10)", &n.targets);
     }
 
     if let Some(p) = &r.pulls {
@@ -962,5 +1023,70 @@ mod tests {
         assert_eq!(fmt_secs(12.345), "12.3");
         assert_eq!(mb(20e6), "20.0 MB");
         assert_eq!(opt(None::<f64>, |x| x.to_string()), "–");
+    }
+
+    /// One job with two rounds of n2p and ssh-ng times.
+    fn job(name: &str, n2p: [f64; 2], ssh: [f64; 2]) -> JobResult {
+        let row = |variant, t: [f64; 2]| crate::transfer::VariantResult {
+            variant,
+            times_s: t.iter().copied().map(Some).collect(),
+            cpu_s: Vec::new(),
+            time: Summary::of(&t),
+            ratio: None,
+            cpu: None,
+        };
+        JobResult {
+            workload: name.to_owned(),
+            description: String::new(),
+            paths: 1,
+            variants: vec![row(Variant::N2p, n2p), row(Variant::SshNg, ssh)],
+        }
+    }
+
+    #[test]
+    fn link_targets_take_ratios_per_round_and_the_rate_share_of_w1() {
+        let shape = Shape::new(30, 100);
+        let mut n = NetemResults {
+            shape,
+            w1_bytes: 64 << 20,
+            w1_line_rate_s: 0.0,
+            tcp_cc: String::new(),
+            socat_cc: String::new(),
+            n2p_congestion: [None, None],
+            // 100 Mbit/s for 8 s: 100 MB.
+            nar_bytes: [("W1".to_owned(), 90_000_000)].into_iter().collect(),
+            transfers: TransferResults {
+                baseline: Variant::SshNg,
+                reps: 2,
+                orders: Vec::new(),
+                jobs: vec![
+                    job("W1", [8.0, 8.0], [10.0, 7.0]),
+                    job("ping", [0.04, 0.044], [0.8, 0.9]),
+                ],
+                quic: Vec::new(),
+                w1_peak_rss: Vec::new(),
+                errors: Vec::new(),
+            },
+            startup: Vec::new(),
+            pulls: None,
+            targets: Vec::new(),
+        };
+        let t = evaluate_link_targets(&n);
+        let names: Vec<&str> = t.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names.len(), 4, "{names:?}");
+        // Per-round ratios 0.8 and 1.14: median 0.97, faster.
+        assert_eq!(t[0].met, Some(true), "{:?}", t[0]);
+        assert_eq!(t[1].met, Some(true));
+        // 90 MB in 8 s at 100 Mbit/s: 90 % of the rate.
+        assert_eq!(t[2].measured, "90 %");
+        assert_eq!(t[2].met, Some(true));
+        // 1.5 RTT = 45 ms; the median ping took 42 ms.
+        assert_eq!(t[3].met, Some(true), "{:?}", t[3]);
+        n.shape.loss_percent = 2.0;
+        assert_eq!(
+            evaluate_link_targets(&n).len(),
+            3,
+            "no rate goal at 2 % loss"
+        );
     }
 }
