@@ -488,6 +488,7 @@ fn run_sections(
         let paths: Vec<String> = jobs.iter().flat_map(|j| j.paths().to_vec()).collect();
         match pull::Sources::start(
             &tools.n2p,
+            None,
             &work.join("pull-sources"),
             &workloads,
             &paths,
@@ -671,7 +672,8 @@ fn run_netem(
 
 /// Pulls P1..P3 (those `--workloads` selects; P1 is the link's W1 file) over the link in
 /// `reps` rounds: the facade (`n2p client --cache` in the client namespace, `n2p server`
-/// and the source daemon across the link) against ssh-ng (sshd in the server namespace).
+/// and the source daemon across the link; the `n2p` variant's binary and controller)
+/// against ssh-ng (sshd in the server namespace).
 /// None when no pull is selected; failures to start are noted in the results' errors.
 #[allow(clippy::too_many_arguments)]
 fn link_pulls(
@@ -700,6 +702,7 @@ fn link_pulls(
     let mut unavailable = Vec::new();
     let sources = pull::Sources::start(
         &tools.n2p,
+        tools.congestion[0].as_deref(),
         &work.join("net-pull-sources"),
         workloads,
         &paths,

@@ -124,9 +124,11 @@ impl Sources {
     /// when absent), and, on loopback, writes the `file://` cache of `paths`. On an emulated
     /// link (`net` with namespaces) the server side (n2p server, sshd) runs in the server
     /// namespace and the facade, like the pulling `nix`, in the client namespace; `file` and
-    /// `local` are then left out.
+    /// `local` are then left out. Both n2p processes get `N2P_CONGESTION=congestion` when
+    /// given.
     pub(crate) fn start(
         n2p: &Path,
+        congestion: Option<&str>,
         dir: &Path,
         workloads: &Workloads,
         paths: &[String],
@@ -163,7 +165,7 @@ impl Sources {
         let n2p_dir = dir.join("n2p");
         fs::create_dir_all(&n2p_dir)?;
         let (server, address) =
-            start_n2p_server(n2p, &n2p_dir, source_daemon.socket_path(), net, None)?;
+            start_n2p_server(n2p, &n2p_dir, source_daemon.socket_path(), net, congestion)?;
         let cache_addr = SocketAddr::new(net.client_ip, free_tcp_port());
         let client = start_n2p_client(
             n2p,
@@ -173,7 +175,7 @@ impl Sources {
             net,
             &n2p_dir.join("client.log"),
             &["--cache", &cache_addr.to_string()],
-            None,
+            congestion,
         )?;
         client.try_wait_for_line("binary cache for Nix at", READY_TIMEOUT)?;
         in_ns(net.client_ns.as_deref(), move || {

@@ -787,8 +787,8 @@ pub(crate) fn markdown(r: &Report) -> String {
                 &mut out,
                 p,
                 "Pulls over the link: `nix copy --from <source> --to <fresh daemon>`",
-                "Sources: `n2p` = `http://` facade of `n2p client --cache` in the near \
-                 namespace → `n2p server` across the link → nix-daemon on the source store; \
+                "Sources: `n2p` = `http://` facade of `n2p client --cache` (the `n2p` variant's \
+                 binary and congestion control) in the near namespace → `n2p server` across the link → nix-daemon on the source store; \
                  `ssh-ng` = OpenSSH in the far namespace, `remote-store=local?root=`. nix runs \
                  in the near namespace; destination: a fresh nix-daemon on a fresh chroot store \
                  per round and source.",
