@@ -57,11 +57,16 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Daemon connections kept open between requests (each new one costs the daemon a fork and
 /// a handshake, most of a small path's time). Enough for one puller's parallel downloads:
-/// Nix runs up to 25 (`http-connections`), of which [`StoreLimits::nars_per_peer`] NARs.
-const IDLE_DAEMON_CONNECTIONS: usize = 16;
+/// Nix runs up to 25 (`http-connections`), of which [`StoreLimits::nars_per_peer`] NARs;
+/// with fewer, each burst of requests closed the extra connections and opened them again.
+const IDLE_DAEMON_CONNECTIONS: usize = 32;
 
 /// NARs one daemon connection serves (each leaving a temporary root) before it is closed.
-const TEMP_ROOTS_PER_CONNECTION: u32 = 16;
+/// A new connection costs the daemon ~5-10 ms of CPU (fork, store open), several small
+/// paths' worth; the roots pin paths just served, and only until the connection is closed
+/// (at the latest [`StoreLimits::idle_daemon_timeout`] after its last request), so at most
+/// `IDLE_DAEMON_CONNECTIONS` × 64 paths stay pinned that long.
+const TEMP_ROOTS_PER_CONNECTION: u32 = 64;
 
 /// Bounds on what one peer may ask at once.
 #[derive(Debug, Clone, Copy)]
