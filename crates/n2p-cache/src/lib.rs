@@ -9,6 +9,7 @@
 //! - [`signing`]: the node's Nix signing key in `$N2P_HOME`.
 //! - [`facade`]: the HTTP binary cache on loopback that asks the live peers.
 
+mod answers;
 pub mod client;
 pub mod facade;
 pub mod proto;

@@ -3,11 +3,15 @@
 //!
 //! Per stream: the access proof is read and checked before anything touches the store (a
 //! refused peer gets its whole connection closed with [`ACCESS_DENIED`], as on daemon
-//! streams); then one request is read and answered over a fresh daemon connection, so the
-//! daemon's own view (a chroot store in tests) is what peers see. A NAR is sent only for a
-//! valid path whose NAR hash is the one asked for, under a temporary GC root, streamed
-//! straight from the daemon into the QUIC stream; the stream is finished only when the NAR
-//! was whole and hashed as expected, and reset otherwise.
+//! streams); then one request is read and answered through the daemon (over a kept
+//! connection when one is idle), so the daemon's own view (a chroot store in tests) is what
+//! peers see. A narinfo hit is remembered for a few seconds (`ANSWER_TTL` of the private
+//! `answers` module) and repeats of it within that time are answered from memory, since Nix
+//! asks for each narinfo several times in one `nix copy`; misses are always looked up. A NAR
+//! is never sent from memory: only for a path the daemon reports valid at that request, whose
+//! NAR hash is the one asked for, under a temporary GC root, streamed straight from the
+//! daemon into the QUIC stream; the stream is finished only when the NAR was whole and hashed
+//! as expected, and reset otherwise.
 //!
 //! Bounds: before a connection has proved access, the pre-auth limits of
 //! [`n2p_core::limits`] as on daemon connections ([`StoreLimits::pre_auth`]: a few streams
@@ -42,6 +46,7 @@ use n2p_nix::{
 use tokio::{net::UnixStream, sync::Semaphore};
 use tracing::{Instrument, debug, info_span, warn};
 
+use crate::answers::{ANSWER_CAPACITY, ANSWER_TTL, Answers};
 use crate::proto::{
     BAD_REQUEST, MAX_HASH_PARTS, NAR_ABORTED, NarHeader, NarInfosReply, Request, WireInfo,
     read_frame, write_frame,
@@ -52,11 +57,16 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Daemon connections kept open between requests (each new one costs the daemon a fork and
 /// a handshake, most of a small path's time). Enough for one puller's parallel downloads:
-/// Nix runs up to 25 (`http-connections`), of which [`StoreLimits::nars_per_peer`] NARs.
-const IDLE_DAEMON_CONNECTIONS: usize = 16;
+/// Nix runs up to 25 (`http-connections`), of which [`StoreLimits::nars_per_peer`] NARs;
+/// with fewer, each burst of requests closed the extra connections and opened them again.
+const IDLE_DAEMON_CONNECTIONS: usize = 32;
 
 /// NARs one daemon connection serves (each leaving a temporary root) before it is closed.
-const TEMP_ROOTS_PER_CONNECTION: u32 = 16;
+/// A new connection costs the daemon ~5-10 ms of CPU (fork, store open), several small
+/// paths' worth; the roots pin paths just served, and only until the connection is closed
+/// (at the latest [`StoreLimits::idle_daemon_timeout`] after its last request), so at most
+/// `IDLE_DAEMON_CONNECTIONS` × 64 paths stay pinned that long.
+const TEMP_ROOTS_PER_CONNECTION: u32 = 64;
 
 /// Bounds on what one peer may ask at once.
 #[derive(Debug, Clone, Copy)]
@@ -101,6 +111,8 @@ struct Inner {
     nar_slots: Mutex<HashMap<EndpointId, Arc<Semaphore>>>,
     /// Daemon connections whose last operation succeeded, for the next requests.
     idle: Mutex<Vec<Pooled>>,
+    /// Recent signed narinfo hits, answered again without the daemon.
+    answers: Mutex<Answers>,
 }
 
 /// An idle daemon connection and how many temporary roots it holds: a root lives as long
@@ -185,6 +197,7 @@ impl StoreService {
             limits,
             nar_slots: Mutex::new(HashMap::new()),
             idle: Mutex::new(Vec::new()),
+            answers: Mutex::new(Answers::new(ANSWER_TTL, ANSWER_CAPACITY)),
         });
         // Outside a runtime (never in n2p) idle connections are only closed when the
         // service is dropped.
@@ -321,28 +334,62 @@ impl StoreService {
         hash_parts: &[String],
         send: &mut SendStream,
     ) -> Result<(), ServeError> {
-        let infos = match self.idle() {
+        let mut infos = self.remembered(hash_parts);
+        let unknown: Vec<&str> = hash_parts
+            .iter()
+            .zip(&infos)
+            .filter(|(_, info)| info.is_none())
+            .map(|(hash_part, _)| hash_part.as_str())
+            .collect();
+        if !unknown.is_empty() {
+            let mut looked_up = self.daemon_lookups(&unknown).await?.into_iter();
+            for info in infos.iter_mut().filter(|info| info.is_none()) {
+                *info = looked_up.next().flatten();
+            }
+        }
+        write_frame(send, &NarInfosReply { infos }).await?;
+        Ok(())
+    }
+
+    /// The remembered answer for each hash part, `None` where there is none.
+    fn remembered(&self, hash_parts: &[String]) -> Vec<Option<WireInfo>> {
+        let now = Instant::now();
+        let mut answers = self
+            .inner
+            .answers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        hash_parts
+            .iter()
+            .map(|hash_part| answers.get(hash_part, now))
+            .collect()
+    }
+
+    /// Looks `hash_parts` up through the daemon, on an idle connection if one is kept.
+    async fn daemon_lookups(
+        &self,
+        hash_parts: &[&str],
+    ) -> Result<Vec<Option<WireInfo>>, ServeError> {
+        match self.idle() {
             Some(mut daemon) => match self.lookups(&mut daemon.client, hash_parts).await {
                 Ok(infos) => {
                     self.keep(daemon);
-                    infos
+                    Ok(infos)
                 }
                 // An idle connection may have died (a restarted daemon): one more try on
                 // a fresh one.
                 Err(e) => {
                     debug!("an idle daemon connection failed ({e}); connecting afresh");
-                    self.fresh_lookups(hash_parts).await?
+                    self.fresh_lookups(hash_parts).await
                 }
             },
-            None => self.fresh_lookups(hash_parts).await?,
-        };
-        write_frame(send, &NarInfosReply { infos }).await?;
-        Ok(())
+            None => self.fresh_lookups(hash_parts).await,
+        }
     }
 
     async fn fresh_lookups(
         &self,
-        hash_parts: &[String],
+        hash_parts: &[&str],
     ) -> Result<Vec<Option<WireInfo>>, ServeError> {
         let mut daemon = self.daemon().await?;
         let infos = self.lookups(&mut daemon, hash_parts).await?;
@@ -366,14 +413,26 @@ impl StoreService {
         }
     }
 
+    /// Looks each hash part up and remembers the hits.
     async fn lookups(
         &self,
         daemon: &mut DaemonClient<UnixStream>,
-        hash_parts: &[String],
+        hash_parts: &[&str],
     ) -> Result<Vec<Option<WireInfo>>, ServeError> {
         let mut infos = Vec::with_capacity(hash_parts.len());
         for hash_part in hash_parts {
             infos.push(self.lookup(daemon, hash_part).await?);
+        }
+        let now = Instant::now();
+        let mut answers = self
+            .inner
+            .answers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (hash_part, info) in hash_parts.iter().zip(&infos) {
+            if let Some(info) = info {
+                answers.remember(hash_part, info.clone(), now);
+            }
         }
         Ok(infos)
     }

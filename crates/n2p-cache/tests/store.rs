@@ -18,7 +18,10 @@ use n2p_core::{
     endpoint::{EndpointOptions, bind_endpoint},
 };
 use n2p_nix::{NarHash, StoreDir, StorePath, nar::copy_nar};
-use n2p_testkit::nix::{NixDaemon, SourceStore, assert_copy_succeeds, path_metadata, require_nix};
+use n2p_testkit::nix::{
+    NixDaemon, SourceStore, assert_copy_succeeds, nix_command, path_metadata, require_nix,
+};
+use n2p_testkit::proc::expect_success;
 use n2p_testkit::procfs::children;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -207,7 +210,8 @@ async fn kept_daemon_connections_are_reused_then_closed_when_idle() -> TestResul
         addr: served.router.endpoint().addr(),
         secret: served.secret.clone(),
     };
-    let asked = [basename(&path).hash_part().to_owned()];
+    // With a miss in every request, since only hits are answered from memory.
+    let asked = [basename(&path).hash_part().to_owned(), "0".repeat(32)];
     assert!(client.narinfos(&peer, &asked).await?[0].is_some());
     let workers = children(daemon.pid());
     assert_eq!(workers.len(), 1, "one daemon worker after one request");
@@ -236,6 +240,59 @@ async fn kept_daemon_connections_are_reused_then_closed_when_idle() -> TestResul
         idle.elapsed() >= timeout.saturating_sub(Duration::from_millis(200)),
         "closed before the timeout"
     );
+    client.close().await;
+    served.router.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn narinfo_hits_are_remembered_misses_are_not_and_nars_always_ask_the_daemon() -> TestResult {
+    if !require_nix("narinfo_hits_are_remembered_misses_are_not_and_nars_always_ask_the_daemon") {
+        return Ok(());
+    }
+    let daemon = NixDaemon::start();
+    let source = SourceStore::new();
+    let kept = source.add_file("kept", b"asked, then deleted\n");
+    let later = source.add_file("later", b"added after a miss\n");
+    assert_copy_succeeds(&source, &daemon.store_url(), &[&kept]);
+    let served = serve(&daemon).await?;
+    let client = StoreClient::new(endpoint(2, vec![]).await?);
+    let peer = Peer {
+        name: "bob".into(),
+        addr: served.router.endpoint().addr(),
+        secret: served.secret.clone(),
+    };
+    let (kept_path, later_path) = (basename(&kept), basename(&later));
+    let asked = [
+        kept_path.hash_part().to_owned(),
+        later_path.hash_part().to_owned(),
+    ];
+    let infos = client.narinfos(&peer, &asked).await?;
+    let kept_info = infos[0].clone().expect("kept is valid");
+    assert!(infos[1].is_none(), "later is not in bob's store yet");
+
+    // A miss is not remembered: the path added since is found at once.
+    assert_copy_succeeds(&source, &daemon.store_url(), &[&later]);
+    let infos = client.narinfos(&peer, &asked).await?;
+    assert!(infos[1].is_some(), "a remembered miss hid a new path");
+
+    // A hit is: bob deletes the path, and the repeat within the TTL still announces it
+    // (the daemon is not asked again), but its NAR is refused, since a NAR request always
+    // asks the daemon whether the path is valid.
+    let output = nix_command("nix")
+        .args(["store", "delete", "--store", &daemon.store_url(), &kept])
+        .output()?;
+    expect_success(&output, "nix store delete");
+    assert!(path_metadata(&daemon.store_url(), &kept).is_none());
+    let infos = client.narinfos(&peer, &asked).await?;
+    assert_eq!(
+        infos[0].as_ref(),
+        Some(&kept_info),
+        "the hit was not remembered"
+    );
+    let nar = client.nar(&peer, &kept_path, kept_info.nar_hash).await;
+    assert!(matches!(nar, Err(PullError::NotFound(_))), "{nar:?}");
+
     client.close().await;
     served.router.shutdown().await?;
     Ok(())
