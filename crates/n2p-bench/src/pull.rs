@@ -17,7 +17,13 @@
 //! Rounds are interleaved like the transfers ([`crate::transfer`]); then the facade's
 //! narinfo latency is measured with bare HTTP requests (hits and misses, the server live).
 
-use std::{collections::BTreeMap, fmt, fs, net::SocketAddr, path::Path, time::Duration};
+use std::{
+    collections::BTreeMap,
+    fmt, fs,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context, Result, bail};
 use n2p_testkit::{
@@ -41,9 +47,20 @@ use crate::{
     worker::connect_and_query,
 };
 
-/// Nix settings for every measured pull: no narinfo answers remembered from an earlier
-/// round (Nix keeps them in ~/.cache/nix for a month), so each pull asks its source.
-const NO_NARINFO_CACHE: &str = "narinfo-cache-negative-ttl = 0\nnarinfo-cache-positive-ttl = 0\n";
+/// A new, empty `XDG_CACHE_HOME` for one measured pull: Nix keeps narinfo answers in
+/// `$XDG_CACHE_HOME/nix` for a month, so without this a round would reuse an earlier
+/// round's; with it every pull is a first pull, with Nix's default TTLs (a TTL of 0 would
+/// instead make Nix ask again for every narinfo it already fetched in the same command).
+fn fresh_nix_cache_home(scratch: &Path, job: &Job, source: Source) -> Result<PathBuf> {
+    let dir = scratch.join(format!("xdg-cache-{}-{source}", job.name));
+    match fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", dir.display())),
+    }
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
 
 /// Longest one bare HTTP request to the facade may take.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -428,7 +445,11 @@ fn measure(
     };
     let pids = sources.serving_pids(source);
     let mut command = job.command_in(sources.client_ns.as_deref(), &from, &daemon.store_url());
-    command.env("NIX_CONFIG", format!("{NIX_CONFIG}{NO_NARINFO_CACHE}"));
+    command.env("NIX_CONFIG", NIX_CONFIG);
+    command.env(
+        "XDG_CACHE_HOME",
+        fresh_nix_cache_home(scratch, job, source)?,
+    );
     if let (Source::SshNg, Some(sshd)) = (source, &sources.sshd) {
         command.env("NIX_SSHOPTS", sshd.nix_sshopts());
     }
