@@ -134,7 +134,7 @@ struct Args {
     /// namespace's].
     #[arg(long, value_name = "NAME")]
     wan_socat_cc: Option<String>,
-    /// `N2P_CONGESTION` (cubic, new-reno, bbr) of the `n2p` variant [default: n2p's].
+    /// `N2P_CONGESTION` (tolerant, cubic, new-reno, bbr) of the `n2p` variant [default: n2p's].
     #[arg(long, value_name = "NAME")]
     n2p_congestion: Option<String>,
     /// `N2P_CONGESTION` of the `n2p-alt` variant; without `--n2p-alt`, n2p-alt is the same

@@ -1,10 +1,18 @@
 //! The asking side of [`crate::proto`]: [`StoreClient`] keeps one QUIC connection per peer
 //! (a [`DaemonDialer`] speaking [`STORE_ALPN`], replaced when it has died) and opens one
 //! stream per request.
+//!
+//! Single narinfo lookups ([`StoreClient::narinfo`]) are coalesced per peer: Nix asks for up
+//! to 25 narinfos at once, and those that arrive while [`BATCHES_IN_FLIGHT`] requests to the
+//! same peer are out go together in the next one, a single stream and a single reply instead
+//! of one each.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -15,6 +23,7 @@ use n2p_core::{
     forward::QuicPair,
 };
 use n2p_nix::{NarHash, NarInfo, Signature, StorePath, store_path::StorePathError};
+use tokio::sync::oneshot;
 use tracing::debug;
 
 use crate::proto::{
@@ -25,6 +34,24 @@ use crate::proto::{
 /// How long a NAR request may wait for its header (the server may be waiting for one of the
 /// peer's NAR slots).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Coalesced narinfo requests out to one peer at once; lookups arriving meanwhile wait for
+/// the next.
+pub const BATCHES_IN_FLIGHT: usize = 2;
+
+/// How long one coalesced narinfo request may take before its lookups fail (each asker has
+/// its own, shorter deadline; this frees the request's place for the next batch).
+const BATCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A narinfo lookup's answer, shared by every lookup of its batch when it failed.
+pub type NarInfoAnswer = Result<Option<NarInfo>, Arc<PullError>>;
+
+/// Narinfo lookups waiting for one peer, and how many requests to it are out.
+#[derive(Debug, Default)]
+struct Batches {
+    waiting: Vec<(String, oneshot::Sender<NarInfoAnswer>)>,
+    in_flight: usize,
+}
 
 /// A peer the facade may pull from.
 #[derive(Debug, Clone)]
@@ -101,6 +128,8 @@ pub struct StoreClient {
     endpoint: Endpoint,
     connect_timeout: Duration,
     dialers: Mutex<HashMap<EndpointId, Arc<DaemonDialer>>>,
+    batches: Mutex<HashMap<EndpointId, Batches>>,
+    narinfo_requests: AtomicU64,
 }
 
 impl StoreClient {
@@ -110,6 +139,8 @@ impl StoreClient {
             endpoint,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             dialers: Mutex::new(HashMap::new()),
+            batches: Mutex::new(HashMap::new()),
+            narinfo_requests: AtomicU64::new(0),
         }
     }
 
@@ -158,6 +189,11 @@ impl StoreClient {
                 .filter_map(|id| dialers.remove(id))
                 .collect()
         };
+        // Lookups still waiting for a gone peer fail (their answer channel closes).
+        self.batches
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .retain(|id, _| live.contains(id));
         for dialer in gone {
             dialer.close().await;
         }
@@ -179,6 +215,77 @@ impl StoreClient {
         Ok(pair)
     }
 
+    /// The metadata of the path with `hash_part` on `peer`, `None` where it has none; sent
+    /// together with the other lookups for `peer` that wait at the same time. Dropping the
+    /// future gives up waiting, not the request.
+    pub async fn narinfo(self: &Arc<Self>, peer: &Peer, hash_part: &str) -> NarInfoAnswer {
+        let (answer, answered) = oneshot::channel();
+        let start = {
+            let mut batches = self
+                .batches
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let batches = batches.entry(peer.id()).or_default();
+            batches.waiting.push((hash_part.to_owned(), answer));
+            let start = batches.in_flight < BATCHES_IN_FLIGHT;
+            if start {
+                batches.in_flight += 1;
+            }
+            start
+        };
+        if start {
+            tokio::spawn(self.clone().send_batches(peer.clone()));
+        }
+        answered.await.unwrap_or_else(|_| {
+            Err(Arc::new(PullError::Send(
+                "the peer left before the lookup went out".to_owned(),
+            )))
+        })
+    }
+
+    /// Sends the lookups waiting for `peer`, batch after batch, until none is left.
+    async fn send_batches(self: Arc<Self>, peer: Peer) {
+        loop {
+            let batch: Vec<(String, oneshot::Sender<NarInfoAnswer>)> = {
+                let mut batches = self
+                    .batches
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let Some(batches) = batches.get_mut(&peer.id()) else {
+                    return; // the peer left; its waiting lookups were dropped with it
+                };
+                if batches.waiting.is_empty() {
+                    batches.in_flight -= 1;
+                    return;
+                }
+                let n = batches.waiting.len().min(MAX_HASH_PARTS);
+                batches.waiting.drain(..n).collect()
+            };
+            let hash_parts: Vec<String> = batch.iter().map(|(h, _)| h.clone()).collect();
+            let answers = tokio::time::timeout(BATCH_TIMEOUT, self.narinfos(&peer, &hash_parts))
+                .await
+                .unwrap_or(Err(PullError::Timeout(BATCH_TIMEOUT)));
+            match answers {
+                Ok(infos) => {
+                    for ((_, answer), info) in batch.into_iter().zip(infos) {
+                        let _ = answer.send(Ok(info));
+                    }
+                }
+                Err(e) => {
+                    let e = Arc::new(e);
+                    for (_, answer) in batch {
+                        let _ = answer.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// How many narinfo requests (streams) this client has sent, to any peer.
+    pub fn narinfo_requests(&self) -> u64 {
+        self.narinfo_requests.load(Ordering::Relaxed)
+    }
+
     /// The metadata of the paths with `hash_parts` (at most [`MAX_HASH_PARTS`]) on `peer`,
     /// `None` where it has none. An entry that is malformed, or whose hash part is not the
     /// one asked for, counts as `None`.
@@ -193,6 +300,7 @@ impl StoreClient {
                 hash_parts.len()
             )));
         }
+        self.narinfo_requests.fetch_add(1, Ordering::Relaxed);
         let mut pair = self
             .request(
                 peer,

@@ -182,29 +182,25 @@ impl Facade {
     }
 
     /// Asks every peer in `peers` for `hash_part` at once; returns the answers that came
-    /// within the deadline, stopping early at one signed by a trusted key.
-    async fn ask(&self, peers: &[Peer], hash_part: &str) -> Vec<(EndpointId, NarInfo)> {
-        let asked = [hash_part.to_owned()];
+    /// within the deadline, each with its [`rank`], stopping early at one signed by a
+    /// trusted key.
+    async fn ask(&self, peers: &[Peer], hash_part: &str) -> Vec<(EndpointId, NarInfo, u8)> {
         let mut pending: FuturesUnordered<_> = peers
             .iter()
-            .map(|peer| {
-                let asked = &asked;
-                async move { (peer, self.client.narinfos(peer, asked).await) }
-            })
+            .map(|peer| async move { (peer, self.client.narinfo(peer, hash_part).await) })
             .collect();
         let mut answers = Vec::new();
         let collect = async {
             while let Some((peer, answer)) = pending.next().await {
                 match answer {
-                    Ok(mut infos) => {
-                        if let Some(Some(info)) = infos.pop() {
-                            let trusted = self.rank(&info) == 0;
-                            answers.push((peer.id(), info));
-                            if trusted {
-                                break;
-                            }
+                    Ok(Some(info)) => {
+                        let rank = self.rank(&info);
+                        answers.push((peer.id(), info, rank));
+                        if rank == 0 {
+                            break;
                         }
                     }
+                    Ok(None) => {}
                     Err(e) => debug!("narinfo {hash_part} from {}: {e}", peer.name),
                 }
             }
@@ -224,7 +220,7 @@ impl Facade {
             .recent
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        for (peer, info) in &answers {
+        for (peer, info, _) in &answers {
             recent.remember(info.nar_hash, *peer, &info.store_path);
         }
         answers
@@ -254,8 +250,7 @@ impl Facade {
         };
         let peers = self.peers_in(&scope).await;
         let answers = self.ask(&peers, hash_part).await;
-        let Some((_, mut best)) = answers.into_iter().min_by_key(|(_, info)| self.rank(info))
-        else {
+        let Some((_, mut best, _)) = answers.into_iter().min_by_key(|(_, _, rank)| *rank) else {
             debug!("narinfo {hash_part}: miss");
             return not_found();
         };
@@ -291,8 +286,8 @@ impl Facade {
                 .ask(&peers, hash_part)
                 .await
                 .into_iter()
-                .filter(|(_, info)| info.nar_hash == nar_hash)
-                .filter_map(|(id, info)| {
+                .filter(|(_, info, _)| info.nar_hash == nar_hash)
+                .filter_map(|(id, info, _)| {
                     let peer = peers.iter().find(|p| p.id() == id)?;
                     Some((peer.clone(), info.store_path))
                 })

@@ -297,3 +297,52 @@ async fn narinfo_hits_are_remembered_misses_are_not_and_nars_always_ask_the_daem
     served.router.shutdown().await?;
     Ok(())
 }
+
+/// Lookups of single narinfos made at the same time go to the peer together: 30 at once (10
+/// valid paths, 20 misses) take at most a few requests, and each gets its own answer.
+#[tokio::test]
+async fn simultaneous_narinfo_lookups_share_requests_and_each_gets_its_own_answer() -> TestResult {
+    if !require_nix("simultaneous_narinfo_lookups_share_requests_and_each_gets_its_own_answer") {
+        return Ok(());
+    }
+    let daemon = NixDaemon::start();
+    let source = SourceStore::new();
+    let paths: Vec<String> = (0..10)
+        .map(|i| source.add_file(&format!("p{i}"), format!("path {i}\n").as_bytes()))
+        .collect();
+    let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+    assert_copy_succeeds(&source, &daemon.store_url(), &refs);
+    let served = serve(&daemon).await?;
+    let client = Arc::new(StoreClient::new(endpoint(2, vec![]).await?));
+    let peer = Peer {
+        name: "bob".into(),
+        addr: served.router.endpoint().addr(),
+        secret: served.secret.clone(),
+    };
+    let mut asked: Vec<(String, Option<StorePath>)> = paths
+        .iter()
+        .map(|p| {
+            let path = basename(p);
+            (path.hash_part().to_owned(), Some(path))
+        })
+        .collect();
+    asked.extend((0..20).map(|i| (format!("{i:0>32}"), None)));
+    let answers = futures_util::future::join_all(
+        asked
+            .iter()
+            .map(|(hash_part, _)| client.narinfo(&peer, hash_part)),
+    )
+    .await;
+    for ((hash_part, want), answer) in asked.iter().zip(answers) {
+        let got = answer
+            .map_err(|e| e.to_string())?
+            .map(|info| info.store_path);
+        assert_eq!(&got, want, "answer for {hash_part}");
+    }
+    let requests = client.narinfo_requests();
+    assert!(
+        requests <= 3,
+        "30 simultaneous lookups took {requests} requests"
+    );
+    Ok(())
+}

@@ -1,4 +1,5 @@
-//! n2p's own QUIC congestion controller: Cubic that tells random loss from congestion.
+//! n2p's own QUIC congestion controller, the default (`--congestion tolerant`): Cubic that
+//! tells random loss from congestion.
 //!
 //! A loss-based controller such as Cubic reads every lost packet as a sign of a full queue
 //! and shrinks its window. On a link that drops packets at random (Wi-Fi, mobile, a long

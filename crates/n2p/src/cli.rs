@@ -36,13 +36,13 @@ pub(crate) struct GlobalArgs {
     /// A fixed port keeps the long address valid across restarts.
     #[arg(long, global = true, value_name = "IP:PORT")]
     pub(crate) bind: Option<SocketAddr>,
-    /// QUIC congestion controller: `cubic`, `tolerant`, `new-reno` or `bbr` (docs/BENCHMARKS.md says
-    /// how each behaves on lossy links).
+    /// QUIC congestion controller: `tolerant` (Cubic that ignores random loss), `cubic`,
+    /// `new-reno` or `bbr` (docs/BENCHMARKS.md says how each behaves on lossy links).
     #[arg(
         long,
         global = true,
         env = "N2P_CONGESTION",
-        value_name = "cubic|tolerant|new-reno|bbr",
+        value_name = "tolerant|cubic|new-reno|bbr",
         default_value_t
     )]
     pub(crate) congestion: CongestionControl,
