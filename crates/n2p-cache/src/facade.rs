@@ -8,7 +8,9 @@
 //!   answer wins (signed by a key of [`FacadeConfig::trusted_keys`], then signed by some
 //!   key besides the answering node's own, then content-addressed, then the rest). A miss,
 //!   an error or no answer within [`FacadeConfig::deadline`] is a 404: never a 5xx, never a
-//!   hang (Nix aborts builds on narinfo errors and caches hits for a month).
+//!   hang (Nix aborts builds on narinfo errors and caches hits for a month). A peer's hit is
+//!   remembered for a few seconds ([`crate::answers`]): Nix asks for each narinfo several
+//!   times in one `nix copy`, and the repeats need no round trip.
 //! - `GET /nar/<hash part>-<nix32 NAR hash>.nar`: the URL the narinfo hands out, relative
 //!   and self-describing, so it stays valid across restarts. Routed to a peer that
 //!   announced that exact NAR hash (remembered from recent narinfo answers, else asked
@@ -26,7 +28,7 @@ use std::{
     io,
     pin::Pin,
     sync::{Arc, Mutex, RwLock},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -46,6 +48,7 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
+use crate::answers::{ANSWER_CAPACITY, ANSWER_TTL, Answers};
 use crate::client::{NarDownload, Peer, StoreClient};
 
 /// The facade's default address: fixed, so the nix.conf lines that name it stay valid.
@@ -101,6 +104,8 @@ pub struct Facade {
     client: Arc<StoreClient>,
     peers: PeerSource,
     recent: Mutex<Recent>,
+    /// Recent narinfo hits by peer and hash part (see [`crate::answers`]).
+    answers: Mutex<Answers<(EndpointId, String), NarInfo>>,
 }
 
 impl std::fmt::Debug for Facade {
@@ -127,6 +132,7 @@ impl Facade {
             client,
             peers,
             recent: Mutex::new(Recent::default()),
+            answers: Mutex::new(Answers::new(ANSWER_TTL, ANSWER_CAPACITY)),
         })
     }
 
@@ -187,7 +193,17 @@ impl Facade {
     async fn ask(&self, peers: &[Peer], hash_part: &str) -> Vec<(EndpointId, NarInfo, u8)> {
         let mut pending: FuturesUnordered<_> = peers
             .iter()
-            .map(|peer| async move { (peer, self.client.narinfo(peer, hash_part).await) })
+            .map(|peer| async move {
+                let key = (peer.id(), hash_part.to_owned());
+                if let Some(info) = self.answers().get(&key, Instant::now()) {
+                    return (peer, Ok(Some(info)));
+                }
+                let answer = self.client.narinfo(peer, hash_part).await;
+                if let Ok(Some(info)) = &answer {
+                    self.answers().remember(key, info.clone(), Instant::now());
+                }
+                (peer, answer)
+            })
             .collect();
         let mut answers = Vec::new();
         let collect = async {
@@ -224,6 +240,12 @@ impl Facade {
             recent.remember(info.nar_hash, *peer, &info.store_path);
         }
         answers
+    }
+
+    fn answers(&self) -> std::sync::MutexGuard<'_, Answers<(EndpointId, String), NarInfo>> {
+        self.answers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn rank(&self, info: &NarInfo) -> u8 {

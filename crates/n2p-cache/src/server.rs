@@ -112,7 +112,7 @@ struct Inner {
     /// Daemon connections whose last operation succeeded, for the next requests.
     idle: Mutex<Vec<Pooled>>,
     /// Recent signed narinfo hits, answered again without the daemon.
-    answers: Mutex<Answers>,
+    answers: Mutex<Answers<String, WireInfo>>,
 }
 
 /// An idle daemon connection and how many temporary roots it holds: a root lives as long
@@ -431,7 +431,7 @@ impl StoreService {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         for (hash_part, info) in hash_parts.iter().zip(&infos) {
             if let Some(info) = info {
-                answers.remember(hash_part, info.clone(), now);
+                answers.remember(hash_part.to_string(), info.clone(), now);
             }
         }
         Ok(infos)
