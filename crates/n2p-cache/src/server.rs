@@ -549,6 +549,7 @@ impl ProtocolHandler for StoreService {
                 conn.close(ACCESS_DENIED, refusal.to_string().as_bytes());
                 return Ok(());
             }
+            n2p_core::conn_stats::spawn_logger(&conn, "accept");
             let service = self.clone();
             serve_streams(
                 &conn,

@@ -111,7 +111,23 @@ pub struct TolerantCubic {
     mtu: u64,
     /// Whether the last loss was passed to Cubic (so a spurious-loss undo goes there too).
     last_loss_passed: bool,
+    /// Loss batches kept from Cubic and passed to it, by cause, since the start.
+    counts: JudgedLosses,
+    /// When the counts were last logged.
+    logged_at: Option<std::time::Instant>,
 }
+
+/// What [`TolerantCubic`] did with the loss batches it was told of.
+#[derive(Debug, Clone, Copy, Default)]
+struct JudgedLosses {
+    random: u64,
+    queue: u64,
+    share: u64,
+    persistent_or_ecn: u64,
+}
+
+/// How often the controller logs its counts while losses come.
+const JUDGE_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl TolerantCubic {
     /// Bytes the loss share looks back over: one window, at least
@@ -163,15 +179,35 @@ impl Controller for TolerantCubic {
         let memory = self.loss_memory();
         let verdict = self.judge.on_loss(lost_bytes, memory);
         let pass = is_persistent_congestion || is_ecn || verdict == LossVerdict::Congestion;
-        tracing::trace!(
-            target: "n2p::stats",
-            lost_bytes,
-            ?verdict,
-            is_persistent_congestion,
-            is_ecn,
-            window = self.cubic.window(),
-            "loss judged"
-        );
+        let counts = &mut self.counts;
+        if is_persistent_congestion || is_ecn {
+            counts.persistent_or_ecn += 1;
+        } else if verdict == LossVerdict::Random {
+            counts.random += 1;
+        } else if self.judge.queue_is_standing() {
+            counts.queue += 1;
+        } else {
+            counts.share += 1;
+        }
+        if self
+            .logged_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= JUDGE_LOG_INTERVAL)
+        {
+            self.logged_at = Some(now);
+            tracing::debug!(
+                target: "n2p::stats",
+                "loss judge: kept={} cut_queue={} cut_share={} cut_persistent_or_ecn={} \
+                 srtt_ms={:.1} min_rtt_ms={:.1} loss_share={:.4} cwnd={}",
+                counts.random,
+                counts.queue,
+                counts.share,
+                counts.persistent_or_ecn,
+                self.judge.smoothed_rtt.as_secs_f64() * 1e3,
+                self.judge.min_rtt.as_secs_f64() * 1e3,
+                self.judge.loss_share(memory),
+                self.cubic.window(),
+            );
+        }
         self.last_loss_passed = pass;
         if pass {
             self.cubic.on_congestion_event(
@@ -230,6 +266,8 @@ impl ControllerFactory for TolerantCubicConfig {
             judge: LossJudge::default(),
             mtu: u64::from(current_mtu),
             last_loss_passed: false,
+            counts: JudgedLosses::default(),
+            logged_at: None,
         })
     }
 }
