@@ -351,14 +351,17 @@ impl StoreService {
         Ok(())
     }
 
+    fn answers(&self) -> std::sync::MutexGuard<'_, Answers<String, WireInfo>> {
+        self.inner
+            .answers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// The remembered answer for each hash part, `None` where there is none.
     fn remembered(&self, hash_parts: &[String]) -> Vec<Option<WireInfo>> {
         let now = Instant::now();
-        let mut answers = self
-            .inner
-            .answers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut answers = self.answers();
         hash_parts
             .iter()
             .map(|hash_part| answers.get(hash_part, now))
@@ -424,11 +427,7 @@ impl StoreService {
             infos.push(self.lookup(daemon, hash_part).await?);
         }
         let now = Instant::now();
-        let mut answers = self
-            .inner
-            .answers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut answers = self.answers();
         for (hash_part, info) in hash_parts.iter().zip(&infos) {
             if let Some(info) = info {
                 answers.remember(hash_part.to_string(), info.clone(), now);

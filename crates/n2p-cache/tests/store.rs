@@ -73,6 +73,17 @@ async fn serve_with(
     })
 }
 
+impl Served {
+    /// The served node as a peer named bob, with the right secret.
+    fn peer(&self) -> Peer {
+        Peer {
+            name: "bob".into(),
+            addr: self.router.endpoint().addr(),
+            secret: self.secret.clone(),
+        }
+    }
+}
+
 fn basename(full: &str) -> StorePath {
     StoreDir::default()
         .parse_path(full)
@@ -93,11 +104,7 @@ async fn narinfo_and_nar_come_whole_signed_and_only_for_the_right_hash() -> Test
     let served = serve(&daemon).await?;
 
     let client = StoreClient::new(endpoint(2, vec![]).await?);
-    let peer = Peer {
-        name: "bob".into(),
-        addr: served.router.endpoint().addr(),
-        secret: served.secret.clone(),
-    };
+    let peer = served.peer();
     let (top_path, blob_path) = (basename(&top), basename(&blob));
     let missing = "0".repeat(32);
     let infos = client
@@ -205,11 +212,7 @@ async fn kept_daemon_connections_are_reused_then_closed_when_idle() -> TestResul
     };
     let served = serve_with(&daemon, limits).await?;
     let client = StoreClient::new(endpoint(2, vec![]).await?);
-    let peer = Peer {
-        name: "bob".into(),
-        addr: served.router.endpoint().addr(),
-        secret: served.secret.clone(),
-    };
+    let peer = served.peer();
     // With a miss in every request, since only hits are answered from memory.
     let asked = [basename(&path).hash_part().to_owned(), "0".repeat(32)];
     assert!(client.narinfos(&peer, &asked).await?[0].is_some());
@@ -257,11 +260,7 @@ async fn narinfo_hits_are_remembered_misses_are_not_and_nars_always_ask_the_daem
     assert_copy_succeeds(&source, &daemon.store_url(), &[&kept]);
     let served = serve(&daemon).await?;
     let client = StoreClient::new(endpoint(2, vec![]).await?);
-    let peer = Peer {
-        name: "bob".into(),
-        addr: served.router.endpoint().addr(),
-        secret: served.secret.clone(),
-    };
+    let peer = served.peer();
     let (kept_path, later_path) = (basename(&kept), basename(&later));
     let asked = [
         kept_path.hash_part().to_owned(),
@@ -314,11 +313,7 @@ async fn simultaneous_narinfo_lookups_share_requests_and_each_gets_its_own_answe
     assert_copy_succeeds(&source, &daemon.store_url(), &refs);
     let served = serve(&daemon).await?;
     let client = Arc::new(StoreClient::new(endpoint(2, vec![]).await?));
-    let peer = Peer {
-        name: "bob".into(),
-        addr: served.router.endpoint().addr(),
-        secret: served.secret.clone(),
-    };
+    let peer = served.peer();
     let mut asked: Vec<(String, Option<StorePath>)> = paths
         .iter()
         .map(|p| {
