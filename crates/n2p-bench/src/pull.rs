@@ -6,7 +6,10 @@
 //! - `n2p`: the binary-cache facade of `n2p client <addr> --cache ADDR`, whose `n2p server`
 //!   reads a nix-daemon on the source store (`http://ADDR`);
 //! - `file`: a `file://` binary cache with `compression=none`, written once beforehand (the
-//!   limit for any HTTP binary cache);
+//!   limit for any binary cache);
+//! - `http`: the same cache directory served over HTTP by Python's stock static-file server
+//!   (`python3 -m http.server`): what any HTTP binary cache costs Nix on top of `file`, since
+//!   Nix then reads the NAR through its HTTP client;
 //! - `ssh-ng`: Debian's OpenSSH server on loopback, the remote `nix-daemon --stdio` opening
 //!   the source store (`?remote-store=local?root=…`) — what a user would pick instead;
 //! - `local`: the source store opened directly (`local?root=…`).
@@ -73,6 +76,8 @@ pub(crate) enum Source {
     N2p,
     /// A `file://` binary cache, `compression=none`.
     File,
+    /// The `file://` cache's directory served by `python3 -m http.server`.
+    Http,
     /// `ssh-ng://` to OpenSSH on loopback.
     SshNg,
     /// The source store itself, `local?root=`.
@@ -81,13 +86,20 @@ pub(crate) enum Source {
 
 impl Source {
     /// All sources, in report order.
-    pub(crate) const ALL: [Source; 4] = [Source::N2p, Source::File, Source::SshNg, Source::Local];
+    pub(crate) const ALL: [Source; 5] = [
+        Source::N2p,
+        Source::File,
+        Source::Http,
+        Source::SshNg,
+        Source::Local,
+    ];
 
     /// Short name (JSON keys, directory names, table columns).
     pub(crate) fn name(self) -> &'static str {
         match self {
             Source::N2p => "n2p",
             Source::File => "file",
+            Source::Http => "http",
             Source::SshNg => "ssh-ng",
             Source::Local => "local",
         }
@@ -98,6 +110,33 @@ impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// Starts `python3 -m http.server` on `dir` (the `file://` cache) on a free loopback port and
+/// waits until it serves `/nix-cache-info`.
+fn start_static_http(dir: &Path, log: &Path) -> Result<(Process, SocketAddr)> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+    let mut command = std::process::Command::new("python3");
+    command
+        .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
+        .arg(dir)
+        .arg(addr.port().to_string());
+    let server = Process::try_spawn_logged("python3 -m http.server", &mut command, log)
+        .map_err(|f| anyhow::anyhow!("{f}"))?;
+    serves_cache_info(addr).context("python3 -m http.server")?;
+    Ok((server, addr))
+}
+
+/// Waits until the binary cache at `addr` answers `/nix-cache-info` with 200.
+fn serves_cache_info(addr: SocketAddr) -> Result<()> {
+    poll_until(READY_TIMEOUT, POLL_INTERVAL, || {
+        match http::request("GET", addr, "/nix-cache-info", HTTP_TIMEOUT) {
+            Ok(reply) if reply.status == 200 => Ok(()),
+            Ok(reply) => Err(anyhow::anyhow!("status {}", reply.status)),
+            Err(e) => Err(e.into()),
+        }
+    })
+    .map_err(|e| anyhow::anyhow!("/nix-cache-info not served within {READY_TIMEOUT:?}: {e}"))
 }
 
 /// The pull jobs P1..P3: the transfer jobs W1..W3 (same paths, same descriptions).
@@ -122,6 +161,8 @@ pub(crate) struct Sources {
     local_url: String,
     /// The `file://` cache's URL (on loopback only: it does not cross a link).
     file_url: Option<String>,
+    /// Python's static-file server on the `file://` cache's directory, and its address.
+    http: Option<(Process, SocketAddr)>,
     /// The namespace that the pulling `nix` and the facade run in (None: this one).
     client_ns: Option<String>,
     /// The facade's address.
@@ -164,8 +205,8 @@ impl Sources {
         let source_daemon = NixDaemon::try_start_at(&dir.join("source-daemon.sock"), source_dir)?;
 
         let loopback = net.client_ns.is_none() && net.server_ns.is_none();
+        let file_dir = dir.join("file-cache");
         let file_url = if loopback {
-            let file_dir = dir.join("file-cache");
             let file_url = format!("file://{}?compression=none", file_dir.display());
             eprintln!("writing the file:// binary cache …");
             let mut command = nix_command("nix");
@@ -175,6 +216,19 @@ impl Sources {
             try_run_timed(&mut command, None, &dir.join("file-cache.err"), NIX_TIMEOUT)?
                 .check("nix copy --to the file:// cache")?;
             Some(file_url)
+        } else {
+            None
+        };
+
+        let http = if loopback {
+            match start_static_http(&file_dir, &dir.join("http.log")) {
+                Ok(http) => Some(http),
+                Err(e) => {
+                    eprintln!("SKIPPED: http pulls: {e:#}");
+                    unavailable.push(format!("http pulls SKIPPED: {e:#}"));
+                    None
+                }
+            }
         } else {
             None
         };
@@ -196,14 +250,7 @@ impl Sources {
         )?;
         client.try_wait_for_line("binary cache for Nix at", READY_TIMEOUT)?;
         in_ns(net.client_ns.as_deref(), move || {
-            poll_until(READY_TIMEOUT, POLL_INTERVAL, || {
-                match http::request("GET", cache_addr, "/nix-cache-info", HTTP_TIMEOUT) {
-                    Ok(reply) if reply.status == 200 => Ok(()),
-                    Ok(reply) => Err(anyhow::anyhow!("status {}", reply.status)),
-                    Err(e) => Err(e.into()),
-                }
-            })
-            .context("the facade's /nix-cache-info")
+            serves_cache_info(cache_addr).context("the facade")
         })?;
 
         let sshd = match Sshd::start_at(&dir.join("sshd"), net.server_ns.as_deref(), net.server_ip)
@@ -218,6 +265,7 @@ impl Sources {
         Ok(Self {
             local_url,
             file_url,
+            http,
             client_ns: net.client_ns.clone(),
             cache_addr,
             server,
@@ -240,6 +288,7 @@ impl Sources {
         Some(match source {
             Source::N2p => format!("http://{}", self.cache_addr),
             Source::File => self.file_url.clone()?,
+            Source::Http => format!("http://{}", self.http.as_ref()?.1),
             Source::SshNg => self.sshd.as_ref()?.store_url(&self.local_url),
             // The source store is no further away than this machine, link or not.
             Source::Local if self.client_ns.is_none() => self.local_url.clone(),
@@ -249,7 +298,8 @@ impl Sources {
 
     /// The serving processes of `source` whose CPU (with their descendants) is accounted:
     /// for n2p the server, the client (facade) and the source daemon; for ssh-ng sshd (its
-    /// sessions and the remote `nix-daemon --stdio`). The others run inside `nix`.
+    /// sessions and the remote `nix-daemon --stdio`); for http the Python server. The others
+    /// run inside `nix`.
     fn serving_pids(&self, source: Source) -> Vec<u32> {
         match source {
             Source::N2p => vec![
@@ -258,6 +308,7 @@ impl Sources {
                 self.source_daemon.pid(),
             ],
             Source::SshNg => self.sshd.iter().map(Sshd::pid).collect(),
+            Source::Http => self.http.iter().map(|(p, _)| p.pid()).collect(),
             Source::File | Source::Local => Vec::new(),
         }
     }

@@ -511,7 +511,7 @@ fn pull_markdown(out: &mut String, p: &PullResults, title: &str, sources: &str) 
         &p.jobs,
         p.reps,
         p.baseline.name(),
-        "CPU of the serving processes (n2p: server + client + source daemon; ssh-ng: sshd, its sessions and the remote nix-daemon), user+sys",
+        "CPU of the serving processes (n2p: server + client + source daemon; ssh-ng: sshd, its sessions and the remote nix-daemon; http: the Python server), user+sys",
         |s| matches!(s, Source::File | Source::Local),
     );
     let _ = writeln!(
@@ -530,6 +530,17 @@ fn pull_markdown(out: &mut String, p: &PullResults, title: &str, sources: &str) 
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if let (Some(http_file), Some(n2p_http)) = (
+        p.round_ratio("P1", Source::Http, Source::File),
+        p.round_ratio("P1", Source::N2p, Source::Http),
+    ) {
+        let _ = writeln!(
+            out,
+            "For scale, P1 from a stock static HTTP server (`python3 -m http.server` on the \
+             file:// cache's directory) took {http_file:.2}× the file:// time; n2p took \
+             {n2p_http:.2}× the static server's (medians of the per-round ratios).\n"
+        );
+    }
     if let Some(n) = &p.narinfo {
         let _ = writeln!(
             out,

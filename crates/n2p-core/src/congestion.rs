@@ -22,8 +22,18 @@
 //! is not cut. Sharing a bottleneck with TCP, the queue that TCP builds makes our losses
 //! count, so the controller backs off like Cubic; alone on a lossy link it keeps the window
 //! the link can carry.
+//!
+//! It also restarts Cubic's growth after an idle spell ([`IdleRestart`]). noq's Cubic grows
+//! its window with the time since its last congestion event, idle time included, so the
+//! first data after a pause (the next NAR of a pull) met a window that had kept growing
+//! through the pause and overflowed the queue at once (docs/BENCHMARKS.md). RFC 9438 §5.8
+//! says idle time must not count; RFC 5681 §4.1 restarts the window after an idle RTO.
 
-use std::{any::Any, sync::Arc, time::Duration};
+use std::{
+    any::Any,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use iroh::endpoint::ControllerFactory;
 use noq_proto::{
@@ -41,6 +51,47 @@ pub const LOSS_SHARE_LIMIT: f64 = 0.05;
 /// The loss share is taken over at least this many packets (or one window, if larger), so
 /// one random loss among the first packets of a connection is not read as a high rate.
 pub const LOSS_MEMORY_PACKETS: u64 = 128;
+
+/// Idle spells shorter than this never restart the window, whatever the RTT.
+pub const IDLE_RESTART_FLOOR: Duration = Duration::from_millis(200);
+
+/// An idle spell of at least this many smoothed RTTs (and [`IDLE_RESTART_FLOOR`]) restarts
+/// the window: about one retransmission timeout, as in RFC 5681 §4.1.
+pub const IDLE_RESTART_RTTS: u32 = 4;
+
+/// Sends smaller than this (keep-alive pings, lone acknowledgements, a short request) do not
+/// end an idle spell: only the next data does.
+pub const IDLE_RESTART_DATA_BYTES: u64 = 1024;
+
+/// Tells when the connection resumes sending data after an idle spell long enough to restart
+/// the congestion window. Pure bookkeeping: no clock, no I/O.
+#[derive(Debug, Clone, Default)]
+pub struct IdleRestart {
+    /// Since when nothing has been in flight, if nothing is now.
+    idle_since: Option<Instant>,
+}
+
+impl IdleRestart {
+    /// Records the bytes still in flight after a batch of acknowledgements.
+    pub fn on_end_acks(&mut self, now: Instant, in_flight: u64) {
+        if in_flight == 0 {
+            self.idle_since.get_or_insert(now);
+        }
+    }
+
+    /// Records a send of `bytes`; true when it is data ending an idle spell that lasted at
+    /// least [`IDLE_RESTART_RTTS`] smoothed RTTs and [`IDLE_RESTART_FLOOR`].
+    pub fn on_sent(&mut self, now: Instant, bytes: u64, smoothed_rtt: Duration) -> bool {
+        if bytes < IDLE_RESTART_DATA_BYTES {
+            return false;
+        }
+        let Some(since) = self.idle_since.take() else {
+            return false;
+        };
+        now.saturating_duration_since(since)
+            >= (smoothed_rtt * IDLE_RESTART_RTTS).max(IDLE_RESTART_FLOOR)
+    }
+}
 
 /// What a loss is taken for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,14 +158,19 @@ impl LossJudge {
 #[derive(Debug, Clone)]
 pub struct TolerantCubic {
     cubic: Cubic,
+    /// Cubic's settings, for a fresh Cubic at an idle restart.
+    config: Arc<CubicConfig>,
     judge: LossJudge,
+    idle: IdleRestart,
+    /// During the slow start of an idle restart: the window before the pause.
+    restart_ceiling: Option<u64>,
     mtu: u64,
     /// Whether the last loss was passed to Cubic (so a spurious-loss undo goes there too).
     last_loss_passed: bool,
     /// Loss batches kept from Cubic and passed to it, by cause, since the start.
     counts: JudgedLosses,
     /// When the counts were last logged.
-    logged_at: Option<std::time::Instant>,
+    logged_at: Option<Instant>,
 }
 
 /// What [`TolerantCubic`] did with the loss batches it was told of.
@@ -124,12 +180,62 @@ struct JudgedLosses {
     queue: u64,
     share: u64,
     persistent_or_ecn: u64,
+    /// Restarts of the window after an idle spell.
+    idle_restarts: u64,
 }
 
 /// How often the controller logs its counts while losses come.
 const JUDGE_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl TolerantCubic {
+    /// A fresh controller: Cubic in slow start from its initial window.
+    fn new(config: Arc<CubicConfig>, now: Instant, mtu: u16) -> Self {
+        Self {
+            cubic: Cubic::new(config.clone(), now, mtu),
+            config,
+            judge: LossJudge::default(),
+            idle: IdleRestart::default(),
+            restart_ceiling: None,
+            mtu: u64::from(mtu),
+            last_loss_passed: false,
+            counts: JudgedLosses::default(),
+            logged_at: None,
+        }
+    }
+
+    /// Restarts the window after an idle spell, as Linux TCP does (RFC 5681 §4.1): slow start
+    /// from the initial window again, up to the window the path carried before the pause.
+    /// There [`Self::end_restart`] hands over to Cubic's own growth. A window no larger than
+    /// the initial one is left alone.
+    fn restart(&mut self, now: Instant) {
+        let before = self.cubic.window();
+        if before <= self.cubic.initial_window() {
+            return;
+        }
+        self.cubic = Cubic::new(self.config.clone(), now, self.mtu as u16);
+        self.restart_ceiling = Some(before);
+        self.last_loss_passed = false;
+        self.counts.idle_restarts += 1;
+        tracing::debug!(
+            target: "n2p::stats",
+            "idle restart {}: cwnd {before} -> {}, slow start up to {before}",
+            self.counts.idle_restarts,
+            self.cubic.window()
+        );
+    }
+
+    /// Ends a restart's slow start once the window is back at its ceiling: Cubic's reaction
+    /// to a congestion event there starts a new epoch (idle time no longer counts) at 0.7 of
+    /// the ceiling, growing back towards it, instead of slow start overshooting the queue.
+    fn end_restart(&mut self, now: Instant) {
+        if let Some(ceiling) = self.restart_ceiling
+            && self.cubic.window() >= ceiling
+        {
+            self.restart_ceiling = None;
+            self.cubic.on_congestion_event(now, now, false, false, 0, 0);
+        }
+    }
+
     /// Bytes the loss share looks back over: one window, at least
     /// [`LOSS_MEMORY_PACKETS`] packets.
     fn loss_memory(&self) -> u64 {
@@ -138,14 +244,17 @@ impl TolerantCubic {
 }
 
 impl Controller for TolerantCubic {
-    fn on_sent(&mut self, now: std::time::Instant, bytes: u64, largest_pn: u64) {
+    fn on_sent(&mut self, now: Instant, bytes: u64, largest_pn: u64) {
+        if self.idle.on_sent(now, bytes, self.judge.smoothed_rtt) {
+            self.restart(now);
+        }
         self.cubic.on_sent(now, bytes, largest_pn);
     }
 
     fn on_ack(
         &mut self,
-        now: std::time::Instant,
-        sent: std::time::Instant,
+        now: Instant,
+        sent: Instant,
         bytes: u64,
         pn: u64,
         app_limited: bool,
@@ -154,23 +263,25 @@ impl Controller for TolerantCubic {
         let memory = self.loss_memory();
         self.judge.on_ack(bytes, rtt.get(), rtt.min(), memory);
         self.cubic.on_ack(now, sent, bytes, pn, app_limited, rtt);
+        self.end_restart(now);
     }
 
     fn on_end_acks(
         &mut self,
-        now: std::time::Instant,
+        now: Instant,
         in_flight: u64,
         app_limited: bool,
         largest_packet_num_acked: Option<u64>,
     ) {
+        self.idle.on_end_acks(now, in_flight);
         self.cubic
             .on_end_acks(now, in_flight, app_limited, largest_packet_num_acked);
     }
 
     fn on_congestion_event(
         &mut self,
-        now: std::time::Instant,
-        sent: std::time::Instant,
+        now: Instant,
+        sent: Instant,
         is_persistent_congestion: bool,
         is_ecn: bool,
         lost_bytes: u64,
@@ -197,11 +308,12 @@ impl Controller for TolerantCubic {
             tracing::debug!(
                 target: "n2p::stats",
                 "loss judge: kept={} cut_queue={} cut_share={} cut_persistent_or_ecn={} \
-                 srtt_ms={:.1} min_rtt_ms={:.1} loss_share={:.4} cwnd={}",
+                 idle_restarts={} srtt_ms={:.1} min_rtt_ms={:.1} loss_share={:.4} cwnd={}",
                 counts.random,
                 counts.queue,
                 counts.share,
                 counts.persistent_or_ecn,
+                counts.idle_restarts,
                 self.judge.smoothed_rtt.as_secs_f64() * 1e3,
                 self.judge.min_rtt.as_secs_f64() * 1e3,
                 self.judge.loss_share(memory),
@@ -210,6 +322,8 @@ impl Controller for TolerantCubic {
         }
         self.last_loss_passed = pass;
         if pass {
+            // A real congestion event ends a restart's slow start the usual way.
+            self.restart_ceiling = None;
             self.cubic.on_congestion_event(
                 now,
                 sent,
@@ -260,15 +374,8 @@ pub struct TolerantCubicConfig {
 }
 
 impl ControllerFactory for TolerantCubicConfig {
-    fn build(self: Arc<Self>, now: std::time::Instant, current_mtu: u16) -> Box<dyn Controller> {
-        Box::new(TolerantCubic {
-            cubic: Cubic::new(self.cubic.clone(), now, current_mtu),
-            judge: LossJudge::default(),
-            mtu: u64::from(current_mtu),
-            last_loss_passed: false,
-            counts: JudgedLosses::default(),
-            logged_at: None,
-        })
+    fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
+        Box::new(TolerantCubic::new(self.cubic.clone(), now, current_mtu))
     }
 }
 
@@ -357,21 +464,21 @@ mod tests {
     }
 
     fn controller() -> Box<dyn Controller> {
-        Arc::new(TolerantCubicConfig::default()).build(std::time::Instant::now(), MTU as u16)
+        Arc::new(TolerantCubicConfig::default()).build(Instant::now(), MTU as u16)
     }
 
     #[test]
     fn the_controller_keeps_its_window_on_a_random_loss() {
         let mut cc = controller();
         let before = cc.window();
-        let now = std::time::Instant::now();
+        let now = Instant::now();
         cc.on_congestion_event(now, now, false, false, MTU, 7);
         assert_eq!(cc.window(), before);
     }
 
     #[test]
     fn the_controller_cuts_on_persistent_congestion_and_ecn() {
-        let now = std::time::Instant::now();
+        let now = Instant::now();
         let mut cc = controller();
         let before = cc.window();
         cc.on_congestion_event(now, now, true, false, MTU, 7);
@@ -379,6 +486,58 @@ mod tests {
         let mut cc = controller();
         cc.on_congestion_event(now, now, false, true, 0, 7);
         assert!(cc.window() < before, "ECN cuts");
+    }
+
+    #[test]
+    fn only_data_after_a_long_idle_spell_restarts() {
+        let t0 = Instant::now();
+        let rtt = ms(30);
+        let data = IDLE_RESTART_DATA_BYTES;
+        // Nothing in flight since t0; 4 RTTs are 120 ms, so the 200 ms floor decides.
+        let mut idle = IdleRestart::default();
+        idle.on_end_acks(t0, 0);
+        assert!(
+            !idle.on_sent(t0 + ms(150), data, rtt),
+            "shorter than the floor"
+        );
+        idle.on_end_acks(t0 + ms(200), 0);
+        assert!(idle.on_sent(t0 + ms(400), data, rtt), "200 ms idle");
+        // On a 100 ms path, 4 RTTs are needed.
+        idle.on_end_acks(t0 + ms(500), 0);
+        assert!(!idle.on_sent(t0 + ms(800), data, ms(100)));
+        idle.on_end_acks(t0 + ms(800), 0);
+        assert!(idle.on_sent(t0 + ms(1200), data, ms(100)));
+    }
+
+    #[test]
+    fn pings_do_not_end_an_idle_spell_and_busy_connections_never_restart() {
+        let t0 = Instant::now();
+        let mut idle = IdleRestart::default();
+        idle.on_end_acks(t0, 0);
+        // Keep-alive pings every second: not data, and the spell goes on from t0.
+        for s in 1..5 {
+            assert!(!idle.on_sent(t0 + ms(1000 * s), 40, ms(30)));
+            idle.on_end_acks(t0 + ms(1000 * s + 30), 0);
+        }
+        assert!(idle.on_sent(t0 + ms(5000), IDLE_RESTART_DATA_BYTES, ms(30)));
+        // Data always in flight: no spell, no restart.
+        let mut busy = IdleRestart::default();
+        for s in 1..5 {
+            busy.on_end_acks(t0 + ms(1000 * s), 100_000);
+            assert!(!busy.on_sent(t0 + ms(1000 * s), 1452, ms(30)));
+        }
+        // The first data of a connection is no restart either.
+        assert!(!IdleRestart::default().on_sent(t0, 1452, ms(30)));
+    }
+
+    #[test]
+    fn an_initial_window_is_left_alone_after_idle() {
+        let t0 = Instant::now();
+        let mut cc = controller();
+        let before = cc.window();
+        cc.on_end_acks(t0, 0, true, None);
+        cc.on_sent(t0 + Duration::from_secs(5), MTU, 3);
+        assert_eq!(cc.window(), before);
     }
 
     #[test]
