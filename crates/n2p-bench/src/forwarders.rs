@@ -223,12 +223,7 @@ impl Forwarder {
                 let alt = tools.n2p_alt.clone().context("no --n2p-alt binary given")?;
                 fwd.start_n2p(&alt, tools.congestion[1].as_deref())?;
             }
-            Variant::Mesh => {
-                if !net.is_loopback() {
-                    bail!("the mesh variant runs on loopback only");
-                }
-                fwd.start_mesh(&tools.n2p)?;
-            }
+            Variant::Mesh => fwd.start_mesh(&tools.n2p)?,
             Variant::Dumbpipe => {
                 let bin = tools
                     .dumbpipe
@@ -366,7 +361,15 @@ impl Forwarder {
     }
 
     fn start_mesh(&mut self, n2p: &Path) -> Result<()> {
-        let team = Team::create(n2p, &self.dir.join("team"), &["a", "b"])?;
+        // `a` pushes from nix's side of the link, `b` shares the daemon on the far side.
+        let team = Team::create_placed(
+            n2p,
+            &self.dir.join("team"),
+            &[
+                ("a", self.net.client_ip, self.net.client_ns.clone()),
+                ("b", self.net.server_ip, self.net.server_ns.clone()),
+            ],
+        )?;
         let pusher = team.spawn(0, None)?;
         let sharer = team.spawn(1, Some(&self.slot))?;
         self.services.push(pusher);

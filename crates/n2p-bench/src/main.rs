@@ -590,7 +590,12 @@ fn run_netem(
     for v in variants {
         if matches!(
             v,
-            Variant::N2p | Variant::N2pAlt | Variant::Dumbpipe | Variant::Socat | Variant::SshNg
+            Variant::N2p
+                | Variant::N2pAlt
+                | Variant::Mesh
+                | Variant::Dumbpipe
+                | Variant::Socat
+                | Variant::SshNg
         ) {
             fwds.push(Forwarder::start(
                 *v,

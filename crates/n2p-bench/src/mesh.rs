@@ -12,6 +12,7 @@
 use std::{
     fmt::Write as _,
     fs,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     thread,
@@ -44,10 +45,13 @@ const MESH_TIMEOUT: Duration = Duration::from_secs(60);
 struct Node {
     name: String,
     home: PathBuf,
+    ip: IpAddr,
     port: u16,
+    /// The network namespace it runs in (None: this one).
+    ns: Option<String>,
 }
 
-/// A closed team of n2p nodes on loopback with fixed addresses.
+/// A closed team of n2p nodes with fixed addresses: on loopback, or across the emulated link.
 pub(crate) struct Team {
     n2p: PathBuf,
     dir: PathBuf,
@@ -56,8 +60,23 @@ pub(crate) struct Team {
 }
 
 impl Team {
-    /// Creates a home and identity per name and the team file, in `dir`.
+    /// Creates a home and identity per name and the team file, in `dir`; every node on
+    /// 127.0.0.1.
     pub(crate) fn create(n2p: &Path, dir: &Path, names: &[&str]) -> Result<Self> {
+        let placed: Vec<_> = names
+            .iter()
+            .map(|name| (*name, IpAddr::V4(Ipv4Addr::LOCALHOST), None))
+            .collect();
+        Self::create_placed(n2p, dir, &placed)
+    }
+
+    /// Like [`Team::create`], each node at its own address, in its own namespace (None:
+    /// this one).
+    pub(crate) fn create_placed(
+        n2p: &Path,
+        dir: &Path,
+        nodes: &[(&str, IpAddr, Option<String>)],
+    ) -> Result<Self> {
         fs::create_dir_all(dir)?;
         let secret = dir.join("team.secret");
         let mut random = [0u8; 16];
@@ -73,20 +92,24 @@ impl Team {
 
         let mut text =
             String::from("[mesh]\nsecret_file = \"team.secret\"\nrelay = \"disabled\"\n");
+        let placed = nodes;
         let mut nodes = Vec::new();
-        for name in names {
+        for (name, ip, ns) in placed {
             let home = dir.join(format!("home-{name}"));
             let id = output_of(n2p_command(None, n2p, &home).arg("id"))
                 .with_context(|| format!("`n2p id` failed for {}", home.display()))?;
             let port = free_udp_port();
             let _ = write!(
                 text,
-                "\n[[member]]\nname = \"{name}\"\nid = \"{id}\"\naddrs = [\"127.0.0.1:{port}\"]\n"
+                "\n[[member]]\nname = \"{name}\"\nid = \"{id}\"\naddrs = [\"{}\"]\n",
+                SocketAddr::new(*ip, port)
             );
             nodes.push(Node {
                 name: (*name).to_owned(),
                 home,
+                ip: *ip,
                 port,
+                ns: ns.clone(),
             });
         }
         let file = dir.join("team.toml");
@@ -107,13 +130,13 @@ impl Team {
     /// Starts node `i`, sharing the daemon at `share` or not sharing.
     pub(crate) fn spawn(&self, i: usize, share: Option<&Path>) -> Result<Process> {
         let node = &self.nodes[i];
-        let mut command = n2p_command(None, &self.n2p, &node.home);
+        let mut command = n2p_command(node.ns.as_deref(), &self.n2p, &node.home);
         command
             .args([
                 "--relay",
                 "disabled",
                 "--bind",
-                &format!("127.0.0.1:{}", node.port),
+                &SocketAddr::new(node.ip, node.port).to_string(),
             ])
             .args(["mesh", "join", TOPIC, "--team"])
             .arg(&self.file);

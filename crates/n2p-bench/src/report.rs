@@ -816,6 +816,7 @@ pub(crate) fn markdown(r: &Report) -> String {
             "Pulls: `nix copy --from <source> --to <fresh daemon>`",
             "Sources: `n2p` = `http://` facade of `n2p client --cache` → `n2p server` → \
              nix-daemon on the source store; `file` = `file://` binary cache, compression=none; \
+             `http` = that cache's directory served by `python3 -m http.server`; \
              `ssh-ng` = OpenSSH on loopback, `remote-store=local?root=`; `local` = `local?root=` \
              of the source store. Destination: a fresh nix-daemon on a fresh chroot store per \
              round and source.",
