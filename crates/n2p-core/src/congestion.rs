@@ -162,8 +162,11 @@ pub struct TolerantCubic {
     config: Arc<CubicConfig>,
     judge: LossJudge,
     idle: IdleRestart,
-    /// During the slow start of an idle restart: the window before the pause.
+    /// During the slow start of an idle restart: where it ends.
     restart_ceiling: Option<u64>,
+    /// The largest window the path carried since the last window cut (then the window
+    /// after it): what an idle restart may slow-start back to, like TCP's ssthresh.
+    carried: u64,
     mtu: u64,
     /// Whether the last loss was passed to Cubic (so a spurious-loss undo goes there too).
     last_loss_passed: bool,
@@ -196,6 +199,7 @@ impl TolerantCubic {
             judge: LossJudge::default(),
             idle: IdleRestart::default(),
             restart_ceiling: None,
+            carried: 0,
             mtu: u64::from(mtu),
             last_loss_passed: false,
             counts: JudgedLosses::default(),
@@ -204,21 +208,25 @@ impl TolerantCubic {
     }
 
     /// Restarts the window after an idle spell, as Linux TCP does (RFC 5681 §4.1): slow start
-    /// from the initial window again, up to the window the path carried before the pause.
-    /// There [`Self::end_restart`] hands over to Cubic's own growth. A window no larger than
-    /// the initial one is left alone.
+    /// from the initial window again, up to the larger of the window before the pause and
+    /// the window the path last carried ([`TolerantCubic::carried`]: a pause after small,
+    /// application-limited transfers leaves a small window that says nothing of the path).
+    /// There [`Self::end_restart`] hands over to Cubic's own growth. Nothing changes when
+    /// that ceiling is no larger than the initial window.
     fn restart(&mut self, now: Instant) {
         let before = self.cubic.window();
-        if before <= self.cubic.initial_window() {
+        let ceiling = before.max(self.carried);
+        if ceiling <= self.cubic.initial_window() {
             return;
         }
+        self.carried = ceiling;
         self.cubic = Cubic::new(self.config.clone(), now, self.mtu as u16);
-        self.restart_ceiling = Some(before);
+        self.restart_ceiling = Some(ceiling);
         self.last_loss_passed = false;
         self.counts.idle_restarts += 1;
         tracing::debug!(
             target: "n2p::stats",
-            "idle restart {}: cwnd {before} -> {}, slow start up to {before}",
+            "idle restart {}: cwnd {before} -> {}, slow start up to {ceiling}",
             self.counts.idle_restarts,
             self.cubic.window()
         );
@@ -322,7 +330,8 @@ impl Controller for TolerantCubic {
         }
         self.last_loss_passed = pass;
         if pass {
-            // A real congestion event ends a restart's slow start the usual way.
+            // A real congestion event ends a restart's slow start the usual way, and what
+            // the path carries is learnt anew from the cut window.
             self.restart_ceiling = None;
             self.cubic.on_congestion_event(
                 now,
@@ -332,6 +341,7 @@ impl Controller for TolerantCubic {
                 lost_bytes,
                 largest_lost_pn,
             );
+            self.carried = self.cubic.window();
         }
     }
 
