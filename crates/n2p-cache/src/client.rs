@@ -130,6 +130,7 @@ pub struct StoreClient {
     dialers: Mutex<HashMap<EndpointId, Arc<DaemonDialer>>>,
     batches: Mutex<HashMap<EndpointId, Batches>>,
     narinfo_requests: AtomicU64,
+    nar_requests: AtomicU64,
 }
 
 impl StoreClient {
@@ -141,6 +142,7 @@ impl StoreClient {
             dialers: Mutex::new(HashMap::new()),
             batches: Mutex::new(HashMap::new()),
             narinfo_requests: AtomicU64::new(0),
+            nar_requests: AtomicU64::new(0),
         }
     }
 
@@ -286,6 +288,11 @@ impl StoreClient {
         self.narinfo_requests.load(Ordering::Relaxed)
     }
 
+    /// How many NAR requests this client has made, to any peer.
+    pub fn nar_requests(&self) -> u64 {
+        self.nar_requests.load(Ordering::Relaxed)
+    }
+
     /// The metadata of the paths with `hash_parts` (at most [`MAX_HASH_PARTS`]) on `peer`,
     /// `None` where it has none. An entry that is malformed, or whose hash part is not the
     /// one asked for, counts as `None`.
@@ -350,6 +357,7 @@ impl StoreClient {
         path: &StorePath,
         nar_hash: NarHash,
     ) -> Result<NarDownload, PullError> {
+        self.nar_requests.fetch_add(1, Ordering::Relaxed);
         let request = Request::Nar {
             store_path: path.to_string(),
             nar_hash: nar_hash.0,

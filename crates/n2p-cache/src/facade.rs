@@ -141,10 +141,10 @@ impl Facade {
         Router::new()
             .route("/nix-cache-info", get(cache_info))
             .route("/{file}", get(root_file))
-            .route("/nar/{file}", get(root_nar))
+            .route("/nar/{file}", get(root_nar).head(root_nar_head))
             .route("/peer/{name}/nix-cache-info", get(cache_info))
             .route("/peer/{name}/{file}", get(peer_file))
-            .route("/peer/{name}/nar/{file}", get(peer_nar))
+            .route("/peer/{name}/nar/{file}", get(peer_nar).head(peer_nar_head))
             .with_state(self.clone())
     }
 
@@ -284,6 +284,23 @@ impl Facade {
             .into_response()
     }
 
+    /// `HEAD` of a NAR URL: its headers from a peer's narinfo with that NAR hash, without
+    /// fetching the NAR (axum would otherwise run the `GET` and drop the body).
+    async fn nar_head(&self, scope: Scope, file: &str) -> Response {
+        let Some((hash_part, nar_hash)) = parse_nar_file(file) else {
+            return not_found();
+        };
+        let peers = self.peers_in(&scope).await;
+        let answers = self.ask(&peers, hash_part).await;
+        match answers
+            .iter()
+            .find(|(_, info, _)| info.nar_hash == nar_hash)
+        {
+            Some((_, info, _)) => nar_headers(info.nar_size, Body::empty()),
+            None => not_found(),
+        }
+    }
+
     async fn nar(&self, scope: Scope, file: &str) -> Response {
         let Some((hash_part, nar_hash)) = parse_nar_file(file) else {
             return not_found();
@@ -324,14 +341,7 @@ impl Facade {
                     );
                     let size = download.nar_size;
                     let body = verified(chunks(download), nar_hash, size, path.to_string());
-                    return (
-                        [
-                            (header::CONTENT_TYPE, "application/x-nix-nar".to_owned()),
-                            (header::CONTENT_LENGTH, size.to_string()),
-                        ],
-                        Body::from_stream(body),
-                    )
-                        .into_response();
+                    return nar_headers(size, Body::from_stream(body));
                 }
                 Err(e) => warn!(
                     "NAR of {path} from {}: {e}; trying the next peer",
@@ -357,6 +367,18 @@ fn rank(info: &NarInfo, store_dir: &StoreDir, trusted: &[PublicKey]) -> u8 {
     } else {
         3
     }
+}
+
+/// A NAR response of `size` bytes with `body` (empty for `HEAD`).
+fn nar_headers(size: u64, body: Body) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/x-nix-nar".to_owned()),
+            (header::CONTENT_LENGTH, size.to_string()),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 fn not_found() -> Response {
@@ -408,6 +430,17 @@ async fn peer_nar(
     Path((name, file)): Path<(String, String)>,
 ) -> Response {
     facade.nar(Scope::Named(name), &file).await
+}
+
+async fn root_nar_head(State(facade): State<Arc<Facade>>, Path(file): Path<String>) -> Response {
+    facade.nar_head(Scope::All, &file).await
+}
+
+async fn peer_nar_head(
+    State(facade): State<Arc<Facade>>,
+    Path((name, file)): Path<(String, String)>,
+) -> Response {
+    facade.nar_head(Scope::Named(name), &file).await
 }
 
 /// The download's chunks as a stream; the download is marked complete at its clean end.

@@ -9,6 +9,7 @@ use std::{
 use iroh::{Endpoint, SecretKey, protocol::Router};
 use n2p_cache::{
     client::{Peer, PullError, StoreClient},
+    facade::{Facade, FacadeConfig, PeerSource, nar_url},
     proto::STORE_ALPN,
     server::{StoreLimits, StoreService},
 };
@@ -18,6 +19,7 @@ use n2p_core::{
     endpoint::{EndpointOptions, bind_endpoint},
 };
 use n2p_nix::{NarHash, StoreDir, StorePath, nar::copy_nar};
+use n2p_testkit::http;
 use n2p_testkit::nix::{
     NixDaemon, SourceStore, assert_copy_succeeds, nix_command, path_metadata, require_nix,
 };
@@ -339,5 +341,77 @@ async fn simultaneous_narinfo_lookups_share_requests_and_each_gets_its_own_answe
         requests <= 3,
         "30 simultaneous lookups took {requests} requests"
     );
+    Ok(())
+}
+
+/// `HEAD` of a NAR URL is answered from the narinfo (its `Content-Length` is the NarSize)
+/// without fetching the NAR; a `GET` fetches it; a NAR hash no peer has is a 404.
+#[tokio::test]
+async fn a_head_of_a_nar_url_fetches_no_nar() -> TestResult {
+    if !require_nix("a_head_of_a_nar_url_fetches_no_nar") {
+        return Ok(());
+    }
+    let daemon = NixDaemon::start();
+    let source = SourceStore::new();
+    let path = source.add_file("headed", b"asked with HEAD first\n");
+    assert_copy_succeeds(&source, &daemon.store_url(), &[&path]);
+    let served = serve(&daemon).await?;
+    let client = Arc::new(StoreClient::new(endpoint(2, vec![]).await?));
+    let peer = served.peer();
+    let peers: PeerSource = Arc::new(move || {
+        let peer = peer.clone();
+        Box::pin(async move { vec![peer] })
+    });
+    let facade = Facade::new(FacadeConfig::default(), client.clone(), peers);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn({
+        let facade = facade.clone();
+        async move {
+            facade
+                .serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+        }
+    });
+    let ask = |method: &'static str, url: String| {
+        tokio::task::spawn_blocking(move || {
+            http::request(method, addr, &url, Duration::from_secs(10))
+        })
+    };
+
+    let store_path = basename(&path);
+    let narinfo = ask("GET", format!("/{}.narinfo", store_path.hash_part())).await??;
+    assert_eq!(narinfo.status, 200);
+    let text = String::from_utf8(narinfo.body)?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(str::to_owned)
+            .ok_or(format!("no {name} in {text}"))
+    };
+    let (url, size) = (field("URL: ")?, field("NarSize: ")?);
+
+    let head = ask("HEAD", format!("/{url}")).await??;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some(size.as_str()));
+    assert!(head.body.is_empty());
+    assert_eq!(client.nar_requests(), 0, "a HEAD fetched the NAR");
+
+    let nar = ask("GET", format!("/{url}")).await??;
+    assert_eq!(nar.status, 200);
+    assert_eq!(nar.body.len().to_string(), size);
+    assert_eq!(client.nar_requests(), 1);
+
+    let other = nar_url(&store_path, &NarHash([7; 32]));
+    assert_eq!(ask("HEAD", format!("/{other}")).await??.status, 404);
+    assert_eq!(client.nar_requests(), 1);
+
+    let _ = stop.send(());
+    serving.await??;
+    client.close().await;
+    served.router.shutdown().await?;
     Ok(())
 }

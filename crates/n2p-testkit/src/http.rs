@@ -22,6 +22,8 @@ use crate::Failure;
 pub struct Reply {
     /// The status code of the status line.
     pub status: u16,
+    /// The header lines after the status line, as `(lower-case name, value)`.
+    pub headers: Vec<(String, String)>,
     /// Everything after the header block (for `HEAD`, nothing).
     pub body: Vec<u8>,
     /// From before connecting to the end of the reply (the server closes the connection).
@@ -56,26 +58,41 @@ pub fn request(
         .read_to_end(&mut raw)
         .map_err(|e| fail("reading the reply", e))?;
     let elapsed = started.elapsed();
-    let (status, body) = parse_reply(&raw)
+    let (status, headers, body) = parse_reply(&raw)
         .ok_or_else(|| Failure::new(format!("{what}: not an HTTP reply: {:?}", lossy(&raw))))?;
     Ok(Reply {
         status,
+        headers,
         body: body.to_vec(),
         elapsed,
     })
 }
 
-/// The status code and the body of a raw HTTP/1.x reply read to its end.
-fn parse_reply(raw: &[u8]) -> Option<(u16, &[u8])> {
+impl Reply {
+    /// The value of header `name` (case-insensitive), if the reply has it.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The status code, the headers and the body of a raw HTTP/1.x reply read to its end.
+fn parse_reply(raw: &[u8]) -> Option<(u16, Vec<(String, String)>, &[u8])> {
     let header_end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let status_line = raw.split(|b| *b == b'\n').next()?;
-    let status_line = std::str::from_utf8(status_line).ok()?;
-    let mut words = status_line.split_whitespace();
+    let head = std::str::from_utf8(&raw[..header_end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let mut words = lines.next()?.split_whitespace();
     if !words.next()?.starts_with("HTTP/1.") {
         return None;
     }
     let status = words.next()?.parse().ok()?;
-    Some((status, &raw[header_end + 4..]))
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    Some((status, headers, &raw[header_end + 4..]))
 }
 
 fn lossy(raw: &[u8]) -> String {
@@ -87,11 +104,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_reply_splits_into_status_and_body() {
-        let raw = b"HTTP/1.1 404 Not Found\r\ncontent-length: 3\r\n\r\nno\n";
-        assert_eq!(parse_reply(raw), Some((404, &b"no\n"[..])));
-        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n";
-        assert_eq!(parse_reply(head), Some((200, &b""[..])));
+    fn a_reply_splits_into_status_headers_and_body() {
+        let length = |n: &str| vec![("content-length".to_owned(), n.to_owned())];
+        let raw = b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nno\n";
+        assert_eq!(parse_reply(raw), Some((404, length("3"), &b"no\n"[..])));
+        let head = b"HTTP/1.1 200 OK\r\ncontent-length:9\r\n\r\n";
+        assert_eq!(parse_reply(head), Some((200, length("9"), &b""[..])));
     }
 
     #[test]
