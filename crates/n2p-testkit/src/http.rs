@@ -23,7 +23,7 @@ pub struct Reply {
     /// The status code of the status line.
     pub status: u16,
     /// The header lines after the status line, as `(lower-case name, value)`.
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
     /// Everything after the header block (for `HEAD`, nothing).
     pub body: Vec<u8>,
     /// From before connecting to the end of the reply (the server closes the connection).
@@ -78,8 +78,11 @@ impl Reply {
     }
 }
 
+/// Header lines as `(lower-case name, value)`.
+pub type Headers = Vec<(String, String)>;
+
 /// The status code, the headers and the body of a raw HTTP/1.x reply read to its end.
-fn parse_reply(raw: &[u8]) -> Option<(u16, Vec<(String, String)>, &[u8])> {
+fn parse_reply(raw: &[u8]) -> Option<(u16, Headers, &[u8])> {
     let header_end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(&raw[..header_end]).ok()?;
     let mut lines = head.split("\r\n");
