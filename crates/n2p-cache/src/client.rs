@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 use tracing::debug;
 
 use crate::proto::{
-    FrameError, MAX_HASH_PARTS, NarHeader, NarInfosReply, Request, STORE_ALPN, WireInfo,
+    BUSY, FrameError, MAX_HASH_PARTS, NarHeader, NarInfosReply, Request, STORE_ALPN, WireInfo,
     read_frame, write_frame,
 };
 
@@ -96,6 +96,20 @@ pub enum PullError {
     /// The peer did not answer in time.
     #[error("the peer did not answer within {0:?}")]
     Timeout(Duration),
+    /// The peer refused the NAR: its slots for us stayed taken by our other NARs.
+    #[error("the peer is busy sending us other NARs; try again or another peer")]
+    Busy,
+}
+
+/// Whether `error` is the peer's reset of the stream with [`BUSY`].
+fn is_busy(error: &FrameError) -> bool {
+    let FrameError::Io(io) = error else {
+        return false;
+    };
+    matches!(
+        io.get_ref().and_then(|inner| inner.downcast_ref::<ReadError>()),
+        Some(ReadError::Reset(code)) if *code == BUSY
+    )
 }
 
 /// A NAR on its way: `nar_size` bytes to read, then a clean end, which the server sends only
@@ -364,7 +378,13 @@ impl StoreClient {
         };
         let header = async {
             let mut pair = self.request(peer, &request).await?;
-            let header: NarHeader = read_frame(&mut pair.recv).await?;
+            let header: NarHeader = read_frame(&mut pair.recv).await.map_err(|e| {
+                if is_busy(&e) {
+                    PullError::Busy
+                } else {
+                    PullError::from(e)
+                }
+            })?;
             Ok::<_, PullError>((header, pair))
         };
         let (header, stream) = tokio::time::timeout(HEADER_TIMEOUT, header)

@@ -47,6 +47,10 @@ pub const NAR_ABORTED: VarInt = VarInt::from_u32(0x6e6172);
 /// Stream reset code: the request was malformed or over a bound.
 pub const BAD_REQUEST: VarInt = VarInt::from_u32(400);
 
+/// Stream reset code: the peer's NAR slots all stayed taken for the server's
+/// [`crate::server::StoreLimits::nar_slot_wait`]; ask another peer or later.
+pub const BUSY: VarInt = VarInt::from_u32(503);
+
 /// One request; the first and only frame the client sends on a stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {

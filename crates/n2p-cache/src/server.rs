@@ -48,7 +48,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::answers::{ANSWER_CAPACITY, ANSWER_TTL, Answers};
 use crate::proto::{
-    BAD_REQUEST, MAX_HASH_PARTS, NAR_ABORTED, NarHeader, NarInfosReply, Request, WireInfo,
+    BAD_REQUEST, BUSY, MAX_HASH_PARTS, NAR_ABORTED, NarHeader, NarInfosReply, Request, WireInfo,
     read_frame, write_frame,
 };
 
@@ -75,6 +75,10 @@ pub struct StoreLimits {
     pub streams_per_connection: usize,
     /// NARs sent at once to one peer identity (over all its connections).
     pub nars_per_peer: usize,
+    /// How long a NAR request waits for one of its peer's slots before its stream is reset
+    /// with [`crate::proto::BUSY`] (default 25 s, inside the client's 30 s wait for a NAR's
+    /// header, so the client learns why).
+    pub nar_slot_wait: Duration,
     /// Streams waiting for their proof before one has passed, and the deadline for a proof
     /// (its `max_per_peer` is not used here: `nars_per_peer` bounds the expensive part).
     pub pre_auth: Limits,
@@ -88,6 +92,7 @@ impl Default for StoreLimits {
         Self {
             streams_per_connection: 64,
             nars_per_peer: 8,
+            nar_slot_wait: Duration::from_secs(25),
             pre_auth: Limits::default(),
             idle_daemon_timeout: Duration::from_secs(30),
         }
@@ -309,8 +314,19 @@ impl StoreService {
                     return;
                 };
                 let slots = self.nar_slots(peer);
-                let Ok(_permit) = slots.acquire_owned().await else {
-                    return;
+                let wait = self.inner.limits.nar_slot_wait;
+                let _permit = match tokio::time::timeout(wait, slots.acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        debug!(
+                            "{}: all {} NAR slots taken for {wait:?}; refused {path}",
+                            peer.fmt_short(),
+                            self.inner.limits.nars_per_peer
+                        );
+                        streams.send.reset(BUSY).ok();
+                        return;
+                    }
                 };
                 self.send_nar(&path, NarHash(nar_hash), &mut streams.send)
                     .await

@@ -415,3 +415,57 @@ async fn a_head_of_a_nar_url_fetches_no_nar() -> TestResult {
     served.router.shutdown().await?;
     Ok(())
 }
+
+/// A NAR request beyond its peer's slots waits for one only `nar_slot_wait`, then its stream
+/// is reset (busy) instead of waiting as long as the NAR in front of it; a freed slot serves
+/// the next request whole.
+#[tokio::test]
+async fn a_nar_request_waits_for_a_slot_only_so_long() -> TestResult {
+    if !require_nix("a_nar_request_waits_for_a_slot_only_so_long") {
+        return Ok(());
+    }
+    let daemon = NixDaemon::start();
+    let source = SourceStore::new();
+    // Far larger than a stream's flow-control window, so an unread NAR holds its slot.
+    let big = source.add_file("big", &vec![0x5a; 24 << 20]);
+    assert_copy_succeeds(&source, &daemon.store_url(), &[&big]);
+    let wait = Duration::from_millis(300);
+    let limits = StoreLimits {
+        nars_per_peer: 1,
+        nar_slot_wait: wait,
+        ..StoreLimits::default()
+    };
+    let served = serve_with(&daemon, limits).await?;
+    let client = StoreClient::new(endpoint(2, vec![]).await?);
+    let peer = served.peer();
+    let path = basename(&big);
+    let info = client
+        .narinfos(&peer, &[path.hash_part().to_owned()])
+        .await?
+        .remove(0)
+        .ok_or("the big path is valid")?;
+
+    let first = client.nar(&peer, &path, info.nar_hash).await?;
+    let started = Instant::now();
+    let second = client.nar(&peer, &path, info.nar_hash).await;
+    let took = started.elapsed();
+    let error = second.err().ok_or("a second NAR got the only slot")?;
+    assert!(matches!(error, PullError::Busy), "{error}");
+    assert!(
+        took >= wait && took < wait + Duration::from_secs(5),
+        "refused after {took:?}"
+    );
+
+    drop(first);
+    let mut third = client.nar(&peer, &path, info.nar_hash).await?;
+    let mut received = 0u64;
+    while let Some(chunk) = third.next_chunk(1 << 20).await? {
+        received += chunk.len() as u64;
+    }
+    assert_eq!(received, info.nar_size);
+    third.completed();
+
+    client.close().await;
+    served.router.shutdown().await?;
+    Ok(())
+}
