@@ -362,7 +362,7 @@ impl Forwarder {
 
     fn start_mesh(&mut self, n2p: &Path) -> Result<()> {
         // `a` pushes from nix's side of the link, `b` shares the daemon on the far side.
-        let team = Team::create_placed(
+        let mut team = Team::create_placed(
             n2p,
             &self.dir.join("team"),
             &[
@@ -370,6 +370,11 @@ impl Forwarder {
                 ("b", self.net.server_ip, self.net.server_ns.clone()),
             ],
         )?;
+        if self.net.quic_stats {
+            team.set_rust_log(quic_stats::RUST_LOG);
+            // The pushing node's dialled connection is the sender's side.
+            self.quic_log = Some(team.log_path(0));
+        }
         let pusher = team.spawn(0, None)?;
         let sharer = team.spawn(1, Some(&self.slot))?;
         self.services.push(pusher);

@@ -57,6 +57,8 @@ pub(crate) struct Team {
     dir: PathBuf,
     file: PathBuf,
     nodes: Vec<Node>,
+    /// `RUST_LOG` of the nodes (None: n2p's default).
+    rust_log: Option<String>,
 }
 
 impl Team {
@@ -119,7 +121,18 @@ impl Team {
             dir: dir.to_owned(),
             file,
             nodes,
+            rust_log: None,
         })
+    }
+
+    /// Nodes spawned from now on log with `RUST_LOG=filter`.
+    pub(crate) fn set_rust_log(&mut self, filter: &str) {
+        self.rust_log = Some(filter.to_owned());
+    }
+
+    /// Node `i`'s log file.
+    pub(crate) fn log_path(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("{}.log", self.nodes[i].name))
     }
 
     /// How many nodes.
@@ -144,7 +157,10 @@ impl Team {
             Some(socket) => command.arg("--share").arg("--daemon-socket").arg(socket),
             None => command.arg("--no-share"),
         };
-        let log = self.dir.join(format!("{}.log", node.name));
+        if let Some(filter) = &self.rust_log {
+            command.env("RUST_LOG", filter);
+        }
+        let log = self.log_path(i);
         Ok(Process::try_spawn_logged(
             format!("mesh node {}", node.name),
             &mut command,
