@@ -408,6 +408,7 @@ impl Actor {
             addrs: self.endpoint.addr().ip_addrs().copied().collect(),
             peers_dir: self.peers_dir.clone(),
             peers,
+            connections: self.paths.counts(),
         }
     }
 

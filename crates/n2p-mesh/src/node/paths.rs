@@ -16,7 +16,7 @@ use iroh::{
     endpoint::{AfterHandshakeOutcome, Connection, EndpointHooks, WeakConnectionHandle},
 };
 
-use crate::status::PeerPath;
+use crate::status::{ConnectionCounts, PeerPath};
 
 /// The connections of this endpoint by peer; a clone shares them.
 #[derive(Debug, Clone, Default)]
@@ -42,6 +42,27 @@ impl EndpointHooks for PathWatch {
 }
 
 impl PathWatch {
+    /// The connections open now, by protocol.
+    pub(crate) fn counts(&self) -> ConnectionCounts {
+        let mut counts = ConnectionCounts::default();
+        let Ok(conns) = self.conns.lock() else {
+            return counts;
+        };
+        let live = conns
+            .values()
+            .flatten()
+            .filter_map(WeakConnectionHandle::upgrade)
+            .filter(|c| c.close_reason().is_none());
+        for conn in live {
+            match conn.alpn() {
+                iroh_gossip::net::GOSSIP_ALPN => counts.gossip += 1,
+                n2p_core::daemon::DAEMON_ALPN => counts.daemon += 1,
+                _ => counts.other += 1,
+            }
+        }
+        counts
+    }
+
     /// How traffic to `peer` goes now, and that path's round-trip time: direct if a live
     /// connection to it sends on a direct path, else relay if one sends through a relay,
     /// else none.

@@ -332,6 +332,10 @@ pub(crate) async fn status(global: &GlobalArgs, args: StatusArgs) -> anyhow::Res
         if s.open_team { " (open team)" } else { "" }
     );
     println!("sharing  {}", if s.shares_daemon { "yes" } else { "no" });
+    println!(
+        "links    {} gossip, {} daemon, {} other (open iroh connections)",
+        s.connections.gossip, s.connections.daemon, s.connections.other
+    );
     println!("peers in {}", s.peers_dir.display());
     print_peers(&s);
     Ok(())
