@@ -42,6 +42,35 @@ impl EndpointHooks for PathWatch {
 }
 
 impl PathWatch {
+    /// The open gossip connections, each with its peer.
+    fn gossip(&self) -> Vec<Connection> {
+        let Ok(conns) = self.conns.lock() else {
+            return Vec::new();
+        };
+        conns
+            .values()
+            .flatten()
+            .filter_map(WeakConnectionHandle::upgrade)
+            .filter(|c| c.close_reason().is_none() && c.alpn() == iroh_gossip::net::GOSSIP_ALPN)
+            .collect()
+    }
+
+    /// The peers this endpoint has an open gossip connection with.
+    pub(crate) fn gossip_peers(&self) -> Vec<EndpointId> {
+        let mut peers: Vec<EndpointId> = self.gossip().iter().map(|c| c.remote_id()).collect();
+        peers.sort();
+        peers.dedup();
+        peers
+    }
+
+    /// Closes every open gossip connection with `peer` (gossip sees it closed and dials
+    /// again when it needs the peer).
+    pub(crate) fn close_gossip(&self, peer: &EndpointId) {
+        for conn in self.gossip().iter().filter(|c| c.remote_id() == *peer) {
+            conn.close(0u32.into(), b"not a gossip neighbour");
+        }
+    }
+
     /// The connections open now, by protocol.
     pub(crate) fn counts(&self) -> ConnectionCounts {
         let mut counts = ConnectionCounts::default();

@@ -1,6 +1,6 @@
 //! `n2p mesh …` and `n2p status`: join a team's gossip topic and keep a socket per live peer.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
 use n2p_cache::{
@@ -173,6 +173,9 @@ pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<
         secret,
         peers_dir: peers_dir.clone(),
         peers_access,
+        peer_idle_close: args
+            .peer_idle_close_ms
+            .map_or(n2p_mesh::node::idle::PEER_IDLE_CLOSE, Duration::from_millis),
         bootstrap,
         protocols: vec![(STORE_ALPN.to_vec(), store)],
     };
