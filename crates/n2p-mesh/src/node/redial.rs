@@ -171,10 +171,13 @@ mod tests {
             let round = redial.due(absent.clone(), at);
             assert!(!round.is_empty() && round.len() <= MAX_DIALS_PER_ROUND);
             for id in round {
-                assert!(
-                    dialed.insert(id),
-                    "each absent member once before any twice"
-                );
+                // The last round may also hold one due again; it comes after the rest.
+                if dialed.len() < absent.len() {
+                    assert!(
+                        dialed.insert(id),
+                        "each absent member once before any twice"
+                    );
+                }
             }
         }
     }
