@@ -5,7 +5,14 @@
 //! reply, a neighbour request that was declined) keeps its connection until one side drops
 //! it, and the endpoint's keep-alives never let it time out. Left alone, a node ends up with
 //! a connection to nearly every member. So the node closes gossip connections to a peer that
-//! has not been a neighbour for [`GOSSIP_LINGER`]; gossip dials again when it needs to.
+//! has not been a neighbour for [`GOSSIP_LINGER`].
+//!
+//! Caveat (iroh-gossip 0.101, `net.rs`): when the connection to a peer outside the active
+//! view closes, gossip keeps that peer's dead sender and drops (with a warning, "failed to
+//! send: connection task send loop terminated") what it later sends to it, until a new
+//! connection with the peer arrives from either side. The same happens when such a peer
+//! crashes. What heals it is the node's own dials of absent members ([`super::redial`]),
+//! which hand gossip a fresh connection before joining through it.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
