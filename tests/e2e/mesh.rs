@@ -322,3 +322,74 @@ fn a_member_that_was_down_at_start_is_reached_when_it_comes_up() {
         up.elapsed()
     );
 }
+
+/// The idle period the next test sets with `n2p mesh join --peer-idle-close-ms` (hidden; the
+/// default is `n2p_mesh::node::idle::PEER_IDLE_CLOSE`, 60 s).
+const TEST_IDLE_CLOSE: Duration = Duration::from_secs(3);
+
+/// How many daemon connections `peer` has open, by its `n2p status --json`.
+fn daemon_connections(peer: &MeshPeer) -> Option<u64> {
+    peer.status_json()["connections"]["daemon"].as_u64()
+}
+
+#[test]
+fn a_peer_socket_connects_on_use_and_closes_its_connection_when_idle() {
+    if !require_nix("a_peer_socket_connects_on_use_and_closes_its_connection_when_idle") {
+        return;
+    }
+    let alice = MeshPeer::with_daemon("alice");
+    let bob = MeshPeer::with_daemon("bob");
+    let team = TeamDir::new();
+    let team_file = team.write(
+        "team.toml",
+        &TeamSpec::closed([alice.member(), bob.member()]),
+    );
+    let source = SourceStore::new();
+    let first = source.add_file("first.txt", b"first copy\n");
+    let second = source.add_file("second.txt", b"second copy, after the idle close\n");
+    let idle_ms = TEST_IDLE_CLOSE.as_millis().to_string();
+    let _nodes =
+        [&alice, &bob].map(|peer| peer.join(&team_file, &["--peer-idle-close-ms", &idle_ms]));
+    alice.wait_for_sockets(&["bob"], CONVERGENCE_TIMEOUT);
+    bob.wait_for_sockets(&["alice"], CONVERGENCE_TIMEOUT);
+    assert_eq!(
+        daemon_connections(&alice),
+        Some(0),
+        "alice's socket for bob has not been used yet, so no connection should be open: {:#}",
+        alice.status_json()
+    );
+
+    assert_copy_succeeds(&source, &alice.socket_url("bob"), &[&first]);
+    let copied = Instant::now();
+    assert_copied(&source, &bob.daemon().store_url(), &first);
+    assert_eq!(
+        daemon_connections(&alice),
+        Some(1),
+        "the copy through alice's peers/bob.sock should have opened one connection: {:#}",
+        alice.status_json()
+    );
+
+    wait_until(
+        "alice's connection to bob closes after the idle period",
+        TEST_IDLE_CLOSE * 5,
+        || match (daemon_connections(&alice), daemon_connections(&bob)) {
+            (Some(0), Some(0)) => Ok(()),
+            counts => Err(format!("daemon connections (alice, bob): {counts:?}")),
+        },
+    );
+    let closed_after = copied.elapsed();
+    // The socket looks every tenth of the period; the last look that saw the copy busy may
+    // be that much before its end.
+    assert!(
+        closed_after >= TEST_IDLE_CLOSE - TEST_IDLE_CLOSE / 5,
+        "closed {closed_after:?} after the copy, before the idle period of {TEST_IDLE_CLOSE:?}"
+    );
+    assert!(
+        alice.socket("bob").exists(),
+        "the socket stays while bob is live, connection or not"
+    );
+
+    assert_copy_succeeds(&source, &alice.socket_url("bob"), &[&second]);
+    assert_copied(&source, &bob.daemon().store_url(), &second);
+    assert_not_valid(&alice.daemon().store_url(), &second);
+}

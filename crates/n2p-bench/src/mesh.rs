@@ -29,7 +29,7 @@ use serde::Serialize;
 
 use crate::{
     forwarders::n2p_command,
-    procfs::{output_of, status_bytes},
+    procfs::{cpu_seconds, output_of, status_bytes},
     stats::Summary,
 };
 
@@ -39,8 +39,16 @@ const TOPIC: &str = "bench";
 /// How often the mesh measurements look at the peers directories (N of them).
 const MESH_POLL: Duration = Duration::from_millis(10);
 
-/// Longest the mesh may take to converge or to drop a killed node.
+/// Longest the mesh may take to converge or to drop a killed node, at any size; larger
+/// meshes get [`MESH_TIMEOUT_PER_NODE`] more per node (100 processes starting on two cores
+/// take a while before they even announce).
 const MESH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Added to [`MESH_TIMEOUT`] per node.
+const MESH_TIMEOUT_PER_NODE: Duration = Duration::from_millis(500);
+
+/// How long the converged mesh is left alone while each node's CPU time is counted.
+pub(crate) const IDLE_CPU_WINDOW: Duration = Duration::from_secs(10);
 
 struct Node {
     name: String,
@@ -174,6 +182,16 @@ impl Team {
             .join(format!("{}.sock", self.nodes[j].name))
     }
 
+    /// Node `i`'s open connections, as its `n2p status --json` reports them; `None` when it
+    /// does not (an older binary) or cannot be asked.
+    fn connections(&self, i: usize) -> Option<NodeConnections> {
+        let text = output_of(
+            n2p_command(None, &self.n2p, &self.nodes[i].home).args(["status", "--json"]),
+        )?;
+        let status: serde_json::Value = serde_json::from_str(&text).ok()?;
+        serde_json::from_value(status.get("connections")?.clone()).ok()
+    }
+
     fn peers_dir(&self, i: usize) -> PathBuf {
         self.nodes[i].home.join("peers")
     }
@@ -206,10 +224,35 @@ pub(crate) struct MeshRound {
     pub(crate) idle_rss_bytes: Vec<u64>,
     /// The anonymous part of it (heap, stacks; the rest is the binary's mapped pages).
     pub(crate) idle_rss_anon_bytes: Vec<u64>,
+    /// CPU each node used while idle ([`IDLE_CPU_WINDOW`] after the RSS sample), in percent
+    /// of one core.
+    pub(crate) idle_cpu_percent: Vec<f64>,
+    /// Resident memory of each node at the end of that window, in bytes.
+    pub(crate) idle_rss_late_bytes: Vec<u64>,
+    /// Open iroh connections of each node at the end of that window, as its `n2p status
+    /// --json` counts them (empty for binaries that do not report them).
+    pub(crate) connections: Vec<NodeConnections>,
     /// Seconds from SIGKILL of one node until the first other node dropped its socket.
     pub(crate) killed_first_gone_s: f64,
     /// Seconds until its socket was gone on every other node.
     pub(crate) killed_all_gone_s: f64,
+}
+
+/// One node's open iroh connections by protocol (`connections` in `n2p status --json`).
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize)]
+pub(crate) struct NodeConnections {
+    /// Gossip connections.
+    pub(crate) gossip: usize,
+    /// Daemon connections.
+    pub(crate) daemon: usize,
+    /// Any other protocol.
+    pub(crate) other: usize,
+}
+
+impl NodeConnections {
+    fn total(&self) -> f64 {
+        (self.gossip + self.daemon + self.other) as f64
+    }
 }
 
 /// Summary of several rounds with the same N.
@@ -227,6 +270,14 @@ pub(crate) struct MeshResult {
     pub(crate) idle_rss_bytes: Option<Summary>,
     /// Its anonymous part.
     pub(crate) idle_rss_anon_bytes: Option<Summary>,
+    /// Idle CPU per node, percent of one core.
+    pub(crate) idle_cpu_percent: Option<Summary>,
+    /// Resident memory per node at the end of the idle window, bytes.
+    pub(crate) idle_rss_late_bytes: Option<Summary>,
+    /// Open iroh connections per node (all protocols).
+    pub(crate) connections: Option<Summary>,
+    /// Of them, gossip connections.
+    pub(crate) gossip_connections: Option<Summary>,
     /// The rounds.
     pub(crate) rounds: Vec<MeshRound>,
 }
@@ -243,8 +294,17 @@ impl MeshResult {
             .iter()
             .flat_map(|r| r.idle_rss_anon_bytes.iter().map(|b| *b as f64))
             .collect();
+        let all = |f: &dyn Fn(&MeshRound) -> Vec<f64>| {
+            Summary::of(&rounds.iter().flat_map(f).collect::<Vec<_>>())
+        };
         Self {
             n,
+            idle_cpu_percent: all(&|r| r.idle_cpu_percent.clone()),
+            idle_rss_late_bytes: all(&|r| {
+                r.idle_rss_late_bytes.iter().map(|b| *b as f64).collect()
+            }),
+            connections: all(&|r| r.connections.iter().map(NodeConnections::total).collect()),
+            gossip_connections: all(&|r| r.connections.iter().map(|c| c.gossip as f64).collect()),
             converge_s: pick(|r| r.converge_s),
             converge_after_last_start_s: pick(|r| r.converge_after_last_start_s),
             killed_all_gone_s: pick(|r| r.killed_all_gone_s),
@@ -268,16 +328,15 @@ pub(crate) fn measure_round(n2p: &Path, dir: &Path, n: usize) -> Result<MeshRoun
         nodes.push(team.spawn(i, Some(&dummy))?);
     }
     let spawned = started.elapsed();
+    let timeout = MESH_TIMEOUT + MESH_TIMEOUT_PER_NODE * n as u32;
     let result = (|| {
-        let converged = poll(MESH_TIMEOUT, || {
-            (0..n).all(|i| team.socket_count(i) == n - 1)
-        })
-        .with_context(|| {
-            let counts: Vec<usize> = (0..n).map(|i| team.socket_count(i)).collect();
-            format!(
-                "{n} nodes did not converge within {MESH_TIMEOUT:?}; sockets per node: {counts:?}"
-            )
-        })?;
+        let converged = poll(timeout, || (0..n).all(|i| team.socket_count(i) == n - 1))
+            .with_context(|| {
+                let counts: Vec<usize> = (0..n).map(|i| team.socket_count(i)).collect();
+                format!(
+                    "{n} nodes did not converge within {timeout:?}; sockets per node: {counts:?}"
+                )
+            })?;
         let converge_s = (spawned + converged).as_secs_f64();
         thread::sleep(Duration::from_secs(1));
         let idle_rss_bytes = nodes
@@ -288,13 +347,31 @@ pub(crate) fn measure_round(n2p: &Path, dir: &Path, n: usize) -> Result<MeshRoun
             .iter()
             .filter_map(|node| status_bytes(node.pid(), "RssAnon").ok())
             .collect();
+        let pids: Vec<u32> = nodes.iter().map(Process::pid).collect();
+        let cpu_before: Vec<f64> = pids
+            .iter()
+            .map(|p| cpu_seconds(*p).unwrap_or(0.0))
+            .collect();
+        let window = Instant::now();
+        thread::sleep(IDLE_CPU_WINDOW);
+        let window = window.elapsed().as_secs_f64();
+        let idle_cpu_percent = pids
+            .iter()
+            .zip(&cpu_before)
+            .filter_map(|(p, before)| Some((cpu_seconds(*p).ok()? - before) / window * 100.0))
+            .collect();
+        let idle_rss_late_bytes = pids
+            .iter()
+            .filter_map(|p| status_bytes(*p, "VmRSS").ok())
+            .collect();
+        let connections = (0..n).filter_map(|i| team.connections(i)).collect();
 
         let victim = n - 1;
         nodes[victim].kill();
         let killed = Instant::now();
         let others: Vec<usize> = (0..n).filter(|i| *i != victim).collect();
         let mut first_gone = None;
-        poll(MESH_TIMEOUT, || {
+        poll(timeout, || {
             let gone = others
                 .iter()
                 .filter(|i| !team.peer_socket(**i, victim).exists())
@@ -313,6 +390,9 @@ pub(crate) fn measure_round(n2p: &Path, dir: &Path, n: usize) -> Result<MeshRoun
             converge_after_last_start_s: converged.as_secs_f64(),
             idle_rss_bytes,
             idle_rss_anon_bytes,
+            idle_cpu_percent,
+            idle_rss_late_bytes,
+            connections,
             killed_first_gone_s: first_gone.unwrap_or(all_gone).as_secs_f64(),
             killed_all_gone_s: all_gone.as_secs_f64(),
         })

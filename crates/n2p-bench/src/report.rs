@@ -738,13 +738,14 @@ pub(crate) fn markdown(r: &Report) -> String {
         );
         let _ = writeln!(
             out,
-            "| nodes | all see all N−1 sockets, from first start, s | from last start, s | SIGKILLed node's socket gone everywhere, s | idle RSS per node: median / max (anon median) | rounds |"
+            "| nodes | all see all N−1 sockets, from first start, s | from last start, s | SIGKILLed node's socket gone everywhere, s | idle RSS per node: median / max (anon median) | RSS {} s later: median / max | idle CPU per node, % of a core: median / max | open connections per node: median / max (gossip median) | rounds |",
+            crate::mesh::IDLE_CPU_WINDOW.as_secs()
         );
-        let _ = writeln!(out, "|---|---|---|---|---|---|");
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
         for mr in &r.mesh {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 mr.n,
                 opt(mr.converge_s, |s| secs(&s)),
                 opt(mr.converge_after_last_start_s, |s| secs(&s)),
@@ -754,6 +755,21 @@ pub(crate) fn markdown(r: &Report) -> String {
                     mb(s.median),
                     mb(s.max),
                     opt(mr.idle_rss_anon_bytes, |a| mb(a.median))
+                )),
+                opt(mr.idle_rss_late_bytes, |s| format!(
+                    "{} / {}",
+                    mb(s.median),
+                    mb(s.max)
+                )),
+                opt(mr.idle_cpu_percent, |s| format!(
+                    "{:.2} / {:.2}",
+                    s.median, s.max
+                )),
+                opt(mr.connections, |s| format!(
+                    "{:.0} / {:.0} ({})",
+                    s.median,
+                    s.max,
+                    opt(mr.gossip_connections, |g| format!("{:.0}", g.median))
                 )),
                 mr.rounds.len()
             );

@@ -15,7 +15,7 @@ use std::{
     path::PathBuf,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -51,6 +51,10 @@ pub const ACCESS_DENIED: VarInt = VarInt::from_u32(403);
 
 /// Close code used when a node shuts down.
 pub const SHUTTING_DOWN: VarInt = VarInt::from_u32(0);
+
+/// Close code used when a dialer closes a connection nothing has used for a while
+/// ([`DaemonDialer::close_idle`]); its next stream connects again.
+pub const IDLE_CLOSE: VarInt = VarInt::from_u32(1);
 
 /// Most bytes read from a daemon stream before the daemon connection is made (Nix's first
 /// message, its 8-byte magic and version, fits many times).
@@ -279,6 +283,8 @@ pub struct DaemonDialer {
     proof: AccessProof,
     connect_timeout: Duration,
     state: Mutex<DialState>,
+    /// Streams opened so far, for telling whether the dialer was used between two looks.
+    opened: AtomicU64,
 }
 
 /// The dialer's connection, or the outage in progress.
@@ -311,6 +317,7 @@ impl DaemonDialer {
             proof,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             state: Mutex::new(DialState::default()),
+            opened: AtomicU64::new(0),
         }
     }
 
@@ -483,6 +490,7 @@ impl DaemonDialer {
 
     async fn open_on(&self, conn: &Connection) -> Result<QuicPair, String> {
         let (send, recv) = conn.open_bi().await.map_err(|e| describe_close(&e))?;
+        self.opened.fetch_add(1, Ordering::Relaxed);
         let mut streams = QuicPair::new(send, recv);
         streams
             .send
@@ -530,6 +538,24 @@ impl DaemonDialer {
                 peer,
                 after: started.elapsed(),
             }),
+        }
+    }
+
+    /// How many streams the dialer has opened so far.
+    pub fn streams_opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+
+    /// Closes the current connection, if it is open, as idle ([`IDLE_CLOSE`]); returns
+    /// whether there was one. The caller makes sure no stream is in use (streams still open
+    /// on it are reset); the next [`Self::open_stream`] connects again.
+    pub async fn close_idle(&self) -> bool {
+        match self.state.lock().await.conn.take() {
+            Some(conn) if conn.close_reason().is_none() => {
+                conn.close(IDLE_CLOSE, b"idle");
+                true
+            }
+            _ => false,
         }
     }
 
@@ -604,6 +630,9 @@ pub fn describe_close(err: &ConnectionError) -> String {
         }
         ConnectionError::ApplicationClosed(close) if close.error_code == SHUTTING_DOWN => {
             "the peer shut down".to_owned()
+        }
+        ConnectionError::ApplicationClosed(close) if close.error_code == IDLE_CLOSE => {
+            "the peer closed it after an idle period".to_owned()
         }
         ConnectionError::LocallyClosed => "closed locally".to_owned(),
         ConnectionError::TimedOut => "the peer stopped answering (timed out)".to_owned(),

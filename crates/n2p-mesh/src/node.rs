@@ -13,6 +13,8 @@
 
 mod actor;
 mod gate;
+pub mod idle;
+mod linger;
 mod paths;
 pub mod peer_sockets;
 mod redial;
@@ -87,6 +89,9 @@ pub struct MeshSettings {
     pub peers_dir: PathBuf,
     /// Who may use them: the owner only (0600 in 0700, the default) or a group too.
     pub peers_access: SocketAccess,
+    /// How long a peer socket's connection may go unused before it is closed
+    /// ([`idle::PEER_IDLE_CLOSE`] by default); the socket stays and connects again when used.
+    pub peer_idle_close: Duration,
     /// Extra bootstrap peers (from invite tickets).
     pub bootstrap: Vec<EndpointAddr>,
     /// Relay and bind settings.
@@ -213,6 +218,12 @@ impl MeshNode {
             addr.addrs.extend(relay.clone());
             addr
         });
+        let ticket_ids: Vec<iroh::EndpointId> = settings
+            .bootstrap
+            .iter()
+            .map(|a| a.id)
+            .filter(|id| *id != me)
+            .collect();
         for addr in members.chain(settings.bootstrap.iter().cloned()) {
             if addr.id == me {
                 continue;
@@ -245,9 +256,13 @@ impl MeshNode {
                 endpoint.clone(),
                 AccessSecret::from_bytes(keys.access_secret()),
                 settings.peers_access,
+                settings.peer_idle_close,
             )?;
             let topic = gossip
-                .subscribe(keys.topic_id(), bootstrap_ids.clone())
+                .subscribe(
+                    keys.topic_id(),
+                    redial::join_peers(&ticket_ids, &bootstrap_ids),
+                )
                 .await
                 .map_err(|e| MeshError::Gossip(e.to_string()))?;
             Ok::<_, MeshError>((sockets, topic))
@@ -285,6 +300,7 @@ impl MeshNode {
             paths,
             redial: Default::default(),
             dials: JoinSet::new(),
+            linger: Default::default(),
         };
         let span = info_span!("mesh", me = %me.fmt_short());
         let actor = tokio::spawn(
@@ -420,6 +436,7 @@ mod tests {
             secret: TeamSecret::new(vec![7; 32])?,
             peers_dir: dir.path().join("peers"),
             peers_access: SocketAccess::Owner,
+            peer_idle_close: idle::PEER_IDLE_CLOSE,
             bootstrap: Vec::new(),
             endpoint: EndpointOptions::loopback(),
             protocols: Vec::new(),

@@ -49,6 +49,20 @@ pub struct MeshStatus {
     pub peers_dir: PathBuf,
     /// Every live peer, sorted by name: the answer to `n2p mesh peers`.
     pub peers: Vec<PeerStatus>,
+    /// The iroh connections open now, by protocol (absent in the answers of older nodes).
+    #[serde(default)]
+    pub connections: ConnectionCounts,
+}
+
+/// How many iroh connections a node has open, by protocol, whichever side opened them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionCounts {
+    /// Gossip (membership) connections.
+    pub gossip: usize,
+    /// Daemon connections: peer sockets in use, and peers using my daemon.
+    pub daemon: usize,
+    /// Connections of any other protocol (the store protocol of `n2p pull`).
+    pub other: usize,
 }
 
 /// One live peer in a [`MeshStatus`].
@@ -183,7 +197,12 @@ mod tests {
       "last_seen_secs": 4.5,
       "member": true
     }
-  ]
+  ],
+  "connections": {
+    "gossip": 5,
+    "daemon": 1,
+    "other": 0
+  }
 }"#;
 
     fn sample() -> MeshStatus {
@@ -239,6 +258,11 @@ mod tests {
                     4.5,
                 ),
             ],
+            connections: ConnectionCounts {
+                gossip: 5,
+                daemon: 1,
+                other: 0,
+            },
         }
     }
 

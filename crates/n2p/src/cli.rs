@@ -196,6 +196,10 @@ pub(crate) struct JoinArgs {
     /// Where the service keeps things.
     #[command(flatten)]
     pub(crate) service: ServiceArgs,
+    /// Close a peer socket's connection after this many milliseconds without use
+    /// [default: 60000]. Hidden: for tests that watch the close happen.
+    #[arg(long, value_name = "MS", hide = true)]
+    pub(crate) peer_idle_close_ms: Option<u64>,
 }
 
 /// Where a node (or `n2p doctor`) finds its peers directory and team secret: what a system

@@ -21,7 +21,13 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{LEAVE_DRAIN_BOUND, paths::PathWatch, peer_sockets::PeerSockets, redial::Redial};
+use super::{
+    LEAVE_DRAIN_BOUND,
+    linger::Linger,
+    paths::PathWatch,
+    peer_sockets::PeerSockets,
+    redial::{JOIN_PEERS, Redial, join_peers},
+};
 use crate::{
     proto::{
         announce::{
@@ -103,6 +109,8 @@ pub(super) struct Actor {
     pub(super) redial: Redial,
     /// The node's own dials of members, handed to gossip when they connect.
     pub(super) dials: JoinSet<()>,
+    /// When to close gossip connections to peers that are not neighbours.
+    pub(super) linger: Linger,
 }
 
 impl Actor {
@@ -201,6 +209,11 @@ impl Actor {
                         .collect();
                     let due = self.redial.due(absent, now);
                     self.dial_members(due).await;
+                    let neighbours: std::collections::BTreeSet<EndpointId> = receiver.neighbors().collect();
+                    for id in self.linger.due(self.paths.gossip_peers(), &neighbours, now) {
+                        debug!(peer = %id.fmt_short(), "closing the gossip connection to a peer that is not a neighbour");
+                        self.paths.close_gossip(&id);
+                    }
                     silent_since.retain(|id, since| {
                         !live.contains(id) && now.saturating_duration_since(*since) < SILENT_NEIGHBOR_FORGET
                     });
@@ -344,15 +357,21 @@ impl Actor {
         }
     }
 
-    /// Leaves and rejoins the gossip topic through the bootstrap peers and every peer still
-    /// live; returns the new receiver (the sender is replaced in place), or `None` when the
-    /// gossip actor is gone.
+    /// Leaves and rejoins the gossip topic through up to [`JOIN_PEERS`] peers: live ones
+    /// first (but not those just `gone`), then bootstrap peers; returns the new receiver (the
+    /// sender is replaced in place), or `None` when the gossip actor is gone.
     async fn rejoin(&mut self, old: GossipReceiver, gone: &[EndpointId]) -> Option<GossipReceiver> {
-        let mut peers = self.bootstrap.clone();
-        peers.extend(self.table.peers().into_iter().map(|p| p.id));
-        peers.sort();
-        peers.dedup();
-        peers.retain(|id| !gone.contains(id) || self.bootstrap.contains(id));
+        let live: Vec<EndpointId> = self
+            .table
+            .peers()
+            .into_iter()
+            .map(|p| p.id)
+            .filter(|id| !gone.contains(id))
+            .collect();
+        let mut peers = join_peers(&[], &live);
+        if peers.len() < JOIN_PEERS {
+            peers = join_peers(&peers, &self.bootstrap);
+        }
         debug!("rejoining the gossip topic through {} peers", peers.len());
         // Dropping both halves of the subscription makes iroh-gossip quit the topic (it
         // notices asynchronously); only a later subscribe starts from a clean state.
@@ -408,6 +427,7 @@ impl Actor {
             addrs: self.endpoint.addr().ip_addrs().copied().collect(),
             peers_dir: self.peers_dir.clone(),
             peers,
+            connections: self.paths.counts(),
         }
     }
 

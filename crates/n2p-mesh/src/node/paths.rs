@@ -16,7 +16,7 @@ use iroh::{
     endpoint::{AfterHandshakeOutcome, Connection, EndpointHooks, WeakConnectionHandle},
 };
 
-use crate::status::PeerPath;
+use crate::status::{ConnectionCounts, PeerPath};
 
 /// The connections of this endpoint by peer; a clone shares them.
 #[derive(Debug, Clone, Default)]
@@ -42,6 +42,56 @@ impl EndpointHooks for PathWatch {
 }
 
 impl PathWatch {
+    /// The open gossip connections, each with its peer.
+    fn gossip(&self) -> Vec<Connection> {
+        let Ok(conns) = self.conns.lock() else {
+            return Vec::new();
+        };
+        conns
+            .values()
+            .flatten()
+            .filter_map(WeakConnectionHandle::upgrade)
+            .filter(|c| c.close_reason().is_none() && c.alpn() == iroh_gossip::net::GOSSIP_ALPN)
+            .collect()
+    }
+
+    /// The peers this endpoint has an open gossip connection with.
+    pub(crate) fn gossip_peers(&self) -> Vec<EndpointId> {
+        let mut peers: Vec<EndpointId> = self.gossip().iter().map(|c| c.remote_id()).collect();
+        peers.sort();
+        peers.dedup();
+        peers
+    }
+
+    /// Closes every open gossip connection with `peer` (gossip sees it closed and dials
+    /// again when it needs the peer).
+    pub(crate) fn close_gossip(&self, peer: &EndpointId) {
+        for conn in self.gossip().iter().filter(|c| c.remote_id() == *peer) {
+            conn.close(0u32.into(), b"not a gossip neighbour");
+        }
+    }
+
+    /// The connections open now, by protocol.
+    pub(crate) fn counts(&self) -> ConnectionCounts {
+        let mut counts = ConnectionCounts::default();
+        let Ok(conns) = self.conns.lock() else {
+            return counts;
+        };
+        let live = conns
+            .values()
+            .flatten()
+            .filter_map(WeakConnectionHandle::upgrade)
+            .filter(|c| c.close_reason().is_none());
+        for conn in live {
+            match conn.alpn() {
+                iroh_gossip::net::GOSSIP_ALPN => counts.gossip += 1,
+                n2p_core::daemon::DAEMON_ALPN => counts.daemon += 1,
+                _ => counts.other += 1,
+            }
+        }
+        counts
+    }
+
     /// How traffic to `peer` goes now, and that path's round-trip time: direct if a live
     /// connection to it sends on a direct path, else relay if one sends through a relay,
     /// else none.

@@ -7,6 +7,10 @@
 //! [`crate::proto::names`] sanitising, and every path is checked again here to lie directly inside
 //! the peers directory: nothing is ever created or removed elsewhere.
 //!
+//! A socket connects to its peer only when a local client first uses it, and closes that
+//! connection once it has been idle for the configured period ([`super::idle`]); the socket
+//! itself stays while the peer is live.
+//!
 //! Removing a socket takes its file away at once, so no new connection can arrive, but lets
 //! the transfers in flight through it finish (or fail) on their own; the socket's task
 //! waits for them and only then closes its connection to the peer. [`PeerSockets::leave`]
@@ -18,7 +22,7 @@ use std::{
     os::unix::fs::FileTypeExt,
     path::{Component, Path, PathBuf},
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use iroh::{Endpoint, EndpointAddr, EndpointId};
@@ -29,7 +33,9 @@ use n2p_core::{
     unix::{SocketAccess, SocketFileGuard, UnixBindError, bind_listener, clear_stale_socket},
 };
 use tokio::task::JoinHandle;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::idle::{IdleClock, idle_check_every};
 
 /// One live peer socket and what serves it.
 #[derive(Debug)]
@@ -54,6 +60,8 @@ pub struct PeerSockets {
     endpoint: Endpoint,
     access: AccessSecret,
     sockets: SocketAccess,
+    /// How long a socket's connection may stay idle before it is closed.
+    idle_close: Duration,
     live: BTreeMap<String, PeerSocket>,
     /// Removed sockets whose transfers are still in flight.
     draining: Vec<Serving>,
@@ -84,12 +92,15 @@ pub enum PeerSocketsError {
 impl PeerSockets {
     /// Prepares `dir` (0700, or 0750 for [`SocketAccess::Group`]) and removes sockets left
     /// there by a previous run; a socket someone still listens on (another node using the
-    /// same directory from another home) is refused. Call only while holding the node lock. Every socket is then bound with `sockets` access.
+    /// same directory from another home) is refused. Call only while holding the node lock.
+    /// Every socket is then bound with `sockets` access, and closes its connection after
+    /// `idle_close` without use.
     pub fn open(
         dir: PathBuf,
         endpoint: Endpoint,
         access: AccessSecret,
         sockets: SocketAccess,
+        idle_close: Duration,
     ) -> Result<Self, PeerSocketsError> {
         let dir_err = |source| PeerSocketsError::Dir {
             dir: dir.clone(),
@@ -116,6 +127,7 @@ impl PeerSockets {
             endpoint,
             access,
             sockets,
+            idle_close,
             live: BTreeMap::new(),
             draining: Vec::new(),
         })
@@ -161,8 +173,13 @@ impl PeerSockets {
         let task = tokio::spawn(
             {
                 let shutdown = shutdown.clone();
+                let idle_close = self.idle_close;
                 async move {
-                    serve_local_listener(listener, dialer.clone(), shutdown).await;
+                    let serving = serve_local_listener(listener, dialer.clone(), shutdown.clone());
+                    tokio::select! {
+                        _ = serving => {}
+                        never = close_when_idle(&dialer, &shutdown, idle_close) => match never {},
+                    }
                     dialer.close().await;
                 }
             }
@@ -244,6 +261,28 @@ impl PeerSockets {
             && !name.starts_with('.')
             && name.ends_with(".sock");
         plain.then(|| self.dir.join(name))
+    }
+}
+
+/// Closes `dialer`'s connection whenever the socket has been idle for `after` (no transfer
+/// in flight, no stream opened); runs until dropped.
+async fn close_when_idle(
+    dialer: &DaemonDialer,
+    shutdown: &ListenerShutdown,
+    after: Duration,
+) -> std::convert::Infallible {
+    let mut clock = IdleClock::new(after, Instant::now());
+    let mut looks = tokio::time::interval(idle_check_every(after));
+    looks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut opened = dialer.streams_opened();
+    loop {
+        looks.tick().await;
+        let now_opened = dialer.streams_opened();
+        let busy = shutdown.in_flight() > 0 || now_opened != opened;
+        opened = now_opened;
+        if clock.observe(busy, Instant::now()) && dialer.close_idle().await {
+            debug!(peer = %dialer.peer().fmt_short(), "closed the connection after {after:?} without use");
+        }
     }
 }
 
@@ -331,8 +370,13 @@ mod tests {
         let client = bind_builder(builder, &EndpointOptions::loopback()).await?;
 
         let peers = dir.path().join("peers");
-        let mut sockets =
-            PeerSockets::open(peers.clone(), client.clone(), secret, SocketAccess::Owner)?;
+        let mut sockets = PeerSockets::open(
+            peers.clone(),
+            client.clone(),
+            secret,
+            SocketAccess::Owner,
+            super::super::idle::PEER_IDLE_CLOSE,
+        )?;
         let peer = router.endpoint().id();
         sockets.reconcile(&BTreeMap::from([
             ("a.sock".to_owned(), peer),

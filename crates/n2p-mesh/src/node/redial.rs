@@ -9,6 +9,13 @@
 //! is then cut off from us until it dials us. So the node dials absent members itself, with
 //! backoff, and hands the connections to gossip: a partition heals and a member added by a
 //! reload is reached, whatever gossip remembers.
+//!
+//! One connection into the other part is enough for gossip to merge two parts (the member
+//! dialed takes the node into its active view and forwards the join), so the node dials at
+//! most [`MAX_DIALS_PER_ROUND`] absent members per round, rounds at least [`ROUND_GAP`]
+//! apart: in a large team that is still starting, dialing every member not yet heard from
+//! would open a connection to each. For the same reason the node joins (and rejoins) the
+//! topic through at most [`JOIN_PEERS`] peers ([`join_peers`]).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -23,17 +30,30 @@ pub(super) const FIRST_REDIAL: Duration = Duration::from_secs(2);
 /// The longest wait between two dials of the same absent member.
 pub(super) const MAX_REDIAL: Duration = Duration::from_secs(60);
 
+/// The most absent members dialed in one round.
+pub(super) const MAX_DIALS_PER_ROUND: usize = 2;
+
+/// The shortest time between two rounds of dials.
+pub(super) const ROUND_GAP: Duration = FIRST_REDIAL;
+
+/// The most peers the topic is joined through.
+pub(super) const JOIN_PEERS: usize = 8;
+
 /// Per absent member: when it is due next, and the wait after that.
 #[derive(Debug, Default)]
 pub(super) struct Redial {
     due: BTreeMap<EndpointId, (Instant, Duration)>,
+    /// When the last round dialed anyone.
+    last_round: Option<Instant>,
 }
 
 impl Redial {
     /// Of the members absent at `now`, those to dial now. A member seen absent for the
     /// first time is due [`FIRST_REDIAL`] later (the node has just dialed it, or gossip is
-    /// still doing so); each dial doubles its wait, up to [`MAX_REDIAL`]. Members no longer
-    /// absent are forgotten, so their next absence starts again from the shortest wait.
+    /// still doing so); each dial doubles its wait, up to [`MAX_REDIAL`]. At most
+    /// [`MAX_DIALS_PER_ROUND`] are dialed per round (those due longest first; the others
+    /// stay due), and rounds are at least [`ROUND_GAP`] apart. Members no longer absent are
+    /// forgotten, so their next absence starts again from the shortest wait.
     pub(super) fn due(
         &mut self,
         absent: impl IntoIterator<Item = EndpointId>,
@@ -41,20 +61,61 @@ impl Redial {
     ) -> Vec<EndpointId> {
         let absent: BTreeSet<EndpointId> = absent.into_iter().collect();
         self.due.retain(|id, _| absent.contains(id));
-        let mut dial = Vec::new();
         for id in absent {
-            let (at, wait) = self
-                .due
+            self.due
                 .entry(id)
                 .or_insert((now + FIRST_REDIAL, FIRST_REDIAL));
-            if now >= *at {
-                dial.push(id);
+        }
+        if self
+            .last_round
+            .is_some_and(|last| now.saturating_duration_since(last) < ROUND_GAP)
+        {
+            return Vec::new();
+        }
+        let mut ready: Vec<(Instant, EndpointId)> = self
+            .due
+            .iter()
+            .filter(|(_, (at, _))| now >= *at)
+            .map(|(id, (at, _))| (*at, *id))
+            .collect();
+        ready.sort();
+        ready.truncate(MAX_DIALS_PER_ROUND);
+        let mut dial = Vec::with_capacity(ready.len());
+        for (_, id) in ready {
+            if let Some((at, wait)) = self.due.get_mut(&id) {
                 *wait = (*wait * 2).min(MAX_REDIAL);
                 *at = now + *wait;
+                dial.push(id);
             }
+        }
+        if !dial.is_empty() {
+            self.last_round = Some(now);
         }
         dial
     }
+}
+
+/// Whom to join the topic through: every ticket peer in `first` (the few peers an invite
+/// names), then peers of `rest` in random order, [`JOIN_PEERS`] in all (more only when there
+/// are more ticket peers). Each one gossip joins through gets a connection.
+pub(super) fn join_peers(first: &[EndpointId], rest: &[EndpointId]) -> Vec<EndpointId> {
+    let mut peers: Vec<EndpointId> = first.to_vec();
+    let mut others: Vec<EndpointId> = rest
+        .iter()
+        .filter(|id| !first.contains(id))
+        .copied()
+        .collect();
+    others.sort();
+    others.dedup();
+    let room = JOIN_PEERS.saturating_sub(peers.len());
+    // A partial Fisher-Yates shuffle: the first `room` places get a random pick each.
+    for i in 0..room.min(others.len()) {
+        let j = rand::random_range(i..others.len());
+        others.swap(i, j);
+    }
+    others.truncate(room);
+    peers.extend(others);
+    peers
 }
 
 #[cfg(test)]
@@ -85,6 +146,59 @@ mod tests {
         }
         let secs: Vec<u64> = dials.iter().map(Duration::as_secs).collect();
         assert_eq!(secs, [4, 8, 16, 32, 60, 60, 60, 60]);
+    }
+
+    #[test]
+    fn a_round_dials_at_most_a_few_and_rounds_are_spaced() {
+        let mut redial = Redial::default();
+        let t0 = Instant::now();
+        let absent: Vec<EndpointId> = (1..=7).map(id).collect();
+        assert!(redial.due(absent.clone(), t0).is_empty());
+        let mut dialed = BTreeSet::new();
+        let first = redial.due(absent.clone(), t0 + FIRST_REDIAL);
+        assert_eq!(first.len(), MAX_DIALS_PER_ROUND);
+        dialed.extend(first);
+        assert!(
+            redial
+                .due(absent.clone(), t0 + FIRST_REDIAL + ROUND_GAP / 2)
+                .is_empty(),
+            "rounds are spaced"
+        );
+        // The ones left out stay due and come first in the next rounds.
+        let mut at = t0 + FIRST_REDIAL;
+        while dialed.len() < absent.len() {
+            at += ROUND_GAP;
+            let round = redial.due(absent.clone(), at);
+            assert!(!round.is_empty() && round.len() <= MAX_DIALS_PER_ROUND);
+            for id in round {
+                // The last round may also hold one due again; it comes after the rest.
+                if dialed.len() < absent.len() {
+                    assert!(
+                        dialed.insert(id),
+                        "each absent member once before any twice"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_topic_is_joined_through_the_tickets_and_a_few_members() {
+        let tickets = [id(100), id(101)];
+        let members: Vec<EndpointId> = (1..=40).map(id).chain([id(100)]).collect();
+        let peers = join_peers(&tickets, &members);
+        assert_eq!(peers.len(), JOIN_PEERS);
+        assert_eq!(&peers[..2], &tickets);
+        let unique: BTreeSet<EndpointId> = peers.iter().copied().collect();
+        assert_eq!(unique.len(), JOIN_PEERS, "no peer twice");
+        assert!(peers[2..].iter().all(|p| members.contains(p)));
+        // A small team is joined through everyone.
+        let few: Vec<EndpointId> = (1..=3).map(id).collect();
+        let mut all = join_peers(&[], &few);
+        all.sort();
+        let mut expected = few.clone();
+        expected.sort();
+        assert_eq!(all, expected);
     }
 
     #[test]

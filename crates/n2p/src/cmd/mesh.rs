@@ -1,6 +1,6 @@
 //! `n2p mesh …` and `n2p status`: join a team's gossip topic and keep a socket per live peer.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
 use n2p_cache::{
@@ -173,6 +173,9 @@ pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<
         secret,
         peers_dir: peers_dir.clone(),
         peers_access,
+        peer_idle_close: args
+            .peer_idle_close_ms
+            .map_or(n2p_mesh::node::idle::PEER_IDLE_CLOSE, Duration::from_millis),
         bootstrap,
         protocols: vec![(STORE_ALPN.to_vec(), store)],
     };
@@ -332,6 +335,10 @@ pub(crate) async fn status(global: &GlobalArgs, args: StatusArgs) -> anyhow::Res
         if s.open_team { " (open team)" } else { "" }
     );
     println!("sharing  {}", if s.shares_daemon { "yes" } else { "no" });
+    println!(
+        "links    {} gossip, {} daemon, {} other (open iroh connections)",
+        s.connections.gossip, s.connections.daemon, s.connections.other
+    );
     println!("peers in {}", s.peers_dir.display());
     print_peers(&s);
     Ok(())
