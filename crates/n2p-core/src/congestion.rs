@@ -10,9 +10,10 @@
 //! [`TolerantCubic`] wraps noq's Cubic and passes a loss on to it only when the loss looks
 //! like congestion, decided by [`LossJudge`]:
 //!
-//! - the path shows a standing queue: its smoothed RTT is above the lowest RTT seen by more
-//!   than a quarter of that minimum (and at least [`QUEUE_DELAY_FLOOR`]); a drop-tail queue
-//!   that overflows has filled first, so losses from our own (or anyone's) overload count;
+//! - the path shows a standing queue: its smoothed RTT is above the path's base RTT (the
+//!   lowest smoothed RTT of the last [`BASE_RTT_WINDOW`]) by more than a quarter of that
+//!   base (and at least [`QUEUE_DELAY_FLOOR`]); a drop-tail queue that overflows has filled
+//!   first, so losses from our own (or anyone's) overload count;
 //! - or losses are frequent: more than [`LOSS_SHARE_LIMIT`] of the recently sent bytes (over
 //!   at least [`LOSS_MEMORY_PACKETS`] packets), which bounds the damage on a path whose queue
 //!   is too short to show in the RTT;
@@ -43,6 +44,12 @@ use noq_proto::{
 
 /// Queueing delay that always counts as a standing queue, whatever the path's RTT.
 pub const QUEUE_DELAY_FLOOR: Duration = Duration::from_millis(2);
+
+/// How far back the base RTT looks: the lowest smoothed RTT of the last 5 to 10 s (BBR's
+/// min-RTT filter is 10 s). Not noq's minimum, the lowest raw sample ever: one sample below
+/// the path's real RTT (seen on the emulated 30 ms link: 22 ms) then made every later loss
+/// look like a queue's, and the window collapsed for good (docs/BENCHMARKS.md).
+pub const BASE_RTT_WINDOW: Duration = Duration::from_secs(10);
 
 /// Share of the recent bytes lost above which losses count as congestion even without a
 /// queue in the RTT.
@@ -102,13 +109,46 @@ pub enum LossVerdict {
     Random,
 }
 
+/// The lowest of the samples given over the last [`BASE_RTT_WINDOW`] (between half of it
+/// and all of it: two buckets of half the window each).
+#[derive(Debug, Clone, Default)]
+struct WindowedMin {
+    /// The current bucket's start and lowest sample.
+    current: Option<(Instant, Duration)>,
+    /// The previous bucket's lowest sample.
+    previous: Option<Duration>,
+}
+
+impl WindowedMin {
+    fn update(&mut self, now: Instant, sample: Duration) {
+        self.current = match self.current {
+            Some((start, low)) if now.saturating_duration_since(start) < BASE_RTT_WINDOW / 2 => {
+                Some((start, low.min(sample)))
+            }
+            Some((_, low)) => {
+                self.previous = Some(low);
+                Some((now, sample))
+            }
+            None => Some((now, sample)),
+        };
+    }
+
+    fn get(&self) -> Duration {
+        let current = self.current.map_or(Duration::ZERO, |(_, low)| low);
+        self.previous
+            .map_or(current, |previous| previous.min(current))
+    }
+}
+
 /// Decides, loss by loss, whether the path is congested, from the RTT and the recent loss
-/// share. Pure bookkeeping: no clock, no I/O.
+/// share. Pure bookkeeping: no I/O, and the time comes from the caller.
 #[derive(Debug, Clone, Default)]
 pub struct LossJudge {
     /// Smoothed RTT at the last acknowledgement.
     smoothed_rtt: Duration,
-    /// Lowest RTT seen on the path.
+    /// The path's base RTT: the lowest recent smoothed RTT.
+    base_rtt: WindowedMin,
+    /// noq's minimum RTT (the lowest sample ever), for the log only.
     min_rtt: Duration,
     /// Bytes acknowledged in the current loss memory.
     delivered: u64,
@@ -120,8 +160,16 @@ impl LossJudge {
     /// Records acknowledged bytes and the path's RTT. `memory` is how many bytes the loss
     /// share looks back over (one window, at least [`LOSS_MEMORY_PACKETS`] packets); older
     /// counts are halved each time that much has been delivered.
-    pub fn on_ack(&mut self, bytes: u64, smoothed_rtt: Duration, min_rtt: Duration, memory: u64) {
+    pub fn on_ack(
+        &mut self,
+        now: Instant,
+        bytes: u64,
+        smoothed_rtt: Duration,
+        min_rtt: Duration,
+        memory: u64,
+    ) {
         self.smoothed_rtt = smoothed_rtt;
+        self.base_rtt.update(now, smoothed_rtt);
         self.min_rtt = min_rtt;
         self.delivered = self.delivered.saturating_add(bytes);
         if self.delivered >= memory.max(1) {
@@ -140,11 +188,17 @@ impl LossJudge {
         }
     }
 
-    /// Whether the smoothed RTT shows a queue: above the minimum by more than a quarter of
+    /// Whether the smoothed RTT shows a queue: above the base RTT by more than a quarter of
     /// it and by more than [`QUEUE_DELAY_FLOOR`].
     pub fn queue_is_standing(&self) -> bool {
-        let queueing = self.smoothed_rtt.saturating_sub(self.min_rtt);
-        queueing > (self.min_rtt / 4).max(QUEUE_DELAY_FLOOR)
+        let base = self.base_rtt();
+        let queueing = self.smoothed_rtt.saturating_sub(base);
+        queueing > (base / 4).max(QUEUE_DELAY_FLOOR)
+    }
+
+    /// The path's base RTT: the lowest smoothed RTT of the last [`BASE_RTT_WINDOW`].
+    pub fn base_rtt(&self) -> Duration {
+        self.base_rtt.get()
     }
 
     /// Lost bytes as a share of what was sent in the loss memory (at least `memory` bytes).
@@ -269,7 +323,7 @@ impl Controller for TolerantCubic {
         rtt: &RttEstimator,
     ) {
         let memory = self.loss_memory();
-        self.judge.on_ack(bytes, rtt.get(), rtt.min(), memory);
+        self.judge.on_ack(now, bytes, rtt.get(), rtt.min(), memory);
         self.cubic.on_ack(now, sent, bytes, pn, app_limited, rtt);
         self.end_restart(now);
     }
@@ -316,13 +370,14 @@ impl Controller for TolerantCubic {
             tracing::debug!(
                 target: "n2p::stats",
                 "loss judge: kept={} cut_queue={} cut_share={} cut_persistent_or_ecn={} \
-                 idle_restarts={} srtt_ms={:.1} min_rtt_ms={:.1} loss_share={:.4} cwnd={}",
+                 idle_restarts={} srtt_ms={:.1} base_rtt_ms={:.1} min_rtt_ms={:.1} loss_share={:.4} cwnd={}",
                 counts.random,
                 counts.queue,
                 counts.share,
                 counts.persistent_or_ecn,
                 counts.idle_restarts,
                 self.judge.smoothed_rtt.as_secs_f64() * 1e3,
+                self.judge.base_rtt().as_secs_f64() * 1e3,
                 self.judge.min_rtt.as_secs_f64() * 1e3,
                 self.judge.loss_share(memory),
                 self.cubic.window(),
@@ -400,11 +455,14 @@ mod tests {
         Duration::from_millis(n)
     }
 
-    /// A judge that has seen `packets` packets acknowledged at the given RTTs.
+    /// A judge that has seen `packets` packets acknowledged within a second: the first half
+    /// with the RTT at `min` (the path's base), the rest at `smoothed`.
     fn judge_after(packets: u64, smoothed: Duration, min: Duration) -> LossJudge {
         let mut judge = LossJudge::default();
-        for _ in 0..packets {
-            judge.on_ack(MTU, smoothed, min, MEMORY);
+        let t0 = Instant::now();
+        for i in 0..packets {
+            let rtt = if i < packets / 2 { min } else { smoothed };
+            judge.on_ack(t0 + ms(i % 1000), MTU, rtt, min, MEMORY);
         }
         judge
     }
@@ -439,7 +497,7 @@ mod tests {
         // One loss every 50 packets, for long: the share stays near 2 %.
         let mut judge = LossJudge::default();
         for i in 1..=10_000u64 {
-            judge.on_ack(MTU, ms(30), ms(30), MEMORY);
+            judge.on_ack(Instant::now(), MTU, ms(30), ms(30), MEMORY);
             if i % 50 == 0 {
                 assert_eq!(judge.on_loss(MTU, MEMORY), LossVerdict::Random, "loss {i}");
             }
@@ -452,7 +510,7 @@ mod tests {
         let mut judge = LossJudge::default();
         let mut verdicts = Vec::new();
         for i in 1..=2_000u64 {
-            judge.on_ack(MTU, ms(30), ms(30), MEMORY);
+            judge.on_ack(Instant::now(), MTU, ms(30), ms(30), MEMORY);
             if i % 10 == 0 {
                 verdicts.push(judge.on_loss(MTU, MEMORY));
             }
@@ -551,6 +609,26 @@ mod tests {
     }
 
     #[test]
+    fn one_rtt_sample_below_the_path_is_forgotten() {
+        // A 30 ms path; once the smoothed RTT dipped to 22 ms (one odd sample), and noq's
+        // minimum stays there for good. 10 s later the base is the path's again, so a
+        // random loss at 31 ms is random, not a 9 ms "queue".
+        let t0 = Instant::now();
+        let mut judge = LossJudge::default();
+        judge.on_ack(t0, MTU, ms(30), ms(30), MEMORY);
+        judge.on_ack(t0 + ms(100), MTU, ms(22), ms(22), MEMORY);
+        assert_eq!(judge.base_rtt(), ms(22));
+        for i in 1..=120u64 {
+            judge.on_ack(t0 + ms(100 * i + 100), MTU, ms(31), ms(22), MEMORY);
+        }
+        assert_eq!(judge.base_rtt(), ms(31));
+        assert_eq!(judge.on_loss(MTU, MEMORY), LossVerdict::Random);
+        // A real queue still shows against that base.
+        judge.on_ack(t0 + ms(12_200), MTU, ms(45), ms(22), MEMORY);
+        assert!(judge.queue_is_standing());
+    }
+
+    #[test]
     fn old_losses_fade() {
         let mut judge = LossJudge::default();
         for _ in 0..20 {
@@ -558,7 +636,7 @@ mod tests {
         }
         assert!(judge.loss_share(MEMORY) > LOSS_SHARE_LIMIT);
         for _ in 0..1_000 {
-            judge.on_ack(MTU, ms(30), ms(30), MEMORY);
+            judge.on_ack(Instant::now(), MTU, ms(30), ms(30), MEMORY);
         }
         assert!(judge.loss_share(MEMORY) < 0.01);
     }
