@@ -23,12 +23,6 @@
 //! is not cut. Sharing a bottleneck with TCP, the queue that TCP builds makes our losses
 //! count, so the controller backs off like Cubic; alone on a lossy link it keeps the window
 //! the link can carry.
-//!
-//! It also restarts Cubic's growth after an idle spell ([`IdleRestart`]). noq's Cubic grows
-//! its window with the time since its last congestion event, idle time included, so the
-//! first data after a pause (the next NAR of a pull) met a window that had kept growing
-//! through the pause and overflowed the queue at once (docs/BENCHMARKS.md). RFC 9438 §5.8
-//! says idle time must not count; RFC 5681 §4.1 restarts the window after an idle RTO.
 
 use std::{
     any::Any,
@@ -58,47 +52,6 @@ pub const LOSS_SHARE_LIMIT: f64 = 0.05;
 /// The loss share is taken over at least this many packets (or one window, if larger), so
 /// one random loss among the first packets of a connection is not read as a high rate.
 pub const LOSS_MEMORY_PACKETS: u64 = 128;
-
-/// Idle spells shorter than this never restart the window, whatever the RTT.
-pub const IDLE_RESTART_FLOOR: Duration = Duration::from_millis(200);
-
-/// An idle spell of at least this many smoothed RTTs (and [`IDLE_RESTART_FLOOR`]) restarts
-/// the window: about one retransmission timeout, as in RFC 5681 §4.1.
-pub const IDLE_RESTART_RTTS: u32 = 4;
-
-/// Sends smaller than this (keep-alive pings, lone acknowledgements, a short request) do not
-/// end an idle spell: only the next data does.
-pub const IDLE_RESTART_DATA_BYTES: u64 = 1024;
-
-/// Tells when the connection resumes sending data after an idle spell long enough to restart
-/// the congestion window. Pure bookkeeping: no clock, no I/O.
-#[derive(Debug, Clone, Default)]
-pub struct IdleRestart {
-    /// Since when nothing has been in flight, if nothing is now.
-    idle_since: Option<Instant>,
-}
-
-impl IdleRestart {
-    /// Records the bytes still in flight after a batch of acknowledgements.
-    pub fn on_end_acks(&mut self, now: Instant, in_flight: u64) {
-        if in_flight == 0 {
-            self.idle_since.get_or_insert(now);
-        }
-    }
-
-    /// Records a send of `bytes`; true when it is data ending an idle spell that lasted at
-    /// least [`IDLE_RESTART_RTTS`] smoothed RTTs and [`IDLE_RESTART_FLOOR`].
-    pub fn on_sent(&mut self, now: Instant, bytes: u64, smoothed_rtt: Duration) -> bool {
-        if bytes < IDLE_RESTART_DATA_BYTES {
-            return false;
-        }
-        let Some(since) = self.idle_since.take() else {
-            return false;
-        };
-        now.saturating_duration_since(since)
-            >= (smoothed_rtt * IDLE_RESTART_RTTS).max(IDLE_RESTART_FLOOR)
-    }
-}
 
 /// What a loss is taken for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,15 +165,7 @@ impl LossJudge {
 #[derive(Debug, Clone)]
 pub struct TolerantCubic {
     cubic: Cubic,
-    /// Cubic's settings, for a fresh Cubic at an idle restart.
-    config: Arc<CubicConfig>,
     judge: LossJudge,
-    idle: IdleRestart,
-    /// During the slow start of an idle restart: where it ends.
-    restart_ceiling: Option<u64>,
-    /// The largest window the path carried since the last window cut (then the window
-    /// after it): what an idle restart may slow-start back to, like TCP's ssthresh.
-    carried: u64,
     mtu: u64,
     /// Whether the last loss was passed to Cubic (so a spurious-loss undo goes there too).
     last_loss_passed: bool,
@@ -237,8 +182,6 @@ struct JudgedLosses {
     queue: u64,
     share: u64,
     persistent_or_ecn: u64,
-    /// Restarts of the window after an idle spell.
-    idle_restarts: u64,
 }
 
 /// How often the controller logs its counts while losses come.
@@ -248,53 +191,12 @@ impl TolerantCubic {
     /// A fresh controller: Cubic in slow start from its initial window.
     fn new(config: Arc<CubicConfig>, now: Instant, mtu: u16) -> Self {
         Self {
-            cubic: Cubic::new(config.clone(), now, mtu),
-            config,
+            cubic: Cubic::new(config, now, mtu),
             judge: LossJudge::default(),
-            idle: IdleRestart::default(),
-            restart_ceiling: None,
-            carried: 0,
             mtu: u64::from(mtu),
             last_loss_passed: false,
             counts: JudgedLosses::default(),
             logged_at: None,
-        }
-    }
-
-    /// Restarts the window after an idle spell, as Linux TCP does (RFC 5681 §4.1): slow start
-    /// from the initial window again, up to the larger of the window before the pause and
-    /// the window the path last carried ([`TolerantCubic::carried`]: a pause after small,
-    /// application-limited transfers leaves a small window that says nothing of the path).
-    /// There [`Self::end_restart`] hands over to Cubic's own growth. Nothing changes when
-    /// that ceiling is no larger than the initial window.
-    fn restart(&mut self, now: Instant) {
-        let before = self.cubic.window();
-        let ceiling = before.max(self.carried);
-        if ceiling <= self.cubic.initial_window() {
-            return;
-        }
-        self.carried = ceiling;
-        self.cubic = Cubic::new(self.config.clone(), now, self.mtu as u16);
-        self.restart_ceiling = Some(ceiling);
-        self.last_loss_passed = false;
-        self.counts.idle_restarts += 1;
-        tracing::debug!(
-            target: "n2p::stats",
-            "idle restart {}: cwnd {before} -> {}, slow start up to {ceiling}",
-            self.counts.idle_restarts,
-            self.cubic.window()
-        );
-    }
-
-    /// Ends a restart's slow start once the window is back at its ceiling: Cubic's reaction
-    /// to a congestion event there starts a new epoch (idle time no longer counts) at 0.7 of
-    /// the ceiling, growing back towards it, instead of slow start overshooting the queue.
-    fn end_restart(&mut self, now: Instant) {
-        if let Some(ceiling) = self.restart_ceiling
-            && self.cubic.window() >= ceiling
-        {
-            self.restart_ceiling = None;
-            self.cubic.on_congestion_event(now, now, false, false, 0, 0);
         }
     }
 
@@ -307,9 +209,6 @@ impl TolerantCubic {
 
 impl Controller for TolerantCubic {
     fn on_sent(&mut self, now: Instant, bytes: u64, largest_pn: u64) {
-        if self.idle.on_sent(now, bytes, self.judge.smoothed_rtt) {
-            self.restart(now);
-        }
         self.cubic.on_sent(now, bytes, largest_pn);
     }
 
@@ -325,7 +224,6 @@ impl Controller for TolerantCubic {
         let memory = self.loss_memory();
         self.judge.on_ack(now, bytes, rtt.get(), rtt.min(), memory);
         self.cubic.on_ack(now, sent, bytes, pn, app_limited, rtt);
-        self.end_restart(now);
     }
 
     fn on_end_acks(
@@ -335,7 +233,6 @@ impl Controller for TolerantCubic {
         app_limited: bool,
         largest_packet_num_acked: Option<u64>,
     ) {
-        self.idle.on_end_acks(now, in_flight);
         self.cubic
             .on_end_acks(now, in_flight, app_limited, largest_packet_num_acked);
     }
@@ -370,12 +267,11 @@ impl Controller for TolerantCubic {
             tracing::debug!(
                 target: "n2p::stats",
                 "loss judge: kept={} cut_queue={} cut_share={} cut_persistent_or_ecn={} \
-                 idle_restarts={} srtt_ms={:.1} base_rtt_ms={:.1} min_rtt_ms={:.1} loss_share={:.4} cwnd={}",
+                 srtt_ms={:.1} base_rtt_ms={:.1} min_rtt_ms={:.1} loss_share={:.4} cwnd={}",
                 counts.random,
                 counts.queue,
                 counts.share,
                 counts.persistent_or_ecn,
-                counts.idle_restarts,
                 self.judge.smoothed_rtt.as_secs_f64() * 1e3,
                 self.judge.base_rtt().as_secs_f64() * 1e3,
                 self.judge.min_rtt.as_secs_f64() * 1e3,
@@ -385,9 +281,6 @@ impl Controller for TolerantCubic {
         }
         self.last_loss_passed = pass;
         if pass {
-            // A real congestion event ends a restart's slow start the usual way, and what
-            // the path carries is learnt anew from the cut window.
-            self.restart_ceiling = None;
             self.cubic.on_congestion_event(
                 now,
                 sent,
@@ -396,7 +289,6 @@ impl Controller for TolerantCubic {
                 lost_bytes,
                 largest_lost_pn,
             );
-            self.carried = self.cubic.window();
         }
     }
 
@@ -554,58 +446,6 @@ mod tests {
         let mut cc = controller();
         cc.on_congestion_event(now, now, false, true, 0, 7);
         assert!(cc.window() < before, "ECN cuts");
-    }
-
-    #[test]
-    fn only_data_after_a_long_idle_spell_restarts() {
-        let t0 = Instant::now();
-        let rtt = ms(30);
-        let data = IDLE_RESTART_DATA_BYTES;
-        // Nothing in flight since t0; 4 RTTs are 120 ms, so the 200 ms floor decides.
-        let mut idle = IdleRestart::default();
-        idle.on_end_acks(t0, 0);
-        assert!(
-            !idle.on_sent(t0 + ms(150), data, rtt),
-            "shorter than the floor"
-        );
-        idle.on_end_acks(t0 + ms(200), 0);
-        assert!(idle.on_sent(t0 + ms(400), data, rtt), "200 ms idle");
-        // On a 100 ms path, 4 RTTs are needed.
-        idle.on_end_acks(t0 + ms(500), 0);
-        assert!(!idle.on_sent(t0 + ms(800), data, ms(100)));
-        idle.on_end_acks(t0 + ms(800), 0);
-        assert!(idle.on_sent(t0 + ms(1200), data, ms(100)));
-    }
-
-    #[test]
-    fn pings_do_not_end_an_idle_spell_and_busy_connections_never_restart() {
-        let t0 = Instant::now();
-        let mut idle = IdleRestart::default();
-        idle.on_end_acks(t0, 0);
-        // Keep-alive pings every second: not data, and the spell goes on from t0.
-        for s in 1..5 {
-            assert!(!idle.on_sent(t0 + ms(1000 * s), 40, ms(30)));
-            idle.on_end_acks(t0 + ms(1000 * s + 30), 0);
-        }
-        assert!(idle.on_sent(t0 + ms(5000), IDLE_RESTART_DATA_BYTES, ms(30)));
-        // Data always in flight: no spell, no restart.
-        let mut busy = IdleRestart::default();
-        for s in 1..5 {
-            busy.on_end_acks(t0 + ms(1000 * s), 100_000);
-            assert!(!busy.on_sent(t0 + ms(1000 * s), 1452, ms(30)));
-        }
-        // The first data of a connection is no restart either.
-        assert!(!IdleRestart::default().on_sent(t0, 1452, ms(30)));
-    }
-
-    #[test]
-    fn an_initial_window_is_left_alone_after_idle() {
-        let t0 = Instant::now();
-        let mut cc = controller();
-        let before = cc.window();
-        cc.on_end_acks(t0, 0, true, None);
-        cc.on_sent(t0 + Duration::from_secs(5), MTU, 3);
-        assert_eq!(cc.window(), before);
     }
 
     #[test]
