@@ -465,6 +465,9 @@ impl DaemonDialer {
     }
 
     async fn try_open_stream(&self) -> Result<QuicPair, DialError> {
+        // Counted before the connection is looked up, so that a `close_idle` that did not
+        // see this count finds the connection gone or untouched (see there).
+        self.opened.fetch_add(1, Ordering::SeqCst);
         let peer = self.target.id;
         let mut last = None;
         for _attempt in 0..2 {
@@ -490,7 +493,6 @@ impl DaemonDialer {
 
     async fn open_on(&self, conn: &Connection) -> Result<QuicPair, String> {
         let (send, recv) = conn.open_bi().await.map_err(|e| describe_close(&e))?;
-        self.opened.fetch_add(1, Ordering::Relaxed);
         let mut streams = QuicPair::new(send, recv);
         streams
             .send
@@ -505,6 +507,7 @@ impl DaemonDialer {
     /// finish, or by closing the connection as a refusal (wrong secret, identity not
     /// allowed). Bounded by the connect timeout.
     pub async fn check_access(&self) -> Result<(), DialError> {
+        self.opened.fetch_add(1, Ordering::SeqCst);
         let peer = self.target.id;
         let started = std::time::Instant::now();
         let conn = self.connection().await?;
@@ -541,16 +544,26 @@ impl DaemonDialer {
         }
     }
 
-    /// How many streams the dialer has opened so far.
+    /// How many streams the dialer has opened (or begun to open) so far.
     pub fn streams_opened(&self) -> u64 {
-        self.opened.load(Ordering::Relaxed)
+        self.opened.load(Ordering::SeqCst)
     }
 
-    /// Closes the current connection, if it is open, as idle ([`IDLE_CLOSE`]); returns
-    /// whether there was one. The caller makes sure no stream is in use (streams still open
-    /// on it are reset); the next [`Self::open_stream`] connects again.
-    pub async fn close_idle(&self) -> bool {
-        match self.state.lock().await.conn.take() {
+    /// Closes the current connection as idle ([`IDLE_CLOSE`]) if it is open and no stream
+    /// has been opened since [`Self::streams_opened`] returned `seen`; returns whether it
+    /// closed one. The caller makes sure no stream opened before that look is still in use
+    /// (such streams are reset); the next [`Self::open_stream`] connects again.
+    ///
+    /// A stream counts from the start of [`Self::open_stream`], before it takes the
+    /// connection, and the count is compared under the same lock: a stream that starts
+    /// during this call either stops it closing or waits and gets a new connection, so it
+    /// is never cut.
+    pub async fn close_idle(&self, seen: u64) -> bool {
+        let mut state = self.state.lock().await;
+        if self.streams_opened() != seen {
+            return false;
+        }
+        match state.conn.take() {
             Some(conn) if conn.close_reason().is_none() => {
                 conn.close(IDLE_CLOSE, b"idle");
                 true
@@ -1291,6 +1304,35 @@ mod tests {
         drop(extra);
         drop(held);
         dialer.close().await;
+        client.close().await;
+        router.shutdown().await?;
+        Ok(())
+    }
+
+    /// The idle close keeps a connection a stream has started on since the idle look, and
+    /// closes one nothing has used since.
+    #[tokio::test]
+    async fn an_idle_close_spares_a_stream_opened_after_the_look() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let secret = AccessSecret::from_bytes([5; 32]);
+        let (router, _connections) = server_with(dir.path(), &secret, Limits::default()).await?;
+        let client = client_endpoint(9).await?;
+        let dialer = DaemonDialer::new(client.clone(), router.endpoint().addr(), &secret);
+        let looked = dialer.streams_opened();
+        let mut pair = dialer.open_stream().await?;
+        assert!(
+            !dialer.close_idle(looked).await,
+            "closed a connection with a stream opened after the look"
+        );
+        pair.send.write_all(b"after the look").await?;
+        pair.send.finish()?;
+        let reply = pair.recv.read_to_end(1024).await?;
+        assert_eq!(reply.len(), 8 + b"after the look".len());
+        pair.completed();
+        assert!(
+            dialer.close_idle(dialer.streams_opened()).await,
+            "an unused connection was not closed"
+        );
         client.close().await;
         router.shutdown().await?;
         Ok(())

@@ -280,7 +280,7 @@ async fn close_when_idle(
         let now_opened = dialer.streams_opened();
         let busy = shutdown.in_flight() > 0 || now_opened != opened;
         opened = now_opened;
-        if clock.observe(busy, Instant::now()) && dialer.close_idle().await {
+        if clock.observe(busy, Instant::now()) && dialer.close_idle(now_opened).await {
             debug!(peer = %dialer.peer().fmt_short(), "closed the connection after {after:?} without use");
         }
     }
