@@ -6,8 +6,11 @@ use std::time::{Duration, Instant};
 
 use n2p_testkit::dir::ScratchDir;
 use n2p_testkit::n2p::{ServerConfig, TempHome};
-use n2p_testkit::nix::{NixDaemon, SourceStore, assert_copied, assert_copy_succeeds, require_nix};
+use n2p_testkit::nix::{
+    NixDaemon, SourceStore, assert_copied, assert_copy_succeeds, nix_command, require_nix,
+};
 use n2p_testkit::proc::Signal;
+use n2p_testkit::proc::run_bounded;
 use n2p_testkit::wait::{POLL_INTERVAL, time_until};
 
 use crate::harness::N2P;
@@ -198,4 +201,53 @@ fn a_push_with_the_tolerant_controller_arrives_whole() {
     client.wait_until_listening();
     assert_copy_succeeds(&source, &client.store_url(), &[&path]);
     assert_copied(&source, &daemon.store_url(), &path);
+}
+
+/// The client records the server's daemon's handshake on the first Nix connection and
+/// answers the next ones itself (`n2p_core::hello`): real Nix 2.8 takes those answers —
+/// `nix store ping` reports the daemon's version each time, and a push and a path-info
+/// query made on recorded handshakes work — while the recording is made once.
+#[test]
+fn nix_accepts_the_recorded_handshake() {
+    if !require_nix("nix_accepts_the_recorded_handshake") {
+        return;
+    }
+    let daemon = NixDaemon::start();
+    let source = SourceStore::new();
+    let path = source.add_file("hello.txt", b"answered from the recording\n");
+    let server_home = TempHome::new(N2P);
+    let server = server_home.server(&ServerConfig::new(daemon.socket_path()));
+    let client_dir = ScratchDir::new("client");
+    let client_home = TempHome::new(N2P);
+    let client = client_home.client_with(&server.long_address, &client_dir.join("c.sock"), &["-v"]);
+    client.wait_until_listening();
+    let url = client.store_url();
+    for round in 0..3 {
+        let out = run_bounded(
+            nix_command("nix").args(["store", "ping", "--store", &url]),
+            Duration::from_secs(30),
+            "nix store ping",
+        );
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && said.contains("Version: 2.8"),
+            "ping {round} through the client: {said}"
+        );
+    }
+    assert_copy_succeeds(&source, &url, &[&path]);
+    assert_copied(&source, &daemon.store_url(), &path);
+    assert_copied(&source, &url, &path);
+    let log = client.process.log_text();
+    let recorded = log
+        .lines()
+        .filter(|l| l.contains("recorded the peer daemon's handshake"))
+        .count();
+    assert_eq!(
+        recorded, 1,
+        "recordings made (expected one); client log:\n{log}"
+    );
+    assert!(
+        !log.contains("answered the handshake differently"),
+        "a recorded answer was refused; client log:\n{log}"
+    );
 }

@@ -39,7 +39,8 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::{
     accept::{prove_stream, serve_streams},
     access::{AccessPolicy, AccessProof, AccessSecret},
-    forward::{QuicPair, forward},
+    forward::{ForwardError, QuicPair, forward, forward_expecting},
+    hello::HelloCache,
     limits::{AcceptBackoff, ConnectionGate, Limits, PeerSlots, UnprovenPermit},
 };
 
@@ -285,6 +286,8 @@ pub struct DaemonDialer {
     state: Mutex<DialState>,
     /// Streams opened so far, for telling whether the dialer was used between two looks.
     opened: AtomicU64,
+    /// The peer daemon's handshake, for answering the next client's at once.
+    hello: HelloCache,
 }
 
 /// The dialer's connection, or the outage in progress.
@@ -318,6 +321,7 @@ impl DaemonDialer {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             state: Mutex::new(DialState::default()),
             opened: AtomicU64::new(0),
+            hello: HelloCache::new(),
         }
     }
 
@@ -337,6 +341,11 @@ impl DaemonDialer {
     /// The peer's id.
     pub fn peer(&self) -> EndpointId {
         self.target.id
+    }
+
+    /// The peer daemon's recorded handshake ([`crate::hello`]).
+    pub fn hello(&self) -> &HelloCache {
+        &self.hello
     }
 
     /// The live connection, connecting first if there is none or it has closed; fails at
@@ -811,7 +820,28 @@ async fn forward_local_connection(local: UnixStream, dialer: &DaemonDialer) {
             return;
         }
     };
-    forward_unix_stream("local connection", local, streams).await;
+    let mut local = local;
+    let mut streams = streams;
+    let owed = match crate::hello::relay(&mut local, &mut streams, &dialer.hello).await {
+        Ok(owed) => owed,
+        Err(e) => {
+            warn!("local connection aborted during the handshake: {e}");
+            return;
+        }
+    };
+    match forward_expecting(local, streams, &owed).await {
+        Ok(stats) => debug!(
+            sent = stats.sent,
+            received = stats.received,
+            "local connection done"
+        ),
+        Err(e) => {
+            if matches!(e, ForwardError::HelloMismatch) {
+                dialer.hello.forget();
+            }
+            warn!("local connection aborted: {e}");
+        }
+    }
 }
 
 /// Joins a unix stream to an iroh stream pair until both directions end; logs the outcome.
@@ -885,6 +915,15 @@ mod tests {
     ) -> Result<(Router, Arc<AtomicUsize>), Box<dyn std::error::Error>> {
         let daemon_path = dir.join("daemon.sock");
         let connections = spawn_echo_daemon(daemon_path.clone()).await?;
+        Ok((service_on(daemon_path, secret, limits).await?, connections))
+    }
+
+    /// A node serving the daemon at `daemon_path` to holders of `secret`.
+    async fn service_on(
+        daemon_path: PathBuf,
+        secret: &AccessSecret,
+        limits: Limits,
+    ) -> Result<Router, Box<dyn std::error::Error>> {
         let endpoint = bind_endpoint(
             SecretKey::from_bytes(&[1; 32]),
             vec![DAEMON_ALPN.to_vec()],
@@ -896,10 +935,9 @@ mod tests {
             Permission::Push,
         );
         let service = DaemonService::new(daemon_path, policy, endpoint.id()).with_limits(limits);
-        let router = Router::builder(endpoint)
+        Ok(Router::builder(endpoint)
             .accept(DAEMON_ALPN, service)
-            .spawn();
-        Ok((router, connections))
+            .spawn())
     }
 
     #[tokio::test]
@@ -960,32 +998,42 @@ mod tests {
     async fn served(dir: &std::path::Path) -> Result<Served, Box<dyn std::error::Error>> {
         let secret = AccessSecret::from_bytes([5; 32]);
         let (router, connections) = server(dir, &secret).await?;
-        let client = client_endpoint(2).await?;
-        let dialer = Arc::new(DaemonDialer::new(
-            client.clone(),
-            router.endpoint().addr(),
-            &secret,
-        ));
-        let socket = dir.join("client.sock");
-        let listener = UnixListener::bind(&socket)?;
-        let shutdown = ListenerShutdown::new();
-        let serving = tokio::spawn(serve_local_listener(
-            listener,
-            dialer.clone(),
-            shutdown.clone(),
-        ));
-        Ok(Served {
-            router,
-            client,
-            dialer,
-            socket,
-            shutdown,
-            serving,
-            connections,
-        })
+        Served::through(dir, router, &secret, connections).await
     }
 
     impl Served {
+        /// A local socket in `dir` whose connections go to `router` through a dialer.
+        async fn through(
+            dir: &std::path::Path,
+            router: Router,
+            secret: &AccessSecret,
+            connections: Arc<AtomicUsize>,
+        ) -> Result<Served, Box<dyn std::error::Error>> {
+            let client = client_endpoint(2).await?;
+            let dialer = Arc::new(DaemonDialer::new(
+                client.clone(),
+                router.endpoint().addr(),
+                secret,
+            ));
+            let socket = dir.join("client.sock");
+            let listener = UnixListener::bind(&socket)?;
+            let shutdown = ListenerShutdown::new();
+            let serving = tokio::spawn(serve_local_listener(
+                listener,
+                dialer.clone(),
+                shutdown.clone(),
+            ));
+            Ok(Served {
+                router,
+                client,
+                dialer,
+                socket,
+                shutdown,
+                serving,
+                connections,
+            })
+        }
+
         /// Checks that serving has ended (bounded) with nothing in flight; closes all.
         async fn finish(self) -> TestResult {
             tokio::time::timeout(Duration::from_secs(10), self.serving).await??;
@@ -1336,6 +1384,137 @@ mod tests {
         client.close().await;
         router.shutdown().await?;
         Ok(())
+    }
+
+    /// A stand-in daemon with Nix 2.8's handshake (the bytes `n2p_nix`'s recorded 2.8
+    /// exchange has): magic, then version and options, answered with `version` (read per
+    /// connection) and `STDERR_LAST`; then each 8-byte request is answered with
+    /// `STDERR_LAST` and the request. It answers nothing while `open` is false.
+    async fn spawn_handshaking_daemon(
+        path: PathBuf,
+        version: Arc<std::sync::Mutex<String>>,
+        open: tokio::sync::watch::Receiver<bool>,
+    ) -> std::io::Result<()> {
+        let listener = UnixListener::bind(&path)?;
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let version = version.lock().map(|v| v.clone()).unwrap_or_default();
+                let mut open = open.clone();
+                tokio::spawn(async move {
+                    let mut word = [0u8; 8];
+                    let mut options = [0u8; 24];
+                    stream.read_exact(&mut word).await?;
+                    open.wait_for(|open| *open).await.ok();
+                    stream.write_all(&hello_words(&[DXIO, 0x122])).await?;
+                    stream.read_exact(&mut options).await?;
+                    let mut answer = hello_words(&[version.len() as u64]);
+                    answer.extend_from_slice(version.as_bytes());
+                    answer.resize(8 + version.len().div_ceil(8) * 8, 0);
+                    answer.extend_from_slice(&hello_words(&[STLA]));
+                    stream.write_all(&answer).await?;
+                    while stream.read_exact(&mut word).await.is_ok() {
+                        open.wait_for(|open| *open).await.ok();
+                        stream.write_all(&hello_words(&[STLA])).await?;
+                        stream.write_all(&word).await?;
+                    }
+                    Ok::<(), std::io::Error>(())
+                });
+            }
+        });
+        Ok(())
+    }
+
+    const NIXC: u64 = 0x6e69_7863;
+    const DXIO: u64 = 0x6478_696f;
+    const STLA: u64 = 0x616c_7473;
+
+    fn hello_words(words: &[u64]) -> Vec<u8> {
+        words.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    /// Nix 2.8's side of the handshake on `socket`; returns the connection and the daemon's
+    /// Nix version. Bounded.
+    async fn nix_2_8_handshake(
+        socket: &std::path::Path,
+    ) -> Result<(UnixStream, String), Box<dyn std::error::Error>> {
+        let mut stream = UnixStream::connect(socket).await?;
+        let exchange = async {
+            stream.write_all(&hello_words(&[NIXC])).await?;
+            let mut answer = [0u8; 16];
+            stream.read_exact(&mut answer).await?;
+            assert_eq!(answer.as_slice(), hello_words(&[DXIO, 0x122]));
+            stream.write_all(&hello_words(&[0x122, 0, 0])).await?;
+            let mut len = [0u8; 8];
+            stream.read_exact(&mut len).await?;
+            let len = u64::from_le_bytes(len) as usize;
+            let mut text = vec![0u8; len.div_ceil(8) * 8 + 8];
+            stream.read_exact(&mut text).await?;
+            assert_eq!(text[text.len() - 8..], STLA.to_le_bytes());
+            text.truncate(len);
+            Ok::<_, Box<dyn std::error::Error>>(String::from_utf8(text)?)
+        };
+        let version = tokio::time::timeout(Duration::from_secs(5), exchange).await??;
+        Ok((stream, version))
+    }
+
+    /// Sends request `n` and reads its answer (bounded).
+    async fn request(stream: &mut UnixStream, n: u64) -> Result<(), Box<dyn std::error::Error>> {
+        stream.write_all(&hello_words(&[n])).await?;
+        let mut answer = [0u8; 16];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut answer)).await??;
+        assert_eq!(answer.as_slice(), hello_words(&[STLA, n]));
+        Ok(())
+    }
+
+    /// The first connection records the daemon's handshake; the next is answered without
+    /// the daemon saying a word (it is held silent until the client's handshake is done);
+    /// once the daemon answers otherwise, that one connection is cut and the recording
+    /// dropped, and the next learns the new answer.
+    #[tokio::test]
+    async fn a_recorded_handshake_is_answered_at_once_and_checked() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let secret = AccessSecret::from_bytes([5; 32]);
+        let daemon_path = dir.path().join("daemon.sock");
+        let version = Arc::new(std::sync::Mutex::new("2.8.0".to_owned()));
+        let (open, gate) = tokio::sync::watch::channel(true);
+        spawn_handshaking_daemon(daemon_path.clone(), version.clone(), gate).await?;
+        let router = service_on(daemon_path, &secret, Limits::default()).await?;
+        let s = Served::through(dir.path(), router, &secret, Arc::default()).await?;
+
+        let (mut first, said) = nix_2_8_handshake(&s.socket).await?;
+        assert_eq!(said, "2.8.0");
+        request(&mut first, 7).await?;
+        assert!(s.dialer.hello().is_recorded());
+
+        open.send(false)?;
+        let (mut second, said) = nix_2_8_handshake(&s.socket).await?;
+        assert_eq!(said, "2.8.0", "answered while the daemon was silent");
+        open.send(true)?;
+        request(&mut second, 8).await?;
+
+        *version.lock().map_err(|_| "poisoned")? = "2.8.1".to_owned();
+        let (mut third, said) = nix_2_8_handshake(&s.socket).await?;
+        assert_eq!(said, "2.8.0", "the recording answered");
+        third.write_all(&hello_words(&[9])).await?;
+        let mut rest = Vec::new();
+        let end =
+            tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut rest)).await?;
+        assert!(
+            end.is_err() || rest.is_empty(),
+            "a connection whose recorded answer was wrong got {rest:?} ({end:?})"
+        );
+        assert!(
+            !s.dialer.hello().is_recorded(),
+            "the wrong recording was kept"
+        );
+
+        let (mut fourth, said) = nix_2_8_handshake(&s.socket).await?;
+        assert_eq!(said, "2.8.1");
+        request(&mut fourth, 10).await?;
+        assert!(s.dialer.hello().is_recorded());
+        drop((first, second, third, fourth));
+        s.shutdown.stop();
+        s.finish().await
     }
 
     #[tokio::test]

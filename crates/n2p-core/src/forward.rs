@@ -65,6 +65,12 @@ pub enum ForwardError {
     /// Sending to the peer failed (stopped, connection lost).
     #[error("sending to the peer failed")]
     RemoteWrite(#[source] WriteError),
+    /// The peer's daemon answered the handshake unlike the answer given to the client in
+    /// its place ([`crate::hello`]): it was upgraded or reconfigured since.
+    #[error(
+        "the peer's nix-daemon answered the handshake differently than before (upgraded or reconfigured?); this connection was cut, the next one learns the new answer"
+    )]
+    HelloMismatch,
 }
 
 /// An iroh stream pair that is reset when dropped, unless [`QuicPair::completed`] was
@@ -107,16 +113,24 @@ impl Drop for QuicPair {
 /// Forwards between a local unix stream and an iroh stream pair until both directions have
 /// ended; returns the byte counts. On any abnormal end, including this future being dropped,
 /// both sides are aborted as the module documentation describes, never half-closed.
-pub async fn forward(
+pub async fn forward(local: UnixStream, streams: QuicPair) -> Result<ForwardStats, ForwardError> {
+    forward_expecting(local, streams, &[]).await
+}
+
+/// [`forward`], where the peer's first bytes must be `expected` and are not passed on: the
+/// client already has them ([`crate::hello`]). Other first bytes end the forward with
+/// [`ForwardError::HelloMismatch`] before anything more reaches the client.
+pub async fn forward_expecting(
     mut local: UnixStream,
     streams: QuicPair,
+    expected: &[u8],
 ) -> Result<ForwardStats, ForwardError> {
     let mut streams = streams;
     let (mut local_read, mut local_write) = local.split();
     let outcome = {
         let QuicPair { send, recv, .. } = &mut streams;
         let mut up = pin!(copy_local_to_remote(&mut local_read, send));
-        let mut down = pin!(copy_remote_to_local(recv, &mut local_write));
+        let mut down = pin!(copy_remote_to_local(recv, expected, &mut local_write));
         tokio::select! {
             sent = &mut up => match sent {
                 Ok(sent) => down.await.map(|received| ForwardStats { sent, received }),
@@ -207,16 +221,19 @@ async fn copy_local_to_remote<R: AsyncRead + Unpin>(
     }
 }
 
-/// Copies remote → local; the peer's finish becomes a local half-close. Returns bytes written.
+/// Copies remote → local after checking that the peer's first bytes are `expected` (kept
+/// back); the peer's finish becomes a local half-close. Returns bytes written.
 ///
 /// Reads into one buffer: `read` gathers every chunk QUIC has ready (one per received packet,
 /// ~1.2 KiB) up to the buffer's size, so a bulk transfer costs one local write per buffer
 /// instead of one per packet.
 async fn copy_remote_to_local<W: AsyncWrite + Unpin>(
     recv: &mut RecvStream,
+    expected: &[u8],
     local: &mut W,
 ) -> Result<u64, ForwardError> {
     let mut buf = vec![0u8; FORWARD_BUFFER_SIZE];
+    crate::hello::check_owed(recv, expected, &mut buf).await?;
     let mut total = 0u64;
     while let Some(n) = recv
         .read(&mut buf)

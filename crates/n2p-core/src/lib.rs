@@ -16,7 +16,8 @@
 //!   connection per peer and opens a stream per local connection.
 //! - [`conn_stats`] logs the QUIC connection's own counters (RTT, window, losses) at debug
 //!   level under the target `n2p::stats`.
-//! - [`forward`] copies bytes both ways with half-close carried through.
+//! - [`forward`] copies bytes both ways with half-close carried through; [`hello`] answers
+//!   a Nix client's handshake from the peer daemon's recorded answer, saving round trips.
 //! - [`limits`] bounds what a peer may hold before and after it proves access.
 //! - [`unix`] binds unix sockets safely (0600, stale files replaced, live ones kept).
 
@@ -29,6 +30,7 @@ pub mod conn_stats;
 pub mod daemon;
 pub mod endpoint;
 pub mod forward;
+pub mod hello;
 pub mod home;
 pub mod identity;
 pub mod limits;

@@ -30,6 +30,7 @@
 //! (Lix refuses clients below it), 2.20 1.37, 2.24 and later 1.38 and above; this client
 //! offers 1.38 and both sides use the lower version.
 
+pub mod hello;
 pub mod signature_probe;
 mod stderr;
 mod wire;
