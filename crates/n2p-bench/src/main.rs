@@ -588,9 +588,12 @@ fn run_netem(
     );
     let mut fwds = Vec::new();
     for v in variants {
+        // `direct`: a round daemon's own socket, no link in between: the nix command's own
+        // cost, which the ping target subtracts.
         if matches!(
             v,
-            Variant::N2p
+            Variant::Direct
+                | Variant::N2p
                 | Variant::N2pAlt
                 | Variant::Mesh
                 | Variant::Dumbpipe

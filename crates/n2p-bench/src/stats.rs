@@ -61,6 +61,18 @@ pub(crate) fn round_ratios(variant: &[Option<f64>], baseline: &[Option<f64>]) ->
         .collect()
 }
 
+/// Per-round differences `variant - baseline`, for rounds where both were measured.
+pub(crate) fn round_differences(variant: &[Option<f64>], baseline: &[Option<f64>]) -> Vec<f64> {
+    variant
+        .iter()
+        .zip(baseline)
+        .filter_map(|pair| match pair {
+            (Some(v), Some(b)) => Some(v - b),
+            _ => None,
+        })
+        .collect()
+}
+
 /// `items` rotated left by `round` places: round `r` of an interleaved benchmark starts with
 /// a different variant, so that no variant always runs first (or right after another).
 pub(crate) fn rotated<T: Clone>(items: &[T], round: usize) -> Vec<T> {
