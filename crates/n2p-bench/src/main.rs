@@ -101,6 +101,9 @@ struct Args {
     /// Mesh rounds per size [default: 3; quick: 1].
     #[arg(long)]
     mesh_reps: Option<usize>,
+    /// The mesh team's `expiry_secs` (nodes announce every third of it) [default: n2p's].
+    #[arg(long)]
+    mesh_expiry_secs: Option<u64>,
     /// New connections per variant [default: 200; quick: 50].
     #[arg(long)]
     connections: Option<usize>,
@@ -320,6 +323,7 @@ fn run(args: Args) -> Result<()> {
         connect: None,
         startup: Vec::new(),
         mesh: Vec::new(),
+        mesh_expiry_secs: args.mesh_expiry_secs,
         netem: None,
         targets: Vec::new(),
         pulls: None,
@@ -525,7 +529,7 @@ fn run_sections(
             for round in 0..rounds {
                 eprintln!("mesh: {n} nodes, round {}/{rounds}", round + 1);
                 let dir = work.join(format!("mesh-{n}-{round}"));
-                match mesh::measure_round(&tools.n2p, &dir, n) {
+                match mesh::measure_round(&tools.n2p, &dir, n, args.mesh_expiry_secs) {
                     Ok(r) => {
                         eprintln!(
                             "  converged in {:.2} s ({:.2} s after the last start); killed node gone in {:.2} s",

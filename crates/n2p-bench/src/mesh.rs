@@ -133,6 +133,14 @@ impl Team {
         })
     }
 
+    /// Sets the team's `expiry_secs` (before any node starts).
+    pub(crate) fn set_expiry_secs(&self, secs: u64) -> Result<()> {
+        let text = fs::read_to_string(&self.file)?;
+        let text = text.replacen("[mesh]\n", &format!("[mesh]\nexpiry_secs = {secs}\n"), 1);
+        fs::write(&self.file, text)?;
+        Ok(())
+    }
+
     /// Nodes spawned from now on log with `RUST_LOG=filter`.
     pub(crate) fn set_rust_log(&mut self, filter: &str) {
         self.rust_log = Some(filter.to_owned());
@@ -316,11 +324,20 @@ impl MeshResult {
 }
 
 /// Runs one round with `n` sharing nodes (all pointing at one dummy daemon socket; the
-/// sockets appear whether or not a daemon runs there).
-pub(crate) fn measure_round(n2p: &Path, dir: &Path, n: usize) -> Result<MeshRound> {
+/// sockets appear whether or not a daemon runs there), with the team's `expiry_secs` if
+/// given.
+pub(crate) fn measure_round(
+    n2p: &Path,
+    dir: &Path,
+    n: usize,
+    expiry_secs: Option<u64>,
+) -> Result<MeshRound> {
     let names: Vec<String> = (0..n).map(|i| format!("n{i:02}")).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let team = Team::create(n2p, dir, &names)?;
+    if let Some(secs) = expiry_secs {
+        team.set_expiry_secs(secs)?;
+    }
     let dummy = dir.join("dummy-daemon.sock");
     let started = Instant::now();
     let mut nodes = Vec::new();
@@ -328,7 +345,10 @@ pub(crate) fn measure_round(n2p: &Path, dir: &Path, n: usize) -> Result<MeshRoun
         nodes.push(team.spawn(i, Some(&dummy))?);
     }
     let spawned = started.elapsed();
-    let timeout = MESH_TIMEOUT + MESH_TIMEOUT_PER_NODE * n as u32;
+    // A killed node is dropped after the expiry: a longer one needs that much more time.
+    let timeout = MESH_TIMEOUT
+        + MESH_TIMEOUT_PER_NODE * n as u32
+        + Duration::from_secs(expiry_secs.unwrap_or(0));
     let result = (|| {
         let converged = poll(timeout, || (0..n).all(|i| team.socket_count(i) == n - 1))
             .with_context(|| {

@@ -149,6 +149,8 @@ pub(crate) struct Report {
     pub(crate) startup: Vec<StartupResult>,
     /// Mesh convergence and expiry.
     pub(crate) mesh: Vec<MeshResult>,
+    /// The mesh team's `expiry_secs` (None: n2p's default).
+    pub(crate) mesh_expiry_secs: Option<u64>,
     /// The emulated WAN link.
     pub(crate) netem: Option<NetemResults>,
     /// Targets of issue 4, evaluated.
@@ -749,10 +751,11 @@ pub(crate) fn markdown(r: &Report) -> String {
     );
 
     if !r.mesh.is_empty() {
-        let _ = writeln!(
-            out,
-            "### Mesh on loopback (relays disabled, default expiry)\n"
+        let expiry = r.mesh_expiry_secs.map_or_else(
+            || "default expiry".to_owned(),
+            |secs| format!("expiry_secs = {secs}: an announcement every {} s", secs / 3),
         );
+        let _ = writeln!(out, "### Mesh on loopback (relays disabled, {expiry})\n");
         let _ = writeln!(
             out,
             "| nodes | all see all N−1 sockets, from first start, s | from last start, s | SIGKILLed node's socket gone everywhere, s | idle RSS per node: median / max (anon median) | RSS {} s later: median / max | idle CPU per node, % of a core: median / max | open connections per node: median / max (gossip median) | rounds |",
