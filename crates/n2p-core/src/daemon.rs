@@ -39,7 +39,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::{
     accept::{prove_stream, serve_streams},
     access::{AccessPolicy, AccessProof, AccessSecret},
-    forward::{ForwardError, QuicPair, forward, forward_expecting},
+    forward::{ForwardError, QuicPair, forward_expecting},
     hello::HelloCache,
     limits::{AcceptBackoff, ConnectionGate, Limits, PeerSlots, UnprovenPermit},
 };
@@ -167,7 +167,8 @@ impl DaemonService {
             return;
         }
         drop(first);
-        forward_unix_stream("daemon stream", daemon, streams).await;
+        // Logged there; the serving side has nothing else to do about it.
+        let _ = forward_unix_stream("daemon stream", daemon, streams, &[]).await;
     }
 }
 
@@ -803,8 +804,8 @@ pub async fn serve_local_listener(
     tasks.shutdown().await;
 }
 
-async fn forward_local_connection(local: UnixStream, dialer: &DaemonDialer) {
-    let streams = match dialer.open_stream().await {
+async fn forward_local_connection(mut local: UnixStream, dialer: &DaemonDialer) {
+    let mut streams = match dialer.open_stream().await {
         Ok(pair) => pair,
         // The dialer reports an unreachable peer itself, once per outage and periodically.
         Err(
@@ -820,35 +821,35 @@ async fn forward_local_connection(local: UnixStream, dialer: &DaemonDialer) {
             return;
         }
     };
-    let mut local = local;
-    let mut streams = streams;
-    let owed = match crate::hello::relay(&mut local, &mut streams, &dialer.hello).await {
-        Ok(owed) => owed,
+    let outcome = match crate::hello::relay(&mut local, &mut streams, &dialer.hello).await {
+        Ok(owed) => forward_unix_stream("local connection", local, streams, &owed).await,
         Err(e) => {
             warn!("local connection aborted during the handshake: {e}");
-            return;
+            Err(e)
         }
     };
-    match forward_expecting(local, streams, &owed).await {
-        Ok(stats) => debug!(
-            sent = stats.sent,
-            received = stats.received,
-            "local connection done"
-        ),
-        Err(e) => {
-            if matches!(e, ForwardError::HelloMismatch) {
-                dialer.hello.forget();
-            }
-            warn!("local connection aborted: {e}");
-        }
+    if let Err(ForwardError::HelloMismatch) = outcome {
+        dialer.hello.forget();
     }
 }
 
-/// Joins a unix stream to an iroh stream pair until both directions end; logs the outcome.
-async fn forward_unix_stream(what: &str, stream: UnixStream, streams: QuicPair) {
-    match forward(stream, streams).await {
-        Ok(stats) => debug!(sent = stats.sent, received = stats.received, "{what} done"),
-        Err(e) => warn!("{what} aborted: {e}"),
+/// Joins a unix stream to an iroh stream pair until both directions end, the peer's first
+/// bytes being `expected` ([`forward_expecting`]); logs the outcome and returns it.
+async fn forward_unix_stream(
+    what: &str,
+    stream: UnixStream,
+    streams: QuicPair,
+    expected: &[u8],
+) -> Result<(), ForwardError> {
+    match forward_expecting(stream, streams, expected).await {
+        Ok(stats) => {
+            debug!(sent = stats.sent, received = stats.received, "{what} done");
+            Ok(())
+        }
+        Err(e) => {
+            warn!("{what} aborted: {e}");
+            Err(e)
+        }
     }
 }
 

@@ -83,7 +83,8 @@ impl HelloCache {
 /// answering from `cache` where the client's parts match the recording and recording a
 /// new exchange where they do not. Returns the answers given in the daemon's place, which
 /// the peer has yet to send: the caller hands them to
-/// [`crate::forward::forward_expecting`].
+/// [`crate::forward::forward_expecting`]. On [`ForwardError::HelloMismatch`], here or
+/// there, the caller drops the recording ([`HelloCache::forget`]).
 pub(crate) async fn relay(
     local: &mut UnixStream,
     streams: &mut QuicPair,
@@ -107,7 +108,6 @@ pub(crate) async fn relay(
             Some((client, answer)) if replaying && *client == part => {
                 if hello.daemon_part(step, answer) != Ok(Framing::Complete(answer.len())) {
                     // Recorded by this code, so it frames; never answer with what does not.
-                    cache.forget();
                     return Err(ForwardError::HelloMismatch);
                 }
                 local
@@ -120,13 +120,7 @@ pub(crate) async fn relay(
             _ => {
                 replaying = false;
                 let mut scratch = vec![0u8; owed.len().min(4096)];
-                check_owed(&mut streams.recv, &owed, &mut scratch)
-                    .await
-                    .inspect_err(|e| {
-                        if matches!(e, ForwardError::HelloMismatch) {
-                            cache.forget();
-                        }
-                    })?;
+                check_owed(&mut streams.recv, &owed, &mut scratch).await?;
                 owed.clear();
                 let (answer, framed) = read_part(&mut Source::Remote(&mut streams.recv), |b| {
                     hello.daemon_part(step, b)
