@@ -258,6 +258,54 @@ fn a_crashed_node_loses_its_socket_within_the_expiry_and_a_leaving_one_at_once()
     carol.wait_for_sockets(&["alice"], CONVERGENCE_TIMEOUT);
 }
 
+/// With an expiry far too long to notice it, a crash is still noticed within seconds: the
+/// dead node's gossip neighbours lose their connections to it (QUIC idle timeout, 4 s),
+/// fail to reach it again (1.5 s) and report it unreachable to the others, who drop it.
+#[test]
+fn a_crashed_node_is_reported_by_its_neighbours_long_before_its_expiry() {
+    let alice = MeshPeer::new("alice");
+    let bob = MeshPeer::new("bob");
+    let carol = MeshPeer::new("carol");
+    let team = TeamDir::new();
+    let mut spec = TeamSpec::closed([alice.member(), bob.member(), carol.member()]);
+    let expiry = Duration::from_secs(120);
+    spec.expiry_secs = Some(expiry.as_secs());
+    let team_file = team.write("team.toml", &spec);
+    let alice_node = alice.join(&team_file, &[]);
+    let bob_node = bob.join(&team_file, &[]);
+    let mut carol_node = carol.join(&team_file, &[]);
+    alice.wait_for_sockets(&["bob", "carol"], CONVERGENCE_TIMEOUT);
+    bob.wait_for_sockets(&["alice", "carol"], CONVERGENCE_TIMEOUT);
+    carol.wait_for_sockets(&["alice", "bob"], CONVERGENCE_TIMEOUT);
+
+    let marks = [alice_node.process.mark(), bob_node.process.mark()];
+    let killed = Instant::now();
+    carol_node.process.kill();
+    // 4 s idle timeout + 1.5 s probe, with room for a busy machine; a tenth of the expiry.
+    let limit = Duration::from_secs(12);
+    alice.wait_for_sockets(&["bob"], limit);
+    bob.wait_for_sockets(&["alice"], limit);
+    let detected = killed.elapsed();
+    eprintln!(
+        "TIMING SIGKILLed node's socket gone on both others after {detected:?} (expiry {expiry:?})"
+    );
+    // Each of the two either lost carol itself or read the other's report; never the expiry.
+    for (node, mark) in [&alice_node, &bob_node].iter().zip(&marks) {
+        node.process.wait_for_line_since(
+            mark,
+            &format!("peer {} is unreachable", carol.short_id()),
+            Duration::from_secs(1),
+        );
+    }
+    // Alive nodes are not reported: alice and bob still see each other a while later.
+    std::thread::sleep(Duration::from_secs(2));
+    alice
+        .check_sockets(&["bob"])
+        .unwrap_or_else(|error| panic!("alice after the crash: {error}"));
+    bob.check_sockets(&["alice"])
+        .unwrap_or_else(|error| panic!("bob after the crash: {error}"));
+}
+
 /// A crashed member restarted on the same id and port is seen again. Without the rejoin on
 /// expiry in the mesh node, iroh-gossip kept counting the dead instance as a neighbour and
 /// ignored the new one's Join about one time in four; three rounds catch that regression

@@ -54,6 +54,7 @@ use self::{
 use crate::{
     proto::{
         announce::{MAX_ANNOUNCEMENT_SIZE, SeqClock},
+        digest::MAX_DIGEST_SIZE,
         table::PeerTable,
         team::TeamConfig,
         topic::{MeshKeys, TeamSecret, TopicNameError},
@@ -235,7 +236,8 @@ impl MeshNode {
         }
 
         let gossip = Gossip::builder()
-            .max_message_size(MAX_ANNOUNCEMENT_SIZE.max(4096))
+            // Room for a digest and gossip's own framing around it.
+            .max_message_size(MAX_ANNOUNCEMENT_SIZE.max(MAX_DIGEST_SIZE) + 1024)
             .spawn(endpoint.clone());
         let mut router = Router::builder(endpoint.clone()).accept(GOSSIP_ALPN, gossip.clone());
         if settings.share_daemon {
@@ -301,6 +303,8 @@ impl MeshNode {
             redial: Default::default(),
             dials: JoinSet::new(),
             linger: Default::default(),
+            probes: JoinSet::new(),
+            latest: Default::default(),
         };
         let span = info_span!("mesh", me = %me.fmt_short());
         let actor = tokio::spawn(

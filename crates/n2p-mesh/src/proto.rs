@@ -36,6 +36,7 @@
 //! [`team::TeamConfig::parse`], takes text.
 
 pub mod announce;
+pub mod digest;
 pub mod names;
 pub mod table;
 pub mod team;

@@ -31,11 +31,12 @@ use super::{
 use crate::{
     proto::{
         announce::{
-            AnnounceError, AnnounceKind, Announcement, MAX_ADDRS, SeqClock, decode_fresh, encode,
-            unix_ms,
+            AnnounceError, AnnounceKind, Announcement, MAX_ADDRS, SeqClock, Unreachable,
+            decode_fresh, encode, peek, unix_ms,
         },
+        digest::{decode_digest, decode_entry, encode_digests, is_digest},
         names::socket_file_name,
-        table::{Applied, Dropped, PeerTable},
+        table::{Applied, Dropped, PeerTable, heartbeat_interval},
         team::TeamConfig,
         topic::MeshKeys,
     },
@@ -44,6 +45,10 @@ use crate::{
 
 /// After a change in the swarm, wait this long before announcing, to coalesce bursts.
 const ANNOUNCE_DEBOUNCE: Duration = Duration::from_millis(150);
+
+/// After a neighbour comes up or a digest teaches me a peer, wait this long before sending
+/// my neighbours a digest, to coalesce bursts (a starting team brings many at once).
+const SYNC_DEBOUNCE: Duration = Duration::from_millis(300);
 
 /// Time for iroh-gossip to quit a topic before it is joined again.
 const REJOIN_PAUSE: Duration = Duration::from_millis(200);
@@ -66,6 +71,11 @@ const MAX_STALE_WARNINGS: usize = 64;
 
 /// How long the node's own dial of an absent member may take.
 const MEMBER_DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a peer lost as a gossip neighbour gets to take a new connection before it is
+/// reported unreachable. The loss itself comes after the QUIC idle timeout
+/// ([`n2p_core::endpoint::IDLE_TIMEOUT`]), so a crash is noticed after about the sum.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// What the handle asks of the actor.
 #[derive(Debug)]
@@ -111,6 +121,31 @@ pub(super) struct Actor {
     pub(super) dials: JoinSet<()>,
     /// When to close gossip connections to peers that are not neighbours.
     pub(super) linger: Linger,
+    /// Peers lost as gossip neighbours being dialled again: the peer, the seq I had from
+    /// it when the dial started, and whether it answered.
+    pub(super) probes: JoinSet<(EndpointId, u64, bool)>,
+    /// The latest announcement taken from each peer, as received (its id's bytes to its
+    /// seq and the message): what my digests relay. Entries of peers no longer live are
+    /// pruned when a digest is made.
+    pub(super) latest: BTreeMap<[u8; 32], (u64, Vec<u8>)>,
+}
+
+/// What taking in one gossip message asks of the actor.
+#[derive(Debug, Default, Clone, Copy)]
+struct Taken {
+    /// Someone reported me unreachable: announce myself (that brings me back).
+    refute: bool,
+    /// A digest taught me a peer I did not know: pass my digest on to my neighbours.
+    learned: bool,
+}
+
+impl Taken {
+    fn merge(self, other: Self) -> Self {
+        Self {
+            refute: self.refute || other.refute,
+            learned: self.learned || other.learned,
+        }
+    }
 }
 
 impl Actor {
@@ -123,20 +158,18 @@ impl Actor {
         mut commands: mpsc::Receiver<Command>,
         cancel: CancellationToken,
     ) {
-        self.announce(AnnounceKind::Alive).await;
-        let mut announce_tick = tokio::time::interval(self.announce_interval);
-        announce_tick.reset();
+        let mut heartbeat_at = self.announce(AnnounceKind::Alive, None).await;
         let mut expire_tick = tokio::time::interval(Duration::from_millis(250));
         let mut announce_soon: Option<tokio::time::Instant> = None;
+        let mut sync_soon: Option<tokio::time::Instant> = None;
+        // Whether my announcement went out while I had a gossip neighbour (so it reached the
+        // team): until then each neighbour that comes up makes me announce again.
+        let mut flooded = false;
         // Peers dropped for silence, and when: watched for stale gossip neighbour state.
         let mut silent_since: BTreeMap<EndpointId, Instant> = BTreeMap::new();
         loop {
-            let soon = async {
-                match announce_soon {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let soon = sleep_until_some(announce_soon);
+            let sync = sleep_until_some(sync_soon);
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
@@ -147,8 +180,6 @@ impl Actor {
                     }
                     Some(Command::Reload(team, done)) => {
                         self.reload(team).await;
-                        announce_tick = tokio::time::interval(self.announce_interval);
-                        announce_tick.reset();
                         // Members just added learn about me without waiting a round.
                         announce_soon.get_or_insert(tokio::time::Instant::now() + ANNOUNCE_DEBOUNCE);
                         done.send(()).ok();
@@ -158,16 +189,24 @@ impl Actor {
                 },
                 event = receiver.next() => match event {
                     Some(Ok(Event::Received(msg))) => {
-                        if self.handle_message(&msg.content) {
+                        let taken = self.handle_message(&msg.content);
+                        if taken.refute {
                             announce_soon.get_or_insert(tokio::time::Instant::now() + ANNOUNCE_DEBOUNCE);
+                        }
+                        if taken.learned {
+                            sync_soon.get_or_insert(tokio::time::Instant::now() + SYNC_DEBOUNCE);
                         }
                     }
                     Some(Ok(Event::NeighborUp(peer))) => {
                         debug!(peer = %peer.fmt_short(), "gossip neighbor up");
-                        announce_soon.get_or_insert(tokio::time::Instant::now() + ANNOUNCE_DEBOUNCE);
+                        if !flooded {
+                            announce_soon.get_or_insert(tokio::time::Instant::now() + ANNOUNCE_DEBOUNCE);
+                        }
+                        sync_soon.get_or_insert(tokio::time::Instant::now() + SYNC_DEBOUNCE);
                     }
                     Some(Ok(Event::NeighborDown(peer))) => {
                         debug!(peer = %peer.fmt_short(), "gossip neighbor down");
+                        self.probe(peer);
                     }
                     Some(Ok(Event::Lagged)) => warn!("fell behind on gossip messages; some were dropped"),
                     Some(Err(e)) => {
@@ -179,12 +218,24 @@ impl Actor {
                         break;
                     }
                 },
+                Some(Ok((peer, seq, answered))) = self.probes.join_next(), if !self.probes.is_empty() => {
+                    if !answered && let Some(report) = self.lost(peer, seq) {
+                        heartbeat_at = self.announce(AnnounceKind::Alive, Some(report)).await;
+                    }
+                }
                 _ = soon => {
                     announce_soon = None;
-                    self.announce(AnnounceKind::Alive).await;
-                    announce_tick.reset();
+                    flooded |= receiver.neighbors().next().is_some();
+                    heartbeat_at = self.announce(AnnounceKind::Alive, None).await;
                 }
-                _ = announce_tick.tick() => self.announce(AnnounceKind::Alive).await,
+                _ = sync => {
+                    sync_soon = None;
+                    self.sync().await;
+                }
+                _ = tokio::time::sleep_until(heartbeat_at) => {
+                    flooded |= receiver.neighbors().next().is_some();
+                    heartbeat_at = self.announce(AnnounceKind::Alive, None).await;
+                }
                 _ = expire_tick.tick() => {
                     let now = Instant::now();
                     for id in self.expire() {
@@ -197,7 +248,7 @@ impl Actor {
                     // silent is that stale state, and leaving and rejoining the topic clears
                     // it. Not done at once, so a crash noticed by everyone at the same moment
                     // does not make the whole mesh rejoin in lockstep.
-                    let live: Vec<EndpointId> = self.table.peers().iter().map(|p| p.id).collect();
+                    let live: std::collections::BTreeSet<EndpointId> = self.table.live_ids().collect();
                     let me = self.endpoint.id();
                     let absent: Vec<EndpointId> = self
                         .table
@@ -233,6 +284,7 @@ impl Actor {
                         match self.rejoin(receiver, &stale).await {
                             Some(fresh) => {
                                 receiver = fresh;
+                                flooded = false;
                                 announce_soon.get_or_insert(tokio::time::Instant::now() + ANNOUNCE_DEBOUNCE);
                             }
                             None => break,
@@ -242,15 +294,17 @@ impl Actor {
             }
         }
         self.sockets.leave(LEAVE_DRAIN_BOUND).await;
-        self.announce(AnnounceKind::Leaving).await;
+        self.announce(AnnounceKind::Leaving, None).await;
         tokio::time::sleep(LEAVE_GRACE).await;
     }
 
-    /// Verifies and applies one gossip message; returns whether a new peer joined (so we
-    /// should announce ourselves to it soon).
-    fn handle_message(&mut self, bytes: &[u8]) -> bool {
-        let ann = match decode_fresh(bytes, self.keys.announce_key(), unix_ms(SystemTime::now())) {
-            Ok(ann) => ann,
+    /// Verifies and applies one gossip message: an announcement, or a digest of them.
+    fn handle_message(&mut self, bytes: &[u8]) -> Taken {
+        if is_digest(bytes) {
+            return self.handle_digest(bytes);
+        }
+        match decode_fresh(bytes, self.keys.announce_key(), unix_ms(SystemTime::now())) {
+            Ok(ann) => self.take(&ann, bytes, Instant::now()),
             Err(e @ AnnounceError::Stale { id, .. }) => {
                 // A replay, or a member whose clock is off: the latter needs fixing by a
                 // human, so say it once per sender where they look.
@@ -259,15 +313,69 @@ impl Actor {
                 } else {
                     debug!("dropped gossip message: {e}");
                 }
-                return false;
+                Taken::default()
             }
             Err(e) => {
                 debug!("dropped gossip message: {e}");
-                return false;
+                Taken::default()
+            }
+        }
+    }
+
+    /// Takes in the announcements of a neighbour's digest that are newer than mine (the
+    /// rest are skipped before their signatures are checked); each counts as heard when
+    /// its sender sent it, not now.
+    fn handle_digest(&mut self, bytes: &[u8]) -> Taken {
+        let key = self.keys.announce_key().clone();
+        let entries = match decode_digest(bytes, &key) {
+            Ok(entries) => entries,
+            Err(e) => {
+                debug!("dropped gossip digest: {e}");
+                return Taken::default();
             }
         };
-        let now = Instant::now();
-        let applied = self.table.apply(&ann, now);
+        let me = *self.endpoint.id().as_bytes();
+        let (now, now_ms) = (Instant::now(), unix_ms(SystemTime::now()));
+        let mut taken = Taken::default();
+        for entry in entries {
+            let Ok((id, seq)) = peek(entry, &key) else {
+                continue;
+            };
+            if id == me || self.latest.get(&id).is_some_and(|(known, _)| *known >= seq) {
+                continue;
+            }
+            match decode_entry(entry, &key, now_ms) {
+                Ok((ann, age)) => {
+                    let heard = now.checked_sub(age).unwrap_or(now);
+                    let joined = !self.table.is_live(&ann.id);
+                    let one = self.take(&ann, entry, heard);
+                    let learned = joined && self.table.is_live(&ann.id);
+                    taken = taken.merge(one).merge(Taken {
+                        refute: false,
+                        learned,
+                    });
+                }
+                Err(e) => debug!("dropped a relayed announcement: {e}"),
+            }
+        }
+        taken
+    }
+
+    /// Applies one verified announcement (`bytes` as received), heard at `heard`.
+    fn take(&mut self, ann: &Announcement, bytes: &[u8], heard: Instant) -> Taken {
+        let applied = self.table.apply(ann, heard);
+        let mut taken = Taken::default();
+        if applied.is_ok()
+            && let Some(report) = ann.unreachable
+        {
+            if report.id == self.endpoint.id() {
+                info!(target: "n2p", "peer {} reported me unreachable; announcing myself again", ann.id.fmt_short());
+                taken.refute = true;
+            } else if self.table.report_unreachable(&report, heard) {
+                info!(target: "n2p", "peer {} is unreachable (reported by {}); dropped", report.id.fmt_short(), ann.id.fmt_short());
+                self.latest.remove(report.id.as_bytes());
+            }
+        }
         // New or changed addresses go to the address lookup, for dialing the peer.
         let addr = matches!(applied, Ok(Applied::Joined | Applied::Changed))
             .then(|| self.table.endpoint_addr(&ann.id))
@@ -277,23 +385,45 @@ impl Actor {
         }
         match applied {
             Ok(applied) => {
+                if matches!(applied, Applied::Left | Applied::AlreadyGone) {
+                    self.latest.remove(ann.id.as_bytes());
+                } else {
+                    self.latest
+                        .insert(*ann.id.as_bytes(), (ann.seq, bytes.to_vec()));
+                }
                 if matches!(applied, Applied::Left) {
                     self.full_warned = false;
                     info!(target: "n2p", "peer {} left", ann.id.fmt_short());
                 }
                 let desired = self.table.sockets();
                 self.reconcile(&desired);
-                matches!(applied, Applied::Joined)
             }
             Err(dropped @ Dropped::Full { .. }) if !self.full_warned => {
                 // Logged once each time the cap is reached (again after peers went).
                 warn!(target: "n2p", "{dropped}; further outsiders are ignored until peers leave (listed members are always admitted)");
                 self.full_warned = true;
-                false
             }
-            Err(dropped) => {
-                debug!("ignored announcement: {dropped}");
-                false
+            Err(dropped) => debug!("ignored announcement: {dropped}"),
+        }
+        taken
+    }
+
+    /// Sends my neighbours (only them) a digest: my own announcement, fresh, and the latest
+    /// one of every live peer.
+    async fn sync(&mut self) {
+        let live: std::collections::BTreeSet<[u8; 32]> =
+            self.table.live_ids().map(|id| *id.as_bytes()).collect();
+        self.latest.retain(|id, _| live.contains(id));
+        let Some(mine) = self.my_announcement(AnnounceKind::Alive, None) else {
+            return;
+        };
+        let entries = std::iter::once(mine.as_slice())
+            .chain(self.latest.values().map(|(_, bytes)| bytes.as_slice()));
+        let digests = encode_digests(entries, self.keys.announce_key());
+        let Some(sender) = &self.sender else { return };
+        for digest in digests {
+            if let Err(e) = sender.broadcast_neighbors(digest.into()).await {
+                debug!("sending a digest failed: {e}");
             }
         }
     }
@@ -439,7 +569,76 @@ impl Actor {
         self.sockets.reconcile(&files);
     }
 
-    async fn announce(&mut self, kind: AnnounceKind) {
+    /// Dials `peer`, just lost as a gossip neighbour, if it is live here: a live peer takes
+    /// the connection (handed to gossip, like [`Self::dial_members`]); one that does not
+    /// answer within [`PROBE_TIMEOUT`] is reported when the probe ends (see [`Self::lost`]).
+    /// A peer lost by gossip's own reshuffling answers, so only real losses are reported.
+    fn probe(&mut self, peer: EndpointId) {
+        let Some(seq) = self.table.seq_of(&peer) else {
+            return;
+        };
+        let (endpoint, gossip) = (self.endpoint.clone(), self.gossip.clone());
+        self.probes.spawn(async move {
+            let connect = endpoint.connect(peer, iroh_gossip::net::GOSSIP_ALPN);
+            let answered = match tokio::time::timeout(PROBE_TIMEOUT, connect).await {
+                Ok(Ok(conn)) => {
+                    if let Err(e) = gossip.handle_connection(conn).await {
+                        debug!(peer = %peer.fmt_short(), "gossip did not take my connection: {e}");
+                    }
+                    true
+                }
+                Ok(Err(e)) => {
+                    debug!(peer = %peer.fmt_short(), "lost neighbour does not answer: {e}");
+                    false
+                }
+                Err(_) => false,
+            };
+            (peer, seq, answered)
+        });
+    }
+
+    /// A probe of `peer` (seq `seq` when it started) got no answer: drops the peer here
+    /// unless it has announced itself since, and returns the report to broadcast.
+    fn lost(&mut self, peer: EndpointId, seq: u64) -> Option<Unreachable> {
+        let report = Unreachable { id: peer, seq };
+        if !self.table.report_unreachable(&report, Instant::now()) {
+            return None;
+        }
+        self.latest.remove(peer.as_bytes());
+        info!(target: "n2p", "peer {} is unreachable (lost as gossip neighbour, no answer within {PROBE_TIMEOUT:?}); dropped", peer.fmt_short());
+        let desired = self.table.sockets();
+        self.reconcile(&desired);
+        Some(report)
+    }
+
+    /// Broadcasts my announcement (with `report`, if any) and returns when the next
+    /// heartbeat is due: [`heartbeat_interval`] from now, which grows with the live peers.
+    async fn announce(
+        &mut self,
+        kind: AnnounceKind,
+        report: Option<Unreachable>,
+    ) -> tokio::time::Instant {
+        let next = tokio::time::Instant::now() + self.heartbeat();
+        if let Some(bytes) = self.my_announcement(kind, report)
+            && let Some(sender) = &self.sender
+            && let Err(e) = sender.broadcast(bytes.into()).await
+        {
+            debug!("broadcast failed: {e}");
+        }
+        next
+    }
+
+    /// How often I announce myself now.
+    fn heartbeat(&self) -> Duration {
+        heartbeat_interval(self.announce_interval, self.table.len())
+    }
+
+    /// My announcement, signed and sealed (`None`, logged, if it cannot be encoded).
+    fn my_announcement(
+        &mut self,
+        kind: AnnounceKind,
+        report: Option<Unreachable>,
+    ) -> Option<Vec<u8>> {
         let addr = self.endpoint.addr();
         let mut ann = Announcement::new(
             self.endpoint.id(),
@@ -450,14 +649,18 @@ impl Actor {
         ann.shares_daemon = self.share_daemon;
         ann.addrs = addr.ip_addrs().copied().take(MAX_ADDRS).collect();
         ann.relay = addr.relay_urls().next().cloned();
-        match encode(&ann, &self.secret_key, self.keys.announce_key()) {
-            Ok(bytes) => {
-                let Some(sender) = &self.sender else { return };
-                if let Err(e) = sender.broadcast(bytes.into()).await {
-                    debug!("broadcast failed: {e}");
-                }
-            }
-            Err(e) => warn!("cannot encode my announcement: {e}"),
-        }
+        ann.interval = Some(self.heartbeat());
+        ann.unreachable = report;
+        encode(&ann, &self.secret_key, self.keys.announce_key())
+            .inspect_err(|e| warn!("cannot encode my announcement: {e}"))
+            .ok()
+    }
+}
+
+/// Sleeps until `at`, or forever when it is `None`.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

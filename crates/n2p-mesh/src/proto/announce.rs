@@ -25,6 +25,14 @@
 //!   0 alive, 1 leaving), name (string), shares_daemon (bool), proto_version (varint),
 //!   addrs (sequence of socket addresses), relay (optional string) and extensions (sequence
 //!   of `(tag: varint u16, data: bytes)`).
+//! - Extensions this build writes (both optional, neither critical, so older readers take
+//!   the message as a plain announcement):
+//!   - [`EXT_INTERVAL`]: the sender's announcement interval in milliseconds (varint u32):
+//!     how often the sender promises to announce itself, so receivers expire it by that
+//!     and not only by the team's `expiry_secs` (see [`Announcement::interval`]).
+//!   - [`EXT_UNREACHABLE`]: a peer the sender lost and could not reach again, as its id
+//!     (32 bytes) and the last seq the sender had from it (varint u64) (see
+//!     [`Announcement::unreachable`]).
 //! - `signature` is the sender's ed25519 signature, made with its iroh secret key, over
 //!   `"n2p mesh announcement v1\0" || topic id || version || body`: it proves who sent it
 //!   and binds it to one topic.
@@ -73,6 +81,12 @@ pub const PROTO_VERSION: u16 = 1;
 /// Extension tags with this bit set must be understood by the reader: an announcement with
 /// an unknown critical extension is refused instead of read without it.
 pub const CRITICAL_EXTENSION: u16 = 0x8000;
+
+/// Extension tag of [`Announcement::interval`].
+pub const EXT_INTERVAL: u16 = 0x0010;
+
+/// Extension tag of [`Announcement::unreachable`].
+pub const EXT_UNREACHABLE: u16 = 0x0011;
 
 /// Domain separation for the signature.
 const SIGN_DOMAIN: &[u8] = b"n2p mesh announcement v1\0";
@@ -131,6 +145,25 @@ pub struct Announcement {
     pub addrs: Vec<SocketAddr>,
     /// The sender's home relay, if any.
     pub relay: Option<RelayUrl>,
+    /// How often the sender announces itself (`None`: it does not say, as older builds;
+    /// then the team's `expiry_secs / 3` is assumed). A large team announces less often
+    /// (see [`crate::proto::table::heartbeat_interval`]), and receivers must not drop it
+    /// for that.
+    pub interval: Option<std::time::Duration>,
+    /// A peer the sender lost as a gossip neighbour and then failed to reach, with the
+    /// last seq the sender had from it: receivers that have nothing newer from that peer
+    /// drop it at once, instead of after its expiry. A peer that reads this about itself
+    /// while alive announces itself again at once, which brings it back.
+    pub unreachable: Option<Unreachable>,
+}
+
+/// A report, inside an [`Announcement`], that its sender cannot reach a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unreachable {
+    /// The peer.
+    pub id: EndpointId,
+    /// The last seq the reporter had from it; newer news of the peer outweighs the report.
+    pub seq: u64,
 }
 
 impl Announcement {
@@ -145,6 +178,8 @@ impl Announcement {
             kind,
             addrs: Vec::new(),
             relay: None,
+            interval: None,
+            unreachable: None,
         }
     }
 }
@@ -246,6 +281,12 @@ pub enum AnnounceError {
     /// The relay is not an http(s) URL or is too long.
     #[error("bad relay URL")]
     BadRelay,
+    /// An extension this build knows, with data it cannot read.
+    #[error("malformed extension {tag:#06x}")]
+    BadExtension {
+        /// Its tag.
+        tag: u16,
+    },
     /// Authentic, but its `seq` (the sender's clock) is further than [`FRESHNESS_WINDOW`]
     /// from the receiver's clock: a recording replayed later, or a sender whose clock is
     /// wrong.
@@ -322,9 +363,43 @@ pub fn encode(
         proto_version: ann.proto_version,
         addrs: ann.addrs.clone(),
         relay,
-        extensions: Vec::new(),
+        extensions: extensions_of(ann)?,
     };
     seal(WIRE_VERSION, &body, secret_key, key)
+}
+
+/// The extensions that carry `ann`'s optional fields.
+fn extensions_of(ann: &Announcement) -> Result<Vec<Extension>, EncodeError> {
+    let mut extensions = Vec::new();
+    if let Some(interval) = ann.interval {
+        let ms = u32::try_from(interval.as_millis()).unwrap_or(u32::MAX);
+        extensions.push(Extension {
+            tag: EXT_INTERVAL,
+            data: postcard::to_allocvec(&ms).map_err(EncodeError::Serialize)?,
+        });
+    }
+    if let Some(report) = ann.unreachable {
+        extensions.push(Extension {
+            tag: EXT_UNREACHABLE,
+            data: postcard::to_allocvec(&(*report.id.as_bytes(), report.seq))
+                .map_err(EncodeError::Serialize)?,
+        });
+    }
+    Ok(extensions)
+}
+
+/// Reads extension `tag`'s data as a `T`, all of it.
+fn read_extension<'a, T: Deserialize<'a>>(
+    extensions: &'a [Extension],
+    tag: u16,
+) -> Result<Option<T>, AnnounceError> {
+    let Some(ext) = extensions.iter().find(|e| e.tag == tag) else {
+        return Ok(None);
+    };
+    match postcard::take_from_bytes::<T>(&ext.data) {
+        Ok((value, [])) => Ok(Some(value)),
+        _ => Err(AnnounceError::BadExtension { tag }),
+    }
 }
 
 /// Serializes `body` behind `version`, then signs and MACs it.
@@ -362,28 +437,7 @@ fn signing_message(key: &AnnounceKey, version_and_body: &[u8]) -> Vec<u8> {
 /// then the fields. Never panics, whatever the input.
 pub fn decode_verified(bytes: &[u8], key: &AnnounceKey) -> Result<Announcement, AnnounceError> {
     let len = bytes.len();
-    if len > MAX_ANNOUNCEMENT_SIZE {
-        return Err(AnnounceError::TooLarge { len });
-    }
-    if len < MIN_LEN {
-        return Err(AnnounceError::Truncated { len });
-    }
-    let (signed_part, mac) = bytes.split_at(len - MAC_LEN);
-    if !bool::from(key.mac(signed_part).as_slice().ct_eq(mac)) {
-        return Err(AnnounceError::Mac);
-    }
-    let (version_and_body, signature) = signed_part.split_at(signed_part.len() - SIGNATURE_LEN);
-    let (&version, body) = version_and_body
-        .split_first()
-        .ok_or(AnnounceError::Truncated { len })?;
-    if version != WIRE_VERSION {
-        return Err(AnnounceError::UnknownVersion { version });
-    }
-    let (wire, rest) =
-        postcard::take_from_bytes::<WireBody>(body).map_err(AnnounceError::Decode)?;
-    if !rest.is_empty() {
-        return Err(AnnounceError::TrailingBytes { len: rest.len() });
-    }
+    let (version_and_body, signature, wire) = authenticated_body(bytes, key)?;
     let id = EndpointId::from_bytes(&wire.id).map_err(|_| AnnounceError::BadId)?;
     let signature: [u8; SIGNATURE_LEN] = signature
         .try_into()
@@ -422,6 +476,17 @@ pub fn decode_verified(bytes: &[u8], key: &AnnounceKey) -> Result<Announcement, 
         }
         None => None,
     };
+    let interval = read_extension::<u32>(&wire.extensions, EXT_INTERVAL)?
+        .map(|ms| std::time::Duration::from_millis(ms.into()));
+    let unreachable = read_extension::<([u8; 32], u64)>(&wire.extensions, EXT_UNREACHABLE)?
+        .map(|(peer, seq)| {
+            EndpointId::from_bytes(&peer)
+                .map(|id| Unreachable { id, seq })
+                .map_err(|_| AnnounceError::BadExtension {
+                    tag: EXT_UNREACHABLE,
+                })
+        })
+        .transpose()?;
     Ok(Announcement {
         id,
         name: wire.name,
@@ -431,7 +496,50 @@ pub fn decode_verified(bytes: &[u8], key: &AnnounceKey) -> Result<Announcement, 
         kind,
         addrs: wire.addrs,
         relay,
+        interval,
+        unreachable,
     })
+}
+
+/// Checks size and MAC and parses the body, without the signature: version and body, the
+/// signature's bytes, and the body.
+fn authenticated_body<'a>(
+    bytes: &'a [u8],
+    key: &AnnounceKey,
+) -> Result<(&'a [u8], &'a [u8], WireBody), AnnounceError> {
+    let len = bytes.len();
+    if len > MAX_ANNOUNCEMENT_SIZE {
+        return Err(AnnounceError::TooLarge { len });
+    }
+    if len < MIN_LEN {
+        return Err(AnnounceError::Truncated { len });
+    }
+    let (signed_part, mac) = bytes.split_at(len - MAC_LEN);
+    if !bool::from(key.mac(signed_part).as_slice().ct_eq(mac)) {
+        return Err(AnnounceError::Mac);
+    }
+    let (version_and_body, signature) = signed_part.split_at(signed_part.len() - SIGNATURE_LEN);
+    let (&version, body) = version_and_body
+        .split_first()
+        .ok_or(AnnounceError::Truncated { len })?;
+    if version != WIRE_VERSION {
+        return Err(AnnounceError::UnknownVersion { version });
+    }
+    let (wire, rest) =
+        postcard::take_from_bytes::<WireBody>(body).map_err(AnnounceError::Decode)?;
+    if !rest.is_empty() {
+        return Err(AnnounceError::TrailingBytes { len: rest.len() });
+    }
+    Ok((version_and_body, signature, wire))
+}
+
+/// The sender's id bytes and `seq` of an authentic message (size and MAC checked), without
+/// the costlier signature check: for skipping announcements already known before
+/// verifying them in full with [`decode_verified`]. Nothing read here may be trusted
+/// beyond "a holder of the team secret wrote it".
+pub fn peek(bytes: &[u8], key: &AnnounceKey) -> Result<([u8; 32], u64), AnnounceError> {
+    let (_, _, wire) = authenticated_body(bytes, key)?;
+    Ok((wire.id, wire.seq))
 }
 
 /// [`decode_verified`], then refuses an announcement whose `seq` is further than
@@ -531,7 +639,7 @@ mod tests {
             proto_version: ann.proto_version,
             addrs: ann.addrs.clone(),
             relay: ann.relay.as_ref().map(|u| u.to_string()),
-            extensions: Vec::new(),
+            extensions: extensions_of(ann).expect("extensions"),
         }
     }
 
@@ -585,6 +693,55 @@ mod tests {
     }
 
     #[test]
+    fn interval_and_unreachable_report_round_trip_and_old_readers_skip_them() {
+        let keys = keys("t");
+        let me = sk(1);
+        let mut ann = sample(&me);
+        ann.interval = Some(Duration::from_millis(25_000));
+        ann.unreachable = Some(Unreachable {
+            id: sk(2).public(),
+            seq: 1_699_999_999_000,
+        });
+        let bytes = encode(&ann, &me, keys.announce_key()).expect("encode");
+        assert_eq!(
+            decode_verified(&bytes, keys.announce_key()).expect("decode"),
+            ann
+        );
+        // Neither extension is critical: a reader that knows neither tag (any older build)
+        // still takes the message.
+        let body = wire_of(&ann);
+        assert!(
+            body.extensions
+                .iter()
+                .all(|e| e.tag & CRITICAL_EXTENSION == 0)
+        );
+        assert_eq!(body.extensions.len(), 2);
+    }
+
+    #[test]
+    fn a_malformed_known_extension_is_refused() {
+        let keys = keys("t");
+        let me = sk(1);
+        let ann = sample(&me);
+        for (tag, data) in [
+            (EXT_INTERVAL, vec![]),
+            (EXT_INTERVAL, vec![5, 0]),
+            (EXT_UNREACHABLE, vec![1; 12]),
+        ] {
+            let mut body = wire_of(&ann);
+            body.extensions = vec![Extension { tag, data }];
+            let bytes = seal(WIRE_VERSION, &body, &me, keys.announce_key()).expect("seal");
+            assert!(
+                matches!(
+                    decode_verified(&bytes, keys.announce_key()),
+                    Err(AnnounceError::BadExtension { tag: t }) if t == tag
+                ),
+                "tag {tag:#06x}"
+            );
+        }
+    }
+
+    #[test]
     fn largest_allowed_announcement_fits() {
         let keys = keys("t");
         let me = sk(1);
@@ -594,6 +751,11 @@ mod tests {
         let url = format!("https://{}.org/", "r".repeat(MAX_RELAY_URL_LEN - 13));
         ann.relay = Some(url.parse().expect("url"));
         ann.seq = u64::MAX;
+        ann.interval = Some(Duration::from_millis(u32::MAX.into()));
+        ann.unreachable = Some(Unreachable {
+            id: sk(2).public(),
+            seq: u64::MAX,
+        });
         let bytes = encode(&ann, &me, keys.announce_key()).expect("encode");
         assert!(bytes.len() < MAX_ANNOUNCEMENT_SIZE / 2, "{}", bytes.len());
         assert_eq!(

@@ -41,7 +41,11 @@
 //!   freshness window that nodes check before the table sees anything
 //!   ([`decode_fresh`](crate::proto::announce::decode_fresh)).
 //! - `Leaving` removes a peer at once; [`PeerTable::expire`] removes peers not heard from
-//!   for the team's expiry.
+//!   for their expiry: the team's, or three of the intervals the peer announced it keeps
+//!   when that is longer ([`PeerTable::expiry_of`]; large teams announce less often, see
+//!   [`heartbeat_interval`]).
+//! - A report that a peer is unreachable ([`PeerTable::report_unreachable`]) removes it at
+//!   once, unless something newer than the reporter's news of it has arrived here.
 //! - Names: see [`PeerTable::sockets`].
 //! - A live peer gets a socket when it shares its daemon, speaks a daemon protocol version
 //!   I accept, and my team config lets me push (`permits(my id, Push)`): without that right the
@@ -52,14 +56,14 @@ use std::{
     net::SocketAddr,
     ops::RangeInclusive,
     sync::Arc,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use iroh::{EndpointAddr, EndpointId, RelayUrl, TransportAddr};
 use n2p_core::access::Permission;
 
 use crate::proto::{
-    announce::{AnnounceKind, Announcement, FRESHNESS_WINDOW, PROTO_VERSION},
+    announce::{AnnounceKind, Announcement, FRESHNESS_WINDOW, PROTO_VERSION, Unreachable},
     names::{id_stem, name_key, sanitize_name, socket_file_name, suffixed_name},
     team::TeamConfig,
 };
@@ -81,6 +85,30 @@ pub fn tombstone_keep(expiry: std::time::Duration) -> std::time::Duration {
     expiry
         .saturating_mul(TOMBSTONE_FACTOR)
         .max(FRESHNESS_WINDOW.saturating_mul(2))
+}
+
+/// How many of a peer's announcement intervals may pass without news before it is dropped
+/// (so two lost announcements in a row do not drop a live peer).
+pub const INTERVALS_PER_EXPIRY: u32 = 3;
+
+/// The share of the whole team's announcements one node takes in: with `n` live peers a
+/// node announces itself at most every `n × HEARTBEAT_SPACING`, so each node receives at
+/// most one announcement per `HEARTBEAT_SPACING` on average, whatever the team's size.
+pub const HEARTBEAT_SPACING: Duration = Duration::from_millis(250);
+
+/// The longest interval a node announces at and receivers honour: a third of the longest
+/// `expiry_secs`.
+pub const MAX_HEARTBEAT: Duration = Duration::from_secs(super::team::MAX_EXPIRY_SECS / 3);
+
+/// How often a node with `live_peers` peers announces itself: the team's interval
+/// (`expiry_secs / 3`), stretched to `live_peers × HEARTBEAT_SPACING` when that is longer,
+/// and at most [`MAX_HEARTBEAT`]. A crash is then noticed by the crashed node's gossip
+/// neighbours and reported ([`PeerTable::report_unreachable`]), not by everyone's expiry.
+pub fn heartbeat_interval(team_interval: Duration, live_peers: usize) -> Duration {
+    let spread = HEARTBEAT_SPACING.saturating_mul(u32::try_from(live_peers).unwrap_or(u32::MAX));
+    team_interval
+        .max(spread)
+        .min(MAX_HEARTBEAT.max(team_interval))
 }
 
 /// The most departed peers remembered at once (the oldest are forgotten first).
@@ -210,6 +238,8 @@ struct Peer {
     proto_version: u16,
     addrs: Vec<SocketAddr>,
     relay: Option<RelayUrl>,
+    /// The announcement interval it promised, if it did.
+    interval: Option<Duration>,
     first_seen: Instant,
     last_seen: Instant,
 }
@@ -340,6 +370,7 @@ impl PeerTable {
                     peer.proto_version = ann.proto_version;
                     peer.addrs.clone_from(&ann.addrs);
                     peer.relay.clone_from(&ann.relay);
+                    peer.interval = ann.interval;
                     peer.last_seen = now;
                     if renamed {
                         self.recompute_names();
@@ -363,6 +394,7 @@ impl PeerTable {
                         proto_version: ann.proto_version,
                         addrs: ann.addrs.clone(),
                         relay: ann.relay.clone(),
+                        interval: ann.interval,
                         first_seen: now,
                         last_seen: now,
                     },
@@ -373,14 +405,63 @@ impl PeerTable {
         }
     }
 
-    /// Removes the peers not heard from for the team's expiry (as of `now`) and returns
-    /// their ids; also forgets old tombstones.
+    /// Takes in a report that `report.id` cannot be reached (see
+    /// [`crate::proto::announce::Announcement::unreachable`]): drops that peer unless it is
+    /// not live here or has announced something newer than the reporter's news of it.
+    /// Returns whether it was dropped. Its tombstone keeps the last seq this table had from
+    /// it, not the reported one, so a report cannot keep a peer out: its next announcement
+    /// brings it back.
+    pub fn report_unreachable(&mut self, report: &Unreachable, now: Instant) -> bool {
+        let Some(peer) = self.peers.get(&report.id) else {
+            return false;
+        };
+        if peer.seq > report.seq {
+            return false;
+        }
+        let seq = peer.seq;
+        self.peers.remove(&report.id);
+        self.bury(report.id, seq, now);
+        self.recompute_names();
+        true
+    }
+
+    /// How long `id` may stay silent before [`Self::expire`] drops it: the team's expiry,
+    /// or [`INTERVALS_PER_EXPIRY`] of the intervals it announced when that is longer (at
+    /// most [`MAX_HEARTBEAT`] each). `None` for a peer that is not live.
+    pub fn expiry_of(&self, id: &EndpointId) -> Option<Duration> {
+        self.peers.get(id).map(|p| self.peer_expiry(p))
+    }
+
+    fn peer_expiry(&self, peer: &Peer) -> Duration {
+        let promised = peer.interval.map_or(Duration::ZERO, |i| {
+            i.min(MAX_HEARTBEAT) * INTERVALS_PER_EXPIRY
+        });
+        self.team.expiry().max(promised)
+    }
+
+    /// Whether `id` is live.
+    pub fn is_live(&self, id: &EndpointId) -> bool {
+        self.peers.contains_key(id)
+    }
+
+    /// The latest seq of live peer `id`.
+    pub fn seq_of(&self, id: &EndpointId) -> Option<u64> {
+        self.peers.get(id).map(|p| p.seq)
+    }
+
+    /// The ids of the live peers.
+    pub fn live_ids(&self) -> impl Iterator<Item = EndpointId> + '_ {
+        self.peers.keys().copied()
+    }
+
+    /// Removes the peers not heard from for their expiry ([`Self::expiry_of`], as of `now`)
+    /// and returns their ids; also forgets old tombstones.
     pub fn expire(&mut self, now: Instant) -> Vec<EndpointId> {
         let expiry = self.team.expiry();
         let gone: Vec<(EndpointId, u64)> = self
             .peers
             .iter()
-            .filter(|(_, p)| now.saturating_duration_since(p.last_seen) >= expiry)
+            .filter(|(_, p)| now.saturating_duration_since(p.last_seen) >= self.peer_expiry(p))
             .map(|(id, p)| (*id, p.seq))
             .collect();
         for (id, seq) in &gone {
@@ -399,8 +480,10 @@ impl PeerTable {
     /// When the next live peer would expire if not heard from again: the moment to call
     /// [`Self::expire`] next. `None` with no live peers.
     pub fn next_expiry(&self) -> Option<Instant> {
-        let expiry = self.team.expiry();
-        self.peers.values().map(|p| p.last_seen + expiry).min()
+        self.peers
+            .values()
+            .map(|p| p.last_seen + self.peer_expiry(p))
+            .min()
     }
 
     /// The sockets the peers directory should hold: socket name (the stem, without
@@ -793,6 +876,85 @@ mod tests {
             t.apply(&alive(2, "b", 4), now),
             Err(Dropped::Replay { .. })
         ));
+    }
+
+    #[test]
+    fn a_promised_interval_stretches_the_expiry_but_never_shortens_it() {
+        let mut t = PeerTable::new(id(4), "me", team(true, None));
+        let t0 = Instant::now();
+        let team_expiry = t.team().expiry();
+        let mut slow = alive(1, "slow", 1);
+        slow.interval = Some(Duration::from_secs(25));
+        let mut quick = alive(2, "quick", 1);
+        quick.interval = Some(Duration::from_millis(100));
+        let mut absurd = alive(3, "absurd", 1);
+        absurd.interval = Some(Duration::from_secs(1_000_000));
+        for ann in [&slow, &quick, &absurd] {
+            t.apply(ann, t0).expect("apply");
+        }
+        assert_eq!(t.expiry_of(&id(1)), Some(Duration::from_secs(75)));
+        assert_eq!(t.expiry_of(&id(2)), Some(team_expiry));
+        assert_eq!(
+            t.expiry_of(&id(3)),
+            Some(MAX_HEARTBEAT * INTERVALS_PER_EXPIRY)
+        );
+        assert_eq!(t.next_expiry(), Some(t0 + team_expiry));
+        assert_eq!(t.expire(t0 + team_expiry), vec![id(2)]);
+        assert!(t.expire(t0 + Duration::from_secs(74)).is_empty());
+        assert_eq!(t.expire(t0 + Duration::from_secs(75)), vec![id(1)]);
+        // An announcement without the interval (an older build) falls back to the team's.
+        t.apply(&alive(3, "absurd", 2), t0 + Duration::from_secs(76))
+            .expect("apply");
+        assert_eq!(t.expiry_of(&id(3)), Some(team_expiry));
+    }
+
+    #[test]
+    fn an_unreachable_report_drops_the_peer_unless_newer_news_came() {
+        let mut t = PeerTable::new(id(4), "me", team(true, None));
+        let t0 = Instant::now();
+        t.apply(&alive(1, "alice", 10), t0).expect("a");
+        t.apply(&alive(2, "bob", 10), t0).expect("b");
+        // The reporter's news of bob is older than mine: bob stays.
+        let old = Unreachable { id: id(2), seq: 9 };
+        assert!(!t.report_unreachable(&old, t0));
+        // Reported with the seq I have (or a newer one I missed): dropped.
+        let report = Unreachable { id: id(1), seq: 10 };
+        assert!(t.report_unreachable(&report, t0));
+        assert_eq!(names(&t), vec!["bob"]);
+        assert!(!t.report_unreachable(&report, t0), "already gone");
+        let lie = Unreachable {
+            id: id(2),
+            seq: u64::MAX,
+        };
+        assert!(t.report_unreachable(&lie, t0));
+        // A report cannot keep a peer out: its next announcement brings it back, even after
+        // a report that claimed a seq far in the future.
+        assert_eq!(t.apply(&alive(2, "bob", 11), t0), Ok(Applied::Joined));
+        assert_eq!(t.apply(&alive(1, "alice", 11), t0), Ok(Applied::Joined));
+        // Not live: nothing to drop.
+        assert!(!t.report_unreachable(&Unreachable { id: id(9), seq: 1 }, t0));
+    }
+
+    #[test]
+    fn the_heartbeat_stretches_with_the_team_so_each_node_receives_a_bounded_rate() {
+        let team = Duration::from_secs(2);
+        assert_eq!(heartbeat_interval(team, 0), team);
+        assert_eq!(heartbeat_interval(team, 8), team);
+        assert_eq!(heartbeat_interval(team, 32), Duration::from_secs(8));
+        assert_eq!(heartbeat_interval(team, 99), Duration::from_millis(24_750));
+        for peers in [8, 32, 99, 1000] {
+            let interval = heartbeat_interval(team, peers);
+            // What one node receives a second from all the others.
+            let rate = peers as f64 / interval.as_secs_f64();
+            assert!(
+                rate <= 1.0 / HEARTBEAT_SPACING.as_secs_f64() + 1e-9,
+                "{peers} peers: {rate}/s"
+            );
+        }
+        assert_eq!(heartbeat_interval(team, usize::MAX), MAX_HEARTBEAT);
+        // A team interval above the cap is kept (the team asked for it).
+        let long = MAX_HEARTBEAT * 2;
+        assert_eq!(heartbeat_interval(long, 5), long);
     }
 
     #[test]

@@ -1,0 +1,328 @@
+//! A digest: the latest announcement a node holds from each live peer, and its own, sent to
+//! its gossip neighbours only (never flooded). A node sends one when a neighbour comes up
+//! and when a digest taught it a peer it did not know, so a newcomer learns the whole team
+//! from its first neighbours at once, and news spreads neighbour to neighbour without every
+//! node flooding its own announcement whenever someone joins (which costs on the order of
+//! N² deliveries per join).
+//!
+//! # Wire format
+//!
+//! ```text
+//! [version: u8 = 2] [count: varint] ([len: varint] [announcement])* [mac: 32 bytes]
+//! ```
+//!
+//! - Each `announcement` is a whole [`crate::proto::announce`] message as its sender signed
+//!   it; receivers check each one by itself (MAC, signature, freshness).
+//! - `mac` is the keyed BLAKE3 hash, under the topic's announcement key, of everything
+//!   before it, as for announcements: the last 32 bytes of every mesh message. Builds that
+//!   do not know digests drop them as an unknown version.
+//! - A digest is at most [`MAX_DIGEST_SIZE`] bytes; more entries go into more digests.
+
+use std::time::Duration;
+
+use crate::proto::{
+    announce::{
+        AnnounceError, Announcement, FRESHNESS_WINDOW, MAX_ANNOUNCEMENT_SIZE, decode_verified,
+    },
+    table::{INTERVALS_PER_EXPIRY, MAX_HEARTBEAT},
+    topic::AnnounceKey,
+};
+
+/// The version byte of a digest (announcements are version 1).
+pub const DIGEST_VERSION: u8 = 2;
+
+/// The largest digest sent or accepted, in bytes.
+pub const MAX_DIGEST_SIZE: usize = 16 * 1024;
+
+const MAC_LEN: usize = 32;
+
+/// Why a digest was dropped (log at debug level and carry on).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DigestError {
+    /// Larger than [`MAX_DIGEST_SIZE`].
+    #[error("digest of {len} bytes exceeds the limit of {MAX_DIGEST_SIZE}")]
+    TooLarge {
+        /// Its size.
+        len: usize,
+    },
+    /// The MAC is wrong (or the message too short to hold one).
+    #[error("bad MAC on a digest (wrong team secret or topic, or altered)")]
+    Mac,
+    /// Not a digest.
+    #[error("not a digest (version {version})")]
+    NotADigest {
+        /// The version byte.
+        version: u8,
+    },
+    /// The entries do not add up to the message.
+    #[error("malformed digest")]
+    Malformed,
+}
+
+/// Whether `bytes` claims to be a digest (before anything is checked).
+pub fn is_digest(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&DIGEST_VERSION)
+}
+
+/// Packs `entries` (announcements as received or sent) into as few digests as fit in
+/// [`MAX_DIGEST_SIZE`] each, MACed under `key`. Entries larger than an announcement may be
+/// are left out.
+pub fn encode_digests<'a>(
+    entries: impl IntoIterator<Item = &'a [u8]>,
+    key: &AnnounceKey,
+) -> Vec<Vec<u8>> {
+    // Room for the version byte, a count of up to 3 varint bytes and the MAC.
+    let room = MAX_DIGEST_SIZE - 1 - 3 - MAC_LEN;
+    let mut chunks: Vec<Vec<&[u8]>> = Vec::new();
+    let mut used = room;
+    for entry in entries {
+        if entry.len() > MAX_ANNOUNCEMENT_SIZE {
+            continue;
+        }
+        let size = varint_len(entry.len()) + entry.len();
+        if used + size > room {
+            chunks.push(Vec::new());
+            used = 0;
+        }
+        used += size;
+        if let Some(chunk) = chunks.last_mut() {
+            chunk.push(entry);
+        }
+    }
+    chunks
+        .into_iter()
+        .map(|chunk| {
+            let mut out = vec![DIGEST_VERSION];
+            push_varint(&mut out, chunk.len());
+            for entry in chunk {
+                push_varint(&mut out, entry.len());
+                out.extend_from_slice(entry);
+            }
+            let mac = key.mac(&out);
+            out.extend_from_slice(&mac);
+            out
+        })
+        .collect()
+}
+
+/// Checks a digest's size and MAC and splits it into its entries (each still to be checked
+/// by itself, see [`decode_entry`]).
+pub fn decode_digest<'a>(bytes: &'a [u8], key: &AnnounceKey) -> Result<Vec<&'a [u8]>, DigestError> {
+    let len = bytes.len();
+    if len > MAX_DIGEST_SIZE {
+        return Err(DigestError::TooLarge { len });
+    }
+    if len < 1 + MAC_LEN {
+        return Err(DigestError::Mac);
+    }
+    let (body, mac) = bytes.split_at(len - MAC_LEN);
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(key.mac(body).as_slice(), mac)) {
+        return Err(DigestError::Mac);
+    }
+    let (&version, mut rest) = body.split_first().ok_or(DigestError::Malformed)?;
+    if version != DIGEST_VERSION {
+        return Err(DigestError::NotADigest { version });
+    }
+    let count = take_varint(&mut rest).ok_or(DigestError::Malformed)?;
+    // Each entry takes at least two bytes: a count beyond that is a lie.
+    if count > rest.len() / 2 + 1 {
+        return Err(DigestError::Malformed);
+    }
+    let mut entries = Vec::with_capacity(count);
+    for _ in 0..count {
+        let entry_len = take_varint(&mut rest).ok_or(DigestError::Malformed)?;
+        if entry_len > rest.len() {
+            return Err(DigestError::Malformed);
+        }
+        let (entry, tail) = rest.split_at(entry_len);
+        entries.push(entry);
+        rest = tail;
+    }
+    if !rest.is_empty() {
+        return Err(DigestError::Malformed);
+    }
+    Ok(entries)
+}
+
+/// Checks one relayed announcement in full and returns it with its age (the receiver's
+/// clock minus the sender's `seq`, at least zero). A relayed announcement may be as old as
+/// its sender's expiry allows ([`INTERVALS_PER_EXPIRY`] of the interval it announced, at
+/// least the [`FRESHNESS_WINDOW`]) and no further ahead of the receiver's clock than the
+/// window; the receiver counts its sender as last heard `age` ago, so relaying never makes
+/// a peer live longer than its own announcements did.
+pub fn decode_entry(
+    bytes: &[u8],
+    key: &AnnounceKey,
+    now_unix_ms: u64,
+) -> Result<(Announcement, Duration), AnnounceError> {
+    let ann = decode_verified(bytes, key)?;
+    let max_age = ann.interval.map_or(Duration::ZERO, |i| {
+        i.min(MAX_HEARTBEAT) * INTERVALS_PER_EXPIRY
+    });
+    let max_age = max_age.max(FRESHNESS_WINDOW);
+    let offset_ms = i128::from(ann.seq) - i128::from(now_unix_ms);
+    let too_old = -offset_ms > i128::try_from(max_age.as_millis()).unwrap_or(i128::MAX);
+    let too_new = offset_ms > i128::try_from(FRESHNESS_WINDOW.as_millis()).unwrap_or(i128::MAX);
+    if too_old || too_new {
+        return Err(AnnounceError::Stale {
+            id: ann.id,
+            offset_ms: i64::try_from(offset_ms).unwrap_or(if offset_ms < 0 {
+                i64::MIN
+            } else {
+                i64::MAX
+            }),
+        });
+    }
+    let age = Duration::from_millis(u64::try_from(-offset_ms).unwrap_or(0));
+    Ok((ann, age))
+}
+
+fn varint_len(mut value: usize) -> usize {
+    let mut len = 1;
+    while value >= 0x80 {
+        value >>= 7;
+        len += 1;
+    }
+    len
+}
+
+fn push_varint(out: &mut Vec<u8>, mut value: usize) {
+    while value >= 0x80 {
+        out.push((value as u8 & 0x7f) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// Reads a varint of at most 3 bytes (values below 2²¹, more than any digest holds).
+fn take_varint(rest: &mut &[u8]) -> Option<usize> {
+    let mut value = 0usize;
+    for (i, &byte) in rest.iter().enumerate().take(3) {
+        value |= usize::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            *rest = &rest[i + 1..];
+            return Some(value);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use iroh::SecretKey;
+
+    use super::*;
+    use crate::proto::{
+        announce::{AnnounceKind, encode, unix_ms},
+        topic::{MeshKeys, TeamSecret},
+    };
+
+    fn keys(topic: &str) -> MeshKeys {
+        let secret = TeamSecret::new(b"0123456789abcdef-team".to_vec()).expect("secret");
+        MeshKeys::derive(&secret, topic).expect("keys")
+    }
+
+    fn signed(seed: u8, seq: u64, interval: Option<Duration>, key: &AnnounceKey) -> Vec<u8> {
+        let sk = SecretKey::from_bytes(&[seed; 32]);
+        let mut ann = Announcement::new(sk.public(), format!("n{seed}"), seq, AnnounceKind::Alive);
+        ann.interval = interval;
+        encode(&ann, &sk, key).expect("encode")
+    }
+
+    #[test]
+    fn a_hundred_announcements_round_trip_through_digests_that_fit() {
+        let keys = keys("t");
+        let key = keys.announce_key();
+        let entries: Vec<Vec<u8>> = (0..200u8)
+            .map(|i| signed(i, 1_000 + u64::from(i), None, key))
+            .collect();
+        let digests = encode_digests(entries.iter().map(Vec::as_slice), key);
+        assert!(digests.len() >= 2, "200 entries need more than one digest");
+        let mut back = Vec::new();
+        for digest in &digests {
+            assert!(digest.len() <= MAX_DIGEST_SIZE, "{}", digest.len());
+            assert!(is_digest(digest));
+            back.extend(
+                decode_digest(digest, key)
+                    .expect("decode")
+                    .into_iter()
+                    .map(<[u8]>::to_vec),
+            );
+        }
+        assert_eq!(back, entries);
+        assert!(encode_digests(std::iter::empty(), key).is_empty());
+    }
+
+    #[test]
+    fn a_digest_for_another_topic_or_altered_or_malformed_is_refused() {
+        let keys = keys("t");
+        let key = keys.announce_key();
+        let entry = signed(1, 5, None, key);
+        let digest = encode_digests([entry.as_slice()], key).remove(0);
+        assert_eq!(
+            decode_digest(&digest, keys_other().announce_key()),
+            Err(DigestError::Mac)
+        );
+        let mut altered = digest.clone();
+        altered[3] ^= 1;
+        assert_eq!(decode_digest(&altered, key), Err(DigestError::Mac));
+        // Authentic framing errors: count larger than the entries, trailing bytes, a
+        // plain announcement.
+        for body in [
+            vec![DIGEST_VERSION, 5, 1, 0],
+            vec![DIGEST_VERSION, 0, 9],
+            vec![1, 0],
+        ] {
+            let mut bytes = body.clone();
+            bytes.extend_from_slice(&key.mac(&body));
+            assert!(decode_digest(&bytes, key).is_err(), "{body:?}");
+        }
+        assert_eq!(
+            decode_digest(&vec![0; MAX_DIGEST_SIZE + 1], key),
+            Err(DigestError::TooLarge {
+                len: MAX_DIGEST_SIZE + 1
+            })
+        );
+    }
+
+    fn keys_other() -> MeshKeys {
+        keys("other")
+    }
+
+    #[test]
+    fn relayed_entries_may_be_as_old_as_their_senders_expiry_and_count_their_age() {
+        let keys = keys("t");
+        let key = keys.announce_key();
+        let now = unix_ms(std::time::SystemTime::now());
+        // A large team's member announces every 25 s: 60 s old is within its expiry (75 s),
+        // though outside the freshness window of live messages.
+        let slow = signed(1, now - 60_000, Some(Duration::from_secs(25)), key);
+        let (ann, age) = decode_entry(&slow, key, now).expect("within its expiry");
+        assert_eq!(age, Duration::from_secs(60));
+        assert_eq!(ann.interval, Some(Duration::from_secs(25)));
+        let expired = signed(1, now - 76_000, Some(Duration::from_secs(25)), key);
+        assert!(matches!(
+            decode_entry(&expired, key, now),
+            Err(AnnounceError::Stale { .. })
+        ));
+        // Without an interval, the freshness window bounds it; ahead of my clock too.
+        let old = signed(2, now - FRESHNESS_WINDOW.as_millis() as u64 - 1, None, key);
+        assert!(decode_entry(&old, key, now).is_err());
+        let ahead = signed(2, now + FRESHNESS_WINDOW.as_millis() as u64 + 1, None, key);
+        assert!(decode_entry(&ahead, key, now).is_err());
+        let (_, age) = decode_entry(&signed(2, now + 500, None, key), key, now).expect("skew");
+        assert_eq!(age, Duration::ZERO);
+        // A forged signature inside an authentic digest is still caught per entry.
+        let mut forged = signed(3, now, None, key);
+        let len = forged.len();
+        forged[len - 40] ^= 1;
+        let body = &forged[..len - 32];
+        let mac = key.mac(body);
+        forged[len - 32..].copy_from_slice(&mac);
+        assert!(matches!(
+            decode_entry(&forged, key, now),
+            Err(AnnounceError::Signature)
+        ));
+    }
+}
