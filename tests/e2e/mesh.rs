@@ -260,7 +260,7 @@ fn a_crashed_node_loses_its_socket_within_the_expiry_and_a_leaving_one_at_once()
 
 /// With an expiry far too long to notice it, a crash is still noticed within seconds: the
 /// dead node's gossip neighbours lose their connections to it (QUIC idle timeout, 4 s),
-/// fail to reach it again (1.5 s) and report it unreachable to the others, who drop it.
+/// fail to reach it again (2 s) and report it unreachable to the others, who drop it.
 #[test]
 fn a_crashed_node_is_reported_by_its_neighbours_long_before_its_expiry() {
     let alice = MeshPeer::new("alice");
@@ -281,7 +281,7 @@ fn a_crashed_node_is_reported_by_its_neighbours_long_before_its_expiry() {
     let marks = [alice_node.process.mark(), bob_node.process.mark()];
     let killed = Instant::now();
     carol_node.process.kill();
-    // 4 s idle timeout + 1.5 s probe, with room for a busy machine; a tenth of the expiry.
+    // 4 s idle timeout + 2 s probe, with room for a busy machine; a tenth of the expiry.
     let limit = Duration::from_secs(12);
     alice.wait_for_sockets(&["bob"], limit);
     bob.wait_for_sockets(&["alice"], limit);
@@ -304,6 +304,41 @@ fn a_crashed_node_is_reported_by_its_neighbours_long_before_its_expiry() {
         .unwrap_or_else(|error| panic!("alice after the crash: {error}"));
     bob.check_sockets(&["alice"])
         .unwrap_or_else(|error| panic!("bob after the crash: {error}"));
+}
+
+/// A newcomer learns the whole team from its first gossip neighbours' digests, and the team
+/// learns it from its own announcement: with an expiry of 120 s (announcements every 40 s),
+/// nothing else could tell it within seconds.
+#[test]
+fn a_late_joiner_learns_the_whole_team_from_its_neighbours_digests() {
+    let peers = ["alice", "bob", "carol", "dave"].map(MeshPeer::new);
+    let team = TeamDir::new();
+    let mut spec = TeamSpec::closed(peers.iter().map(MeshPeer::member));
+    spec.expiry_secs = Some(120);
+    let team_file = team.write("team.toml", &spec);
+    let [alice, bob, carol, dave] = &peers;
+    let _nodes = [alice, bob, carol].map(|peer| peer.join(&team_file, &[]));
+    alice.wait_for_sockets(&["bob", "carol"], CONVERGENCE_TIMEOUT);
+    bob.wait_for_sockets(&["alice", "carol"], CONVERGENCE_TIMEOUT);
+    carol.wait_for_sockets(&["alice", "bob"], CONVERGENCE_TIMEOUT);
+    // Past the start-up announcements, so only digests and dave's own announcement remain.
+    std::thread::sleep(Duration::from_secs(2));
+
+    let started = Instant::now();
+    let _dave_node = dave.join(&team_file, &[]);
+    let limit = Duration::from_secs(5);
+    dave.wait_for_sockets(&["alice", "bob", "carol"], limit);
+    for (peer, others) in [
+        (alice, ["bob", "carol", "dave"]),
+        (bob, ["alice", "carol", "dave"]),
+        (carol, ["alice", "bob", "dave"]),
+    ] {
+        peer.wait_for_sockets(&others, limit);
+    }
+    eprintln!(
+        "TIMING late joiner and team see each other {:?} after it started (announcements every 40 s)",
+        started.elapsed()
+    );
 }
 
 /// A crashed member restarted on the same id and port is seen again. Without the rejoin on

@@ -75,7 +75,12 @@ const MEMBER_DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a peer lost as a gossip neighbour gets to take a new connection before it is
 /// reported unreachable. The loss itself comes after the QUIC idle timeout
 /// ([`n2p_core::endpoint::IDLE_TIMEOUT`]), so a crash is noticed after about the sum.
-const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a lost neighbour's other connections may stay open before it counts as alive
+/// (then it is neither dialled nor reported), and how often they are looked at.
+const PROBE_SETTLE: Duration = Duration::from_secs(2);
+const PROBE_POLL: Duration = Duration::from_millis(100);
 
 /// What the handle asks of the actor.
 #[derive(Debug)]
@@ -572,13 +577,29 @@ impl Actor {
     /// Dials `peer`, just lost as a gossip neighbour, if it is live here: a live peer takes
     /// the connection (handed to gossip, like [`Self::dial_members`]); one that does not
     /// answer within [`PROBE_TIMEOUT`] is reported when the probe ends (see [`Self::lost`]).
-    /// A peer lost by gossip's own reshuffling answers, so only real losses are reported.
+    /// A peer lost by gossip's own reshuffling keeps a connection open and is not dialled
+    /// (see [`PROBE_SETTLE`]); one that answers is not reported either, so only real losses
+    /// are.
     fn probe(&mut self, peer: EndpointId) {
         let Some(seq) = self.table.seq_of(&peer) else {
             return;
         };
-        let (endpoint, gossip) = (self.endpoint.clone(), self.gossip.clone());
+        let (endpoint, gossip, paths) = (
+            self.endpoint.clone(),
+            self.gossip.clone(),
+            self.paths.clone(),
+        );
         self.probes.spawn(async move {
+            // A crashed peer's other connections time out too, within moments of the one
+            // gossip lost; one that stays open means gossip only moved the peer out of its
+            // active view.
+            let settle = tokio::time::Instant::now() + PROBE_SETTLE;
+            while paths.connected(&peer) {
+                if tokio::time::Instant::now() >= settle {
+                    return (peer, seq, true);
+                }
+                tokio::time::sleep(PROBE_POLL).await;
+            }
             let connect = endpoint.connect(peer, iroh_gossip::net::GOSSIP_ALPN);
             let answered = match tokio::time::timeout(PROBE_TIMEOUT, connect).await {
                 Ok(Ok(conn)) => {

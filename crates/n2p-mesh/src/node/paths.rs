@@ -71,6 +71,21 @@ impl PathWatch {
         }
     }
 
+    /// Whether any connection with `peer`, of any protocol, is still open: after gossip
+    /// lost it as a neighbour, it is then alive (gossip reshuffled its neighbours); a crashed
+    /// peer's connections have all timed out.
+    pub(crate) fn connected(&self, peer: &EndpointId) -> bool {
+        let Ok(conns) = self.conns.lock() else {
+            return false;
+        };
+        conns.get(peer).is_some_and(|handles| {
+            handles
+                .iter()
+                .filter_map(WeakConnectionHandle::upgrade)
+                .any(|c| c.close_reason().is_none())
+        })
+    }
+
     /// The connections open now, by protocol.
     pub(crate) fn counts(&self) -> ConnectionCounts {
         let mut counts = ConnectionCounts::default();
