@@ -552,9 +552,22 @@ pub fn decode_fresh(
     now_unix_ms: u64,
 ) -> Result<Announcement, AnnounceError> {
     let ann = decode_verified(bytes, key)?;
+    check_age(&ann, now_unix_ms, FRESHNESS_WINDOW, FRESHNESS_WINDOW)?;
+    Ok(ann)
+}
+
+/// Refuses `ann` as [`AnnounceError::Stale`] when its `seq` (the sender's clock) is more than
+/// `behind` before `now_unix_ms` or more than `ahead` after it; otherwise returns its age
+/// (zero when it is ahead).
+pub fn check_age(
+    ann: &Announcement,
+    now_unix_ms: u64,
+    behind: std::time::Duration,
+    ahead: std::time::Duration,
+) -> Result<std::time::Duration, AnnounceError> {
     let offset_ms = i128::from(ann.seq) - i128::from(now_unix_ms);
-    let window = i128::try_from(FRESHNESS_WINDOW.as_millis()).unwrap_or(i128::MAX);
-    if offset_ms.abs() > window {
+    let limit = |d: std::time::Duration| i128::try_from(d.as_millis()).unwrap_or(i128::MAX);
+    if -offset_ms > limit(behind) || offset_ms > limit(ahead) {
         return Err(AnnounceError::Stale {
             id: ann.id,
             offset_ms: i64::try_from(offset_ms).unwrap_or(if offset_ms < 0 {
@@ -564,7 +577,9 @@ pub fn decode_fresh(
             }),
         });
     }
-    Ok(ann)
+    Ok(std::time::Duration::from_millis(
+        u64::try_from(-offset_ms).unwrap_or(0),
+    ))
 }
 
 /// Hands out sequence numbers for one sender: the wall clock in milliseconds since the Unix

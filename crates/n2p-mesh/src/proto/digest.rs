@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use crate::proto::{
     announce::{
-        AnnounceError, Announcement, FRESHNESS_WINDOW, MAX_ANNOUNCEMENT_SIZE, decode_verified,
+        AnnounceError, Announcement, FRESHNESS_WINDOW, MAX_ANNOUNCEMENT_SIZE, check_age,
+        decode_verified,
     },
     table::{INTERVALS_PER_EXPIRY, MAX_HEARTBEAT},
     topic::AnnounceKey,
@@ -161,20 +162,7 @@ pub fn decode_entry(
         i.min(MAX_HEARTBEAT) * INTERVALS_PER_EXPIRY
     });
     let max_age = max_age.max(FRESHNESS_WINDOW);
-    let offset_ms = i128::from(ann.seq) - i128::from(now_unix_ms);
-    let too_old = -offset_ms > i128::try_from(max_age.as_millis()).unwrap_or(i128::MAX);
-    let too_new = offset_ms > i128::try_from(FRESHNESS_WINDOW.as_millis()).unwrap_or(i128::MAX);
-    if too_old || too_new {
-        return Err(AnnounceError::Stale {
-            id: ann.id,
-            offset_ms: i64::try_from(offset_ms).unwrap_or(if offset_ms < 0 {
-                i64::MIN
-            } else {
-                i64::MAX
-            }),
-        });
-    }
-    let age = Duration::from_millis(u64::try_from(-offset_ms).unwrap_or(0));
+    let age = check_age(&ann, now_unix_ms, max_age, FRESHNESS_WINDOW)?;
     Ok((ann, age))
 }
 

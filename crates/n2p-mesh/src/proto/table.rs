@@ -426,8 +426,9 @@ impl PeerTable {
     }
 
     /// How long `id` may stay silent before [`Self::expire`] drops it: the team's expiry,
-    /// or [`INTERVALS_PER_EXPIRY`] of the intervals it announced when that is longer (at
-    /// most [`MAX_HEARTBEAT`] each). `None` for a peer that is not live.
+    /// or [`INTERVALS_PER_EXPIRY`] of the intervals it announced (at most [`MAX_HEARTBEAT`]
+    /// each) or of the interval I would announce at with the peers I know
+    /// ([`heartbeat_interval`]), whichever is longest. `None` for a peer that is not live.
     pub fn expiry_of(&self, id: &EndpointId) -> Option<Duration> {
         self.peers.get(id).map(|p| self.peer_expiry(p))
     }
@@ -436,7 +437,12 @@ impl PeerTable {
         let promised = peer.interval.map_or(Duration::ZERO, |i| {
             i.min(MAX_HEARTBEAT) * INTERVALS_PER_EXPIRY
         });
-        self.team.expiry().max(promised)
+        // A peer announces by the peers it knows, which while a large team starts may be far
+        // fewer than I know: it stretches its interval as it learns them, so it is given as
+        // long as I would take myself.
+        let mine = heartbeat_interval(self.team.announce_interval(), self.peers.len())
+            * INTERVALS_PER_EXPIRY;
+        self.team.expiry().max(promised).max(mine)
     }
 
     /// Whether `id` is live.
@@ -906,6 +912,24 @@ mod tests {
         t.apply(&alive(3, "absurd", 2), t0 + Duration::from_secs(76))
             .expect("apply");
         assert_eq!(t.expiry_of(&id(3)), Some(team_expiry));
+    }
+
+    #[test]
+    fn a_peer_that_knows_fewer_peers_than_i_do_gets_the_expiry_of_my_interval() {
+        let mut t = PeerTable::new(id(200), "me", open_team());
+        let t0 = Instant::now();
+        // A starting peer promises the team's interval (it knows nobody yet)...
+        let mut newcomer = alive(1, "newcomer", 1);
+        newcomer.interval = Some(t.team().announce_interval());
+        t.apply(&newcomer, t0).expect("apply");
+        assert_eq!(t.expiry_of(&id(1)), Some(t.team().expiry()));
+        // ...but with 99 peers known here, it is given three of my intervals.
+        for i in 2..=99 {
+            t.apply(&alive(i, &format!("p{i}"), 1), t0).expect("apply");
+        }
+        let mine = heartbeat_interval(t.team().announce_interval(), 99);
+        assert_eq!(mine, Duration::from_millis(24_750));
+        assert_eq!(t.expiry_of(&id(1)), Some(mine * INTERVALS_PER_EXPIRY));
     }
 
     #[test]
