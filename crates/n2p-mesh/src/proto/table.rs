@@ -41,12 +41,11 @@
 //!   freshness window that nodes check before the table sees anything
 //!   ([`decode_fresh`](crate::proto::announce::decode_fresh)).
 //! - `Leaving` removes a peer at once; [`PeerTable::expire`] removes peers not heard from
-//!   for their expiry: the team's, or three of the intervals the peer announced or of my own
+//!   for their expiry: the team's, or three of the intervals the peer announced it keeps
 //!   when that is longer ([`PeerTable::expiry_of`]; large teams announce less often, see
 //!   [`heartbeat_interval`]).
 //! - A report that a peer is unreachable ([`PeerTable::report_unreachable`]) removes it at
-//!   once, unless news of it newer than the reporter's arrived here within the last
-//!   [`REPORT_OUTWEIGHED_WITHIN`].
+//!   once, unless something newer than the reporter's news of it has arrived here.
 //! - Names: see [`PeerTable::sockets`].
 //! - A live peer gets a socket when it shares its daemon, speaks a daemon protocol version
 //!   I accept, and my team config lets me push (`permits(my id, Push)`): without that right the
@@ -111,11 +110,6 @@ pub fn heartbeat_interval(team_interval: Duration, live_peers: usize) -> Duratio
         .max(spread)
         .min(MAX_HEARTBEAT.max(team_interval))
 }
-
-/// How recent news of a peer, newer than a report that it is unreachable, must be to
-/// outweigh the report: about the time a reporter takes to notice a loss (the QUIC idle
-/// timeout, 4 s, then up to 2 s for its other connections and 2 s for a new one).
-pub const REPORT_OUTWEIGHED_WITHIN: Duration = Duration::from_secs(10);
 
 /// The most departed peers remembered at once (the oldest are forgotten first).
 pub const MAX_TOMBSTONES: usize = 4096;
@@ -413,8 +407,7 @@ impl PeerTable {
 
     /// Takes in a report that `report.id` cannot be reached (see
     /// [`crate::proto::announce::Announcement::unreachable`]): drops that peer unless it is
-    /// not live here or has announced something newer than the reporter's news of it within
-    /// the last [`REPORT_OUTWEIGHED_WITHIN`].
+    /// not live here or has announced something newer than the reporter's news of it.
     /// Returns whether it was dropped. Its tombstone keeps the last seq this table had from
     /// it, not the reported one, so a report cannot keep a peer out: its next announcement
     /// brings it back.
@@ -422,11 +415,7 @@ impl PeerTable {
         let Some(peer) = self.peers.get(&report.id) else {
             return false;
         };
-        // Only news that is both newer than the reporter's and recent outweighs a report: a
-        // reporter that missed one of a large team's rare announcements must still be heard.
-        if peer.seq > report.seq
-            && now.saturating_duration_since(peer.last_seen) < REPORT_OUTWEIGHED_WITHIN
-        {
+        if peer.seq > report.seq {
             return false;
         }
         let seq = peer.seq;
@@ -949,13 +938,9 @@ mod tests {
         let t0 = Instant::now();
         t.apply(&alive(1, "alice", 10), t0).expect("a");
         t.apply(&alive(2, "bob", 10), t0).expect("b");
-        // The reporter's news of bob is older than mine, and mine is recent: bob stays.
+        // The reporter's news of bob is older than mine: bob stays.
         let old = Unreachable { id: id(2), seq: 9 };
         assert!(!t.report_unreachable(&old, t0));
-        assert!(!t.report_unreachable(
-            &old,
-            t0 + REPORT_OUTWEIGHED_WITHIN - Duration::from_millis(1)
-        ));
         // Reported with the seq I have (or a newer one I missed): dropped.
         let report = Unreachable { id: id(1), seq: 10 };
         assert!(t.report_unreachable(&report, t0));
@@ -972,12 +957,6 @@ mod tests {
         assert_eq!(t.apply(&alive(1, "alice", 11), t0), Ok(Applied::Joined));
         // Not live: nothing to drop.
         assert!(!t.report_unreachable(&Unreachable { id: id(9), seq: 1 }, t0));
-        // Newer news that is no longer recent does not outweigh a report: the reporter may
-        // just have missed one of the peer's (rare, in a large team) announcements.
-        assert!(t.report_unreachable(
-            &Unreachable { id: id(2), seq: 10 },
-            t0 + REPORT_OUTWEIGHED_WITHIN
-        ));
     }
 
     #[test]
