@@ -41,7 +41,7 @@
 //!   freshness window that nodes check before the table sees anything
 //!   ([`decode_fresh`](crate::proto::announce::decode_fresh)).
 //! - `Leaving` removes a peer at once; [`PeerTable::expire`] removes peers not heard from
-//!   for their expiry: the team's, or three of the intervals the peer announced it keeps
+//!   for their expiry: the team's, or three of the intervals the peer announced or of my own
 //!   when that is longer ([`PeerTable::expiry_of`]; large teams announce less often, see
 //!   [`heartbeat_interval`]).
 //! - A report that a peer is unreachable ([`PeerTable::report_unreachable`]) removes it at
