@@ -394,3 +394,53 @@ fn a_push_in_flight_survives_its_socket_being_renamed() {
     n2p_testkit::nix::assert_copy_succeeds(&source, &alice.socket_url(&bob_real), &[&small]);
     assert_copied(&source, &bob.daemon().store_url(), &small);
 }
+
+/// Longest a node may take to exit after a second SIGTERM: it does not wait for the rest.
+const SECOND_SIGNAL_EXIT_BOUND: Duration = Duration::from_secs(3);
+
+/// A second SIGTERM during the drain ends the node at once: alice, draining a push that
+/// stalls (its `nix copy` frozen), exits within [`SECOND_SIGNAL_EXIT_BOUND`] of the second
+/// signal instead of waiting out the drain bound, and the cut push leaves no valid path in
+/// bob's store. (The first signal's handler replaces the default action, so without this a
+/// second signal would do nothing.)
+#[test]
+fn a_second_sigterm_ends_the_drain_at_once() {
+    if !require_nix("a_second_sigterm_ends_the_drain_at_once") {
+        return;
+    }
+    let pair = ClosedPair::new(8 * PUSH_LEN, 15);
+    let (alice, bob) = (&pair.alice, &pair.bob);
+    let mut alice_node = alice.join(&pair.team_file, &[]);
+    let _bob_node = bob.join(&pair.team_file, &[]);
+    alice.wait_for_sockets(&["bob"], CONVERGENCE_TIMEOUT);
+
+    let mut push = pair.push();
+    push.get_going();
+    push.signal(Signal::Stop);
+    let first = terminate_while_pushing(&alice_node.process, &alice.socket("bob"));
+    let mark = alice_node.process.mark();
+    alice_node.process.signal(Signal::Term);
+    let second = Instant::now();
+    alice_node.process.wait_for_line_since(
+        &mark,
+        "SIGTERM received again",
+        SECOND_SIGNAL_EXIT_BOUND,
+    );
+    let exit = alice_node.process.wait(SECOND_SIGNAL_EXIT_BOUND);
+    let exited = second.elapsed();
+    assert!(exit.success(), "alice exited with {exit}");
+    assert!(
+        first.elapsed() < DRAIN_BOUND,
+        "alice took {:?} from the first SIGTERM, as long as the drain bound {DRAIN_BOUND:?}",
+        first.elapsed()
+    );
+    push.signal(Signal::Cont);
+    let status = push.wait("alice exited");
+    assert!(
+        !status.success(),
+        "nix copy succeeded although alice was made to exit mid-push; its log:\n{}",
+        push.log_text()
+    );
+    assert_not_valid(&bob.daemon().store_url(), &pair.path);
+    eprintln!("TIMING alice exited {exited:?} after the second SIGTERM");
+}

@@ -306,6 +306,44 @@ fn a_crashed_node_is_reported_by_its_neighbours_long_before_its_expiry() {
         .unwrap_or_else(|error| panic!("bob after the crash: {error}"));
 }
 
+/// Longest a node with no transfer in flight may take to leave when every peer is frozen:
+/// its `Leaving` announcement (bounded at 2 s), the grace after it and closing the endpoint
+/// (bounded at 3 s), with room for a busy machine; far below what systemd would wait.
+const FROZEN_PEERS_EXIT_BOUND: Duration = Duration::from_secs(10);
+
+/// A node whose peers are all frozen (SIGSTOP: their connections stay open, nothing
+/// answers) still leaves within a bound on SIGTERM: every wait on the network in its leave
+/// is bounded. Its own socket files are gone when it exits.
+#[test]
+fn a_node_leaves_within_a_bound_when_its_peers_are_frozen() {
+    let peers = ["alice", "bob", "carol"].map(MeshPeer::new);
+    let team = TeamDir::new();
+    let team_file = team.write(
+        "team.toml",
+        &TeamSpec::closed(peers.iter().map(MeshPeer::member)),
+    );
+    let [alice, bob, carol] = &peers;
+    let mut alice_node = alice.join(&team_file, &[]);
+    let bob_node = bob.join(&team_file, &[]);
+    let carol_node = carol.join(&team_file, &[]);
+    alice.wait_for_sockets(&["bob", "carol"], CONVERGENCE_TIMEOUT);
+    bob.wait_for_sockets(&["alice", "carol"], CONVERGENCE_TIMEOUT);
+    carol.wait_for_sockets(&["alice", "bob"], CONVERGENCE_TIMEOUT);
+
+    bob_node.process.signal(Signal::Stop);
+    carol_node.process.signal(Signal::Stop);
+    alice_node.process.signal(Signal::Term);
+    let signalled = Instant::now();
+    let exit = alice_node.process.wait(FROZEN_PEERS_EXIT_BOUND);
+    let took = signalled.elapsed();
+    // Dropping the frozen nodes SIGKILLs them, which works on stopped processes too.
+    assert!(exit.success(), "alice exited with {exit}");
+    alice
+        .check_sockets(&[])
+        .unwrap_or_else(|error| panic!("alice's peers directory after leaving: {error}"));
+    eprintln!("TIMING alice left {took:?} after SIGTERM with both peers frozen");
+}
+
 /// A newcomer learns the whole team from its first gossip neighbours' digests, and the team
 /// learns it from its own announcement: with an expiry of 120 s (announcements every 40 s),
 /// nothing else could tell it within seconds.

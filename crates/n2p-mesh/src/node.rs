@@ -44,7 +44,7 @@ use tokio::{
     task::{JoinHandle, JoinSet},
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info, info_span};
+use tracing::{Instrument, info, info_span, warn};
 
 use self::{
     actor::{Actor, Command},
@@ -67,6 +67,13 @@ use crate::{
 /// short enough that a stalled one does not keep a stopping node (and `systemctl stop`)
 /// waiting long.
 pub const LEAVE_DRAIN_BOUND: Duration = Duration::from_secs(10);
+
+/// How long a leave may take beyond [`LEAVE_DRAIN_BOUND`]: the `Leaving` announcement and
+/// its grace, or a gossip call the actor is waiting on when the leave begins.
+pub const LEAVE_TAIL_BOUND: Duration = Duration::from_secs(5);
+
+/// How long closing the endpoint may take when leaving (its connections' close frames).
+pub const CLOSE_BOUND: Duration = Duration::from_secs(3);
 
 /// How many commands may wait for the actor.
 const COMMAND_QUEUE: usize = 16;
@@ -406,12 +413,25 @@ impl MeshNode {
     /// Removes every peer socket, drains the transfers in flight through them (bounded by
     /// [`LEAVE_DRAIN_BOUND`], then aborted), announces `Leaving` and closes the endpoint.
     /// Later calls do nothing.
+    ///
+    /// Bounded whatever the network does: the actor gets [`LEAVE_DRAIN_BOUND`] plus
+    /// [`LEAVE_TAIL_BOUND`] and is then stopped, and closing the endpoint gets
+    /// [`CLOSE_BOUND`].
     pub async fn leave(&self) {
         self.cancel.cancel();
         let actor = self.actor.lock().ok().and_then(|mut a| a.take());
-        if let Some(actor) = actor {
-            actor.await.ok();
-            self.router.shutdown().await.ok();
+        if let Some(mut actor) = actor {
+            let bound = LEAVE_DRAIN_BOUND + LEAVE_TAIL_BOUND;
+            if tokio::time::timeout(bound, &mut actor).await.is_err() {
+                warn!(target: "n2p", "the mesh node did not finish leaving within {bound:?}; stopped without saying goodbye");
+                actor.abort();
+            }
+            if tokio::time::timeout(CLOSE_BOUND, self.router.shutdown())
+                .await
+                .is_err()
+            {
+                warn!(target: "n2p", "the endpoint did not close within {CLOSE_BOUND:?}; leaving its connections to time out at the peers");
+            }
         }
     }
 }

@@ -9,9 +9,12 @@ mod service;
 mod setup;
 mod shutdown;
 
-use std::process::ExitCode;
+use std::{process::ExitCode, time::Duration};
 
 use clap::Parser;
+
+/// How long the runtime waits for leftover tasks once the command has returned.
+const RUNTIME_EXIT_BOUND: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
@@ -30,7 +33,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cmd::run(cli)) {
+    let outcome = runtime.block_on(cmd::run(cli));
+    // Tasks still running (a cleanup cut short by a second signal, blocking file work) must
+    // not hold the exit.
+    runtime.shutdown_timeout(RUNTIME_EXIT_BOUND);
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -66,6 +66,14 @@ const REJOIN_JITTER_MS: u64 = 800;
 /// How long a `Leaving` announcement gets to go out before the endpoint closes.
 const LEAVE_GRACE: Duration = Duration::from_millis(250);
 
+/// How long one call into iroh-gossip may take. Its calls queue on its actor, which can stay
+/// stuck (for example on a peer whose connection loop ended); an unbounded wait here would
+/// keep this loop from ever seeing its cancel, and the node from leaving.
+const GOSSIP_CALL_BOUND: Duration = Duration::from_secs(2);
+
+/// How long a rejoin's new subscription may take before the node gives up on gossip.
+const SUBSCRIBE_BOUND: Duration = Duration::from_secs(10);
+
 /// The most senders of stale announcements warned about; later ones are logged at debug.
 const MAX_STALE_WARNINGS: usize = 64;
 
@@ -427,9 +435,11 @@ impl Actor {
         let digests = encode_digests(entries, self.keys.announce_key());
         let Some(sender) = &self.sender else { return };
         for digest in digests {
-            if let Err(e) = sender.broadcast_neighbors(digest.into()).await {
-                debug!("sending a digest failed: {e}");
-            }
+            bounded(
+                "sending a digest",
+                sender.broadcast_neighbors(digest.into()),
+            )
+            .await;
         }
     }
 
@@ -474,9 +484,7 @@ impl Actor {
                 let connect = endpoint.connect(id, iroh_gossip::net::GOSSIP_ALPN);
                 match tokio::time::timeout(MEMBER_DIAL_TIMEOUT, connect).await {
                     Ok(Ok(conn)) => {
-                        if let Err(e) = gossip.handle_connection(conn).await {
-                            debug!(peer = %id.fmt_short(), "gossip did not take my connection: {e}");
-                        }
+                        bounded("handing gossip my connection", gossip.handle_connection(conn)).await;
                     }
                     Ok(Err(e)) => debug!(peer = %id.fmt_short(), "cannot reach member: {e}"),
                     Err(_) => debug!(peer = %id.fmt_short(), "cannot reach member within {MEMBER_DIAL_TIMEOUT:?}"),
@@ -485,10 +493,12 @@ impl Actor {
         }
         // Finished dials are collected here; the set stays as small as the members.
         while self.dials.try_join_next().is_some() {}
-        if let Some(sender) = &self.sender
-            && let Err(e) = sender.join_peers(members).await
-        {
-            debug!("cannot join the topic through the members: {e}");
+        if let Some(sender) = &self.sender {
+            bounded(
+                "joining the topic through the members",
+                sender.join_peers(members),
+            )
+            .await;
         }
     }
 
@@ -516,14 +526,21 @@ impl Actor {
         // lockstep (each one's quit would cut the other's fresh join).
         let jitter = Duration::from_millis(rand::random_range(0..REJOIN_JITTER_MS));
         tokio::time::sleep(REJOIN_PAUSE + jitter).await;
-        match self.gossip.subscribe(self.keys.topic_id(), peers).await {
-            Ok(topic) => {
+        let subscribe = self.gossip.subscribe(self.keys.topic_id(), peers);
+        match tokio::time::timeout(SUBSCRIBE_BOUND, subscribe).await {
+            Ok(Ok(topic)) => {
                 let (sender, receiver) = topic.split();
                 self.sender = Some(sender);
                 Some(receiver)
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 warn!("cannot rejoin the gossip topic: {e}");
+                None
+            }
+            Err(_) => {
+                warn!(
+                    "cannot rejoin the gossip topic: no answer from gossip within {SUBSCRIBE_BOUND:?}"
+                );
                 None
             }
         }
@@ -603,9 +620,11 @@ impl Actor {
             let connect = endpoint.connect(peer, iroh_gossip::net::GOSSIP_ALPN);
             let answered = match tokio::time::timeout(PROBE_TIMEOUT, connect).await {
                 Ok(Ok(conn)) => {
-                    if let Err(e) = gossip.handle_connection(conn).await {
-                        debug!(peer = %peer.fmt_short(), "gossip did not take my connection: {e}");
-                    }
+                    bounded(
+                        "handing gossip my connection",
+                        gossip.handle_connection(conn),
+                    )
+                    .await;
                     true
                 }
                 Ok(Err(e)) => {
@@ -642,9 +661,12 @@ impl Actor {
         let next = tokio::time::Instant::now() + self.heartbeat();
         if let Some(bytes) = self.my_announcement(kind, report)
             && let Some(sender) = &self.sender
-            && let Err(e) = sender.broadcast(bytes.into()).await
         {
-            debug!("broadcast failed: {e}");
+            bounded(
+                "broadcasting my announcement",
+                sender.broadcast(bytes.into()),
+            )
+            .await;
         }
         next
     }
@@ -675,6 +697,26 @@ impl Actor {
         encode(&ann, &self.secret_key, self.keys.announce_key())
             .inspect_err(|e| warn!("cannot encode my announcement: {e}"))
             .ok()
+    }
+}
+
+/// Awaits one call into iroh-gossip for at most [`GOSSIP_CALL_BOUND`]; a failure or a
+/// timeout is logged (at debug: the next heartbeat or digest repairs a missed one) and
+/// yields `None`.
+async fn bounded<T, E: std::fmt::Display>(
+    what: &str,
+    call: impl Future<Output = Result<T, E>>,
+) -> Option<T> {
+    match tokio::time::timeout(GOSSIP_CALL_BOUND, call).await {
+        Ok(Ok(value)) => Some(value),
+        Ok(Err(e)) => {
+            debug!("{what} failed: {e}");
+            None
+        }
+        Err(_) => {
+            debug!("{what}: no answer from gossip within {GOSSIP_CALL_BOUND:?}; given up");
+            None
+        }
     }
 }
 

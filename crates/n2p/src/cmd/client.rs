@@ -112,22 +112,25 @@ pub(crate) async fn run(global: &GlobalArgs, args: ClientArgs) -> anyhow::Result
         Ok(signal) => info!(target: "n2p", "{signal} received; removed {}", socket_path.display()),
         Err(_) => {}
     }
-    if tokio::time::timeout(DRAIN_BOUND, &mut serving)
-        .await
-        .is_err()
-    {
-        warn!(target: "n2p",
-            "aborting {} transfer(s) still in flight after {DRAIN_BOUND:?}",
-            stop.in_flight()
-        );
-        stop.abort();
-        serving.await.ok();
-    }
-    if let Some(facade) = facade {
-        facade.stop().await;
-    }
-    dialer.close().await;
-    endpoint.close().await;
+    shutdown::unless_signalled_again(async {
+        if tokio::time::timeout(DRAIN_BOUND, &mut serving)
+            .await
+            .is_err()
+        {
+            warn!(target: "n2p",
+                "aborting {} transfer(s) still in flight after {DRAIN_BOUND:?}",
+                stop.in_flight()
+            );
+            stop.abort();
+            serving.await.ok();
+        }
+        if let Some(facade) = facade {
+            facade.stop().await;
+        }
+        dialer.close().await;
+        endpoint.close().await;
+    })
+    .await;
     signal?;
     Ok(())
 }

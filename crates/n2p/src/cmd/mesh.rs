@@ -244,10 +244,13 @@ pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<
         }
     };
     cancel.cancel();
-    if let Some((_, running)) = facade {
-        running.stop().await;
-    }
-    node.leave().await;
+    shutdown::unless_signalled_again(async {
+        if let Some((_, running)) = facade {
+            running.stop().await;
+        }
+        node.leave().await;
+    })
+    .await;
     outcome
 }
 

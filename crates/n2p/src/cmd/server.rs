@@ -130,7 +130,10 @@ pub(crate) async fn run(global: &GlobalArgs, args: ServerArgs) -> anyhow::Result
         }
     };
     info!(target: "n2p", "{received} received, shutting down");
-    router.shutdown().await.ok();
+    shutdown::unless_signalled_again(async {
+        router.shutdown().await.ok();
+    })
+    .await;
     Ok(())
 }
 
