@@ -50,8 +50,13 @@ pub const BASE_RTT_WINDOW: Duration = Duration::from_secs(10);
 pub const LOSS_SHARE_LIMIT: f64 = 0.05;
 
 /// The loss share is taken over at least this many packets (or one window, if larger), so
-/// one random loss among the first packets of a connection is not read as a high rate.
-pub const LOSS_MEMORY_PACKETS: u64 = 128;
+/// that chance does not push random loss past [`LOSS_SHARE_LIMIT`]: over 1,024 packets, 2 %
+/// random loss is about 20 lost and the limit 51, which chance alone practically never
+/// reaches. (Over 128 packets, about 3 lost against a limit of 6.4, it did every few thousand
+/// packets, and each cut held the window well below the path's.) The price: where the
+/// queue is too short to show in the RTT, sustained loss above the limit is noticed only
+/// after about 500 packets.
+pub const LOSS_MEMORY_PACKETS: u64 = 1024;
 
 /// What a loss is taken for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -384,16 +389,32 @@ mod tests {
         assert!(judge.queue_is_standing());
     }
 
+    /// Random loss at 2 %, drawn packet by packet (a fixed xorshift sequence), over as many
+    /// packets as a 256 MiB transfer sends: not one loss is taken for congestion. With the
+    /// loss share taken over 128 packets, chance alone pushed it past 5 % every few thousand
+    /// packets, and each such cut held the window far below the path's (docs/BENCHMARKS.md).
     #[test]
-    fn random_loss_at_two_percent_stays_random() {
-        // One loss every 50 packets, for long: the share stays near 2 %.
+    fn random_loss_at_two_percent_is_never_taken_for_congestion() {
         let mut judge = LossJudge::default();
-        for i in 1..=10_000u64 {
-            judge.on_ack(Instant::now(), MTU, ms(30), ms(30), MEMORY);
-            if i % 50 == 0 {
-                assert_eq!(judge.on_loss(MTU, MEMORY), LossVerdict::Random, "loss {i}");
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut losses = 0u32;
+        for i in 0..200_000u64 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            if state.is_multiple_of(50) {
+                losses += 1;
+                assert_eq!(
+                    judge.on_loss(MTU, MEMORY),
+                    LossVerdict::Random,
+                    "loss {losses} at packet {i}: share {:.3}",
+                    judge.loss_share(MEMORY)
+                );
+            } else {
+                judge.on_ack(Instant::now(), MTU, ms(30), ms(30), MEMORY);
             }
         }
+        assert!(losses > 3_000, "{losses} losses drawn");
     }
 
     #[test]
@@ -401,15 +422,18 @@ mod tests {
         // One loss every 10 packets (10 %), a queue too short to show in the RTT.
         let mut judge = LossJudge::default();
         let mut verdicts = Vec::new();
-        for i in 1..=2_000u64 {
+        for i in 1..=10 * LOSS_MEMORY_PACKETS {
             judge.on_ack(Instant::now(), MTU, ms(30), ms(30), MEMORY);
             if i % 10 == 0 {
                 verdicts.push(judge.on_loss(MTU, MEMORY));
             }
         }
         // Once the memory has filled, every loss counts.
+        let filled = usize::try_from(LOSS_MEMORY_PACKETS / 10).expect("small");
         assert!(
-            verdicts[20..].iter().all(|v| *v == LossVerdict::Congestion),
+            verdicts[filled..]
+                .iter()
+                .all(|v| *v == LossVerdict::Congestion),
             "{verdicts:?}"
         );
     }
@@ -471,11 +495,11 @@ mod tests {
     #[test]
     fn old_losses_fade() {
         let mut judge = LossJudge::default();
-        for _ in 0..20 {
+        for _ in 0..LOSS_MEMORY_PACKETS / 10 {
             judge.on_loss(MTU, MEMORY);
         }
         assert!(judge.loss_share(MEMORY) > LOSS_SHARE_LIMIT);
-        for _ in 0..1_000 {
+        for _ in 0..8 * LOSS_MEMORY_PACKETS {
             judge.on_ack(Instant::now(), MTU, ms(30), ms(30), MEMORY);
         }
         assert!(judge.loss_share(MEMORY) < 0.01);
