@@ -371,7 +371,7 @@ impl Forwarder {
             ],
         )?;
         if self.net.quic_stats {
-            team.set_rust_log(quic_stats::RUST_LOG);
+            team.set_rust_log(&quic_stats::rust_log());
             // The pushing node's dialled connection is the sender's side.
             self.quic_log = Some(team.log_path(0));
         }
@@ -489,7 +489,7 @@ pub(crate) fn start_n2p_server(
     let bind = SocketAddr::new(net.server_ip, free_udp_port());
     let mut command = n2p_command(net.server_ns.as_deref(), n2p, &dir.join("server-home"));
     if net.quic_stats {
-        command.env("RUST_LOG", quic_stats::RUST_LOG);
+        command.env("RUST_LOG", quic_stats::rust_log());
     }
     if let Some(cc) = congestion {
         command.env("N2P_CONGESTION", cc);
@@ -520,7 +520,7 @@ pub(crate) fn start_n2p_client(
     let bind = SocketAddr::new(net.client_ip, free_udp_port());
     let mut command = n2p_command(net.client_ns.as_deref(), n2p, home);
     if net.quic_stats {
-        command.env("RUST_LOG", quic_stats::RUST_LOG);
+        command.env("RUST_LOG", quic_stats::rust_log());
     }
     if let Some(cc) = congestion {
         command.env("N2P_CONGESTION", cc);

@@ -14,7 +14,19 @@ use serde::Serialize;
 
 /// `RUST_LOG` for n2p processes whose connection stats the bench reads: n2p's default levels
 /// plus the stats lines.
-pub(crate) const RUST_LOG: &str = "warn,n2p=info,n2p_core=info,n2p_mesh=info,n2p::stats=debug";
+const RUST_LOG: &str = "warn,n2p=info,n2p_core=info,n2p_mesh=info,n2p::stats=debug";
+
+/// Names the environment variable whose directives are added to [`RUST_LOG`] (e.g.
+/// `n2p_cache::facade=debug`, to see narinfo lookups that end at the deadline).
+pub(crate) const EXTRA_LOG_VAR: &str = "N2P_BENCH_LOG";
+
+/// [`RUST_LOG`], with the directives of [`EXTRA_LOG_VAR`] if it is set.
+pub(crate) fn rust_log() -> String {
+    match std::env::var(EXTRA_LOG_VAR) {
+        Ok(extra) if !extra.trim().is_empty() => format!("{RUST_LOG},{}", extra.trim()),
+        _ => RUST_LOG.to_owned(),
+    }
+}
 
 /// How long to wait after a transfer for the line that says the connection went idle.
 const IDLE_LINE_WAIT: Duration = Duration::from_secs(2);

@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 use super::{
     LEAVE_DRAIN_BOUND,
     linger::Linger,
-    paths::PathWatch,
+    paths::{Ending, PathWatch},
     peer_sockets::PeerSockets,
     redial::{JOIN_PEERS, Redial, join_peers},
 };
@@ -610,12 +610,30 @@ impl Actor {
             // A crashed peer's other connections time out too, within moments of the one
             // gossip lost; one that stays open means gossip only moved the peer out of its
             // active view.
+            // The connection gossip lost may have ended a moment before it said so.
+            let since = Instant::now()
+                .checked_sub(PROBE_SETTLE)
+                .unwrap_or_else(Instant::now);
             let settle = tokio::time::Instant::now() + PROBE_SETTLE;
             while paths.connected(&peer) {
                 if tokio::time::Instant::now() >= settle {
                     return (peer, seq, true);
                 }
                 tokio::time::sleep(PROBE_POLL).await;
+            }
+            // A connection closed on purpose (by either side, or reset by a restarted peer)
+            // had the peer there to its end: only one that went silent hints at a crash. A
+            // dial of a live peer can miss its bound on an overloaded machine, so a peer
+            // that closed cleanly is not dialled at all. (The ending is noted by a task
+            // that runs just after the close; not yet noted counts as silent.)
+            while paths.ending_since(&peer, since).is_none()
+                && tokio::time::Instant::now() < settle
+            {
+                tokio::time::sleep(PROBE_POLL).await;
+            }
+            if paths.ending_since(&peer, since) == Some(Ending::Closed) {
+                debug!(peer = %peer.fmt_short(), "lost neighbour closed its connection cleanly; not probed");
+                return (peer, seq, true);
             }
             let connect = endpoint.connect(peer, iroh_gossip::net::GOSSIP_ALPN);
             let answered = match tokio::time::timeout(PROBE_TIMEOUT, connect).await {
@@ -645,7 +663,7 @@ impl Actor {
             return None;
         }
         self.latest.remove(peer.as_bytes());
-        info!(target: "n2p", "peer {} is unreachable (lost as gossip neighbour, no answer within {PROBE_TIMEOUT:?}); dropped", peer.fmt_short());
+        info!(target: "n2p", "peer {} is unreachable (its connections went silent, and no answer to a dial within {PROBE_TIMEOUT:?}); dropped", peer.fmt_short());
         let desired = self.table.sockets();
         self.reconcile(&desired);
         Some(report)

@@ -8,35 +8,71 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use iroh::{
     EndpointId,
-    endpoint::{AfterHandshakeOutcome, Connection, EndpointHooks, WeakConnectionHandle},
+    endpoint::{
+        AfterHandshakeOutcome, Connection, ConnectionError, EndpointHooks, WeakConnectionHandle,
+    },
 };
 
 use crate::status::{ConnectionCounts, PeerPath};
 
-/// The connections of this endpoint by peer; a clone shares them.
+/// How long the way a peer's last connection ended is remembered.
+const CLOSE_MEMORY: Duration = Duration::from_secs(60);
+
+/// How a connection ended, as far as telling a crash from a live peer goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// Nothing came from the peer for the idle timeout: it crashed, or the path to it broke.
+    Silent,
+    /// Closed on purpose, by the peer or by this node (gossip reshuffling its neighbours, an
+    /// idle connection closed), or reset by a restarted peer: the peer was there to the end.
+    Closed,
+}
+
+impl Ending {
+    fn of(reason: &ConnectionError) -> Self {
+        match reason {
+            ConnectionError::TimedOut => Self::Silent,
+            _ => Self::Closed,
+        }
+    }
+}
+
+/// The connections of this endpoint by peer, and how each peer's last one ended; a clone
+/// shares them.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PathWatch {
     conns: Arc<Mutex<HashMap<EndpointId, Vec<WeakConnectionHandle>>>>,
+    endings: Arc<Mutex<HashMap<EndpointId, (Instant, Ending)>>>,
 }
 
 impl EndpointHooks for PathWatch {
     async fn after_handshake<'a>(&'a self, conn: &'a Connection) -> AfterHandshakeOutcome {
+        let peer = conn.remote_id();
         if let Ok(mut conns) = self.conns.lock() {
             // Forget connections that are gone, so the map holds live peers only.
             conns.retain(|_, handles| {
                 handles.retain(|h| h.upgrade().is_some_and(|c| c.close_reason().is_none()));
                 !handles.is_empty()
             });
-            conns
-                .entry(conn.remote_id())
-                .or_default()
-                .push(conn.weak_handle());
+            conns.entry(peer).or_default().push(conn.weak_handle());
         }
+        // Does not keep the connection alive: it resolves when the last handle goes too.
+        let closed = conn.weak_handle().closed();
+        let endings = self.endings.clone();
+        tokio::spawn(async move {
+            if let Some(closed) = closed.await
+                && let Ok(mut endings) = endings.lock()
+            {
+                let now = Instant::now();
+                endings.retain(|_, (at, _)| now.saturating_duration_since(*at) < CLOSE_MEMORY);
+                endings.insert(peer, (now, Ending::of(&closed.reason)));
+            }
+        });
         AfterHandshakeOutcome::accept()
     }
 }
@@ -84,6 +120,15 @@ impl PathWatch {
                 .filter_map(WeakConnectionHandle::upgrade)
                 .any(|c| c.close_reason().is_none())
         })
+    }
+
+    /// How the last connection with `peer` that ended after `since` ended, if one did.
+    pub(crate) fn ending_since(&self, peer: &EndpointId, since: Instant) -> Option<Ending> {
+        let endings = self.endings.lock().ok()?;
+        endings
+            .get(peer)
+            .filter(|(at, _)| *at >= since)
+            .map(|(_, ending)| *ending)
     }
 
     /// The connections open now, by protocol.
@@ -143,5 +188,36 @@ impl PathWatch {
             }
         }
         best
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use iroh::SecretKey;
+
+    use super::*;
+
+    #[test]
+    fn only_a_timeout_counts_as_silent() {
+        assert_eq!(Ending::of(&ConnectionError::TimedOut), Ending::Silent);
+        assert_eq!(Ending::of(&ConnectionError::LocallyClosed), Ending::Closed);
+        assert_eq!(Ending::of(&ConnectionError::Reset), Ending::Closed);
+    }
+
+    #[test]
+    fn an_ending_before_the_asked_moment_is_not_reported() {
+        let watch = PathWatch::default();
+        let peer = SecretKey::from_bytes(&[3; 32]).public();
+        let before = Instant::now();
+        watch
+            .endings
+            .lock()
+            .expect("not poisoned")
+            .insert(peer, (before, Ending::Silent));
+        assert_eq!(watch.ending_since(&peer, before), Some(Ending::Silent));
+        let later = before + Duration::from_millis(1);
+        assert_eq!(watch.ending_since(&peer, later), None);
+        let other = SecretKey::from_bytes(&[4; 32]).public();
+        assert_eq!(watch.ending_since(&other, before), None);
     }
 }
