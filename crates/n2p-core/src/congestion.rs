@@ -50,13 +50,13 @@ pub const BASE_RTT_WINDOW: Duration = Duration::from_secs(10);
 pub const LOSS_SHARE_LIMIT: f64 = 0.05;
 
 /// The loss share is taken over at least this many packets (or one window, if larger), so
-/// that chance does not push random loss past [`LOSS_SHARE_LIMIT`]: over 1,024 packets, 2 %
-/// random loss is about 20 lost and the limit 51, which chance alone practically never
+/// that chance does not push random loss past [`LOSS_SHARE_LIMIT`]: over 512 packets, 2 %
+/// random loss is about 10 lost and the limit 26, which chance alone practically never
 /// reaches. (Over 128 packets, about 3 lost against a limit of 6.4, it did every few thousand
 /// packets, and each cut held the window well below the path's.) The price: where the
 /// queue is too short to show in the RTT, sustained loss above the limit is noticed only
-/// after about 500 packets.
-pub const LOSS_MEMORY_PACKETS: u64 = 1024;
+/// after about 250 packets.
+pub const LOSS_MEMORY_PACKETS: u64 = 512;
 
 /// What a loss is taken for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +112,8 @@ pub struct LossJudge {
     delivered: u64,
     /// Bytes lost in the current loss memory.
     lost: u64,
+    /// When the loss share last made a loss count as congestion.
+    share_cut_at: Option<Instant>,
 }
 
 impl LossJudge {
@@ -136,14 +138,35 @@ impl LossJudge {
         }
     }
 
-    /// Records `lost_bytes` and judges them. `memory` is as for [`LossJudge::on_ack`].
-    pub fn on_loss(&mut self, lost_bytes: u64, memory: u64) -> LossVerdict {
-        self.lost = self.lost.saturating_add(lost_bytes);
-        if self.queue_is_standing() || self.loss_share(memory) > LOSS_SHARE_LIMIT {
-            LossVerdict::Congestion
-        } else {
-            LossVerdict::Random
+    /// Records `lost_bytes`, sent at `sent` and found lost at `now`, and judges them.
+    /// `memory` is as for [`LossJudge::on_ack`].
+    ///
+    /// A share above the limit is taken for congestion once: the count then starts over,
+    /// and losses of packets sent before that moment (the rest of the same burst) are not
+    /// counted. Counted, a burst (a slow start overshooting the queue) lifted the share for
+    /// the next thousand packets, every random loss in them cut the window again, and it
+    /// collapsed.
+    pub fn on_loss(
+        &mut self,
+        lost_bytes: u64,
+        sent: Instant,
+        now: Instant,
+        memory: u64,
+    ) -> LossVerdict {
+        let acted_on = self.share_cut_at.is_some_and(|cut| sent <= cut);
+        if !acted_on {
+            self.lost = self.lost.saturating_add(lost_bytes);
         }
+        if self.queue_is_standing() {
+            return LossVerdict::Congestion;
+        }
+        if !acted_on && self.loss_share(memory) > LOSS_SHARE_LIMIT {
+            self.lost = 0;
+            self.delivered = 0;
+            self.share_cut_at = Some(now);
+            return LossVerdict::Congestion;
+        }
+        LossVerdict::Random
     }
 
     /// Whether the smoothed RTT shows a queue: above the base RTT by more than a quarter of
@@ -252,7 +275,7 @@ impl Controller for TolerantCubic {
         largest_lost_pn: u64,
     ) {
         let memory = self.loss_memory();
-        let verdict = self.judge.on_loss(lost_bytes, memory);
+        let verdict = self.judge.on_loss(lost_bytes, sent, now, memory);
         let pass = is_persistent_congestion || is_ecn || verdict == LossVerdict::Congestion;
         let counts = &mut self.counts;
         if is_persistent_congestion || is_ecn {
@@ -352,6 +375,12 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// One packet lost, sent and found lost now.
+    fn lose(judge: &mut LossJudge) -> LossVerdict {
+        let now = Instant::now();
+        judge.on_loss(MTU, now, now, MEMORY)
+    }
+
     /// A judge that has seen `packets` packets acknowledged within a second: the first half
     /// with the RTT at `min` (the path's base), the rest at `smoothed`.
     fn judge_after(packets: u64, smoothed: Duration, min: Duration) -> LossJudge {
@@ -367,17 +396,17 @@ mod tests {
     #[test]
     fn a_loss_without_a_queue_is_random() {
         let mut judge = judge_after(1000, ms(31), ms(30));
-        assert_eq!(judge.on_loss(MTU, MEMORY), LossVerdict::Random);
+        assert_eq!(lose(&mut judge), LossVerdict::Random);
     }
 
     #[test]
     fn a_loss_with_a_standing_queue_is_congestion() {
         // 30 ms path, queue adds 10 ms: more than a quarter of the minimum.
         let mut judge = judge_after(1000, ms(40), ms(30));
-        assert_eq!(judge.on_loss(MTU, MEMORY), LossVerdict::Congestion);
+        assert_eq!(lose(&mut judge), LossVerdict::Congestion);
         // 7 ms of queue on the same path is below the quarter: random.
         let mut judge = judge_after(1000, ms(37), ms(30));
-        assert_eq!(judge.on_loss(MTU, MEMORY), LossVerdict::Random);
+        assert_eq!(lose(&mut judge), LossVerdict::Random);
     }
 
     #[test]
@@ -405,7 +434,7 @@ mod tests {
             if state.is_multiple_of(50) {
                 losses += 1;
                 assert_eq!(
-                    judge.on_loss(MTU, MEMORY),
+                    lose(&mut judge),
                     LossVerdict::Random,
                     "loss {losses} at packet {i}: share {:.3}",
                     judge.loss_share(MEMORY)
@@ -419,23 +448,53 @@ mod tests {
 
     #[test]
     fn frequent_loss_is_congestion_even_without_a_queue() {
-        // One loss every 10 packets (10 %), a queue too short to show in the RTT.
+        // One loss every 10 packets (10 %), a queue too short to show in the RTT: taken for
+        // congestion again and again, each time the share has passed the limit anew.
         let mut judge = LossJudge::default();
-        let mut verdicts = Vec::new();
-        for i in 1..=10 * LOSS_MEMORY_PACKETS {
+        let mut congestion = 0;
+        let packets = 20 * LOSS_MEMORY_PACKETS;
+        for i in 1..=packets {
             judge.on_ack(Instant::now(), MTU, ms(30), ms(30), MEMORY);
-            if i % 10 == 0 {
-                verdicts.push(judge.on_loss(MTU, MEMORY));
+            if i % 10 == 0 && lose(&mut judge) == LossVerdict::Congestion {
+                congestion += 1;
             }
         }
-        // Once the memory has filled, every loss counts.
-        let filled = usize::try_from(LOSS_MEMORY_PACKETS / 10).expect("small");
+        // The limit (5 % of the memory) is passed after about half a memory at 10 %.
+        let expected = packets / (LOSS_MEMORY_PACKETS / 2);
         assert!(
-            verdicts[filled..]
-                .iter()
-                .all(|v| *v == LossVerdict::Congestion),
-            "{verdicts:?}"
+            congestion >= expected * 3 / 4,
+            "{congestion} congestion verdicts in {packets} packets, expected about {expected}"
         );
+    }
+
+    /// A burst (a slow start overshooting the queue: a quarter of a memory lost at once,
+    /// all sent before the first of them was found lost) is taken for congestion once, and
+    /// the 2 % random loss after it is random at once, not for as long as the burst would
+    /// lift the share.
+    #[test]
+    fn a_burst_is_not_held_against_the_random_losses_after_it() {
+        let mut judge = judge_after(2 * LOSS_MEMORY_PACKETS, ms(30), ms(30));
+        let sent = Instant::now();
+        let found = sent + ms(30);
+        let verdicts: Vec<LossVerdict> = (0..LOSS_MEMORY_PACKETS / 4)
+            .map(|i| judge.on_loss(MTU, sent, found + Duration::from_micros(i), MEMORY))
+            .collect();
+        let cuts = verdicts
+            .iter()
+            .filter(|v| **v == LossVerdict::Congestion)
+            .count();
+        assert_eq!(cuts, 1, "{verdicts:?}");
+        for i in 1..=4 * LOSS_MEMORY_PACKETS {
+            judge.on_ack(found, MTU, ms(30), ms(30), MEMORY);
+            if i % 50 == 0 {
+                let at = found + ms(i);
+                assert_eq!(
+                    judge.on_loss(MTU, at, at, MEMORY),
+                    LossVerdict::Random,
+                    "packet {i}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -443,7 +502,7 @@ mod tests {
         // The tenth packet of a connection is lost: 1 of 10 is 10 %, but the share is taken
         // over at least LOSS_MEMORY_PACKETS packets.
         let mut judge = judge_after(10, ms(30), ms(30));
-        assert_eq!(judge.on_loss(MTU, MEMORY), LossVerdict::Random);
+        assert_eq!(lose(&mut judge), LossVerdict::Random);
         assert!(judge.loss_share(MEMORY) < 0.01);
     }
 
@@ -486,7 +545,7 @@ mod tests {
             judge.on_ack(t0 + ms(100 * i + 100), MTU, ms(31), ms(22), MEMORY);
         }
         assert_eq!(judge.base_rtt(), ms(31));
-        assert_eq!(judge.on_loss(MTU, MEMORY), LossVerdict::Random);
+        assert_eq!(lose(&mut judge), LossVerdict::Random);
         // A real queue still shows against that base.
         judge.on_ack(t0 + ms(12_200), MTU, ms(45), ms(22), MEMORY);
         assert!(judge.queue_is_standing());
@@ -494,11 +553,12 @@ mod tests {
 
     #[test]
     fn old_losses_fade() {
+        // 4 % of a memory lost: under the limit, so it is all still counted.
         let mut judge = LossJudge::default();
-        for _ in 0..LOSS_MEMORY_PACKETS / 10 {
-            judge.on_loss(MTU, MEMORY);
+        for _ in 0..LOSS_MEMORY_PACKETS / 25 {
+            lose(&mut judge);
         }
-        assert!(judge.loss_share(MEMORY) > LOSS_SHARE_LIMIT);
+        assert!(judge.loss_share(MEMORY) > 0.03);
         for _ in 0..8 * LOSS_MEMORY_PACKETS {
             judge.on_ack(Instant::now(), MTU, ms(30), ms(30), MEMORY);
         }
