@@ -17,7 +17,7 @@ use n2p_testkit::wait::wait_until;
 
 use crate::harness::N2P;
 use crate::harness::forge::Forgers;
-use crate::harness::mesh::{CONVERGENCE_TIMEOUT, MeshPeer, TeamDir, TeamSpec};
+use crate::harness::mesh::{CONVERGENCE_TIMEOUT, MeshPeer, MeshProcess, TeamDir, TeamSpec};
 
 /// Large enough that a debug build is still pushing when the signal arrives, small enough
 /// that the rest of the push fits in the drain bound on a busy machine: a debug build
@@ -206,6 +206,20 @@ impl ClosedPair {
         }
     }
 
+    /// Starts both nodes, lets alice's push of the file get going and freezes it (SIGSTOP).
+    /// Make the file large (8 × [`PUSH_LEN`]), so that the push is surely mid-NAR when it is
+    /// frozen: Nix keeps its connection open after a finished copy, and a frozen finished
+    /// copy would only look stalled.
+    fn stalled_push(&self) -> (MeshProcess<'_>, MeshProcess<'_>, Push) {
+        let alice_node = self.alice.join(&self.team_file, &[]);
+        let bob_node = self.bob.join(&self.team_file, &[]);
+        self.alice.wait_for_sockets(&["bob"], CONVERGENCE_TIMEOUT);
+        let mut push = self.push();
+        push.get_going();
+        push.signal(Signal::Stop);
+        (alice_node, bob_node, push)
+    }
+
     /// Starts pushing the file through alice's `peers/bob.sock`.
     fn push(&self) -> Push {
         Push::start(
@@ -286,17 +300,9 @@ fn a_stalled_push_is_aborted_after_the_drain_bound() {
     if !require_nix("a_stalled_push_is_aborted_after_the_drain_bound") {
         return;
     }
-    // Large, so that the push is surely mid-NAR when it is frozen: Nix keeps its connection
-    // open after a finished copy, and a frozen finished copy would only look stalled.
     let pair = ClosedPair::new(8 * PUSH_LEN, 13);
     let (alice, bob) = (&pair.alice, &pair.bob);
-    let mut alice_node = alice.join(&pair.team_file, &[]);
-    let _bob_node = bob.join(&pair.team_file, &[]);
-    alice.wait_for_sockets(&["bob"], CONVERGENCE_TIMEOUT);
-
-    let mut push = pair.push();
-    push.get_going();
-    push.signal(Signal::Stop);
+    let (mut alice_node, _bob_node, mut push) = pair.stalled_push();
     let mark = alice_node.process.mark();
     let signalled = terminate_while_pushing(&alice_node.process, &alice.socket("bob"));
     std::thread::sleep((DRAIN_BOUND - RESUME_BEFORE_BOUND).saturating_sub(signalled.elapsed()));
@@ -410,13 +416,7 @@ fn a_second_sigterm_ends_the_drain_at_once() {
     }
     let pair = ClosedPair::new(8 * PUSH_LEN, 15);
     let (alice, bob) = (&pair.alice, &pair.bob);
-    let mut alice_node = alice.join(&pair.team_file, &[]);
-    let _bob_node = bob.join(&pair.team_file, &[]);
-    alice.wait_for_sockets(&["bob"], CONVERGENCE_TIMEOUT);
-
-    let mut push = pair.push();
-    push.get_going();
-    push.signal(Signal::Stop);
+    let (mut alice_node, _bob_node, mut push) = pair.stalled_push();
     let first = terminate_while_pushing(&alice_node.process, &alice.socket("bob"));
     let mark = alice_node.process.mark();
     alice_node.process.signal(Signal::Term);
