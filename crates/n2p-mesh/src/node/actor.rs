@@ -594,9 +594,9 @@ impl Actor {
     /// Dials `peer`, just lost as a gossip neighbour, if it is live here: a live peer takes
     /// the connection (handed to gossip, like [`Self::dial_members`]); one that does not
     /// answer within [`PROBE_TIMEOUT`] is reported when the probe ends (see [`Self::lost`]).
-    /// A peer lost by gossip's own reshuffling keeps a connection open and is not dialled
-    /// (see [`PROBE_SETTLE`]); one that answers is not reported either, so only real losses
-    /// are.
+    /// A peer lost by gossip's own reshuffling keeps a connection open, or had it closed on
+    /// purpose, and is not dialled (see [`PROBE_SETTLE`], [`Ending`]); one that answers is
+    /// not reported either, so only real losses are.
     fn probe(&mut self, peer: EndpointId) {
         let Some(seq) = self.table.seq_of(&peer) else {
             return;
@@ -607,13 +607,13 @@ impl Actor {
             self.paths.clone(),
         );
         self.probes.spawn(async move {
-            // A crashed peer's other connections time out too, within moments of the one
-            // gossip lost; one that stays open means gossip only moved the peer out of its
-            // active view.
             // The connection gossip lost may have ended a moment before it said so.
             let since = Instant::now()
                 .checked_sub(PROBE_SETTLE)
                 .unwrap_or_else(Instant::now);
+            // A crashed peer's other connections time out too, within moments of the one
+            // gossip lost; one that stays open means gossip only moved the peer out of its
+            // active view.
             let settle = tokio::time::Instant::now() + PROBE_SETTLE;
             while paths.connected(&peer) {
                 if tokio::time::Instant::now() >= settle {
