@@ -404,11 +404,15 @@ fn a_push_in_flight_survives_its_socket_being_renamed() {
 /// Longest a node may take to exit after a second SIGTERM: it does not wait for the rest.
 const SECOND_SIGNAL_EXIT_BOUND: Duration = Duration::from_secs(3);
 
-/// A second SIGTERM during the drain ends the node at once: alice, draining a push that
-/// stalls (its `nix copy` frozen), exits within [`SECOND_SIGNAL_EXIT_BOUND`] of the second
-/// signal instead of waiting out the drain bound, and the cut push leaves no valid path in
-/// bob's store. (The first signal's handler replaces the default action, so without this a
-/// second signal would do nothing.)
+/// A second SIGTERM during the drain ends the node at once: alice, draining a push of
+/// 256 MiB, exits within [`SECOND_SIGNAL_EXIT_BOUND`] of the second signal instead of
+/// waiting for the push or the drain bound, `nix copy` fails, and the cut push leaves no
+/// valid path in bob's store. (The first signal's handler replaces the default action, so
+/// without this a second signal would do nothing.)
+///
+/// The push is frozen while the first signal is taken, so that it is surely in flight, and
+/// resumed just before the second, so that the cut hits a running Nix (see
+/// [`a_stalled_push_is_aborted_after_the_drain_bound`] for why a frozen one would not do).
 #[test]
 fn a_second_sigterm_ends_the_drain_at_once() {
     if !require_nix("a_second_sigterm_ends_the_drain_at_once") {
@@ -418,6 +422,7 @@ fn a_second_sigterm_ends_the_drain_at_once() {
     let (alice, bob) = (&pair.alice, &pair.bob);
     let (mut alice_node, _bob_node, mut push) = pair.stalled_push();
     let first = terminate_while_pushing(&alice_node.process, &alice.socket("bob"));
+    push.signal(Signal::Cont);
     let mark = alice_node.process.mark();
     alice_node.process.signal(Signal::Term);
     let second = Instant::now();
@@ -434,7 +439,6 @@ fn a_second_sigterm_ends_the_drain_at_once() {
         "alice took {:?} from the first SIGTERM, as long as the drain bound {DRAIN_BOUND:?}",
         first.elapsed()
     );
-    push.signal(Signal::Cont);
     let status = push.wait("alice exited");
     assert!(
         !status.success(),
