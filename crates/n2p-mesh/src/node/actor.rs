@@ -626,12 +626,14 @@ impl Actor {
             // dial of a live peer can miss its bound on an overloaded machine, so a peer
             // that closed cleanly is not dialled at all. (The ending is noted by a task
             // that runs just after the close; not yet noted counts as silent.)
-            while paths.ending_since(&peer, since).is_none()
-                && tokio::time::Instant::now() < settle
-            {
+            let ending = loop {
+                let ending = paths.ending_since(&peer, since);
+                if ending.is_some() || tokio::time::Instant::now() >= settle {
+                    break ending;
+                }
                 tokio::time::sleep(PROBE_POLL).await;
-            }
-            if paths.ending_since(&peer, since) == Some(Ending::Closed) {
+            };
+            if ending == Some(Ending::Closed) {
                 debug!(peer = %peer.fmt_short(), "lost neighbour closed its connection cleanly; not probed");
                 return (peer, seq, true);
             }
