@@ -5,6 +5,7 @@ mod cmd;
 mod config;
 mod control;
 mod logging;
+mod memory;
 mod service;
 mod setup;
 mod shutdown;

@@ -141,6 +141,9 @@ pub(super) struct Actor {
     /// seq and the message): what my digests relay. Entries of peers no longer live are
     /// pruned when a digest is made.
     pub(super) latest: BTreeMap<[u8; 32], (u64, Vec<u8>)>,
+    /// The message being taken in changed the peer table: the sockets follow once it is
+    /// done, not once per announcement of a digest.
+    pub(super) table_changed: bool,
 }
 
 /// What taking in one gossip message asks of the actor.
@@ -311,10 +314,30 @@ impl Actor {
         tokio::time::sleep(LEAVE_GRACE).await;
     }
 
-    /// Verifies and applies one gossip message: an announcement, or a digest of them.
+    /// Verifies and applies one gossip message: an announcement, or a digest of them; then
+    /// brings the peer sockets in line with the table, once per message.
     fn handle_message(&mut self, bytes: &[u8]) -> Taken {
-        if is_digest(bytes) {
-            return self.handle_digest(bytes);
+        let taken = if is_digest(bytes) {
+            self.handle_digest(bytes)
+        } else {
+            self.handle_announcement(bytes)
+        };
+        if std::mem::take(&mut self.table_changed) {
+            let desired = self.table.sockets();
+            self.reconcile(&desired);
+        }
+        taken
+    }
+
+    /// Verifies and applies one announcement. One that is not newer than the one I hold of
+    /// its sender (gossip and a digest can both bring it) is dropped before its signature is
+    /// checked, as in a digest.
+    fn handle_announcement(&mut self, bytes: &[u8]) -> Taken {
+        if let Ok((id, seq)) = peek(bytes, self.keys.announce_key())
+            && self.latest.get(&id).is_some_and(|(known, _)| *known >= seq)
+        {
+            debug!("ignored announcement: not newer than the one I hold");
+            return Taken::default();
         }
         match decode_fresh(bytes, self.keys.announce_key(), unix_ms(SystemTime::now())) {
             Ok(ann) => self.take(&ann, bytes, Instant::now()),
@@ -374,7 +397,8 @@ impl Actor {
         taken
     }
 
-    /// Applies one verified announcement (`bytes` as received), heard at `heard`.
+    /// Applies one verified announcement (`bytes` as received), heard at `heard`. The peer
+    /// sockets follow once the whole message is taken in ([`Self::handle_message`]).
     fn take(&mut self, ann: &Announcement, bytes: &[u8], heard: Instant) -> Taken {
         let applied = self.table.apply(ann, heard);
         let mut taken = Taken::default();
@@ -408,8 +432,7 @@ impl Actor {
                     self.full_warned = false;
                     info!(target: "n2p", "peer {} left", ann.id.fmt_short());
                 }
-                let desired = self.table.sockets();
-                self.reconcile(&desired);
+                self.table_changed = true;
             }
             Err(dropped @ Dropped::Full { .. }) if !self.full_warned => {
                 // Logged once each time the cap is reached (again after peers went).

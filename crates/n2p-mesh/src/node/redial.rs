@@ -36,8 +36,13 @@ pub(super) const MAX_DIALS_PER_ROUND: usize = 2;
 /// The shortest time between two rounds of dials.
 pub(super) const ROUND_GAP: Duration = FIRST_REDIAL;
 
-/// The most peers the topic is joined through.
-pub(super) const JOIN_PEERS: usize = 8;
+/// The most peers the topic is joined through. Each peer joined through takes the node into
+/// its active view and sends the join on a walk from each of its neighbours, and each walk
+/// ends in a neighbour request: a start of 64 nodes on loopback converged in 5.6-8.9 s and
+/// 150-270 ms of CPU per node through 2 or 3 peers, and in 16-17 s and 550-570 ms through 8
+/// (docs/BENCHMARKS.md, "Joining through fewer peers"). Three still find the team when two
+/// of them are offline, and the node's own dials of absent members cover the rest.
+pub(super) const JOIN_PEERS: usize = 3;
 
 /// Per absent member: when it is due next, and the wait after that.
 #[derive(Debug, Default)]

@@ -20,6 +20,7 @@ use n2p_cache::{
 use crate::{
     cli::{ClientArgs, GlobalArgs},
     cmd::pull,
+    memory::HeapTrimmer,
     setup, shutdown,
 };
 
@@ -94,6 +95,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: ClientArgs) -> anyhow::Result
         pull::RunningFacade::spawn(listener, facade)
     });
     info!(target: "n2p", "unix:{}", socket_path.display());
+    let _trimmer = HeapTrimmer::start();
 
     // On a signal: the socket goes at once, transfers in flight get DRAIN_BOUND to finish,
     // the rest are aborted (reset), and only then does the connection close.

@@ -30,7 +30,9 @@ use crate::{
     cli::{GlobalArgs, InviteArgs, JoinArgs, StatusArgs},
     cmd::pull,
     config::PersonalConfig,
-    control, service, setup, shutdown,
+    control,
+    memory::HeapTrimmer,
+    service, setup, shutdown,
 };
 
 /// `n2p mesh join`.
@@ -214,6 +216,7 @@ pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<
     info!(target: "n2p", "peer sockets appear in {}", peers_dir.display());
     // The peers directory, the control socket and the endpoint exist now.
     service::notify("READY=1");
+    let _trimmer = HeapTrimmer::start();
 
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("cannot watch SIGHUP")?;

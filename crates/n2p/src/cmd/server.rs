@@ -23,6 +23,7 @@ use tracing::{error, info, warn};
 use crate::{
     cli::{GlobalArgs, ServerArgs},
     cmd::pull,
+    memory::HeapTrimmer,
     setup, shutdown,
 };
 
@@ -100,6 +101,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: ServerArgs) -> anyhow::Result
     info!(target: "n2p", "direct addresses: {}", if direct.is_empty() { "none".to_owned() } else { direct.join(" ") });
     log_addresses(&address);
     info!(target: "n2p", "on the other machine: n2p client <address>");
+    let _trimmer = HeapTrimmer::start();
 
     // SIGHUP re-reads access.secret (after `n2p rotate-secret`); SIGINT/SIGTERM stop.
     let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
