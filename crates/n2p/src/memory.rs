@@ -3,10 +3,11 @@
 //! glibc's allocator keeps the pages of memory freed in the middle of its heap: only the
 //! top of the heap is returned on its own. A mesh node's start (handshakes, gossip
 //! backlogs, digests) and a burst of transfers leave such holes, and the resident size stays
-//! at the burst's high-water mark for the rest of the node's life. Measured on a 100-node
-//! mesh on loopback (docs/BENCHMARKS.md, "Idle memory"): 14.4 MB of anonymous memory per
-//! node, of which `malloc_trim` gave back 5-7 MB. So the commands that stay up call it
-//! every [`TRIM_EVERY`]; elsewhere (musl, macOS) this does nothing.
+//! at the burst's high-water mark for the rest of the node's life. Measured on the nodes of
+//! an idle 100-node mesh on loopback (docs/BENCHMARKS.md, "Joining through fewer peers, and
+//! idle memory"): 12.0-16.4 MB of anonymous memory each, of which `malloc_trim` gave back
+//! 4.2-7.0 MB. So the commands that stay up call it every [`TRIM_EVERY`]; elsewhere (musl,
+//! macOS) this does nothing.
 
 use std::time::{Duration, Instant};
 
