@@ -417,6 +417,24 @@ pub(crate) fn measure_round(
             killed_all_gone_s: all_gone.as_secs_f64(),
         })
     })();
+    // On a failure, the nodes that saw the fewest peers are the ones whose logs tell why,
+    // and a node that is no longer running is the first thing to know (read before the stop).
+    let (laggards, exited) = if result.is_err() {
+        let counts: Vec<usize> = (0..nodes.len()).map(|i| team.socket_count(i)).collect();
+        let least = counts.iter().copied().min().unwrap_or(0);
+        let laggards: Vec<usize> = (0..nodes.len())
+            .filter(|i| counts[*i] == least)
+            .take(2)
+            .collect();
+        let exited: Vec<String> = nodes
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, node)| (!node.is_running()).then(|| names[i].to_owned()))
+            .collect();
+        (laggards, exited)
+    } else {
+        (Vec::new(), Vec::new())
+    };
     for node in &nodes {
         let _ = signal(node.pid(), Signal::Term);
     }
@@ -424,8 +442,14 @@ pub(crate) fn measure_round(
         node.stop(Duration::from_secs(5));
     }
     if result.is_err() {
-        let logs: String = nodes.iter().take(2).map(|n| n.log_text()).collect();
-        eprintln!("mesh logs (first two nodes):\n{}", tail(&logs, 4000));
+        eprintln!("mesh nodes no longer running before the stop: {exited:?}");
+        for i in laggards {
+            eprintln!(
+                "mesh log of {} (fewest peer sockets):\n{}",
+                names[i],
+                tail(&nodes[i].log_text(), 4000)
+            );
+        }
     }
     result
 }
