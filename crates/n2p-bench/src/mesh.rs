@@ -104,11 +104,16 @@ impl Team {
             String::from("[mesh]\nsecret_file = \"team.secret\"\nrelay = \"disabled\"\n");
         let placed = nodes;
         let mut nodes = Vec::new();
+        let mut ports = LoopbackPorts::starting_at(20_000 + u16::from(random[0]) * 40);
         for (name, ip, ns) in placed {
             let home = dir.join(format!("home-{name}"));
             let id = output_of(n2p_command(None, n2p, &home).arg("id"))
                 .with_context(|| format!("`n2p id` failed for {}", home.display()))?;
-            let port = free_udp_port();
+            let port = if ip.is_loopback() {
+                ports.next_free()
+            } else {
+                free_udp_port()
+            };
             let _ = write!(
                 text,
                 "\n[[member]]\nname = \"{name}\"\nid = \"{id}\"\naddrs = [\"{}\"]\n",
@@ -457,4 +462,42 @@ pub(crate) fn measure_round(
 /// Polls `done` every [`MESH_POLL`]; the time since the start of polling when it held.
 fn poll(timeout: Duration, done: impl FnMut() -> bool) -> Result<Duration> {
     time_until(timeout, MESH_POLL, done).with_context(|| format!("timed out after {timeout:?}"))
+}
+
+/// Distinct free UDP ports on loopback for the nodes of one team, counted up from a start
+/// below Linux's ephemeral range (32768 and up by default). A port found by binding port 0
+/// is an ephemeral one, which another starting node's endpoint can take for one of its own
+/// sockets before the node it was meant for binds it: a 100-node round failed that way
+/// ("cannot bind the iroh endpoint on 127.0.0.1:40097: ... Address already in use").
+struct LoopbackPorts {
+    next: u16,
+}
+
+impl LoopbackPorts {
+    /// The lowest port of the range this picker walks.
+    const LOW: u16 = 20_000;
+    /// One past the highest.
+    const HIGH: u16 = 32_000;
+
+    fn starting_at(port: u16) -> Self {
+        Self {
+            next: port.clamp(Self::LOW, Self::HIGH - 1),
+        }
+    }
+
+    /// The next port of the range that nothing holds now (wrapping around once).
+    fn next_free(&mut self) -> u16 {
+        for _ in Self::LOW..Self::HIGH {
+            let port = self.next;
+            self.next = if port + 1 >= Self::HIGH {
+                Self::LOW
+            } else {
+                port + 1
+            };
+            if std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+                return port;
+            }
+        }
+        free_udp_port()
+    }
 }
