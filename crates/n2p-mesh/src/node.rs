@@ -312,7 +312,6 @@ impl MeshNode {
             linger: Default::default(),
             probes: JoinSet::new(),
             latest: Default::default(),
-            table_changed: false,
         };
         let span = info_span!("mesh", me = %me.fmt_short());
         let actor = tokio::spawn(

@@ -141,9 +141,6 @@ pub(super) struct Actor {
     /// seq and the message): what my digests relay. Entries of peers no longer live are
     /// pruned when a digest is made.
     pub(super) latest: BTreeMap<[u8; 32], (u64, Vec<u8>)>,
-    /// The message being taken in changed the peer table: the sockets follow once it is
-    /// done, not once per announcement of a digest.
-    pub(super) table_changed: bool,
 }
 
 /// What taking in one gossip message asks of the actor.
@@ -153,6 +150,9 @@ struct Taken {
     refute: bool,
     /// A digest taught me a peer I did not know: pass my digest on to my neighbours.
     learned: bool,
+    /// The peer table changed: the sockets follow once the whole message is taken in, not
+    /// once per announcement of a digest.
+    changed: bool,
 }
 
 impl Taken {
@@ -160,6 +160,7 @@ impl Taken {
         Self {
             refute: self.refute || other.refute,
             learned: self.learned || other.learned,
+            changed: self.changed || other.changed,
         }
     }
 }
@@ -322,7 +323,7 @@ impl Actor {
         } else {
             self.handle_announcement(bytes)
         };
-        if std::mem::take(&mut self.table_changed) {
+        if taken.changed {
             let desired = self.table.sockets();
             self.reconcile(&desired);
         }
@@ -334,7 +335,7 @@ impl Actor {
     /// checked, as in a digest.
     fn handle_announcement(&mut self, bytes: &[u8]) -> Taken {
         if let Ok((id, seq)) = peek(bytes, self.keys.announce_key())
-            && self.latest.get(&id).is_some_and(|(known, _)| *known >= seq)
+            && self.holds_as_new(&id, seq)
         {
             debug!("ignored announcement: not newer than the one I hold");
             return Taken::default();
@@ -377,7 +378,7 @@ impl Actor {
             let Ok((id, seq)) = peek(entry, &key) else {
                 continue;
             };
-            if id == me || self.latest.get(&id).is_some_and(|(known, _)| *known >= seq) {
+            if id == me || self.holds_as_new(&id, seq) {
                 continue;
             }
             match decode_entry(entry, &key, now_ms) {
@@ -387,14 +388,20 @@ impl Actor {
                     let one = self.take(&ann, entry, heard);
                     let learned = joined && self.table.is_live(&ann.id);
                     taken = taken.merge(one).merge(Taken {
-                        refute: false,
                         learned,
+                        ..Taken::default()
                     });
                 }
                 Err(e) => debug!("dropped a relayed announcement: {e}"),
             }
         }
         taken
+    }
+
+    /// Whether I hold an announcement of `id` at least as new as `seq`: one at `seq` is then
+    /// dropped before its signature is checked.
+    fn holds_as_new(&self, id: &[u8; 32], seq: u64) -> bool {
+        self.latest.get(id).is_some_and(|(known, _)| *known >= seq)
     }
 
     /// Applies one verified announcement (`bytes` as received), heard at `heard`. The peer
@@ -432,7 +439,7 @@ impl Actor {
                     self.full_warned = false;
                     info!(target: "n2p", "peer {} left", ann.id.fmt_short());
                 }
-                self.table_changed = true;
+                taken.changed = true;
             }
             Err(dropped @ Dropped::Full { .. }) if !self.full_warned => {
                 // Logged once each time the cap is reached (again after peers went).
