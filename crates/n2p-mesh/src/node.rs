@@ -311,6 +311,7 @@ impl MeshNode {
             dials: JoinSet::new(),
             linger: Default::default(),
             probes: JoinSet::new(),
+            probing: Default::default(),
             latest: Default::default(),
         };
         let span = info_span!("mesh", me = %me.fmt_short());

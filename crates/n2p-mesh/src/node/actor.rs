@@ -36,7 +36,7 @@ use crate::{
         },
         digest::{decode_digest, decode_entry, encode_digests, is_digest},
         names::socket_file_name,
-        table::{Applied, Dropped, PeerTable, heartbeat_interval},
+        table::{Applied, Dropped, PeerTable, Reported, heartbeat_interval},
         team::TeamConfig,
         topic::MeshKeys,
     },
@@ -90,6 +90,15 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 const PROBE_SETTLE: Duration = Duration::from_secs(2);
 const PROBE_POLL: Duration = Duration::from_millis(100);
 
+/// Why a live peer is checked ([`Actor::probe`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Suspicion {
+    /// Gossip lost it as a neighbour.
+    LostNeighbour,
+    /// Another node reported it unreachable, but I hold newer news of it than the report.
+    DisputedReport,
+}
+
 /// What the handle asks of the actor.
 #[derive(Debug)]
 pub(super) enum Command {
@@ -134,9 +143,11 @@ pub(super) struct Actor {
     pub(super) dials: JoinSet<()>,
     /// When to close gossip connections to peers that are not neighbours.
     pub(super) linger: Linger,
-    /// Peers lost as gossip neighbours being dialled again: the peer, the seq I had from
-    /// it when the dial started, and whether it answered.
+    /// Peers being checked ([`Self::probe`]): the peer, the seq I had from it when the
+    /// check started, and whether it answered.
     pub(super) probes: JoinSet<(EndpointId, u64, bool)>,
+    /// The peers in [`Self::probes`], so that each is checked once at a time.
+    pub(super) probing: std::collections::BTreeSet<EndpointId>,
     /// The latest announcement taken from each peer, as received (its id's bytes to its
     /// seq and the message): what my digests relay. Entries of peers no longer live are
     /// pruned when a digest is made.
@@ -223,7 +234,7 @@ impl Actor {
                     }
                     Some(Ok(Event::NeighborDown(peer))) => {
                         debug!(peer = %peer.fmt_short(), "gossip neighbor down");
-                        self.probe(peer);
+                        self.probe(peer, Suspicion::LostNeighbour);
                     }
                     Some(Ok(Event::Lagged)) => warn!("fell behind on gossip messages; some were dropped"),
                     Some(Err(e)) => {
@@ -236,6 +247,7 @@ impl Actor {
                     }
                 },
                 Some(Ok((peer, seq, answered))) = self.probes.join_next(), if !self.probes.is_empty() => {
+                    self.probing.remove(&peer);
                     if !answered && let Some(report) = self.lost(peer, seq) {
                         heartbeat_at = self.announce(AnnounceKind::Alive, Some(report)).await;
                     }
@@ -415,9 +427,22 @@ impl Actor {
             if report.id == self.endpoint.id() {
                 info!(target: "n2p", "peer {} reported me unreachable; announcing myself again", ann.id.fmt_short());
                 taken.refute = true;
-            } else if self.table.report_unreachable(&report, heard) {
-                info!(target: "n2p", "peer {} is unreachable (reported by {}); dropped", report.id.fmt_short(), ann.id.fmt_short());
-                self.latest.remove(report.id.as_bytes());
+            } else {
+                match self.table.report_unreachable(&report, heard) {
+                    Reported::Dropped => {
+                        info!(target: "n2p", "peer {} is unreachable (reported by {}); dropped", report.id.fmt_short(), ann.id.fmt_short());
+                        self.latest.remove(report.id.as_bytes());
+                    }
+                    Reported::NotLive => {}
+                    Reported::Overruled { held } => {
+                        // The reporter missed the peer's latest announcement, which in a large
+                        // team are tens of seconds apart: the report may still be true, so
+                        // this node checks for itself, and reports with the seq it holds if
+                        // the peer is gone.
+                        info!(target: "n2p", "peer {} reported {} unreachable, but I hold newer news of it (seq {held} > {}); checking it myself", ann.id.fmt_short(), report.id.fmt_short(), report.seq);
+                        self.probe(report.id, Suspicion::DisputedReport);
+                    }
+                }
             }
         }
         // New or changed addresses go to the address lookup, for dialing the peer.
@@ -621,16 +646,19 @@ impl Actor {
         self.sockets.reconcile(&files);
     }
 
-    /// Dials `peer`, just lost as a gossip neighbour, if it is live here: a live peer takes
-    /// the connection (handed to gossip, like [`Self::dial_members`]); one that does not
-    /// answer within [`PROBE_TIMEOUT`] is reported when the probe ends (see [`Self::lost`]).
-    /// A peer lost by gossip's own reshuffling keeps a connection open, or had it closed on
-    /// purpose, and is not dialled (see [`PROBE_SETTLE`], [`Ending`]); one that answers is
-    /// not reported either, so only real losses are.
-    fn probe(&mut self, peer: EndpointId) {
+    /// Checks whether `peer`, live here, is still there: a live peer takes a dial (handed to
+    /// gossip, like [`Self::dial_members`]); one that does not answer within
+    /// [`PROBE_TIMEOUT`] is reported when the check ends (see [`Self::lost`]). A peer lost by
+    /// gossip's own reshuffling keeps a connection open, or had it closed on purpose, and is
+    /// not dialled (see [`PROBE_SETTLE`], [`Ending`]); one that answers is not reported
+    /// either, so only real losses are. One check per peer at a time.
+    fn probe(&mut self, peer: EndpointId, suspicion: Suspicion) {
         let Some(seq) = self.table.seq_of(&peer) else {
             return;
         };
+        if !self.probing.insert(peer) {
+            return;
+        }
         let (endpoint, gossip, paths) = (
             self.endpoint.clone(),
             self.gossip.clone(),
@@ -641,6 +669,7 @@ impl Actor {
             let since = Instant::now()
                 .checked_sub(PROBE_SETTLE)
                 .unwrap_or_else(Instant::now);
+            let had_connection = paths.connected(&peer);
             // A crashed peer's other connections time out too, within moments of the one
             // gossip lost; one that stays open means gossip only moved the peer out of its
             // active view.
@@ -655,17 +684,20 @@ impl Actor {
             // had the peer there to its end: only one that went silent hints at a crash. A
             // dial of a live peer can miss its bound on an overloaded machine, so a peer
             // that closed cleanly is not dialled at all. (The ending is noted by a task
-            // that runs just after the close; not yet noted counts as silent.)
-            let ending = loop {
-                let ending = paths.ending_since(&peer, since);
-                if ending.is_some() || tokio::time::Instant::now() >= settle {
-                    break ending;
+            // that runs just after the close; not yet noted counts as silent.) A disputed
+            // report about a peer I had no connection with has no ending to wait for.
+            if suspicion == Suspicion::LostNeighbour || had_connection {
+                let ending = loop {
+                    let ending = paths.ending_since(&peer, since);
+                    if ending.is_some() || tokio::time::Instant::now() >= settle {
+                        break ending;
+                    }
+                    tokio::time::sleep(PROBE_POLL).await;
+                };
+                if ending == Some(Ending::Closed) {
+                    debug!(peer = %peer.fmt_short(), "its connection was closed cleanly; not dialled");
+                    return (peer, seq, true);
                 }
-                tokio::time::sleep(PROBE_POLL).await;
-            };
-            if ending == Some(Ending::Closed) {
-                debug!(peer = %peer.fmt_short(), "lost neighbour closed its connection cleanly; not probed");
-                return (peer, seq, true);
             }
             let connect = endpoint.connect(peer, iroh_gossip::net::GOSSIP_ALPN);
             let answered = match tokio::time::timeout(PROBE_TIMEOUT, connect).await {
@@ -678,7 +710,7 @@ impl Actor {
                     true
                 }
                 Ok(Err(e)) => {
-                    debug!(peer = %peer.fmt_short(), "lost neighbour does not answer: {e}");
+                    debug!(peer = %peer.fmt_short(), "no answer to my dial: {e}");
                     false
                 }
                 Err(_) => false,
@@ -691,11 +723,11 @@ impl Actor {
     /// unless it has announced itself since, and returns the report to broadcast.
     fn lost(&mut self, peer: EndpointId, seq: u64) -> Option<Unreachable> {
         let report = Unreachable { id: peer, seq };
-        if !self.table.report_unreachable(&report, Instant::now()) {
+        if self.table.report_unreachable(&report, Instant::now()) != Reported::Dropped {
             return None;
         }
         self.latest.remove(peer.as_bytes());
-        info!(target: "n2p", "peer {} is unreachable (its connections went silent, and no answer to a dial within {PROBE_TIMEOUT:?}); dropped", peer.fmt_short());
+        info!(target: "n2p", "peer {} is unreachable (no answer to a dial within {PROBE_TIMEOUT:?}); dropped", peer.fmt_short());
         let desired = self.table.sockets();
         self.reconcile(&desired);
         Some(report)

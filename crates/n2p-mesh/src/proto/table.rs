@@ -131,6 +131,21 @@ pub enum Applied {
     AlreadyGone,
 }
 
+/// What [`PeerTable::report_unreachable`] did with a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reported {
+    /// The peer was live here and is dropped.
+    Dropped,
+    /// The peer is not live here: nothing to drop.
+    NotLive,
+    /// I hold newer news of the peer than the reporter (seq `held`): it stays. The reporter
+    /// may have missed the peer's last announcement, so the report may still be true.
+    Overruled {
+        /// The seq of the peer's latest announcement here.
+        held: u64,
+    },
+}
+
 /// Why an announcement was not taken into the table. Log at debug level and carry on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -407,22 +422,21 @@ impl PeerTable {
 
     /// Takes in a report that `report.id` cannot be reached (see
     /// [`crate::proto::announce::Announcement::unreachable`]): drops that peer unless it is
-    /// not live here or has announced something newer than the reporter's news of it.
-    /// Returns whether it was dropped. Its tombstone keeps the last seq this table had from
-    /// it, not the reported one, so a report cannot keep a peer out: its next announcement
-    /// brings it back.
-    pub fn report_unreachable(&mut self, report: &Unreachable, now: Instant) -> bool {
+    /// not live here or has announced something newer than the reporter's news of it. Its
+    /// tombstone keeps the last seq this table had from it, not the reported one, so a report
+    /// cannot keep a peer out: its next announcement brings it back.
+    pub fn report_unreachable(&mut self, report: &Unreachable, now: Instant) -> Reported {
         let Some(peer) = self.peers.get(&report.id) else {
-            return false;
+            return Reported::NotLive;
         };
         if peer.seq > report.seq {
-            return false;
+            return Reported::Overruled { held: peer.seq };
         }
         let seq = peer.seq;
         self.peers.remove(&report.id);
         self.bury(report.id, seq, now);
         self.recompute_names();
-        true
+        Reported::Dropped
     }
 
     /// How long `id` may stay silent before [`Self::expire`] drops it: the team's expiry,
@@ -940,23 +954,33 @@ mod tests {
         t.apply(&alive(2, "bob", 10), t0).expect("b");
         // The reporter's news of bob is older than mine: bob stays.
         let old = Unreachable { id: id(2), seq: 9 };
-        assert!(!t.report_unreachable(&old, t0));
+        assert_eq!(
+            t.report_unreachable(&old, t0),
+            Reported::Overruled { held: 10 }
+        );
         // Reported with the seq I have (or a newer one I missed): dropped.
         let report = Unreachable { id: id(1), seq: 10 };
-        assert!(t.report_unreachable(&report, t0));
+        assert_eq!(t.report_unreachable(&report, t0), Reported::Dropped);
         assert_eq!(names(&t), vec!["bob"]);
-        assert!(!t.report_unreachable(&report, t0), "already gone");
+        assert_eq!(
+            t.report_unreachable(&report, t0),
+            Reported::NotLive,
+            "already gone"
+        );
         let lie = Unreachable {
             id: id(2),
             seq: u64::MAX,
         };
-        assert!(t.report_unreachable(&lie, t0));
+        assert_eq!(t.report_unreachable(&lie, t0), Reported::Dropped);
         // A report cannot keep a peer out: its next announcement brings it back, even after
         // a report that claimed a seq far in the future.
         assert_eq!(t.apply(&alive(2, "bob", 11), t0), Ok(Applied::Joined));
         assert_eq!(t.apply(&alive(1, "alice", 11), t0), Ok(Applied::Joined));
         // Not live: nothing to drop.
-        assert!(!t.report_unreachable(&Unreachable { id: id(9), seq: 1 }, t0));
+        assert_eq!(
+            t.report_unreachable(&Unreachable { id: id(9), seq: 1 }, t0),
+            Reported::NotLive
+        );
     }
 
     #[test]
