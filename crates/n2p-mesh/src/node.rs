@@ -313,6 +313,7 @@ impl MeshNode {
             probes: JoinSet::new(),
             probing: Default::default(),
             latest: Default::default(),
+            mine: None,
         };
         let span = info_span!("mesh", me = %me.fmt_short());
         let actor = tokio::spawn(

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use iroh::{Endpoint, EndpointId, SecretKey, address_lookup::memory::MemoryLookup};
+use iroh::{Endpoint, EndpointAddr, EndpointId, SecretKey, address_lookup::memory::MemoryLookup};
 use iroh_gossip::{
     api::{Event, GossipReceiver, GossipSender},
     net::Gossip,
@@ -152,6 +152,9 @@ pub(super) struct Actor {
     /// seq and the message): what my digests relay. Entries of peers no longer live are
     /// pruned when a digest is made.
     pub(super) latest: BTreeMap<[u8; 32], (u64, Vec<u8>)>,
+    /// My latest plain `Alive` announcement (no report): when it was made, the address it
+    /// carries, and its bytes. Digests carry it while it is young ([`Self::own_for_digest`]).
+    pub(super) mine: Option<(Instant, EndpointAddr, Vec<u8>)>,
 }
 
 /// What taking in one gossip message asks of the actor.
@@ -434,6 +437,10 @@ impl Actor {
                         self.latest.remove(report.id.as_bytes());
                     }
                     Reported::NotLive => {}
+                    // The peer announced itself after the report was made (seqs are the
+                    // senders' clocks): it was there then, as an old report relayed in a
+                    // digest may show.
+                    Reported::Overruled { held } if held >= ann.seq => {}
                     Reported::Overruled { held } => {
                         // The reporter missed the peer's latest announcement, which in a large
                         // team are tens of seconds apart: the report may still be true, so
@@ -482,7 +489,7 @@ impl Actor {
         let live: std::collections::BTreeSet<[u8; 32]> =
             self.table.live_ids().map(|id| *id.as_bytes()).collect();
         self.latest.retain(|id, _| live.contains(id));
-        let Some(mine) = self.my_announcement(AnnounceKind::Alive, None) else {
+        let Some(mine) = self.own_for_digest() else {
             return;
         };
         let entries = std::iter::once(mine.as_slice())
@@ -776,9 +783,32 @@ impl Actor {
         ann.relay = addr.relay_urls().next().cloned();
         ann.interval = Some(self.heartbeat());
         ann.unreachable = report;
-        encode(&ann, &self.secret_key, self.keys.announce_key())
+        let bytes = encode(&ann, &self.secret_key, self.keys.announce_key())
             .inspect_err(|e| warn!("cannot encode my announcement: {e}"))
-            .ok()
+            .ok()?;
+        if kind == AnnounceKind::Alive && report.is_none() {
+            self.mine = Some((Instant::now(), addr, bytes.clone()));
+        }
+        Some(bytes)
+    }
+
+    /// My announcement for a digest: the latest one, while it is younger than a third of my
+    /// heartbeat interval and carries the address I have now; otherwise a new one. A new one
+    /// per digest would give every digest a new seq of mine, which each neighbour verifies,
+    /// keeps and relays in its own digests, where it is verified again: while a large team
+    /// starts, gossip neighbours come and go several times a second, and those signature
+    /// checks were a large part of the start's CPU (docs/BENCHMARKS.md, "Own announcements
+    /// in digests"). A third of the interval keeps the age receivers count me from well
+    /// inside the expiry they give me (three intervals).
+    fn own_for_digest(&mut self) -> Option<Vec<u8>> {
+        let young = self.heartbeat() / 3;
+        if let Some((made, addr, bytes)) = &self.mine
+            && made.elapsed() < young
+            && *addr == self.endpoint.addr()
+        {
+            return Some(bytes.clone());
+        }
+        self.my_announcement(AnnounceKind::Alive, None)
     }
 }
 
