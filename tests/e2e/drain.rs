@@ -25,8 +25,13 @@ use crate::harness::mesh::{CONVERGENCE_TIMEOUT, MeshPeer, MeshProcess, TeamDir, 
 /// and 128 MiB once took over 11 s alone.
 const PUSH_LEN: usize = 32 << 20;
 
-/// How long the push runs before the test interrupts it: past Nix's start and handshake.
-const HEAD_START: Duration = Duration::from_millis(700);
+/// How long the push runs after Nix names the path it copies before the test freezes it:
+/// past the handshake and into the NAR, far from its end ([`PUSH_LEN`] takes hundreds of
+/// milliseconds even on a fast, quiet machine).
+const INTO_THE_NAR: Duration = Duration::from_millis(50);
+
+/// Longest Nix may take to start copying the path.
+const COPY_START_BOUND: Duration = Duration::from_secs(20);
 
 /// n2p's drain bound (`LEAVE_DRAIN_BOUND`, and the client's): transfers in flight get this
 /// long after SIGTERM.
@@ -66,14 +71,24 @@ impl Push {
         }
     }
 
-    /// Lets the push run for [`HEAD_START`]; panics if it has ended by then (the test would
-    /// no longer interrupt anything).
-    fn get_going(&mut self) {
-        std::thread::sleep(HEAD_START);
+    /// Waits (bounded) until Nix says it copies the path, lets it run [`INTO_THE_NAR`] and
+    /// freezes it (SIGSTOP): the push is then surely in flight, however fast the machine (a
+    /// fixed head start of 700 ms was once longer than a whole 32 MiB push). Panics if it
+    /// ended first (the test would no longer interrupt anything).
+    fn freeze_in_flight(&mut self) {
+        wait_until("nix copy starts copying the path", COPY_START_BOUND, || {
+            if self.log_text().contains("copying path") {
+                Ok(())
+            } else {
+                Err(format!("its log so far:\n{}", self.log_text()))
+            }
+        });
+        std::thread::sleep(INTO_THE_NAR);
+        self.signal(Signal::Stop);
         if let Ok(Some(status)) = self.child.try_wait() {
             panic!(
-                "the push ended ({status}) within {HEAD_START:?}, before the test could \
-                 interrupt it: make PUSH_LEN larger; its log:\n{}",
+                "the push ended ({status}) within {INTO_THE_NAR:?} of its start, before the test \
+                 could interrupt it: make PUSH_LEN larger; its log:\n{}",
                 self.log_text()
             );
         }
@@ -135,8 +150,9 @@ fn terminate_while_pushing(process: &Process, socket: &Path) -> Instant {
     signalled
 }
 
-/// Lets `push` get going, SIGTERMs `process` (which serves `socket`), and checks that the
-/// push still finishes whole in `dest_url` and that the process exits 0 after it.
+/// Freezes `push` once it is in flight, SIGTERMs `process` (which serves `socket`), resumes
+/// the push, and checks that it still finishes whole in `dest_url` and that the process
+/// exits 0 after it.
 fn sigterm_lets_push_finish(
     process: &mut Process,
     socket: &Path,
@@ -145,8 +161,9 @@ fn sigterm_lets_push_finish(
     dest_url: &str,
 ) {
     let started = Instant::now();
-    push.get_going();
+    push.freeze_in_flight();
     let signalled = terminate_while_pushing(process, socket);
+    push.signal(Signal::Cont);
     let status = push.wait("SIGTERM");
     let drained = signalled.elapsed();
     assert!(
@@ -215,8 +232,7 @@ impl ClosedPair {
         let bob_node = self.bob.join(&self.team_file, &[]);
         self.alice.wait_for_sockets(&["bob"], CONVERGENCE_TIMEOUT);
         let mut push = self.push();
-        push.get_going();
-        push.signal(Signal::Stop);
+        push.freeze_in_flight();
         (alice_node, bob_node, push)
     }
 
@@ -374,8 +390,7 @@ fn a_push_in_flight_survives_its_socket_being_renamed() {
         &root.join("copy.log"),
     );
     let mark = alice_node.process.mark();
-    push.get_going();
-    push.signal(Signal::Stop);
+    push.freeze_in_flight();
     let forgers = Forgers::join(root.path(), &team_file, &ticket, &["bob"]);
     let bob_real = format!("bob-{}", bob.short_id());
     let bob_fake = format!("bob-{}", forgers.nodes[0].short_id());
