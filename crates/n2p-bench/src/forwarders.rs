@@ -24,7 +24,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use n2p_testkit::{
     n2p::{last_word, plain_logs},
-    net::{free_tcp_port, free_udp_port},
+    net::free_tcp_port,
     netns::command_in,
     nix::{NIX_CONFIG, socket_store_url},
     proc::{Process, find_on_path},
@@ -486,7 +486,10 @@ pub(crate) fn start_n2p_server(
     net: &Net,
     congestion: Option<&str>,
 ) -> Result<(Process, String)> {
-    let bind = SocketAddr::new(net.server_ip, free_udp_port());
+    // Port 0: the kernel picks a port free where the server runs (the far namespace, on the
+    // emulated link); a port found free on the host's loopback may be taken there (seen:
+    // the n2p-alt server could not bind). The long address carries the port it got.
+    let bind = SocketAddr::new(net.server_ip, 0);
     let mut command = n2p_command(net.server_ns.as_deref(), n2p, &dir.join("server-home"));
     if net.quic_stats {
         command.env("RUST_LOG", quic_stats::rust_log());
@@ -517,7 +520,8 @@ pub(crate) fn start_n2p_client(
     extra: &[&str],
     congestion: Option<&str>,
 ) -> Result<Process> {
-    let bind = SocketAddr::new(net.client_ip, free_udp_port());
+    // Port 0, as for the server: free where the client runs.
+    let bind = SocketAddr::new(net.client_ip, 0);
     let mut command = n2p_command(net.client_ns.as_deref(), n2p, home);
     if net.quic_stats {
         command.env("RUST_LOG", quic_stats::rust_log());
