@@ -39,16 +39,6 @@ use noq_proto::{
 /// Queueing delay that always counts as a standing queue, whatever the path's RTT.
 pub const QUEUE_DELAY_FLOOR: Duration = Duration::from_millis(2);
 
-// The base RTT is the lowest *smoothed* RTT the path has had, not noq's minimum (the
-// lowest raw sample ever): one raw sample below the path's real RTT (seen on the emulated
-// 30 ms link: 22 ms) made every later loss look like a queue's, and the window collapsed for
-// good; it moves the smoothed RTT by an eighth only. Nor the lowest smoothed RTT of a recent
-// window (5-10 s until 2026-11-30): a queue that another flow keeps standing for longer than
-// the window became part of the base, and sharing a bottleneck with TCP Cubic the controller
-// took its losses for random and kept 63-74 % of the link (docs/BENCHMARKS.md, "A base RTT
-// that a standing queue raised"). If the path itself gets longer, the base stays low and
-// losses count as they would for Cubic: slower under random loss, never unfair.
-
 /// Share of the recent bytes lost above which losses count as congestion even without a
 /// queue in the RTT.
 pub const LOSS_SHARE_LIMIT: f64 = 0.05;
@@ -78,6 +68,16 @@ pub struct LossJudge {
     /// Smoothed RTT at the last acknowledgement.
     smoothed_rtt: Duration,
     /// The path's base RTT: the lowest smoothed RTT so far (`None` before the first).
+    ///
+    /// Not noq's minimum (the lowest raw sample ever): one raw sample below the path's real
+    /// RTT (seen on the emulated 30 ms link: 22 ms) made every later loss look like a
+    /// queue's, and the window collapsed for good; it moves the smoothed RTT by an eighth
+    /// only. Nor the lowest smoothed RTT of a recent window (5-10 s until 2026-11-30): a
+    /// queue that another flow keeps standing for longer than the window became part of the
+    /// base, and sharing a bottleneck with TCP Cubic the controller took its losses for
+    /// random and kept 63-74 % of the link (docs/BENCHMARKS.md, "A base RTT that a standing
+    /// queue raised"). If the path itself gets longer, the base stays low and losses count
+    /// as they would for Cubic: slower under random loss, never unfair.
     base_rtt: Option<Duration>,
     /// noq's minimum RTT (the lowest sample ever), for the log only.
     min_rtt: Duration,
