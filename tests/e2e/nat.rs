@@ -348,8 +348,9 @@ fn killing_the_relay_leaves_direct_connections_up() {
     net.relay().kill();
     let relay_addr = SocketAddr::from((RELAY_IP, HTTP_PORT));
     let ns = net.bed.a.ns.path().to_path_buf();
-    // Not one look: the relay's listening socket is closed when `kill` returns, but a child
-    // that another test forks at that moment holds a copy of it until its exec.
+    // Not one look: one look right after `kill` once found the relay answering in CI. The
+    // likeliest cause is a child forked by a test running in parallel, which holds a copy of
+    // the listening socket until its exec.
     wait_until(
         &format!("the killed relay at {relay_addr} stops answering"),
         Duration::from_secs(5),
