@@ -173,7 +173,10 @@ impl Team {
                 &SocketAddr::new(node.ip, node.port).to_string(),
             ])
             .args(["mesh", "join", TOPIC, "--team"])
-            .arg(&self.file);
+            .arg(&self.file)
+            // The pushes and the membership runs use no cache, and every node of a team on
+            // one machine would try the same default address and warn.
+            .arg("--no-cache");
         match share {
             Some(socket) => command.arg("--share").arg("--daemon-socket").arg(socket),
             None => command.arg("--no-share"),
