@@ -151,6 +151,45 @@ fn write_secret(path: &Path, text: &str, mode: u32) {
     file.write_all(text.as_bytes()).expect("write secret");
 }
 
+/// Gives `path` the access ACL systemd 256 and later give a credential (acl(5)): owner read,
+/// `user` read, nothing for the group and others; its mode then shows 0440.
+fn set_credential_acl(path: &Path, user: u32) {
+    let none = u32::MAX.to_le_bytes();
+    let mut xattr = 2u32.to_le_bytes().to_vec();
+    // (tag, permission, id): USER_OBJ, USER, GROUP_OBJ, MASK, OTHER.
+    for (tag, perm, id) in [
+        (0x01u16, 4u16, none),
+        (0x02, 4, user.to_le_bytes()),
+        (0x04, 0, none),
+        (0x10, 4, none),
+        (0x20, 0, none),
+    ] {
+        xattr.extend(tag.to_le_bytes());
+        xattr.extend(perm.to_le_bytes());
+        xattr.extend(id);
+    }
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: NUL-terminated path and name, a buffer we own with its length.
+    let set = unsafe {
+        libc::setxattr(
+            c_path.as_ptr(),
+            c"system.posix_acl_access".as_ptr(),
+            xattr.as_ptr().cast(),
+            xattr.len(),
+            0,
+        )
+    };
+    assert_eq!(
+        set,
+        0,
+        "setting an ACL on {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    let mode = fs::metadata(path).expect("stat").mode() & 0o777;
+    assert_eq!(mode, 0o440, "the ACL's mask shows as group bits");
+}
+
 #[test]
 fn the_team_secret_comes_from_a_systemd_credential_or_an_absolute_path() {
     let alice = MeshPeer::new("alice");
@@ -162,9 +201,13 @@ fn the_team_secret_comes_from_a_systemd_credential_or_an_absolute_path() {
     spec.secret_env = Some("N2P_E2E_SECRET_NOBODY_SETS".to_owned());
     let team_file = team.write("team.toml", &spec);
 
-    // What systemd's LoadCredential= makes: a directory with a 0400 file.
+    // What systemd's LoadCredential= makes: a directory with a 0400 file, which systemd 256
+    // and later (credentials on tmpfs) open to the unit's user through an ACL.
     let credentials = ScratchDir::new("credentials");
     write_secret(&credentials.join("n2p-team"), team.secret(), 0o400);
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    set_credential_acl(&credentials.join("n2p-team"), me);
     let mut command = alice.join_command(&team_file);
     command
         .args(["--name", "alice", "--secret-credential", "n2p-team"])
@@ -190,6 +233,24 @@ fn the_team_secret_comes_from_a_systemd_credential_or_an_absolute_path() {
     let stderr = node.process.log_text();
     assert!(!status.success(), "{stderr}");
     assert!(stderr.contains("CREDENTIALS_DIRECTORY"), "{stderr}");
+
+    // A credential whose ACL also lets another user read it is refused, and says how to fix.
+    let dave = MeshPeer::new("dave");
+    let shared = ScratchDir::new("credentials");
+    write_secret(&shared.join("n2p-team"), team.secret(), 0o400);
+    set_credential_acl(&shared.join("n2p-team"), me.wrapping_add(1));
+    let mut command = dave.join_command(&team_file);
+    command
+        .args(["--secret-credential", "n2p-team"])
+        .env("CREDENTIALS_DIRECTORY", shared.path());
+    let mut node = dave.spawn(command);
+    let status = node.process.wait(Duration::from_secs(10));
+    let stderr = node.process.log_text();
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("readable by other users (mode 440); fix it with: chmod 600"),
+        "{stderr}"
+    );
 }
 
 #[test]

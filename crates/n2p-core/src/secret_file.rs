@@ -29,6 +29,11 @@
 //!   apply to the file actually opened, a link to a file others may read is still refused.
 //! - Group and others must have no permission bits at all (`mode & 0o077 == 0`); the error
 //!   says how to fix it (`chmod 600 <path>`).
+//! - Except through a POSIX ACL (Linux) that grants only this process's user: systemd 256
+//!   and later hand a unit its credentials (`LoadCredential=`) as a root-owned 0400 file
+//!   plus an ACL entry for the unit's user, which shows as mode 0440 (the group bits are the
+//!   ACL's mask). Such a file is read; one whose ACL lets any other user or group in is
+//!   refused like a 0440 file, and `chmod 600` fixes it too (it clears the mask).
 //! - Only regular files are read: a directory, device or pipe is refused by name, and the
 //!   open uses `O_NONBLOCK` so that a pipe cannot hang the node before it is refused.
 //! - The owner is not checked. With no group or other bits, a process can only read a file it
@@ -132,7 +137,7 @@ pub fn read_secret_file(path: &Path, limit: usize) -> Result<Zeroizing<Vec<u8>>,
         });
     }
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
+    if mode & 0o077 != 0 && !acl::only_owner_and_me(&file) {
         return Err(SecretFileError::TooOpen {
             path: path.to_owned(),
             mode,
@@ -174,6 +179,161 @@ pub fn create_secret_file(path: &Path, contents: &[u8]) -> Result<(), SecretFile
         path: path.to_owned(),
         source,
     })
+}
+
+/// Who an access ACL lets in (Linux's `system.posix_acl_access`, see acl(5)).
+mod acl {
+    use std::fs::File;
+
+    /// Whether `file` has an access ACL that gives no permission to anyone but its owner
+    /// and this process's effective user. False without an ACL, or with one that cannot be
+    /// read or parsed: then the mode bits alone decide.
+    #[cfg(target_os = "linux")]
+    pub(super) fn only_owner_and_me(file: &File) -> bool {
+        use std::os::fd::AsRawFd;
+
+        let mut buf = [0u8; 4 + 8 * 32];
+        // SAFETY: the name is NUL-terminated, the buffer is ours and its length is passed;
+        // the descriptor is open for the duration of the call.
+        let len = unsafe {
+            libc::fgetxattr(
+                file.as_raw_fd(),
+                c"system.posix_acl_access".as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        let Ok(len) = usize::try_from(len) else {
+            return false;
+        };
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        admits_only(&buf[..len], me)
+    }
+
+    /// Elsewhere the mode bits alone decide.
+    #[cfg(not(target_os = "linux"))]
+    pub(super) fn only_owner_and_me(_file: &File) -> bool {
+        false
+    }
+
+    const VERSION: u32 = 2;
+    const USER_OBJ: u16 = 0x01;
+    const USER: u16 = 0x02;
+    const GROUP_OBJ: u16 = 0x04;
+    const GROUP: u16 = 0x08;
+    const MASK: u16 = 0x10;
+    const OTHER: u16 = 0x20;
+
+    /// Whether the ACL in `xattr` (a version 2 header, then 8-byte entries of tag, permission
+    /// and id, little-endian) grants nothing to the owning group, to named groups, to others,
+    /// or to named users other than `me`. Entries the mask limits count only through it.
+    /// False for anything malformed.
+    pub(super) fn admits_only(xattr: &[u8], me: u32) -> bool {
+        let Some((header, entries)) = xattr.split_first_chunk::<4>() else {
+            return false;
+        };
+        if u32::from_le_bytes(*header) != VERSION || entries.is_empty() || entries.len() % 8 != 0 {
+            return false;
+        }
+        let entries: Vec<(u16, u16, u32)> = entries
+            .chunks_exact(8)
+            .map(|e| {
+                (
+                    u16::from_le_bytes([e[0], e[1]]),
+                    u16::from_le_bytes([e[2], e[3]]),
+                    u32::from_le_bytes([e[4], e[5], e[6], e[7]]),
+                )
+            })
+            .collect();
+        // Without a mask entry (a minimal ACL) nothing is limited.
+        let mask = entries
+            .iter()
+            .find(|(tag, ..)| *tag == MASK)
+            .map_or(0o7, |(_, perm, _)| *perm);
+        entries.iter().all(|&(tag, perm, id)| match tag {
+            USER_OBJ | MASK => true,
+            USER => id == me || perm & mask == 0,
+            GROUP_OBJ | GROUP => perm & mask == 0,
+            OTHER => perm == 0,
+            _ => false,
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+            let mut out = VERSION.to_le_bytes().to_vec();
+            for (tag, perm, id) in entries {
+                out.extend(tag.to_le_bytes());
+                out.extend(perm.to_le_bytes());
+                out.extend(id.to_le_bytes());
+            }
+            out
+        }
+
+        const NONE: u32 = u32::MAX;
+
+        #[test]
+        fn a_systemd_credential_acl_for_me_admits_only_me() {
+            // What systemd 256+ sets on a credential: root's 0400 file plus the unit's user.
+            let credential = [
+                (USER_OBJ, 4, NONE),
+                (USER, 4, 981),
+                (GROUP_OBJ, 0, NONE),
+                (MASK, 4, NONE),
+                (OTHER, 0, NONE),
+            ];
+            // Read by a real node: e2e
+            // `service::the_team_secret_comes_from_a_systemd_credential_or_an_absolute_path`.
+            assert!(admits_only(&acl(&credential), 981));
+            assert!(
+                !admits_only(&acl(&credential), 982),
+                "another user is named"
+            );
+        }
+
+        #[test]
+        fn anyone_else_the_acl_lets_in_refuses_it() {
+            let base = [(USER_OBJ, 6, NONE), (MASK, 4, NONE), (OTHER, 0, NONE)];
+            let with = |extra: (u16, u16, u32)| {
+                let mut entries = base.to_vec();
+                entries.push(extra);
+                acl(&entries)
+            };
+            assert!(!admits_only(&with((GROUP_OBJ, 4, NONE)), 7), "owning group");
+            assert!(!admits_only(&with((GROUP, 4, 100)), 7), "named group");
+            assert!(!admits_only(&with((USER, 4, 8)), 7), "another user");
+            assert!(admits_only(&with((GROUP_OBJ, 0, NONE)), 7));
+            // The mask limits named entries: a named group with read under a mask of none.
+            let masked = acl(&[
+                (USER_OBJ, 6, NONE),
+                (GROUP, 4, 100),
+                (GROUP_OBJ, 0, NONE),
+                (MASK, 0, NONE),
+                (OTHER, 0, NONE),
+            ]);
+            assert!(admits_only(&masked, 7));
+            let others = acl(&[(USER_OBJ, 6, NONE), (GROUP_OBJ, 0, NONE), (OTHER, 4, NONE)]);
+            assert!(!admits_only(&others, 7), "others, never masked");
+        }
+
+        #[test]
+        fn malformed_acls_are_not_trusted() {
+            let good = acl(&[(USER_OBJ, 4, NONE), (GROUP_OBJ, 0, NONE), (OTHER, 0, NONE)]);
+            assert!(admits_only(&good, 0));
+            assert!(!admits_only(&good[..good.len() - 1], 0), "cut short");
+            assert!(!admits_only(&good[..4], 0), "no entries");
+            assert!(!admits_only(&[], 0), "empty");
+            let mut v1 = good.clone();
+            v1[0] = 1;
+            assert!(!admits_only(&v1, 0), "another version");
+            let unknown = acl(&[(USER_OBJ, 4, NONE), (0x40, 0, NONE)]);
+            assert!(!admits_only(&unknown, 0), "an unknown tag");
+        }
+    }
 }
 
 #[cfg(test)]
