@@ -151,7 +151,7 @@ fn write_secret(path: &Path, text: &str, mode: u32) {
     file.write_all(text.as_bytes()).expect("write secret");
 }
 
-/// Gives `path` the access ACL systemd 256 and later give a credential (acl(5)): owner read,
+/// Gives `path` the access ACL systemd gives a credential on a tmpfs (acl(5)): owner read,
 /// `user` read, nothing for the group and others; its mode then shows 0440.
 fn set_credential_acl(path: &Path, user: u32) {
     let none = u32::MAX.to_le_bytes();
@@ -201,8 +201,8 @@ fn the_team_secret_comes_from_a_systemd_credential_or_an_absolute_path() {
     spec.secret_env = Some("N2P_E2E_SECRET_NOBODY_SETS".to_owned());
     let team_file = team.write("team.toml", &spec);
 
-    // What systemd's LoadCredential= makes: a directory with a 0400 file, which systemd 256
-    // and later (credentials on tmpfs) open to the unit's user through an ACL.
+    // What systemd's LoadCredential= makes: a directory with a 0400 file, which systemd opens
+    // to the unit's user through an ACL where the credentials' file system has ACLs (tmpfs).
     let credentials = ScratchDir::new("credentials");
     write_secret(&credentials.join("n2p-team"), team.secret(), 0o400);
     // SAFETY: geteuid has no preconditions and cannot fail.

@@ -29,9 +29,10 @@
 //!   apply to the file actually opened, a link to a file others may read is still refused.
 //! - Group and others must have no permission bits at all (`mode & 0o077 == 0`); the error
 //!   says how to fix it (`chmod 600 <path>`).
-//! - Except through a POSIX ACL (Linux) that grants only this process's user: systemd 256
-//!   and later hand a unit its credentials (`LoadCredential=`) as a root-owned 0400 file
-//!   plus an ACL entry for the unit's user, which shows as mode 0440 (the group bits are the
+//! - Except through a POSIX ACL (Linux) that grants only this process's user: systemd hands
+//!   a unit its credentials (`LoadCredential=`) as a root-owned 0400 file plus an ACL entry
+//!   for the unit's user wherever the credentials' file system has ACLs (a tmpfs; on ramfs
+//!   it changes the owner instead), which shows as mode 0440 (the group bits are the
 //!   ACL's mask). Such a file is read; one whose ACL lets any other user or group in is
 //!   refused like a 0440 file, and `chmod 600` fixes it too (it clears the mask).
 //! - Only regular files are read: a directory, device or pipe is refused by name, and the
@@ -278,7 +279,7 @@ mod acl {
 
         #[test]
         fn a_systemd_credential_acl_for_me_admits_only_me() {
-            // What systemd 256+ sets on a credential: root's 0400 file plus the unit's user.
+            // What systemd sets on a credential on a tmpfs: root's 0400 file plus the unit's user.
             let credential = [
                 (USER_OBJ, 4, NONE),
                 (USER, 4, 981),
