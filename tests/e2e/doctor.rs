@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::Output;
 
 use n2p_testkit::dir::ScratchDir;
@@ -13,12 +14,18 @@ use n2p_testkit::proc::run_bounded;
 
 use crate::harness::mesh::{MeshPeer, TeamDir, TeamSpec};
 
-/// Runs `n2p doctor` in `home` with `args`; returns its output, printing it.
+/// Runs `n2p doctor` in `home` with relays disabled and `args`; returns its output, printing
+/// it.
 fn doctor(home: &TempHome, args: &[&str]) -> Output {
+    doctor_with_relay(home, "disabled", args)
+}
+
+/// Runs `n2p doctor --relay <relay>` in `home` with `args`; returns its output, printing it.
+fn doctor_with_relay(home: &TempHome, relay: &str, args: &[&str]) -> Output {
     let output = run_bounded(
         home.command()
             .arg("doctor")
-            .args(["--relay", "disabled"])
+            .args(["--relay", relay])
             .args(args),
         COMMAND_TIMEOUT,
         "n2p doctor",
@@ -183,6 +190,84 @@ fn doctor_fails_on_broken_setups_and_names_the_fix() {
     assert_eq!(output.status.code(), Some(1), "{text}");
     assert!(
         text.contains("FAIL  team:") && text.contains("bogus"),
+        "{text}"
+    );
+}
+
+#[test]
+fn doctor_finds_a_running_node_by_its_lock_and_warns_of_an_unreachable_relay() {
+    let test = "doctor_finds_a_running_node_by_its_lock_and_warns_of_an_unreachable_relay";
+    if !require_nix(test) {
+        return;
+    }
+    let daemon = NixDaemon::start();
+    let socket = daemon.socket_path().to_string_lossy().into_owned();
+    let peer = MeshPeer::new("alice");
+    let (_team, team_file) = team_for(&peer);
+    let args = [
+        "--team",
+        team_file.as_str(),
+        "--daemon-socket",
+        socket.as_str(),
+    ];
+
+    // A relay nobody answers: a warning that says offline is fine, not a failure.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let relay = format!("http://{}", closed.local_addr().expect("addr"));
+    drop(closed);
+    let output = doctor_with_relay(&peer.home, &relay, &args);
+    let text = stdout(&output);
+    assert!(
+        output.status.success(),
+        "a warning is not a failure:\n{text}"
+    );
+    assert!(
+        text.contains("warn  relay: none of http://127.0.0.1:") && text.contains("(offline?)"),
+        "{text}"
+    );
+    assert!(text.contains("fix: fine on a LAN or offline"), "{text}");
+    // The store directory and the clock, on this sane machine.
+    assert!(text.contains("ok    store: /nix/store is here"), "{text}");
+    assert!(text.contains("ok    clock: plausible"), "{text}");
+    assert!(
+        text.contains("ok    node: none running on this home"),
+        "{text}"
+    );
+
+    // A node on this home with its control socket elsewhere (as the system unit has it):
+    // found by the home's lock, and doctor says where to ask.
+    let scratch = ScratchDir::new("doctor-node");
+    let control = scratch.join("control.sock").to_string_lossy().into_owned();
+    let node = peer.join(Path::new(&team_file), &["--control-socket", &control]);
+    node.wait_until_joined();
+    let pid = node.process.pid();
+    let output = doctor(&peer.home, &args);
+    let text = stdout(&output);
+    assert!(
+        output.status.success(),
+        "a warning is not a failure:\n{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "warn  node: a node (pid {pid}) runs on this home but does not answer at"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("fix: give doctor the node's own --control-socket"),
+        "{text}"
+    );
+
+    // Asked at its own control socket, it answers.
+    let mut with_control = args.to_vec();
+    with_control.extend(["--control-socket", control.as_str()]);
+    let output = doctor(&peer.home, &with_control);
+    let text = stdout(&output);
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.contains(&format!(
+            "ok    node: running as alice in topic 'e2e', 0 live peer(s) (pid {pid})"
+        )),
         "{text}"
     );
 }

@@ -155,6 +155,16 @@ impl N2pHome {
         Ok(NodeLock { _file: file })
     }
 
+    /// The process holding the lock of kind `what` (see [`N2pHome::lock`]), if any, read from
+    /// Linux's `/proc/locks` without touching the lock: a probe that took it, even shared and
+    /// briefly, could make a node starting at that moment fail. `None` when the lock file is
+    /// missing, nobody holds it, or (elsewhere than Linux) it cannot be told.
+    pub fn lock_holder(&self, what: &str) -> Option<u32> {
+        let meta = fs::metadata(self.root.join(format!("{what}.lock"))).ok()?;
+        let locks = fs::read_to_string("/proc/locks").ok()?;
+        flock_holder(&locks, meta.dev(), meta.ino())
+    }
+
     /// Creates the home directory (mode 0700) if it is missing.
     pub fn ensure(&self) -> Result<&Path, HomeError> {
         ensure_private_dir(&self.root)?;
@@ -166,6 +176,29 @@ impl N2pHome {
         self.ensure()?;
         ensure_private_dir(sub)
     }
+}
+
+/// The pid holding an exclusive flock on the file `dev`/`ino`, from the text of
+/// `/proc/locks` (lines like `1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF`, the device
+/// as hex major and minor). Blocked requests (`->` lines) hold nothing.
+fn flock_holder(locks: &str, dev: u64, ino: u64) -> Option<u32> {
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [_, "FLOCK", _, "WRITE", pid, file, ..] = fields.as_slice() else {
+            return None;
+        };
+        let mut parts = file.split(':');
+        let (Some(maj), Some(min), Some(inode), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let matches = u32::from_str_radix(maj, 16).ok()? == major
+            && u32::from_str_radix(min, 16).ok()? == minor
+            && inode.parse::<u64>().ok()? == ino;
+        if matches { pid.parse().ok() } else { None }
+    })
 }
 
 /// Held while a node runs; see [`N2pHome::lock`].
@@ -289,6 +322,32 @@ pub fn ensure_group_dir(dir: &Path, gid: u32) -> Result<(), HomeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lock_holder_is_read_from_proc_locks_without_taking_the_lock() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let home = N2pHome::new(tmp.path().join("h"));
+        assert_eq!(home.lock_holder("node"), None, "no lock file yet");
+        let lock = home.lock("node").expect("lock");
+        assert_eq!(home.lock_holder("node"), Some(std::process::id()));
+        // Reading it took nothing: the lock is still ours and cannot be taken twice.
+        assert!(matches!(home.lock("node"), Err(LockError::Held { .. })));
+        drop(lock);
+        assert_eq!(home.lock_holder("node"), None, "released");
+    }
+
+    #[test]
+    fn proc_locks_lines_are_matched_by_device_and_inode() {
+        let dev = libc::makedev(0xfd, 0x01);
+        let locks = "1: POSIX  ADVISORY  WRITE 11 fd:01:77 0 EOF\n\
+                     2: FLOCK  ADVISORY  READ 12 fd:01:77 0 EOF\n\
+                     3: FLOCK  ADVISORY  WRITE 13 fd:02:77 0 EOF\n\
+                     3: -> FLOCK  ADVISORY  WRITE 14 fd:01:77 0 EOF\n\
+                     4: FLOCK  ADVISORY  WRITE 15 fd:01:77 0 EOF\n";
+        assert_eq!(flock_holder(locks, dev, 77), Some(15));
+        assert_eq!(flock_holder(locks, dev, 78), None);
+        assert_eq!(flock_holder("garbage\n5: FLOCK x WRITE y z", dev, 77), None);
+    }
 
     #[test]
     fn creates_private_dirs_and_refuses_open_ones_untouched() {

@@ -106,7 +106,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: DoctorArgs) -> anyhow::Result
         .clone()
         .or(personal.peers_group.clone());
     check_peers_dir(&mut report, &peers_dir, group.as_deref());
-    check_running_node(&mut report, &setup::control_socket(global, &home)).await;
+    check_running_node(&mut report, &home, &setup::control_socket(global, &home)).await;
 
     let mut failed = 0;
     for finding in &report.0 {
@@ -466,21 +466,39 @@ fn check_peers_dir(report: &mut Report, dir: &Path, group: Option<&str>) {
     }
 }
 
-async fn check_running_node(report: &mut Report, control: &Path) {
-    match control::ask::<n2p_mesh::status::MeshStatus>(control, "status").await {
-        Ok(status) => report.ok(
+/// Whether a node runs on this home: one holding its lock (`/proc/locks`, which nobody can
+/// fake and which a node using another control socket still shows) and what the control
+/// socket says. A lock held by a node that does not answer here is a warning: this doctor
+/// looks at another control socket than the node uses.
+async fn check_running_node(report: &mut Report, home: &N2pHome, control: &Path) {
+    let holder = home.lock_holder("node");
+    let answer = control::ask::<n2p_mesh::status::MeshStatus>(control, "status").await;
+    match (answer, holder) {
+        (Ok(status), _) => report.ok(
             "node",
             format!(
-                "running as {} in topic '{}', {} live peer(s)",
+                "running as {} in topic '{}', {} live peer(s){}",
                 status.name,
                 status.topic,
-                status.peers.len()
+                status.peers.len(),
+                holder.map_or(String::new(), |pid| format!(" (pid {pid})"))
             ),
         ),
-        Err(_) => report.ok(
+        (Err(_), Some(pid)) => report.warn(
             "node",
             format!(
-                "no mesh node answers at {} (none running here)",
+                "a node (pid {pid}) runs on this home but does not answer at {}",
+                control.display()
+            ),
+            format!(
+                "give doctor the node's own --control-socket (the system unit's is /run/n2p/control.sock); a second node on {} would be refused",
+                home.root().display()
+            ),
+        ),
+        (Err(_), None) => report.ok(
+            "node",
+            format!(
+                "none running on this home (nothing holds its lock, nothing answers at {})",
                 control.display()
             ),
         ),
