@@ -60,24 +60,38 @@ fn a_group_shared_peers_dir_holds_0660_sockets_in_a_0750_dir() {
             &control_arg,
         ],
     );
+    // Bob has the same from his personal config.toml instead of flags.
+    let bob_shared = ScratchDir::new("run-n2p");
+    let bob_peers = bob_shared.join("peers");
+    fs::write(
+        bob.home.path().join("config.toml"),
+        format!(
+            "peers_dir = {:?}\npeers_group = {gid:?}\n",
+            bob_peers.to_string_lossy()
+        ),
+    )
+    .expect("write bob's config.toml");
     let _bob_node = bob.join(&team_file, &[]);
     alice_node.wait_until_joined();
-    n2p_testkit::wait::wait_until(
-        "bob.sock in the shared peers dir",
-        CONVERGENCE_TIMEOUT,
-        || {
-            peers
-                .join("bob.sock")
-                .exists()
-                .then_some(())
-                .ok_or_else(|| "not yet".to_owned())
-        },
-    );
+    for socket in [peers.join("bob.sock"), bob_peers.join("alice.sock")] {
+        n2p_testkit::wait::wait_until(
+            &format!("{} in a shared peers dir", socket.display()),
+            CONVERGENCE_TIMEOUT,
+            || {
+                socket
+                    .exists()
+                    .then_some(())
+                    .ok_or_else(|| "not yet".to_owned())
+            },
+        );
+    }
 
     for (path, mode) in [
         (peers.clone(), 0o750),
         (peers.join("bob.sock"), 0o660),
         (control.clone(), 0o660),
+        (bob_peers.clone(), 0o750),
+        (bob_peers.join("alice.sock"), 0o660),
     ] {
         assert_eq!(mode_of(&path), mode, "mode of {}", path.display());
         let found = fs::metadata(&path).expect("metadata").gid();
@@ -101,6 +115,7 @@ fn a_group_shared_peers_dir_holds_0660_sockets_in_a_0750_dir() {
 
     // Nothing of this lands in the home; the private default is untouched there.
     assert!(!alice.peers_dir().exists(), "alice's home got a peers dir");
+    assert!(!bob.peers_dir().exists(), "bob's home got a peers dir");
     assert!(!alice.home.home().control_socket_path().exists());
 
     // `n2p status` reaches the node through the shared control socket.
