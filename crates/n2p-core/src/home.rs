@@ -160,6 +160,9 @@ impl N2pHome {
     /// briefly, could make a node starting at that moment fail. `None` when the lock file is
     /// missing, nobody holds it, or (elsewhere than Linux) it cannot be told.
     pub fn lock_holder(&self, what: &str) -> Option<u32> {
+        if !cfg!(target_os = "linux") {
+            return None;
+        }
         let meta = fs::metadata(self.root.join(format!("{what}.lock"))).ok()?;
         let locks = fs::read_to_string("/proc/locks").ok()?;
         flock_holder(&locks, meta.dev(), meta.ino())
@@ -182,7 +185,9 @@ impl N2pHome {
 /// `/proc/locks` (lines like `1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF`, the device
 /// as hex major and minor). Blocked requests (`->` lines) hold nothing.
 fn flock_holder(locks: &str, dev: u64, ino: u64) -> Option<u32> {
-    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    // Split as Linux's MAJOR and MINOR macros do (libc's differ in type between systems).
+    let major = ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0000_0fff);
+    let minor = ((dev >> 12) & 0xffff_ff00) | (dev & 0x0000_00ff);
     locks.lines().find_map(|line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
         let [_, "FLOCK", _, "WRITE", pid, file, ..] = fields.as_slice() else {
@@ -194,8 +199,8 @@ fn flock_holder(locks: &str, dev: u64, ino: u64) -> Option<u32> {
         else {
             return None;
         };
-        let matches = u32::from_str_radix(maj, 16).ok()? == major
-            && u32::from_str_radix(min, 16).ok()? == minor
+        let matches = u64::from_str_radix(maj, 16).ok()? == major
+            && u64::from_str_radix(min, 16).ok()? == minor
             && inode.parse::<u64>().ok()? == ino;
         if matches { pid.parse().ok() } else { None }
     })
@@ -338,7 +343,19 @@ mod tests {
 
     #[test]
     fn proc_locks_lines_are_matched_by_device_and_inode() {
-        let dev = libc::makedev(0xfd, 0x01);
+        // Linux's makedev, as glibc and the kernel lay a device number out.
+        let makedev = |major: u64, minor: u64| {
+            ((major & 0xffff_f000) << 32)
+                | ((major & 0xfff) << 8)
+                | ((minor & 0xffff_ff00) << 12)
+                | (minor & 0xff)
+        };
+        #[cfg(target_os = "linux")]
+        assert_eq!(
+            makedev(0x1_2345, 0x67_89ab),
+            libc::makedev(0x1_2345, 0x67_89ab)
+        );
+        let dev = makedev(0xfd, 0x01);
         let locks = "1: POSIX  ADVISORY  WRITE 11 fd:01:77 0 EOF\n\
                      2: FLOCK  ADVISORY  READ 12 fd:01:77 0 EOF\n\
                      3: FLOCK  ADVISORY  WRITE 13 fd:02:77 0 EOF\n\
@@ -347,6 +364,9 @@ mod tests {
         assert_eq!(flock_holder(locks, dev, 77), Some(15));
         assert_eq!(flock_holder(locks, dev, 78), None);
         assert_eq!(flock_holder("garbage\n5: FLOCK x WRITE y z", dev, 77), None);
+        let wide = makedev(0x1_2345, 0x67_89ab);
+        let line = "1: FLOCK  ADVISORY  WRITE 16 12345:6789ab:9 0 EOF";
+        assert_eq!(flock_holder(line, wide, 9), Some(16));
     }
 
     #[test]

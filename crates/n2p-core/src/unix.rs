@@ -149,27 +149,74 @@ pub fn bind_listener(
 /// Creates a listening socket at `path` whose file is 0600 from the moment it exists: the
 /// socket's inode is made owner-only (`fchmod`) before `bind` creates the file, which
 /// Linux then creates with that mode (minus the umask), never the umask's looser default.
+#[cfg(target_os = "linux")]
 fn bind_owner_only(path: &Path) -> io::Result<UnixListener> {
-    use std::os::{
-        fd::{FromRawFd, OwnedFd},
-        unix::ffi::OsStrExt,
-    };
-    // SAFETY: plain system calls on a descriptor we create and own; the address struct is
-    // zeroed, then filled within its bounds (the path length was checked against it).
-    unsafe {
-        let fd = libc::socket(
+    // SAFETY: plain system calls on a descriptor we create and own.
+    let fd = unsafe {
+        libc::socket(
             libc::AF_UNIX,
             libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
             0,
-        );
-        if fd < 0 {
+        )
+    };
+    let fd = owned(fd)?;
+    // SAFETY: fchmod on a descriptor we own.
+    if unsafe { libc::fchmod(std::os::fd::AsRawFd::as_raw_fd(&fd), 0o600) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    bind_and_listen(fd, path, |_| Ok(()))
+}
+
+/// Elsewhere (macOS: no `SOCK_CLOEXEC`, and `fchmod` on a socket fails with EINVAL) the file
+/// is made 0600 by path after `bind` and before `listen`: nobody can connect to a socket
+/// that does not listen yet, and the directory it is in is n2p's own (0700, or 0750 for the
+/// peers group), so nobody else can swap the path in between.
+#[cfg(not(target_os = "linux"))]
+fn bind_owner_only(path: &Path) -> io::Result<UnixListener> {
+    bind_then_chmod(path)
+}
+
+/// [`bind_owner_only`] of systems other than Linux; compiled on Linux for its test.
+#[cfg(any(test, not(target_os = "linux")))]
+fn bind_then_chmod(path: &Path) -> io::Result<UnixListener> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain system calls on a descriptor we create and own.
+    let fd = owned(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) })?;
+    let raw = fd.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own, with flag arguments only.
+    unsafe {
+        if libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) != 0
+            || libc::fcntl(raw, libc::F_SETFL, libc::O_NONBLOCK) != 0
+        {
             return Err(io::Error::last_os_error());
         }
-        let fd = OwnedFd::from_raw_fd(fd);
-        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-        if libc::fchmod(raw, 0o600) != 0 {
-            return Err(io::Error::last_os_error());
-        }
+    }
+    bind_and_listen(fd, path, |path| {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+    })
+}
+
+/// `fd` (the result of `socket`) as an owned descriptor, or the error it stands for.
+fn owned(fd: libc::c_int) -> io::Result<std::os::fd::OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor socket() just returned, owned by nobody else.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+}
+
+/// Binds the socket `fd` to `path`, runs `between` on the path, then listens; the file is
+/// removed again if `between` or `listen` fails.
+fn bind_and_listen(
+    fd: std::os::fd::OwnedFd,
+    path: &Path,
+    between: impl FnOnce(&Path) -> io::Result<()>,
+) -> io::Result<UnixListener> {
+    use std::os::{fd::AsRawFd, unix::ffi::OsStrExt};
+    let raw = fd.as_raw_fd();
+    // SAFETY: the address struct is zeroed, then filled within its bounds (the path length
+    // is checked against it); bind and listen act on a descriptor we own.
+    unsafe {
         let mut addr: libc::sockaddr_un = std::mem::zeroed();
         addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
         let bytes = path.as_os_str().as_bytes();
@@ -186,13 +233,17 @@ fn bind_owner_only(path: &Path) -> io::Result<UnixListener> {
         if libc::bind(raw, (&raw const addr).cast(), len as libc::socklen_t) != 0 {
             return Err(io::Error::last_os_error());
         }
+        if let Err(err) = between(path) {
+            fs::remove_file(path).ok();
+            return Err(err);
+        }
         if libc::listen(raw, 1024) != 0 {
             let err = io::Error::last_os_error();
             fs::remove_file(path).ok();
             return Err(err);
         }
-        UnixListener::from_std(std::os::unix::net::UnixListener::from(fd))
     }
+    UnixListener::from_std(std::os::unix::net::UnixListener::from(fd))
 }
 
 /// Removes `path` if it is a socket nobody listens on; errors if it is live, not a socket,
@@ -320,6 +371,39 @@ mod tests {
         // It accepts connections.
         let _client = tokio::net::UnixStream::connect(&path).await?;
         let _accepted = listener.accept().await?;
+        Ok(())
+    }
+
+    /// The way other systems bind (chmod by path between bind and listen), run here: 0600,
+    /// close-on-exec, non-blocking, and it accepts; a failed chmod leaves no file behind.
+    #[tokio::test]
+    async fn the_bind_of_other_systems_is_owner_only_and_cleans_up()
+    -> Result<(), Box<dyn std::error::Error>> {
+        use std::os::fd::AsRawFd;
+        let tmp = tempfile::tempdir()?;
+        let path = tmp.path().join("portable.sock");
+        let listener = bind_then_chmod(&path)?;
+        assert_eq!(fs::metadata(&path)?.permissions().mode() & 0o777, 0o600);
+        let raw = listener.as_raw_fd();
+        // SAFETY: fcntl reads the flags of a descriptor the listener owns.
+        let (fd_flags, fl_flags) = unsafe {
+            (
+                libc::fcntl(raw, libc::F_GETFD),
+                libc::fcntl(raw, libc::F_GETFL),
+            )
+        };
+        assert_ne!(fd_flags & libc::FD_CLOEXEC, 0, "close-on-exec");
+        assert_ne!(fl_flags & libc::O_NONBLOCK, 0, "non-blocking");
+        let _client = tokio::net::UnixStream::connect(&path).await?;
+        let _accepted = listener.accept().await?;
+
+        let failing = tmp.path().join("failing.sock");
+        // SAFETY: socket() takes flag arguments only.
+        let fd = owned(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) })?;
+        let err = bind_and_listen(fd, &failing, |_| Err(io::Error::other("no chmod")))
+            .expect_err("between failed");
+        assert_eq!(err.to_string(), "no chmod");
+        assert!(!failing.exists(), "the bound file was left behind");
         Ok(())
     }
 
