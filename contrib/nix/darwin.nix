@@ -13,6 +13,11 @@
 let
   cfg = config.services.n2p;
   substitute = cfg.cache.enable && cfg.cache.substitute;
+  # The keys `substitute` trusts; null when neither the option nor evaluation has them.
+  cacheKeys = import ./cache-keys.nix {
+    inherit (cfg) teamFile;
+    inherit (cfg.cache) trustedPublicKeys;
+  };
   inherit (lib)
     mkOption
     mkIf
@@ -90,6 +95,15 @@ in
         assertion = cfg.allowTrustedDaemonAccess || !trustedAccess;
         message = "services.n2p: ${user} is a Nix trusted user; every peer could add unsigned paths. Remove it from nix.settings.trusted-users or set services.n2p.allowTrustedDaemonAccess = true.";
       }
+      {
+        assertion = substitute -> cacheKeys != null;
+        message = ''
+          services.n2p.cache.substitute needs the Nix keys to trust, and services.n2p.teamFile
+          (${toString cfg.teamFile}) is a string, so it is not read at evaluation. Set
+          services.n2p.cache.trustedPublicKeys (`n2p trust --team FILE` prints the team's keys;
+          [ ] for none), or give teamFile as a Nix path, or set services.n2p.cache.substitute = false.
+        '';
+      }
     ];
 
     environment.systemPackages = [ cfg.package ];
@@ -115,9 +129,7 @@ in
 
     # Substitution from the team through the facade; see the `cache.substitute` option.
     nix.settings.extra-substituters = lib.mkIf substitute [ "http://${cfg.cache.address}" ];
-    nix.settings.extra-trusted-public-keys = lib.mkIf substitute (
-      import ./team-keys.nix cfg.teamFile
-    );
+    nix.settings.extra-trusted-public-keys = lib.mkIf (substitute && cacheKeys != null) cacheKeys;
     nix.settings.narinfo-cache-negative-ttl = lib.mkIf substitute (lib.mkDefault 10);
 
     # The home is traversable (the peer sockets are below it); n2p creates state/ 0700 and

@@ -45,6 +45,11 @@ let
   };
 
   substitute = cfg.cache.enable && cfg.cache.substitute;
+  # The keys `substitute` trusts; null when neither the option nor evaluation has them.
+  cacheKeys = import ./cache-keys.nix {
+    inherit (cfg) teamFile;
+    inherit (cfg.cache) trustedPublicKeys;
+  };
 
   # Whether the daemon would treat the node's user as trusted: listed by name, through one of
   # its groups, or everyone.
@@ -68,6 +73,11 @@ in
         secret, so a file in the Nix store is fine. It is linked to /etc/n2p/team.toml, and
         a changed one is re-read by a reload (SIGHUP), without a restart: members added or
         removed take effect at once. A relative `secret_file` in it is relative to /etc/n2p.
+        A Nix path (`./n2p-team.toml`) is copied to the store, and its `nix_key`s are read
+        at evaluation for `cache.substitute`. A string names a file that exists at run
+        time (outside the store): it is linked as it is, never read at evaluation (so
+        `cache.substitute` needs `cache.trustedPublicKeys`), and a change to its content
+        takes `systemctl reload n2p`.
       '';
     };
 
@@ -117,6 +127,15 @@ in
         assertion = cfg.openFirewall -> cfg.port != null;
         message = "services.n2p.openFirewall needs services.n2p.port.";
       }
+      {
+        assertion = substitute -> cacheKeys != null;
+        message = ''
+          services.n2p.cache.substitute needs the Nix keys to trust, and services.n2p.teamFile
+          (${toString cfg.teamFile}) is a string, so it is not read at evaluation. Set
+          services.n2p.cache.trustedPublicKeys (`n2p trust --team FILE` prints the team's keys;
+          [ ] for none), or give teamFile as a Nix path, or set services.n2p.cache.substitute = false.
+        '';
+      }
     ];
 
     environment.systemPackages = [ cfg.package ];
@@ -142,7 +161,7 @@ in
 
     # Substitution from the team through the facade; see the `cache.substitute` option.
     nix.settings.extra-substituters = mkIf substitute [ "http://${cfg.cache.address}" ];
-    nix.settings.extra-trusted-public-keys = mkIf substitute (import ./team-keys.nix cfg.teamFile);
+    nix.settings.extra-trusted-public-keys = mkIf (substitute && cacheKeys != null) cacheKeys;
     nix.settings.narinfo-cache-negative-ttl = mkIf substitute (lib.mkDefault 10);
 
     networking.firewall.allowedUDPPorts = mkIf (cfg.openFirewall && cfg.port != null) [ cfg.port ];

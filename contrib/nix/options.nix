@@ -82,10 +82,26 @@ in
       type = types.bool;
       default = true;
       description = ''
-        Add the facade to `nix.settings.extra-substituters`, the team file's `nix_key`
-        entries to `extra-trusted-public-keys`, and lower `narinfo-cache-negative-ttl`
-        to 10 s (by default Nix remembers a miss for an hour: a path a teammate has just
-        built would stay unfetchable). This is what `n2p trust --team` prints, done for you.
+        Add the facade to `nix.settings.extra-substituters`, the team's Nix keys
+        (`cache.trustedPublicKeys`, by default the team file's `nix_key` entries) to
+        `extra-trusted-public-keys`, and lower `narinfo-cache-negative-ttl` to 10 s (by
+        default Nix remembers a miss for an hour: a path a teammate has just built would
+        stay unfetchable). This is what `n2p trust --team` prints, done for you.
+      '';
+    };
+
+    trustedPublicKeys = mkOption {
+      type = types.nullOr (types.listOf types.str);
+      default = null;
+      example = [ "alice-n2p-1:pqChU24MTchMY1Q9sSPkbKTqgvCgio4oj6N3MZ9Dwpg=" ];
+      description = ''
+        The Nix public keys (`name:base64`) that `cache.substitute` trusts. null: the
+        `nix_key` entries of `teamFile`, read at evaluation time, which is possible only
+        when `teamFile` is a Nix path (`./n2p-team.toml`) or a string with store context (a
+        derivation such as `pkgs.writeText`). A plain string, such as
+        "/var/lib/n2p/team.toml", is not read at evaluation: then give the keys here
+        (`n2p trust --team FILE` prints them), or the module refuses to evaluate while
+        `cache.substitute` is on.
       '';
     };
   };

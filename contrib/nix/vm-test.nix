@@ -1,7 +1,9 @@
 # Two NixOS machines in one team: `a` pushes a store path through /run/n2p/peers/b.sock into
-# b's nix-daemon, as a user of the peers group. Run with `nix build .#checks.x86_64-linux.vm`
-# (needs KVM). Each node's id exists only after its first start, so the test writes the team
-# file then and reloads the nodes (the reload path of a team file change).
+# b's nix-daemon, as a user of the peers group, and a user outside the group is refused. Run
+# with `nix build .#checks.x86_64-linux.vm` (needs KVM and nixpkgs; n2p's CI has neither and
+# does not run it). Each node's id exists only after its first start, so the test writes the
+# team file then, at run time (`teamFile` is a string, not read at evaluation), and reloads
+# the nodes (the reload path of a team file change).
 { self }:
 {
   name = "n2p-two-nodes";
@@ -18,6 +20,8 @@
         port = 7000;
         openFirewall = true;
         relay = "disabled";
+        # The team file is written at run time and lists no `nix_key`: no keys to trust.
+        cache.trustedPublicKeys = [ ];
       };
       # A test secret, so it may sit in the store.
       environment.etc."n2p-test/team.secret" = {
@@ -68,8 +72,11 @@
       b.succeed(f"nix-store --verify-path {path}")
       b.succeed(f"grep -q 'through n2p' {path}")
 
-      # Outside the group, the socket is closed.
+      # Outside the group, the socket is closed: /run/n2p/peers is 0750, group n2p-peers.
       a.succeed("useradd mallory")
-      a.fail(f"su mallory -c 'nix store ping --store unix:///run/n2p/peers/b.sock'")
+      refused = a.fail("su mallory -c 'nix store ping --store unix:///run/n2p/peers/b.sock' 2>&1")
+      # Nix says "cannot connect to socket at '/run/n2p/peers/b.sock': Permission denied"
+      # (its quoting of the path differs between versions).
+      assert "Permission denied" in refused and "b.sock" in refused, refused
     '';
 }
