@@ -410,13 +410,13 @@ fn sighup_admits_an_added_member_and_refuses_a_removed_one() {
 #[test]
 fn logs_carry_no_timestamps_when_journald_captures_stderr() {
     let home = n2p_testkit::n2p::TempHome::new(crate::harness::N2P);
-    let dir = ScratchDir::new("journal");
+    // stderr is a terminal, where n2p colours its logs unless journald captures them: the
+    // journal's stream is named by device and inode, here the terminal's own.
     let run = |journal: bool| -> String {
-        let log = dir.join(if journal { "journal.log" } else { "plain.log" });
-        let file = fs::File::create(&log).expect("log file");
-        let meta = file.metadata().expect("log metadata");
+        let (mut master, slave) = open_pty();
+        let meta = slave.metadata().expect("pty metadata");
         let mut command = home.command();
-        command.arg("rotate-secret").stderr(file);
+        command.arg("rotate-secret").stderr(slave);
         if journal {
             // What systemd sets: the device and inode of the stream it reads.
             command.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
@@ -425,20 +425,71 @@ fn logs_carry_no_timestamps_when_journald_captures_stderr() {
         }
         let status = command.status().expect("run n2p rotate-secret");
         assert!(status.success());
-        fs::read_to_string(&log).expect("read log")
+        drop(command);
+        // The terminal keeps what was written; reading past it ends with EIO.
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match std::io::Read::read(&mut master, &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
     };
     let plain = run(false);
     let journal = run(true);
-    eprintln!("plain: {plain}journal: {journal}");
+    eprintln!("plain: {plain:?}\njournal: {journal:?}");
     let line = |text: &str| {
         text.lines()
             .find(|l| l.contains("new access secret"))
             .unwrap_or_else(|| panic!("no log line in {text:?}"))
             .to_owned()
     };
-    assert!(line(&plain).starts_with("20"), "a timestamp first: {plain}");
+    assert!(
+        plain.contains('\u{1b}'),
+        "on a terminal, colours: {plain:?}"
+    );
+    // Without its colour codes (ESC [ ... m), the line starts with the year.
+    let uncoloured: String = line(&plain)
+        .split('\u{1b}')
+        .map(|part| {
+            part.strip_prefix('[')
+                .map_or(part, |p| &p[p.find('m').map_or(0, |m| m + 1)..])
+        })
+        .collect();
+    assert!(uncoloured.starts_with("20"), "a timestamp first: {plain}");
     assert!(line(&journal).trim_start().starts_with("INFO"), "{journal}");
     assert!(!journal.contains('\u{1b}'), "colour codes: {journal:?}");
+}
+
+/// A new pseudo-terminal: its master, and its slave opened as a file.
+fn open_pty() -> (fs::File, fs::File) {
+    let master = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open("/dev/ptmx")
+        .expect("open /dev/ptmx");
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&master);
+    let mut name = [0 as libc::c_char; 128];
+    // SAFETY: grantpt/unlockpt act on the master we own; ptsname_r writes at most the
+    // buffer's length, which is passed.
+    let slave_name = unsafe {
+        assert_eq!(libc::grantpt(fd), 0, "grantpt");
+        assert_eq!(libc::unlockpt(fd), 0, "unlockpt");
+        assert_eq!(libc::ptsname_r(fd, name.as_mut_ptr(), name.len()), 0);
+        std::ffi::CStr::from_ptr(name.as_ptr())
+            .to_string_lossy()
+            .into_owned()
+    };
+    let slave = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(&slave_name)
+        .unwrap_or_else(|e| panic!("open {slave_name}: {e}"));
+    (master, slave)
 }
 
 /// Runs `command` (a program and its arguments) as the local user `user` (the test runs as
