@@ -29,9 +29,11 @@ let
   logFile = "/var/log/n2p.log";
 
   args = import ./args.nix {
+    # Interpolated, so a Nix path is copied to the store and the daemon's plist refers to
+    # the copy (kept from garbage collection with the system); a string stays as it is.
+    teamFile = "${cfg.teamFile}";
     inherit (cfg)
       topic
-      teamFile
       secretFile
       name
       share
@@ -56,7 +58,17 @@ in
   options.services.n2p = import ./options.nix lib // {
     teamFile = mkOption {
       type = types.path;
-      description = "The team file (no secret in it; a store path is fine). Changing it restarts the daemon.";
+      example = lib.literalExpression "./n2p-team.toml";
+      description = ''
+        The team file (no secret in it). A Nix path (`./n2p-team.toml`) is copied to the
+        store, and its `nix_key`s are read at evaluation for `cache.substitute`; a relative
+        `secret_file` in it would then be relative to /nix/store, so give `secretFile` (or
+        an absolute `secret_file`). A string names a file that exists at run time: it is
+        passed as it is and not read at evaluation (so `cache.substitute` needs
+        `cache.trustedPublicKeys`). A changed `teamFile` restarts the daemon (its launchd
+        arguments change); a run-time file whose content changed is re-read with
+        `sudo launchctl kill HUP system/org.n2p.n2p`.
+      '';
     };
 
     secretFile = mkOption {
