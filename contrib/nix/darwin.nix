@@ -47,12 +47,23 @@ let
     controlSocket = "${home}/control.sock";
   };
 
+  # Whether the daemon would treat `_n2p` as trusted: listed by name, everyone, or through
+  # one of its groups as this configuration knows them (its primary group `peersGroup`, and
+  # every group that lists it in `members`).
+  userGroups = [
+    cfg.peersGroup
+  ]
+  ++ lib.attrNames (
+    lib.filterAttrs (_: group: lib.elem user (group.members or [ ])) config.users.groups
+  );
   trusted = config.nix.settings.trusted-users or [ ];
-  trustedAccess = lib.any (entry: lib.elem entry trusted) [
-    user
-    "@${cfg.peersGroup}"
-    "*"
-  ];
+  trustedAccess = lib.any (entry: lib.elem entry trusted) (
+    [
+      user
+      "*"
+    ]
+    ++ map (group: "@${group}") userGroups
+  );
 in
 {
   options.services.n2p = import ./options.nix lib // {

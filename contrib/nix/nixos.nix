@@ -51,17 +51,34 @@ let
     inherit (cfg.cache) trustedPublicKeys;
   };
 
-  # Whether the daemon would treat the node's user as trusted: listed by name, through one of
-  # its groups, or everyone.
+  # The node user's groups as this configuration knows them: its primary group and
+  # extraGroups, every group that lists it in `members`, and the peers group (the
+  # service's SupplementaryGroups). Groups from outside it (LDAP, say) are not seen here;
+  # `n2p doctor` asks the daemon itself.
+  userConfig = config.users.users.${cfg.user} or { };
+  userGroups = lib.filter (group: group != "") (
+    [
+      (userConfig.group or "")
+      cfg.peersGroup
+    ]
+    ++ userConfig.extraGroups or [ ]
+    ++ lib.attrNames (
+      lib.filterAttrs (_: group: lib.elem cfg.user group.members) config.users.groups
+    )
+  );
+
+  # Whether the daemon would treat the node's user as trusted: root, listed by name, through
+  # one of its groups, or everyone.
   trusted = config.nix.settings.trusted-users or [ ];
   trustedAccess =
     cfg.user == "root"
-    || lib.any (entry: lib.elem entry trusted) [
-      cfg.user
-      "@${cfg.user}"
-      "@${cfg.peersGroup}"
-      "*"
-    ];
+    || lib.any (entry: lib.elem entry trusted) (
+      [
+        cfg.user
+        "*"
+      ]
+      ++ map (group: "@${group}") userGroups
+    );
 in
 {
   options.services.n2p = import ./options.nix lib // {
@@ -114,8 +131,9 @@ in
       {
         assertion = cfg.allowTrustedDaemonAccess || !trustedAccess;
         message = ''
-          services.n2p: the user ${cfg.user} is root or a Nix trusted user (nix.settings.trusted-users),
-          so every peer of the team could add unsigned paths to this store. Run n2p as an
+          services.n2p: the user ${cfg.user} is root or a Nix trusted user: nix.settings.trusted-users
+          lists it, `*`, or one of its groups (${lib.concatStringsSep ", " userGroups}) as @group.
+          Every peer of the team could then add unsigned paths to this store. Run n2p as an
           untrusted user, or set services.n2p.allowTrustedDaemonAccess = true if that is meant.
         '';
       }
