@@ -10,7 +10,8 @@
   secretFile ? null,
   name ? null,
   share ? true,
-  # The UDP port to bind on all interfaces (null: a random port).
+  # The UDP port to bind on every IPv4 address; n2p takes one --bind, so the node then has
+  # no IPv6 socket (null: a random port, IPv4 and IPv6).
   port ? null,
   relay ? null,
   peersDir,
