@@ -493,7 +493,8 @@ fn open_pty() -> (fs::File, fs::File) {
 }
 
 /// Runs `command` (a program and its arguments) as the local user `user` (the test runs as
-/// root), with a scratch HOME; returns whether it succeeded and its stderr.
+/// root), with a scratch HOME; returns whether it succeeded and its output (stdout, then
+/// stderr).
 fn run_as(user: &str, home: &Path, command: &[&str]) -> (bool, String) {
     let output = n2p_testkit::proc::run_bounded(
         std::process::Command::new("runuser")
@@ -504,9 +505,13 @@ fn run_as(user: &str, home: &Path, command: &[&str]) -> (bool, String) {
         n2p_testkit::n2p::COMMAND_TIMEOUT,
         &format!("{command:?} as {user}"),
     );
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    eprintln!("{command:?} as {user}: {}\n{stderr}", output.status);
-    (output.status.success(), stderr)
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eprintln!("{command:?} as {user}: {}\n{text}", output.status);
+    (output.status.success(), text)
 }
 
 #[test]
@@ -589,6 +594,33 @@ fn members_of_the_peers_group_reach_the_daemon_and_the_node_and_others_do_not() 
         !ok,
         "a user outside the group reached bob's daemon:\n{stderr}"
     );
+    // Refused by the file system, not failing for some other reason.
+    assert!(stderr.contains("Permission denied"), "{stderr}");
     let (ok, stderr) = run_as("daemon", scratch_home.path(), &status);
     assert!(!ok, "a user outside the group reached the node:\n{stderr}");
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+
+    // `n2p doctor` tells a user outside the group that the peers dir is not for them.
+    let peers_arg = peers.to_string_lossy().into_owned();
+    let gid = test_group().to_string();
+    let doctor = [
+        n2p,
+        "doctor",
+        "--relay",
+        "disabled",
+        "--peers-dir",
+        peers_arg.as_str(),
+        "--peers-group",
+        gid.as_str(),
+    ];
+    let (ok, output) = run_as("daemon", scratch_home.path(), &doctor);
+    assert!(
+        !ok,
+        "doctor should fail for a user outside the group:\n{output}"
+    );
+    assert!(
+        output.contains("FAIL  peers group: this user is not a member of group")
+            && output.contains("usermod -aG"),
+        "{output}"
+    );
 }
