@@ -81,14 +81,17 @@
       devShells = forAllSystems (
         _system: pkgs: {
           default = pkgs.mkShell {
-            packages = with pkgs; [
-              cargo
-              rustc
-              clippy
-              rustfmt
-              nix
-              systemd
-            ];
+            packages =
+              with pkgs;
+              [
+                cargo
+                rustc
+                clippy
+                rustfmt
+                nix
+              ]
+              # systemd-analyze, for contrib/systemd/verify; systemd builds on Linux only.
+              ++ lib.optionals pkgs.stdenv.hostPlatform.isLinux [ systemd ];
           };
         }
       );
