@@ -132,14 +132,36 @@
               nix.settings.trusted-users = [ "n2p" ];
               services.n2p.allowTrustedDaemonAccess = true;
             };
+            # Trusted through a group the configuration gives the node's user.
+            trustedByGroup = machine {
+              users.users.n2p.extraGroups = [ "wheel" ];
+              nix.settings.trusted-users = [ "@wheel" ];
+            };
+            # A team file named by a string is not read at evaluation: substitution then
+            # needs the keys given.
+            runtimeTeam.services.n2p.teamFile = lib.mkForce "/var/lib/n2p/team.toml";
+            keysUnknown = machine runtimeTeam;
+            key = "alice-n2p-1:pqChU24MTchMY1Q9sSPkbKTqgvCgio4oj6N3MZ9Dwpg=";
+            keysGiven = machine {
+              imports = [ runtimeTeam ];
+              services.n2p.cache.trustedPublicKeys = [ key ];
+            };
             evaluates = m: (builtins.tryEval m.config.system.build.toplevel.drvPath).success;
+            # An assertion of the configuration fails, with `text` in its message.
+            refuses =
+              m: text: lib.any (a: !a.assertion && lib.hasInfix text a.message) m.config.assertions;
           in
           {
             # The module evaluates, and its unit is what the module promises.
             module =
               assert evaluates good;
               assert !(evaluates trusted);
+              assert refuses trusted "allowTrustedDaemonAccess";
               assert evaluates trustedAllowed;
+              assert refuses trustedByGroup "wheel";
+              assert refuses keysUnknown "cache.trustedPublicKeys";
+              assert evaluates keysGiven;
+              assert lib.elem key keysGiven.config.nix.settings.extra-trusted-public-keys;
               assert lib.elem "n2p" good.config.nix.settings.extra-allowed-users;
               assert lib.elem 7000 good.config.networking.firewall.allowedUDPPorts;
               pkgs.runCommand "n2p-module-check" { } ''
