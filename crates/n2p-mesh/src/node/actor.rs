@@ -26,7 +26,7 @@ use super::{
     linger::Linger,
     paths::{Ending, PathWatch},
     peer_sockets::PeerSockets,
-    redial::{JOIN_PEERS, Redial, join_peers},
+    redial::{Alone, JOIN_PEERS, Redial, join_peers},
 };
 use crate::{
     proto::{
@@ -139,6 +139,8 @@ pub(super) struct Actor {
     pub(super) paths: PathWatch,
     /// When to dial listed members that are absent.
     pub(super) redial: Redial,
+    /// When to dial live peers while gossip has no neighbour.
+    pub(super) alone: Alone,
     /// The node's own dials of members, handed to gossip when they connect.
     pub(super) dials: JoinSet<()>,
     /// When to close gossip connections to peers that are not neighbours.
@@ -292,6 +294,19 @@ impl Actor {
                         .collect();
                     let due = self.redial.due(absent, now);
                     self.dial_members(due).await;
+                    let neighbours = receiver.neighbors().next().is_some();
+                    if self.alone.due(neighbours, !live.is_empty(), now) {
+                        let peers: Vec<EndpointId> = live.iter().copied().collect();
+                        let dial = join_peers(&[], &peers);
+                        info!(
+                            target: "n2p",
+                            "no gossip neighbour for {:.1?} while {} peers are live; dialing {} of them",
+                            self.alone.since().map(|s| now.saturating_duration_since(s)).unwrap_or_default(),
+                            live.len(),
+                            dial.len()
+                        );
+                        self.dial_members(dial).await;
+                    }
                     let neighbours: std::collections::BTreeSet<EndpointId> = receiver.neighbors().collect();
                     for id in self.linger.due(self.paths.gossip_peers(), &neighbours, now) {
                         debug!(peer = %id.fmt_short(), "closing the gossip connection to a peer that is not a neighbour");

@@ -44,6 +44,48 @@ pub(super) const ROUND_GAP: Duration = FIRST_REDIAL;
 /// of them are offline, and the node's own dials of absent members cover the rest.
 pub(super) const JOIN_PEERS: usize = 3;
 
+/// When a node with live peers but no gossip neighbour dials some of them. iroh-gossip
+/// refills its active view only from its passive view, and drops each passive peer whose
+/// neighbour request times out (500 ms): under the load of a large start a node can run
+/// through its passive view and stay with no neighbour at all. It then hears nothing and
+/// is heard by nobody while its table still holds every peer, so none is absent and none is
+/// redialed until they expire (three heartbeats, over a minute in a large team). In a
+/// team of two or more live nodes a healthy node always has a neighbour.
+#[derive(Debug, Default)]
+pub(super) struct Alone {
+    /// Since when the node has had live peers and no neighbour.
+    since: Option<Instant>,
+    /// When it dials again, and the wait after that.
+    next: Option<(Instant, Duration)>,
+}
+
+impl Alone {
+    /// Whether to dial some live peers now: after [`FIRST_REDIAL`] with live peers and no
+    /// neighbour, then with doubling waits up to [`MAX_REDIAL`] while that lasts. A
+    /// neighbour, or no live peer, starts it over.
+    pub(super) fn due(&mut self, neighbours: bool, live_peers: bool, now: Instant) -> bool {
+        if neighbours || !live_peers {
+            *self = Self::default();
+            return false;
+        }
+        let since = *self.since.get_or_insert(now);
+        let (at, wait) = *self
+            .next
+            .get_or_insert((since + FIRST_REDIAL, FIRST_REDIAL));
+        if now < at {
+            return false;
+        }
+        let wait = (wait * 2).min(MAX_REDIAL);
+        self.next = Some((now + wait, wait));
+        true
+    }
+
+    /// Since when the node has been alone, if it is.
+    pub(super) fn since(&self) -> Option<Instant> {
+        self.since
+    }
+}
+
 /// Per absent member: when it is due next, and the wait after that.
 #[derive(Debug, Default)]
 pub(super) struct Redial {
@@ -185,6 +227,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_node_alone_with_live_peers_dials_after_a_grace_and_then_less_often() {
+        let mut alone = Alone::default();
+        let t0 = Instant::now();
+        assert!(!alone.due(true, true, t0), "a neighbour: not alone");
+        assert!(
+            !alone.due(false, false, t0),
+            "nobody live: the redial's case"
+        );
+        assert!(!alone.due(false, true, t0), "not at once");
+        assert!(!alone.due(false, true, t0 + FIRST_REDIAL / 2));
+        let mut at = t0 + FIRST_REDIAL;
+        let mut dials = Vec::new();
+        for _ in 0..8 {
+            assert!(alone.due(false, true, at));
+            assert!(!alone.due(false, true, at), "once per due time");
+            let (next, _) = alone.next.expect("next");
+            dials.push((next - at).as_secs());
+            at = next;
+        }
+        assert_eq!(dials, [4, 8, 16, 32, 60, 60, 60, 60]);
+        assert_eq!(alone.since(), Some(t0));
+        // A neighbour again: the next time alone starts over from the grace.
+        assert!(!alone.due(true, true, at));
+        assert_eq!(alone.since(), None);
+        assert!(!alone.due(false, true, at));
+        assert!(alone.due(false, true, at + FIRST_REDIAL));
     }
 
     #[test]
