@@ -10,8 +10,8 @@
   secretFile ? null,
   name ? null,
   share ? true,
-  # The UDP port to bind on every IPv4 address; n2p takes one --bind, so the node then has
-  # no IPv6 socket (null: a random port, IPv4 and IPv6).
+  # The UDP port to bind on every IPv4 and every IPv6 address (null: a random port, IPv4
+  # and IPv6).
   port ? null,
   relay ? null,
   peersDir,
@@ -51,6 +51,8 @@ in
 ++ optional (port != null) [
   "--bind"
   "0.0.0.0:${toString port}"
+  "--bind"
+  "[::]:${toString port}"
 ]
 ++ optional (relay != null) [
   "--relay"

@@ -35,10 +35,9 @@ in
     default = null;
     example = 7000;
     description = ''
-      The UDP port to listen on, on every IPv4 address (`--bind 0.0.0.0:PORT`). n2p takes a
-      single `--bind`, so a node with a fixed port has no IPv6 socket. null: a random port,
-      on every IPv4 address and, where the machine has IPv6, every IPv6 address. Fixed ports
-      go with `addrs` in the team file.
+      The UDP port to listen on, on every IPv4 address and, where the machine has IPv6,
+      every IPv6 address (`--bind 0.0.0.0:PORT --bind [::]:PORT`). null: a random port, on
+      the same addresses. Fixed ports go with `addrs` in the team file.
     '';
   };
 

@@ -327,3 +327,49 @@ fn client_rejects_a_mistyped_address() {
         "a failed client left its socket behind"
     );
 }
+
+/// The UDP sockets on `port` that `ss` lists in `ns`, as their local addresses.
+fn udp_sockets_on(ns: &n2p_testkit::netns::Netns, port: u16) -> Vec<String> {
+    let output = run_bounded(
+        ns.command("ss").args(["-H", "-u", "-l", "-n"]),
+        COMMAND_TIMEOUT,
+        "ss -uln",
+    );
+    let text = expect_success(&output, "ss -uln");
+    text.lines()
+        .filter_map(|line| line.split_whitespace().nth(3))
+        .filter(|local| local.ends_with(&format!(":{port}")))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_fixed_port_binds_ipv4_and_ipv6() {
+    let test = "a_fixed_port_binds_ipv4_and_ipv6";
+    if let Some(why) = n2p_testkit::netns::unavailable() {
+        n2p_testkit::skip(test, &format!("network namespaces are unavailable: {why}"));
+        return;
+    }
+    // A namespace of its own, so the fixed port is free.
+    const PORT: u16 = 7001;
+    let ns = n2p_testkit::netns::Netns::create("n2pt-bind-", "v6")
+        .unwrap_or_else(|failure| panic!("{failure}"));
+    let home = TempHome::new(N2P);
+    let mut command = ns.command(N2P);
+    command
+        .env("N2P_HOME", home.path())
+        .args(["--relay", "disabled"])
+        .args(["--bind", &format!("0.0.0.0:{PORT}")])
+        .args(["--bind", &format!("[::]:{PORT}")])
+        .args(["server", "--daemon-socket", "/nonexistent/daemon.sock"]);
+    let server = n2p_testkit::proc::Process::spawn("server", &mut command);
+    server.wait_for_line("node id", COMMAND_TIMEOUT);
+    let mut sockets = udp_sockets_on(&ns, PORT);
+    sockets.sort();
+    assert_eq!(
+        sockets,
+        [format!("0.0.0.0:{PORT}"), format!("[::]:{PORT}")],
+        "{}",
+        server.log_text()
+    );
+}

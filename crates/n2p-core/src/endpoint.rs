@@ -140,8 +140,10 @@ impl CongestionControl {
 pub struct EndpointOptions {
     /// Relays to use.
     pub relay: RelayChoice,
-    /// Bind only this socket address (default: all interfaces, random port).
-    pub bind: Option<SocketAddr>,
+    /// Bind only these socket addresses, at most one per IP version (none: all interfaces,
+    /// random port). Each must bind, except `[::]:PORT`, which iroh is told to skip where
+    /// there is no IPv6.
+    pub bind: Vec<SocketAddr>,
     /// The congestion controller.
     pub congestion: CongestionControl,
     /// A PEM file of certificates to trust, besides the public roots, for the TLS of the
@@ -157,10 +159,19 @@ impl EndpointOptions {
     pub fn loopback() -> Self {
         Self {
             relay: RelayChoice::Disabled,
-            bind: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            bind: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
             ..Default::default()
         }
     }
+}
+
+/// ` on A, B` for the addresses asked for; empty for none.
+fn on_addrs(addrs: &[SocketAddr]) -> String {
+    if addrs.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    format!(" on {}", list.join(", "))
 }
 
 /// Errors while binding the endpoint.
@@ -176,11 +187,21 @@ pub enum EndpointBindError {
         #[source]
         source: iroh::endpoint::InvalidSocketAddr,
     },
+    /// Two bind addresses of one IP version: the endpoint binds one socket per version.
+    #[error(
+        "cannot bind both {first} and {addr}: give one address per IP version (an IPv4 one and an IPv6 one)"
+    )]
+    SameVersion {
+        /// The first address of that version.
+        first: SocketAddr,
+        /// The second.
+        addr: SocketAddr,
+    },
     /// The sockets could not be bound (e.g. the port is taken).
-    #[error("cannot bind the iroh endpoint{}", bind.map(|b| format!(" on {b}")).unwrap_or_default())]
+    #[error("cannot bind the iroh endpoint{}", on_addrs(bind))]
     Bind {
-        /// The address asked for.
-        bind: Option<SocketAddr>,
+        /// The addresses asked for (none: all interfaces, random port).
+        bind: Vec<SocketAddr>,
         /// Why.
         #[source]
         source: iroh::endpoint::BindError,
@@ -247,11 +268,24 @@ pub fn endpoint_builder(
         builder =
             builder.ca_tls_config(CaTlsConfig::default().with_extra_roots(load_relay_ca(path)?));
     }
-    if let Some(addr) = options.bind {
-        builder = builder
-            .clear_ip_transports()
-            .bind_addr_with_opts(addr, BindOpts::default())
-            .map_err(|source| EndpointBindError::BindAddr { addr, source })?;
+    if !options.bind.is_empty() {
+        builder = builder.clear_ip_transports();
+        for (i, &addr) in options.bind.iter().enumerate() {
+            if let Some(&first) = options.bind[..i]
+                .iter()
+                .find(|other| other.is_ipv4() == addr.is_ipv4())
+            {
+                return Err(EndpointBindError::SameVersion { first, addr });
+            }
+            // `[::]:PORT` means IPv6 where it exists: iroh is asked not to fail the endpoint
+            // when it cannot be bound, so a machine without IPv6 (booted with
+            // `ipv6.disable=1`) still starts, on IPv4. Untested: every test machine has
+            // IPv6 sockets, even in a namespace with IPv6 disabled.
+            let required = !(addr.is_ipv6() && addr.ip().is_unspecified());
+            builder = builder
+                .bind_addr_with_opts(addr, BindOpts::default().set_is_required(required))
+                .map_err(|source| EndpointBindError::BindAddr { addr, source })?;
+        }
     }
     Ok(builder)
 }
@@ -265,7 +299,7 @@ pub async fn bind_builder(
         .bind()
         .await
         .map_err(|source| EndpointBindError::Bind {
-            bind: options.bind,
+            bind: options.bind.clone(),
             source,
         })
 }
@@ -282,6 +316,49 @@ pub async fn bind_endpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_ipv4_and_an_ipv6_address_are_both_bound_and_two_of_one_version_refused() {
+        let options = EndpointOptions {
+            bind: vec![
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                "[::1]:0".parse().expect("addr"),
+            ],
+            ..EndpointOptions::loopback()
+        };
+        let endpoint = bind_endpoint(SecretKey::from_bytes(&[7; 32]), Vec::new(), &options)
+            .await
+            .expect("bind both");
+        let bound = endpoint.bound_sockets();
+        assert!(
+            bound
+                .iter()
+                .any(|a| a.ip() == std::net::Ipv4Addr::LOCALHOST),
+            "{bound:?}"
+        );
+        assert!(
+            bound
+                .iter()
+                .any(|a| a.ip() == std::net::Ipv6Addr::LOCALHOST),
+            "{bound:?}"
+        );
+        endpoint.close().await;
+
+        let options = EndpointOptions {
+            bind: vec![
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                SocketAddr::from(([127, 0, 0, 2], 0)),
+            ],
+            ..EndpointOptions::loopback()
+        };
+        let err = bind_endpoint(SecretKey::from_bytes(&[7; 32]), Vec::new(), &options)
+            .await
+            .expect_err("two IPv4 addresses");
+        assert_eq!(
+            err.to_string(),
+            "cannot bind both 127.0.0.1:0 and 127.0.0.2:0: give one address per IP version (an IPv4 one and an IPv6 one)"
+        );
+    }
 
     #[test]
     fn relay_choice_parses() {

@@ -32,10 +32,12 @@ pub(crate) struct GlobalArgs {
     /// discovery): for your own relay with a private or self-signed certificate.
     #[arg(long, global = true, env = "N2P_RELAY_CA", value_name = "FILE")]
     pub(crate) relay_ca: Option<PathBuf>,
-    /// Bind the iroh endpoint to this address only (default: all interfaces, random port).
-    /// A fixed port keeps the long address valid across restarts.
+    /// Bind the iroh endpoint to this address only (default: all interfaces, random port);
+    /// given twice, an IPv4 and an IPv6 address, to both (`--bind 0.0.0.0:7001 --bind
+    /// [::]:7001`: one fixed port on both, where the machine has IPv6). A fixed port keeps
+    /// the long address valid across restarts.
     #[arg(long, global = true, value_name = "IP:PORT")]
-    pub(crate) bind: Option<SocketAddr>,
+    pub(crate) bind: Vec<SocketAddr>,
     /// QUIC congestion controller: `tolerant` (Cubic that ignores random loss), `cubic`,
     /// `new-reno` or `bbr` (docs/BENCHMARKS.md says how each behaves on lossy links).
     #[arg(
@@ -299,7 +301,7 @@ mod tests {
                 .expect("after");
         for cli in [before, after] {
             assert_eq!(cli.global.relay, Some(RelayChoice::Disabled));
-            assert_eq!(cli.global.bind, "127.0.0.1:0".parse().ok());
+            assert_eq!(cli.global.bind, ["127.0.0.1:0".parse().expect("addr")]);
         }
     }
 

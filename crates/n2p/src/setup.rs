@@ -36,7 +36,7 @@ pub(crate) fn endpoint_options(
 ) -> EndpointOptions {
     EndpointOptions {
         relay: global.relay.clone().unwrap_or(relay_fallback),
-        bind: global.bind,
+        bind: global.bind.clone(),
         congestion: global.congestion,
         relay_ca: global.relay_ca.clone(),
     }

@@ -89,7 +89,7 @@ impl Forgers {
                     bootstrap: ticket.peers.clone(),
                     endpoint: EndpointOptions {
                         relay: RelayChoice::Disabled,
-                        bind: Some(free_loopback_addr()),
+                        bind: vec![free_loopback_addr()],
                         ..Default::default()
                     },
                     protocols: Vec::new(),
