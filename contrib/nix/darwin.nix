@@ -13,11 +13,14 @@
 let
   cfg = config.services.n2p;
   substitute = cfg.cache.enable && cfg.cache.substitute;
-  # The keys `substitute` trusts; null when neither the option nor evaluation has them.
-  cacheKeys = import ./cache-keys.nix {
+  # The keys `substitute` trusts (null when neither the option nor evaluation has them),
+  # and the assertion that refuses substitution without them.
+  cacheTrust = import ./cache-keys.nix {
     inherit (cfg) teamFile;
     inherit (cfg.cache) trustedPublicKeys;
+    inherit substitute;
   };
+  cacheKeys = cacheTrust.keys;
   inherit (lib)
     mkOption
     mkIf
@@ -118,15 +121,7 @@ in
         assertion = cfg.allowTrustedDaemonAccess || !trustedAccess;
         message = "services.n2p: ${user} is a Nix trusted user; every peer could add unsigned paths. Remove it from nix.settings.trusted-users or set services.n2p.allowTrustedDaemonAccess = true.";
       }
-      {
-        assertion = substitute -> cacheKeys != null;
-        message = ''
-          services.n2p.cache.substitute needs the Nix keys to trust, and services.n2p.teamFile
-          (${toString cfg.teamFile}) is a string, so it is not read at evaluation. Set
-          services.n2p.cache.trustedPublicKeys (`n2p trust --team FILE` prints the team's keys;
-          [ ] for none), or give teamFile as a Nix path, or set services.n2p.cache.substitute = false.
-        '';
-      }
+      cacheTrust.assertion
     ];
 
     environment.systemPackages = [ cfg.package ];

@@ -45,11 +45,14 @@ let
   };
 
   substitute = cfg.cache.enable && cfg.cache.substitute;
-  # The keys `substitute` trusts; null when neither the option nor evaluation has them.
-  cacheKeys = import ./cache-keys.nix {
+  # The keys `substitute` trusts (null when neither the option nor evaluation has them),
+  # and the assertion that refuses substitution without them.
+  cacheTrust = import ./cache-keys.nix {
     inherit (cfg) teamFile;
     inherit (cfg.cache) trustedPublicKeys;
+    inherit substitute;
   };
+  cacheKeys = cacheTrust.keys;
 
   # The node user's groups as this configuration knows them: its primary group and
   # extraGroups, every group that lists it in `members`, and the peers group (the
@@ -145,15 +148,7 @@ in
         assertion = cfg.openFirewall -> cfg.port != null;
         message = "services.n2p.openFirewall needs services.n2p.port.";
       }
-      {
-        assertion = substitute -> cacheKeys != null;
-        message = ''
-          services.n2p.cache.substitute needs the Nix keys to trust, and services.n2p.teamFile
-          (${toString cfg.teamFile}) is a string, so it is not read at evaluation. Set
-          services.n2p.cache.trustedPublicKeys (`n2p trust --team FILE` prints the team's keys;
-          [ ] for none), or give teamFile as a Nix path, or set services.n2p.cache.substitute = false.
-        '';
-      }
+      cacheTrust.assertion
     ];
 
     environment.systemPackages = [ cfg.package ];
