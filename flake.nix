@@ -171,6 +171,9 @@
                 grep -q '^LoadCredential=team-secret:/run/secrets/n2p-team$' $unit
                 grep -q -- '--secret-credential' $unit
                 grep -q '^ProtectSystem=strict$' $unit
+                grep -q '^Requires=.*nix-daemon\.socket' $unit
+                grep -q '^After=.*nix-daemon\.socket' $unit
+                grep -q '^Restart=on-failure$' $unit
                 cp $unit $out
               '';
 
