@@ -308,7 +308,7 @@ impl MeshNode {
             announce_interval: settings.team.announce_interval(),
             paths,
             redial: Default::default(),
-            alone: Default::default(),
+            cut_off: Default::default(),
             dials: JoinSet::new(),
             linger: Default::default(),
             probes: JoinSet::new(),

@@ -26,7 +26,7 @@ use super::{
     linger::Linger,
     paths::{Ending, PathWatch},
     peer_sockets::PeerSockets,
-    redial::{Alone, JOIN_PEERS, Redial, join_peers},
+    redial::{CutOff, CutOffBy, JOIN_PEERS, Redial, cut_off, join_peers},
 };
 use crate::{
     proto::{
@@ -139,8 +139,8 @@ pub(super) struct Actor {
     pub(super) paths: PathWatch,
     /// When to dial listed members that are absent.
     pub(super) redial: Redial,
-    /// When to dial live peers while gossip has no neighbour.
-    pub(super) alone: Alone,
+    /// When to dial live peers while cut off from gossip.
+    pub(super) cut_off: CutOff,
     /// The node's own dials of members, handed to gossip when they connect.
     pub(super) dials: JoinSet<()>,
     /// When to close gossip connections to peers that are not neighbours.
@@ -198,6 +198,9 @@ impl Actor {
         // Whether my announcement went out while I had a gossip neighbour (so it reached the
         // team): until then each neighbour that comes up makes me announce again.
         let mut flooded = false;
+        // When the last gossip message arrived: a node with live peers that hears nothing is
+        // cut off (see `super::redial::CutOff`).
+        let mut heard = Instant::now();
         // Peers dropped for silence, and when: watched for stale gossip neighbour state.
         let mut silent_since: BTreeMap<EndpointId, Instant> = BTreeMap::new();
         loop {
@@ -222,6 +225,7 @@ impl Actor {
                 },
                 event = receiver.next() => match event {
                     Some(Ok(Event::Received(msg))) => {
+                        heard = Instant::now();
                         let taken = self.handle_message(&msg.content);
                         if taken.refute {
                             announce_soon.get_or_insert(tokio::time::Instant::now() + ANNOUNCE_DEBOUNCE);
@@ -295,13 +299,20 @@ impl Actor {
                     let due = self.redial.due(absent, now);
                     self.dial_members(due).await;
                     let neighbours = receiver.neighbors().next().is_some();
-                    if self.alone.due(neighbours, !live.is_empty(), now) {
+                    let slowest = self.table.slowest_heartbeat().unwrap_or_default();
+                    let by = cut_off(!live.is_empty(), neighbours, heard.elapsed(), slowest);
+                    if self.cut_off.due(by, now) {
                         let peers: Vec<EndpointId> = live.iter().copied().collect();
                         let dial = join_peers(&[], &peers);
+                        let why = match self.cut_off.since() {
+                            Some((_, CutOffBy::NoNeighbour)) => "no gossip neighbour",
+                            _ => "no gossip message",
+                        };
+                        let since = self.cut_off.since().map(|(s, _)| now.saturating_duration_since(s)).unwrap_or_default();
                         info!(
                             target: "n2p",
-                            "no gossip neighbour for {:.1?} while {} peers are live; dialing {} of them",
-                            self.alone.since().map(|s| now.saturating_duration_since(s)).unwrap_or_default(),
+                            "{why} for {since:.1?} (heard last {:.1?} ago) while {} peers are live; dialing {} of them",
+                            heard.elapsed(),
                             live.len(),
                             dial.len()
                         );

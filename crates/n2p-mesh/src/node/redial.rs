@@ -44,31 +44,50 @@ pub(super) const ROUND_GAP: Duration = FIRST_REDIAL;
 /// of them are offline, and the node's own dials of absent members cover the rest.
 pub(super) const JOIN_PEERS: usize = 3;
 
-/// When a node with live peers but no gossip neighbour dials some of them. iroh-gossip
-/// refills its active view only from its passive view, and drops each passive peer whose
-/// neighbour request times out (500 ms): under the load of a large start a node can run
-/// through its passive view and stay with no neighbour at all. It then hears nothing and
-/// is heard by nobody while its table still holds every peer, so none is absent and none is
-/// redialed until they expire (three heartbeats, over a minute in a large team). In a
-/// team of two or more live nodes a healthy node always has a neighbour.
+/// Why a node with live peers counts as cut off from the team's gossip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CutOffBy {
+    /// Gossip has no neighbour at all. iroh-gossip refills its active view only from its
+    /// passive view, and drops each passive peer whose neighbour request times out (500
+    /// ms): under the load of a large start a node can run through its passive view and
+    /// stay with no neighbour.
+    NoNeighbour,
+    /// No gossip message arrived for [`SILENT_HEARTBEATS`] heartbeat intervals, though every
+    /// live peer announces itself once an interval: the neighbours gossip believes in no
+    /// longer pass anything on (seen in 100-node rounds: a node that converged, then heard
+    /// neither heartbeats nor crash reports until peers expired).
+    Silence,
+}
+
+/// How many heartbeat intervals (the slowest a live peer announces at, or my own if longer:
+/// `PeerTable::slowest_heartbeat`) a node with live peers may hear no gossip message before
+/// it counts as cut off: every live peer announces at least once an interval, so one and a
+/// half of them in silence means nothing reaches the node. Not less: heartbeats of a
+/// converged team go out close together, so most of each interval is quiet.
+pub(super) const SILENT_HEARTBEATS: f64 = 1.5;
+
+/// When a node that is cut off dials some of its live peers itself (they are in its table,
+/// so none of them is absent and none is redialed until they expire: three heartbeats,
+/// over a minute in a large team). A connection handed to gossip and a join through it put
+/// the node back into those peers' active views.
 #[derive(Debug, Default)]
-pub(super) struct Alone {
-    /// Since when the node has had live peers and no neighbour.
-    since: Option<Instant>,
+pub(super) struct CutOff {
+    /// Since when the node has been cut off, and why.
+    since: Option<(Instant, CutOffBy)>,
     /// When it dials again, and the wait after that.
     next: Option<(Instant, Duration)>,
 }
 
-impl Alone {
-    /// Whether to dial some live peers now: after [`FIRST_REDIAL`] with live peers and no
-    /// neighbour, then with doubling waits up to [`MAX_REDIAL`] while that lasts. A
-    /// neighbour, or no live peer, starts it over.
-    pub(super) fn due(&mut self, neighbours: bool, live_peers: bool, now: Instant) -> bool {
-        if neighbours || !live_peers {
+impl CutOff {
+    /// Whether to dial some live peers now, given why the node is cut off (`None`: it is
+    /// not): after [`FIRST_REDIAL`] cut off, then with doubling waits up to [`MAX_REDIAL`]
+    /// while that lasts. Not cut off starts it over.
+    pub(super) fn due(&mut self, cut_off: Option<CutOffBy>, now: Instant) -> bool {
+        let Some(by) = cut_off else {
             *self = Self::default();
             return false;
-        }
-        let since = *self.since.get_or_insert(now);
+        };
+        let (since, _) = *self.since.get_or_insert((now, by));
         let (at, wait) = *self
             .next
             .get_or_insert((since + FIRST_REDIAL, FIRST_REDIAL));
@@ -80,9 +99,28 @@ impl Alone {
         true
     }
 
-    /// Since when the node has been alone, if it is.
-    pub(super) fn since(&self) -> Option<Instant> {
+    /// Since when the node has been cut off, and why it first counted as such.
+    pub(super) fn since(&self) -> Option<(Instant, CutOffBy)> {
         self.since
+    }
+}
+
+/// Why a node with `live_peers` is cut off, if it is: no gossip neighbour, or no gossip
+/// message (the last `heard` ago) for [`SILENT_HEARTBEATS`] of the `heartbeat` intervals.
+pub(super) fn cut_off(
+    live_peers: bool,
+    neighbours: bool,
+    heard: Duration,
+    heartbeat: Duration,
+) -> Option<CutOffBy> {
+    if !live_peers {
+        None
+    } else if !neighbours {
+        Some(CutOffBy::NoNeighbour)
+    } else if heard.as_secs_f64() > heartbeat.as_secs_f64() * SILENT_HEARTBEATS {
+        Some(CutOffBy::Silence)
+    } else {
+        None
     }
 }
 
@@ -230,32 +268,46 @@ mod tests {
     }
 
     #[test]
-    fn a_node_alone_with_live_peers_dials_after_a_grace_and_then_less_often() {
-        let mut alone = Alone::default();
-        let t0 = Instant::now();
-        assert!(!alone.due(true, true, t0), "a neighbour: not alone");
-        assert!(
-            !alone.due(false, false, t0),
-            "nobody live: the redial's case"
+    fn a_node_is_cut_off_without_neighbours_or_after_a_heartbeat_and_a_half_of_silence() {
+        let beat = Duration::from_secs(20);
+        let quiet = Duration::from_secs(1);
+        assert_eq!(cut_off(false, false, beat * 10, beat), None, "nobody live");
+        assert_eq!(cut_off(true, true, quiet, beat), None);
+        assert_eq!(
+            cut_off(true, false, quiet, beat),
+            Some(CutOffBy::NoNeighbour)
         );
-        assert!(!alone.due(false, true, t0), "not at once");
-        assert!(!alone.due(false, true, t0 + FIRST_REDIAL / 2));
+        assert_eq!(cut_off(true, true, Duration::from_secs(30), beat), None);
+        assert_eq!(
+            cut_off(true, true, Duration::from_secs(31), beat),
+            Some(CutOffBy::Silence)
+        );
+    }
+
+    #[test]
+    fn a_cut_off_node_dials_after_a_grace_and_then_less_often() {
+        let mut cut = CutOff::default();
+        let t0 = Instant::now();
+        let by = Some(CutOffBy::NoNeighbour);
+        assert!(!cut.due(None, t0), "not cut off");
+        assert!(!cut.due(by, t0), "not at once");
+        assert!(!cut.due(by, t0 + FIRST_REDIAL / 2));
         let mut at = t0 + FIRST_REDIAL;
         let mut dials = Vec::new();
         for _ in 0..8 {
-            assert!(alone.due(false, true, at));
-            assert!(!alone.due(false, true, at), "once per due time");
-            let (next, _) = alone.next.expect("next");
+            assert!(cut.due(by, at));
+            assert!(!cut.due(by, at), "once per due time");
+            let (next, _) = cut.next.expect("next");
             dials.push((next - at).as_secs());
             at = next;
         }
         assert_eq!(dials, [4, 8, 16, 32, 60, 60, 60, 60]);
-        assert_eq!(alone.since(), Some(t0));
-        // A neighbour again: the next time alone starts over from the grace.
-        assert!(!alone.due(true, true, at));
-        assert_eq!(alone.since(), None);
-        assert!(!alone.due(false, true, at));
-        assert!(alone.due(false, true, at + FIRST_REDIAL));
+        assert_eq!(cut.since(), Some((t0, CutOffBy::NoNeighbour)));
+        // Back in touch: the next time starts over from the grace.
+        assert!(!cut.due(None, at));
+        assert_eq!(cut.since(), None);
+        assert!(!cut.due(Some(CutOffBy::Silence), at));
+        assert!(cut.due(Some(CutOffBy::Silence), at + FIRST_REDIAL));
     }
 
     #[test]

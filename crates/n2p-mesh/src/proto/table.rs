@@ -459,6 +459,19 @@ impl PeerTable {
         self.team.expiry().max(promised).max(mine)
     }
 
+    /// The longest a live peer may go between two announcements: the longest interval a
+    /// live peer promised (at most [`MAX_HEARTBEAT`]) or the one I announce at with the
+    /// peers I know, whichever is longer. `None` when no peer is live. Hearing nothing from
+    /// any peer for longer than this means nothing reaches me.
+    pub fn slowest_heartbeat(&self) -> Option<Duration> {
+        let mine = heartbeat_interval(self.team.announce_interval(), self.peers.len());
+        self.peers
+            .values()
+            .map(|p| p.interval.map_or(Duration::ZERO, |i| i.min(MAX_HEARTBEAT)))
+            .max()
+            .map(|promised| promised.max(mine))
+    }
+
     /// Whether `id` is live.
     pub fn is_live(&self, id: &EndpointId) -> bool {
         self.peers.contains_key(id)
@@ -926,6 +939,26 @@ mod tests {
         t.apply(&alive(3, "absurd", 2), t0 + Duration::from_secs(76))
             .expect("apply");
         assert_eq!(t.expiry_of(&id(3)), Some(team_expiry));
+    }
+
+    #[test]
+    fn the_slowest_heartbeat_is_the_longest_promise_or_mine() {
+        let mut t = PeerTable::new(id(4), "me", team(true, None));
+        let t0 = Instant::now();
+        assert_eq!(t.slowest_heartbeat(), None, "nobody live");
+        let mut quick = alive(2, "quick", 1);
+        quick.interval = Some(Duration::from_millis(100));
+        t.apply(&quick, t0).expect("apply");
+        let mine = heartbeat_interval(t.team().announce_interval(), 1);
+        assert_eq!(t.slowest_heartbeat(), Some(mine), "a quick promise: mine");
+        let mut slow = alive(1, "slow", 1);
+        slow.interval = Some(Duration::from_secs(25));
+        t.apply(&slow, t0).expect("apply");
+        assert_eq!(t.slowest_heartbeat(), Some(Duration::from_secs(25)));
+        let mut absurd = alive(3, "absurd", 1);
+        absurd.interval = Some(Duration::from_secs(1_000_000));
+        t.apply(&absurd, t0).expect("apply");
+        assert_eq!(t.slowest_heartbeat(), Some(MAX_HEARTBEAT), "capped");
     }
 
     #[test]
