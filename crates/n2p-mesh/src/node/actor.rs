@@ -26,7 +26,7 @@ use super::{
     linger::Linger,
     paths::{Ending, PathWatch},
     peer_sockets::PeerSockets,
-    redial::{CutOff, CutOffBy, JOIN_PEERS, Redial, cut_off, join_peers},
+    redial::{CUT_OFF_DIALS, CutOff, CutOffBy, JOIN_PEERS, Redial, cut_off, join_peers},
 };
 use crate::{
     proto::{
@@ -303,7 +303,8 @@ impl Actor {
                     let by = cut_off(!live.is_empty(), neighbours, heard.elapsed(), slowest);
                     if self.cut_off.due(by, now) {
                         let peers: Vec<EndpointId> = live.iter().copied().collect();
-                        let dial = join_peers(&[], &peers);
+                        let mut dial = join_peers(&[], &peers);
+                        dial.truncate(CUT_OFF_DIALS);
                         let why = match self.cut_off.since() {
                             Some((_, CutOffBy::NoNeighbour)) => "no gossip neighbour",
                             _ => "no gossip message",

@@ -66,10 +66,22 @@ pub(super) enum CutOffBy {
 /// converged team go out close together, so most of each interval is quiet.
 pub(super) const SILENT_HEARTBEATS: f64 = 1.5;
 
-/// When a node that is cut off dials some of its live peers itself (they are in its table,
+/// How long a node stays cut off before it dials a live peer, and the first wait after
+/// that. A node without a neighbour for a second or two is common right after a large start
+/// and mends itself from gossip's passive view; a join is not free for the mesh (it sends
+/// random walks that end in neighbour requests, each of which may evict a link elsewhere:
+/// joins through 3 peers after 2 s, in 24 rounds of 100 nodes, came with one round in
+/// which the node then killed had no neighbour left to notice it, docs/BENCHMARKS.md).
+pub(super) const CUT_OFF_GRACE: Duration = Duration::from_secs(10);
+
+/// How many live peers a cut-off node dials and joins through at a time: one, for the
+/// fewest walks (the next try, if needed, picks another).
+pub(super) const CUT_OFF_DIALS: usize = 1;
+
+/// When a node that is cut off dials a live peer itself (its live peers are in its table,
 /// so none of them is absent and none is redialed until they expire: three heartbeats,
 /// over a minute in a large team). A connection handed to gossip and a join through it put
-/// the node back into those peers' active views.
+/// the node back into that peer's active view.
 #[derive(Debug, Default)]
 pub(super) struct CutOff {
     /// Since when the node has been cut off, and why.
@@ -79,9 +91,9 @@ pub(super) struct CutOff {
 }
 
 impl CutOff {
-    /// Whether to dial some live peers now, given why the node is cut off (`None`: it is
-    /// not): after [`FIRST_REDIAL`] cut off, then with doubling waits up to [`MAX_REDIAL`]
-    /// while that lasts. Not cut off starts it over.
+    /// Whether to dial a live peer now, given why the node is cut off (`None`: it is not):
+    /// after [`CUT_OFF_GRACE`] cut off, then with waits doubling from it up to
+    /// [`MAX_REDIAL`] while that lasts. Not cut off starts it over.
     pub(super) fn due(&mut self, cut_off: Option<CutOffBy>, now: Instant) -> bool {
         let Some(by) = cut_off else {
             *self = Self::default();
@@ -90,7 +102,7 @@ impl CutOff {
         let (since, _) = *self.since.get_or_insert((now, by));
         let (at, wait) = *self
             .next
-            .get_or_insert((since + FIRST_REDIAL, FIRST_REDIAL));
+            .get_or_insert((since + CUT_OFF_GRACE, CUT_OFF_GRACE / 2));
         if now < at {
             return false;
         }
@@ -291,23 +303,23 @@ mod tests {
         let by = Some(CutOffBy::NoNeighbour);
         assert!(!cut.due(None, t0), "not cut off");
         assert!(!cut.due(by, t0), "not at once");
-        assert!(!cut.due(by, t0 + FIRST_REDIAL / 2));
-        let mut at = t0 + FIRST_REDIAL;
+        assert!(!cut.due(by, t0 + CUT_OFF_GRACE - Duration::from_millis(1)));
+        let mut at = t0 + CUT_OFF_GRACE;
         let mut dials = Vec::new();
-        for _ in 0..8 {
+        for _ in 0..6 {
             assert!(cut.due(by, at));
             assert!(!cut.due(by, at), "once per due time");
             let (next, _) = cut.next.expect("next");
             dials.push((next - at).as_secs());
             at = next;
         }
-        assert_eq!(dials, [4, 8, 16, 32, 60, 60, 60, 60]);
+        assert_eq!(dials, [10, 20, 40, 60, 60, 60]);
         assert_eq!(cut.since(), Some((t0, CutOffBy::NoNeighbour)));
         // Back in touch: the next time starts over from the grace.
         assert!(!cut.due(None, at));
         assert_eq!(cut.since(), None);
         assert!(!cut.due(Some(CutOffBy::Silence), at));
-        assert!(cut.due(Some(CutOffBy::Silence), at + FIRST_REDIAL));
+        assert!(cut.due(Some(CutOffBy::Silence), at + CUT_OFF_GRACE));
     }
 
     #[test]
