@@ -132,6 +132,8 @@
               nix.settings.trusted-users = [ "n2p" ];
               services.n2p.allowTrustedDaemonAccess = true;
             };
+            # Trusted through Nix's extra-trusted-users.
+            trustedExtra = machine { nix.settings.extra-trusted-users = [ "n2p" ]; };
             # Trusted through a group the configuration gives the node's user.
             trustedByGroup = machine {
               users.users.n2p.extraGroups = [ "wheel" ];
@@ -159,6 +161,7 @@
               assert refuses trusted "allowTrustedDaemonAccess";
               assert evaluates trustedAllowed;
               assert refuses trustedByGroup "wheel";
+              assert refuses trustedExtra "allowTrustedDaemonAccess";
               assert refuses keysUnknown "cache.trustedPublicKeys";
               assert evaluates keysGiven;
               assert lib.elem key keysGiven.config.nix.settings.extra-trusted-public-keys;

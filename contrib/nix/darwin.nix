@@ -59,7 +59,9 @@ let
   ++ lib.attrNames (
     lib.filterAttrs (_: group: lib.elem user (group.members or [ ])) config.users.groups
   );
-  trusted = config.nix.settings.trusted-users or [ ];
+  # `extra-trusted-users` (a free-form setting Nix honours) counts as much as trusted-users.
+  trusted =
+    (config.nix.settings.trusted-users or [ ]) ++ (config.nix.settings.extra-trusted-users or [ ]);
   trustedAccess = lib.any (entry: lib.elem entry trusted) (
     [
       user

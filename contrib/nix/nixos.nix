@@ -72,7 +72,9 @@ let
 
   # Whether the daemon would treat the node's user as trusted: root, listed by name, through
   # one of its groups, or everyone.
-  trusted = config.nix.settings.trusted-users or [ ];
+  # `extra-trusted-users` (a free-form setting Nix honours) counts as much as trusted-users.
+  trusted =
+    (config.nix.settings.trusted-users or [ ]) ++ (config.nix.settings.extra-trusted-users or [ ]);
   trustedAccess =
     cfg.user == "root"
     || lib.any (entry: lib.elem entry trusted) (

@@ -239,9 +239,30 @@ fn doctor_finds_a_running_node_by_its_lock_and_warns_of_an_unreachable_relay() {
     assert!(text.contains(&store_line), "{text}");
     assert!(text.contains("ok    clock: plausible"), "{text}");
     assert!(
-        text.contains("ok    node: none running on this home"),
+        text.contains("ok    node: none found: nothing answers at"),
         "{text}"
     );
+
+    // `n2p server` takes the same lock and has no control socket: named, not a warning.
+    {
+        let mut command = peer.home.command();
+        command
+            .args(["--relay", "disabled", "--bind", "127.0.0.1:0", "server"])
+            .args(["--daemon-socket", socket.as_str()]);
+        let mut server = n2p_testkit::proc::Process::spawn("server", &mut command);
+        server.wait_for_line("node id", COMMAND_TIMEOUT);
+        let output = doctor(&peer.home, &args);
+        let text = stdout(&output);
+        assert!(output.status.success(), "{text}");
+        assert!(
+            text.contains(&format!(
+                "ok    node: `n2p server` (pid {}) runs on this home",
+                server.pid()
+            )),
+            "{text}"
+        );
+        server.stop(std::time::Duration::from_secs(5));
+    }
 
     // A node on this home with its control socket elsewhere (as the system unit has it):
     // found by the home's lock, and doctor says where to ask.

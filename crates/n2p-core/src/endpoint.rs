@@ -279,8 +279,8 @@ pub fn endpoint_builder(
             }
             // `[::]:PORT` means IPv6 where it exists: iroh is asked not to fail the endpoint
             // when it cannot be bound, so a machine without IPv6 (booted with
-            // `ipv6.disable=1`) still starts, on IPv4. Untested: every test machine has
-            // IPv6 sockets, even in a namespace with IPv6 disabled.
+            // `ipv6.disable=1`) still starts, on IPv4. The test leaves it out by taking its
+            // port: every test machine has IPv6 sockets.
             let required = !(addr.is_ipv6() && addr.ip().is_unspecified());
             builder = builder
                 .bind_addr_with_opts(addr, BindOpts::default().set_is_required(required))
@@ -295,13 +295,23 @@ pub async fn bind_builder(
     builder: Builder,
     options: &EndpointOptions,
 ) -> Result<Endpoint, EndpointBindError> {
-    builder
+    let endpoint = builder
         .bind()
         .await
         .map_err(|source| EndpointBindError::Bind {
             bind: options.bind.clone(),
             source,
-        })
+        })?;
+    // An unspecified IPv6 address is optional (see `endpoint_builder`): say when it is missing.
+    let bound = endpoint.bound_sockets();
+    for addr in &options.bind {
+        if addr.is_ipv6() && !bound.iter().any(SocketAddr::is_ipv6) {
+            tracing::warn!(
+                "could not bind {addr} (no IPv6 here, or the port is taken); running on IPv4 only"
+            );
+        }
+    }
+    Ok(endpoint)
 }
 
 /// Binds an endpoint with `secret_key` and `alpns`, configured by `options`.
@@ -318,7 +328,8 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn an_ipv4_and_an_ipv6_address_are_both_bound_and_two_of_one_version_refused() {
+    async fn an_ipv4_and_an_ipv6_address_are_bound_an_unbindable_any_address_is_left_out_and_two_of_one_version_refused()
+     {
         let options = EndpointOptions {
             bind: vec![
                 SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -343,6 +354,26 @@ mod tests {
             "{bound:?}"
         );
         endpoint.close().await;
+
+        // `[::]:PORT` that cannot be bound (here: the port is taken) is left out, and the
+        // endpoint starts on IPv4 alone.
+        let taken = std::net::UdpSocket::bind("[::]:0").expect("bind a v6 socket");
+        let port = taken.local_addr().expect("addr").port();
+        let options = EndpointOptions {
+            bind: vec![
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
+            ],
+            ..EndpointOptions::loopback()
+        };
+        let endpoint = bind_endpoint(SecretKey::from_bytes(&[7; 32]), Vec::new(), &options)
+            .await
+            .expect("starts without [::]");
+        let bound = endpoint.bound_sockets();
+        assert!(bound.iter().all(SocketAddr::is_ipv4), "{bound:?}");
+        assert!(!bound.is_empty());
+        endpoint.close().await;
+        drop(taken);
 
         let options = EndpointOptions {
             bind: vec![

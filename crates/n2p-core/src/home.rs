@@ -157,15 +157,21 @@ impl N2pHome {
 
     /// The process holding the lock of kind `what` (see [`N2pHome::lock`]), if any, read from
     /// Linux's `/proc/locks` without touching the lock: a probe that took it, even shared and
-    /// briefly, could make a node starting at that moment fail. `None` when the lock file is
-    /// missing, nobody holds it, or (elsewhere than Linux) it cannot be told.
+    /// briefly, could make a node starting at that moment fail. A lock on the file's inode
+    /// counts when its device matches too or, where `/proc/locks` names another device (a
+    /// btrfs subvolume), when the holder has the file open. `None` when the lock file is
+    /// missing, no process is seen holding it, or (elsewhere than Linux) it cannot be told.
     pub fn lock_holder(&self, what: &str) -> Option<u32> {
         if !cfg!(target_os = "linux") {
             return None;
         }
-        let meta = fs::metadata(self.root.join(format!("{what}.lock"))).ok()?;
+        let path = self.root.join(format!("{what}.lock"));
+        let meta = fs::metadata(&path).ok()?;
         let locks = fs::read_to_string("/proc/locks").ok()?;
-        flock_holder(&locks, meta.dev(), meta.ino())
+        flock_holders(&locks, meta.ino())
+            .into_iter()
+            .find(|&(pid, dev)| dev == Some(meta.dev()) || has_open(pid, meta.dev(), meta.ino()))
+            .map(|(pid, _)| pid)
     }
 
     /// Creates the home directory (mode 0700) if it is missing.
@@ -181,29 +187,51 @@ impl N2pHome {
     }
 }
 
-/// The pid holding an exclusive flock on the file `dev`/`ino`, from the text of
-/// `/proc/locks` (lines like `1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF`, the device
-/// as hex major and minor). Blocked requests (`->` lines) hold nothing.
-fn flock_holder(locks: &str, dev: u64, ino: u64) -> Option<u32> {
-    // Split as Linux's MAJOR and MINOR macros do (libc's differ in type between systems).
-    let major = ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0000_0fff);
-    let minor = ((dev >> 12) & 0xffff_ff00) | (dev & 0x0000_00ff);
-    locks.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let [_, "FLOCK", _, "WRITE", pid, file, ..] = fields.as_slice() else {
-            return None;
-        };
-        let mut parts = file.split(':');
-        let (Some(maj), Some(min), Some(inode), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return None;
-        };
-        let matches = u64::from_str_radix(maj, 16).ok()? == major
-            && u64::from_str_radix(min, 16).ok()? == minor
-            && inode.parse::<u64>().ok()? == ino;
-        if matches { pid.parse().ok() } else { None }
-    })
+/// The holders of exclusive locks on inode `ino` in the text of `/proc/locks` (lines like
+/// `1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF`; NFS shows flock locks as POSIX), each
+/// with the device the line names (hex major and minor, split as Linux's `makedev` lays
+/// them out; `None` if unreadable). Blocked requests (`->` lines) hold nothing, and pid 0
+/// (a holder in another pid namespace) cannot be named.
+fn flock_holders(locks: &str, ino: u64) -> Vec<(u32, Option<u64>)> {
+    locks
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [_, "FLOCK" | "POSIX", _, "WRITE", pid, file, ..] = fields.as_slice() else {
+                return None;
+            };
+            let mut parts = file.split(':');
+            let (Some(maj), Some(min), Some(inode), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                return None;
+            };
+            if inode.parse::<u64>().ok()? != ino {
+                return None;
+            }
+            let pid: u32 = pid.parse().ok().filter(|&p| p != 0)?;
+            let dev = match (u64::from_str_radix(maj, 16), u64::from_str_radix(min, 16)) {
+                (Ok(major), Ok(minor)) => Some(
+                    ((major & 0xffff_f000) << 32)
+                        | ((major & 0xfff) << 8)
+                        | ((minor & 0xffff_ff00) << 12)
+                        | (minor & 0xff),
+                ),
+                _ => None,
+            };
+            Some((pid, dev))
+        })
+        .collect()
+}
+
+/// Whether process `pid` has the file `dev`/`ino` open (false if its descriptors cannot be
+/// read: another user's process, unless root).
+fn has_open(pid: u32, dev: u64, ino: u64) -> bool {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten()
+        .any(|fd| fs::metadata(fd.path()).is_ok_and(|meta| meta.dev() == dev && meta.ino() == ino))
 }
 
 /// Held while a node runs; see [`N2pHome::lock`].
@@ -328,6 +356,7 @@ pub fn ensure_group_dir(dir: &Path, gid: u32) -> Result<(), HomeError> {
 mod tests {
     use super::*;
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn the_lock_holder_is_read_from_proc_locks_without_taking_the_lock() {
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -342,7 +371,7 @@ mod tests {
     }
 
     #[test]
-    fn proc_locks_lines_are_matched_by_device_and_inode() {
+    fn proc_locks_lines_are_matched_by_inode_with_their_device() {
         // Linux's makedev, as glibc and the kernel lay a device number out.
         let makedev = |major: u64, minor: u64| {
             ((major & 0xffff_f000) << 32)
@@ -355,18 +384,27 @@ mod tests {
             makedev(0x1_2345, 0x67_89ab),
             libc::makedev(0x1_2345, 0x67_89ab)
         );
-        let dev = makedev(0xfd, 0x01);
+        let dev = Some(makedev(0xfd, 0x01));
         let locks = "1: POSIX  ADVISORY  WRITE 11 fd:01:77 0 EOF\n\
                      2: FLOCK  ADVISORY  READ 12 fd:01:77 0 EOF\n\
-                     3: FLOCK  ADVISORY  WRITE 13 fd:02:77 0 EOF\n\
+                     3: FLOCK  ADVISORY  WRITE 13 fd:02:78 0 EOF\n\
                      3: -> FLOCK  ADVISORY  WRITE 14 fd:01:77 0 EOF\n\
-                     4: FLOCK  ADVISORY  WRITE 15 fd:01:77 0 EOF\n";
-        assert_eq!(flock_holder(locks, dev, 77), Some(15));
-        assert_eq!(flock_holder(locks, dev, 78), None);
-        assert_eq!(flock_holder("garbage\n5: FLOCK x WRITE y z", dev, 77), None);
-        let wide = makedev(0x1_2345, 0x67_89ab);
-        let line = "1: FLOCK  ADVISORY  WRITE 16 12345:6789ab:9 0 EOF";
-        assert_eq!(flock_holder(line, wide, 9), Some(16));
+                     4: FLOCK  ADVISORY  WRITE 15 fd:01:77 0 EOF\n\
+                     5: FLOCK  ADVISORY  WRITE 0 fd:01:77 0 EOF\n\
+                     6: FLOCK  ADVISORY  WRITE 16 12345:6789ab:77 0 EOF\n";
+        assert_eq!(
+            flock_holders(locks, 77),
+            vec![
+                (11, dev),
+                (15, dev),
+                (16, Some(makedev(0x1_2345, 0x67_89ab)))
+            ]
+        );
+        assert_eq!(
+            flock_holders(locks, 78),
+            vec![(13, Some(makedev(0xfd, 0x02)))]
+        );
+        assert!(flock_holders("garbage\n5: FLOCK x WRITE y z", 77).is_empty());
     }
 
     #[test]

@@ -29,23 +29,25 @@
 //!   apply to the file actually opened, a link to a file others may read is still refused.
 //! - Group and others must have no permission bits at all (`mode & 0o077 == 0`); the error
 //!   says how to fix it (`chmod 600 <path>`).
-//! - Except through a POSIX ACL (Linux) that grants only this process's user: systemd hands
-//!   a unit its credentials (`LoadCredential=`) as a root-owned 0400 file plus an ACL entry
-//!   for the unit's user wherever the credentials' file system has ACLs (a tmpfs; on ramfs
-//!   it changes the owner instead), which shows as mode 0440 (the group bits are the
-//!   ACL's mask). Such a file is read; one whose ACL lets any other user or group in is
-//!   refused like a 0440 file, and `chmod 600` fixes it too (it clears the mask).
+//! - Except through a POSIX ACL (Linux) that grants only this process's user, on a file
+//!   owned by root or by this user: systemd hands a unit its credentials (`LoadCredential=`)
+//!   as a root-owned 0400 file plus an ACL entry for the unit's user wherever the
+//!   credentials' file system has ACLs (a tmpfs; on ramfs it changes the owner instead),
+//!   which shows as mode 0440 (the group bits are the ACL's mask). Such a file is read; one
+//!   whose ACL lets any other user or group in, or that another user owns (who could change
+//!   it under the node), is refused like a 0440 file, and `chmod 600` fixes the first.
 //! - Only regular files are read: a directory, device or pipe is refused by name, and the
 //!   open uses `O_NONBLOCK` so that a pipe cannot hang the node before it is refused.
-//! - The owner is not checked. With no group or other bits, a process can only read a file it
-//!   owns unless it is privileged; and a root-run node reading a file a user owns is a setup
-//!   someone chose (that user could hand the secret over anyway).
+//! - The owner of a file without an ACL is not checked. With no group or other bits, a
+//!   process can only read a file it owns unless it is privileged; and a root-run node
+//!   reading a file a user owns is a setup someone chose (that user could hand the secret
+//!   over anyway).
 //! - At most a caller-given number of bytes is read; a longer file is refused rather than cut.
 
 use std::{
     fs,
     io::{self, Read, Write},
-    os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt},
+    os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -138,7 +140,10 @@ pub fn read_secret_file(path: &Path, limit: usize) -> Result<Zeroizing<Vec<u8>>,
         });
     }
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 && !acl::only_owner_and_me(&file) {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let owner_may_share = meta.uid() == 0 || meta.uid() == me;
+    if mode & 0o077 != 0 && !(owner_may_share && acl::only_owner_and_me(&file)) {
         return Err(SecretFileError::TooOpen {
             path: path.to_owned(),
             mode,
@@ -184,6 +189,8 @@ pub fn create_secret_file(path: &Path, contents: &[u8]) -> Result<(), SecretFile
 
 /// Who an access ACL lets in (Linux's `system.posix_acl_access`, see acl(5)).
 mod acl {
+    // Read only on Linux; the parser and its tests stay compiled everywhere.
+    #![cfg_attr(not(target_os = "linux"), allow(dead_code))]
     use std::fs::File;
 
     /// Whether `file` has an access ACL that gives no permission to anyone but its owner

@@ -10,6 +10,12 @@ use std::{
 
 use tokio::net::UnixListener;
 
+/// The longest path a unix socket can be bound at: `sun_path` less its NUL (107 bytes on
+/// Linux, 103 on macOS).
+pub const MAX_SOCKET_PATH: usize = std::mem::size_of::<libc::sockaddr_un>()
+    - std::mem::offset_of!(libc::sockaddr_un, sun_path)
+    - 1;
+
 /// Errors while binding a unix socket.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -33,7 +39,7 @@ pub enum UnixBindError {
         path: PathBuf,
     },
     /// The path is longer than a unix socket address allows.
-    #[error("socket path {} is too long for a unix socket (max 107 bytes); choose a shorter --socket or N2P_HOME", path.display())]
+    #[error("socket path {} is too long for a unix socket (max {MAX_SOCKET_PATH} bytes); choose a shorter --socket or N2P_HOME", path.display())]
     TooLong {
         /// The path.
         path: PathBuf,
@@ -115,7 +121,7 @@ pub fn bind_listener(
     path: &Path,
     access: SocketAccess,
 ) -> Result<(UnixListener, SocketFileGuard), UnixBindError> {
-    if path.as_os_str().len() > 107 {
+    if path.as_os_str().len() > MAX_SOCKET_PATH {
         return Err(UnixBindError::TooLong {
             path: path.to_owned(),
         });
@@ -169,8 +175,9 @@ fn bind_owner_only(path: &Path) -> io::Result<UnixListener> {
 
 /// Elsewhere (macOS: no `SOCK_CLOEXEC`, and `fchmod` on a socket fails with EINVAL) the file
 /// is made 0600 by path after `bind` and before `listen`: nobody can connect to a socket
-/// that does not listen yet, and the directory it is in is n2p's own (0700, or 0750 for the
-/// peers group), so nobody else can swap the path in between.
+/// that does not listen yet. In n2p's own directories (0700, or 0750 for the peers group)
+/// nobody else can swap the path in between; a `--socket` path the user picks elsewhere is
+/// as safe as its directory.
 #[cfg(not(target_os = "linux"))]
 fn bind_owner_only(path: &Path) -> io::Result<UnixListener> {
     bind_then_chmod(path)
@@ -185,8 +192,8 @@ fn bind_then_chmod(path: &Path) -> io::Result<UnixListener> {
     let raw = fd.as_raw_fd();
     // SAFETY: fcntl on a descriptor we own, with flag arguments only.
     unsafe {
-        if libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) != 0
-            || libc::fcntl(raw, libc::F_SETFL, libc::O_NONBLOCK) != 0
+        if libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) == -1
+            || libc::fcntl(raw, libc::F_SETFL, libc::O_NONBLOCK) == -1
         {
             return Err(io::Error::last_os_error());
         }
@@ -287,7 +294,7 @@ fn temporary_name(path: &Path) -> PathBuf {
     name.push(format!(".{suffix:08x}.tmp"));
     let tmp = path.with_file_name(name);
     // Keep within the sun_path limit; fall back to a short name in the same directory.
-    if tmp.as_os_str().len() > 107 {
+    if tmp.as_os_str().len() > MAX_SOCKET_PATH {
         path.with_file_name(format!(".{suffix:08x}.tmp"))
     } else {
         tmp

@@ -280,6 +280,30 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Checks that every `--bind` on the command line (`args`, the program name first) reached
+/// the `parsed` list: clap keeps a global option's values from one level only (before or
+/// after the subcommand), so `n2p --bind A mesh join --bind B` would silently lose one.
+pub(crate) fn binds_in_one_place(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+    parsed: usize,
+) -> Result<(), String> {
+    let given = args
+        .into_iter()
+        .skip(1)
+        .take_while(|arg| arg != "--")
+        .filter(|arg| {
+            let arg = arg.to_string_lossy();
+            arg == "--bind" || arg.starts_with("--bind=")
+        })
+        .count();
+    if given > parsed {
+        return Err(
+            "--bind given both before and after the subcommand: give every --bind in one place (e.g. `n2p --bind 0.0.0.0:7000 --bind [::]:7000 mesh join ...`)".to_owned(),
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -303,6 +327,25 @@ mod tests {
             assert_eq!(cli.global.relay, Some(RelayChoice::Disabled));
             assert_eq!(cli.global.bind, ["127.0.0.1:0".parse().expect("addr")]);
         }
+    }
+
+    #[test]
+    fn binds_split_around_the_subcommand_are_refused() {
+        let check = |args: &[&str]| {
+            let cli = Cli::try_parse_from(args).expect("parses");
+            binds_in_one_place(
+                args.iter().map(std::ffi::OsString::from),
+                cli.global.bind.len(),
+            )
+        };
+        let v4 = "0.0.0.0:7000";
+        let v6 = "[::]:7000";
+        assert!(check(&["n2p", "--bind", v4, "--bind", v6, "id"]).is_ok());
+        assert!(check(&["n2p", "id", "--bind", v4, &format!("--bind={v6}")]).is_ok());
+        let split = check(&["n2p", "--bind", v4, "id", "--bind", v6]).expect_err("split");
+        assert!(split.contains("in one place"), "{split}");
+        // Arguments after `--` are not options.
+        assert!(binds_in_one_place(["n2p", "id", "--", "--bind"].map(Into::into), 0).is_ok());
     }
 
     #[test]

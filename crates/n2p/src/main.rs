@@ -19,6 +19,12 @@ const RUNTIME_EXIT_BOUND: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    if let Err(message) = cli::binds_in_one_place(std::env::args_os(), cli.global.bind.len()) {
+        use clap::CommandFactory;
+        cli::Cli::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, message)
+            .exit();
+    }
     logging::init(cli.global.verbose);
     raise_fd_limit();
     // One thread: the forwarding path is bound by the nix-daemon and QUIC's per-packet work,

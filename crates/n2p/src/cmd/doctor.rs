@@ -466,13 +466,15 @@ fn check_peers_dir(report: &mut Report, dir: &Path, group: Option<&str>) {
     }
 }
 
-/// Whether a node runs on this home: one holding its lock (`/proc/locks`, which nobody can
-/// fake and which a node using another control socket still shows) and what the control
-/// socket says. A lock held by a node that does not answer here is a warning: this doctor
-/// looks at another control socket than the node uses.
+/// Whether a node runs on this home: the process holding its lock (`/proc/locks`, which a
+/// node using another control socket still shows) and what the control socket says. A mesh
+/// node holding the lock that does not answer here is a warning: this doctor looks at
+/// another control socket than the node uses. `n2p server` takes the same lock and has no
+/// control socket.
 async fn check_running_node(report: &mut Report, home: &N2pHome, control: &Path) {
     let holder = home.lock_holder("node");
     let answer = control::ask::<n2p_mesh::status::MeshStatus>(control, "status").await;
+    let pid = |pid: Option<u32>| pid.map_or(String::new(), |pid| format!(" (pid {pid})"));
     match (answer, holder) {
         (Ok(status), _) => report.ok(
             "node",
@@ -481,13 +483,17 @@ async fn check_running_node(report: &mut Report, home: &N2pHome, control: &Path)
                 status.name,
                 status.topic,
                 status.peers.len(),
-                holder.map_or(String::new(), |pid| format!(" (pid {pid})"))
+                pid(holder)
             ),
         ),
-        (Err(_), Some(pid)) => report.warn(
+        (Err(_), Some(holder)) if runs_subcommand(holder, "server") => report.ok(
+            "node",
+            format!("`n2p server` (pid {holder}) runs on this home"),
+        ),
+        (Err(_), Some(holder)) => report.warn(
             "node",
             format!(
-                "a node (pid {pid}) runs on this home but does not answer at {}",
+                "a node (pid {holder}) runs on this home but does not answer at {}",
                 control.display()
             ),
             format!(
@@ -498,11 +504,22 @@ async fn check_running_node(report: &mut Report, home: &N2pHome, control: &Path)
         (Err(_), None) => report.ok(
             "node",
             format!(
-                "none running on this home (nothing holds its lock, nothing answers at {})",
+                "none found: nothing answers at {}, and /proc/locks shows no process holding this home's lock",
                 control.display()
             ),
         ),
     }
+}
+
+/// Whether process `pid` was started with `subcommand` among its arguments (Linux's
+/// `/proc/PID/cmdline`; false if it cannot be read).
+fn runs_subcommand(pid: u32, subcommand: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+        cmdline
+            .split(|&b| b == 0)
+            .skip(1)
+            .any(|arg| arg == subcommand.as_bytes())
+    })
 }
 
 /// The store directory: `$NIX_STORE_DIR`, else `/nix/store`.
