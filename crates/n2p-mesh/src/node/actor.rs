@@ -302,7 +302,13 @@ impl Actor {
                     let slowest = self.table.slowest_heartbeat().unwrap_or_default();
                     let by = cut_off(!live.is_empty(), neighbours, heard.elapsed(), slowest);
                     if self.cut_off.due(by, now) {
-                        let peers: Vec<EndpointId> = live.iter().copied().collect();
+                        // Not a current neighbour, if there is another: one that passes nothing
+                        // on would change nothing.
+                        let neighbours: std::collections::BTreeSet<EndpointId> = receiver.neighbors().collect();
+                        let mut peers: Vec<EndpointId> = live.difference(&neighbours).copied().collect();
+                        if peers.is_empty() {
+                            peers = live.iter().copied().collect();
+                        }
                         let mut dial = join_peers(&[], &peers);
                         dial.truncate(CUT_OFF_DIALS);
                         let why = match self.cut_off.since() {

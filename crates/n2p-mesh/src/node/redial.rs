@@ -93,12 +93,16 @@ pub(super) struct CutOff {
 impl CutOff {
     /// Whether to dial a live peer now, given why the node is cut off (`None`: it is not):
     /// after [`CUT_OFF_GRACE`] cut off, then with waits doubling from it up to
-    /// [`MAX_REDIAL`] while that lasts. Not cut off starts it over.
+    /// [`MAX_REDIAL`] while that lasts. Not cut off, or cut off for another reason (a
+    /// neighbour came up, and its first messages may still be on their way), starts it over.
     pub(super) fn due(&mut self, cut_off: Option<CutOffBy>, now: Instant) -> bool {
         let Some(by) = cut_off else {
             *self = Self::default();
             return false;
         };
+        if self.since.is_some_and(|(_, was)| was != by) {
+            *self = Self::default();
+        }
         let (since, _) = *self.since.get_or_insert((now, by));
         let (at, wait) = *self
             .next
@@ -320,6 +324,11 @@ mod tests {
         assert_eq!(cut.since(), None);
         assert!(!cut.due(Some(CutOffBy::Silence), at));
         assert!(cut.due(Some(CutOffBy::Silence), at + CUT_OFF_GRACE));
+        // Another reason starts over too: a neighbour came up, its messages may be on the way.
+        let later = at + CUT_OFF_GRACE * 2;
+        assert!(!cut.due(Some(CutOffBy::NoNeighbour), later));
+        assert_eq!(cut.since(), Some((later, CutOffBy::NoNeighbour)));
+        assert!(cut.due(Some(CutOffBy::NoNeighbour), later + CUT_OFF_GRACE));
     }
 
     #[test]
