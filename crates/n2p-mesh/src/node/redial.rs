@@ -68,10 +68,11 @@ pub(super) const SILENT_HEARTBEATS: f64 = 1.5;
 
 /// How long a node stays cut off before it dials a live peer, and the first wait after
 /// that. A node without a neighbour for a second or two is common right after a large start
-/// and mends itself from gossip's passive view; a join is not free for the mesh (it sends
-/// random walks that end in neighbour requests, each of which may evict a link elsewhere:
-/// joins through 3 peers after 2 s, in 24 rounds of 100 nodes, came with one round in
-/// which the node then killed had no neighbour left to notice it, docs/BENCHMARKS.md).
+/// and mends itself from gossip's passive view (with 2 s, the dial came in 5 of 25 rounds of
+/// 100 nodes; with 10 s, in 1 of 36, for a node that had been without one for 10 s); and a
+/// join is not free for the mesh: it sends random walks that end in neighbour requests,
+/// each of which may evict a link elsewhere (docs/BENCHMARKS.md, "A node cut off from
+/// gossip").
 pub(super) const CUT_OFF_GRACE: Duration = Duration::from_secs(10);
 
 /// How many live peers a cut-off node dials and joins through at a time: one, for the
