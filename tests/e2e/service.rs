@@ -258,18 +258,9 @@ fn the_team_secret_comes_from_a_systemd_credential_or_an_absolute_path() {
     assert!(stderr.contains("CREDENTIALS_DIRECTORY"), "{stderr}");
 
     // A credential whose ACL also lets another user read it is refused, and says how to fix.
-    let dave = MeshPeer::new("dave");
-    let shared = ScratchDir::new("credentials");
-    write_secret(&shared.join("n2p-team"), team.secret(), 0o400);
-    set_credential_acl(&shared.join("n2p-team"), me.wrapping_add(1)).expect("ACL");
-    let mut command = dave.join_command(&team_file);
-    command
-        .args(["--secret-credential", "n2p-team"])
-        .env("CREDENTIALS_DIRECTORY", shared.path());
-    let mut node = dave.spawn(command);
-    let status = node.process.wait(Duration::from_secs(10));
-    let stderr = node.process.log_text();
-    assert!(!status.success(), "{stderr}");
+    let stderr = refused_credential("dave", &team_file, team.secret(), |file| {
+        set_credential_acl(file, me.wrapping_add(1)).expect("ACL");
+    });
     assert!(
         stderr.contains("readable by other users (mode 440); fix it with: chmod 600"),
         "{stderr}"
@@ -278,25 +269,42 @@ fn the_team_secret_comes_from_a_systemd_credential_or_an_absolute_path() {
     // One whose ACL names this user but that another user owns (who could change it under
     // the node) is refused too. Giving a file away needs root.
     if me == 0 {
-        let erin = MeshPeer::new("erin");
-        let foreign = ScratchDir::new("credentials");
-        let file = foreign.join("n2p-team");
-        write_secret(&file, team.secret(), 0o400);
-        std::os::unix::fs::chown(&file, Some(65534), None).expect("chown to nobody");
-        set_credential_acl(&file, me).expect("ACL");
-        let mut command = erin.join_command(&team_file);
-        command
-            .args(["--secret-credential", "n2p-team"])
-            .env("CREDENTIALS_DIRECTORY", foreign.path());
-        let mut node = erin.spawn(command);
-        let status = node.process.wait(Duration::from_secs(10));
-        let stderr = node.process.log_text();
-        assert!(!status.success(), "{stderr}");
+        let stderr = refused_credential("erin", &team_file, team.secret(), |file| {
+            std::os::unix::fs::chown(file, Some(65534), None).expect("chown to nobody");
+            set_credential_acl(file, me).expect("ACL");
+        });
         assert!(
             stderr.contains("readable by other users (mode 440)"),
             "{stderr}"
         );
     }
+}
+
+/// Starts node `name` of `team_file` with its secret from a credential file (0400, then
+/// changed by `prepare`) and returns its log after asserting that it refused to start.
+fn refused_credential(
+    name: &str,
+    team_file: &Path,
+    secret: &str,
+    prepare: impl FnOnce(&Path),
+) -> String {
+    let peer = MeshPeer::new(name);
+    let credentials = ScratchDir::new("credentials");
+    let file = credentials.join("n2p-team");
+    write_secret(&file, secret, 0o400);
+    prepare(&file);
+    let mut command = peer.join_command(team_file);
+    command
+        .args(["--secret-credential", "n2p-team"])
+        .env("CREDENTIALS_DIRECTORY", credentials.path());
+    let mut node = peer.spawn(command);
+    let status = node.process.wait(Duration::from_secs(10));
+    let stderr = node.process.log_text();
+    assert!(
+        !status.success(),
+        "{name} should have refused its credential:\n{stderr}"
+    );
+    stderr
 }
 
 #[test]
