@@ -69,7 +69,7 @@ pub(super) const SILENT_HEARTBEATS: f64 = 1.5;
 /// How long a node stays cut off before it dials a live peer, and the first wait after
 /// that. A node without a neighbour for a second or two is common right after a large start
 /// and mends itself from gossip's passive view (with 2 s, the dial came in 5 of 25 rounds of
-/// 100 nodes; with 10 s, in 1 of 36, for a node that had been without one for 10 s); and a
+/// 100 nodes; with 10 s, in 3 of 36, for nodes that had been without one for 10 s); and a
 /// join is not free for the mesh: it sends random walks that end in neighbour requests,
 /// each of which may evict a link elsewhere (docs/BENCHMARKS.md, "A node cut off from
 /// gossip").
