@@ -211,17 +211,21 @@ fn flock_holders(locks: &str, ino: u64) -> Vec<(u32, Option<u64>)> {
             }
             let pid: u32 = pid.parse().ok().filter(|&p| p != 0)?;
             let dev = match (u64::from_str_radix(maj, 16), u64::from_str_radix(min, 16)) {
-                (Ok(major), Ok(minor)) => Some(
-                    ((major & 0xffff_f000) << 32)
-                        | ((major & 0xfff) << 8)
-                        | ((minor & 0xffff_ff00) << 12)
-                        | (minor & 0xff),
-                ),
+                (Ok(major), Ok(minor)) => Some(linux_makedev(major, minor)),
                 _ => None,
             };
             Some((pid, dev))
         })
         .collect()
+}
+
+/// A device number from its major and minor, laid out as Linux's `makedev` does (libc's
+/// differs in type between systems).
+fn linux_makedev(major: u64, minor: u64) -> u64 {
+    ((major & 0xffff_f000) << 32)
+        | ((major & 0xfff) << 8)
+        | ((minor & 0xffff_ff00) << 12)
+        | (minor & 0xff)
 }
 
 /// Whether process `pid` has the file `dev`/`ino` open (false if its descriptors cannot be
@@ -372,13 +376,7 @@ mod tests {
 
     #[test]
     fn proc_locks_lines_are_matched_by_inode_with_their_device() {
-        // Linux's makedev, as glibc and the kernel lay a device number out.
-        let makedev = |major: u64, minor: u64| {
-            ((major & 0xffff_f000) << 32)
-                | ((major & 0xfff) << 8)
-                | ((minor & 0xffff_ff00) << 12)
-                | (minor & 0xff)
-        };
+        let makedev = linux_makedev;
         #[cfg(target_os = "linux")]
         assert_eq!(
             makedev(0x1_2345, 0x67_89ab),

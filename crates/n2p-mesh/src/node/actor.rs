@@ -287,6 +287,7 @@ impl Actor {
                     // it. Not done at once, so a crash noticed by everyone at the same moment
                     // does not make the whole mesh rejoin in lockstep.
                     let live: std::collections::BTreeSet<EndpointId> = self.table.live_ids().collect();
+                    let neighbours: std::collections::BTreeSet<EndpointId> = receiver.neighbors().collect();
                     let me = self.endpoint.id();
                     let absent: Vec<EndpointId> = self
                         .table
@@ -294,38 +295,11 @@ impl Actor {
                         .members()
                         .iter()
                         .map(|m| m.id)
-                        .filter(|id| *id != me && !live.contains(id) && !receiver.neighbors().any(|n| n == *id))
+                        .filter(|id| *id != me && !live.contains(id) && !neighbours.contains(id))
                         .collect();
                     let due = self.redial.due(absent, now);
                     self.dial_members(due).await;
-                    let neighbours = receiver.neighbors().next().is_some();
-                    let slowest = self.table.slowest_heartbeat().unwrap_or_default();
-                    let by = cut_off(!live.is_empty(), neighbours, heard.elapsed(), slowest);
-                    if self.cut_off.due(by, now) {
-                        // Not a current neighbour, if there is another: one that passes nothing
-                        // on would change nothing.
-                        let neighbours: std::collections::BTreeSet<EndpointId> = receiver.neighbors().collect();
-                        let mut peers: Vec<EndpointId> = live.difference(&neighbours).copied().collect();
-                        if peers.is_empty() {
-                            peers = live.iter().copied().collect();
-                        }
-                        let mut dial = join_peers(&[], &peers);
-                        dial.truncate(CUT_OFF_DIALS);
-                        let why = match self.cut_off.since() {
-                            Some((_, CutOffBy::NoNeighbour)) => "no gossip neighbour",
-                            _ => "no gossip message",
-                        };
-                        let since = self.cut_off.since().map(|(s, _)| now.saturating_duration_since(s)).unwrap_or_default();
-                        info!(
-                            target: "n2p",
-                            "{why} for {since:.1?} (heard last {:.1?} ago) while {} peers are live; dialing {} of them",
-                            heard.elapsed(),
-                            live.len(),
-                            dial.len()
-                        );
-                        self.dial_members(dial).await;
-                    }
-                    let neighbours: std::collections::BTreeSet<EndpointId> = receiver.neighbors().collect();
+                    self.mend_cut_off(&live, &neighbours, heard, now).await;
                     for id in self.linger.due(self.paths.gossip_peers(), &neighbours, now) {
                         debug!(peer = %id.fmt_short(), "closing the gossip connection to a peer that is not a neighbour");
                         self.paths.close_gossip(&id);
@@ -337,7 +311,7 @@ impl Actor {
                         .iter()
                         .filter(|(id, since)| {
                             now.saturating_duration_since(**since) >= STALE_NEIGHBOR_GRACE
-                                && receiver.neighbors().any(|n| n == **id)
+                                && neighbours.contains(*id)
                         })
                         .map(|(id, _)| *id)
                         .collect();
@@ -564,6 +538,49 @@ impl Actor {
         let desired = self.table.sockets();
         self.reconcile(&desired);
         self.dial_members(fresh).await;
+    }
+
+    /// Dials a live peer (not a current neighbour, where there is another: one that passes
+    /// nothing on would change nothing) when [`CutOff`] says the node, with `live` peers and
+    /// `neighbours`, has been cut off long enough; the last gossip message came at `heard`.
+    async fn mend_cut_off(
+        &mut self,
+        live: &std::collections::BTreeSet<EndpointId>,
+        neighbours: &std::collections::BTreeSet<EndpointId>,
+        heard: Instant,
+        now: Instant,
+    ) {
+        let slowest = self.table.slowest_heartbeat().unwrap_or_default();
+        let by = cut_off(
+            !live.is_empty(),
+            !neighbours.is_empty(),
+            heard.elapsed(),
+            slowest,
+        );
+        if !self.cut_off.due(by, now) {
+            return;
+        }
+        let mut peers: Vec<EndpointId> = live.difference(neighbours).copied().collect();
+        if peers.is_empty() {
+            peers = live.iter().copied().collect();
+        }
+        let mut dial = join_peers(&[], &peers);
+        dial.truncate(CUT_OFF_DIALS);
+        if let Some((since, by)) = self.cut_off.since() {
+            let why = match by {
+                CutOffBy::NoNeighbour => "no gossip neighbour",
+                CutOffBy::Silence => "no gossip message",
+            };
+            info!(
+                target: "n2p",
+                "{why} for {:.1?} (heard last {:.1?} ago) while {} peers are live; dialing {} of them",
+                now.saturating_duration_since(since),
+                heard.elapsed(),
+                live.len(),
+                dial.len()
+            );
+        }
+        self.dial_members(dial).await;
     }
 
     /// Connects to `members` with the gossip ALPN itself and hands each connection to
