@@ -304,25 +304,53 @@ fn sigterm_lets_a_client_push_in_flight_finish() {
 }
 
 /// A push that stalls (its `nix copy` frozen with SIGSTOP) for most of alice's drain bound
-/// after SIGTERM cannot finish in it: alice aborts it and exits; `nix copy` fails and bob's
-/// daemon has no valid path.
+/// after SIGTERM cannot finish in it: alice aborts it and exits; `nix copy` fails, saying
+/// why, and bob's daemon has no valid path.
 ///
 /// `nix copy` is resumed [`RESUME_BEFORE_BOUND`] before the bound, so that the abort hits a
-/// running Nix, as it would in life. (An abort while Nix is still frozen made Nix 2.8 exit 0
-/// without the path twice in about ten runs: on resuming it met a closed socket from both its
-/// threads and ignored the error. The daemon still had no valid path.)
+/// running Nix, as it would in life. The next test aborts a frozen one.
 #[test]
 fn a_stalled_push_is_aborted_after_the_drain_bound() {
     if !require_nix("a_stalled_push_is_aborted_after_the_drain_bound") {
         return;
     }
+    abort_stalled_push(Resume::BeforeTheBound);
+}
+
+/// As above, but `nix copy` stays frozen until alice has aborted it and exited. Nix 2.8
+/// used to exit 0 without the path here (twice in about ten runs): on resuming, its reader
+/// thread met the closed socket first, and its uploading thread took that end of file for
+/// the end of its own input. alice now tells it, in the protocol, that the push was cut.
+#[test]
+fn a_push_frozen_through_the_abort_fails_when_resumed() {
+    if !require_nix("a_push_frozen_through_the_abort_fails_when_resumed") {
+        return;
+    }
+    abort_stalled_push(Resume::AfterTheExit);
+}
+
+/// When [`abort_stalled_push`] resumes the frozen `nix copy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resume {
+    /// [`RESUME_BEFORE_BOUND`] before alice's drain bound.
+    BeforeTheBound,
+    /// Once alice has aborted the push and exited.
+    AfterTheExit,
+}
+
+/// Freezes alice's push into bob, SIGTERMs alice, resumes the push as `resume` says, and
+/// checks that alice aborts it after the drain bound and exits 0, that `nix copy` fails
+/// with alice's reason, and that bob's daemon has no valid path.
+fn abort_stalled_push(resume: Resume) {
     let pair = ClosedPair::new(8 * PUSH_LEN, 13);
     let (alice, bob) = (&pair.alice, &pair.bob);
     let (mut alice_node, _bob_node, mut push) = pair.stalled_push();
     let mark = alice_node.process.mark();
     let signalled = terminate_while_pushing(&alice_node.process, &alice.socket("bob"));
-    std::thread::sleep((DRAIN_BOUND - RESUME_BEFORE_BOUND).saturating_sub(signalled.elapsed()));
-    push.signal(Signal::Cont);
+    if resume == Resume::BeforeTheBound {
+        std::thread::sleep((DRAIN_BOUND - RESUME_BEFORE_BOUND).saturating_sub(signalled.elapsed()));
+        push.signal(Signal::Cont);
+    }
     alice_node.process.wait_for_line_since(
         &mark,
         "aborting 1 transfer(s) still in flight",
@@ -336,6 +364,9 @@ fn a_stalled_push_is_aborted_after_the_drain_bound() {
     let exit = alice_node.process.wait(SHUTDOWN_TIMEOUT);
     let exited = signalled.elapsed();
     assert!(exit.success(), "alice exited with {exit}");
+    if resume == Resume::AfterTheExit {
+        push.signal(Signal::Cont);
+    }
     let status = push.wait("alice aborted it");
     let arrived = path_info(&bob.daemon().store_url(), &pair.path);
     assert!(
@@ -350,13 +381,21 @@ fn a_stalled_push_is_aborted_after_the_drain_bound() {
         push.log_text(),
         alice_node.process.log_text()
     );
+    assert!(
+        push.log_text().contains(ABORT_TOLD),
+        "nix copy failed without alice's reason ({ABORT_TOLD:?}); its log:\n{}",
+        push.log_text()
+    );
     assert_not_valid(&bob.daemon().store_url(), &pair.path);
     eprintln!(
-        "TIMING drain bound: alice aborted the stalled push {aborted:?} after SIGTERM and \
-         exited {exited:?} after it; nix copy: {}",
+        "TIMING drain bound ({resume:?}): alice aborted the stalled push {aborted:?} after \
+         SIGTERM and exited {exited:?} after it; nix copy: {}",
         push.log_text().lines().last().unwrap_or_default()
     );
 }
+
+/// What Nix shows of an abort: the error n2p gives it in the protocol.
+const ABORT_TOLD: &str = "n2p: the n2p node serving this socket is shutting down";
 
 /// In an open team, an impostor taking bob's name renames alice's socket for bob while
 /// alice pushes through it: `bob.sock` goes, `bob-<id>.sock` comes, and the push in flight

@@ -27,6 +27,7 @@ use iroh::{
     },
     protocol::{AcceptError, ProtocolHandler},
 };
+use n2p_nix::worker::notice::FailureNotice;
 use tokio::{
     io::AsyncWriteExt,
     net::{UnixListener, UnixStream},
@@ -39,7 +40,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::{
     accept::{prove_stream, serve_streams},
     access::{AccessPolicy, AccessProof, AccessSecret},
-    forward::{ForwardError, QuicPair, forward_expecting},
+    forward::{ForwardError, ForwardStats, NixClient, QuicPair, forward, forward_nix_client},
     hello::HelloCache,
     limits::{AcceptBackoff, ConnectionGate, Limits, PeerSlots, UnprovenPermit},
 };
@@ -168,7 +169,7 @@ impl DaemonService {
         }
         drop(first);
         // Logged there; the serving side has nothing else to do about it.
-        let _ = forward_unix_stream("daemon stream", daemon, streams, &[]).await;
+        let _ = logged("daemon stream", forward(daemon, streams).await);
     }
 }
 
@@ -768,10 +769,7 @@ pub async fn serve_local_listener(
                     let counted = InFlight::new(&shutdown.in_flight);
                     tasks.spawn(async move {
                         let _counted = counted;
-                        tokio::select! {
-                            _ = abort.cancelled() => debug!("local connection aborted"),
-                            _ = forward_local_connection(local, &dialer) => {}
-                        }
+                        forward_local_connection(local, &dialer, &abort).await;
                     }.in_current_span());
                 }
                 Err(e) => {
@@ -799,14 +797,38 @@ pub async fn serve_local_listener(
             next = tasks.join_next() => if next.is_none() { break },
         }
     }
-    // After an abort: every task has seen its child token; this also ends any that has not
-    // been polled since.
+    // After an abort every task has seen its child token: each tells its client why, where
+    // the protocol allows, and closes, within a bound; any still running after it is dropped.
+    let told = async { while tasks.join_next().await.is_some() {} };
+    tokio::time::timeout(ABORT_BOUND, told).await.ok();
     tasks.shutdown().await;
 }
 
-async fn forward_local_connection(mut local: UnixStream, dialer: &DaemonDialer) {
-    let mut streams = match dialer.open_stream().await {
-        Ok(pair) => pair,
+/// How long aborted forwards get to tell their clients and close: one write and
+/// [`crate::forward::TELL_BOUND`] of taking what the client still sends.
+const ABORT_BOUND: std::time::Duration =
+    crate::forward::TELL_BOUND.saturating_add(crate::forward::RESET_GRACE.saturating_mul(2));
+
+async fn forward_local_connection(
+    mut local: UnixStream,
+    dialer: &DaemonDialer,
+    abort: &CancellationToken,
+) {
+    let before_forward = async {
+        let mut streams = dialer.open_stream().await?;
+        let relayed = crate::hello::relay(&mut local, &mut streams, &dialer.hello).await;
+        Ok::<_, DialError>((streams, relayed))
+    };
+    let opened = tokio::select! {
+        biased;
+        _ = abort.cancelled() => {
+            debug!("local connection aborted before its forward began");
+            return;
+        }
+        opened = before_forward => opened,
+    };
+    let (streams, relayed) = match opened {
+        Ok(opened) => opened,
         // The dialer reports an unreachable peer itself, once per outage and periodically.
         Err(
             e @ (DialError::Timeout { .. }
@@ -821,8 +843,20 @@ async fn forward_local_connection(mut local: UnixStream, dialer: &DaemonDialer) 
             return;
         }
     };
-    let outcome = match crate::hello::relay(&mut local, &mut streams, &dialer.hello).await {
-        Ok(owed) => forward_unix_stream("local connection", local, streams, &owed).await,
+    let outcome = match relayed {
+        Ok(relayed) => {
+            let client = NixClient {
+                owed: &relayed.owed,
+                notice: relayed
+                    .version
+                    .map(|version| FailureNotice::after_handshake(version, 0)),
+                abort,
+            };
+            logged(
+                "local connection",
+                forward_nix_client(local, streams, client).await,
+            )
+        }
         Err(e) => {
             warn!("local connection aborted during the handshake: {e}");
             Err(e)
@@ -833,15 +867,9 @@ async fn forward_local_connection(mut local: UnixStream, dialer: &DaemonDialer) 
     }
 }
 
-/// Joins a unix stream to an iroh stream pair until both directions end, the peer's first
-/// bytes being `expected` ([`forward_expecting`]); logs the outcome and returns it.
-async fn forward_unix_stream(
-    what: &str,
-    stream: UnixStream,
-    streams: QuicPair,
-    expected: &[u8],
-) -> Result<(), ForwardError> {
-    match forward_expecting(stream, streams, expected).await {
+/// Logs how a forward (`what`) ended and returns it.
+fn logged(what: &str, result: Result<ForwardStats, ForwardError>) -> Result<(), ForwardError> {
+    match result {
         Ok(stats) => {
             debug!(sent = stats.sent, received = stats.received, "{what} done");
             Ok(())
@@ -1469,8 +1497,8 @@ mod tests {
 
     /// The first connection records the daemon's handshake; the next is answered without
     /// the daemon saying a word (it is held silent until the client's handshake is done);
-    /// once the daemon answers otherwise, that one connection is cut and the recording
-    /// dropped, and the next learns the new answer.
+    /// once the daemon answers otherwise, that one connection is cut (its client told so as
+    /// a daemon error) and the recording dropped, and the next learns the new answer.
     #[tokio::test]
     async fn a_recorded_handshake_is_answered_at_once_and_checked() -> TestResult {
         let dir = tempfile::tempdir()?;
@@ -1500,8 +1528,16 @@ mod tests {
         let mut rest = Vec::new();
         let end =
             tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut rest)).await?;
+        // Nothing of the daemon's: only n2p's error for the operation it waits on.
+        let told = n2p_nix::worker::notice::error_message(
+            0x122,
+            &format!(
+                "n2p: {}; the operation did not complete",
+                ForwardError::HelloMismatch
+            ),
+        );
         assert!(
-            end.is_err() || rest.is_empty(),
+            end.is_ok() && rest == told,
             "a connection whose recorded answer was wrong got {rest:?} ({end:?})"
         );
         assert!(

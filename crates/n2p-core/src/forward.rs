@@ -8,9 +8,11 @@
 //!   `shutdown()` of the local write half.
 //! - Either direction may end cleanly while the other goes on (Nix clients half-close).
 //!
-//! Only a clean end of a direction is ever passed on as a clean end. Every other way out —
-//! an error in either direction, or the forward being dropped half-way (its task cancelled
-//! on shutdown, a peer socket removed) — aborts both sides:
+//! Only a clean end of a direction is ever passed on as a clean end; for a Nix client
+//! ([`forward_nix_client`]) the peer's finish in the middle of an operation is not one
+//! ([`ForwardError::EndedMidOperation`]). Every other way out — an error in either
+//! direction, the node aborting a Nix client's forward, or the forward being dropped
+//! half-way (its task cancelled, a peer socket removed) — aborts both sides:
 //!
 //! - the QUIC send side is reset and the receive side stopped (a dropped iroh `SendStream`
 //!   would otherwise *finish*, which the peer reads as a complete transfer);
@@ -25,14 +27,25 @@
 //!   a reader already blocked may still see EOF, now together with a failed write. A
 //!   client waiting for an answer reads EOF in the middle of a message, which Nix
 //!   reports as an unexpected end of file.
+//! - before that close, a Nix client that waits for the end of an operation, between two of
+//!   the daemon's messages, is sent a daemon error that says why
+//!   ([`n2p_nix::worker::notice`]): Nix up to 2.24 takes an end of file seen by its reader
+//!   thread during an upload for the end of its own input, and exits 0.
 
-use std::{io, os::fd::AsRawFd, pin::pin};
+use std::{
+    io,
+    os::fd::AsRawFd,
+    pin::pin,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use iroh::endpoint::{ReadError, RecvStream, SendStream, VarInt, WriteError};
+use n2p_nix::worker::notice::FailureNotice;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest},
     net::UnixStream,
 };
+use tokio_util::sync::CancellationToken;
 
 /// Size of the buffer used for each direction of a stream.
 pub const FORWARD_BUFFER_SIZE: usize = 64 * 1024;
@@ -65,6 +78,14 @@ pub enum ForwardError {
     /// Sending to the peer failed (stopped, connection lost).
     #[error("sending to the peer failed")]
     RemoteWrite(#[source] WriteError),
+    /// This node is shutting down and cut the forward (after its drain bound).
+    #[error("the n2p node serving this socket is shutting down and cut the connection")]
+    Aborted,
+    /// The peer's side of the stream ended cleanly while the Nix client waited for the end
+    /// of an operation's work ([`FailureNotice::in_operation`]): its daemon closed the
+    /// connection half-way (it died, say, before the peer's node saw a failed write).
+    #[error("the peer's nix-daemon closed the connection in the middle of an operation")]
+    EndedMidOperation,
     /// The peer's daemon answered the handshake unlike the answer given to the client in
     /// its place ([`crate::hello`]): it was upgraded or reconfigured since.
     #[error(
@@ -114,32 +135,83 @@ impl Drop for QuicPair {
 /// ended; returns the byte counts. On any abnormal end, including this future being dropped,
 /// both sides are aborted as the module documentation describes, never half-closed.
 pub async fn forward(local: UnixStream, streams: QuicPair) -> Result<ForwardStats, ForwardError> {
-    forward_expecting(local, streams, &[]).await
+    forward_inner(local, streams, &[], None, None).await
 }
 
-/// [`forward`], where the peer's first bytes must be `expected` and are not passed on: the
-/// client already has them ([`crate::hello`]). Other first bytes end the forward with
-/// [`ForwardError::HelloMismatch`] before anything more reaches the client.
-pub async fn forward_expecting(
+/// What a forward knows of the Nix client on its local side.
+#[derive(Debug)]
+pub struct NixClient<'a> {
+    /// Answers given to the client in the daemon's place ([`crate::hello`]): the peer's
+    /// first bytes must be these, and are not passed on. Other first bytes end the forward
+    /// with [`ForwardError::HelloMismatch`] before anything more reaches the client.
+    pub owed: &'a [u8],
+    /// Where the client stands in the protocol, if its handshake was followed: a failure is
+    /// then also told to the client as a daemon error where the protocol allows
+    /// ([`n2p_nix::worker::notice`]), so that it fails for that reason at its next read or
+    /// write whether or not it sees the socket close.
+    pub notice: Option<FailureNotice>,
+    /// Cancelled when this node shuts down: the forward ends with [`ForwardError::Aborted`]
+    /// (and tells the client so).
+    pub abort: &'a CancellationToken,
+}
+
+/// [`forward`] for a Nix client: see [`NixClient`].
+pub async fn forward_nix_client(
+    local: UnixStream,
+    streams: QuicPair,
+    client: NixClient<'_>,
+) -> Result<ForwardStats, ForwardError> {
+    forward_inner(
+        local,
+        streams,
+        client.owed,
+        client.notice,
+        Some(client.abort),
+    )
+    .await
+}
+
+async fn forward_inner(
     mut local: UnixStream,
     streams: QuicPair,
     expected: &[u8],
+    mut notice: Option<FailureNotice>,
+    abort: Option<&CancellationToken>,
 ) -> Result<ForwardStats, ForwardError> {
     let mut streams = streams;
+    let client_sent = AtomicU64::new(0);
     let (mut local_read, mut local_write) = local.split();
     let outcome = {
         let QuicPair { send, recv, .. } = &mut streams;
-        let mut up = pin!(copy_local_to_remote(&mut local_read, send));
-        let mut down = pin!(copy_remote_to_local(recv, expected, &mut local_write));
-        tokio::select! {
-            sent = &mut up => match sent {
-                Ok(sent) => down.await.map(|received| ForwardStats { sent, received }),
-                Err(e) => Err(e),
+        let mut up = pin!(copy_local_to_remote(&mut local_read, send, &client_sent));
+        let mut down = pin!(copy_remote_to_local(
+            recv,
+            expected,
+            &mut local_write,
+            Follow {
+                notice: &mut notice,
+                client_sent: &client_sent,
+            }
+        ));
+        let both = async {
+            tokio::select! {
+                sent = &mut up => match sent {
+                    Ok(sent) => down.await.map(|received| ForwardStats { sent, received }),
+                    Err(e) => Err(e),
+                },
+                received = &mut down => match received {
+                    Ok(received) => up.await.map(|sent| ForwardStats { sent, received }),
+                    Err(e) => Err(e),
+                },
+            }
+        };
+        match abort {
+            Some(abort) => tokio::select! {
+                biased;
+                _ = abort.cancelled() => Err(ForwardError::Aborted),
+                outcome = both => outcome,
             },
-            received = &mut down => match received {
-                Ok(received) => up.await.map(|sent| ForwardStats { sent, received }),
-                Err(e) => Err(e),
-            },
+            None => both.await,
         }
     };
     match outcome {
@@ -148,17 +220,66 @@ pub async fn forward_expecting(
             Ok(stats)
         }
         Err(e) => {
-            // Reset the QUIC side at once, then give an uploading client a moment to put
-            // bytes in the socket, so that the close reads as ECONNRESET on its side.
+            // Reset the QUIC side at once. Then tell the client why in its protocol if it
+            // can take that now, or give an uploading client a moment to put bytes in the
+            // socket, so that the close reads as ECONNRESET on its side.
             drop(streams);
-            tokio::time::timeout(RESET_GRACE, pending_data(&local))
-                .await
-                .ok();
+            let told = notice
+                .as_ref()
+                .zip(told_why(&e))
+                .and_then(|(notice, why)| notice.message(client_sent.load(Ordering::SeqCst), &why));
+            match told {
+                Some(message) => tell(&mut local, &message).await,
+                None => {
+                    tokio::time::timeout(RESET_GRACE, pending_data(&local))
+                        .await
+                        .ok();
+                }
+            }
             drop(local);
             Err(e)
         }
     }
 }
+
+/// What the client is told when the forward failed on the peer's side or was aborted; None
+/// for a failure on the local side, which the client caused or sees itself.
+fn told_why(error: &ForwardError) -> Option<String> {
+    let cause = match error {
+        ForwardError::RemoteRead(source) => source.to_string(),
+        ForwardError::RemoteWrite(source) => source.to_string(),
+        ForwardError::HelloMismatch | ForwardError::EndedMidOperation | ForwardError::Aborted => {
+            return Some(format!("n2p: {error}; the operation did not complete"));
+        }
+        ForwardError::LocalRead(_) | ForwardError::LocalWrite(_) => return None,
+    };
+    Some(format!(
+        "n2p: the connection to the peer's nix-daemon broke during this operation \
+         ({error}: {cause}); it did not complete"
+    ))
+}
+
+/// Gives the client `message`, then reads and drops what it still sends until it closes,
+/// pauses for [`RESET_GRACE`] or [`TELL_BOUND`] has passed. An uploading client so takes the
+/// message at its next write (Nix checks its reader's error before each), not a failed
+/// write, and its error names the cause.
+async fn tell(local: &mut UnixStream, message: &[u8]) {
+    match tokio::time::timeout(RESET_GRACE, local.write_all(message)).await {
+        Ok(Ok(())) => {}
+        // Not reading (its buffer is full) or gone: closing is all that is left.
+        _ => return,
+    }
+    // An error path, once per failed connection: a buffer of its own is no burden here.
+    let mut dropped = vec![0u8; FORWARD_BUFFER_SIZE];
+    let drain = async {
+        while let Ok(Ok(1..)) = tokio::time::timeout(RESET_GRACE, local.read(&mut dropped)).await {}
+    };
+    tokio::time::timeout(TELL_BOUND, drain).await.ok();
+}
+
+/// How long [`tell`] goes on taking what a client still sends after its message: Nix reads
+/// the message on its reader thread at once and fails its upload at its next write.
+pub(crate) const TELL_BOUND: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Returns once the local socket holds unread data (or its peer has closed it).
 async fn pending_data(local: &UnixStream) {
@@ -192,15 +313,24 @@ async fn pending_data(local: &UnixStream) {
     }
 }
 
+/// What the remote → local direction follows for a [`FailureNotice`].
+struct Follow<'a> {
+    notice: &'a mut Option<FailureNotice>,
+    /// The bytes the client has sent so far.
+    client_sent: &'a AtomicU64,
+}
+
 /// On an abnormal end, how long to wait for pending local data before closing the unix
 /// socket (see the module documentation): a client that is writing fills it within
 /// microseconds, one that waits for an answer reads EOF in the middle of a message either way.
-const RESET_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
+pub(crate) const RESET_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// Copies local → remote; EOF becomes `finish()`. Returns bytes sent.
+/// Copies local → remote; EOF becomes `finish()`. Returns bytes sent; `sent` counts them
+/// too, each before it is passed on ([`FailureNotice`] needs that order).
 async fn copy_local_to_remote<R: AsyncRead + Unpin>(
     local: &mut R,
     send: &mut SendStream,
+    sent: &AtomicU64,
 ) -> Result<u64, ForwardError> {
     let mut buf = vec![0u8; FORWARD_BUFFER_SIZE];
     let mut total = 0u64;
@@ -214,6 +344,7 @@ async fn copy_local_to_remote<R: AsyncRead + Unpin>(
             send.finish().ok();
             return Ok(total);
         }
+        sent.fetch_add(n as u64, Ordering::SeqCst);
         send.write_all(&buf[..n])
             .await
             .map_err(ForwardError::RemoteWrite)?;
@@ -231,6 +362,7 @@ async fn copy_remote_to_local<W: AsyncWrite + Unpin>(
     recv: &mut RecvStream,
     expected: &[u8],
     local: &mut W,
+    follow: Follow<'_>,
 ) -> Result<u64, ForwardError> {
     let mut buf = vec![0u8; FORWARD_BUFFER_SIZE];
     crate::hello::check_owed(recv, expected, &mut buf).await?;
@@ -240,11 +372,21 @@ async fn copy_remote_to_local<W: AsyncWrite + Unpin>(
         .await
         .map_err(ForwardError::RemoteRead)?
     {
+        if let Some(notice) = follow.notice.as_mut() {
+            notice.daemon_sent(&buf[..n], follow.client_sent.load(Ordering::SeqCst));
+        }
         local
             .write_all(&buf[..n])
             .await
             .map_err(ForwardError::LocalWrite)?;
         total += n as u64;
+    }
+    if let Some(notice) = follow.notice.as_ref()
+        && notice.in_operation(follow.client_sent.load(Ordering::SeqCst))
+    {
+        // Not an end to pass on as one: Nix 2.8 may take an end of file during an upload
+        // for the end of its own input ([`n2p_nix::worker::notice`]).
+        return Err(ForwardError::EndedMidOperation);
     }
     // Half-close: the local side sees EOF but may keep sending.
     match local.shutdown().await {
@@ -396,6 +538,69 @@ mod tests {
             ),
             "the uploading client's write ended with {write_error:?}"
         );
+        a.close().await;
+        b.close().await;
+        Ok(())
+    }
+
+    /// A peer that ends its side cleanly while the Nix client waits for the end of an
+    /// operation has failed it: the client reads a daemon error saying so, then the end,
+    /// never a bare end of file. Between operations the same end is passed on as it is.
+    #[tokio::test]
+    async fn a_peer_ending_mid_operation_is_told_to_the_client_as_a_daemon_error() -> TestResult {
+        use n2p_nix::worker::notice::error_message;
+        use tokio::io::AsyncReadExt;
+
+        const VERSION: u64 = 0x122;
+        let (a, b, ab, ba) = connected().await?;
+        for mid_operation in [true, false] {
+            let (mut client, theirs) = UnixStream::pair()?;
+            let (send, recv) = ab.open_bi().await?;
+            let abort = CancellationToken::new();
+            let forward = async {
+                let client = NixClient {
+                    owed: &[],
+                    notice: Some(FailureNotice::after_handshake(VERSION, 0)),
+                    abort: &abort,
+                };
+                forward_nix_client(theirs, QuicPair::new(send, recv), client).await
+            };
+            let peer = async {
+                // The stream reaches the peer with the client's first bytes.
+                let operation = [9u8; 8];
+                client.write_all(&operation).await?;
+                let (mut peer_send, mut peer_recv) = ba.accept_bi().await?;
+                let mut got = [0u8; 8];
+                peer_recv.read_exact(&mut got).await?;
+                if !mid_operation {
+                    // The work ends and a reply follows: the client then reads it all.
+                    let mut reply = 0x616c_7473u64.to_le_bytes().to_vec();
+                    reply.extend(1u64.to_le_bytes());
+                    peer_send.write_all(&reply).await?;
+                }
+                peer_send.finish()?;
+                let mut seen = Vec::new();
+                client.read_to_end(&mut seen).await?;
+                drop(client);
+                Ok::<_, Box<dyn std::error::Error>>(seen)
+            };
+            let (outcome, seen) = tokio::join!(forward, peer);
+            let seen = seen?;
+            if mid_operation {
+                assert!(
+                    matches!(outcome, Err(ForwardError::EndedMidOperation)),
+                    "{outcome:?}"
+                );
+                let told = format!(
+                    "n2p: {}; the operation did not complete",
+                    ForwardError::EndedMidOperation
+                );
+                assert_eq!(seen, error_message(VERSION, &told), "what the client read");
+            } else {
+                assert!(outcome.is_ok(), "{outcome:?}");
+                assert_eq!(seen.len(), 16, "the reply, then the end");
+            }
+        }
         a.close().await;
         b.close().await;
         Ok(())

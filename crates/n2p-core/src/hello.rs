@@ -79,17 +79,26 @@ impl HelloCache {
     }
 }
 
+/// What [`relay`] leaves to the forward that follows it.
+#[derive(Debug, Default)]
+pub(crate) struct Relayed {
+    /// The answers given in the daemon's place, which the peer has yet to send.
+    pub owed: Vec<u8>,
+    /// The protocol version both sides use, if the whole handshake was framed; the forward
+    /// then follows the connection to tell the client of a failure in the protocol.
+    pub version: Option<u64>,
+}
+
 /// Relays the handshake between a new local connection and its stream to the peer,
 /// answering from `cache` where the client's parts match the recording and recording a
-/// new exchange where they do not. Returns the answers given in the daemon's place, which
-/// the peer has yet to send: the caller hands them to
+/// new exchange where they do not. The caller hands what it returns to
 /// [`crate::forward::forward_expecting`]. On [`ForwardError::HelloMismatch`], here or
 /// there, the caller drops the recording ([`HelloCache::forget`]).
 pub(crate) async fn relay(
     local: &mut UnixStream,
     streams: &mut QuicPair,
     cache: &HelloCache,
-) -> Result<Vec<u8>, ForwardError> {
+) -> Result<Relayed, ForwardError> {
     let recorded = cache.recorded();
     let mut hello = Hello::new();
     let mut owed = Vec::new();
@@ -102,7 +111,10 @@ pub(crate) async fn relay(
         .await?;
         send(streams, &part).await?;
         if !framed {
-            return Ok(owed);
+            return Ok(Relayed {
+                owed,
+                version: None,
+            });
         }
         let answer = match recorded.as_ref().and_then(|r| r.parts.get(index)) {
             Some((client, answer)) if replaying && *client == part => {
@@ -135,7 +147,10 @@ pub(crate) async fn relay(
                         ?step,
                         "handshake not recorded: the daemon's answer is not one to give again"
                     );
-                    return Ok(owed);
+                    return Ok(Relayed {
+                        owed,
+                        version: None,
+                    });
                 }
                 answer
             }
@@ -146,7 +161,10 @@ pub(crate) async fn relay(
         debug!("recorded the peer daemon's handshake");
         cache.record(Transcript { parts });
     }
-    Ok(owed)
+    Ok(Relayed {
+        owed,
+        version: hello.version(),
+    })
 }
 
 /// Reads the peer's first bytes and checks that they are `owed`, using `buf` for them. A

@@ -154,6 +154,12 @@ impl Hello {
         part.finish(framed)
     }
 
+    /// The protocol version both sides use (wire form), once both parts of
+    /// [`Step::Version`] are framed.
+    pub fn version(&self) -> Option<u64> {
+        self.negotiated().ok()
+    }
+
     /// The version both sides use, once both are known.
     fn negotiated(&self) -> Result<u64, HelloError> {
         match (self.daemon_version, self.client_version) {

@@ -31,6 +31,7 @@
 //! offers 1.38 and both sides use the lower version.
 
 pub mod hello;
+pub mod notice;
 pub mod signature_probe;
 mod stderr;
 mod wire;
