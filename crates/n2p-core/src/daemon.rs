@@ -1522,9 +1522,14 @@ mod tests {
         request(&mut second, 8).await?;
 
         *version.lock().map_err(|_| "poisoned")? = "2.8.1".to_owned();
+        // Silent until the client has sent its first request, so that the mismatch comes
+        // while it waits for that request's end.
+        open.send(false)?;
         let (mut third, said) = nix_2_8_handshake(&s.socket).await?;
         assert_eq!(said, "2.8.0", "the recording answered");
         third.write_all(&hello_words(&[9])).await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        open.send(true)?;
         let mut rest = Vec::new();
         let end =
             tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut rest)).await?;

@@ -267,7 +267,14 @@ async fn tell(local: &mut UnixStream, message: &[u8]) {
     match tokio::time::timeout(RESET_GRACE, local.write_all(message)).await {
         Ok(Ok(())) => {}
         // Not reading (its buffer is full) or gone: closing is all that is left.
-        _ => return,
+        Ok(Err(e)) => {
+            tracing::debug!("could not tell the client why: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("could not tell the client why: it reads nothing");
+            return;
+        }
     }
     // An error path, once per failed connection: a buffer of its own is no burden here.
     let mut dropped = vec![0u8; FORWARD_BUFFER_SIZE];
@@ -372,13 +379,24 @@ async fn copy_remote_to_local<W: AsyncWrite + Unpin>(
         .await
         .map_err(ForwardError::RemoteRead)?
     {
-        if let Some(notice) = follow.notice.as_mut() {
-            notice.daemon_sent(&buf[..n], follow.client_sent.load(Ordering::SeqCst));
+        // The client's count as these bytes arrived (it sent nothing they answer after).
+        let client_sent = follow.client_sent.load(Ordering::SeqCst);
+        let mut written = 0;
+        while written < n {
+            // `write` is cancel-safe: when this forward is cut off in a write, the notice
+            // has followed exactly the bytes the client got.
+            let wrote = local
+                .write(&buf[written..n])
+                .await
+                .map_err(ForwardError::LocalWrite)?;
+            if wrote == 0 {
+                return Err(ForwardError::LocalWrite(io::ErrorKind::WriteZero.into()));
+            }
+            if let Some(notice) = follow.notice.as_mut() {
+                notice.daemon_sent(&buf[written..written + wrote], client_sent);
+            }
+            written += wrote;
         }
-        local
-            .write_all(&buf[..n])
-            .await
-            .map_err(ForwardError::LocalWrite)?;
         total += n as u64;
     }
     if let Some(notice) = follow.notice.as_ref()

@@ -18,6 +18,10 @@
 //! so bytes from the client after the end of the work always start a new operation. The
 //! forwarder counts the client's bytes (counted before they are sent on, so before the
 //! daemon can answer them) and passes the count with each chunk of the daemon's bytes.
+//! (Daemons of Nix 2.4 and 2.5 end the work of a framed upload before reading its last,
+//! empty frame; their clients send that frame with the one before, so in practice it is
+//! counted first too. Were it not, a daemon closing right after such an upload would be
+//! taken for one that failed the client.)
 
 use super::stderr::{
     STDERR_ERROR, STDERR_LAST, STDERR_NEXT, STDERR_READ, STDERR_RESULT, STDERR_START_ACTIVITY,
