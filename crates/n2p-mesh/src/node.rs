@@ -18,6 +18,7 @@ mod linger;
 mod paths;
 pub mod peer_sockets;
 mod redial;
+mod sweep;
 
 pub use self::gate::SharedTeam;
 
@@ -309,6 +310,7 @@ impl MeshNode {
             paths,
             redial: Default::default(),
             cut_off: Default::default(),
+            sweep: sweep::Sweep::new(std::time::Instant::now()),
             dials: JoinSet::new(),
             linger: Default::default(),
             probes: JoinSet::new(),

@@ -27,6 +27,7 @@ use super::{
     paths::{Ending, PathWatch},
     peer_sockets::PeerSockets,
     redial::{CUT_OFF_DIALS, CutOff, CutOffBy, JOIN_PEERS, Redial, cut_off, join_peers},
+    sweep::Sweep,
 };
 use crate::{
     proto::{
@@ -97,6 +98,18 @@ enum Suspicion {
     LostNeighbour,
     /// Another node reported it unreachable, but I hold newer news of it than the report.
     DisputedReport,
+    /// Its turn in the routine check ([`super::sweep`]).
+    Routine,
+}
+
+/// How a check of a peer ([`Actor::probe`]) ended.
+#[derive(Debug)]
+pub(super) struct Checked {
+    peer: EndpointId,
+    /// The seq I held from the peer when the check started.
+    seq: u64,
+    suspicion: Suspicion,
+    answered: bool,
 }
 
 /// What the handle asks of the actor.
@@ -145,9 +158,11 @@ pub(super) struct Actor {
     pub(super) dials: JoinSet<()>,
     /// When to close gossip connections to peers that are not neighbours.
     pub(super) linger: Linger,
+    /// When to check a peer that is not a neighbour.
+    pub(super) sweep: Sweep,
     /// Peers being checked ([`Self::probe`]): the peer, the seq I had from it when the
     /// check started, and whether it answered.
-    pub(super) probes: JoinSet<(EndpointId, u64, bool)>,
+    pub(super) probes: JoinSet<Checked>,
     /// The peers in [`Self::probes`], so that each is checked once at a time.
     pub(super) probing: std::collections::BTreeSet<EndpointId>,
     /// The latest announcement taken from each peer, as received (its id's bytes to its
@@ -255,9 +270,9 @@ impl Actor {
                         break;
                     }
                 },
-                Some(Ok((peer, seq, answered))) = self.probes.join_next(), if !self.probes.is_empty() => {
-                    self.probing.remove(&peer);
-                    if !answered && let Some(report) = self.lost(peer, seq) {
+                Some(Ok(checked)) = self.probes.join_next(), if !self.probes.is_empty() => {
+                    self.probing.remove(&checked.peer);
+                    if !checked.answered && let Some(report) = self.lost(&checked) {
                         heartbeat_at = self.announce(AnnounceKind::Alive, Some(report)).await;
                     }
                 }
@@ -300,6 +315,9 @@ impl Actor {
                     let due = self.redial.due(absent, now);
                     self.dial_members(due).await;
                     self.mend_cut_off(&live, &neighbours, heard, now).await;
+                    if let Some(peer) = self.sweep.due(&live, &neighbours, &self.probing, now) {
+                        self.probe(peer, Suspicion::Routine);
+                    }
                     for id in self.linger.due(self.paths.gossip_peers(), &neighbours, now) {
                         debug!(peer = %id.fmt_short(), "closing the gossip connection to a peer that is not a neighbour");
                         self.paths.close_gossip(&id);
@@ -708,7 +726,8 @@ impl Actor {
     /// [`PROBE_TIMEOUT`] is reported when the check ends (see [`Self::lost`]). A peer lost by
     /// gossip's own reshuffling keeps a connection open, or had it closed on purpose, and is
     /// not dialled (see [`PROBE_SETTLE`], [`Ending`]); one that answers is not reported
-    /// either, so only real losses are. One check per peer at a time.
+    /// either, so only real losses are. A routine check ([`routine_check`]) looks only at
+    /// whether a connection is open, then dials. One check per peer at a time.
     fn probe(&mut self, peer: EndpointId, suspicion: Suspicion) {
         let Some(seq) = self.table.seq_of(&peer) else {
             return;
@@ -721,6 +740,10 @@ impl Actor {
             self.gossip.clone(),
             self.paths.clone(),
         );
+        if suspicion == Suspicion::Routine {
+            self.probes.spawn(routine_check(endpoint, paths, peer, seq));
+            return;
+        }
         self.probes.spawn(async move {
             // The connection gossip lost may have ended a moment before it said so.
             let since = Instant::now()
@@ -733,7 +756,7 @@ impl Actor {
             let settle = tokio::time::Instant::now() + PROBE_SETTLE;
             while paths.connected(&peer) {
                 if tokio::time::Instant::now() >= settle {
-                    return (peer, seq, true);
+                    return Checked { peer, seq, suspicion, answered: true };
                 }
                 tokio::time::sleep(PROBE_POLL).await;
             }
@@ -753,7 +776,7 @@ impl Actor {
                 };
                 if ending == Some(Ending::Closed) {
                     debug!(peer = %peer.fmt_short(), "its connection was closed cleanly; not dialled");
-                    return (peer, seq, true);
+                    return Checked { peer, seq, suspicion, answered: true };
                 }
             }
             let connect = endpoint.connect(peer, iroh_gossip::net::GOSSIP_ALPN);
@@ -772,19 +795,28 @@ impl Actor {
                 }
                 Err(_) => false,
             };
-            (peer, seq, answered)
+            Checked { peer, seq, suspicion, answered }
         });
     }
 
-    /// A probe of `peer` (seq `seq` when it started) got no answer: drops the peer here
+    /// A check of a peer got no answer: drops the peer here
     /// unless it has announced itself since, and returns the report to broadcast.
-    fn lost(&mut self, peer: EndpointId, seq: u64) -> Option<Unreachable> {
-        let report = Unreachable { id: peer, seq };
+    fn lost(&mut self, checked: &Checked) -> Option<Unreachable> {
+        let peer = checked.peer;
+        let report = Unreachable {
+            id: peer,
+            seq: checked.seq,
+        };
         if self.table.report_unreachable(&report, Instant::now()) != Reported::Dropped {
             return None;
         }
         self.latest.remove(peer.as_bytes());
-        info!(target: "n2p", "peer {} is unreachable (no answer to a dial within {PROBE_TIMEOUT:?}); dropped", peer.fmt_short());
+        let why = match checked.suspicion {
+            Suspicion::LostNeighbour => "lost as a gossip neighbour",
+            Suspicion::DisputedReport => "reported by another peer",
+            Suspicion::Routine => "a routine check",
+        };
+        info!(target: "n2p", "peer {} is unreachable ({why}; no answer to a dial within {PROBE_TIMEOUT:?}); dropped", peer.fmt_short());
         let desired = self.table.sockets();
         self.reconcile(&desired);
         Some(report)
@@ -862,6 +894,57 @@ impl Actor {
         self.my_announcement(AnnounceKind::Alive, None)
     }
 }
+
+/// A routine check of `peer` ([`super::sweep`]; seq `seq` when it started): there if a
+/// connection to it is open, else if it answers one of [`ROUTINE_DIALS`] dials within
+/// [`PROBE_TIMEOUT`] each (a dial can miss its bound on a loaded machine, and a peer wrongly
+/// reported announces itself again, but the whole team hears both). The connection is
+/// closed at once: gossip has not asked for it.
+async fn routine_check(
+    endpoint: Endpoint,
+    paths: PathWatch,
+    peer: EndpointId,
+    seq: u64,
+) -> Checked {
+    if paths.connected(&peer) {
+        return Checked {
+            peer,
+            seq,
+            suspicion: Suspicion::Routine,
+            answered: true,
+        };
+    }
+    for _ in 0..ROUTINE_DIALS {
+        let connect = endpoint.connect(peer, iroh_gossip::net::GOSSIP_ALPN);
+        match tokio::time::timeout(PROBE_TIMEOUT, connect).await {
+            Ok(Ok(conn)) => {
+                conn.close(ROUTINE_CHECKED, b"checked");
+                return Checked {
+                    peer,
+                    seq,
+                    suspicion: Suspicion::Routine,
+                    answered: true,
+                };
+            }
+            Ok(Err(e)) => debug!(peer = %peer.fmt_short(), "no answer to a routine check: {e}"),
+            Err(_) => {
+                debug!(peer = %peer.fmt_short(), "no answer to a routine check within {PROBE_TIMEOUT:?}")
+            }
+        }
+    }
+    Checked {
+        peer,
+        seq,
+        suspicion: Suspicion::Routine,
+        answered: false,
+    }
+}
+
+/// How many dials a routine check makes before the peer counts as unreachable.
+const ROUTINE_DIALS: usize = 2;
+
+/// Close code of a routine check's connection, which carried nothing.
+const ROUTINE_CHECKED: iroh::endpoint::VarInt = iroh::endpoint::VarInt::from_u32(0);
 
 /// Awaits one call into iroh-gossip for at most [`GOSSIP_CALL_BOUND`]; a failure or a
 /// timeout is logged (at debug: the next heartbeat or digest repairs a missed one) and
