@@ -104,8 +104,9 @@ fn an_outsider_is_refused_at_the_handshake_on_every_alpn() {
         alice.id.parse().expect("alice's id"),
         [iroh::TransportAddr::Ip(alice.bind)],
     );
-    let alpns: [&[u8]; 3] = [
+    let alpns: [&[u8]; 4] = [
         iroh_gossip::net::GOSSIP_ALPN,
+        n2p_mesh::node::CHECK_ALPN,
         n2p_core::daemon::DAEMON_ALPN,
         n2p_cache::proto::STORE_ALPN,
     ];

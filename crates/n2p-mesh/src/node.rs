@@ -19,6 +19,7 @@ mod paths;
 pub mod peer_sockets;
 mod redial;
 mod sweep;
+pub use self::sweep::CHECK_ALPN;
 
 pub use self::gate::SharedTeam;
 
@@ -197,7 +198,7 @@ impl MeshNode {
     pub async fn join(secret_key: SecretKey, settings: MeshSettings) -> Result<Self, MeshError> {
         let keys = MeshKeys::derive(&settings.secret, &settings.topic)?;
         let me = secret_key.public();
-        let mut alpns = vec![GOSSIP_ALPN.to_vec()];
+        let mut alpns = vec![GOSSIP_ALPN.to_vec(), sweep::CHECK_ALPN.to_vec()];
         if settings.share_daemon {
             alpns.push(DAEMON_ALPN.to_vec());
         }
@@ -247,7 +248,9 @@ impl MeshNode {
             // Room for a digest and gossip's own framing around it.
             .max_message_size(MAX_ANNOUNCEMENT_SIZE.max(MAX_DIGEST_SIZE) + 1024)
             .spawn(endpoint.clone());
-        let mut router = Router::builder(endpoint.clone()).accept(GOSSIP_ALPN, gossip.clone());
+        let mut router = Router::builder(endpoint.clone())
+            .accept(GOSSIP_ALPN, gossip.clone())
+            .accept(sweep::CHECK_ALPN, sweep::CheckService);
         if settings.share_daemon {
             let policy = team.policy(Permission::Push);
             router = router.accept(

@@ -315,6 +315,10 @@ impl Actor {
                     let due = self.redial.due(absent, now);
                     self.dial_members(due).await;
                     self.mend_cut_off(&live, &neighbours, heard, now).await;
+                    if self.probes.is_empty() {
+                        // A check whose task panicked left its peer here.
+                        self.probing.clear();
+                    }
                     if let Some(peer) = self.sweep.due(&live, &neighbours, &self.probing, now) {
                         self.probe(peer, Suspicion::Routine);
                     }
@@ -812,11 +816,11 @@ impl Actor {
         }
         self.latest.remove(peer.as_bytes());
         let why = match checked.suspicion {
-            Suspicion::LostNeighbour => "lost as a gossip neighbour",
-            Suspicion::DisputedReport => "reported by another peer",
-            Suspicion::Routine => "a routine check",
+            Suspicion::LostNeighbour => "lost as a gossip neighbour; no answer to a dial",
+            Suspicion::DisputedReport => "reported by another peer; no answer to a dial",
+            Suspicion::Routine => "a routine check; no answer to 2 dials",
         };
-        info!(target: "n2p", "peer {} is unreachable ({why}; no answer to a dial within {PROBE_TIMEOUT:?}); dropped", peer.fmt_short());
+        info!(target: "n2p", "peer {} is unreachable ({why} within {PROBE_TIMEOUT:?}); dropped", peer.fmt_short());
         let desired = self.table.sockets();
         self.reconcile(&desired);
         Some(report)
@@ -896,48 +900,43 @@ impl Actor {
 }
 
 /// A routine check of `peer` ([`super::sweep`]; seq `seq` when it started): there if a
-/// connection to it is open, else if it answers one of [`ROUTINE_DIALS`] dials within
-/// [`PROBE_TIMEOUT`] each (a dial can miss its bound on a loaded machine, and a peer wrongly
-/// reported announces itself again, but the whole team hears both). The connection is
-/// closed at once: gossip has not asked for it.
+/// connection to it is open, else if one of [`ROUTINE_DIALS`] dials on
+/// [`super::sweep::CHECK_ALPN`] gets any answer within [`PROBE_TIMEOUT`]: a connection
+/// (closed at once), or a refusal (a node too old to know the ALPN, say). Only dials that
+/// time out count against it: a dial can miss its bound on a loaded machine, and a peer
+/// wrongly reported announces itself again, but the whole team hears both.
 async fn routine_check(
     endpoint: Endpoint,
     paths: PathWatch,
     peer: EndpointId,
     seq: u64,
 ) -> Checked {
+    let answered = |answered| Checked {
+        peer,
+        seq,
+        suspicion: Suspicion::Routine,
+        answered,
+    };
     if paths.connected(&peer) {
-        return Checked {
-            peer,
-            seq,
-            suspicion: Suspicion::Routine,
-            answered: true,
-        };
+        return answered(true);
     }
     for _ in 0..ROUTINE_DIALS {
-        let connect = endpoint.connect(peer, iroh_gossip::net::GOSSIP_ALPN);
+        let connect = endpoint.connect(peer, super::sweep::CHECK_ALPN);
         match tokio::time::timeout(PROBE_TIMEOUT, connect).await {
             Ok(Ok(conn)) => {
                 conn.close(ROUTINE_CHECKED, b"checked");
-                return Checked {
-                    peer,
-                    seq,
-                    suspicion: Suspicion::Routine,
-                    answered: true,
-                };
+                return answered(true);
             }
-            Ok(Err(e)) => debug!(peer = %peer.fmt_short(), "no answer to a routine check: {e}"),
+            Ok(Err(e)) => {
+                debug!(peer = %peer.fmt_short(), "a routine check was refused: {e}");
+                return answered(true);
+            }
             Err(_) => {
                 debug!(peer = %peer.fmt_short(), "no answer to a routine check within {PROBE_TIMEOUT:?}")
             }
         }
     }
-    Checked {
-        peer,
-        seq,
-        suspicion: Suspicion::Routine,
-        answered: false,
-    }
+    answered(false)
 }
 
 /// How many dials a routine check makes before the peer counts as unreachable.

@@ -52,6 +52,11 @@ pub(crate) struct PathWatch {
 
 impl EndpointHooks for PathWatch {
     async fn after_handshake<'a>(&'a self, conn: &'a Connection) -> AfterHandshakeOutcome {
+        if conn.alpn() == super::sweep::CHECK_ALPN {
+            // Carries nothing and is closed on purpose at once: it says nothing about the
+            // peer's other connections, and must not count as one.
+            return AfterHandshakeOutcome::accept();
+        }
         let peer = conn.remote_id();
         if let Ok(mut conns) = self.conns.lock() {
             // Forget connections that are gone, so the map holds live peers only.
