@@ -847,9 +847,7 @@ async fn forward_local_connection(
         Ok(relayed) => {
             let client = NixClient {
                 owed: &relayed.owed,
-                notice: relayed
-                    .version
-                    .map(|version| FailureNotice::after_handshake(version, 0)),
+                notice: relayed.version.map(FailureNotice::after_handshake),
                 abort,
             };
             logged(

@@ -135,7 +135,7 @@ impl Drop for QuicPair {
 /// ended; returns the byte counts. On any abnormal end, including this future being dropped,
 /// both sides are aborted as the module documentation describes, never half-closed.
 pub async fn forward(local: UnixStream, streams: QuicPair) -> Result<ForwardStats, ForwardError> {
-    forward_inner(local, streams, &[], None, None).await
+    forward_inner(local, streams, None).await
 }
 
 /// What a forward knows of the Nix client on its local side.
@@ -161,23 +161,22 @@ pub async fn forward_nix_client(
     streams: QuicPair,
     client: NixClient<'_>,
 ) -> Result<ForwardStats, ForwardError> {
-    forward_inner(
-        local,
-        streams,
-        client.owed,
-        client.notice,
-        Some(client.abort),
-    )
-    .await
+    forward_inner(local, streams, Some(client)).await
 }
 
 async fn forward_inner(
     mut local: UnixStream,
     streams: QuicPair,
-    expected: &[u8],
-    mut notice: Option<FailureNotice>,
-    abort: Option<&CancellationToken>,
+    client: Option<NixClient<'_>>,
 ) -> Result<ForwardStats, ForwardError> {
+    let (expected, mut notice, abort) = match client {
+        Some(NixClient {
+            owed,
+            notice,
+            abort,
+        }) => (owed, notice, Some(abort)),
+        None => (&[][..], None, None),
+    };
     let mut streams = streams;
     let client_sent = AtomicU64::new(0);
     let (mut local_read, mut local_write) = local.split();
@@ -578,7 +577,7 @@ mod tests {
             let forward = async {
                 let client = NixClient {
                     owed: &[],
-                    notice: Some(FailureNotice::after_handshake(VERSION, 0)),
+                    notice: Some(FailureNotice::after_handshake(VERSION)),
                     abort: &abort,
                 };
                 forward_nix_client(theirs, QuicPair::new(send, recv), client).await

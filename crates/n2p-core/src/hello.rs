@@ -14,7 +14,7 @@
 //!
 //! Nothing is taken on trust: the daemon's real answers still arrive, first on the stream,
 //! and are compared with the ones given before anything more reaches the client
-//! ([`crate::forward::forward_expecting`]). Only handshake bytes can have reached the
+//! ([`crate::forward::forward_nix_client`]). Only handshake bytes can have reached the
 //! peer's daemon by then (Nix waits for the answer to `SetOptions` before its first real
 //! operation). If they differ, the daemon was upgraded or reconfigured: that one connection
 //! is cut with [`ForwardError::HelloMismatch`], the recording is dropped and the next
@@ -80,7 +80,7 @@ impl HelloCache {
 }
 
 /// What [`relay`] leaves to the forward that follows it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Relayed {
     /// The answers given in the daemon's place, which the peer has yet to send.
     pub owed: Vec<u8>,
@@ -92,7 +92,7 @@ pub(crate) struct Relayed {
 /// Relays the handshake between a new local connection and its stream to the peer,
 /// answering from `cache` where the client's parts match the recording and recording a
 /// new exchange where they do not. The caller hands what it returns to
-/// [`crate::forward::forward_expecting`]. On [`ForwardError::HelloMismatch`], here or
+/// [`crate::forward::forward_nix_client`]. On [`ForwardError::HelloMismatch`], here or
 /// there, the caller drops the recording ([`HelloCache::forget`]).
 pub(crate) async fn relay(
     local: &mut UnixStream,

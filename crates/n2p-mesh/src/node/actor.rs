@@ -160,8 +160,7 @@ pub(super) struct Actor {
     pub(super) linger: Linger,
     /// When to check a peer that is not a neighbour.
     pub(super) sweep: Sweep,
-    /// Peers being checked ([`Self::probe`]): the peer, the seq I had from it when the
-    /// check started, and whether it answered.
+    /// Peers being checked ([`Self::probe`]), each ending in a [`Checked`].
     pub(super) probes: JoinSet<Checked>,
     /// The peers in [`Self::probes`], so that each is checked once at a time.
     pub(super) probing: std::collections::BTreeSet<EndpointId>,
@@ -730,8 +729,8 @@ impl Actor {
     /// [`PROBE_TIMEOUT`] is reported when the check ends (see [`Self::lost`]). A peer lost by
     /// gossip's own reshuffling keeps a connection open, or had it closed on purpose, and is
     /// not dialled (see [`PROBE_SETTLE`], [`Ending`]); one that answers is not reported
-    /// either, so only real losses are. A routine check ([`routine_check`]) looks only at
-    /// whether a connection is open, then dials. One check per peer at a time.
+    /// either, so only real losses are. A routine check ([`super::sweep::check`]) looks only
+    /// at whether a connection is open, then dials. One check per peer at a time.
     fn probe(&mut self, peer: EndpointId, suspicion: Suspicion) {
         let Some(seq) = self.table.seq_of(&peer) else {
             return;
@@ -745,7 +744,15 @@ impl Actor {
             self.paths.clone(),
         );
         if suspicion == Suspicion::Routine {
-            self.probes.spawn(routine_check(endpoint, paths, peer, seq));
+            self.probes.spawn(async move {
+                let answered = super::sweep::check(&endpoint, &paths, peer, PROBE_TIMEOUT).await;
+                Checked {
+                    peer,
+                    seq,
+                    suspicion,
+                    answered,
+                }
+            });
             return;
         }
         self.probes.spawn(async move {
@@ -898,52 +905,6 @@ impl Actor {
         self.my_announcement(AnnounceKind::Alive, None)
     }
 }
-
-/// A routine check of `peer` ([`super::sweep`]; seq `seq` when it started): there if a
-/// connection to it is open, else if one of [`ROUTINE_DIALS`] dials on
-/// [`super::sweep::CHECK_ALPN`] gets any answer within [`PROBE_TIMEOUT`]: a connection
-/// (closed at once), or a refusal (a node too old to know the ALPN, say). Only dials that
-/// time out count against it: a dial can miss its bound on a loaded machine, and a peer
-/// wrongly reported announces itself again, but the whole team hears both.
-async fn routine_check(
-    endpoint: Endpoint,
-    paths: PathWatch,
-    peer: EndpointId,
-    seq: u64,
-) -> Checked {
-    let answered = |answered| Checked {
-        peer,
-        seq,
-        suspicion: Suspicion::Routine,
-        answered,
-    };
-    if paths.connected(&peer) {
-        return answered(true);
-    }
-    for _ in 0..ROUTINE_DIALS {
-        let connect = endpoint.connect(peer, super::sweep::CHECK_ALPN);
-        match tokio::time::timeout(PROBE_TIMEOUT, connect).await {
-            Ok(Ok(conn)) => {
-                conn.close(ROUTINE_CHECKED, b"checked");
-                return answered(true);
-            }
-            Ok(Err(e)) => {
-                debug!(peer = %peer.fmt_short(), "a routine check was refused: {e}");
-                return answered(true);
-            }
-            Err(_) => {
-                debug!(peer = %peer.fmt_short(), "no answer to a routine check within {PROBE_TIMEOUT:?}")
-            }
-        }
-    }
-    answered(false)
-}
-
-/// How many dials a routine check makes before the peer counts as unreachable.
-const ROUTINE_DIALS: usize = 2;
-
-/// Close code of a routine check's connection, which carried nothing.
-const ROUTINE_CHECKED: iroh::endpoint::VarInt = iroh::endpoint::VarInt::from_u32(0);
 
 /// Awaits one call into iroh-gossip for at most [`GOSSIP_CALL_BOUND`]; a failure or a
 /// timeout is logged (at debug: the next heartbeat or digest repairs a missed one) and

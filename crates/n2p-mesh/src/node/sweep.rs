@@ -23,10 +23,13 @@ use std::{
 };
 
 use iroh::{
-    EndpointId,
-    endpoint::Connection,
+    Endpoint, EndpointId,
+    endpoint::{Connection, VarInt},
     protocol::{AcceptError, ProtocolHandler},
 };
+use tracing::debug;
+
+use super::paths::PathWatch;
 
 /// ALPN of the routine check's connections, which carry nothing.
 pub const CHECK_ALPN: &[u8] = b"n2p/mesh/check/1";
@@ -53,6 +56,44 @@ impl ProtocolHandler for CheckService {
 
 /// Longest a checked node holds a check's connection open.
 const CHECK_HOLD: Duration = Duration::from_secs(2);
+
+/// Checks `peer`: true if a connection to it is open, else if one of [`CHECK_DIALS`] dials on
+/// [`CHECK_ALPN`] gets any answer within `timeout`: a connection (closed at once), or a
+/// refusal (a node too old to know the ALPN, say). Only dials that time out count against
+/// it: a dial can miss its bound on a loaded machine, and a peer wrongly reported announces
+/// itself again, but the whole team hears both.
+pub(super) async fn check(
+    endpoint: &Endpoint,
+    paths: &PathWatch,
+    peer: EndpointId,
+    timeout: Duration,
+) -> bool {
+    if paths.connected(&peer) {
+        return true;
+    }
+    for _ in 0..CHECK_DIALS {
+        match tokio::time::timeout(timeout, endpoint.connect(peer, CHECK_ALPN)).await {
+            Ok(Ok(conn)) => {
+                conn.close(CHECKED, b"checked");
+                return true;
+            }
+            Ok(Err(e)) => {
+                debug!(peer = %peer.fmt_short(), "a routine check was refused: {e}");
+                return true;
+            }
+            Err(_) => {
+                debug!(peer = %peer.fmt_short(), "no answer to a routine check within {timeout:?}")
+            }
+        }
+    }
+    false
+}
+
+/// How many dials a routine check makes before the peer counts as unreachable.
+const CHECK_DIALS: usize = 2;
+
+/// Close code of a routine check's connection, which carried nothing.
+const CHECKED: VarInt = VarInt::from_u32(0);
 
 /// When the next routine check is due.
 #[derive(Debug)]

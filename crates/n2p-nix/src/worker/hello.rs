@@ -19,7 +19,7 @@
 //! forwarder then just passes the bytes on.
 
 use super::stderr::STDERR_LAST;
-use super::{WORKER_MAGIC_1, WORKER_MAGIC_2};
+use super::{WORKER_MAGIC_1, WORKER_MAGIC_2, minor};
 
 /// The steps of the handshake, in order.
 pub const STEPS: [Step; 3] = [Step::Magic, Step::Version, Step::Options];
@@ -167,11 +167,6 @@ impl Hello {
             _ => Err(HelloError::OutOfOrder),
         }
     }
-}
-
-/// The minor part of a wire version.
-fn minor(version: u64) -> u64 {
-    version & 0xff
 }
 
 /// Why framing stopped before the end of a part.

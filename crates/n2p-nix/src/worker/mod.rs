@@ -45,6 +45,11 @@ use self::wire::{read_bool, read_string, read_strings, read_u64, write_bytes, wr
 use crate::nar::{Copied, NarSummary, copy_nar_until};
 use crate::{NarHash, StoreDir, StorePath};
 
+/// The minor part of a wire version (`1 << 8 | minor`).
+pub(crate) fn minor(version: u64) -> u64 {
+    version & 0xff
+}
+
 /// Why a daemon operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -23,6 +23,7 @@
 //! counted first too. Were it not, a daemon closing right after such an upload would be
 //! taken for one that failed the client.)
 
+use super::minor;
 use super::stderr::{
     STDERR_ERROR, STDERR_LAST, STDERR_NEXT, STDERR_READ, STDERR_RESULT, STDERR_START_ACTIVITY,
     STDERR_STOP_ACTIVITY, STDERR_WRITE,
@@ -51,12 +52,12 @@ enum State {
 
 impl FailureNotice {
     /// Follows a connection whose handshake just ended (with its `STDERR_LAST`), on the
-    /// protocol `version` both sides use (the wire form, `1 << 8 | minor`); `client_sent`
-    /// is the client's byte count at that point.
-    pub fn after_handshake(version: u64, client_sent: u64) -> Self {
+    /// protocol `version` both sides use (the wire form, `1 << 8 | minor`); the client's
+    /// bytes are counted from there.
+    pub fn after_handshake(version: u64) -> Self {
         Self {
             version,
-            state: State::Idle { client_sent },
+            state: State::Idle { client_sent: 0 },
         }
     }
 
@@ -121,7 +122,7 @@ impl FailureNotice {
 pub fn error_message(version: u64, text: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(96 + text.len());
     put_u64(&mut out, STDERR_ERROR);
-    if version & 0xff >= 26 {
+    if minor(version) >= 26 {
         put_text(&mut out, "Error");
         put_u64(&mut out, 0);
         put_text(&mut out, "Error");
@@ -246,7 +247,7 @@ impl Messages {
                 STDERR_RESULT => &[Fields, Word, Word],
                 STDERR_ERROR => {
                     self.error = true;
-                    if self.version & 0xff >= 26 {
+                    if minor(self.version) >= 26 {
                         // Type, level, name, text, position, traces (pushed last first).
                         &[Traces, NoPosition, Text, Text, Word, Text]
                     } else {
@@ -341,7 +342,7 @@ mod tests {
 
     #[test]
     fn a_message_is_given_only_between_the_daemons_messages_of_an_operation() {
-        let mut notice = FailureNotice::after_handshake(NEW, 0);
+        let mut notice = FailureNotice::after_handshake(NEW);
         assert!(
             notice.message(0, "x").is_none(),
             "no operation sent: the client reads nothing"
@@ -361,7 +362,7 @@ mod tests {
 
     #[test]
     fn no_message_is_given_in_a_reply_until_the_client_sends_its_next_operation() {
-        let mut notice = FailureNotice::after_handshake(NEW, 0);
+        let mut notice = FailureNotice::after_handshake(NEW);
         let mut bytes = messages().concat();
         bytes.extend(words(&[STDERR_LAST]));
         notice.daemon_sent(&bytes, 24);
@@ -381,7 +382,7 @@ mod tests {
     #[test]
     fn an_error_from_the_daemon_ends_the_work_in_either_form() {
         for version in [NEW, OLD] {
-            let mut notice = FailureNotice::after_handshake(version, 0);
+            let mut notice = FailureNotice::after_handshake(version);
             let error = error_message(version, "daemon says no");
             let mut bytes = messages().concat();
             bytes.extend(&error);
@@ -400,7 +401,7 @@ mod tests {
 
     #[test]
     fn an_operation_lasts_from_the_clients_bytes_to_the_end_of_the_work() {
-        let mut notice = FailureNotice::after_handshake(NEW, 0);
+        let mut notice = FailureNotice::after_handshake(NEW);
         assert!(!notice.in_operation(0), "after the handshake");
         assert!(notice.in_operation(8), "an operation sent");
         let mut next = words(&[STDERR_NEXT]);
@@ -414,7 +415,7 @@ mod tests {
         notice.daemon_sent(&next[12..], 8);
         notice.daemon_sent(&words(&[STDERR_LAST, 1]), 8);
         assert!(!notice.in_operation(8), "the work ended; its reply follows");
-        let mut lost = FailureNotice::after_handshake(NEW, 0);
+        let mut lost = FailureNotice::after_handshake(NEW);
         lost.daemon_sent(&words(&[0x1234_5678]), 8);
         assert!(
             !lost.in_operation(16),
@@ -424,7 +425,7 @@ mod tests {
 
     #[test]
     fn a_long_string_split_across_chunks_is_skipped() {
-        let mut notice = FailureNotice::after_handshake(NEW, 0);
+        let mut notice = FailureNotice::after_handshake(NEW);
         let mut bytes = words(&[STDERR_WRITE]);
         bytes.extend(text(&"n".repeat(100_003)));
         let (first, second) = bytes.split_at(50_000);
@@ -436,12 +437,12 @@ mod tests {
 
     #[test]
     fn an_unknown_message_means_nothing_is_ever_given_again() {
-        let mut notice = FailureNotice::after_handshake(NEW, 0);
+        let mut notice = FailureNotice::after_handshake(NEW);
         notice.daemon_sent(&words(&[0x1234_5678]), 8);
         assert!(notice.message(8, "x").is_none());
         notice.daemon_sent(&words(&[STDERR_LAST]), 8);
         assert!(notice.message(99, "x").is_none(), "lost for good");
-        let mut bad_field = FailureNotice::after_handshake(NEW, 0);
+        let mut bad_field = FailureNotice::after_handshake(NEW);
         bad_field.daemon_sent(&words(&[STDERR_RESULT, 1, 2, 1, 9]), 8);
         bad_field.daemon_sent(&words(&[STDERR_LAST]), 8);
         assert!(bad_field.message(99, "x").is_none(), "unknown field type");
