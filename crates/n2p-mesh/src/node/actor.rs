@@ -311,6 +311,7 @@ impl Actor {
                         .map(|m| m.id)
                         .filter(|id| *id != me && !live.contains(id) && !neighbours.contains(id))
                         .collect();
+                    self.redial.note_live(live.len(), now);
                     let due = self.redial.due(absent, now);
                     self.dial_members(due).await;
                     self.mend_cut_off(&live, &neighbours, heard, now).await;

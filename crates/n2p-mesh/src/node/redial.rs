@@ -15,7 +15,10 @@
 //! most [`MAX_DIALS_PER_ROUND`] absent members per round, rounds at least [`ROUND_GAP`]
 //! apart: in a large team that is still starting, dialing every member not yet heard from
 //! would open a connection to each. For the same reason the node joins (and rejoins) the
-//! topic through at most [`JOIN_PEERS`] peers ([`join_peers`]).
+//! topic through at most [`JOIN_PEERS`] peers ([`join_peers`]). And while peers keep becoming
+//! live, gossip is bringing the team together by itself: absent members are dialed only
+//! once the live count has stopped growing for [`QUIET_BEFORE_DIALS`] (each dial is a join,
+//! and in a team that is starting the joins churned the overlay).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -35,6 +38,10 @@ pub(super) const MAX_DIALS_PER_ROUND: usize = 2;
 
 /// The shortest time between two rounds of dials.
 pub(super) const ROUND_GAP: Duration = FIRST_REDIAL;
+
+/// How long the number of live peers must have stayed the same before absent members are
+/// dialed ([`Redial::note_live`]).
+pub(super) const QUIET_BEFORE_DIALS: Duration = Duration::from_secs(3);
 
 /// The most peers the topic is joined through. Each peer joined through takes the node into
 /// its active view and sends the join on a walk from each of its neighbours, and each walk
@@ -147,14 +154,27 @@ pub(super) struct Redial {
     due: BTreeMap<EndpointId, (Instant, Duration)>,
     /// When the last round dialed anyone.
     last_round: Option<Instant>,
+    /// The number of live peers last noted, and when it last grew.
+    live: usize,
+    grew_at: Option<Instant>,
 }
 
 impl Redial {
+    /// Notes how many peers are live at `now`; while that number keeps growing, no one is
+    /// dialed ([`QUIET_BEFORE_DIALS`]).
+    pub(super) fn note_live(&mut self, live: usize, now: Instant) {
+        if live > self.live {
+            self.grew_at = Some(now);
+        }
+        self.live = live;
+    }
+
     /// Of the members absent at `now`, those to dial now. A member seen absent for the
     /// first time is due [`FIRST_REDIAL`] later (the node has just dialed it, or gossip is
     /// still doing so); each dial doubles its wait, up to [`MAX_REDIAL`]. At most
     /// [`MAX_DIALS_PER_ROUND`] are dialed per round (those due longest first; the others
-    /// stay due), and rounds are at least [`ROUND_GAP`] apart. Members no longer absent are
+    /// stay due), rounds are at least [`ROUND_GAP`] apart, and none comes while the live
+    /// peers grew less than [`QUIET_BEFORE_DIALS`] ago. Members no longer absent are
     /// forgotten, so their next absence starts again from the shortest wait.
     pub(super) fn due(
         &mut self,
@@ -168,10 +188,10 @@ impl Redial {
                 .entry(id)
                 .or_insert((now + FIRST_REDIAL, FIRST_REDIAL));
         }
-        if self
-            .last_round
-            .is_some_and(|last| now.saturating_duration_since(last) < ROUND_GAP)
-        {
+        let recent = |at: Option<Instant>, gap: Duration| {
+            at.is_some_and(|at| now.saturating_duration_since(at) < gap)
+        };
+        if recent(self.last_round, ROUND_GAP) || recent(self.grew_at, QUIET_BEFORE_DIALS) {
             return Vec::new();
         }
         let mut ready: Vec<(Instant, EndpointId)> = self
@@ -248,6 +268,33 @@ mod tests {
         }
         let secs: Vec<u64> = dials.iter().map(Duration::as_secs).collect();
         assert_eq!(secs, [4, 8, 16, 32, 60, 60, 60, 60]);
+    }
+
+    #[test]
+    fn no_one_is_dialed_while_the_live_peers_keep_growing() {
+        let mut redial = Redial::default();
+        let t0 = Instant::now();
+        let a = id(1);
+        redial.note_live(1, t0);
+        assert!(redial.due([a], t0).is_empty());
+        // Due at t0 + 2 s, but a peer became live at 1.5 s and another at 4 s.
+        redial.note_live(2, t0 + Duration::from_millis(1500));
+        assert!(
+            redial.due([a], t0 + FIRST_REDIAL).is_empty(),
+            "grew 0.5 s ago"
+        );
+        redial.note_live(3, t0 + Duration::from_secs(4));
+        assert!(
+            redial.due([a], t0 + Duration::from_millis(6900)).is_empty(),
+            "grew 2.9 s ago"
+        );
+        // A peer going does not count as growth.
+        redial.note_live(2, t0 + Duration::from_secs(6));
+        assert_eq!(
+            redial.due([a], t0 + Duration::from_secs(7)),
+            vec![a],
+            "quiet for 3 s"
+        );
     }
 
     #[test]
