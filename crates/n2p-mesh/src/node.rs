@@ -271,16 +271,17 @@ impl MeshNode {
                 settings.peers_access,
                 settings.peer_idle_close,
             )?;
+            // The tickets' peers and one member; more one at a time ([`redial::FirstJoin`]).
+            let first = redial::join_peers(&ticket_ids, &bootstrap_ids, 1);
+            let first_join =
+                redial::FirstJoin::new(&first, &bootstrap_ids, std::time::Instant::now());
             let topic = gossip
-                .subscribe(
-                    keys.topic_id(),
-                    redial::join_peers(&ticket_ids, &bootstrap_ids),
-                )
+                .subscribe(keys.topic_id(), first)
                 .await
                 .map_err(|e| MeshError::Gossip(e.to_string()))?;
-            Ok::<_, MeshError>((sockets, topic))
+            Ok::<_, MeshError>((sockets, topic, first_join))
         };
-        let (sockets, topic) = match ready.await {
+        let (sockets, topic, first_join) = match ready.await {
             Ok(ready) => ready,
             Err(e) => {
                 // Close the endpoint properly (the router owns it) before giving up.
@@ -311,6 +312,7 @@ impl MeshNode {
             full_warned: false,
             announce_interval: settings.team.announce_interval(),
             paths,
+            first_join,
             redial: Default::default(),
             cut_off: Default::default(),
             sweep: sweep::Sweep::new(std::time::Instant::now()),

@@ -26,7 +26,7 @@ use super::{
     linger::Linger,
     paths::{Ending, PathWatch},
     peer_sockets::PeerSockets,
-    redial::{CUT_OFF_DIALS, CutOff, CutOffBy, JOIN_PEERS, Redial, cut_off, join_peers},
+    redial::{CUT_OFF_DIALS, CutOff, CutOffBy, FirstJoin, JOIN_PEERS, Redial, cut_off, join_peers},
     sweep::Sweep,
 };
 use crate::{
@@ -150,6 +150,8 @@ pub(super) struct Actor {
     pub(super) announce_interval: Duration,
     /// The endpoint's connections, for the path to each peer.
     pub(super) paths: PathWatch,
+    /// The first join of the topic, one member at a time.
+    pub(super) first_join: FirstJoin,
     /// When to dial listed members that are absent.
     pub(super) redial: Redial,
     /// When to dial live peers while cut off from gossip.
@@ -250,6 +252,7 @@ impl Actor {
                     }
                     Some(Ok(Event::NeighborUp(peer))) => {
                         debug!(peer = %peer.fmt_short(), "gossip neighbor up");
+                        self.first_join.neighbour_up(&peer);
                         if !flooded {
                             announce_soon.get_or_insert(tokio::time::Instant::now() + ANNOUNCE_DEBOUNCE);
                         }
@@ -311,6 +314,10 @@ impl Actor {
                         .map(|m| m.id)
                         .filter(|id| *id != me && !live.contains(id) && !neighbours.contains(id))
                         .collect();
+                    if let Some(id) = self.first_join.due(&live, now) {
+                        debug!(peer = %id.fmt_short(), "no neighbour yet through the members joined through; joining through another");
+                        self.dial_members(vec![id]).await;
+                    }
                     self.redial.note_live(live.len(), now);
                     let due = self.redial.due(absent, now);
                     self.dial_members(due).await;
@@ -586,8 +593,7 @@ impl Actor {
         if peers.is_empty() {
             peers = live.iter().copied().collect();
         }
-        let mut dial = join_peers(&[], &peers);
-        dial.truncate(CUT_OFF_DIALS);
+        let dial = join_peers(&[], &peers, CUT_OFF_DIALS);
         if let Some((since, by)) = self.cut_off.since() {
             let why = match by {
                 CutOffBy::NoNeighbour => "no gossip neighbour",
@@ -647,9 +653,9 @@ impl Actor {
             .map(|p| p.id)
             .filter(|id| !gone.contains(id))
             .collect();
-        let mut peers = join_peers(&[], &live);
+        let mut peers = join_peers(&[], &live, JOIN_PEERS);
         if peers.len() < JOIN_PEERS {
-            peers = join_peers(&peers, &self.bootstrap);
+            peers = join_peers(&peers, &self.bootstrap, JOIN_PEERS);
         }
         debug!("rejoining the gossip topic through {} peers", peers.len());
         // Dropping both halves of the subscription makes iroh-gossip quit the topic (it

@@ -14,11 +14,13 @@
 //! dialed takes the node into its active view and forwards the join), so the node dials at
 //! most [`MAX_DIALS_PER_ROUND`] absent members per round, rounds at least [`ROUND_GAP`]
 //! apart: in a large team that is still starting, dialing every member not yet heard from
-//! would open a connection to each. For the same reason the node joins (and rejoins) the
-//! topic through at most [`JOIN_PEERS`] peers ([`join_peers`]). And while peers keep becoming
-//! live, gossip is bringing the team together by itself: absent members are dialed only
-//! once the live count has stopped growing for [`QUIET_BEFORE_DIALS`] (each dial is a join,
-//! and in a team that is starting the joins churned the overlay).
+//! would open a connection to each. For the same reason the node first joins the topic
+//! through one member at a time ([`FirstJoin`]: the next one only while the last has not
+//! become a gossip neighbour within [`JOIN_STEP`]), and rejoins through at most
+//! [`JOIN_PEERS`] ([`join_peers`]). And while peers keep becoming live, gossip is bringing
+//! the team together by itself: absent members are dialed only once the live count has
+//! stopped growing for [`QUIET_BEFORE_DIALS`] (each dial is a join, and in a team that is
+//! starting the joins churned the overlay).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -43,13 +45,81 @@ pub(super) const ROUND_GAP: Duration = FIRST_REDIAL;
 /// dialed ([`Redial::note_live`]).
 pub(super) const QUIET_BEFORE_DIALS: Duration = Duration::from_secs(3);
 
-/// The most peers the topic is joined through. Each peer joined through takes the node into
-/// its active view and sends the join on a walk from each of its neighbours, and each walk
-/// ends in a neighbour request: a start of 64 nodes on loopback converged in 5.6-8.9 s and
+/// The most peers the topic is rejoined through ([`join_peers`]; the first join goes
+/// through one at a time, [`FirstJoin`]). Each peer joined through takes the node into its
+/// active view and sends the join on a walk from each of its neighbours, and each walk ends
+/// in a neighbour request: a start of 64 nodes on loopback converged in 5.6-8.9 s and
 /// 150-270 ms of CPU per node through 2 or 3 peers, and in 16-17 s and 550-570 ms through 8
-/// (docs/BENCHMARKS.md, "Joining through fewer peers"). Three still find the team when two
-/// of them are offline, and the node's own dials of absent members cover the rest.
+/// (docs/BENCHMARKS.md, "Joining through fewer peers"). A rejoin picks live peers first, so
+/// three are plenty, and the node's own dials of absent members cover the rest.
 pub(super) const JOIN_PEERS: usize = 3;
+
+/// How long the first join waits for the member it went through to become a gossip
+/// neighbour before it joins through the next one ([`FirstJoin`]). On loopback and a LAN a
+/// join takes milliseconds; a member that is not running never answers (a dial to it runs
+/// into its timeout), so the wait bounds how long that costs.
+pub(super) const JOIN_STEP: Duration = Duration::from_millis(500);
+
+/// The first join of the topic, one member at a time. Joining through several at once made
+/// every start churn (each join sends random walks that end in neighbour requests, which
+/// evict links elsewhere: a 100-node start cost 90-105 ms of CPU per node through 3 peers and
+/// 36-54 ms through one, docs/BENCHMARKS.md "Joining through one member at a time"); joining
+/// through one and stopping at any neighbour left islands in a start (a node picked a member
+/// not yet running, and only nodes that started later joined through it). So the node keeps
+/// joining through one more member every [`JOIN_STEP`] until one it joined through became a
+/// neighbour: then each node holds a link it made to a member running at the time, which
+/// ties a start together. Live members (known to be running) are tried first.
+#[derive(Debug)]
+pub(super) struct FirstJoin {
+    /// Members not joined through yet, in random order.
+    untried: Vec<EndpointId>,
+    /// Those joined through so far.
+    tried: BTreeSet<EndpointId>,
+    /// When to join through the next one; `None` once one of them became a neighbour, or
+    /// when none is left.
+    next: Option<Instant>,
+}
+
+impl FirstJoin {
+    /// After the topic was joined through `first` at `now`: the others of `members` remain,
+    /// in random order.
+    pub(super) fn new(first: &[EndpointId], members: &[EndpointId], now: Instant) -> Self {
+        let rest: Vec<EndpointId> = members
+            .iter()
+            .filter(|id| !first.contains(id))
+            .copied()
+            .collect();
+        let untried = join_peers(&[], &rest, rest.len());
+        Self {
+            next: (!untried.is_empty()).then_some(now + JOIN_STEP),
+            untried,
+            tried: first.iter().copied().collect(),
+        }
+    }
+
+    /// A gossip neighbour came up: the first join is done if it is one joined through.
+    pub(super) fn neighbour_up(&mut self, peer: &EndpointId) {
+        if self.tried.contains(peer) {
+            self.next = None;
+        }
+    }
+
+    /// The member to join through now, if any: a `live` one (known to be running) first.
+    pub(super) fn due(&mut self, live: &BTreeSet<EndpointId>, now: Instant) -> Option<EndpointId> {
+        if self.next.is_none_or(|at| now < at) {
+            return None;
+        }
+        let at = self
+            .untried
+            .iter()
+            .position(|id| live.contains(id))
+            .unwrap_or(0);
+        let id = self.untried.remove(at);
+        self.tried.insert(id);
+        self.next = (!self.untried.is_empty()).then_some(now + JOIN_STEP);
+        Some(id)
+    }
+}
 
 /// Why a node with live peers counts as cut off from the team's gossip.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,10 +287,14 @@ impl Redial {
     }
 }
 
-/// Whom to join the topic through: every ticket peer in `first` (the few peers an invite
-/// names), then peers of `rest` in random order, [`JOIN_PEERS`] in all (more only when there
-/// are more ticket peers). Each one gossip joins through gets a connection.
-pub(super) fn join_peers(first: &[EndpointId], rest: &[EndpointId]) -> Vec<EndpointId> {
+/// Whom to join the topic through: every peer in `first` (such as the few peers an invite
+/// names), then peers of `rest` in random order, `count` in all (more only when `first`
+/// holds more). Each one gossip joins through gets a connection.
+pub(super) fn join_peers(
+    first: &[EndpointId],
+    rest: &[EndpointId],
+    count: usize,
+) -> Vec<EndpointId> {
     let mut peers: Vec<EndpointId> = first.to_vec();
     let mut others: Vec<EndpointId> = rest
         .iter()
@@ -229,7 +303,7 @@ pub(super) fn join_peers(first: &[EndpointId], rest: &[EndpointId]) -> Vec<Endpo
         .collect();
     others.sort();
     others.dedup();
-    let room = JOIN_PEERS.saturating_sub(peers.len());
+    let room = count.saturating_sub(peers.len());
     // A partial Fisher-Yates shuffle: the first `room` places get a random pick each.
     for i in 0..room.min(others.len()) {
         let j = rand::random_range(i..others.len());
@@ -383,7 +457,7 @@ mod tests {
     fn the_topic_is_joined_through_the_tickets_and_a_few_members() {
         let tickets = [id(100), id(101)];
         let members: Vec<EndpointId> = (1..=40).map(id).chain([id(100)]).collect();
-        let peers = join_peers(&tickets, &members);
+        let peers = join_peers(&tickets, &members, JOIN_PEERS);
         assert_eq!(peers.len(), JOIN_PEERS);
         assert_eq!(&peers[..2], &tickets);
         let unique: BTreeSet<EndpointId> = peers.iter().copied().collect();
@@ -391,11 +465,64 @@ mod tests {
         assert!(peers[2..].iter().all(|p| members.contains(p)));
         // A small team is joined through everyone.
         let few: Vec<EndpointId> = (1..=3).map(id).collect();
-        let mut all = join_peers(&[], &few);
+        let mut all = join_peers(&[], &few, JOIN_PEERS);
         all.sort();
         let mut expected = few.clone();
         expected.sort();
         assert_eq!(all, expected);
+    }
+
+    #[test]
+    fn the_first_join_goes_through_one_more_member_each_step_until_one_answers() {
+        let t0 = Instant::now();
+        let members: Vec<EndpointId> = (1..=5).map(id).collect();
+        let first = join_peers(&[], &members, 1);
+        let mut join = FirstJoin::new(&first, &members, t0);
+        let none = BTreeSet::new();
+        assert_eq!(join.due(&none, t0), None, "not at once");
+        assert_eq!(join.due(&none, t0 + JOIN_STEP / 2), None);
+        let second = join.due(&none, t0 + JOIN_STEP).expect("a second member");
+        assert!(members.contains(&second) && second != first[0]);
+        assert_eq!(join.due(&none, t0 + JOIN_STEP), None, "one per step");
+        // A member known to be running comes before the others.
+        let live: BTreeSet<EndpointId> = members
+            .iter()
+            .filter(|m| **m != first[0] && **m != second)
+            .take(1)
+            .copied()
+            .collect();
+        let third = join.due(&live, t0 + JOIN_STEP * 2).expect("a third member");
+        assert!(live.contains(&third));
+        // A neighbour it did not join through changes nothing; one it did ends the join.
+        join.neighbour_up(&id(99));
+        let fourth = join
+            .due(&none, t0 + JOIN_STEP * 3)
+            .expect("a fourth member");
+        join.neighbour_up(&second);
+        assert_eq!(join.due(&none, t0 + JOIN_STEP * 10), None, "joined");
+        let tried: BTreeSet<EndpointId> = [first[0], second, third, fourth].into();
+        assert_eq!(tried.len(), 4, "no member twice");
+    }
+
+    #[test]
+    fn the_first_join_ends_when_every_member_was_tried() {
+        let t0 = Instant::now();
+        let members: Vec<EndpointId> = (1..=3).map(id).collect();
+        let mut join = FirstJoin::new(&members[..1], &members, t0);
+        let none = BTreeSet::new();
+        let mut tried = vec![members[0]];
+        let mut at = t0;
+        for _ in 0..5 {
+            at += JOIN_STEP;
+            tried.extend(join.due(&none, at));
+        }
+        tried.sort();
+        let mut all = members.clone();
+        all.sort();
+        assert_eq!(tried, all, "each member once, then none");
+        // A team of one has nobody to join through.
+        let mut alone = FirstJoin::new(&[], &[], t0);
+        assert_eq!(alone.due(&none, t0 + JOIN_STEP), None);
     }
 
     #[test]
