@@ -45,11 +45,15 @@ use crate::{
 };
 
 /// After a change in the swarm, wait this long before announcing, to coalesce bursts.
-const ANNOUNCE_DEBOUNCE: Duration = Duration::from_millis(150);
+const ANNOUNCE_DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// After a neighbour comes up or a digest teaches me a peer, wait this long before sending
-/// my neighbours a digest, to coalesce bursts (a starting team brings many at once).
-const SYNC_DEBOUNCE: Duration = Duration::from_millis(300);
+/// my neighbours a digest, to coalesce bursts (a starting team brings many at once). What a
+/// digest teaches travels one hop per digest, so this wait is paid once per hop: in A/B runs
+/// of the builds that led to the one-at-a-time join, 32-node starts took 1.9-2.5 s with 300
+/// ms (and 150 ms for announcements) and 0.8-2.0 s with 100 ms (and 50 ms)
+/// (docs/BENCHMARKS.md "Joining through one member at a time").
+const SYNC_DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// Time for iroh-gossip to quit a topic before it is joined again.
 const REJOIN_PAUSE: Duration = Duration::from_millis(200);
@@ -314,8 +318,9 @@ impl Actor {
                         .map(|m| m.id)
                         .filter(|id| *id != me && !live.contains(id) && !neighbours.contains(id))
                         .collect();
-                    if let Some(id) = self.first_join.due(&live, now) {
-                        debug!(peer = %id.fmt_short(), "no neighbour yet through the members joined through; joining through another");
+                    let knows = live.union(&neighbours).copied().collect();
+                    if let Some(id) = self.first_join.due(&knows, now) {
+                        debug!(peer = %id.fmt_short(), "no neighbour yet through the members joined through; joining through one more");
                         self.dial_members(vec![id]).await;
                     }
                     self.redial.note_live(live.len(), now);

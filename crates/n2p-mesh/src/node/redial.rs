@@ -29,8 +29,8 @@ use std::{
 
 use iroh::EndpointId;
 
-/// The first wait before an absent member is dialed, and the first backoff.
-pub(super) const FIRST_REDIAL: Duration = Duration::from_secs(2);
+/// The first wait before an absent member is dialed.
+pub(super) const FIRST_REDIAL: Duration = Duration::from_secs(1);
 
 /// The longest wait between two dials of the same absent member.
 pub(super) const MAX_REDIAL: Duration = Duration::from_secs(60);
@@ -38,12 +38,16 @@ pub(super) const MAX_REDIAL: Duration = Duration::from_secs(60);
 /// The most absent members dialed in one round.
 pub(super) const MAX_DIALS_PER_ROUND: usize = 2;
 
-/// The shortest time between two rounds of dials.
-pub(super) const ROUND_GAP: Duration = FIRST_REDIAL;
+/// The shortest time between two rounds of dials, and the wait that each dial of the same
+/// member doubles (4 s after its first dial, then 8 s, up to [`MAX_REDIAL`]).
+pub(super) const ROUND_GAP: Duration = Duration::from_secs(2);
 
 /// How long the number of live peers must have stayed the same before absent members are
-/// dialed ([`Redial::note_live`]).
-pub(super) const QUIET_BEFORE_DIALS: Duration = Duration::from_secs(3);
+/// dialed ([`Redial::note_live`]). 3 s until the first join went through one member at a
+/// time ([`FirstJoin`]); since then a start can split into parts that only these dials join
+/// (32-node starts: 2 of 15 rounds over 2 s with 1 s and a first wait of 1 s, 3 of 15 with 3
+/// s and 2 s, one of them 3.8 s; docs/BENCHMARKS.md "Joining through one member at a time").
+pub(super) const QUIET_BEFORE_DIALS: Duration = Duration::from_secs(1);
 
 /// The most peers the topic is rejoined through ([`join_peers`]; the first join goes
 /// through one at a time, [`FirstJoin`]). Each peer joined through takes the node into its
@@ -57,18 +61,22 @@ pub(super) const JOIN_PEERS: usize = 3;
 /// How long the first join waits for the member it went through to become a gossip
 /// neighbour before it joins through the next one ([`FirstJoin`]). On loopback and a LAN a
 /// join takes milliseconds; a member that is not running never answers (a dial to it runs
-/// into its timeout), so the wait bounds how long that costs.
-pub(super) const JOIN_STEP: Duration = Duration::from_millis(500);
+/// into its timeout), so the wait bounds how long that costs. 0.5 s and 0.25 s gave the same
+/// start times within the noise of A/B runs of 8, 32 and 100 nodes (docs/BENCHMARKS.md
+/// "Joining through one member at a time"); the shorter wait costs a join only where the
+/// answer is slow.
+pub(super) const JOIN_STEP: Duration = Duration::from_millis(250);
 
 /// The first join of the topic, one member at a time. Joining through several at once made
 /// every start churn (each join sends random walks that end in neighbour requests, which
 /// evict links elsewhere: a 100-node start cost 90-105 ms of CPU per node through 3 peers and
-/// 36-54 ms through one, docs/BENCHMARKS.md "Joining through one member at a time"); joining
-/// through one and stopping at any neighbour left islands in a start (a node picked a member
-/// not yet running, and only nodes that started later joined through it). So the node keeps
-/// joining through one more member every [`JOIN_STEP`] until one it joined through became a
-/// neighbour: then each node holds a link it made to a member running at the time, which
-/// ties a start together. Live members (known to be running) are tried first.
+/// 36-54 ms through one, docs/BENCHMARKS.md "Joining through one member at a time"). The node
+/// joins through one more member every [`JOIN_STEP`] until one it joined through became a
+/// neighbour, passing over the members it already knows of: a node whose first pick was not
+/// running yet, and which others joined through, would otherwise tie only its own part of
+/// the team together. Such links can still split a start into parts (each node links to one
+/// member, and a few such links can close a loop among themselves); the dials of absent
+/// members ([`Redial`]) join the parts once their live counts stop growing.
 #[derive(Debug)]
 pub(super) struct FirstJoin {
     /// Members not joined through yet, in random order.
@@ -104,17 +112,20 @@ impl FirstJoin {
         }
     }
 
-    /// The member to join through now, if any: a `live` one (known to be running) first.
-    pub(super) fn due(&mut self, live: &BTreeSet<EndpointId>, now: Instant) -> Option<EndpointId> {
+    /// The member to join through now, if any. Members the node already `knows` (live peers
+    /// and gossip neighbours) are passed over: they are in its part of the team already, and
+    /// a join through them would tie nothing new to it (in a start, a node whose first pick
+    /// was not running yet, but which others joined through, is the hub of such a part).
+    pub(super) fn due(&mut self, knows: &BTreeSet<EndpointId>, now: Instant) -> Option<EndpointId> {
         if self.next.is_none_or(|at| now < at) {
             return None;
         }
-        let at = self
-            .untried
-            .iter()
-            .position(|id| live.contains(id))
-            .unwrap_or(0);
-        let id = self.untried.remove(at);
+        self.untried.retain(|id| !knows.contains(id));
+        if self.untried.is_empty() {
+            self.next = None;
+            return None;
+        }
+        let id = self.untried.remove(0);
         self.tried.insert(id);
         self.next = (!self.untried.is_empty()).then_some(now + JOIN_STEP);
         Some(id)
@@ -256,7 +267,7 @@ impl Redial {
         for id in absent {
             self.due
                 .entry(id)
-                .or_insert((now + FIRST_REDIAL, FIRST_REDIAL));
+                .or_insert((now + FIRST_REDIAL, ROUND_GAP));
         }
         let recent = |at: Option<Instant>, gap: Duration| {
             at.is_some_and(|at| now.saturating_duration_since(at) < gap)
@@ -330,7 +341,11 @@ mod tests {
         let t0 = Instant::now();
         let a = id(1);
         assert!(redial.due([a], t0).is_empty(), "not at once");
-        assert!(redial.due([a], t0 + Duration::from_millis(1999)).is_empty());
+        assert!(
+            redial
+                .due([a], t0 + FIRST_REDIAL - Duration::from_millis(1))
+                .is_empty()
+        );
         let mut at = t0 + FIRST_REDIAL;
         let mut dials = Vec::new();
         for _ in 0..8 {
@@ -348,26 +363,30 @@ mod tests {
     fn no_one_is_dialed_while_the_live_peers_keep_growing() {
         let mut redial = Redial::default();
         let t0 = Instant::now();
+        let ms = Duration::from_millis;
         let a = id(1);
         redial.note_live(1, t0);
         assert!(redial.due([a], t0).is_empty());
-        // Due at t0 + 2 s, but a peer became live at 1.5 s and another at 4 s.
-        redial.note_live(2, t0 + Duration::from_millis(1500));
+        // Due at FIRST_REDIAL, but a peer became live just before, and another later.
+        redial.note_live(2, t0 + FIRST_REDIAL - ms(100));
         assert!(
             redial.due([a], t0 + FIRST_REDIAL).is_empty(),
-            "grew 0.5 s ago"
+            "grew 0.1 s ago"
         );
-        redial.note_live(3, t0 + Duration::from_secs(4));
+        let grew = t0 + FIRST_REDIAL + ms(500);
+        redial.note_live(3, grew);
         assert!(
-            redial.due([a], t0 + Duration::from_millis(6900)).is_empty(),
-            "grew 2.9 s ago"
+            redial
+                .due([a], grew + QUIET_BEFORE_DIALS - ms(1))
+                .is_empty(),
+            "not quiet long enough"
         );
         // A peer going does not count as growth.
-        redial.note_live(2, t0 + Duration::from_secs(6));
+        redial.note_live(2, grew + ms(200));
         assert_eq!(
-            redial.due([a], t0 + Duration::from_secs(7)),
+            redial.due([a], grew + QUIET_BEFORE_DIALS),
             vec![a],
-            "quiet for 3 s"
+            "quiet long enough"
         );
     }
 
@@ -475,7 +494,7 @@ mod tests {
     #[test]
     fn the_first_join_goes_through_one_more_member_each_step_until_one_answers() {
         let t0 = Instant::now();
-        let members: Vec<EndpointId> = (1..=5).map(id).collect();
+        let members: Vec<EndpointId> = (1..=6).map(id).collect();
         let first = join_peers(&[], &members, 1);
         let mut join = FirstJoin::new(&first, &members, t0);
         let none = BTreeSet::new();
@@ -484,24 +503,27 @@ mod tests {
         let second = join.due(&none, t0 + JOIN_STEP).expect("a second member");
         assert!(members.contains(&second) && second != first[0]);
         assert_eq!(join.due(&none, t0 + JOIN_STEP), None, "one per step");
-        // A member known to be running comes before the others.
-        let live: BTreeSet<EndpointId> = members
+        // Members it knows of (live peers, neighbours) are in its part already: passed over.
+        let knows: BTreeSet<EndpointId> = members
             .iter()
             .filter(|m| **m != first[0] && **m != second)
-            .take(1)
+            .take(2)
             .copied()
             .collect();
-        let third = join.due(&live, t0 + JOIN_STEP * 2).expect("a third member");
-        assert!(live.contains(&third));
+        let third = join
+            .due(&knows, t0 + JOIN_STEP * 2)
+            .expect("a third member");
+        assert!(!knows.contains(&third) && third != first[0] && third != second);
         // A neighbour it did not join through changes nothing; one it did ends the join.
         join.neighbour_up(&id(99));
         let fourth = join
-            .due(&none, t0 + JOIN_STEP * 3)
+            .due(&knows, t0 + JOIN_STEP * 3)
             .expect("a fourth member");
-        join.neighbour_up(&second);
-        assert_eq!(join.due(&none, t0 + JOIN_STEP * 10), None, "joined");
         let tried: BTreeSet<EndpointId> = [first[0], second, third, fourth].into();
         assert_eq!(tried.len(), 4, "no member twice");
+        assert!(tried.is_disjoint(&knows));
+        join.neighbour_up(&second);
+        assert_eq!(join.due(&none, t0 + JOIN_STEP * 10), None, "joined");
     }
 
     #[test]
@@ -537,9 +559,10 @@ mod tests {
         expected.sort();
         assert_eq!(both, expected);
         // a is back (live or a neighbour); b is still away.
-        let t1 = t0 + Duration::from_secs(5);
-        assert!(redial.due([b], t1).is_empty());
-        assert_eq!(redial.due([b], t0 + FIRST_REDIAL * 3), vec![b]);
+        // b's wait doubled to twice the round gap with its first dial.
+        let next = t0 + FIRST_REDIAL + ROUND_GAP * 2;
+        assert!(redial.due([b], next - Duration::from_millis(1)).is_empty());
+        assert_eq!(redial.due([b], next), vec![b]);
         // a goes away again: a fresh first wait, not the doubled one.
         let t2 = t0 + Duration::from_secs(100);
         assert!(redial.due([a], t2).is_empty());
