@@ -1,3 +1,7 @@
+# poll.py DIR N START: prints, whenever it changes, the fewest, average and full socket
+# counts of the N nodes of ../binary-size-2026-11-30/start.sh (homes DIR/h00.. for N >= 10),
+# with one os.listdir per node: an in-process poll, lighter than start.sh's ls loop. Used as
+# start.sh with `python3 poll.py $D $N $start` inserted before its own wait loop.
 import os,sys,time
 D=sys.argv[1]; N=int(sys.argv[2]); t0=float(sys.argv[3]); last=None
 while True:

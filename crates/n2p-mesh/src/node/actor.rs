@@ -318,8 +318,8 @@ impl Actor {
                         .map(|m| m.id)
                         .filter(|id| *id != me && !live.contains(id) && !neighbours.contains(id))
                         .collect();
-                    let knows = live.union(&neighbours).copied().collect();
-                    if let Some(id) = self.first_join.due(&knows, now) {
+                    let knows = |id: &EndpointId| live.contains(id) || neighbours.contains(id);
+                    if let Some(id) = self.first_join.due(knows, now) {
                         debug!(peer = %id.fmt_short(), "no neighbour yet through the members joined through; joining through one more");
                         self.dial_members(vec![id]).await;
                     }

@@ -112,15 +112,19 @@ impl FirstJoin {
         }
     }
 
-    /// The member to join through now, if any. Members the node already `knows` (live peers
-    /// and gossip neighbours) are passed over: they are in its part of the team already, and
+    /// The member to join through now, if any. Members the node already `knows` of (live
+    /// peers and gossip neighbours) are passed over: they are in its part of the team already, and
     /// a join through them would tie nothing new to it (in a start, a node whose first pick
     /// was not running yet, but which others joined through, is the hub of such a part).
-    pub(super) fn due(&mut self, knows: &BTreeSet<EndpointId>, now: Instant) -> Option<EndpointId> {
+    pub(super) fn due(
+        &mut self,
+        knows: impl Fn(&EndpointId) -> bool,
+        now: Instant,
+    ) -> Option<EndpointId> {
         if self.next.is_none_or(|at| now < at) {
             return None;
         }
-        self.untried.retain(|id| !knows.contains(id));
+        self.untried.retain(|id| !knows(id));
         if self.untried.is_empty() {
             self.next = None;
             return None;
@@ -497,12 +501,13 @@ mod tests {
         let members: Vec<EndpointId> = (1..=6).map(id).collect();
         let first = join_peers(&[], &members, 1);
         let mut join = FirstJoin::new(&first, &members, t0);
-        let none = BTreeSet::new();
-        assert_eq!(join.due(&none, t0), None, "not at once");
-        assert_eq!(join.due(&none, t0 + JOIN_STEP / 2), None);
-        let second = join.due(&none, t0 + JOIN_STEP).expect("a second member");
+        assert_eq!(join.due(|_| false, t0), None, "not at once");
+        assert_eq!(join.due(|_| false, t0 + JOIN_STEP / 2), None);
+        let second = join
+            .due(|_| false, t0 + JOIN_STEP)
+            .expect("a second member");
         assert!(members.contains(&second) && second != first[0]);
-        assert_eq!(join.due(&none, t0 + JOIN_STEP), None, "one per step");
+        assert_eq!(join.due(|_| false, t0 + JOIN_STEP), None, "one per step");
         // Members it knows of (live peers, neighbours) are in its part already: passed over.
         let knows: BTreeSet<EndpointId> = members
             .iter()
@@ -511,19 +516,19 @@ mod tests {
             .copied()
             .collect();
         let third = join
-            .due(&knows, t0 + JOIN_STEP * 2)
+            .due(|id| knows.contains(id), t0 + JOIN_STEP * 2)
             .expect("a third member");
         assert!(!knows.contains(&third) && third != first[0] && third != second);
         // A neighbour it did not join through changes nothing; one it did ends the join.
         join.neighbour_up(&id(99));
         let fourth = join
-            .due(&knows, t0 + JOIN_STEP * 3)
+            .due(|id| knows.contains(id), t0 + JOIN_STEP * 3)
             .expect("a fourth member");
         let tried: BTreeSet<EndpointId> = [first[0], second, third, fourth].into();
         assert_eq!(tried.len(), 4, "no member twice");
         assert!(tried.is_disjoint(&knows));
         join.neighbour_up(&second);
-        assert_eq!(join.due(&none, t0 + JOIN_STEP * 10), None, "joined");
+        assert_eq!(join.due(|_| false, t0 + JOIN_STEP * 10), None, "joined");
     }
 
     #[test]
@@ -531,12 +536,11 @@ mod tests {
         let t0 = Instant::now();
         let members: Vec<EndpointId> = (1..=3).map(id).collect();
         let mut join = FirstJoin::new(&members[..1], &members, t0);
-        let none = BTreeSet::new();
         let mut tried = vec![members[0]];
         let mut at = t0;
         for _ in 0..5 {
             at += JOIN_STEP;
-            tried.extend(join.due(&none, at));
+            tried.extend(join.due(|_| false, at));
         }
         tried.sort();
         let mut all = members.clone();
@@ -544,7 +548,7 @@ mod tests {
         assert_eq!(tried, all, "each member once, then none");
         // A team of one has nobody to join through.
         let mut alone = FirstJoin::new(&[], &[], t0);
-        assert_eq!(alone.due(&none, t0 + JOIN_STEP), None);
+        assert_eq!(alone.due(|_| false, t0 + JOIN_STEP), None);
     }
 
     #[test]
