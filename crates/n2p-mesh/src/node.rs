@@ -271,8 +271,14 @@ impl MeshNode {
                 settings.peers_access,
                 settings.peer_idle_close,
             )?;
-            // The tickets' peers and one member; more one at a time ([`redial::FirstJoin`]).
-            let first = redial::join_peers(&ticket_ids, &bootstrap_ids, 1);
+            // The tickets' peers and one member, three in a small team; more one at a time
+            // ([`redial::FirstJoin`]).
+            let members = settings.team.members().len();
+            let first = redial::join_peers(
+                &ticket_ids,
+                &bootstrap_ids,
+                redial::first_join_count(members),
+            );
             let first_join =
                 redial::FirstJoin::new(&first, &bootstrap_ids, std::time::Instant::now());
             let topic = gossip

@@ -154,7 +154,7 @@ pub(super) struct Actor {
     pub(super) announce_interval: Duration,
     /// The endpoint's connections, for the path to each peer.
     pub(super) paths: PathWatch,
-    /// The first join of the topic, one member at a time.
+    /// The first join of the topic: through a few members, then one more at a time.
     pub(super) first_join: FirstJoin,
     /// When to dial listed members that are absent.
     pub(super) redial: Redial,
@@ -526,6 +526,17 @@ impl Actor {
 
     /// Sends my neighbours (only them) a digest: my own announcement, fresh, and the latest
     /// one of every live peer.
+    ///
+    /// "My neighbours" are those iroh-gossip pushes to eagerly: a neighbours-only broadcast
+    /// goes to plumtree's eager peers and never to its lazy ones (iroh-gossip 0.101,
+    /// `plumtree.rs`, `broadcast`). A new link starts eager but turns lazy as soon as a
+    /// flooded message comes over it twice, which in a starting team takes milliseconds, so
+    /// a digest sent [`SYNC_DEBOUNCE`] after a neighbour came up often misses it: when two
+    /// parts of a team meet over one link, each may not hear of the other until more links
+    /// or the dials of absent members ([`super::redial::Redial`]) join them (seen in the
+    /// logs of 32-node starts, docs/BENCHMARKS.md "How many members to join through
+    /// first"). Flooding digests instead reached everyone sooner but cost 110-200 floods
+    /// per 100-node start and a quarter more CPU per node; that was not kept.
     async fn sync(&mut self) {
         let live: std::collections::BTreeSet<[u8; 32]> =
             self.table.live_ids().map(|id| *id.as_bytes()).collect();

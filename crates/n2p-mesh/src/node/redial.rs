@@ -14,9 +14,10 @@
 //! dialed takes the node into its active view and forwards the join), so the node dials at
 //! most [`MAX_DIALS_PER_ROUND`] absent members per round, rounds at least [`ROUND_GAP`]
 //! apart: in a large team that is still starting, dialing every member not yet heard from
-//! would open a connection to each. For the same reason the node first joins the topic
-//! through one member at a time ([`FirstJoin`]: the next one only while the last has not
-//! become a gossip neighbour within [`JOIN_STEP`]), and rejoins through at most
+//! would open a connection to each. For the same reason a node of a large team first joins
+//! the topic through one member at a time ([`FirstJoin`]: the next one only while none has
+//! become a gossip neighbour within [`JOIN_STEP`]; a small team joins through
+//! [`first_join_count`] at once), and rejoins through at most
 //! [`JOIN_PEERS`] ([`join_peers`]). And while peers keep becoming live, gossip is bringing
 //! the team together by itself: absent members are dialed only once the live count has
 //! stopped growing for [`QUIET_BEFORE_DIALS`] (each dial is a join, and in a team that is
@@ -49,8 +50,8 @@ pub(super) const ROUND_GAP: Duration = Duration::from_secs(2);
 /// s and 2 s, one of them 3.8 s; docs/BENCHMARKS.md "Joining through one member at a time").
 pub(super) const QUIET_BEFORE_DIALS: Duration = Duration::from_secs(1);
 
-/// The most peers the topic is rejoined through ([`join_peers`]; the first join goes
-/// through one at a time, [`FirstJoin`]). Each peer joined through takes the node into its
+/// The most peers the topic is rejoined through ([`join_peers`]), and the number a small
+/// team's first join goes through ([`first_join_count`]). Each peer joined through takes the node into its
 /// active view and sends the join on a walk from each of its neighbours, and each walk ends
 /// in a neighbour request: a start of 64 nodes on loopback converged in 5.6-8.9 s and
 /// 150-270 ms of CPU per node through 2 or 3 peers, and in 16-17 s and 550-570 ms through 8
@@ -67,16 +68,37 @@ pub(super) const JOIN_PEERS: usize = 3;
 /// answer is slow.
 pub(super) const JOIN_STEP: Duration = Duration::from_millis(250);
 
-/// The first join of the topic, one member at a time. Joining through several at once made
-/// every start churn (each join sends random walks that end in neighbour requests, which
-/// evict links elsewhere: a 100-node start cost 90-105 ms of CPU per node through 3 peers and
-/// 36-54 ms through one, docs/BENCHMARKS.md "Joining through one member at a time"). The node
-/// joins through one more member every [`JOIN_STEP`] until one it joined through became a
-/// neighbour, passing over the members it already knows of: a node whose first pick was not
-/// running yet, and which others joined through, would otherwise tie only its own part of
-/// the team together. Such links can still split a start into parts (each node links to one
-/// member, and a few such links can close a loop among themselves); the dials of absent
-/// members ([`Redial`]) join the parts once their live counts stop growing.
+/// The largest team whose members first join through [`JOIN_PEERS`] members at once; larger
+/// teams join through one ([`first_join_count`]).
+pub(super) const SMALL_TEAM: usize = 32;
+
+/// How many members a node of a team of `members` (itself included) first joins the topic
+/// through at once: [`JOIN_PEERS`] in a team of up to [`SMALL_TEAM`], else one.
+///
+/// Each join sends random walks that end in neighbour requests, which evict links
+/// elsewhere; the churn grows with the number of nodes that join at once, faster than the
+/// team. Starts of every node of a team on one 2-core machine (docs/BENCHMARKS.md "How many
+/// members to join through first"), through one member and through three:
+///
+/// - 32 nodes: 1.4-2.0 s and 16-22 ms of CPU per node through one, 0.8-2.0 s (most under
+///   1.3 s) and 27-37 ms through three: a node linked to one member leaves a start split
+///   into parts more often, and the digests two parts exchange over the link that joins
+///   them are often lost (see `Actor::sync`), so the parts wait for [`Redial`];
+/// - 48 nodes: about even (1.6-2.1 s through one, 1.5-2.9 s through three);
+/// - 64 nodes: 1.9-4.6 s and 28-62 ms through one, 3.0-4.0 s and 77-105 ms through three;
+/// - 100 nodes: 4.5-4.6 s and 69-74 ms through one, 7.0-9.8 s and 122-176 ms through three.
+pub(super) fn first_join_count(members: usize) -> usize {
+    if members <= SMALL_TEAM { JOIN_PEERS } else { 1 }
+}
+
+/// The first join of the topic: through [`first_join_count`] members, then one more at a
+/// time. The node joins through one more member every [`JOIN_STEP`] until one it joined
+/// through became a neighbour, passing over the members it already knows of: a node whose
+/// first pick was not running yet, and which others joined through, would otherwise tie only
+/// its own part of the team together. In a large team, where each node links to one member,
+/// such links can still split a start into parts (a few of them can close a loop among
+/// themselves); the dials of absent members ([`Redial`]) join the parts once their live
+/// counts stop growing.
 #[derive(Debug)]
 pub(super) struct FirstJoin {
     /// Members not joined through yet, in random order.
@@ -529,6 +551,19 @@ mod tests {
         assert!(tried.is_disjoint(&knows));
         join.neighbour_up(&second);
         assert_eq!(join.due(|_| false, t0 + JOIN_STEP * 10), None, "joined");
+    }
+
+    #[test]
+    fn a_small_team_first_joins_through_three_members_and_a_large_one_through_one() {
+        assert_eq!(first_join_count(2), JOIN_PEERS);
+        assert_eq!(first_join_count(SMALL_TEAM), JOIN_PEERS);
+        assert_eq!(first_join_count(SMALL_TEAM + 1), 1);
+        assert_eq!(first_join_count(100), 1);
+        // A team of 32 (the node and 31 others): three of the others, no two the same.
+        let others: Vec<EndpointId> = (1..SMALL_TEAM as u8).map(id).collect();
+        let first = join_peers(&[], &others, first_join_count(SMALL_TEAM));
+        let unique: BTreeSet<EndpointId> = first.iter().copied().collect();
+        assert_eq!(unique.len(), JOIN_PEERS);
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! and when a digest taught it a peer it did not know, so a newcomer learns the whole team
 //! from its first neighbours at once, and news spreads neighbour to neighbour without every
 //! node flooding its own announcement whenever someone joins (which costs on the order of
-//! N² deliveries per join).
+//! N² deliveries per join). iroh-gossip hands a neighbours-only message to its eager peers
+//! alone, so a digest can miss a neighbour whose link has turned lazy (see the node's
+//! `Actor::sync`).
 //!
 //! # Wire format
 //!
