@@ -186,8 +186,9 @@ struct Taken {
     refute: bool,
     /// A digest taught me a peer I did not know: pass my digest on to my neighbours.
     learned: bool,
-    /// The peer table changed: the sockets follow once the whole message is taken in, not
-    /// once per announcement of a digest.
+    /// The peer table changed in a way that may change the sockets (not a peer that only
+    /// refreshed itself): the sockets follow once the whole message is taken in, not once
+    /// per announcement of a digest.
     changed: bool,
 }
 
@@ -379,7 +380,7 @@ impl Actor {
         } else {
             self.handle_announcement(bytes)
         };
-        if taken.changed {
+        if taken.changed || self.sockets.failed() {
             let desired = self.table.sockets();
             self.reconcile(&desired);
         }
@@ -476,6 +477,7 @@ impl Actor {
                     Reported::Dropped => {
                         info!(target: "n2p", "peer {} is unreachable (reported by {}); dropped", report.id.fmt_short(), ann.id.fmt_short());
                         self.latest.remove(report.id.as_bytes());
+                        taken.changed = true;
                     }
                     Reported::NotLive => {}
                     // The peer announced itself after the report was made (seqs are the
@@ -512,7 +514,9 @@ impl Actor {
                     self.full_warned = false;
                     info!(target: "n2p", "peer {} left", ann.id.fmt_short());
                 }
-                taken.changed = true;
+                // A peer that only refreshed itself changes no socket (nor does news of
+                // one that was gone already).
+                taken.changed |= !matches!(applied, Applied::Refreshed | Applied::AlreadyGone);
             }
             Err(dropped @ Dropped::Full { .. }) if !self.full_warned => {
                 // Logged once each time the cap is reached (again after peers went).

@@ -276,16 +276,26 @@ pub struct PeerTable {
     tombstones: BTreeMap<EndpointId, Tombstone>,
     /// Final names of the live peers, recomputed whenever the live set or a name changes.
     names: BTreeMap<EndpointId, String>,
+    /// The team's member names, as [`name_key`]s: reserved for members. Kept with the team,
+    /// not built on each recompute (one allocation per member per peer joining).
+    reserved: BTreeSet<String>,
+}
+
+/// The [`name_key`]s of `team`'s member names.
+fn reserved_names(team: &TeamConfig) -> BTreeSet<String> {
+    team.members().iter().map(|m| name_key(&m.name)).collect()
 }
 
 impl PeerTable {
     /// An empty table for node `me`, which announces itself as `my_name`, in `team`.
     /// Accepts peers speaking daemon protocol [`PROTO_VERSION`].
     pub fn new(me: EndpointId, my_name: &str, team: impl Into<Arc<TeamConfig>>) -> Self {
+        let team = team.into();
         Self {
             me,
             my_name: my_name.to_owned(),
-            team: team.into(),
+            reserved: reserved_names(&team),
+            team,
             proto_versions: PROTO_VERSION..=PROTO_VERSION,
             peers: BTreeMap::new(),
             tombstones: BTreeMap::new(),
@@ -312,6 +322,7 @@ impl PeerTable {
     /// Puts `team` in force (a reloaded team file): live peers it does not admit are
     /// removed, and returned; names are recomputed from its member list.
     pub fn set_team(&mut self, team: Arc<TeamConfig>) -> Vec<EndpointId> {
+        self.reserved = reserved_names(&team);
         self.team = team;
         let gone: Vec<EndpointId> = self
             .peers
@@ -631,12 +642,7 @@ impl PeerTable {
     /// Recomputes every live peer's final name (see [`Self::sockets`] for the rules).
     fn recompute_names(&mut self) {
         let mut names = BTreeMap::new();
-        let reserved: BTreeSet<String> = self
-            .team
-            .members()
-            .iter()
-            .map(|m| name_key(&m.name))
-            .collect();
+        let reserved = &self.reserved;
 
         // Peers not in the team file, and me when I am not: grouped by the name they want.
         let mut groups: BTreeMap<String, Vec<(EndpointId, String)>> = BTreeMap::new();
