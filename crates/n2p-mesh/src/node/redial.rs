@@ -51,12 +51,13 @@ pub(super) const ROUND_GAP: Duration = Duration::from_secs(2);
 pub(super) const QUIET_BEFORE_DIALS: Duration = Duration::from_secs(1);
 
 /// The most peers the topic is rejoined through ([`join_peers`]), and the number a small
-/// team's first join goes through ([`first_join_count`]). Each peer joined through takes the node into its
-/// active view and sends the join on a walk from each of its neighbours, and each walk ends
-/// in a neighbour request: a start of 64 nodes on loopback converged in 5.6-8.9 s and
-/// 150-270 ms of CPU per node through 2 or 3 peers, and in 16-17 s and 550-570 ms through 8
-/// (docs/BENCHMARKS.md, "Joining through fewer peers"). A rejoin picks live peers first, so
-/// three are plenty, and the node's own dials of absent members cover the rest.
+/// team's first join goes through ([`first_join_count`]). Each peer joined through takes
+/// the node into its active view and sends the join on a walk from each of its neighbours,
+/// and each walk ends in a neighbour request: a start of 64 nodes on loopback converged in
+/// 5.6-8.9 s and 150-270 ms of CPU per node through 2 or 3 peers, and in 16-17 s and 550-570
+/// ms through 8 (docs/BENCHMARKS.md, "Joining through fewer peers"). A rejoin picks live
+/// peers first, so three are plenty, and the node's own dials of absent members cover the
+/// rest.
 pub(super) const JOIN_PEERS: usize = 3;
 
 /// How long the first join waits for the member it went through to become a gossip
