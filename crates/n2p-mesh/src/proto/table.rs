@@ -52,7 +52,7 @@
 //!   peers would refuse my streams, so offering sockets would only produce failures.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     net::SocketAddr,
     ops::RangeInclusive,
     sync::Arc,
@@ -276,26 +276,16 @@ pub struct PeerTable {
     tombstones: BTreeMap<EndpointId, Tombstone>,
     /// Final names of the live peers, recomputed whenever the live set or a name changes.
     names: BTreeMap<EndpointId, String>,
-    /// The team's member names, as [`name_key`]s: reserved for members. Kept with the team,
-    /// not built on each recompute (one allocation per member per peer joining).
-    reserved: BTreeSet<String>,
-}
-
-/// The [`name_key`]s of `team`'s member names.
-fn reserved_names(team: &TeamConfig) -> BTreeSet<String> {
-    team.members().iter().map(|m| name_key(&m.name)).collect()
 }
 
 impl PeerTable {
     /// An empty table for node `me`, which announces itself as `my_name`, in `team`.
     /// Accepts peers speaking daemon protocol [`PROTO_VERSION`].
     pub fn new(me: EndpointId, my_name: &str, team: impl Into<Arc<TeamConfig>>) -> Self {
-        let team = team.into();
         Self {
             me,
             my_name: my_name.to_owned(),
-            reserved: reserved_names(&team),
-            team,
+            team: team.into(),
             proto_versions: PROTO_VERSION..=PROTO_VERSION,
             peers: BTreeMap::new(),
             tombstones: BTreeMap::new(),
@@ -322,7 +312,6 @@ impl PeerTable {
     /// Puts `team` in force (a reloaded team file): live peers it does not admit are
     /// removed, and returned; names are recomputed from its member list.
     pub fn set_team(&mut self, team: Arc<TeamConfig>) -> Vec<EndpointId> {
-        self.reserved = reserved_names(&team);
         self.team = team;
         let gone: Vec<EndpointId> = self
             .peers
@@ -642,7 +631,7 @@ impl PeerTable {
     /// Recomputes every live peer's final name (see [`Self::sockets`] for the rules).
     fn recompute_names(&mut self) {
         let mut names = BTreeMap::new();
-        let reserved = &self.reserved;
+        let reserved = self.team.member_name_keys();
 
         // Peers not in the team file, and me when I am not: grouped by the name they want.
         let mut groups: BTreeMap<String, Vec<(EndpointId, String)>> = BTreeMap::new();
@@ -1218,7 +1207,7 @@ mod tests {
                 t.expire(now);
             }
             let infos = t.peers();
-            let mut keys = BTreeSet::new();
+            let mut keys = std::collections::BTreeSet::new();
             for p in &infos {
                 assert!(
                     is_safe_stem(&p.name) && p.name.len() <= MAX_STEM_LEN,

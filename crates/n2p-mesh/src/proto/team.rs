@@ -54,7 +54,7 @@
 //! - `addrs` — fixed direct addresses (`"ip:port"`) to reach the member at, optional.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     ffi::OsString,
     fmt, io,
     net::SocketAddr,
@@ -195,6 +195,9 @@ pub struct TeamConfig {
     /// Where each member's id is in `members`: the table asks for every announcement and
     /// every peer, and ids compare in constant time, 32 bytes at a time.
     by_id: HashMap<EndpointId, usize>,
+    /// The members' names as [`name_key`]s: reserved for them. The table asks on every
+    /// peer that joins.
+    name_keys: BTreeSet<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -392,6 +395,7 @@ impl TeamConfig {
             open,
             expiry,
             by_id: index_by_id(&members),
+            name_keys: members.iter().map(|m| name_key(&m.name)).collect(),
             members,
         })
     }
@@ -406,6 +410,7 @@ impl TeamConfig {
             expiry: DEFAULT_EXPIRY,
             members: Vec::new(),
             by_id: HashMap::new(),
+            name_keys: BTreeSet::new(),
         }
     }
 
@@ -447,6 +452,11 @@ impl TeamConfig {
     /// The members, in file order.
     pub fn members(&self) -> &[Member] {
         &self.members
+    }
+
+    /// The members' names as [`name_key`]s (what no one else may be called).
+    pub fn member_name_keys(&self) -> &BTreeSet<String> {
+        &self.name_keys
     }
 
     /// The member with endpoint id `id`.
