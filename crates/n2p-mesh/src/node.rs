@@ -316,7 +316,6 @@ impl MeshNode {
             seq: SeqClock::new(),
             stale_warned: Default::default(),
             full_warned: false,
-            announce_interval: settings.team.announce_interval(),
             paths,
             first_join,
             redial: Default::default(),

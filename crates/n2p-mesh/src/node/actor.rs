@@ -37,7 +37,7 @@ use crate::{
         },
         digest::{decode_digest, decode_entry, encode_digests, is_digest},
         names::socket_file_name,
-        table::{Applied, Dropped, PeerTable, Reported, heartbeat_interval},
+        table::{Applied, Dropped, PeerTable, Reported},
         team::TeamConfig,
         topic::MeshKeys,
     },
@@ -151,7 +151,6 @@ pub(super) struct Actor {
     pub(super) stale_warned: std::collections::BTreeSet<EndpointId>,
     /// Whether reaching the table's cap on outsiders has been logged.
     pub(super) full_warned: bool,
-    pub(super) announce_interval: Duration,
     /// The endpoint's connections, for the path to each peer.
     pub(super) paths: PathWatch,
     /// The first join of the topic: through a few members, then one more at a time.
@@ -580,7 +579,6 @@ impl Actor {
         self.bootstrap
             .retain(|id| !old_members.contains(id) || team.member_by_id(id).is_some());
         self.bootstrap.extend(fresh.iter().copied());
-        self.announce_interval = team.announce_interval();
         for id in self.table.set_team(team) {
             info!(target: "n2p", "peer {} is not admitted by the reloaded team file; dropped", id.fmt_short());
         }
@@ -861,13 +859,13 @@ impl Actor {
     }
 
     /// Broadcasts my announcement (with `report`, if any) and returns when the next
-    /// heartbeat is due: [`heartbeat_interval`] from now, which grows with the live peers.
+    /// heartbeat is due: [`PeerTable::heartbeat`] from now.
     async fn announce(
         &mut self,
         kind: AnnounceKind,
         report: Option<Unreachable>,
     ) -> tokio::time::Instant {
-        let next = tokio::time::Instant::now() + self.heartbeat();
+        let next = tokio::time::Instant::now() + self.table.heartbeat();
         if let Some(bytes) = self.my_announcement(kind, report)
             && let Some(sender) = &self.sender
         {
@@ -878,11 +876,6 @@ impl Actor {
             .await;
         }
         next
-    }
-
-    /// How often I announce myself now.
-    fn heartbeat(&self) -> Duration {
-        heartbeat_interval(self.announce_interval, self.table.len())
     }
 
     /// My announcement, signed and sealed (`None`, logged, if it cannot be encoded).
@@ -901,7 +894,7 @@ impl Actor {
         ann.shares_daemon = self.share_daemon;
         ann.addrs = addr.ip_addrs().copied().take(MAX_ADDRS).collect();
         ann.relay = addr.relay_urls().next().cloned();
-        ann.interval = Some(self.heartbeat());
+        ann.interval = Some(self.table.heartbeat());
         ann.unreachable = report;
         let bytes = encode(&ann, &self.secret_key, self.keys.announce_key())
             .inspect_err(|e| warn!("cannot encode my announcement: {e}"))
@@ -922,7 +915,7 @@ impl Actor {
     /// seqs"). A third of the interval keeps the age receivers count me from well inside the
     /// expiry they give me (three intervals).
     fn own_for_digest(&mut self) -> Option<Vec<u8>> {
-        let young = self.heartbeat() / 3;
+        let young = self.table.heartbeat() / 3;
         if let Some((made, addr, bytes)) = &self.mine
             && made.elapsed() < young
             && *addr == self.endpoint.addr()

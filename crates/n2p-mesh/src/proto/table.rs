@@ -331,6 +331,23 @@ impl PeerTable {
         self.peers.len()
     }
 
+    /// How often I announce myself: [`heartbeat_interval`] for the live peers, or for the
+    /// team's other listed members while fewer of them are live.
+    ///
+    /// Counting the listed members from the start gives a starting team the interval it
+    /// settles at in its first announcements. By the live peers alone, each node's first
+    /// announcement would carry the short interval of a near-empty table, and the node would
+    /// have to announce again within it, in the middle of the start: a second flood of
+    /// every node's announcement, each verified by every node, which doubled the CPU per
+    /// node of a 100-node start (docs/BENCHMARKS.md "One announcement per node while a
+    /// team starts"). The price is in a large team with few members up: a crash that no
+    /// neighbour reports waits out the longer expiry.
+    pub fn heartbeat(&self) -> Duration {
+        let listed = self.team.members().len();
+        let others = listed - usize::from(self.team.member_by_id(&self.me).is_some());
+        heartbeat_interval(self.team.announce_interval(), self.peers.len().max(others))
+    }
+
     /// Whether no peer is live.
     pub fn is_empty(&self) -> bool {
         self.peers.is_empty()
@@ -441,8 +458,8 @@ impl PeerTable {
 
     /// How long `id` may stay silent before [`Self::expire`] drops it: the team's expiry,
     /// or [`INTERVALS_PER_EXPIRY`] of the intervals it announced (at most [`MAX_HEARTBEAT`]
-    /// each) or of the interval I would announce at with the peers I know
-    /// ([`heartbeat_interval`]), whichever is longest. `None` for a peer that is not live.
+    /// each) or of the interval I announce at ([`Self::heartbeat`]), whichever is longest.
+    /// `None` for a peer that is not live.
     pub fn expiry_of(&self, id: &EndpointId) -> Option<Duration> {
         self.peers.get(id).map(|p| self.peer_expiry(p))
     }
@@ -451,11 +468,10 @@ impl PeerTable {
         let promised = peer.interval.map_or(Duration::ZERO, |i| {
             i.min(MAX_HEARTBEAT) * INTERVALS_PER_EXPIRY
         });
-        // A peer announces by the peers it knows, which while a large team starts may be far
-        // fewer than I know: it stretches its interval as it learns them, so it is given as
-        // long as I would take myself.
-        let mine = heartbeat_interval(self.team.announce_interval(), self.peers.len())
-            * INTERVALS_PER_EXPIRY;
+        // A peer of an open team announces by the peers it knows, which while the team
+        // starts may be far fewer than I know: it stretches its interval as it learns them,
+        // so it is given as long as I would take myself.
+        let mine = self.heartbeat() * INTERVALS_PER_EXPIRY;
         self.team.expiry().max(promised).max(mine)
     }
 
@@ -464,7 +480,7 @@ impl PeerTable {
     /// peers I know, whichever is longer. `None` when no peer is live. Hearing nothing from
     /// any peer for longer than this means nothing reaches me.
     pub fn slowest_heartbeat(&self) -> Option<Duration> {
-        let mine = heartbeat_interval(self.team.announce_interval(), self.peers.len());
+        let mine = self.heartbeat();
         self.peers
             .values()
             .map(|p| p.interval.map_or(Duration::ZERO, |i| i.min(MAX_HEARTBEAT)))
@@ -1009,6 +1025,40 @@ mod tests {
             t.report_unreachable(&Unreachable { id: id(9), seq: 1 }, t0),
             Reported::NotLive
         );
+    }
+
+    #[test]
+    fn a_listed_team_announces_at_the_interval_of_all_its_members_from_the_start() {
+        // 100 members, me (1) among them: 99 others, none live yet.
+        let mut text = String::from("[mesh]\nsecret_env = \"S\"\nexpiry_secs = 6\n");
+        for i in 1..=100u8 {
+            text.push_str(&format!(
+                "[[member]]\nname = \"m{i}\"\nid = \"{}\"\n",
+                id(i)
+            ));
+        }
+        let listed = TeamConfig::parse(&text, Path::new("team.toml")).expect("team");
+        let team_interval = listed.announce_interval();
+        let mut t = PeerTable::new(id(1), "m1", listed);
+        let all = heartbeat_interval(team_interval, 99);
+        assert_eq!(all, Duration::from_millis(24_750));
+        assert_eq!(t.heartbeat(), all, "nobody live yet");
+        let t0 = Instant::now();
+        t.apply(&alive(2, "m2", 1), t0).expect("apply");
+        assert_eq!(t.heartbeat(), all, "one live");
+        // A peer promising the team's interval is given as long as I take.
+        assert_eq!(t.expiry_of(&id(2)), Some(all * INTERVALS_PER_EXPIRY));
+        // Not a member myself: the other 100 count.
+        let outsider = PeerTable::new(id(200), "me", t.team().clone());
+        assert_eq!(outsider.heartbeat(), heartbeat_interval(team_interval, 100));
+        // An open team lists nobody: its live peers alone count.
+        let mut open = PeerTable::new(id(200), "me", open_team());
+        assert_eq!(open.heartbeat(), open.team().announce_interval());
+        for i in 1..=40 {
+            open.apply(&alive(i, &format!("p{i}"), 1), t0)
+                .expect("apply");
+        }
+        assert_eq!(open.heartbeat(), Duration::from_secs(10));
     }
 
     #[test]
