@@ -19,6 +19,7 @@ mod paths;
 pub mod peer_sockets;
 mod redial;
 mod sweep;
+mod throttle;
 pub use self::sweep::CHECK_ALPN;
 
 pub use self::gate::SharedTeam;
@@ -249,7 +250,7 @@ impl MeshNode {
             .max_message_size(MAX_ANNOUNCEMENT_SIZE.max(MAX_DIGEST_SIZE) + 1024)
             .spawn(endpoint.clone());
         let mut router = Router::builder(endpoint.clone())
-            .accept(GOSSIP_ALPN, gossip.clone())
+            .accept(GOSSIP_ALPN, throttle::GossipThrottle::new(gossip.clone()))
             .accept(sweep::CHECK_ALPN, sweep::CheckService);
         if settings.share_daemon {
             let policy = team.policy(Permission::Push);
