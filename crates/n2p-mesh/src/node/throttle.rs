@@ -6,7 +6,7 @@
 //! `Disconnect`, and the `ShuffleReply` makes the asker refill its active view at once, from
 //! the same passive view. When every peer in it is full, which a small team can reach after
 //! a start, this goes on for as long as the views stay so, each round on a new QUIC
-//! connection. Seen in about 1 of 30 8-node starts on loopback (docs/BENCHMARKS.md, "A
+//! connection. Seen after 4 of 101 8-node starts on loopback (docs/BENCHMARKS.md, "A
 //! neighbour-request loop in iroh-gossip"): the asker at 85 % of a core and 250 MB, four
 //! peers at 20 % each, 500–2200 gossip connections open per node.
 //!
