@@ -13,8 +13,9 @@
 //! A peer that opened [`MAX_CONNECTIONS`] gossip connections to this node within
 //! [`WINDOW`] has further ones closed before gossip sees them, until its rate falls
 //! below that. Gossip on the asking side then sees the connection lost, which (unlike a
-//! refusal) does not make it ask again, and the loop stops. Healthy gossip opens a few
-//! connections per peer per minute (joins, shuffles, neighbour requests, this node's checks).
+//! refusal) does not make it ask again, and the loop stops. Healthy gossip stays far below
+//! the rate: no refusal was logged in 100-node starts, nor in the 8-node starts without a
+//! loop.
 
 use std::{
     collections::{HashMap, VecDeque},
