@@ -48,7 +48,10 @@ pub(super) const ROUND_GAP: Duration = Duration::from_secs(2);
 /// time ([`FirstJoin`]); since then a start can split into parts that only these dials join
 /// (32-node starts: 2 of 15 rounds over 2 s with 1 s and a first wait of 1 s, 3 of 15 with 3
 /// s and 2 s, one of them 3.8 s; docs/BENCHMARKS.md "Joining through one member at a time").
-pub(super) const QUIET_BEFORE_DIALS: Duration = Duration::from_secs(1);
+/// 1 s until a starting node announced itself only once: with the CPU that freed, 0.5 s
+/// brought 100-node starts to 2.47–3.01 s against 2.32–3.64 s in the same rounds
+/// (docs/BENCHMARKS.md "One announcement per node while a team starts").
+pub(super) const QUIET_BEFORE_DIALS: Duration = Duration::from_millis(500);
 
 /// The most peers the topic is rejoined through ([`join_peers`]), and the number a small
 /// team's first join goes through ([`first_join_count`]). Each peer joined through takes
