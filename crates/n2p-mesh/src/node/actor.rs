@@ -319,9 +319,10 @@ impl Actor {
                         .filter(|id| *id != me && !live.contains(id) && !neighbours.contains(id))
                         .collect();
                     let knows = |id: &EndpointId| live.contains(id) || neighbours.contains(id);
-                    if let Some(id) = self.first_join.due(knows, now) {
-                        debug!(peer = %id.fmt_short(), "no neighbour yet through the members joined through; joining through one more");
-                        self.dial_members(vec![id]).await;
+                    let more = self.first_join.due(knows, now);
+                    if !more.is_empty() {
+                        debug!(count = more.len(), "no neighbour yet through the members joined through; joining through more");
+                        self.dial_members(more).await;
                     }
                     self.redial.note_live(live.len(), now);
                     let due = self.redial.due(absent, now);

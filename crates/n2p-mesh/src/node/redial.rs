@@ -72,6 +72,13 @@ pub(super) const JOIN_PEERS: usize = 3;
 /// answer is slow.
 pub(super) const JOIN_STEP: Duration = Duration::from_millis(250);
 
+/// How many steps of the first join go through one member each ([`FirstJoin`]); each later
+/// step goes through twice as many as the one before. A member that is up answers within a
+/// step, so in a team that starts together these steps rarely pass; in a large team file with
+/// few members up, one member per step took up to 25 s to find one of them (3 of 100 up,
+/// docs/BENCHMARKS.md "A large team file with few members up").
+pub(super) const SINGLE_JOIN_STEPS: u32 = 4;
+
 /// The largest team whose members first join through [`JOIN_PEERS`] members at once; larger
 /// teams join through one ([`first_join_count`]).
 pub(super) const SMALL_TEAM: usize = 32;
@@ -95,9 +102,10 @@ pub(super) fn first_join_count(members: usize) -> usize {
     if members <= SMALL_TEAM { JOIN_PEERS } else { 1 }
 }
 
-/// The first join of the topic: through [`first_join_count`] members, then one more at a
-/// time. The node joins through one more member every [`JOIN_STEP`] until one it joined
-/// through became a neighbour, passing over the members it already knows of: a node whose
+/// The first join of the topic: through [`first_join_count`] members, then more. The node
+/// joins through more members every [`JOIN_STEP`] (one each for [`SINGLE_JOIN_STEPS`] steps,
+/// then twice as many each step) until one it joined through became a neighbour, passing
+/// over the members it already knows of: a node whose
 /// first pick was not running yet, and which others joined through, would otherwise tie only
 /// its own part of the team together. In a large team, where each node links to one member,
 /// such links can still split a start into parts (a few of them can close a loop among
@@ -109,9 +117,11 @@ pub(super) struct FirstJoin {
     untried: Vec<EndpointId>,
     /// Those joined through so far.
     tried: BTreeSet<EndpointId>,
-    /// When to join through the next one; `None` once one of them became a neighbour, or
+    /// When to join through the next ones; `None` once one of them became a neighbour, or
     /// when none is left.
     next: Option<Instant>,
+    /// Steps taken so far.
+    steps: u32,
 }
 
 impl FirstJoin {
@@ -128,6 +138,7 @@ impl FirstJoin {
             next: (!untried.is_empty()).then_some(now + JOIN_STEP),
             untried,
             tried: first.iter().copied().collect(),
+            steps: 0,
         }
     }
 
@@ -138,27 +149,32 @@ impl FirstJoin {
         }
     }
 
-    /// The member to join through now, if any. Members the node already `knows` of (live
-    /// peers and gossip neighbours) are passed over: they are in its part of the team already, and
-    /// a join through them would tie nothing new to it (in a start, a node whose first pick
-    /// was not running yet, but which others joined through, is the hub of such a part).
+    /// The members to join through now (none, one, or more after [`SINGLE_JOIN_STEPS`]).
+    /// Members the node already `knows` of (live peers and gossip neighbours) are passed
+    /// over: they are in its part of the team already, and a join through them would tie
+    /// nothing new to it (in a start, a node whose first pick was not running yet, but which
+    /// others joined through, is the hub of such a part).
     pub(super) fn due(
         &mut self,
         knows: impl Fn(&EndpointId) -> bool,
         now: Instant,
-    ) -> Option<EndpointId> {
+    ) -> Vec<EndpointId> {
         if self.next.is_none_or(|at| now < at) {
-            return None;
+            return Vec::new();
         }
         self.untried.retain(|id| !knows(id));
-        if self.untried.is_empty() {
-            self.next = None;
-            return None;
-        }
-        let id = self.untried.remove(0);
-        self.tried.insert(id);
+        let count = match self.steps.checked_sub(SINGLE_JOIN_STEPS) {
+            None => 1,
+            Some(doublings) => 1usize << (doublings + 1).min(16),
+        };
+        let now_tried: Vec<EndpointId> = self
+            .untried
+            .drain(..count.min(self.untried.len()))
+            .collect();
+        self.tried.extend(now_tried.iter().copied());
+        self.steps += 1;
         self.next = (!self.untried.is_empty()).then_some(now + JOIN_STEP);
-        Some(id)
+        now_tried
     }
 }
 
@@ -527,13 +543,13 @@ mod tests {
         let members: Vec<EndpointId> = (1..=6).map(id).collect();
         let first = join_peers(&[], &members, 1);
         let mut join = FirstJoin::new(&first, &members, t0);
-        assert_eq!(join.due(|_| false, t0), None, "not at once");
-        assert_eq!(join.due(|_| false, t0 + JOIN_STEP / 2), None);
-        let second = join
-            .due(|_| false, t0 + JOIN_STEP)
-            .expect("a second member");
+        assert_eq!(join.due(|_| false, t0), [], "not at once");
+        assert_eq!(join.due(|_| false, t0 + JOIN_STEP / 2), []);
+        let [second] = join.due(|_| false, t0 + JOIN_STEP)[..] else {
+            panic!("one second member");
+        };
         assert!(members.contains(&second) && second != first[0]);
-        assert_eq!(join.due(|_| false, t0 + JOIN_STEP), None, "one per step");
+        assert_eq!(join.due(|_| false, t0 + JOIN_STEP), [], "one per step");
         // Members it knows of (live peers, neighbours) are in its part already: passed over.
         let knows: BTreeSet<EndpointId> = members
             .iter()
@@ -541,20 +557,43 @@ mod tests {
             .take(2)
             .copied()
             .collect();
-        let third = join
-            .due(|id| knows.contains(id), t0 + JOIN_STEP * 2)
-            .expect("a third member");
+        let [third] = join.due(|id| knows.contains(id), t0 + JOIN_STEP * 2)[..] else {
+            panic!("one third member");
+        };
         assert!(!knows.contains(&third) && third != first[0] && third != second);
         // A neighbour it did not join through changes nothing; one it did ends the join.
         join.neighbour_up(&id(99));
-        let fourth = join
-            .due(|id| knows.contains(id), t0 + JOIN_STEP * 3)
-            .expect("a fourth member");
+        let [fourth] = join.due(|id| knows.contains(id), t0 + JOIN_STEP * 3)[..] else {
+            panic!("one fourth member");
+        };
         let tried: BTreeSet<EndpointId> = [first[0], second, third, fourth].into();
         assert_eq!(tried.len(), 4, "no member twice");
         assert!(tried.is_disjoint(&knows));
         join.neighbour_up(&second);
-        assert_eq!(join.due(|_| false, t0 + JOIN_STEP * 10), None, "joined");
+        assert_eq!(join.due(|_| false, t0 + JOIN_STEP * 10), [], "joined");
+    }
+
+    #[test]
+    fn without_an_answer_the_first_join_goes_through_twice_as_many_each_step() {
+        let t0 = Instant::now();
+        let members: Vec<EndpointId> = (1..=99).map(id).collect();
+        let first = join_peers(&[], &members, 1);
+        let mut join = FirstJoin::new(&first, &members, t0);
+        let mut sizes = Vec::new();
+        let mut tried: BTreeSet<EndpointId> = first.iter().copied().collect();
+        for step in 1..=20 {
+            let now = join.due(|_| false, t0 + JOIN_STEP * step);
+            if now.is_empty() {
+                break;
+            }
+            sizes.push(now.len());
+            for id in now {
+                assert!(tried.insert(id), "no member twice");
+            }
+        }
+        // 98 others: 4 steps of one, then 2, 4, 8, 16, 32 and the last 32.
+        assert_eq!(sizes, [1, 1, 1, 1, 2, 4, 8, 16, 32, 32]);
+        assert_eq!(tried.len(), 99, "every member, in 2.5 s");
     }
 
     #[test]
@@ -587,7 +626,7 @@ mod tests {
         assert_eq!(tried, all, "each member once, then none");
         // A team of one has nobody to join through.
         let mut alone = FirstJoin::new(&[], &[], t0);
-        assert_eq!(alone.due(|_| false, t0 + JOIN_STEP), None);
+        assert_eq!(alone.due(|_| false, t0 + JOIN_STEP), []);
     }
 
     #[test]
