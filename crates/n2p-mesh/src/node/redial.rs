@@ -15,10 +15,10 @@
 //! most [`MAX_DIALS_PER_ROUND`] absent members per round, rounds at least [`ROUND_GAP`]
 //! apart: in a large team that is still starting, dialing every member not yet heard from
 //! would open a connection to each. For the same reason a node of a large team first joins
-//! the topic through one member at a time ([`FirstJoin`]: the next one only while none has
-//! become a gossip neighbour within [`JOIN_STEP`]; a small team joins through
-//! [`first_join_count`] at once), and rejoins through at most
-//! [`JOIN_PEERS`] ([`join_peers`]). And while peers keep becoming live, gossip is bringing
+//! the topic through one member, and through more only while none has become a gossip
+//! neighbour ([`FirstJoin`]: one more each [`JOIN_STEP`] for [`SINGLE_JOIN_STEPS`] steps,
+//! then twice as many each step; a small team joins through [`first_join_count`] at once),
+//! and rejoins through at most [`JOIN_PEERS`] ([`join_peers`]). And while peers keep becoming live, gossip is bringing
 //! the team together by itself: absent members are dialed only once the live count has
 //! stopped growing for [`QUIET_BEFORE_DIALS`] (each dial is a join, and in a team that is
 //! starting the joins churned the overlay).
@@ -105,9 +105,8 @@ pub(super) fn first_join_count(members: usize) -> usize {
 /// The first join of the topic: through [`first_join_count`] members, then more. The node
 /// joins through more members every [`JOIN_STEP`] (one each for [`SINGLE_JOIN_STEPS`] steps,
 /// then twice as many each step) until one it joined through became a neighbour, passing
-/// over the members it already knows of: a node whose
-/// first pick was not running yet, and which others joined through, would otherwise tie only
-/// its own part of the team together. In a large team, where each node links to one member,
+/// over the members it already knows of: a node whose first pick was not running yet, and
+/// which others joined through, would otherwise tie only its own part of the team together. In a large team, where each node links to one member,
 /// such links can still split a start into parts (a few of them can close a loop among
 /// themselves); the dials of absent members ([`Redial`]) join the parts once their live
 /// counts stop growing.
