@@ -12,6 +12,7 @@
 //! in the background.
 
 mod actor;
+mod digest_datagrams;
 mod gate;
 pub mod idle;
 mod linger;
@@ -212,10 +213,12 @@ impl MeshNode {
         // Installed for open teams too (it admits everyone then), so a reload may close one.
         // The path watch comes after the gate: refused connections are not watched.
         let paths = PathWatch::default();
+        let (digest_tx, digest_rx) = mpsc::channel(digest_datagrams::INBOX);
         let builder = endpoint_builder(secret_key.clone(), alpns, &settings.endpoint)?
             .address_lookup(memory.clone())
             .hooks(HandshakeGate(Arc::new(team.clone())))
-            .hooks(paths.clone());
+            .hooks(paths.clone())
+            .hooks(digest_datagrams::DigestReader::new(digest_tx));
         let endpoint = bind_builder(builder, &settings.endpoint).await?;
 
         let mut bootstrap_ids = Vec::new();
@@ -332,7 +335,7 @@ impl MeshNode {
         let span = info_span!("mesh", me = %me.fmt_short());
         let actor = tokio::spawn(
             actor
-                .run(receiver, command_rx, cancel.clone())
+                .run(receiver, command_rx, digest_rx, cancel.clone())
                 .instrument(span),
         );
         info!(target: "n2p",

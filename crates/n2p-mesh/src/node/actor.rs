@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     LEAVE_DRAIN_BOUND,
+    digest_datagrams::{self, DATAGRAM_DIGEST_SIZE},
     linger::Linger,
     paths::{Ending, PathWatch},
     peer_sockets::PeerSockets,
@@ -35,7 +36,7 @@ use crate::{
             AnnounceError, AnnounceKind, Announcement, MAX_ADDRS, SeqClock, Unreachable,
             decode_fresh, encode, peek, unix_ms,
         },
-        digest::{decode_digest, decode_entry, encode_digests, is_digest},
+        digest::{MAX_DIGEST_SIZE, decode_digest, decode_entry, encode_digests, is_digest},
         names::socket_file_name,
         table::{Applied, Dropped, PeerTable, Reported},
         team::TeamConfig,
@@ -169,13 +170,22 @@ pub(super) struct Actor {
     pub(super) probes: JoinSet<Checked>,
     /// The peers in [`Self::probes`], so that each is checked once at a time.
     pub(super) probing: std::collections::BTreeSet<EndpointId>,
-    /// The latest announcement taken from each peer, as received (its id's bytes to its
-    /// seq and the message): what my digests relay. Entries of peers no longer live are
-    /// pruned when a digest is made.
-    pub(super) latest: BTreeMap<[u8; 32], (u64, Vec<u8>)>,
+    /// The latest announcement taken from each peer, by its id's bytes: what my digests
+    /// relay. Entries of peers no longer live are pruned when a digest is made.
+    pub(super) latest: BTreeMap<[u8; 32], Latest>,
     /// My latest plain `Alive` announcement (no report): when it was made, the address it
     /// carries, and its bytes. Digests carry it while it is young ([`Self::own_for_digest`]).
     pub(super) mine: Option<(Instant, EndpointAddr, Vec<u8>)>,
+}
+
+/// The latest announcement taken from a peer.
+#[derive(Debug)]
+pub(super) struct Latest {
+    seq: u64,
+    /// The message as received.
+    bytes: Vec<u8>,
+    /// Whether the peer reads digests sent as datagrams ([`super::digest_datagrams`]).
+    digest_datagrams: bool,
 }
 
 /// What taking in one gossip message asks of the actor.
@@ -192,6 +202,21 @@ struct Taken {
 }
 
 impl Taken {
+    /// Schedules what taking the message asks for: an announcement to refute a report of
+    /// me, a digest to pass on what I learned.
+    fn follow_up(
+        self,
+        announce_soon: &mut Option<tokio::time::Instant>,
+        sync_soon: &mut Option<tokio::time::Instant>,
+    ) {
+        if self.refute {
+            announce_soon.get_or_insert(tokio::time::Instant::now() + ANNOUNCE_DEBOUNCE);
+        }
+        if self.learned {
+            sync_soon.get_or_insert(tokio::time::Instant::now() + SYNC_DEBOUNCE);
+        }
+    }
+
     fn merge(self, other: Self) -> Self {
         Self {
             refute: self.refute || other.refute,
@@ -209,6 +234,7 @@ impl Actor {
         mut self,
         mut receiver: GossipReceiver,
         mut commands: mpsc::Receiver<Command>,
+        mut digests: mpsc::Receiver<bytes::Bytes>,
         cancel: CancellationToken,
     ) {
         let mut heartbeat_at = self.announce(AnnounceKind::Alive, None).await;
@@ -246,13 +272,7 @@ impl Actor {
                 event = receiver.next() => match event {
                     Some(Ok(Event::Received(msg))) => {
                         heard = Instant::now();
-                        let taken = self.handle_message(&msg.content);
-                        if taken.refute {
-                            announce_soon.get_or_insert(tokio::time::Instant::now() + ANNOUNCE_DEBOUNCE);
-                        }
-                        if taken.learned {
-                            sync_soon.get_or_insert(tokio::time::Instant::now() + SYNC_DEBOUNCE);
-                        }
+                        self.handle_message(&msg.content).follow_up(&mut announce_soon, &mut sync_soon);
                     }
                     Some(Ok(Event::NeighborUp(peer))) => {
                         debug!(peer = %peer.fmt_short(), "gossip neighbor up");
@@ -276,6 +296,10 @@ impl Actor {
                         break;
                     }
                 },
+                Some(bytes) = digests.recv() => {
+                    heard = Instant::now();
+                    self.handle_message(&bytes).follow_up(&mut announce_soon, &mut sync_soon);
+                }
                 Some(Ok(checked)) = self.probes.join_next(), if !self.probes.is_empty() => {
                     self.probing.remove(&checked.peer);
                     if !checked.answered && let Some(report) = self.lost(&checked) {
@@ -289,7 +313,7 @@ impl Actor {
                 }
                 _ = sync => {
                     sync_soon = None;
-                    self.sync().await;
+                    self.sync(receiver.neighbors().collect()).await;
                 }
                 _ = tokio::time::sleep_until(heartbeat_at) => {
                     flooded |= receiver.neighbors().next().is_some();
@@ -458,7 +482,7 @@ impl Actor {
     /// Whether I hold an announcement of `id` at least as new as `seq`: one at `seq` is then
     /// dropped before its signature is checked.
     fn holds_as_new(&self, id: &[u8; 32], seq: u64) -> bool {
-        self.latest.get(id).is_some_and(|(known, _)| *known >= seq)
+        self.latest.get(id).is_some_and(|known| known.seq >= seq)
     }
 
     /// Applies one verified announcement (`bytes` as received), heard at `heard`. The peer
@@ -507,8 +531,12 @@ impl Actor {
                 if matches!(applied, Applied::Left | Applied::AlreadyGone) {
                     self.latest.remove(ann.id.as_bytes());
                 } else {
-                    self.latest
-                        .insert(*ann.id.as_bytes(), (ann.seq, bytes.to_vec()));
+                    let latest = Latest {
+                        seq: ann.seq,
+                        bytes: bytes.to_vec(),
+                        digest_datagrams: ann.digest_datagrams,
+                    };
+                    self.latest.insert(*ann.id.as_bytes(), latest);
                 }
                 if matches!(applied, Applied::Left) {
                     self.full_warned = false;
@@ -528,31 +556,43 @@ impl Actor {
         taken
     }
 
-    /// Sends my neighbours (only them) a digest: my own announcement, fresh, and the latest
-    /// one of every live peer.
+    /// Sends my gossip `neighbours` (only them) a digest: my own announcement, fresh, and the
+    /// latest one of every live peer. It goes out as datagrams on the gossip connection to
+    /// each ([`super::digest_datagrams`]), and through gossip too while one of them cannot
+    /// take it so.
     ///
-    /// "My neighbours" are those iroh-gossip pushes to eagerly: a neighbours-only broadcast
-    /// goes to plumtree's eager peers and never to its lazy ones (iroh-gossip 0.101,
-    /// `plumtree.rs`, `broadcast`). A new link starts eager but turns lazy as soon as a
-    /// flooded message comes over it twice, which in a starting team takes milliseconds, so
-    /// a digest sent [`SYNC_DEBOUNCE`] after a neighbour came up often misses it: when two
-    /// parts of a team meet over one link, each may not hear of the other until more links
-    /// or the dials of absent members ([`super::redial::Redial`]) join them (seen in the
-    /// logs of 32-node starts, docs/BENCHMARKS.md "How many members to join through
-    /// first"). Flooding digests instead reached everyone sooner but cost 110-200 floods
-    /// per 100-node start and a quarter more CPU per node; that was not kept.
-    async fn sync(&mut self) {
+    /// Gossip alone is not enough: a neighbours-only broadcast goes to plumtree's eager peers
+    /// and never to its lazy ones (iroh-gossip 0.101, `plumtree.rs`, `broadcast`). A new link
+    /// starts eager but turns lazy as soon as a flooded message comes over it twice, which in
+    /// a starting team takes milliseconds, so a digest sent [`SYNC_DEBOUNCE`] after a
+    /// neighbour came up often missed it. Flooding digests instead reached everyone sooner
+    /// but cost 110-200 floods per 100-node start and a quarter more CPU per node; that was
+    /// not kept (docs/BENCHMARKS.md, "How many members to join through first").
+    async fn sync(&mut self, neighbours: std::collections::BTreeSet<EndpointId>) {
         let live: std::collections::BTreeSet<[u8; 32]> =
             self.table.live_ids().map(|id| *id.as_bytes()).collect();
         self.latest.retain(|id, _| live.contains(id));
         let Some(mine) = self.own_for_digest() else {
             return;
         };
-        let entries = std::iter::once(mine.as_slice())
-            .chain(self.latest.values().map(|(_, bytes)| bytes.as_slice()));
-        let digests = encode_digests(entries, self.keys.announce_key());
+        let entries = || {
+            std::iter::once(mine.as_slice()).chain(self.latest.values().map(|l| l.bytes.as_slice()))
+        };
+        let key = self.keys.announce_key();
+        let small: Vec<bytes::Bytes> = encode_digests(entries(), key, DATAGRAM_DIGEST_SIZE)
+            .into_iter()
+            .map(Into::into)
+            .collect();
+        let reads = |id: &EndpointId| {
+            self.latest
+                .get(id.as_bytes())
+                .is_some_and(|l| l.digest_datagrams)
+        };
+        if !digest_datagrams::send(&self.paths, &neighbours, reads, &small) {
+            return;
+        }
         let Some(sender) = &self.sender else { return };
-        for digest in digests {
+        for digest in encode_digests(entries(), key, MAX_DIGEST_SIZE) {
             bounded(
                 "sending a digest",
                 sender.broadcast_neighbors(digest.into()),
@@ -897,6 +937,7 @@ impl Actor {
         ann.relay = addr.relay_urls().next().cloned();
         ann.interval = Some(self.table.heartbeat());
         ann.unreachable = report;
+        ann.digest_datagrams = true;
         let bytes = encode(&ann, &self.secret_key, self.keys.announce_key())
             .inspect_err(|e| warn!("cannot encode my announcement: {e}"))
             .ok()?;

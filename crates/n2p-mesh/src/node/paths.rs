@@ -96,6 +96,17 @@ impl PathWatch {
             .collect()
     }
 
+    /// The newest open gossip connection with `peer`.
+    pub(crate) fn latest_gossip(&self, peer: &EndpointId) -> Option<Connection> {
+        let conns = self.conns.lock().ok()?;
+        conns
+            .get(peer)?
+            .iter()
+            .rev()
+            .filter_map(WeakConnectionHandle::upgrade)
+            .find(|c| c.close_reason().is_none() && c.alpn() == iroh_gossip::net::GOSSIP_ALPN)
+    }
+
     /// The peers this endpoint has an open gossip connection with.
     pub(crate) fn gossip_peers(&self) -> Vec<EndpointId> {
         let mut peers: Vec<EndpointId> = self.gossip().iter().map(|c| c.remote_id()).collect();

@@ -25,7 +25,7 @@
 //!   0 alive, 1 leaving), name (string), shares_daemon (bool), proto_version (varint),
 //!   addrs (sequence of socket addresses), relay (optional string) and extensions (sequence
 //!   of `(tag: varint u16, data: bytes)`).
-//! - Extensions this build writes (both optional, neither critical, so older readers take
+//! - Extensions this build writes (all optional, none critical, so older readers take
 //!   the message as a plain announcement):
 //!   - [`EXT_INTERVAL`]: the sender's announcement interval in milliseconds (varint u32):
 //!     how often the sender promises to announce itself, so receivers expire it by that
@@ -33,6 +33,8 @@
 //!   - [`EXT_UNREACHABLE`]: a peer the sender lost and could not reach again, as its id
 //!     (32 bytes) and the last seq the sender had from it (varint u64) (see
 //!     [`Announcement::unreachable`]).
+//!   - [`EXT_DIGEST_DATAGRAMS`], no data: the sender reads digests sent to it as QUIC
+//!     datagrams on its gossip connections (see [`Announcement::digest_datagrams`]).
 //! - `signature` is the sender's ed25519 signature, made with its iroh secret key, over
 //!   `"n2p mesh announcement v1\0" || topic id || version || body`: it proves who sent it
 //!   and binds it to one topic.
@@ -87,6 +89,9 @@ pub const EXT_INTERVAL: u16 = 0x0010;
 
 /// Extension tag of [`Announcement::unreachable`].
 pub const EXT_UNREACHABLE: u16 = 0x0011;
+
+/// Extension tag of [`Announcement::digest_datagrams`].
+pub const EXT_DIGEST_DATAGRAMS: u16 = 0x0012;
 
 /// Domain separation for the signature.
 const SIGN_DOMAIN: &[u8] = b"n2p mesh announcement v1\0";
@@ -155,6 +160,9 @@ pub struct Announcement {
     /// drop it at once, instead of after its expiry. A peer that reads this about itself
     /// while alive announces itself again at once, which brings it back.
     pub unreachable: Option<Unreachable>,
+    /// Whether the sender reads digests sent to it as QUIC datagrams on its gossip
+    /// connections (older builds do not, and get digests through gossip only).
+    pub digest_datagrams: bool,
 }
 
 /// A report, inside an [`Announcement`], that its sender cannot reach a peer.
@@ -180,6 +188,7 @@ impl Announcement {
             relay: None,
             interval: None,
             unreachable: None,
+            digest_datagrams: false,
         }
     }
 }
@@ -385,6 +394,12 @@ fn extensions_of(ann: &Announcement) -> Result<Vec<Extension>, EncodeError> {
                 .map_err(EncodeError::Serialize)?,
         });
     }
+    if ann.digest_datagrams {
+        extensions.push(Extension {
+            tag: EXT_DIGEST_DATAGRAMS,
+            data: Vec::new(),
+        });
+    }
     Ok(extensions)
 }
 
@@ -487,6 +502,7 @@ pub fn decode_verified(bytes: &[u8], key: &AnnounceKey) -> Result<Announcement, 
                 })
         })
         .transpose()?;
+    let digest_datagrams = read_extension::<()>(&wire.extensions, EXT_DIGEST_DATAGRAMS)?.is_some();
     Ok(Announcement {
         id,
         name: wire.name,
@@ -498,6 +514,7 @@ pub fn decode_verified(bytes: &[u8], key: &AnnounceKey) -> Result<Announcement, 
         relay,
         interval,
         unreachable,
+        digest_datagrams,
     })
 }
 
@@ -708,7 +725,7 @@ mod tests {
     }
 
     #[test]
-    fn interval_and_unreachable_report_round_trip_and_old_readers_skip_them() {
+    fn interval_unreachable_report_and_digest_datagrams_round_trip_and_old_readers_skip_them() {
         let keys = keys("t");
         let me = sk(1);
         let mut ann = sample(&me);
@@ -717,12 +734,13 @@ mod tests {
             id: sk(2).public(),
             seq: 1_699_999_999_000,
         });
+        ann.digest_datagrams = true;
         let bytes = encode(&ann, &me, keys.announce_key()).expect("encode");
         assert_eq!(
             decode_verified(&bytes, keys.announce_key()).expect("decode"),
             ann
         );
-        // Neither extension is critical: a reader that knows neither tag (any older build)
+        // No extension is critical: a reader that knows none of the tags (any older build)
         // still takes the message.
         let body = wire_of(&ann);
         assert!(
@@ -730,7 +748,7 @@ mod tests {
                 .iter()
                 .all(|e| e.tag & CRITICAL_EXTENSION == 0)
         );
-        assert_eq!(body.extensions.len(), 2);
+        assert_eq!(body.extensions.len(), 3);
     }
 
     #[test]
@@ -742,6 +760,7 @@ mod tests {
             (EXT_INTERVAL, vec![]),
             (EXT_INTERVAL, vec![5, 0]),
             (EXT_UNREACHABLE, vec![1; 12]),
+            (EXT_DIGEST_DATAGRAMS, vec![0]),
         ] {
             let mut body = wire_of(&ann);
             body.extensions = vec![Extension { tag, data }];

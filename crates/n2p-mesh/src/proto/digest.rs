@@ -3,9 +3,10 @@
 //! and when a digest taught it a peer it did not know, so a newcomer learns the whole team
 //! from its first neighbours at once, and news spreads neighbour to neighbour without every
 //! node flooding its own announcement whenever someone joins (which costs on the order of
-//! N² deliveries per join). iroh-gossip hands a neighbours-only message to its eager peers
-//! alone, so a digest can miss a neighbour whose link has turned lazy (see the node's
-//! `Actor::sync`).
+//! N² deliveries per join). A digest goes to each neighbour as QUIC datagrams on its
+//! gossip connection, since iroh-gossip hands a neighbours-only message to its eager peers
+//! alone (see the node's `digest_datagrams`): such digests are cut to fit a datagram
+//! (`max_size` of [`encode_digests`]).
 //!
 //! # Wire format
 //!
@@ -69,21 +70,24 @@ pub fn is_digest(bytes: &[u8]) -> bool {
 }
 
 /// Packs `entries` (announcements as received or sent) into as few digests as fit in
-/// [`MAX_DIGEST_SIZE`] each, MACed under `key`. Entries larger than an announcement may be
-/// are left out.
+/// `max_size` bytes each (at most [`MAX_DIGEST_SIZE`]), MACed under `key`. Entries larger
+/// than an announcement may be, or too large for a digest of `max_size`, are left out.
 pub fn encode_digests<'a>(
     entries: impl IntoIterator<Item = &'a [u8]>,
     key: &AnnounceKey,
+    max_size: usize,
 ) -> Vec<Vec<u8>> {
     // Room for the version byte, a count of up to 3 varint bytes and the MAC.
-    let room = MAX_DIGEST_SIZE - 1 - 3 - MAC_LEN;
+    let room = max_size
+        .min(MAX_DIGEST_SIZE)
+        .saturating_sub(1 + 3 + MAC_LEN);
     let mut chunks: Vec<Vec<&[u8]>> = Vec::new();
     let mut used = room;
     for entry in entries {
-        if entry.len() > MAX_ANNOUNCEMENT_SIZE {
+        let size = varint_len(entry.len()) + entry.len();
+        if entry.len() > MAX_ANNOUNCEMENT_SIZE || size > room {
             continue;
         }
-        let size = varint_len(entry.len()) + entry.len();
         if used + size > room {
             chunks.push(Vec::new());
             used = 0;
@@ -227,7 +231,7 @@ mod tests {
         let entries: Vec<Vec<u8>> = (0..200u8)
             .map(|i| signed(i, 1_000 + u64::from(i), None, key))
             .collect();
-        let digests = encode_digests(entries.iter().map(Vec::as_slice), key);
+        let digests = encode_digests(entries.iter().map(Vec::as_slice), key, MAX_DIGEST_SIZE);
         assert!(digests.len() >= 2, "200 entries need more than one digest");
         let mut back = Vec::new();
         for digest in &digests {
@@ -241,7 +245,46 @@ mod tests {
             );
         }
         assert_eq!(back, entries);
-        assert!(encode_digests(std::iter::empty(), key).is_empty());
+        assert!(encode_digests(std::iter::empty(), key, MAX_DIGEST_SIZE).is_empty());
+    }
+
+    #[test]
+    fn digests_cut_to_a_datagram_fit_it_and_leave_out_only_what_cannot() {
+        let keys = keys("t");
+        let key = keys.announce_key();
+        let entries: Vec<Vec<u8>> = (0..100u8)
+            .map(|i| signed(i, 1_000 + u64::from(i), None, key))
+            .collect();
+        let digests = encode_digests(entries.iter().map(Vec::as_slice), key, 1024);
+        let mut back = Vec::new();
+        for digest in &digests {
+            assert!(digest.len() <= 1024, "{}", digest.len());
+            back.extend(
+                decode_digest(digest, key)
+                    .expect("decode")
+                    .into_iter()
+                    .map(<[u8]>::to_vec),
+            );
+        }
+        assert_eq!(back, entries);
+        // An entry that cannot fit a digest of that size is left out, not sent oversized.
+        let mut large = Announcement::new(
+            SecretKey::from_bytes(&[200; 32]).public(),
+            "x".repeat(64),
+            7,
+            AnnounceKind::Alive,
+        );
+        large.addrs = (0..16u16)
+            .map(|p| std::net::SocketAddr::from(([10, 0, 0, 1], p)))
+            .collect();
+        let large = encode(&large, &SecretKey::from_bytes(&[200; 32]), key).expect("encode");
+        assert!(large.len() > 100);
+        let small = encode_digests([large.as_slice(), entries[0].as_slice()], key, large.len());
+        assert_eq!(small.len(), 1);
+        assert_eq!(
+            decode_digest(&small[0], key).expect("decode"),
+            vec![entries[0].as_slice()]
+        );
     }
 
     #[test]
@@ -249,7 +292,7 @@ mod tests {
         let keys = keys("t");
         let key = keys.announce_key();
         let entry = signed(1, 5, None, key);
-        let digest = encode_digests([entry.as_slice()], key).remove(0);
+        let digest = encode_digests([entry.as_slice()], key, MAX_DIGEST_SIZE).remove(0);
         assert_eq!(
             decode_digest(&digest, keys_other().announce_key()),
             Err(DigestError::Mac)

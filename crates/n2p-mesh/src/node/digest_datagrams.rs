@@ -1,0 +1,254 @@
+//! Digests sent to every gossip neighbour as QUIC datagrams on the gossip connection.
+//!
+//! iroh-gossip 0.101 hands a neighbours-only message to plumtree's eager peers alone, and a
+//! link turns lazy as soon as a flooded message comes over it twice, which in a starting
+//! team takes milliseconds. A digest sent through gossip therefore missed many neighbours,
+//! and a node whose links had all turned lazy learned nothing from neighbours that knew the
+//! whole team until its own dials of absent members brought new links (seen in the debug
+//! log of a slow 100-node start: docs/BENCHMARKS.md, "Digests that reach every
+//! neighbour").
+//!
+//! So digests go out as QUIC datagrams on the gossip connection to each neighbour, which
+//! is open whether the link is eager or lazy: no new connection, no handshake. iroh-gossip
+//! uses streams only and never reads datagrams; this node reads them on every gossip
+//! connection ([`DigestReader`]). A datagram carries a digest of at most
+//! [`DATAGRAM_DIGEST_SIZE`] bytes (a digest of the whole team is cut into several), well
+//! within the kilobyte QUIC guarantees a datagram when the peer takes datagrams at all.
+//! Datagrams go only to neighbours whose latest announcement says they read them
+//! ([`crate::proto::announce::Announcement::digest_datagrams`]); a neighbour not known so
+//! yet (or an older build, which never reads them), or whose connection takes no
+//! datagrams, gets the digest through gossip, as before.
+//!
+//! Datagrams may be lost; a lost digest is repaired by the next one, as a digest that
+//! gossip did not deliver was. What they carry is checked as any digest (the topic's MAC,
+//! each entry's signature) in [`super::actor`].
+
+use std::{collections::BTreeSet, time::Duration};
+
+use bytes::Bytes;
+use iroh::{
+    EndpointId,
+    endpoint::{AfterHandshakeOutcome, Connection, EndpointHooks, WeakConnectionHandle},
+};
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use super::paths::PathWatch;
+use crate::proto::digest::is_digest;
+
+/// The largest digest sent as one datagram, in bytes: QUIC lets a datagram be "a little
+/// over a kilobyte at minimum" where the peer takes them.
+pub(super) const DATAGRAM_DIGEST_SIZE: usize = 1024;
+
+/// How many received digests may wait for the node's loop; more are dropped (a later
+/// digest carries the same news).
+pub(super) const INBOX: usize = 256;
+
+/// Reads digests from the datagrams of every gossip connection and hands them to the
+/// node's loop (an endpoint hook: it sees each connection once its handshake is done).
+#[derive(Debug, Clone)]
+pub(super) struct DigestReader {
+    inbox: mpsc::Sender<Bytes>,
+}
+
+impl DigestReader {
+    /// Hands what it reads to `inbox`.
+    pub(super) fn new(inbox: mpsc::Sender<Bytes>) -> Self {
+        Self { inbox }
+    }
+}
+
+impl EndpointHooks for DigestReader {
+    async fn after_handshake<'a>(&'a self, conn: &'a Connection) -> AfterHandshakeOutcome {
+        if conn.alpn() == iroh_gossip::net::GOSSIP_ALPN {
+            tokio::spawn(read_digests(conn.weak_handle(), self.inbox.clone()));
+        }
+        AfterHandshakeOutcome::accept()
+    }
+}
+
+/// How long the reader holds a strong handle of a connection at a time. While it does, the
+/// connection would not close when gossip drops its own handles; gossip closes its
+/// connections explicitly, and this bounds the delay should it ever only drop them.
+const HOLD: Duration = Duration::from_secs(1);
+
+/// Reads the datagrams of a gossip connection until it closes or nobody else holds it.
+async fn read_digests(conn: WeakConnectionHandle, inbox: mpsc::Sender<Bytes>) {
+    while let Some(strong) = conn.upgrade() {
+        let peer = strong.remote_id();
+        let bytes = match tokio::time::timeout(HOLD, strong.read_datagram()).await {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(_)) => break,
+            Err(_) => continue,
+        };
+        if !is_digest(&bytes) {
+            debug!(peer = %peer.fmt_short(), "dropped a datagram that is not a digest");
+            continue;
+        }
+        match inbox.try_send(bytes) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                debug!(peer = %peer.fmt_short(), "dropped a digest: {INBOX} are waiting already");
+            }
+            // The node is leaving.
+            Err(mpsc::error::TrySendError::Closed(_)) => break,
+        }
+    }
+}
+
+/// Sends `digests` (each at most [`DATAGRAM_DIGEST_SIZE`] bytes) as datagrams to each of
+/// `neighbours` that `reads` them (as its announcement says), on its latest open gossip
+/// connection. Returns whether some neighbour could not take them so: then the caller
+/// sends the digests through gossip as well.
+pub(super) fn send(
+    paths: &PathWatch,
+    neighbours: &BTreeSet<EndpointId>,
+    reads: impl Fn(&EndpointId) -> bool,
+    digests: &[Bytes],
+) -> bool {
+    let largest = digests.iter().map(Bytes::len).max().unwrap_or(0);
+    let mut unreached = false;
+    for peer in neighbours {
+        if !reads(peer) {
+            unreached = true;
+            continue;
+        }
+        let Some(conn) = paths.latest_gossip(peer) else {
+            unreached = true;
+            continue;
+        };
+        if conn.max_datagram_size().is_none_or(|max| max < largest) {
+            unreached = true;
+            continue;
+        }
+        if let Err(e) = conn.send_many_datagrams(digests) {
+            debug!(peer = %peer.fmt_short(), "cannot send a digest as datagrams: {e}");
+            unreached = true;
+        }
+    }
+    unreached
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use iroh::{
+        Endpoint, SecretKey,
+        address_lookup::memory::MemoryLookup,
+        protocol::{AcceptError, ProtocolHandler, Router},
+    };
+    use iroh_gossip::net::GOSSIP_ALPN;
+    use n2p_core::endpoint::{EndpointOptions, bind_builder, endpoint_builder};
+
+    use super::*;
+    use crate::proto::digest::DIGEST_VERSION;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    /// Holds each gossip connection open until the peer closes it (gossip itself is not
+    /// needed to carry datagrams).
+    #[derive(Debug, Clone)]
+    struct Hold;
+
+    impl ProtocolHandler for Hold {
+        async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+            conn.closed().await;
+            Ok(())
+        }
+    }
+
+    /// A neighbour on loopback that reads digests into `received`, and a node with a gossip
+    /// connection to it, watched by the node's `paths`.
+    struct Pair {
+        neighbour: Router,
+        received: mpsc::Receiver<Bytes>,
+        paths: PathWatch,
+        _node: Endpoint,
+        _conn: Connection,
+    }
+
+    impl Pair {
+        async fn new() -> Result<Self, Box<dyn std::error::Error>> {
+            let options = EndpointOptions::loopback();
+            let (inbox, received) = mpsc::channel(INBOX);
+            let alpns = vec![GOSSIP_ALPN.to_vec()];
+            let builder = endpoint_builder(SecretKey::from_bytes(&[1; 32]), alpns, &options)?
+                .hooks(DigestReader::new(inbox));
+            let server = bind_builder(builder, &options).await?;
+            let neighbour = Router::builder(server).accept(GOSSIP_ALPN, Hold).spawn();
+            let lookup = MemoryLookup::new();
+            lookup.add_endpoint_info(neighbour.endpoint().addr());
+            let paths = PathWatch::default();
+            let builder = endpoint_builder(SecretKey::from_bytes(&[2; 32]), vec![], &options)?
+                .address_lookup(lookup)
+                .hooks(paths.clone());
+            let node = bind_builder(builder, &options).await?;
+            let conn = node.connect(neighbour.endpoint().id(), GOSSIP_ALPN).await?;
+            Ok(Self {
+                neighbour,
+                received,
+                paths,
+                _node: node,
+                _conn: conn,
+            })
+        }
+
+        fn neighbours(&self) -> BTreeSet<EndpointId> {
+            BTreeSet::from([self.neighbour.endpoint().id()])
+        }
+
+        async fn next(&mut self) -> Result<Bytes, Box<dyn std::error::Error>> {
+            Ok(tokio::time::timeout(WAIT, self.received.recv())
+                .await?
+                .ok_or("the inbox closed")?)
+        }
+    }
+
+    fn digest(body: &[u8]) -> Bytes {
+        [&[DIGEST_VERSION][..], body].concat().into()
+    }
+
+    #[tokio::test]
+    async fn digests_reach_a_neighbour_that_reads_them_as_datagrams_on_its_gossip_connection()
+    -> TestResult {
+        let mut pair = Pair::new().await?;
+        let digests = [digest(b"one"), digest(b"two")];
+        assert!(!send(&pair.paths, &pair.neighbours(), |_| true, &digests));
+        let mut got = vec![pair.next().await?, pair.next().await?];
+        got.sort();
+        assert_eq!(got, digests);
+        pair.neighbour.shutdown().await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_neighbour_not_known_to_read_them_gets_none_and_is_left_to_gossip() -> TestResult {
+        let mut pair = Pair::new().await?;
+        let neighbours = pair.neighbours();
+        assert!(send(&pair.paths, &neighbours, |_| false, &[digest(b"no")]));
+        // Nor is a neighbour without a gossip connection reached.
+        let stranger = BTreeSet::from([SecretKey::from_bytes(&[9; 32]).public()]);
+        assert!(send(&pair.paths, &stranger, |_| true, &[digest(b"no")]));
+        // A datagram that is not a digest is dropped by the reader: the first thing it
+        // hands on is the digest sent after it.
+        let conn = pair
+            .paths
+            .latest_gossip(&pair.neighbour.endpoint().id())
+            .ok_or("no gossip connection")?;
+        conn.send_datagram(Bytes::from_static(b"\x01not a digest"))?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let after = digest(b"after");
+        assert!(!send(
+            &pair.paths,
+            &neighbours,
+            |_| true,
+            std::slice::from_ref(&after)
+        ));
+        assert_eq!(pair.next().await?, after);
+        pair.neighbour.shutdown().await?;
+        Ok(())
+    }
+}
