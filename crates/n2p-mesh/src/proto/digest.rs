@@ -224,6 +224,24 @@ mod tests {
         encode(&ann, &sk, key).expect("encode")
     }
 
+    /// Packs `entries` into digests of at most `max_size` bytes, checks their size and
+    /// version byte, and returns how many there were and the entries read back.
+    fn through_digests(
+        entries: &[Vec<u8>],
+        key: &AnnounceKey,
+        max_size: usize,
+    ) -> (usize, Vec<Vec<u8>>) {
+        let digests = encode_digests(entries.iter().map(Vec::as_slice), key, max_size);
+        let mut back = Vec::new();
+        for digest in &digests {
+            assert!(digest.len() <= max_size, "{}", digest.len());
+            assert!(is_digest(digest));
+            let decoded = decode_digest(digest, key).expect("decode");
+            back.extend(decoded.into_iter().map(<[u8]>::to_vec));
+        }
+        (digests.len(), back)
+    }
+
     #[test]
     fn a_hundred_announcements_round_trip_through_digests_that_fit() {
         let keys = keys("t");
@@ -231,19 +249,8 @@ mod tests {
         let entries: Vec<Vec<u8>> = (0..200u8)
             .map(|i| signed(i, 1_000 + u64::from(i), None, key))
             .collect();
-        let digests = encode_digests(entries.iter().map(Vec::as_slice), key, MAX_DIGEST_SIZE);
-        assert!(digests.len() >= 2, "200 entries need more than one digest");
-        let mut back = Vec::new();
-        for digest in &digests {
-            assert!(digest.len() <= MAX_DIGEST_SIZE, "{}", digest.len());
-            assert!(is_digest(digest));
-            back.extend(
-                decode_digest(digest, key)
-                    .expect("decode")
-                    .into_iter()
-                    .map(<[u8]>::to_vec),
-            );
-        }
+        let (count, back) = through_digests(&entries, key, MAX_DIGEST_SIZE);
+        assert!(count >= 2, "200 entries need more than one digest");
         assert_eq!(back, entries);
         assert!(encode_digests(std::iter::empty(), key, MAX_DIGEST_SIZE).is_empty());
     }
@@ -255,18 +262,7 @@ mod tests {
         let entries: Vec<Vec<u8>> = (0..100u8)
             .map(|i| signed(i, 1_000 + u64::from(i), None, key))
             .collect();
-        let digests = encode_digests(entries.iter().map(Vec::as_slice), key, 1024);
-        let mut back = Vec::new();
-        for digest in &digests {
-            assert!(digest.len() <= 1024, "{}", digest.len());
-            back.extend(
-                decode_digest(digest, key)
-                    .expect("decode")
-                    .into_iter()
-                    .map(<[u8]>::to_vec),
-            );
-        }
-        assert_eq!(back, entries);
+        assert_eq!(through_digests(&entries, key, 1024).1, entries);
         // An entry that cannot fit a digest of that size is left out, not sent oversized.
         let mut large = Announcement::new(
             SecretKey::from_bytes(&[200; 32]).public(),
