@@ -218,7 +218,10 @@ impl MeshNode {
             .address_lookup(memory.clone())
             .hooks(HandshakeGate(Arc::new(team.clone())))
             .hooks(paths.clone())
-            .hooks(digest_datagrams::DigestReader::new(digest_tx));
+            .hooks(digest_datagrams::DigestReader::new(
+                digest_tx,
+                keys.announce_key().clone(),
+            ));
         let endpoint = bind_builder(builder, &settings.endpoint).await?;
 
         let mut bootstrap_ids = Vec::new();

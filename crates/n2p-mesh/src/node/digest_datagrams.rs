@@ -11,17 +11,20 @@
 //! So digests go out as QUIC datagrams on the gossip connection to each neighbour, which
 //! is open whether the link is eager or lazy: no new connection, no handshake. iroh-gossip
 //! uses streams only and never reads datagrams; this node reads them on every gossip
-//! connection ([`DigestReader`]). A datagram carries a digest of at most
-//! [`DATAGRAM_DIGEST_SIZE`] bytes (a digest of the whole team is cut into several), well
-//! within the kilobyte QUIC guarantees a datagram when the peer takes datagrams at all.
+//! connection ([`DigestReader`]), and hands on only those that carry the topic's MAC. A
+//! datagram carries a digest of at most [`DATAGRAM_DIGEST_SIZE`] bytes (a digest of the
+//! whole team is cut into several): QUIC lets a datagram be a little over a kilobyte at
+//! least unless the peer sets a lower limit, and a connection that takes less gets the
+//! digest through gossip.
 //! Datagrams go only to neighbours whose latest announcement says they read them
 //! ([`crate::proto::announce::Announcement::digest_datagrams`]); a neighbour not known so
 //! yet (or an older build, which never reads them), or whose connection takes no
 //! datagrams, gets the digest through gossip, as before.
 //!
-//! Datagrams may be lost; a lost digest is repaired by the next one, as a digest that
-//! gossip did not deliver was. What they carry is checked as any digest (the topic's MAC,
-//! each entry's signature) in [`super::actor`].
+//! Datagrams may be lost; what a lost one carried comes with a later digest or with its
+//! senders' next announcements, as when gossip did not deliver a digest. What they carry is
+//! checked as any digest (the topic's MAC again, each entry's signature) in
+//! [`super::actor`].
 
 use std::{collections::BTreeSet, time::Duration};
 
@@ -34,34 +37,47 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::paths::PathWatch;
-use crate::proto::digest::is_digest;
+use crate::proto::{digest::decode_digest, topic::AnnounceKey};
 
 /// The largest digest sent as one datagram, in bytes: QUIC lets a datagram be "a little
-/// over a kilobyte at minimum" where the peer takes them.
+/// over a kilobyte at minimum" unless the peer sets a lower limit (with noq's defaults, as
+/// n2p uses them, at least 1150 bytes).
 pub(super) const DATAGRAM_DIGEST_SIZE: usize = 1024;
 
-/// How many received digests may wait for the node's loop; more are dropped (a later
-/// digest carries the same news).
-pub(super) const INBOX: usize = 256;
+/// How many received digests (datagrams) may wait for the node's loop; more are dropped.
+/// A digest of a whole team of 1000 at loopback address sizes takes about 250 of them.
+pub(super) const INBOX: usize = 1024;
 
-/// Reads digests from the datagrams of every gossip connection and hands them to the
-/// node's loop (an endpoint hook: it sees each connection once its handshake is done).
-#[derive(Debug, Clone)]
+/// Reads digests from the datagrams of every gossip connection and hands those that carry
+/// the topic's MAC to the node's loop (an endpoint hook: it sees each connection once its
+/// handshake is done).
+#[derive(Clone)]
 pub(super) struct DigestReader {
     inbox: mpsc::Sender<Bytes>,
+    key: AnnounceKey,
+}
+
+impl std::fmt::Debug for DigestReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DigestReader").finish_non_exhaustive()
+    }
 }
 
 impl DigestReader {
-    /// Hands what it reads to `inbox`.
-    pub(super) fn new(inbox: mpsc::Sender<Bytes>) -> Self {
-        Self { inbox }
+    /// Hands what it reads, if `key` authenticates it, to `inbox`.
+    pub(super) fn new(inbox: mpsc::Sender<Bytes>, key: AnnounceKey) -> Self {
+        Self { inbox, key }
     }
 }
 
 impl EndpointHooks for DigestReader {
     async fn after_handshake<'a>(&'a self, conn: &'a Connection) -> AfterHandshakeOutcome {
         if conn.alpn() == iroh_gossip::net::GOSSIP_ALPN {
-            tokio::spawn(read_digests(conn.weak_handle(), self.inbox.clone()));
+            tokio::spawn(read_digests(
+                conn.weak_handle(),
+                self.inbox.clone(),
+                self.key.clone(),
+            ));
         }
         AfterHandshakeOutcome::accept()
     }
@@ -73,7 +89,9 @@ impl EndpointHooks for DigestReader {
 const HOLD: Duration = Duration::from_secs(1);
 
 /// Reads the datagrams of a gossip connection until it closes or nobody else holds it.
-async fn read_digests(conn: WeakConnectionHandle, inbox: mpsc::Sender<Bytes>) {
+/// Those that are not digests under `key` are dropped here: they never reach the node's
+/// loop, nor count there as news heard.
+async fn read_digests(conn: WeakConnectionHandle, inbox: mpsc::Sender<Bytes>, key: AnnounceKey) {
     while let Some(strong) = conn.upgrade() {
         let peer = strong.remote_id();
         let bytes = match tokio::time::timeout(HOLD, strong.read_datagram()).await {
@@ -81,8 +99,8 @@ async fn read_digests(conn: WeakConnectionHandle, inbox: mpsc::Sender<Bytes>) {
             Ok(Err(_)) => break,
             Err(_) => continue,
         };
-        if !is_digest(&bytes) {
-            debug!(peer = %peer.fmt_short(), "dropped a datagram that is not a digest");
+        if let Err(e) = decode_digest(&bytes, &key) {
+            debug!(peer = %peer.fmt_short(), "dropped a datagram: {e}");
             continue;
         }
         match inbox.try_send(bytes) {
@@ -142,7 +160,10 @@ mod tests {
     use n2p_core::endpoint::{EndpointOptions, bind_builder, endpoint_builder};
 
     use super::*;
-    use crate::proto::digest::DIGEST_VERSION;
+    use crate::proto::{
+        digest::encode_digests,
+        topic::{MeshKeys, TeamSecret},
+    };
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -176,7 +197,7 @@ mod tests {
             let (inbox, received) = mpsc::channel(INBOX);
             let alpns = vec![GOSSIP_ALPN.to_vec()];
             let builder = endpoint_builder(SecretKey::from_bytes(&[1; 32]), alpns, &options)?
-                .hooks(DigestReader::new(inbox));
+                .hooks(DigestReader::new(inbox, key("t")));
             let server = bind_builder(builder, &options).await?;
             let neighbour = Router::builder(server).accept(GOSSIP_ALPN, Hold).spawn();
             let lookup = MemoryLookup::new();
@@ -207,8 +228,22 @@ mod tests {
         }
     }
 
+    fn key(topic: &str) -> AnnounceKey {
+        let secret = TeamSecret::new(b"0123456789abcdef".to_vec()).expect("secret");
+        let keys = MeshKeys::derive(&secret, topic).expect("keys");
+        keys.announce_key().clone()
+    }
+
+    /// A digest of one entry (`body`, which the reader does not look into) under the topic
+    /// `topic`'s key.
+    fn digest_for(topic: &str, body: &[u8]) -> Bytes {
+        encode_digests([body], &key(topic), DATAGRAM_DIGEST_SIZE)
+            .remove(0)
+            .into()
+    }
+
     fn digest(body: &[u8]) -> Bytes {
-        [&[DIGEST_VERSION][..], body].concat().into()
+        digest_for("t", body)
     }
 
     #[tokio::test]
@@ -225,20 +260,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_neighbour_not_known_to_read_them_gets_none_and_is_left_to_gossip() -> TestResult {
+    async fn a_neighbour_not_known_to_read_them_gets_none_and_only_digests_of_the_topic_are_read()
+    -> TestResult {
         let mut pair = Pair::new().await?;
         let neighbours = pair.neighbours();
         assert!(send(&pair.paths, &neighbours, |_| false, &[digest(b"no")]));
         // Nor is a neighbour without a gossip connection reached.
         let stranger = BTreeSet::from([SecretKey::from_bytes(&[9; 32]).public()]);
         assert!(send(&pair.paths, &stranger, |_| true, &[digest(b"no")]));
-        // A datagram that is not a digest is dropped by the reader: the first thing it
-        // hands on is the digest sent after it.
+        // A datagram that is not a digest, and a digest under another topic's key, are
+        // dropped by the reader: the first thing it hands on is the digest sent after them.
         let conn = pair
             .paths
             .latest_gossip(&pair.neighbour.endpoint().id())
             .ok_or("no gossip connection")?;
         conn.send_datagram(Bytes::from_static(b"\x01not a digest"))?;
+        conn.send_datagram(digest_for("another topic", b"forged"))?;
         tokio::time::sleep(Duration::from_millis(100)).await;
         let after = digest(b"after");
         assert!(!send(

@@ -82,6 +82,11 @@ impl EndpointHooks for PathWatch {
     }
 }
 
+/// Whether `conn` is an open gossip connection.
+fn is_open_gossip(conn: &Connection) -> bool {
+    conn.close_reason().is_none() && conn.alpn() == iroh_gossip::net::GOSSIP_ALPN
+}
+
 impl PathWatch {
     /// The open gossip connections, each with its peer.
     fn gossip(&self) -> Vec<Connection> {
@@ -92,7 +97,7 @@ impl PathWatch {
             .values()
             .flatten()
             .filter_map(WeakConnectionHandle::upgrade)
-            .filter(|c| c.close_reason().is_none() && c.alpn() == iroh_gossip::net::GOSSIP_ALPN)
+            .filter(is_open_gossip)
             .collect()
     }
 
@@ -104,7 +109,7 @@ impl PathWatch {
             .iter()
             .rev()
             .filter_map(WeakConnectionHandle::upgrade)
-            .find(|c| c.close_reason().is_none() && c.alpn() == iroh_gossip::net::GOSSIP_ALPN)
+            .find(is_open_gossip)
     }
 
     /// The peers this endpoint has an open gossip connection with.

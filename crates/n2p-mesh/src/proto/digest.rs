@@ -6,7 +6,8 @@
 //! N² deliveries per join). A digest goes to each neighbour as QUIC datagrams on its
 //! gossip connection, since iroh-gossip hands a neighbours-only message to its eager peers
 //! alone (see the node's `digest_datagrams`): such digests are cut to fit a datagram
-//! (`max_size` of [`encode_digests`]).
+//! (`max_size` of [`encode_digests`]). Neighbours not known to read them, and entries too
+//! large for them, go in digests sent through gossip as before.
 //!
 //! # Wire format
 //!
@@ -69,25 +70,36 @@ pub fn is_digest(bytes: &[u8]) -> bool {
     bytes.first() == Some(&DIGEST_VERSION)
 }
 
+/// Room for entries in a digest of at most `max_size` bytes: all but the version byte, a
+/// count of up to 3 varint bytes and the MAC.
+fn room(max_size: usize) -> usize {
+    max_size
+        .min(MAX_DIGEST_SIZE)
+        .saturating_sub(1 + 3 + MAC_LEN)
+}
+
+/// Whether an entry of `len` bytes goes into digests of at most `max_size` bytes
+/// ([`encode_digests`] leaves out those that do not).
+pub fn fits_digest(len: usize, max_size: usize) -> bool {
+    len <= MAX_ANNOUNCEMENT_SIZE && varint_len(len) + len <= room(max_size)
+}
+
 /// Packs `entries` (announcements as received or sent) into as few digests as fit in
-/// `max_size` bytes each (at most [`MAX_DIGEST_SIZE`]), MACed under `key`. Entries larger
-/// than an announcement may be, or too large for a digest of `max_size`, are left out.
+/// `max_size` bytes each (at most [`MAX_DIGEST_SIZE`]), MACed under `key`. Entries that do
+/// not fit ([`fits_digest`]) are left out.
 pub fn encode_digests<'a>(
     entries: impl IntoIterator<Item = &'a [u8]>,
     key: &AnnounceKey,
     max_size: usize,
 ) -> Vec<Vec<u8>> {
-    // Room for the version byte, a count of up to 3 varint bytes and the MAC.
-    let room = max_size
-        .min(MAX_DIGEST_SIZE)
-        .saturating_sub(1 + 3 + MAC_LEN);
+    let room = room(max_size);
     let mut chunks: Vec<Vec<&[u8]>> = Vec::new();
     let mut used = room;
     for entry in entries {
-        let size = varint_len(entry.len()) + entry.len();
-        if entry.len() > MAX_ANNOUNCEMENT_SIZE || size > room {
+        if !fits_digest(entry.len(), max_size) {
             continue;
         }
+        let size = varint_len(entry.len()) + entry.len();
         if used + size > room {
             chunks.push(Vec::new());
             used = 0;
@@ -275,6 +287,8 @@ mod tests {
             .collect();
         let large = encode(&large, &SecretKey::from_bytes(&[200; 32]), key).expect("encode");
         assert!(large.len() > 100);
+        assert!(!fits_digest(large.len(), large.len()));
+        assert!(fits_digest(entries[0].len(), large.len()));
         let small = encode_digests([large.as_slice(), entries[0].as_slice()], key, large.len());
         assert_eq!(small.len(), 1);
         assert_eq!(
