@@ -188,18 +188,25 @@ mod tests {
         received: mpsc::Receiver<Bytes>,
         paths: PathWatch,
         _node: Endpoint,
-        _conn: Connection,
+        conn: Connection,
     }
 
     impl Pair {
         async fn new() -> Result<Self, Box<dyn std::error::Error>> {
+            Self::serving(Hold).await
+        }
+
+        /// As [`Self::new`], with `handler` taking the neighbour's gossip connections.
+        async fn serving(
+            handler: impl ProtocolHandler,
+        ) -> Result<Self, Box<dyn std::error::Error>> {
             let options = EndpointOptions::loopback();
             let (inbox, received) = mpsc::channel(INBOX);
             let alpns = vec![GOSSIP_ALPN.to_vec()];
             let builder = endpoint_builder(SecretKey::from_bytes(&[1; 32]), alpns, &options)?
                 .hooks(DigestReader::new(inbox, key("t")));
             let server = bind_builder(builder, &options).await?;
-            let neighbour = Router::builder(server).accept(GOSSIP_ALPN, Hold).spawn();
+            let neighbour = Router::builder(server).accept(GOSSIP_ALPN, handler).spawn();
             let lookup = MemoryLookup::new();
             lookup.add_endpoint_info(neighbour.endpoint().addr());
             let paths = PathWatch::default();
@@ -213,7 +220,7 @@ mod tests {
                 received,
                 paths,
                 _node: node,
-                _conn: conn,
+                conn,
             })
         }
 
@@ -285,6 +292,38 @@ mod tests {
             std::slice::from_ref(&after)
         ));
         assert_eq!(pair.next().await?, after);
+        pair.neighbour.shutdown().await?;
+        Ok(())
+    }
+
+    /// Drops each gossip connection after a moment (the reader is waiting on it by then),
+    /// without closing it.
+    #[derive(Debug, Clone)]
+    struct DropSoon;
+
+    impl ProtocolHandler for DropSoon {
+        async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            drop(conn);
+            Ok(())
+        }
+    }
+
+    /// The reader holds a connection only a moment at a time, so one that everybody else
+    /// dropped still closes (QUIC closes a connection when its last handle goes), and does
+    /// not stay open on keep-alives.
+    #[tokio::test]
+    async fn a_connection_dropped_by_everyone_else_closes_though_the_reader_watches_it()
+    -> TestResult {
+        let pair = Pair::serving(DropSoon).await?;
+        let closed = tokio::time::timeout(WAIT, pair.conn.closed()).await?;
+        assert!(
+            matches!(
+                closed,
+                iroh::endpoint::ConnectionError::ApplicationClosed(_)
+            ),
+            "{closed:?}"
+        );
         pair.neighbour.shutdown().await?;
         Ok(())
     }
