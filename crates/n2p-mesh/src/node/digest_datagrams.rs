@@ -85,7 +85,8 @@ impl EndpointHooks for DigestReader {
 
 /// How long the reader holds a strong handle of a connection at a time. While it does, the
 /// connection would not close when gossip drops its own handles; gossip closes its
-/// connections explicitly, and this bounds the delay should it ever only drop them.
+/// connections explicitly, and this bounds the delay should it ever only drop them
+/// (`tests::a_connection_dropped_by_everyone_else_closes_though_the_reader_watches_it`).
 const HOLD: Duration = Duration::from_secs(1);
 
 /// Reads the datagrams of a gossip connection until it closes or nobody else holds it.
