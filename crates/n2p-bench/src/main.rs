@@ -120,6 +120,10 @@ struct Args {
     /// 50; quick: 100, on the link 20].
     #[arg(long)]
     narinfo_requests: Option<usize>,
+    /// Fresh facades (`n2p client --cache`), each timed to the answer of its first narinfo
+    /// lookup, which dials its store connection [default: 20; quick: 5].
+    #[arg(long)]
+    cold_lookups: Option<usize>,
     /// Round-trip time of the emulated WAN link, in ms.
     #[arg(long, default_value_t = 30)]
     wan_rtt_ms: u32,
@@ -506,7 +510,10 @@ fn run_sections(
                     &jobs,
                     &workloads,
                     reps,
-                    requests,
+                    pull::Probes {
+                        narinfo_requests: requests,
+                        cold_lookups: cold_lookups(args),
+                    },
                     pull::Source::File,
                     &work.join("pull-dest"),
                 ));
@@ -731,12 +738,20 @@ fn link_pulls(
         &jobs,
         workloads,
         reps,
-        requests,
+        pull::Probes {
+            narinfo_requests: requests,
+            cold_lookups: cold_lookups(args),
+        },
         pull::Source::SshNg,
         &work.join("net-pull-dest"),
     );
     results.errors.extend(unavailable);
     Ok(Some((jobs, results)))
+}
+
+/// How many fresh facades to time to their first lookup (`--cold-lookups`).
+fn cold_lookups(args: &Args) -> usize {
+    args.cold_lookups.unwrap_or(if args.quick { 5 } else { 20 })
 }
 
 /// A fresh client to its first answer over the link, `runs` times each: a new `n2p client`

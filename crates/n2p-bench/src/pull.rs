@@ -170,10 +170,44 @@ pub(crate) struct Sources {
     /// `n2p server`, `n2p client --cache`: killed on drop.
     server: Process,
     client: Process,
+    /// How a fresh `n2p client --cache` is started ([`Sources::cold_lookups`]).
+    fresh_client: FreshClient,
     /// The nix-daemon on the source store that `n2p server` reads.
     source_daemon: NixDaemon,
     /// OpenSSH, when installed.
     sshd: Option<Sshd>,
+}
+
+/// What starting one more `n2p client --cache` against the sources' server takes.
+struct FreshClient {
+    n2p: PathBuf,
+    congestion: Option<String>,
+    /// The server's long address.
+    address: String,
+    net: Net,
+    /// Where the clients of [`Sources::cold_lookups`] keep their home and logs.
+    dir: PathBuf,
+}
+
+impl FreshClient {
+    /// Starts `n2p client --cache` with its home, socket and log named `name` under `dir`,
+    /// the facade on a free port at the client end of the link; returns once the facade is
+    /// listening.
+    fn start(&self, dir: &Path, name: &str) -> Result<(Process, SocketAddr)> {
+        let cache = SocketAddr::new(self.net.client_ip, free_tcp_port());
+        let client = start_n2p_client(
+            &self.n2p,
+            &dir.join(format!("{name}-home")),
+            &self.address,
+            &dir.join(format!("{name}.sock")),
+            &self.net,
+            &dir.join(format!("{name}.log")),
+            &["--cache", &cache.to_string()],
+            self.congestion.as_deref(),
+        )?;
+        client.try_wait_for_line("binary cache for Nix at", READY_TIMEOUT)?;
+        Ok((client, cache))
+    }
 }
 
 impl Sources {
@@ -237,18 +271,14 @@ impl Sources {
         fs::create_dir_all(&n2p_dir)?;
         let (server, address) =
             start_n2p_server(n2p, &n2p_dir, source_daemon.socket_path(), net, congestion)?;
-        let cache_addr = SocketAddr::new(net.client_ip, free_tcp_port());
-        let client = start_n2p_client(
-            n2p,
-            &n2p_dir.join("client-home"),
-            &address,
-            &n2p_dir.join("client.sock"),
-            net,
-            &n2p_dir.join("client.log"),
-            &["--cache", &cache_addr.to_string()],
-            congestion,
-        )?;
-        client.try_wait_for_line("binary cache for Nix at", READY_TIMEOUT)?;
+        let fresh_client = FreshClient {
+            n2p: n2p.to_owned(),
+            congestion: congestion.map(str::to_owned),
+            address,
+            net: net.clone(),
+            dir: n2p_dir.join("fresh"),
+        };
+        let (client, cache_addr) = fresh_client.start(&n2p_dir, "client")?;
         in_ns(net.client_ns.as_deref(), move || {
             serves_cache_info(cache_addr).context("the facade")
         })?;
@@ -270,8 +300,42 @@ impl Sources {
             cache_addr,
             server,
             client,
+            fresh_client,
             source_daemon,
             sshd,
+        })
+    }
+
+    /// `runs` first lookups through a facade that has just started: each run a fresh
+    /// `n2p client --cache`, then one `GET` of the narinfo of `path` (which the source has)
+    /// from the moment the facade is ready. That lookup dials the facade's store connection
+    /// to the server, so it is what the first substitution after a start (or after a peer
+    /// arrives) waits for; a 404 there is a path Nix then believes absent for an hour.
+    pub(crate) fn cold_lookups(&self, path: &str, runs: usize) -> Result<ColdLookups> {
+        let url = format!("/{}.narinfo", hash_part(path)?);
+        fs::create_dir_all(&self.fresh_client.dir)?;
+        let mut ms = Vec::with_capacity(runs);
+        let mut not_answered = Vec::new();
+        for run in 0..runs {
+            let (mut client, cache) = self
+                .fresh_client
+                .start(&self.fresh_client.dir, &format!("cold-{run}"))?;
+            let url = url.clone();
+            let reply = in_ns(self.client_ns.as_deref(), move || {
+                Ok(http::request("GET", cache, &url, HTTP_TIMEOUT)?)
+            });
+            client.stop(Duration::from_secs(5));
+            let reply = reply.with_context(|| format!("cold lookup {run}"))?;
+            let took = reply.elapsed.as_secs_f64() * 1000.0;
+            ms.push(took);
+            if reply.status != 200 {
+                not_answered.push(took);
+            }
+        }
+        Ok(ColdLookups {
+            runs,
+            ms: Summary::of(&ms),
+            not_answered_ms: not_answered,
         })
     }
 
@@ -349,6 +413,27 @@ pub(crate) struct NarinfoLatency {
     pub(crate) wrong_status: usize,
 }
 
+/// The facade's probes after the pulls.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Probes {
+    /// Narinfo hits and misses each, through the running facade.
+    pub(crate) narinfo_requests: usize,
+    /// Fresh facades, one first lookup each ([`Sources::cold_lookups`]).
+    pub(crate) cold_lookups: usize,
+}
+
+/// First narinfo lookups through a facade that has just started ([`Sources::cold_lookups`]).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ColdLookups {
+    /// Fresh facades, one lookup each.
+    pub(crate) runs: usize,
+    /// Time to the answer, ms.
+    pub(crate) ms: Option<Summary>,
+    /// The lookups answered with another status than 200 (a 404: the facade's deadline
+    /// passed), their times in ms.
+    pub(crate) not_answered_ms: Vec<f64>,
+}
+
 /// Everything the pull section measured.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct PullResults {
@@ -366,6 +451,8 @@ pub(crate) struct PullResults {
     pub(crate) p1_peak_rss: Vec<ProcessPeak>,
     /// The facade's narinfo latency.
     pub(crate) narinfo: Option<NarinfoLatency>,
+    /// First lookups through fresh facades.
+    pub(crate) cold: Option<ColdLookups>,
     /// Failures (the measurement is then missing from its round).
     pub(crate) errors: Vec<String>,
 }
@@ -385,14 +472,14 @@ impl PullResults {
 }
 
 /// Runs `reps` interleaved rounds of `jobs` from every available source, then
-/// `narinfo_requests` narinfo hits and misses; ratios against `baseline`. Destination
+/// the facade probes of `probes`; ratios against `baseline`. Destination
 /// daemons live under `dest_dir`.
 pub(crate) fn run(
     sources: &Sources,
     jobs: &[Job],
     workloads: &Workloads,
     reps: usize,
-    narinfo_requests: usize,
+    probes: Probes,
     baseline: Source,
     dest_dir: &Path,
 ) -> PullResults {
@@ -444,6 +531,7 @@ pub(crate) fn run(
     }
     load.push(load_average());
 
+    let narinfo_requests = probes.narinfo_requests;
     eprintln!("narinfo latency: {narinfo_requests} hits and misses");
     let (cache, daemon, paths) = (
         sources.cache_addr,
@@ -459,6 +547,17 @@ pub(crate) fn run(
             None
         }
     };
+    eprintln!(
+        "first lookups through {} fresh facades",
+        probes.cold_lookups
+    );
+    let cold = match all_paths.first() {
+        Some(path) if probes.cold_lookups > 0 => sources
+            .cold_lookups(path, probes.cold_lookups)
+            .map_err(|e| rec.errors.push(format!("first lookups: {e:#}")))
+            .ok(),
+        _ => None,
+    };
     PullResults {
         reps,
         orders,
@@ -471,6 +570,7 @@ pub(crate) fn run(
             .map(|((_, process), bytes)| ProcessPeak { process, bytes })
             .collect(),
         narinfo,
+        cold,
         errors: rec.errors,
     }
 }

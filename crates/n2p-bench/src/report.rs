@@ -576,6 +576,29 @@ fn pull_markdown(out: &mut String, p: &PullResults, title: &str, sources: &str) 
             n.wrong_status
         );
     }
+    if let Some(c) = &p.cold {
+        let _ = writeln!(
+            out,
+            "First lookup through a facade that has just started (a fresh `n2p client \
+             --cache` per run; the lookup dials its store connection), ms: {} over {} runs; \
+             {} not answered 200{}.\n",
+            opt(c.ms, |s| ms(&s)),
+            c.runs,
+            c.not_answered_ms.len(),
+            if c.not_answered_ms.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (after {} ms)",
+                    c.not_answered_ms
+                        .iter()
+                        .map(|t| format!("{t:.0}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        );
+    }
     for peak in &p.p1_peak_rss {
         let _ = writeln!(
             out,

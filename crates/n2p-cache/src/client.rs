@@ -188,6 +188,16 @@ impl StoreClient {
             .clone()
     }
 
+    /// The round-trip time to `peer` measured on the open connection to it, if any (see
+    /// [`DaemonDialer::rtt`]).
+    pub fn rtt(&self, peer: EndpointId) -> Option<Duration> {
+        let dialers = self
+            .dialers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        dialers.get(&peer)?.rtt()
+    }
+
     /// Forgets peers not in `live`, closing their connections.
     pub async fn retain(&self, live: &[EndpointId]) {
         let gone: Vec<Arc<DaemonDialer>> = {

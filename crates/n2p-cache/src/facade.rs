@@ -57,6 +57,15 @@ pub const DEFAULT_FACADE_ADDR: &str = "127.0.0.1:5496";
 /// Default bound on asking the peers for a narinfo.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(1);
 
+/// Round trips of its own a far peer gets for a narinfo lookup: a lookup on a new connection
+/// takes two (handshake, request), and one lost packet, sent again after the probe timeout,
+/// about three more.
+pub const LOOKUP_RTTS: u32 = 8;
+
+/// The longest a narinfo lookup waits for a far peer's round trips ([`LOOKUP_RTTS`]) when
+/// that is longer than the deadline.
+pub const MAX_LOOKUP_WAIT: Duration = Duration::from_secs(5);
+
 /// Default `Priority` (cache.nixos.org has 40; lower is asked first).
 pub const DEFAULT_PRIORITY: u32 = 30;
 
@@ -78,7 +87,9 @@ pub struct FacadeConfig {
     pub store_dir: StoreDir,
     /// `Priority` in `nix-cache-info`.
     pub priority: u32,
-    /// How long a narinfo request waits for the peers.
+    /// How long a narinfo request waits for the peers; a peer whose measured round trip
+    /// is longer than an eighth of it gets [`LOOKUP_RTTS`] round trips instead, up to
+    /// [`MAX_LOOKUP_WAIT`].
     pub deadline: Duration,
     /// Keys whose signature makes an answer best (the team's members' Nix keys) at start;
     /// [`Facade::set_trusted_keys`] replaces them.
@@ -206,30 +217,45 @@ impl Facade {
             })
             .collect();
         let mut answers = Vec::new();
-        let collect = async {
-            while let Some((peer, answer)) = pending.next().await {
-                match answer {
-                    Ok(Some(info)) => {
-                        let rank = self.rank(&info);
-                        answers.push((peer.id(), info, rank));
-                        if rank == 0 {
-                            break;
+        let mut answered = Vec::with_capacity(peers.len());
+        let started = tokio::time::Instant::now();
+        let mut until = started + self.config.deadline;
+        loop {
+            match tokio::time::timeout_at(until, pending.next()).await {
+                Ok(Some((peer, answer))) => {
+                    answered.push(peer.id());
+                    match answer {
+                        Ok(Some(info)) => {
+                            let rank = self.rank(&info);
+                            answers.push((peer.id(), info, rank));
+                            if rank == 0 {
+                                break;
+                            }
                         }
+                        Ok(None) => {}
+                        Err(e) => debug!("narinfo {hash_part} from {}: {e}", peer.name),
                     }
-                    Ok(None) => {}
-                    Err(e) => debug!("narinfo {hash_part} from {}: {e}", peer.name),
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    // Far peers still asked get a few of their round trips (see `wait_for`).
+                    let rtts = peers
+                        .iter()
+                        .filter(|p| !answered.contains(&p.id()))
+                        .map(|p| self.client.rtt(p.id()));
+                    let longer = started + wait_for(self.config.deadline, rtts);
+                    if longer > until {
+                        until = longer;
+                        continue;
+                    }
+                    debug!(
+                        "narinfo {hash_part}: {} peer(s) did not answer within {:?}",
+                        pending.len(),
+                        until - started
+                    );
+                    break;
                 }
             }
-        };
-        if tokio::time::timeout(self.config.deadline, collect)
-            .await
-            .is_err()
-        {
-            debug!(
-                "narinfo {hash_part}: {} peer(s) did not answer within {:?}",
-                pending.len(),
-                self.config.deadline
-            );
         }
         drop(pending);
         let mut recent = self
@@ -379,6 +405,16 @@ fn nar_headers(size: u64, body: Body) -> Response {
         body,
     )
         .into_response()
+}
+
+/// How long a narinfo lookup waits for peers that have not answered: the deadline, or
+/// [`LOOKUP_RTTS`] round trips of the furthest of them (by `rtts`, each measured on the
+/// open connection to it; `None` for a peer with none yet) when longer, up to
+/// [`MAX_LOOKUP_WAIT`]. A false 404 is costly (Nix takes the path as absent for an hour);
+/// a peer's own round trips tell a far peer from a stuck one.
+fn wait_for(deadline: Duration, rtts: impl Iterator<Item = Option<Duration>>) -> Duration {
+    let furthest = rtts.flatten().max().unwrap_or_default();
+    deadline.max((furthest * LOOKUP_RTTS).min(MAX_LOOKUP_WAIT))
 }
 
 fn not_found() -> Response {
@@ -671,6 +707,29 @@ mod tests {
         ca.ca = Some("fixed:r:sha256:x".into());
         assert_eq!(rank(&ca, &dir, &trusted), 2);
         assert_eq!(rank(&signed(&[&node]), &dir, &trusted), 3);
+    }
+
+    #[test]
+    fn far_peers_get_their_round_trips_near_ones_the_deadline() {
+        let second = Duration::from_secs(1);
+        let ms = Duration::from_millis;
+        // Near peers, or none measured yet: the deadline.
+        assert_eq!(wait_for(second, [Some(ms(30)), None].into_iter()), second);
+        assert_eq!(wait_for(second, std::iter::empty()), second);
+        // The furthest peer still asked sets it: 8 round trips of 300 ms.
+        assert_eq!(
+            wait_for(second, [Some(ms(30)), Some(ms(300)), None].into_iter()),
+            ms(2400)
+        );
+        // Never past the cap, and never below a longer configured deadline.
+        assert_eq!(
+            wait_for(second, [Some(ms(900))].into_iter()),
+            MAX_LOOKUP_WAIT
+        );
+        assert_eq!(
+            wait_for(10 * second, [Some(ms(900))].into_iter()),
+            10 * second
+        );
     }
 
     #[test]

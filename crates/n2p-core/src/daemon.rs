@@ -583,6 +583,15 @@ impl DaemonDialer {
         }
     }
 
+    /// The round-trip time measured on the current connection's selected path; `None`
+    /// when there is no open connection, or one is being made right now.
+    pub fn rtt(&self) -> Option<Duration> {
+        let state = self.state.try_lock().ok()?;
+        let conn = state.conn.as_ref().filter(|c| c.close_reason().is_none())?;
+        let paths = conn.paths();
+        paths.iter().find(|p| p.is_selected()).map(|p| p.rtt())
+    }
+
     /// Closes the current connection, if any.
     pub async fn close(&self) {
         if let Some(conn) = self.state.lock().await.conn.take() {

@@ -29,6 +29,14 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 /// Interval of QUIC keep-alive pings on otherwise idle connections.
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The round-trip time a new connection (or path) assumes before it has measured one; it
+/// sets how soon a lost handshake packet is sent again (three times this). QUIC's default,
+/// 333 ms, makes every lost handshake packet cost a second; measured on an emulated
+/// 120 ms / 2 % loss link, that second sent 2 of 40 first narinfo lookups through a fresh
+/// facade past the facade's 1 s deadline (docs/BENCHMARKS.md, "A lost handshake packet").
+/// On a path slower than three times this, the first handshake packet is sent twice.
+pub const INITIAL_RTT: Duration = Duration::from_millis(100);
+
 /// How many daemon streams a peer may have open at once.
 pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
 
@@ -239,6 +247,7 @@ pub fn transport_config(congestion: CongestionControl) -> QuicTransportConfig {
     QuicTransportConfig::builder()
         .max_idle_timeout(IDLE_TIMEOUT.try_into().ok())
         .keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .initial_rtt(INITIAL_RTT)
         .max_concurrent_bidi_streams(VarInt::from_u32(MAX_CONCURRENT_STREAMS))
         .congestion_controller_factory(congestion.factory())
         .build()
