@@ -58,9 +58,10 @@ pub const DEFAULT_FACADE_ADDR: &str = "127.0.0.1:5496";
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Round trips of its own a far peer gets for a narinfo lookup: a lookup on a new connection
-/// takes two (handshake, request), and one lost packet, sent again after the probe timeout,
-/// about three more.
-pub const LOOKUP_RTTS: u32 = 8;
+/// takes two (handshake, request); a lost packet is sent again after QUIC's probe timeout,
+/// about three round trips after the first measurement, and doubled for a second loss of
+/// the same packet, so two losses cost about nine more.
+pub const LOOKUP_RTTS: u32 = 12;
 
 /// The longest a narinfo lookup waits for a far peer's round trips ([`LOOKUP_RTTS`]) when
 /// that is longer than the deadline.
@@ -88,7 +89,7 @@ pub struct FacadeConfig {
     /// `Priority` in `nix-cache-info`.
     pub priority: u32,
     /// How long a narinfo request waits for the peers; a peer whose measured round trip
-    /// is longer than an eighth of it gets [`LOOKUP_RTTS`] round trips instead, up to
+    /// is longer than a twelfth of it gets [`LOOKUP_RTTS`] round trips instead, up to
     /// [`MAX_LOOKUP_WAIT`].
     pub deadline: Duration,
     /// Keys whose signature makes an answer best (the team's members' Nix keys) at start;
@@ -716,18 +717,18 @@ mod tests {
         // Near peers, or none measured yet: the deadline.
         assert_eq!(wait_for(second, [Some(ms(30)), None].into_iter()), second);
         assert_eq!(wait_for(second, std::iter::empty()), second);
-        // The furthest peer still asked sets it: 8 round trips of 300 ms.
+        // The furthest peer still asked sets it: 12 round trips of 300 ms.
         assert_eq!(
             wait_for(second, [Some(ms(30)), Some(ms(300)), None].into_iter()),
-            ms(2400)
+            ms(3600)
         );
         // Never past the cap, and never below a longer configured deadline.
         assert_eq!(
-            wait_for(second, [Some(ms(900))].into_iter()),
+            wait_for(second, [Some(ms(600))].into_iter()),
             MAX_LOOKUP_WAIT
         );
         assert_eq!(
-            wait_for(10 * second, [Some(ms(900))].into_iter()),
+            wait_for(10 * second, [Some(ms(600))].into_iter()),
             10 * second
         );
     }

@@ -896,7 +896,7 @@ mod tests {
     use super::*;
     use crate::{
         access::{AccessPolicy, Permission, ServerAuthority},
-        endpoint::{EndpointOptions, bind_endpoint},
+        endpoint::{EndpointOptions, INITIAL_RTT, bind_endpoint},
     };
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -1417,6 +1417,33 @@ mod tests {
             dialer.close_idle(dialer.streams_opened()).await,
             "an unused connection was not closed"
         );
+        client.close().await;
+        router.shutdown().await?;
+        Ok(())
+    }
+
+    /// The round-trip time is that of the open connection: none before the first one, a
+    /// measured one while it is open, none once it is closed.
+    #[tokio::test]
+    async fn the_round_trip_time_is_the_open_connections() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let secret = AccessSecret::from_bytes([6; 32]);
+        let (router, _connections) = server_with(dir.path(), &secret, Limits::default()).await?;
+        let client = client_endpoint(10).await?;
+        let dialer = DaemonDialer::new(client.clone(), router.endpoint().addr(), &secret);
+        assert_eq!(
+            dialer.rtt(),
+            None,
+            "a round-trip time before any connection"
+        );
+        dialer.connection().await?;
+        let rtt = dialer
+            .rtt()
+            .ok_or("no round-trip time on an open connection")?;
+        // Loopback: measured, so far below the 100 ms assumed before a measurement.
+        assert!(rtt < INITIAL_RTT, "round-trip time {rtt:?} on loopback");
+        dialer.close().await;
+        assert_eq!(dialer.rtt(), None, "a round-trip time after the close");
         client.close().await;
         router.shutdown().await?;
         Ok(())

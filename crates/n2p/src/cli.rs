@@ -145,7 +145,8 @@ pub(crate) struct TrustArgs {
 /// Options of the local binary-cache facade.
 #[derive(Debug, Args)]
 pub(crate) struct CacheArgs {
-    /// How long a narinfo request waits for peers before answering 404.
+    /// How long a narinfo request waits for peers before answering 404 (a peer further away
+    /// than a twelfth of it gets 12 of its round trips, up to 5 s).
     #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = parse_seconds)]
     pub(crate) narinfo_deadline: Duration,
 }
