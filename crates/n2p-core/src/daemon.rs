@@ -24,6 +24,7 @@ use iroh::{
     Endpoint, EndpointAddr, EndpointId,
     endpoint::{
         ApplicationClose, ConnectError, ConnectingError, Connection, ConnectionError, VarInt,
+        WeakConnectionHandle,
     },
     protocol::{AcceptError, ProtocolHandler},
 };
@@ -286,6 +287,9 @@ pub struct DaemonDialer {
     proof: AccessProof,
     connect_timeout: Duration,
     state: Mutex<DialState>,
+    /// The latest connection made, for reading its round-trip time without waiting for
+    /// `state` (held while connecting); weak, so it keeps nothing open.
+    latest: std::sync::Mutex<Option<WeakConnectionHandle>>,
     /// Streams opened so far, for telling whether the dialer was used between two looks.
     opened: AtomicU64,
     /// The peer daemon's handshake, for answering the next client's at once.
@@ -322,6 +326,7 @@ impl DaemonDialer {
             proof,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             state: Mutex::new(DialState::default()),
+            latest: std::sync::Mutex::new(None),
             opened: AtomicU64::new(0),
             hello: HelloCache::new(),
         }
@@ -381,6 +386,10 @@ impl DaemonDialer {
                         outage.since.elapsed().as_secs()
                     );
                 }
+                *self
+                    .latest
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(conn.weak_handle());
                 state.conn = Some(conn.clone());
                 Ok(conn)
             }
@@ -584,10 +593,17 @@ impl DaemonDialer {
     }
 
     /// The round-trip time measured on the current connection's selected path; `None`
-    /// when there is no open connection, or one is being made right now.
+    /// when there is no open connection (none made yet, or the latest one closed).
     pub fn rtt(&self) -> Option<Duration> {
-        let state = self.state.try_lock().ok()?;
-        let conn = state.conn.as_ref().filter(|c| c.close_reason().is_none())?;
+        let conn = self
+            .latest
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()?
+            .upgrade()?;
+        if conn.close_reason().is_some() {
+            return None;
+        }
         let paths = conn.paths();
         paths.iter().find(|p| p.is_selected()).map(|p| p.rtt())
     }
