@@ -191,11 +191,13 @@ impl StoreClient {
     /// The round-trip time to `peer` measured on the open connection to it, if any (see
     /// [`DaemonDialer::rtt`]).
     pub fn rtt(&self, peer: EndpointId) -> Option<Duration> {
-        let dialers = self
+        let dialer = self
             .dialers
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        dialers.get(&peer)?.rtt()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&peer)?
+            .clone();
+        dialer.rtt()
     }
 
     /// Forgets peers not in `live`, closing their connections.

@@ -88,9 +88,9 @@ pub struct FacadeConfig {
     pub store_dir: StoreDir,
     /// `Priority` in `nix-cache-info`.
     pub priority: u32,
-    /// How long a narinfo request waits for the peers; a peer whose measured round trip
-    /// is longer than a twelfth of it gets [`LOOKUP_RTTS`] round trips instead, up to
-    /// [`MAX_LOOKUP_WAIT`].
+    /// How long a narinfo request waits for the peers; while no peer has answered, a peer
+    /// whose round trip is longer than a twelfth of it gets [`LOOKUP_RTTS`] round trips
+    /// instead, up to [`MAX_LOOKUP_WAIT`].
     pub deadline: Duration,
     /// Keys whose signature makes an answer best (the team's members' Nix keys) at start;
     /// [`Facade::set_trusted_keys`] replaces them.
@@ -220,7 +220,12 @@ impl Facade {
         let mut answers = Vec::new();
         let mut answered = Vec::with_capacity(peers.len());
         let started = tokio::time::Instant::now();
-        let mut until = started + self.config.deadline;
+        let after = |wait: Duration| {
+            started
+                .checked_add(wait)
+                .unwrap_or_else(|| started + MAX_LOOKUP_WAIT)
+        };
+        let mut until = after(self.config.deadline);
         loop {
             match tokio::time::timeout_at(until, pending.next()).await {
                 Ok(Some((peer, answer))) => {
@@ -239,12 +244,12 @@ impl Facade {
                 }
                 Ok(None) => break,
                 Err(_) => {
-                    // Far peers still asked get a few of their round trips (see `wait_for`).
+                    // Far peers still asked may get some of their round trips.
                     let rtts = peers
                         .iter()
                         .filter(|p| !answered.contains(&p.id()))
                         .map(|p| self.client.rtt(p.id()));
-                    let longer = started + wait_for(self.config.deadline, rtts);
+                    let longer = after(wait_for(self.config.deadline, !answers.is_empty(), rtts));
                     if longer > until {
                         until = longer;
                         continue;
@@ -408,14 +413,24 @@ fn nar_headers(size: u64, body: Body) -> Response {
         .into_response()
 }
 
-/// How long a narinfo lookup waits for peers that have not answered: the deadline, or
-/// [`LOOKUP_RTTS`] round trips of the furthest of them (by `rtts`, each measured on the
-/// open connection to it; `None` for a peer with none yet) when longer, up to
-/// [`MAX_LOOKUP_WAIT`]. A false 404 is costly (Nix takes the path as absent for an hour);
-/// a peer's own round trips tell a far peer from a stuck one.
-fn wait_for(deadline: Duration, rtts: impl Iterator<Item = Option<Duration>>) -> Duration {
+/// How long a narinfo lookup waits for the peers that have not answered: the deadline once
+/// it has an answer (`answered`); with none yet, the deadline or [`LOOKUP_RTTS`] round trips of the furthest of them (by `rtts`, each
+/// the round-trip time of the open connection to it; `None` for a peer with none) when
+/// longer, up to [`MAX_LOOKUP_WAIT`]. A false 404 is costly (Nix takes the path as absent
+/// for an hour), so a far peer gets the time its answer may need. The round-trip time
+/// does not tell a far peer that is slow from one that is stuck or has just crashed: such
+/// a peer makes lookups that nobody answers wait its round trips too, until its
+/// connection closes (at the latest the QUIC idle timeout after its last packet).
+fn wait_for(
+    deadline: Duration,
+    answered: bool,
+    rtts: impl Iterator<Item = Option<Duration>>,
+) -> Duration {
+    if answered {
+        return deadline;
+    }
     let furthest = rtts.flatten().max().unwrap_or_default();
-    deadline.max((furthest * LOOKUP_RTTS).min(MAX_LOOKUP_WAIT))
+    deadline.max(furthest.saturating_mul(LOOKUP_RTTS).min(MAX_LOOKUP_WAIT))
 }
 
 fn not_found() -> Response {
@@ -711,25 +726,27 @@ mod tests {
     }
 
     #[test]
-    fn far_peers_get_their_round_trips_near_ones_the_deadline() {
+    fn far_peers_get_their_round_trips_unless_a_peer_answered() {
         let second = Duration::from_secs(1);
         let ms = Duration::from_millis;
+        let far = || [Some(ms(30)), Some(ms(300)), None].into_iter();
         // Near peers, or none measured yet: the deadline.
-        assert_eq!(wait_for(second, [Some(ms(30)), None].into_iter()), second);
-        assert_eq!(wait_for(second, std::iter::empty()), second);
+        assert_eq!(
+            wait_for(second, false, [Some(ms(30)), None].into_iter()),
+            second
+        );
+        assert_eq!(wait_for(second, false, std::iter::empty()), second);
         // The furthest peer still asked sets it: 12 round trips of 300 ms.
-        assert_eq!(
-            wait_for(second, [Some(ms(30)), Some(ms(300)), None].into_iter()),
-            ms(3600)
-        );
+        assert_eq!(wait_for(second, false, far()), ms(3600));
+        // With an answer in hand, nobody gets more than the deadline.
+        assert_eq!(wait_for(second, true, far()), second);
         // Never past the cap, and never below a longer configured deadline.
+        let slow = || [Some(ms(600))].into_iter();
+        assert_eq!(wait_for(second, false, slow()), MAX_LOOKUP_WAIT);
+        assert_eq!(wait_for(10 * second, false, slow()), 10 * second);
         assert_eq!(
-            wait_for(second, [Some(ms(600))].into_iter()),
+            wait_for(second, false, [Some(Duration::MAX)].into_iter()),
             MAX_LOOKUP_WAIT
-        );
-        assert_eq!(
-            wait_for(10 * second, [Some(ms(600))].into_iter()),
-            10 * second
         );
     }
 

@@ -592,7 +592,8 @@ impl DaemonDialer {
         }
     }
 
-    /// The round-trip time measured on the current connection's selected path; `None`
+    /// The round-trip time of the current connection's selected path (QUIC's smoothed
+    /// estimate; [`crate::endpoint::INITIAL_RTT`] on a path with no sample yet); `None`
     /// when there is no open connection (none made yet, or the latest one closed).
     pub fn rtt(&self) -> Option<Duration> {
         let conn = self

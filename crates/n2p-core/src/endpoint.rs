@@ -35,6 +35,12 @@ pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
 /// 120 ms / 2 % loss link, that second sent 2 of 40 first narinfo lookups through a fresh
 /// facade past the facade's 1 s deadline (docs/BENCHMARKS.md, "A lost handshake packet").
 /// On a path slower than three times this, the first handshake packet is sent twice.
+///
+/// noq uses it in two more places: as the round-trip estimate (and pacing) of each new path
+/// until that path has a sample, and for the grace a connection gets to open a new path
+/// after the peer abandons the last one (three probe timeouts of a fresh estimate: about
+/// 1 s now, 3 s with 333 ms), after which the connection closes and the next stream dials
+/// again.
 pub const INITIAL_RTT: Duration = Duration::from_millis(100);
 
 /// How many daemon streams a peer may have open at once.
