@@ -445,7 +445,7 @@ fn a_member_that_was_down_at_start_is_reached_when_it_comes_up() {
 }
 
 /// The idle period the next test sets with `n2p mesh join --peer-idle-close-ms` (hidden; the
-/// default is `n2p_mesh::node::idle::PEER_IDLE_CLOSE`, 60 s).
+/// default is `n2p_core::idle::PEER_IDLE_CLOSE`, 60 s).
 const TEST_IDLE_CLOSE: Duration = Duration::from_secs(3);
 
 /// How many daemon connections `peer` has open, by its `n2p status --json`.

@@ -15,6 +15,7 @@ use n2p_testkit::nix::{
     assert_copy_unsigned_succeeds, assert_not_valid, nix_command, path_metadata, require_nix,
 };
 use n2p_testkit::proc::{Signal, expect_success, run_bounded};
+use n2p_testkit::wait::wait_until;
 
 use crate::harness::N2P;
 use crate::harness::mesh::{MeshPeer, TeamDir, TeamSpec};
@@ -655,5 +656,95 @@ fn a_sighup_that_takes_pull_away_refuses_the_members_next_pull() {
         b.process.log_text().matches("refused store access").count(),
         refusals,
         "alice's node asked bob although her own team file denies her `pull`"
+    );
+}
+
+/// The idle period the next test sets with `n2p mesh join --peer-idle-close-ms` (hidden; the
+/// default is `n2p_core::idle::PEER_IDLE_CLOSE`, 60 s).
+const FACADE_IDLE_CLOSE: Duration = Duration::from_secs(3);
+
+/// How many store-protocol connections `peer` has open (either way), by its `n2p status
+/// --json`.
+fn store_connections(peer: &MeshPeer) -> Option<u64> {
+    peer.status_json()["connections"]["other"].as_u64()
+}
+
+#[test]
+fn a_facades_connections_close_when_idle_and_the_next_lookup_connects_again() {
+    if !require_nix("a_facades_connections_close_when_idle_and_the_next_lookup_connects_again") {
+        return;
+    }
+    let source = SourceStore::new();
+    let first = source.add_file("asked-first", b"asked before the idle close\n");
+    // Another path for the lookup after the close: the facade keeps its answers a while.
+    let second = source.add_file("asked-after", b"asked after the idle close\n");
+    let alice = MeshPeer::with_daemon("alice");
+    let bob = MeshPeer::with_daemon("bob");
+    assert_copy_succeeds(&source, &bob.daemon().store_url(), &[&first, &second]);
+    let team_dir = TeamDir::new();
+    let team = team_dir.write(
+        "team.toml",
+        &TeamSpec::closed([alice.member(), bob.member()]),
+    );
+    let idle_ms = FACADE_IDLE_CLOSE.as_millis().to_string();
+    let nodes = [&alice, &bob].map(|peer| peer.join(&team, &["--peer-idle-close-ms", &idle_ms]));
+    for node in &nodes {
+        node.wait_until_joined();
+    }
+    alice.wait_for_sockets(&["bob"], PEERS_TIMEOUT);
+    assert_eq!(
+        store_connections(&alice),
+        Some(0),
+        "no lookup yet, so no store connection: {:#}",
+        alice.status_json()
+    );
+
+    let (status, body, _) = http(
+        "GET",
+        alice.cache,
+        &format!("/{}.narinfo", hash_part(&first)),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let answered = Instant::now();
+    assert_eq!(
+        (store_connections(&alice), store_connections(&bob)),
+        (Some(1), Some(1)),
+        "the lookup should have opened one store connection, alice to bob: alice {:#}, bob {:#}",
+        alice.status_json(),
+        bob.status_json()
+    );
+
+    wait_until(
+        "alice's store connection to bob closes after the idle period",
+        FACADE_IDLE_CLOSE * 5,
+        || match (store_connections(&alice), store_connections(&bob)) {
+            (Some(0), Some(0)) => Ok(()),
+            counts => Err(format!("store connections (alice, bob): {counts:?}")),
+        },
+    );
+    let closed_after = answered.elapsed();
+    // The dialer looks every tenth of the period; the last look that saw the lookup's
+    // stream may be that much before its end.
+    assert!(
+        closed_after >= FACADE_IDLE_CLOSE - FACADE_IDLE_CLOSE / 5,
+        "closed {closed_after:?} after the lookup, before the idle period of {FACADE_IDLE_CLOSE:?}"
+    );
+
+    let (status, body, _) = http(
+        "GET",
+        alice.cache,
+        &format!("/{}.narinfo", hash_part(&second)),
+    );
+    assert_eq!(
+        status,
+        200,
+        "the lookup after the idle close: {}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(
+        store_connections(&alice),
+        Some(1),
+        "the lookup after the idle close should have connected again: {:#}",
+        alice.status_json()
     );
 }

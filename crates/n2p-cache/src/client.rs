@@ -1,6 +1,8 @@
 //! The asking side of [`crate::proto`]: [`StoreClient`] keeps one QUIC connection per peer
 //! (a [`DaemonDialer`] speaking [`STORE_ALPN`], replaced when it has died) and opens one
-//! stream per request.
+//! stream per request. A peer's connection is made at its first request and closed once it
+//! has gone unused for [`PEER_IDLE_CLOSE`] (no request or NAR in flight, none started), so
+//! a facade that once asked the whole team does not keep a connection to every member.
 //!
 //! Single narinfo lookups ([`StoreClient::narinfo`]) are coalesced per peer: Nix asks for up
 //! to 25 narinfos at once, and those that arrive while [`BATCHES_IN_FLIGHT`] requests to the
@@ -21,9 +23,10 @@ use n2p_core::{
     access::AccessSecret,
     daemon::{DEFAULT_CONNECT_TIMEOUT, DaemonDialer, DialError},
     forward::QuicPair,
+    idle::PEER_IDLE_CLOSE,
 };
 use n2p_nix::{NarHash, NarInfo, Signature, StorePath, store_path::StorePathError};
-use tokio::sync::oneshot;
+use tokio::{sync::oneshot, task::AbortHandle};
 use tracing::debug;
 
 use crate::proto::{
@@ -136,12 +139,26 @@ impl NarDownload {
     }
 }
 
+/// A peer's dialer, and the task that closes its connection when it goes unused.
+#[derive(Debug)]
+struct PeerDialer {
+    dialer: Arc<DaemonDialer>,
+    idle_close: AbortHandle,
+}
+
+impl Drop for PeerDialer {
+    fn drop(&mut self) {
+        self.idle_close.abort();
+    }
+}
+
 /// Opens store requests to peers, one cached connection each.
 #[derive(Debug)]
 pub struct StoreClient {
     endpoint: Endpoint,
     connect_timeout: Duration,
-    dialers: Mutex<HashMap<EndpointId, Arc<DaemonDialer>>>,
+    idle_close: Duration,
+    dialers: Mutex<HashMap<EndpointId, PeerDialer>>,
     batches: Mutex<HashMap<EndpointId, Batches>>,
     narinfo_requests: AtomicU64,
     nar_requests: AtomicU64,
@@ -153,6 +170,7 @@ impl StoreClient {
         Self {
             endpoint,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            idle_close: PEER_IDLE_CLOSE,
             dialers: Mutex::new(HashMap::new()),
             batches: Mutex::new(HashMap::new()),
             narinfo_requests: AtomicU64::new(0),
@@ -163,6 +181,13 @@ impl StoreClient {
     /// Bounds connection attempts (default [`DEFAULT_CONNECT_TIMEOUT`]).
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// Closes a peer's connection after it has gone unused this long (default
+    /// [`PEER_IDLE_CLOSE`]).
+    pub fn with_idle_close(mut self, after: Duration) -> Self {
+        self.idle_close = after;
         self
     }
 
@@ -179,30 +204,39 @@ impl StoreClient {
         dialers
             .entry(peer.id())
             .or_insert_with(|| {
-                Arc::new(
+                let dialer = Arc::new(
                     DaemonDialer::new(self.endpoint.clone(), peer.addr.clone(), &peer.secret)
                         .with_alpn(STORE_ALPN)
                         .with_connect_timeout(self.connect_timeout),
-                )
+                );
+                let after = self.idle_close;
+                let idle_close = tokio::spawn({
+                    let dialer = dialer.clone();
+                    async move { match dialer.close_when_idle(after, || false).await {} }
+                })
+                .abort_handle();
+                PeerDialer { dialer, idle_close }
             })
+            .dialer
             .clone()
     }
 
-    /// The round-trip time to `peer` measured on the open connection to it, if any (see
-    /// [`DaemonDialer::rtt`]).
+    /// The round-trip time to `peer` measured on the open connection to it, or on the last
+    /// one when it was closed as idle (see [`DaemonDialer::rtt`]).
     pub fn rtt(&self, peer: EndpointId) -> Option<Duration> {
         let dialer = self
             .dialers
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .get(&peer)?
+            .dialer
             .clone();
         dialer.rtt()
     }
 
     /// Forgets peers not in `live`, closing their connections.
     pub async fn retain(&self, live: &[EndpointId]) {
-        let gone: Vec<Arc<DaemonDialer>> = {
+        let gone: Vec<PeerDialer> = {
             let mut dialers = self
                 .dialers
                 .lock()
@@ -222,8 +256,8 @@ impl StoreClient {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .retain(|id, _| live.contains(id));
-        for dialer in gone {
-            dialer.close().await;
+        for gone in gone {
+            gone.dialer.close().await;
         }
     }
 

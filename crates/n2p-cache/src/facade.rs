@@ -414,13 +414,15 @@ fn nar_headers(size: u64, body: Body) -> Response {
 }
 
 /// How long a narinfo lookup waits for the peers that have not answered: the deadline once
-/// it has an answer (`answered`); with none yet, the deadline or [`LOOKUP_RTTS`] round trips of the furthest of them (by `rtts`, each
-/// the round-trip time of the open connection to it; `None` for a peer with none) when
-/// longer, up to [`MAX_LOOKUP_WAIT`]. A false 404 is costly (Nix takes the path as absent
-/// for an hour), so a far peer gets the time its answer may need. The round-trip time
-/// does not tell a far peer that is slow from one that is stuck or has just crashed: such
-/// a peer makes lookups that nobody answers wait its round trips too, until its
-/// connection closes (at the latest the QUIC idle timeout after its last packet).
+/// it has an answer (`answered`); with none yet, the deadline or [`LOOKUP_RTTS`] round trips
+/// of the furthest of them when longer, up to [`MAX_LOOKUP_WAIT`]. `rtts` has each one's
+/// round-trip time ([`StoreClient::rtt`]: that of the open connection to it, or of the last
+/// one if it was closed as idle; `None` for a peer with neither). A false 404 is costly (Nix
+/// takes the path as absent for an hour), so a far peer gets the time its answer may need.
+/// The round-trip time does not tell a far peer that is slow from one that is stuck or has
+/// just crashed: such a peer makes lookups that nobody answers wait its round trips too,
+/// until its connection closes (at the latest the QUIC idle timeout after its last packet)
+/// or, if it was closed as idle, until the next attempt to connect fails.
 fn wait_for(
     deadline: Duration,
     answered: bool,

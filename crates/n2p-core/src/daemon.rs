@@ -12,6 +12,7 @@
 //! the forwards in flight finish, or aborts them.
 
 use std::{
+    convert::Infallible,
     path::PathBuf,
     sync::{
         Arc,
@@ -43,6 +44,7 @@ use crate::{
     access::{AccessPolicy, AccessProof, AccessSecret},
     forward::{ForwardError, ForwardStats, NixClient, QuicPair, forward, forward_nix_client},
     hello::HelloCache,
+    idle::{IdleClock, idle_check_every},
     limits::{AcceptBackoff, ConnectionGate, Limits, PeerSlots, UnprovenPermit},
 };
 
@@ -288,12 +290,24 @@ pub struct DaemonDialer {
     connect_timeout: Duration,
     state: Mutex<DialState>,
     /// The latest connection made, for reading its round-trip time without waiting for
-    /// `state` (held while connecting); weak, so it keeps nothing open.
-    latest: std::sync::Mutex<Option<WeakConnectionHandle>>,
+    /// `state` (held while connecting).
+    latest: std::sync::Mutex<Latest>,
     /// Streams opened so far, for telling whether the dialer was used between two looks.
     opened: AtomicU64,
+    /// Stream pairs opened and not yet dropped.
+    live: Arc<AtomicUsize>,
     /// The peer daemon's handshake, for answering the next client's at once.
     hello: HelloCache,
+}
+
+/// What the dialer knows of its latest connection without taking `state`.
+#[derive(Debug, Default)]
+struct Latest {
+    /// The connection; weak, so it keeps nothing open.
+    conn: Option<WeakConnectionHandle>,
+    /// Its round-trip time when [`DaemonDialer::close_idle`] closed it: the peer is no
+    /// nearer while the next connection to it is being made.
+    rtt_at_idle_close: Option<Duration>,
 }
 
 /// The dialer's connection, or the outage in progress.
@@ -326,8 +340,9 @@ impl DaemonDialer {
             proof,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             state: Mutex::new(DialState::default()),
-            latest: std::sync::Mutex::new(None),
+            latest: std::sync::Mutex::new(Latest::default()),
             opened: AtomicU64::new(0),
+            live: Arc::new(AtomicUsize::new(0)),
             hello: HelloCache::new(),
         }
     }
@@ -386,14 +401,16 @@ impl DaemonDialer {
                         outage.since.elapsed().as_secs()
                     );
                 }
-                *self
-                    .latest
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(conn.weak_handle());
+                *self.latest() = Latest {
+                    conn: Some(conn.weak_handle()),
+                    rtt_at_idle_close: None,
+                };
                 state.conn = Some(conn.clone());
                 Ok(conn)
             }
             Err(e) => {
+                // Unreachable now: no longer known to be near or far.
+                self.latest().rtt_at_idle_close = None;
                 let reason = e.to_string();
                 match &mut state.outage {
                     Some(outage) => {
@@ -513,7 +530,7 @@ impl DaemonDialer {
 
     async fn open_on(&self, conn: &Connection) -> Result<QuicPair, String> {
         let (send, recv) = conn.open_bi().await.map_err(|e| describe_close(&e))?;
-        let mut streams = QuicPair::new(send, recv);
+        let mut streams = QuicPair::new(send, recv).counted_in(&self.live);
         streams
             .send
             .write_all(&self.proof.0)
@@ -569,10 +586,15 @@ impl DaemonDialer {
         self.opened.load(Ordering::SeqCst)
     }
 
-    /// Closes the current connection as idle ([`IDLE_CLOSE`]) if it is open and no stream
-    /// has been opened since [`Self::streams_opened`] returned `seen`; returns whether it
-    /// closed one. The caller makes sure no stream opened before that look is still in use
-    /// (such streams are reset); the next [`Self::open_stream`] connects again.
+    /// How many of the stream pairs it opened are still alive (not yet dropped).
+    pub fn streams_live(&self) -> usize {
+        self.live.load(Ordering::SeqCst)
+    }
+
+    /// Closes the current connection as idle ([`IDLE_CLOSE`]) if it is open, none of its
+    /// stream pairs is alive and no stream has been opened since [`Self::streams_opened`]
+    /// returned `seen`; returns whether it closed one. The next [`Self::open_stream`]
+    /// connects again.
     ///
     /// A stream counts from the start of [`Self::open_stream`], before it takes the
     /// connection, and the count is compared under the same lock: a stream that starts
@@ -580,11 +602,12 @@ impl DaemonDialer {
     /// is never cut.
     pub async fn close_idle(&self, seen: u64) -> bool {
         let mut state = self.state.lock().await;
-        if self.streams_opened() != seen {
+        if self.streams_opened() != seen || self.streams_live() > 0 {
             return false;
         }
         match state.conn.take() {
             Some(conn) if conn.close_reason().is_none() => {
+                self.latest().rtt_at_idle_close = selected_rtt(&conn);
                 conn.close(IDLE_CLOSE, b"idle");
                 true
             }
@@ -592,21 +615,50 @@ impl DaemonDialer {
         }
     }
 
-    /// The round-trip time of the current connection's selected path (QUIC's smoothed
-    /// estimate; [`crate::endpoint::INITIAL_RTT`] on a path with no sample yet); `None`
-    /// when there is no open connection (none made yet, or the latest one closed).
+    /// Closes the connection each time it has gone unused for `after`: no stream pair
+    /// alive, none opened, and `busy` false at every look in between (looks every
+    /// [`crate::idle::idle_check_every`]`(after)`). Runs until dropped.
+    pub async fn close_when_idle(&self, after: Duration, busy: impl Fn() -> bool) -> Infallible {
+        let mut clock = IdleClock::new(after, Instant::now());
+        let mut looks = tokio::time::interval(idle_check_every(after));
+        looks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut opened = self.streams_opened();
+        loop {
+            looks.tick().await;
+            let now_opened = self.streams_opened();
+            let in_use = busy() || self.streams_live() > 0 || now_opened != opened;
+            opened = now_opened;
+            if clock.observe(in_use, Instant::now()) && self.close_idle(now_opened).await {
+                debug!(peer = %self.peer().fmt_short(), "closed the connection after {after:?} without use");
+            }
+        }
+    }
+
+    /// The round-trip time to the peer: the current connection's selected path (QUIC's
+    /// smoothed estimate; [`crate::endpoint::INITIAL_RTT`] on a path with no sample yet);
+    /// while there is none open, the one the last connection had when it was closed as idle,
+    /// until a connection attempt fails. `None` otherwise (never connected, or the last
+    /// connection ended or failed another way).
     pub fn rtt(&self) -> Option<Duration> {
-        let conn = self
-            .latest
+        let (conn, at_idle_close) = {
+            let latest = self.latest();
+            (latest.conn.clone(), latest.rtt_at_idle_close)
+        };
+        // noq's path stats are read with the lock released.
+        match conn
+            .as_ref()
+            .and_then(WeakConnectionHandle::upgrade)
+            .filter(|conn| conn.close_reason().is_none())
+        {
+            Some(conn) => selected_rtt(&conn),
+            None => at_idle_close,
+        }
+    }
+
+    fn latest(&self) -> std::sync::MutexGuard<'_, Latest> {
+        self.latest
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .as_ref()?
-            .upgrade()?;
-        if conn.close_reason().is_some() {
-            return None;
-        }
-        let paths = conn.paths();
-        paths.iter().find(|p| p.is_selected()).map(|p| p.rtt())
     }
 
     /// Closes the current connection, if any.
@@ -615,6 +667,14 @@ impl DaemonDialer {
             conn.close(SHUTTING_DOWN, b"bye");
         }
     }
+}
+
+/// The round-trip time of `conn`'s selected path.
+fn selected_rtt(conn: &Connection) -> Option<Duration> {
+    conn.paths()
+        .iter()
+        .find(|p| p.is_selected())
+        .map(|p| p.rtt())
 }
 
 /// How long to keep trying a daemon socket whose listen queue is full.
@@ -1439,15 +1499,91 @@ mod tests {
         Ok(())
     }
 
-    /// The round-trip time is that of the open connection: none before the first one, a
-    /// measured one while it is open, none once it is closed.
+    /// The idle close spares a connection while a stream pair it opened is alive, however
+    /// long ago it was opened.
     #[tokio::test]
-    async fn the_round_trip_time_is_the_open_connections() -> TestResult {
+    async fn an_idle_close_waits_for_every_open_stream_pair() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let secret = AccessSecret::from_bytes([7; 32]);
+        let (router, _connections) = server_with(dir.path(), &secret, Limits::default()).await?;
+        let client = client_endpoint(11).await?;
+        let dialer = DaemonDialer::new(client.clone(), router.endpoint().addr(), &secret);
+        let pair = dialer.open_stream().await?;
+        let looked = dialer.streams_opened();
+        assert_eq!(dialer.streams_live(), 1);
+        assert!(
+            !dialer.close_idle(looked).await,
+            "closed a connection under a stream pair still alive"
+        );
+        drop(pair);
+        assert_eq!(dialer.streams_live(), 0);
+        assert!(
+            dialer.close_idle(looked).await,
+            "a connection with no stream pair left was not closed"
+        );
+        client.close().await;
+        router.shutdown().await?;
+        Ok(())
+    }
+
+    /// `close_when_idle` closes the connection once it has gone unused for the period after
+    /// its last stream pair ended, not while one is alive, and the next stream connects
+    /// again.
+    #[tokio::test]
+    async fn close_when_idle_closes_after_the_period_without_a_stream() -> TestResult {
+        const AFTER: Duration = Duration::from_millis(300);
+        let dir = tempfile::tempdir()?;
+        let secret = AccessSecret::from_bytes([8; 32]);
+        let (router, _connections) = server_with(dir.path(), &secret, Limits::default()).await?;
+        let client = client_endpoint(12).await?;
+        let dialer = Arc::new(DaemonDialer::new(
+            client.clone(),
+            router.endpoint().addr(),
+            &secret,
+        ));
+        let watcher = tokio::spawn({
+            let dialer = dialer.clone();
+            async move { match dialer.close_when_idle(AFTER, || false).await {} }
+        });
+        let pair = dialer.open_stream().await?;
+        let conn = dialer.connection().await?;
+        tokio::time::sleep(AFTER * 3).await;
+        assert!(
+            conn.close_reason().is_none(),
+            "closed under a stream pair still alive"
+        );
+        drop(pair);
+        let ended = Instant::now();
+        let reason = tokio::time::timeout(AFTER * 5, conn.closed()).await?;
+        let after = ended.elapsed();
+        assert!(
+            matches!(&reason, ConnectionError::LocallyClosed),
+            "closed by {reason:?}"
+        );
+        // The last look that saw the pair may be a tenth of the period before its end.
+        assert!(
+            after >= AFTER - AFTER / 5,
+            "closed {after:?} after the last stream, within the idle period of {AFTER:?}"
+        );
+        let again = dialer.connection().await?;
+        assert!(again.close_reason().is_none(), "the next connection");
+        watcher.abort();
+        client.close().await;
+        router.shutdown().await?;
+        Ok(())
+    }
+
+    /// The round-trip time is that of the open connection: none before the first one, a
+    /// measured one while it is open; after an idle close, the one it had, until a
+    /// connection attempt fails; none after any other close.
+    #[tokio::test]
+    async fn the_round_trip_time_is_the_open_connections_or_the_idle_closed_ones() -> TestResult {
         let dir = tempfile::tempdir()?;
         let secret = AccessSecret::from_bytes([6; 32]);
         let (router, _connections) = server_with(dir.path(), &secret, Limits::default()).await?;
         let client = client_endpoint(10).await?;
-        let dialer = DaemonDialer::new(client.clone(), router.endpoint().addr(), &secret);
+        let dialer = DaemonDialer::new(client.clone(), router.endpoint().addr(), &secret)
+            .with_connect_timeout(Duration::from_millis(500));
         assert_eq!(
             dialer.rtt(),
             None,
@@ -1461,8 +1597,28 @@ mod tests {
         assert!(rtt < INITIAL_RTT, "round-trip time {rtt:?} on loopback");
         dialer.close().await;
         assert_eq!(dialer.rtt(), None, "a round-trip time after the close");
-        client.close().await;
+
+        dialer.connection().await?;
+        let rtt = dialer
+            .rtt()
+            .ok_or("no round-trip time on the new connection")?;
+        assert!(dialer.close_idle(dialer.streams_opened()).await);
+        assert_eq!(
+            dialer.rtt(),
+            Some(rtt),
+            "the round-trip time after an idle close"
+        );
         router.shutdown().await?;
+        assert!(
+            dialer.connection().await.is_err(),
+            "connected to a router that was shut down"
+        );
+        assert_eq!(
+            dialer.rtt(),
+            None,
+            "a round-trip time after a failed connection attempt"
+        );
+        client.close().await;
         Ok(())
     }
 

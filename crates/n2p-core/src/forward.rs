@@ -36,7 +36,10 @@ use std::{
     io,
     os::fd::AsRawFd,
     pin::pin,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
 };
 
 use iroh::endpoint::{ReadError, RecvStream, SendStream, VarInt, WriteError};
@@ -103,6 +106,8 @@ pub struct QuicPair {
     /// The receiving half.
     pub recv: RecvStream,
     completed: bool,
+    /// The count of pairs alive this one is in, if any (a dialer's open streams).
+    live: Option<Arc<AtomicUsize>>,
 }
 
 impl QuicPair {
@@ -112,7 +117,15 @@ impl QuicPair {
             send,
             recv,
             completed: false,
+            live: None,
         }
+    }
+
+    /// Counts this pair in `live` until it is dropped.
+    pub(crate) fn counted_in(mut self, live: &Arc<AtomicUsize>) -> Self {
+        live.fetch_add(1, Ordering::SeqCst);
+        self.live = Some(live.clone());
+        self
     }
 
     /// Marks both directions as having ended cleanly; dropping no longer resets them.
@@ -123,6 +136,9 @@ impl QuicPair {
 
 impl Drop for QuicPair {
     fn drop(&mut self) {
+        if let Some(live) = &self.live {
+            live.fetch_sub(1, Ordering::SeqCst);
+        }
         if !self.completed {
             // Errors only say the stream was already closed: nothing left to abort.
             self.send.reset(FORWARD_ABORTED).ok();

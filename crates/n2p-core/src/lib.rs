@@ -13,7 +13,8 @@
 //!   [`congestion`] is n2p's own congestion controller, one of its choices.
 //! - [`daemon`] is the `n2p/daemon/1` protocol: the serving side checks access and joins
 //!   each stream to a fresh nix-daemon connection; the dialing side keeps one QUIC
-//!   connection per peer and opens a stream per local connection.
+//!   connection per peer and opens a stream per local connection; [`idle`] says when
+//!   that connection has gone unused long enough to close.
 //! - [`conn_stats`] logs the QUIC connection's own counters (RTT, window, losses) at debug
 //!   level under the target `n2p::stats`.
 //! - [`forward`] copies bytes both ways with half-close carried through; [`hello`] answers
@@ -33,6 +34,7 @@ pub mod forward;
 pub mod hello;
 pub mod home;
 pub mod identity;
+pub mod idle;
 pub mod limits;
 pub mod secret_file;
 pub mod unix;

@@ -14,7 +14,6 @@
 mod actor;
 mod digest_datagrams;
 mod gate;
-pub mod idle;
 mod linger;
 mod paths;
 pub mod peer_sockets;
@@ -102,7 +101,7 @@ pub struct MeshSettings {
     /// Who may use them: the owner only (0600 in 0700, the default) or a group too.
     pub peers_access: SocketAccess,
     /// How long a peer socket's connection may go unused before it is closed
-    /// ([`idle::PEER_IDLE_CLOSE`] by default); the socket stays and connects again when used.
+    /// ([`n2p_core::idle::PEER_IDLE_CLOSE`] by default); the socket stays and connects again when used.
     pub peer_idle_close: Duration,
     /// Extra bootstrap peers (from invite tickets).
     pub bootstrap: Vec<EndpointAddr>,
@@ -482,7 +481,7 @@ mod tests {
             secret: TeamSecret::new(vec![7; 32])?,
             peers_dir: dir.path().join("peers"),
             peers_access: SocketAccess::Owner,
-            peer_idle_close: idle::PEER_IDLE_CLOSE,
+            peer_idle_close: n2p_core::idle::PEER_IDLE_CLOSE,
             bootstrap: Vec::new(),
             endpoint: EndpointOptions::loopback(),
             protocols: Vec::new(),

@@ -199,8 +199,9 @@ pub(crate) struct JoinArgs {
     /// Where the service keeps things.
     #[command(flatten)]
     pub(crate) service: ServiceArgs,
-    /// Close a peer socket's connection after this many milliseconds without use
-    /// [default: 60000]. Hidden: for tests that watch the close happen.
+    /// Close a connection to a peer (a peer socket's, or the cache's) after this many
+    /// milliseconds without use [default: 60000]. Hidden: for tests that watch the close
+    /// happen.
     #[arg(long, value_name = "MS", hide = true)]
     pub(crate) peer_idle_close_ms: Option<u64>,
 }

@@ -85,7 +85,7 @@ impl Forgers {
                         .unwrap_or_else(|error| panic!("loading the team secret: {error}")),
                     peers_dir: home.peers_dir(),
                     peers_access: Default::default(),
-                    peer_idle_close: n2p_mesh::node::idle::PEER_IDLE_CLOSE,
+                    peer_idle_close: n2p_core::idle::PEER_IDLE_CLOSE,
                     bootstrap: ticket.peers.clone(),
                     endpoint: EndpointOptions {
                         relay: RelayChoice::Disabled,

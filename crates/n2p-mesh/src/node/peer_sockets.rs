@@ -8,7 +8,7 @@
 //! the peers directory: nothing is ever created or removed elsewhere.
 //!
 //! A socket connects to its peer only when a local client first uses it, and closes that
-//! connection once it has been idle for the configured period ([`super::idle`]); the socket
+//! connection once it has been idle for the configured period ([`n2p_core::idle`]); the socket
 //! itself stays while the peer is live.
 //!
 //! Removing a socket takes its file away at once, so no new connection can arrive, but lets
@@ -22,7 +22,7 @@ use std::{
     os::unix::fs::FileTypeExt,
     path::{Component, Path, PathBuf},
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use iroh::{Endpoint, EndpointAddr, EndpointId};
@@ -33,9 +33,7 @@ use n2p_core::{
     unix::{SocketAccess, SocketFileGuard, UnixBindError, bind_listener, clear_stale_socket},
 };
 use tokio::task::JoinHandle;
-use tracing::{Instrument, debug, info, info_span, warn};
-
-use super::idle::{IdleClock, idle_check_every};
+use tracing::{Instrument, info, info_span, warn};
 
 /// One live peer socket and what serves it.
 #[derive(Debug)]
@@ -194,7 +192,7 @@ impl PeerSockets {
                     let serving = serve_local_listener(listener, dialer.clone(), shutdown.clone());
                     tokio::select! {
                         _ = serving => {}
-                        never = close_when_idle(&dialer, &shutdown, idle_close) => match never {},
+                        never = dialer.close_when_idle(idle_close, || shutdown.in_flight() > 0) => match never {},
                     }
                     dialer.close().await;
                 }
@@ -277,28 +275,6 @@ impl PeerSockets {
             && !name.starts_with('.')
             && name.ends_with(".sock");
         plain.then(|| self.dir.join(name))
-    }
-}
-
-/// Closes `dialer`'s connection whenever the socket has been idle for `after` (no transfer
-/// in flight, no stream opened); runs until dropped.
-async fn close_when_idle(
-    dialer: &DaemonDialer,
-    shutdown: &ListenerShutdown,
-    after: Duration,
-) -> std::convert::Infallible {
-    let mut clock = IdleClock::new(after, Instant::now());
-    let mut looks = tokio::time::interval(idle_check_every(after));
-    looks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut opened = dialer.streams_opened();
-    loop {
-        looks.tick().await;
-        let now_opened = dialer.streams_opened();
-        let busy = shutdown.in_flight() > 0 || now_opened != opened;
-        opened = now_opened;
-        if clock.observe(busy, Instant::now()) && dialer.close_idle(now_opened).await {
-            debug!(peer = %dialer.peer().fmt_short(), "closed the connection after {after:?} without use");
-        }
     }
 }
 
@@ -391,7 +367,7 @@ mod tests {
             client.clone(),
             secret,
             SocketAccess::Owner,
-            super::super::idle::PEER_IDLE_CLOSE,
+            n2p_core::idle::PEER_IDLE_CLOSE,
         )?;
         let peer = router.endpoint().id();
         sockets.reconcile(&BTreeMap::from([

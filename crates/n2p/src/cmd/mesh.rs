@@ -165,6 +165,9 @@ pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<
     };
     let trusted_keys = team.nix_keys();
 
+    let peer_idle_close = args
+        .peer_idle_close_ms
+        .map_or(n2p_core::idle::PEER_IDLE_CLOSE, Duration::from_millis);
     let settings = MeshSettings {
         topic: args.topic.clone(),
         name,
@@ -175,16 +178,15 @@ pub(crate) async fn join(global: &GlobalArgs, args: JoinArgs) -> anyhow::Result<
         secret,
         peers_dir: peers_dir.clone(),
         peers_access,
-        peer_idle_close: args
-            .peer_idle_close_ms
-            .map_or(n2p_mesh::node::idle::PEER_IDLE_CLOSE, Duration::from_millis),
+        peer_idle_close,
         bootstrap,
         protocols: vec![(STORE_ALPN.to_vec(), store)],
     };
     let node = Arc::new(MeshNode::join(key, settings).await?);
     info!(target: "n2p", "nix signing key: {}", signing_key.public());
     let facade = cache_listener.map(|listener| {
-        let client = Arc::new(StoreClient::new(node.endpoint().clone()));
+        let client =
+            Arc::new(StoreClient::new(node.endpoint().clone()).with_idle_close(peer_idle_close));
         let source_node = node.clone();
         let peers: PeerSource = Arc::new(move || {
             let node = source_node.clone();

@@ -1,28 +1,29 @@
-//! When a peer socket's connection to its peer has been idle long enough to close.
+//! When a connection to a peer has been idle long enough to close.
 //!
-//! A node keeps a socket for every live peer, but a connection only to the peers its local
-//! clients are using: a socket connects on its first use ([`n2p_core::daemon::DaemonDialer`]
-//! is lazy) and closes the connection once no transfer has gone through it for
-//! [`PEER_IDLE_CLOSE`]; the next use connects again. So an idle node's connections do not
-//! grow with the team, while the socket stays for as long as the peer is live.
+//! A node may use many peers, but keeps a connection only to those it is using: a
+//! [`crate::daemon::DaemonDialer`] connects on its first stream, and
+//! [`crate::daemon::DaemonDialer::close_when_idle`] closes the connection once no stream has
+//! been open and none opened for [`PEER_IDLE_CLOSE`]; the next stream connects again. A
+//! mesh node's peer sockets and the cache facade's store connections both work this way, so
+//! an idle node's connections do not grow with the team.
 
 use std::time::{Duration, Instant};
 
-/// How long a peer socket's connection may go without any transfer in flight before it is
-/// closed. `n2p mesh join --peer-idle-close-ms` (hidden; for tests) overrides it.
+/// How long a connection to a peer may go without any stream in flight before it is closed.
+/// `n2p mesh join --peer-idle-close-ms` (hidden; for tests) overrides it.
 pub const PEER_IDLE_CLOSE: Duration = Duration::from_secs(60);
 
-/// How often a socket looks at whether its connection has gone idle: a tenth of the idle
+/// How often a dialer looks at whether its connection has gone idle: a tenth of the idle
 /// period, within these bounds.
-pub(super) fn idle_check_every(idle: Duration) -> Duration {
+pub(crate) fn idle_check_every(idle: Duration) -> Duration {
     (idle / 10).clamp(Duration::from_millis(50), Duration::from_secs(5))
 }
 
-/// Watches one socket's use and says when its connection has been idle for the whole
-/// period: once per idle stretch, counted from the last look that saw it busy (a transfer in
-/// flight, or a stream opened since the look before) or from the start.
+/// Watches one dialer's use and says when its connection has been idle for the whole
+/// period: once per idle stretch, counted from the last look that saw it busy (a stream in
+/// flight, or one opened since the look before) or from the start.
 #[derive(Debug)]
-pub(super) struct IdleClock {
+pub(crate) struct IdleClock {
     after: Duration,
     /// Since when nothing has been in flight; `None` after the stretch was reported.
     idle_since: Option<Instant>,
@@ -30,16 +31,16 @@ pub(super) struct IdleClock {
 
 impl IdleClock {
     /// A clock that reports an idle stretch `after` long, starting at `now`.
-    pub(super) fn new(after: Duration, now: Instant) -> Self {
+    pub(crate) fn new(after: Duration, now: Instant) -> Self {
         Self {
             after,
             idle_since: Some(now),
         }
     }
 
-    /// Notes whether the socket was busy at `now`; true when the connection should be closed
+    /// Notes whether the dialer was busy at `now`; true when the connection should be closed
     /// now (idle for the whole period, not yet reported for this stretch).
-    pub(super) fn observe(&mut self, busy: bool, now: Instant) -> bool {
+    pub(crate) fn observe(&mut self, busy: bool, now: Instant) -> bool {
         if busy {
             // A transfer that ends between two looks counts as ending at the later one.
             self.idle_since = Some(now);
