@@ -494,8 +494,15 @@ impl DaemonDialer {
         }
         outage.logged = Some(Instant::now());
         let peer = self.target.id;
+        // What a failed stream was to the user: a Nix connection through a peer socket, or
+        // a request of another protocol (the cache's lookups and NARs).
+        let failed = if self.alpn == DAEMON_ALPN {
+            "Nix connection(s)"
+        } else {
+            "request(s)"
+        };
         error!(peer = %peer.fmt_short(),
-            "cannot reach peer {peer} for {} s ({} Nix connection(s) failed): {error}; if it moved (new port or network) or was re-keyed, this address is stale: get its current one",
+            "cannot reach peer {peer} for {} s ({} {failed} failed): {error}; if it moved (new port or network) or was re-keyed, this address is stale: get its current one",
             outage.since.elapsed().as_secs(),
             outage.failed_streams,
         );
