@@ -10,7 +10,7 @@
 //! of one each.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -234,31 +234,63 @@ impl StoreClient {
         dialer.rtt()
     }
 
-    /// Forgets peers not in `live`, closing their connections.
+    /// Forgets peers not in `live`, closing their connections (streams still open on them
+    /// end) and failing their waiting lookups.
     pub async fn retain(&self, live: &[EndpointId]) {
-        let gone: Vec<PeerDialer> = {
-            let mut dialers = self
-                .dialers
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let gone_ids: Vec<EndpointId> = dialers
-                .keys()
-                .filter(|id| !live.contains(id))
-                .copied()
-                .collect();
-            gone_ids
-                .iter()
-                .filter_map(|id| dialers.remove(id))
-                .collect()
-        };
-        // Lookups still waiting for a gone peer fail (their answer channel closes).
-        self.batches
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .retain(|id, _| live.contains(id));
-        for gone in gone {
+        for gone in self.forget(live, |_, _| true) {
             gone.dialer.close().await;
         }
+    }
+
+    /// Forgets the peers not in `live` that have nothing under way (no stream open or
+    /// opening, no lookup waiting), closing their connections as idle: what the facade
+    /// asked of peers that have left does not stay with it. The others are kept until a
+    /// later call finds them idle.
+    pub async fn forget_idle_peers(&self, live: &[EndpointId]) {
+        for gone in self.forget(live, |dialer, lookups| {
+            dialer.is_none_or(|d| d.streams_live() == 0)
+                && lookups.is_none_or(|b| b.in_flight == 0 && b.waiting.is_empty())
+        }) {
+            // Refuses (and the connection ends with the last handle) if a stream started
+            // on it in the meantime, through a dialer handed out before.
+            gone.dialer.close_idle(gone.dialer.streams_opened()).await;
+        }
+    }
+
+    /// Removes the peers not in `live` for which `idle` holds, given their dialer and
+    /// their lookups' state; returns the removed dialers. Dropping a lookup state fails its
+    /// waiting lookups (their answer channels close).
+    fn forget(
+        &self,
+        live: &[EndpointId],
+        idle: impl Fn(Option<&DaemonDialer>, Option<&Batches>) -> bool,
+    ) -> Vec<PeerDialer> {
+        let live: HashSet<&EndpointId> = live.iter().collect();
+        let mut dialers = self
+            .dialers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut batches = self
+            .batches
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let gone: HashSet<EndpointId> = dialers
+            .keys()
+            .chain(batches.keys())
+            .filter(|&id| !live.contains(id))
+            .filter(|&id| idle(dialers.get(id).map(|d| &*d.dialer), batches.get(id)))
+            .copied()
+            .collect();
+        batches.retain(|id, _| !gone.contains(id));
+        gone.iter().filter_map(|id| dialers.remove(id)).collect()
+    }
+
+    /// How many peers the client holds a dialer for (asked and not forgotten).
+    pub fn peers_known(&self) -> usize {
+        self.dialers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .len()
     }
 
     /// Closes every connection.

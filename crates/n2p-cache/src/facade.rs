@@ -182,6 +182,8 @@ impl Facade {
     }
 
     /// The live peers in `scope` (bounded by the deadline: a stuck source is no peers).
+    /// What the client holds for peers no longer live is dropped once nothing is under way
+    /// with them ([`StoreClient::forget_idle_peers`]).
     async fn peers_in(&self, scope: &Scope) -> Vec<Peer> {
         let peers = match tokio::time::timeout(self.config.deadline, (self.peers)()).await {
             Ok(peers) => peers,
@@ -193,6 +195,8 @@ impl Facade {
                 return Vec::new();
             }
         };
+        let live: Vec<EndpointId> = peers.iter().map(Peer::id).collect();
+        self.client.forget_idle_peers(&live).await;
         match scope {
             Scope::All => peers,
             Scope::Named(name) => peers.into_iter().filter(|p| &p.name == name).collect(),

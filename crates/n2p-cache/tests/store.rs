@@ -161,6 +161,58 @@ async fn narinfo_and_nar_come_whole_signed_and_only_for_the_right_hash() -> Test
     Ok(())
 }
 
+/// A peer that left the live set is forgotten (dialer, idle task, connection) only once
+/// nothing is under way with it: a NAR still downloading keeps it; a later lookup connects
+/// again.
+#[tokio::test]
+async fn a_peer_that_left_is_forgotten_once_nothing_is_under_way() -> TestResult {
+    if !require_nix("a_peer_that_left_is_forgotten_once_nothing_is_under_way") {
+        return Ok(());
+    }
+    let daemon = NixDaemon::start();
+    let source = SourceStore::new();
+    let blob = source.add_random_file("blob", 1 << 20, 12);
+    assert_copy_succeeds(&source, &daemon.store_url(), &[&blob]);
+    let served = serve(&daemon).await?;
+    let client = StoreClient::new(endpoint(5, vec![]).await?);
+    let peer = served.peer();
+    let blob_path = basename(&blob);
+    let hash_parts = [blob_path.hash_part().to_owned()];
+
+    let info = client.narinfos(&peer, &hash_parts).await?[0]
+        .clone()
+        .expect("blob is valid");
+    let mut download = client.nar(&peer, &blob_path, info.nar_hash).await?;
+    client.forget_idle_peers(&[peer.id()]).await;
+    assert_eq!(client.peers_known(), 1, "forgot a live peer");
+    client.forget_idle_peers(&[]).await;
+    assert_eq!(
+        client.peers_known(),
+        1,
+        "forgot a peer that left while its NAR was downloading"
+    );
+    let mut received = 0;
+    while let Some(chunk) = download.next_chunk(1 << 20).await? {
+        received += chunk.len() as u64;
+    }
+    download.completed();
+    assert_eq!(received, info.nar_size, "the NAR was cut");
+
+    client.forget_idle_peers(&[]).await;
+    assert_eq!(
+        client.peers_known(),
+        0,
+        "kept a peer that left, with nothing under way"
+    );
+    let again = client.narinfos(&peer, &hash_parts).await?;
+    assert!(again[0].is_some(), "no answer after the peer came back");
+    assert_eq!(client.peers_known(), 1);
+
+    client.close().await;
+    served.router.shutdown().await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_wrong_secret_is_refused_before_the_store() -> TestResult {
     if !require_nix("a_wrong_secret_is_refused_before_the_store") {

@@ -42,7 +42,9 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::{
     accept::{prove_stream, serve_streams},
     access::{AccessPolicy, AccessProof, AccessSecret},
-    forward::{ForwardError, ForwardStats, NixClient, QuicPair, forward, forward_nix_client},
+    forward::{
+        ForwardError, ForwardStats, LiveStream, NixClient, QuicPair, forward, forward_nix_client,
+    },
     hello::HelloCache,
     idle::{IdleClock, idle_check_every},
     limits::{AcceptBackoff, ConnectionGate, Limits, PeerSlots, UnprovenPermit},
@@ -508,16 +510,23 @@ impl DaemonDialer {
         );
     }
 
-    async fn try_open_stream(&self) -> Result<QuicPair, DialError> {
-        // Counted before the connection is looked up, so that a `close_idle` that did not
-        // see this count finds the connection gone or untouched (see there).
+    /// Counts a stream about to be opened: in [`Self::streams_opened`], and as live until
+    /// the returned guard (or the pair it goes into) is dropped. Done before the connection
+    /// is looked up, so that a `close_idle` finds the connection gone or untouched (see
+    /// there).
+    fn stream_starts(&self) -> LiveStream {
         self.opened.fetch_add(1, Ordering::SeqCst);
+        LiveStream::counted_in(&self.live)
+    }
+
+    async fn try_open_stream(&self) -> Result<QuicPair, DialError> {
+        let live = self.stream_starts();
         let peer = self.target.id;
         let mut last = None;
         for _attempt in 0..2 {
             let conn = self.connection().await?;
             match self.open_on(&conn).await {
-                Ok(pair) => return Ok(pair),
+                Ok(pair) => return Ok(pair.counted_as(live)),
                 Err(reason) => {
                     if let Some(refused) = conn.close_reason().as_ref().and_then(refusal_of) {
                         return Err(DialError::Refused {
@@ -537,7 +546,7 @@ impl DaemonDialer {
 
     async fn open_on(&self, conn: &Connection) -> Result<QuicPair, String> {
         let (send, recv) = conn.open_bi().await.map_err(|e| describe_close(&e))?;
-        let mut streams = QuicPair::new(send, recv).counted_in(&self.live);
+        let mut streams = QuicPair::new(send, recv);
         streams
             .send
             .write_all(&self.proof.0)
@@ -551,7 +560,7 @@ impl DaemonDialer {
     /// finish, or by closing the connection as a refusal (wrong secret, identity not
     /// allowed). Bounded by the connect timeout.
     pub async fn check_access(&self) -> Result<(), DialError> {
-        self.opened.fetch_add(1, Ordering::SeqCst);
+        let _live = self.stream_starts();
         let peer = self.target.id;
         let started = std::time::Instant::now();
         let conn = self.connection().await?;
@@ -603,10 +612,11 @@ impl DaemonDialer {
     /// returned `seen`; returns whether it closed one. The next [`Self::open_stream`]
     /// connects again.
     ///
-    /// A stream counts from the start of [`Self::open_stream`], before it takes the
-    /// connection, and the count is compared under the same lock: a stream that starts
-    /// during this call either stops it closing or waits and gets a new connection, so it
-    /// is never cut.
+    /// A stream counts, as opened and as live, from the start of [`Self::open_stream`]
+    /// (or [`Self::check_access`]), before it takes the connection, until its pair is
+    /// dropped; the counts are compared under the same lock. A stream that starts during
+    /// this call either stops it closing or waits and gets a new connection, so it is
+    /// never cut.
     pub async fn close_idle(&self, seen: u64) -> bool {
         let mut state = self.state.lock().await;
         if self.streams_opened() != seen || self.streams_live() > 0 {
@@ -668,9 +678,12 @@ impl DaemonDialer {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Closes the current connection, if any.
+    /// Closes the current connection, if any, and forgets the round-trip time of an
+    /// idle-closed one.
     pub async fn close(&self) {
-        if let Some(conn) = self.state.lock().await.conn.take() {
+        let conn = self.state.lock().await.conn.take();
+        self.latest().rtt_at_idle_close = None;
+        if let Some(conn) = conn {
             conn.close(SHUTTING_DOWN, b"bye");
         }
     }
@@ -1477,8 +1490,8 @@ mod tests {
         Ok(())
     }
 
-    /// The idle close keeps a connection a stream has started on since the idle look, and
-    /// closes one nothing has used since.
+    /// The idle close keeps a connection a stream has used since the idle look, even one
+    /// that has ended by then, and closes one nothing has used since.
     #[tokio::test]
     async fn an_idle_close_spares_a_stream_opened_after_the_look() -> TestResult {
         let dir = tempfile::tempdir()?;
@@ -1488,15 +1501,16 @@ mod tests {
         let dialer = DaemonDialer::new(client.clone(), router.endpoint().addr(), &secret);
         let looked = dialer.streams_opened();
         let mut pair = dialer.open_stream().await?;
-        assert!(
-            !dialer.close_idle(looked).await,
-            "closed a connection with a stream opened after the look"
-        );
         pair.send.write_all(b"after the look").await?;
         pair.send.finish()?;
         let reply = pair.recv.read_to_end(1024).await?;
         assert_eq!(reply.len(), 8 + b"after the look".len());
         pair.completed();
+        assert_eq!(dialer.streams_live(), 0);
+        assert!(
+            !dialer.close_idle(looked).await,
+            "closed a connection a stream used after the look"
+        );
         assert!(
             dialer.close_idle(dialer.streams_opened()).await,
             "an unused connection was not closed"
@@ -1515,14 +1529,17 @@ mod tests {
         let (router, _connections) = server_with(dir.path(), &secret, Limits::default()).await?;
         let client = client_endpoint(11).await?;
         let dialer = DaemonDialer::new(client.clone(), router.endpoint().addr(), &secret);
-        let pair = dialer.open_stream().await?;
+        let first = dialer.open_stream().await?;
+        let second = dialer.open_stream().await?;
         let looked = dialer.streams_opened();
+        assert_eq!(dialer.streams_live(), 2);
+        drop(first);
         assert_eq!(dialer.streams_live(), 1);
         assert!(
             !dialer.close_idle(looked).await,
             "closed a connection under a stream pair still alive"
         );
-        drop(pair);
+        drop(second);
         assert_eq!(dialer.streams_live(), 0);
         assert!(
             dialer.close_idle(looked).await,
@@ -1530,6 +1547,39 @@ mod tests {
         );
         client.close().await;
         router.shutdown().await?;
+        Ok(())
+    }
+
+    /// A stream counts as live from the start of `open_stream`, while it still waits for a
+    /// connection, so an idle close cannot take the connection it is about to get.
+    #[tokio::test]
+    async fn a_stream_is_live_while_it_waits_for_its_connection() -> TestResult {
+        // A peer address that swallows every datagram: the connect waits out its timeout.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let client = client_endpoint(13).await?;
+        let target = EndpointAddr::new(SecretKey::from_bytes(&[10; 32]).public())
+            .with_ip_addr(silent.local_addr()?);
+        let dialer = Arc::new(
+            DaemonDialer::new(client.clone(), target, &AccessSecret::from_bytes([0; 32]))
+                .with_connect_timeout(Duration::from_secs(2)),
+        );
+        let opening = tokio::spawn({
+            let dialer = dialer.clone();
+            async move { dialer.open_stream().await.map(|_| ()) }
+        });
+        let waited = Instant::now();
+        while dialer.streams_live() == 0 && waited.elapsed() < Duration::from_secs(1) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            dialer.streams_live(),
+            1,
+            "the connecting stream was not live"
+        );
+        assert!(!opening.is_finished(), "the connect did not wait");
+        opening.await?.expect_err("a silent peer");
+        assert_eq!(dialer.streams_live(), 0, "a failed stream stayed live");
+        client.close().await;
         Ok(())
     }
 
@@ -1614,6 +1664,19 @@ mod tests {
             dialer.rtt(),
             Some(rtt),
             "the round-trip time after an idle close"
+        );
+        dialer.close().await;
+        assert_eq!(
+            dialer.rtt(),
+            None,
+            "a round-trip time after a close that followed an idle close"
+        );
+
+        dialer.connection().await?;
+        assert!(dialer.close_idle(dialer.streams_opened()).await);
+        assert!(
+            dialer.rtt().is_some(),
+            "no round-trip time after an idle close"
         );
         router.shutdown().await?;
         assert!(

@@ -106,8 +106,27 @@ pub struct QuicPair {
     /// The receiving half.
     pub recv: RecvStream,
     completed: bool,
-    /// The count of pairs alive this one is in, if any (a dialer's open streams).
-    live: Option<Arc<AtomicUsize>>,
+    /// Its place in a dialer's count of live streams, if any.
+    live: Option<LiveStream>,
+}
+
+/// One stream in a dialer's count of live streams: counted from its creation (before the
+/// stream has a connection) until it is dropped, with or inside its [`QuicPair`].
+#[derive(Debug)]
+pub(crate) struct LiveStream(Arc<AtomicUsize>);
+
+impl LiveStream {
+    /// Counts one more stream in `live`.
+    pub(crate) fn counted_in(live: &Arc<AtomicUsize>) -> Self {
+        live.fetch_add(1, Ordering::SeqCst);
+        Self(live.clone())
+    }
+}
+
+impl Drop for LiveStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl QuicPair {
@@ -121,10 +140,9 @@ impl QuicPair {
         }
     }
 
-    /// Counts this pair in `live` until it is dropped.
-    pub(crate) fn counted_in(mut self, live: &Arc<AtomicUsize>) -> Self {
-        live.fetch_add(1, Ordering::SeqCst);
-        self.live = Some(live.clone());
+    /// Keeps `live` (the stream's place in its dialer's count) until this pair is dropped.
+    pub(crate) fn counted_as(mut self, live: LiveStream) -> Self {
+        self.live = Some(live);
         self
     }
 
@@ -136,9 +154,6 @@ impl QuicPair {
 
 impl Drop for QuicPair {
     fn drop(&mut self) {
-        if let Some(live) = &self.live {
-            live.fetch_sub(1, Ordering::SeqCst);
-        }
         if !self.completed {
             // Errors only say the stream was already closed: nothing left to abort.
             self.send.reset(FORWARD_ABORTED).ok();
