@@ -241,7 +241,7 @@ fn a_recorded_announcement_replayed_to_a_fresh_node_is_refused() {
         REFUSAL_LOG_TIMEOUT,
     );
     assert!(
-        line.contains("its clock is 60 s behind ours (at most 30 s accepted)"),
+        line.contains("made 60 s before our clock (at most 30 s accepted)"),
         "{line}"
     );
     assert!(

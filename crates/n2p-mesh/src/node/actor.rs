@@ -427,10 +427,11 @@ impl Actor {
         match decode_fresh(bytes, self.keys.announce_key(), unix_ms(SystemTime::now())) {
             Ok(ann) => self.take(&ann, bytes, Instant::now()),
             Err(e @ AnnounceError::Stale { id, .. }) => {
-                // A replay, or a member whose clock is off: the latter needs fixing by a
-                // human, so say it once per sender where they look.
+                // A replay, a message held up on the way (an overloaded host), or a member
+                // whose clock is off: the last needs fixing by a human, so say it once per
+                // sender where they look.
                 if self.stale_warned.len() < MAX_STALE_WARNINGS && self.stale_warned.insert(id) {
-                    warn!(target: "n2p", "dropped {e}; if this peer is real, check both clocks (NTP)");
+                    warn!(target: "n2p", "dropped {e}: replayed, held up on the way, or one of the two clocks is off; if this peer is real and keeps being dropped, check both clocks (NTP)");
                 } else {
                     debug!("dropped gossip message: {e}");
                 }

@@ -300,9 +300,10 @@ pub enum AnnounceError {
     /// from the receiver's clock: a recording replayed later, or a sender whose clock is
     /// wrong.
     #[error(
-        "stale announcement from {id}: its clock is {} s {} ours (at most {} s accepted)",
+        "stale announcement from {id}: {} {} s {} our clock (at most {} s accepted)",
+        if *offset_ms < 0 { "made" } else { "dated" },
         offset_ms.unsigned_abs() / 1000,
-        if *offset_ms < 0 { "behind" } else { "ahead of" },
+        if *offset_ms < 0 { "before" } else { "ahead of" },
         FRESHNESS_WINDOW.as_secs()
     )]
     Stale {
@@ -1174,7 +1175,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             format!(
-                "stale announcement from {}: its clock is 3600 s behind ours (at most 30 s accepted)",
+                "stale announcement from {}: made 3600 s before our clock (at most 30 s accepted)",
                 me.public()
             )
         );
