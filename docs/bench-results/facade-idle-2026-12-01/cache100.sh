@@ -3,6 +3,7 @@
 # Once every node has a socket for each of the 99 others, it sends one narinfo GET to the
 # facades of the first ASK nodes (default 10; each asks all 99 peers). SETTLE s after that,
 # it measures every node's CPU over 10 s and reads its VmRSS/RssAnon.
+# LOG sets the nodes' RUST_LOG (default warn).
 # Writes $OUT/TAG.nodes: one line per node, "cpu_ticks_in_10s VmRSS_kB RssAnon_kB Threads",
 # the asking nodes first; and $OUT/TAG.load: every 10 s after the asks, the machine's busy
 # CPU (% of one core) and the number of peer sockets of all nodes (100 x 99 when converged).
@@ -19,7 +20,7 @@ done
 trap 'kill -9 $(cat $D/pids) 2>/dev/null' EXIT
 start=$(date +%s.%N)
 for i in $(seq -w 0 $((N-1))); do
-  N2P_HOME=$D/h$i NO_COLOR=1 RUST_LOG=warn $BIN --relay disabled --bind 127.0.0.1:$((port+10#$i)) \
+  N2P_HOME=$D/h$i NO_COLOR=1 RUST_LOG=${LOG:-warn} $BIN --relay disabled --bind 127.0.0.1:$((port+10#$i)) \
     mesh join bench --team team.toml --share --daemon-socket $D/dummy.sock \
     --cache 127.0.0.1:$((cport+10#$i)) > $D/n$i.log 2>&1 &
   echo $! >> pids; disown
