@@ -12,7 +12,7 @@ use n2p_testkit::proc::Signal;
 use n2p_testkit::wait::wait_until;
 
 use crate::harness::mesh::{
-    CONVERGENCE_TIMEOUT, EXPIRY_SECS, MeshPeer, TeamDir, TeamSpec, peer_by_id,
+    CONVERGENCE_TIMEOUT, EXPIRY_SECS, MeshPeer, TeamDir, TeamSpec, peer_by_id, wait_for_idle_close,
 };
 use crate::harness::mode_of;
 
@@ -490,20 +490,12 @@ fn a_peer_socket_connects_on_use_and_closes_its_connection_when_idle() {
         alice.status_json()
     );
 
-    wait_until(
-        "alice's connection to bob closes after the idle period",
-        TEST_IDLE_CLOSE * 5,
-        || match (daemon_connections(&alice), daemon_connections(&bob)) {
-            (Some(0), Some(0)) => Ok(()),
-            counts => Err(format!("daemon connections (alice, bob): {counts:?}")),
-        },
-    );
-    let closed_after = copied.elapsed();
-    // The socket looks every tenth of the period; the last look that saw the copy busy may
-    // be that much before its end.
-    assert!(
-        closed_after >= TEST_IDLE_CLOSE - TEST_IDLE_CLOSE / 5,
-        "closed {closed_after:?} after the copy, before the idle period of {TEST_IDLE_CLOSE:?}"
+    wait_for_idle_close(
+        "alice's daemon connection to bob",
+        [&alice, &bob],
+        daemon_connections,
+        TEST_IDLE_CLOSE,
+        copied,
     );
     assert!(
         alice.socket("bob").exists(),

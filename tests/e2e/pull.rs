@@ -15,10 +15,9 @@ use n2p_testkit::nix::{
     assert_copy_unsigned_succeeds, assert_not_valid, nix_command, path_metadata, require_nix,
 };
 use n2p_testkit::proc::{Signal, expect_success, run_bounded};
-use n2p_testkit::wait::wait_until;
 
 use crate::harness::N2P;
-use crate::harness::mesh::{MeshPeer, TeamDir, TeamSpec};
+use crate::harness::mesh::{MeshPeer, TeamDir, TeamSpec, wait_for_idle_close};
 
 /// How long mesh nodes may take to see each other.
 const PEERS_TIMEOUT: Duration = Duration::from_secs(30);
@@ -714,20 +713,12 @@ fn a_facades_connections_close_when_idle_and_the_next_lookup_connects_again() {
         bob.status_json()
     );
 
-    wait_until(
-        "alice's store connection to bob closes after the idle period",
-        FACADE_IDLE_CLOSE * 5,
-        || match (store_connections(&alice), store_connections(&bob)) {
-            (Some(0), Some(0)) => Ok(()),
-            counts => Err(format!("store connections (alice, bob): {counts:?}")),
-        },
-    );
-    let closed_after = answered.elapsed();
-    // The dialer looks every tenth of the period; the last look that saw the lookup's
-    // stream may be that much before its end.
-    assert!(
-        closed_after >= FACADE_IDLE_CLOSE - FACADE_IDLE_CLOSE / 5,
-        "closed {closed_after:?} after the lookup, before the idle period of {FACADE_IDLE_CLOSE:?}"
+    wait_for_idle_close(
+        "alice's store connection to bob",
+        [&alice, &bob],
+        store_connections,
+        FACADE_IDLE_CLOSE,
+        answered,
     );
 
     let (status, body, _) = http(

@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use n2p_testkit::dir::ScratchDir;
 use n2p_testkit::n2p::{COMMAND_TIMEOUT, STARTUP_TIMEOUT, TempHome, n2p_command};
@@ -430,4 +430,34 @@ impl MeshProcess<'_> {
         self.process
             .wait_for_line("peer sockets appear in", STARTUP_TIMEOUT);
     }
+}
+
+/// Waits, up to five idle periods, until `connections` counts none open at `a` and none at
+/// `b` (the two ends of one connection), then asserts that the close came no sooner than the
+/// idle period after `since`, the last use: a dialer looks every tenth of the period, so
+/// the last look that saw the use may be that much before its end (and the test's own
+/// look lags as much again).
+pub(crate) fn wait_for_idle_close(
+    what: &str,
+    [a, b]: [&MeshPeer; 2],
+    connections: impl Fn(&MeshPeer) -> Option<u64>,
+    idle: Duration,
+    since: Instant,
+) {
+    wait_until(
+        &format!("{what} closes after the idle period"),
+        idle * 5,
+        || match (connections(a), connections(b)) {
+            (Some(0), Some(0)) => Ok(()),
+            counts => Err(format!(
+                "{what}: open at ({}, {}): {counts:?}",
+                a.name, b.name
+            )),
+        },
+    );
+    let closed_after = since.elapsed();
+    assert!(
+        closed_after >= idle - idle / 5,
+        "{what} closed {closed_after:?} after its last use, before the idle period of {idle:?}"
+    );
 }
