@@ -13,7 +13,9 @@
 
 mod actor;
 mod digest_datagrams;
+mod dispute;
 mod gate;
+mod health;
 mod linger;
 mod paths;
 pub mod peer_sockets;
@@ -331,6 +333,8 @@ impl MeshNode {
             linger: Default::default(),
             probes: JoinSet::new(),
             probing: Default::default(),
+            disputes: Default::default(),
+            health: health::LocalHealth::new(std::time::Instant::now()),
             latest: Default::default(),
             mine: None,
         };

@@ -24,6 +24,8 @@ use tracing::{debug, info, warn};
 use super::{
     LEAVE_DRAIN_BOUND,
     digest_datagrams::{self, DATAGRAM_DIGEST_SIZE},
+    dispute::{Disputes, REFUTATION_WAIT},
+    health::{Change, LocalHealth, Sign},
     linger::Linger,
     paths::{Ending, PathWatch},
     peer_sockets::PeerSockets,
@@ -89,8 +91,10 @@ const MAX_STALE_WARNINGS: usize = 64;
 const MEMBER_DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a peer lost as a gossip neighbour gets to take a new connection before it is
-/// reported unreachable. The loss itself comes after the QUIC idle timeout
-/// ([`n2p_core::endpoint::IDLE_TIMEOUT`]), so a crash is noticed after about the sum.
+/// reported unreachable, on a healthy node (an overloaded one waits longer:
+/// [`super::health`]). The loss itself comes after the QUIC idle timeout
+/// ([`n2p_core::endpoint::IDLE_TIMEOUT`]), so a crash is noticed after about the sum. Also
+/// the base of each dial of a routine check and of a check of a disputed report.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a lost neighbour's other connections may stay open before it counts as alive
@@ -116,6 +120,8 @@ pub(super) struct Checked {
     /// The seq I held from the peer when the check started.
     seq: u64,
     suspicion: Suspicion,
+    /// How long each dial of the check could take.
+    timeout: Duration,
     answered: bool,
 }
 
@@ -172,6 +178,10 @@ pub(super) struct Actor {
     pub(super) probes: JoinSet<Checked>,
     /// The peers in [`Self::probes`], so that each is checked once at a time.
     pub(super) probing: std::collections::BTreeSet<EndpointId>,
+    /// Reports I dispute, waiting for a refutation or checked.
+    pub(super) disputes: Disputes,
+    /// How well I keep up: how long my checks wait.
+    pub(super) health: LocalHealth,
     /// The latest announcement taken from each peer, by its id's bytes: what my digests
     /// relay. Entries of peers no longer live are pruned when a digest is made.
     pub(super) latest: BTreeMap<[u8; 32], Latest>,
@@ -305,6 +315,14 @@ impl Actor {
                 }
                 Some(Ok(checked)) = self.probes.join_next(), if !self.probes.is_empty() => {
                     self.probing.remove(&checked.peer);
+                    self.disputes.ended(&checked.peer);
+                    let now = Instant::now();
+                    let change = if checked.answered {
+                        self.health.better(now)
+                    } else {
+                        self.health.worse(Sign::MissedCheck, now)
+                    };
+                    self.log_health(change, now);
                     if !checked.answered && let Some(report) = self.lost(&checked) {
                         heartbeat_at = self.announce(AnnounceKind::Alive, Some(report)).await;
                     }
@@ -324,6 +342,8 @@ impl Actor {
                 }
                 _ = expire_tick.tick() => {
                     let now = Instant::now();
+                    let change = self.health.tick(now);
+                    self.log_health(change, now);
                     for id in self.expire() {
                         silent_since.insert(id, now);
                     }
@@ -357,7 +377,15 @@ impl Actor {
                     self.mend_cut_off(&live, &neighbours, heard, now).await;
                     if self.probes.is_empty() {
                         // A check whose task panicked left its peer here.
-                        self.probing.clear();
+                        for peer in std::mem::take(&mut self.probing) {
+                            self.disputes.ended(&peer);
+                        }
+                    }
+                    let table = &self.table;
+                    for peer in self.disputes.due(now, |peer| table.seq_of(peer)) {
+                        if !self.probe(peer, Suspicion::DisputedReport) {
+                            self.disputes.ended(&peer);
+                        }
                     }
                     if let Some(peer) = self.sweep.due(&live, &neighbours, &self.probing, now) {
                         self.probe(peer, Suspicion::Routine);
@@ -500,6 +528,8 @@ impl Actor {
             if report.id == self.endpoint.id() {
                 info!(target: "n2p", "peer {} reported me unreachable; announcing myself again", ann.id.fmt_short());
                 taken.refute = true;
+                let change = self.health.worse(Sign::ReportedMe, heard);
+                self.log_health(change, heard);
             } else {
                 match self.table.report_unreachable(&report, heard) {
                     Reported::Dropped => {
@@ -515,10 +545,11 @@ impl Actor {
                     Reported::Overruled { held } => {
                         // The reporter missed the peer's latest announcement, which in a large
                         // team are tens of seconds apart: the report may still be true, so
-                        // this node checks for itself, and reports with the seq it holds if
-                        // the peer is gone.
-                        info!(target: "n2p", "peer {} reported {} unreachable, but I hold newer news of it (seq {held} > {}); checking it myself", ann.id.fmt_short(), report.id.fmt_short(), report.seq);
-                        self.probe(report.id, Suspicion::DisputedReport);
+                        // this node checks for itself, unless the peer refutes it first, and
+                        // reports with the seq it holds if the peer is gone.
+                        let wait = self.health.wait(REFUTATION_WAIT, heard);
+                        info!(target: "n2p", "peer {} reported {} unreachable, but I hold newer news of it (seq {held} > {}); checking it myself unless it announces itself within {wait:?}", ann.id.fmt_short(), report.id.fmt_short(), report.seq);
+                        self.disputes.note(report.id, held, heard + wait);
                     }
                 }
             }
@@ -804,30 +835,34 @@ impl Actor {
     /// gossip's own reshuffling keeps a connection open, or had it closed on purpose, and is
     /// not dialled (see [`PROBE_SETTLE`], [`Ending`]); one that answers is not reported
     /// either, so only real losses are. A routine check ([`super::sweep::check`]) looks only
-    /// at whether a connection is open, then dials. One check per peer at a time.
-    fn probe(&mut self, peer: EndpointId, suspicion: Suspicion) {
+    /// at whether a connection is open, then dials. One check per peer at a time; each dial
+    /// waits [`PROBE_TIMEOUT`] grown by my local health ([`super::health`]). Returns whether
+    /// a check started.
+    fn probe(&mut self, peer: EndpointId, suspicion: Suspicion) -> bool {
         let Some(seq) = self.table.seq_of(&peer) else {
-            return;
+            return false;
         };
         if !self.probing.insert(peer) {
-            return;
+            return false;
         }
         let (endpoint, gossip, paths) = (
             self.endpoint.clone(),
             self.gossip.clone(),
             self.paths.clone(),
         );
+        let timeout = self.health.wait(PROBE_TIMEOUT, Instant::now());
         if suspicion == Suspicion::Routine {
             self.probes.spawn(async move {
-                let answered = super::sweep::check(&endpoint, &paths, peer, PROBE_TIMEOUT).await;
+                let answered = super::sweep::check(&endpoint, &paths, peer, timeout).await;
                 Checked {
                     peer,
                     seq,
                     suspicion,
+                    timeout,
                     answered,
                 }
             });
-            return;
+            return true;
         }
         self.probes.spawn(async move {
             // The connection gossip lost may have ended a moment before it said so.
@@ -841,7 +876,7 @@ impl Actor {
             let settle = tokio::time::Instant::now() + PROBE_SETTLE;
             while paths.connected(&peer) {
                 if tokio::time::Instant::now() >= settle {
-                    return Checked { peer, seq, suspicion, answered: true };
+                    return Checked { peer, seq, suspicion, timeout, answered: true };
                 }
                 tokio::time::sleep(PROBE_POLL).await;
             }
@@ -861,11 +896,11 @@ impl Actor {
                 };
                 if ending == Some(Ending::Closed) {
                     debug!(peer = %peer.fmt_short(), "its connection was closed cleanly; not dialled");
-                    return Checked { peer, seq, suspicion, answered: true };
+                    return Checked { peer, seq, suspicion, timeout, answered: true };
                 }
             }
             let connect = endpoint.connect(peer, iroh_gossip::net::GOSSIP_ALPN);
-            let answered = match tokio::time::timeout(PROBE_TIMEOUT, connect).await {
+            let answered = match tokio::time::timeout(timeout, connect).await {
                 Ok(Ok(conn)) => {
                     bounded(
                         "handing gossip my connection",
@@ -880,8 +915,23 @@ impl Actor {
                 }
                 Err(_) => false,
             };
-            Checked { peer, seq, suspicion, answered }
+            Checked { peer, seq, suspicion, timeout, answered }
         });
+        true
+    }
+
+    /// Logs a change of my local health.
+    fn log_health(&mut self, change: Option<Change>, now: Instant) {
+        match change {
+            Some(Change::Strained(sign)) => {
+                let wait = self.health.wait(PROBE_TIMEOUT, now);
+                info!(target: "n2p", "this node is not keeping up ({sign}); its checks of peers now wait {wait:?} or more before reporting one unreachable, until it recovers");
+            }
+            Some(Change::Recovered) => {
+                info!(target: "n2p", "this node keeps up again; its checks of peers wait {PROBE_TIMEOUT:?} again");
+            }
+            None => {}
+        }
     }
 
     /// A check of a peer got no answer: drops the peer here
@@ -901,7 +951,7 @@ impl Actor {
             Suspicion::DisputedReport => "reported by another peer; no answer to a dial",
             Suspicion::Routine => "a routine check; no answer to 2 dials",
         };
-        info!(target: "n2p", "peer {} is unreachable ({why} within {PROBE_TIMEOUT:?}); dropped", peer.fmt_short());
+        info!(target: "n2p", "peer {} is unreachable ({why} within {:?}); dropped", peer.fmt_short(), checked.timeout);
         let desired = self.table.sockets();
         self.reconcile(&desired);
         Some(report)

@@ -29,7 +29,7 @@ use iroh::{
 };
 use tracing::debug;
 
-use super::paths::PathWatch;
+use super::{health::LATE_TICK, paths::PathWatch};
 
 /// ALPN of the routine check's connections, which carry nothing.
 pub const CHECK_ALPN: &[u8] = b"n2p/mesh/check/1";
@@ -37,10 +37,6 @@ pub const CHECK_ALPN: &[u8] = b"n2p/mesh/check/1";
 /// How often a node checks one peer. At 100 nodes on one machine that is about 20 dials a
 /// second in all; a dead node is checked by someone within about 1.6 rounds on average.
 pub(super) const SWEEP_EVERY: Duration = Duration::from_secs(5);
-
-/// A tick of the node's loop later than this after the one before means the node is
-/// overloaded (its ticks come every 250 ms): no round then, as a dial may miss its bound.
-pub(super) const LATE_TICK: Duration = Duration::from_secs(1);
 
 /// Serves [`CHECK_ALPN`]: the handshake (past the team's gate) is the answer; the
 /// connection is held until the checker closes it, [`CHECK_HOLD`] at most.
@@ -117,8 +113,8 @@ impl Sweep {
     /// The peer to check now, if a check is due: one of `live` at random that is neither
     /// one of `neighbours` (gossip watches those) nor being checked (`probing`). Called on
     /// every tick of the node's loop. While other checks run (a crash being looked into)
-    /// the check waits for the next tick; after a late tick ([`LATE_TICK`]) the round is
-    /// skipped.
+    /// the check waits for the next tick; after a late tick ([`LATE_TICK`]: the node is
+    /// overloaded, and a dial may miss its bound) the round is skipped.
     pub(super) fn due(
         &mut self,
         live: &BTreeSet<EndpointId>,
