@@ -8,7 +8,7 @@ use n2p_testkit::n2p::SHUTDOWN_TIMEOUT;
 use n2p_testkit::nix::{
     SourceStore, assert_copied, assert_copy_succeeds, assert_not_valid, require_nix,
 };
-use n2p_testkit::proc::Signal;
+use n2p_testkit::proc::{Signal, expect_success};
 use n2p_testkit::wait::wait_until;
 
 use crate::harness::mesh::{
@@ -342,6 +342,74 @@ fn a_node_leaves_within_a_bound_when_its_peers_are_frozen() {
         .check_sockets(&[])
         .unwrap_or_else(|error| panic!("alice's peers directory after leaving: {error}"));
     eprintln!("TIMING alice left {took:?} after SIGTERM with both peers frozen");
+}
+
+/// A node that was held up (frozen for 2 s: its 250 ms loop then runs late) counts itself
+/// as not keeping up: its checks of peers wait longer before it reports one unreachable, as
+/// `n2p status` shows, and it is back to the usual wait once it keeps up again. Its peer,
+/// whose connection to it outlives the freeze, keeps it.
+#[test]
+fn a_node_that_was_held_up_waits_longer_before_reporting_peers_and_recovers() {
+    let peers = ["alice", "bob"].map(MeshPeer::new);
+    let team = TeamDir::new();
+    let team_file = team.write(
+        "team.toml",
+        &TeamSpec::closed(peers.iter().map(MeshPeer::member)),
+    );
+    let [alice, bob] = &peers;
+    let alice_node = alice.join(&team_file, &[]);
+    let _bob_node = bob.join(&team_file, &[]);
+    alice.wait_for_sockets(&["bob"], CONVERGENCE_TIMEOUT);
+    bob.wait_for_sockets(&["alice"], CONVERGENCE_TIMEOUT);
+    let check_wait = || {
+        alice.status_json()["check_wait_ms"]
+            .as_u64()
+            .expect("n2p status --json has check_wait_ms")
+    };
+    // A start on a busy machine may itself have run late; a point goes every 10 s.
+    let recovery = Duration::from_secs(60);
+    wait_until(
+        "alice keeps up after her start",
+        recovery,
+        || match check_wait() {
+            2000 => Ok(()),
+            ms => Err(format!("alice's checks wait {ms} ms")),
+        },
+    );
+
+    let mark = alice_node.process.mark();
+    alice_node.process.signal(Signal::Stop);
+    std::thread::sleep(Duration::from_secs(2));
+    alice_node.process.signal(Signal::Cont);
+    alice_node.process.wait_for_line_since(
+        &mark,
+        "this node is not keeping up (its own loop ran late)",
+        Duration::from_secs(5),
+    );
+    let strained = check_wait();
+    assert!(
+        strained >= 4000,
+        "alice's checks should wait at least twice as long after she was held up, wait {strained} ms"
+    );
+    let text = expect_success(&alice.home.run(&["status"]), "n2p status for alice");
+    assert!(
+        text.contains("checks   not keeping up: a dial to check a peer waits"),
+        "n2p status should say alice is not keeping up: {text}"
+    );
+
+    alice_node
+        .process
+        .wait_for_line_since(&mark, "this node keeps up again", recovery);
+    wait_until(
+        "alice keeps up after the freeze",
+        recovery,
+        || match check_wait() {
+            2000 => Ok(()),
+            ms => Err(format!("alice's checks wait {ms} ms")),
+        },
+    );
+    bob.check_sockets(&["alice"])
+        .unwrap_or_else(|error| panic!("bob after alice's freeze: {error}"));
 }
 
 /// A newcomer learns the whole team from its first gossip neighbours' digests, and the team

@@ -80,6 +80,13 @@ pub const LEAVE_TAIL_BOUND: Duration = Duration::from_secs(5);
 /// How long closing the endpoint may take when leaving (its connections' close frames).
 pub const CLOSE_BOUND: Duration = Duration::from_secs(3);
 
+/// How long a peer lost as a gossip neighbour gets to take a new connection before it is
+/// reported unreachable, on a node that keeps up (one that does not waits longer:
+/// [`health`]). The loss itself comes after the QUIC idle timeout
+/// ([`n2p_core::endpoint::IDLE_TIMEOUT`]), so a crash is noticed after about the sum. Also
+/// the base of each dial of a routine check and of a check of a disputed report.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How many commands may wait for the actor.
 const COMMAND_QUEUE: usize = 16;
 

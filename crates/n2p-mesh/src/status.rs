@@ -52,6 +52,11 @@ pub struct MeshStatus {
     /// The iroh connections open now, by protocol (absent in the answers of older nodes).
     #[serde(default)]
     pub connections: ConnectionCounts,
+    /// How long each dial of my checks of peers waits for an answer now, in ms, before the
+    /// peer counts as unreachable: 2000 while I keep up, up to nine times that while I do
+    /// not (absent in the answers of older nodes).
+    #[serde(default)]
+    pub check_wait_ms: Option<u64>,
 }
 
 /// How many iroh connections a node has open, by protocol, whichever side opened them.
@@ -202,7 +207,8 @@ mod tests {
     "gossip": 5,
     "daemon": 1,
     "other": 0
-  }
+  },
+  "check_wait_ms": 4000
 }"#;
 
     fn sample() -> MeshStatus {
@@ -263,6 +269,7 @@ mod tests {
                 daemon: 1,
                 other: 0,
             },
+            check_wait_ms: Some(4000),
         }
     }
 
@@ -277,6 +284,16 @@ mod tests {
         assert_eq!(serde_json::from_str::<MeshStatus>(GOLDEN)?, sample());
         let compact = serde_json::to_string(&sample())?;
         assert_eq!(serde_json::from_str::<MeshStatus>(&compact)?, sample());
+        Ok(())
+    }
+
+    #[test]
+    fn an_older_nodes_answer_without_the_check_wait_reads_back() -> Result<(), serde_json::Error> {
+        let older = GOLDEN.replacen("  },\n  \"check_wait_ms\": 4000\n", "  }\n", 1);
+        assert_ne!(older, GOLDEN);
+        let status = serde_json::from_str::<MeshStatus>(&older)?;
+        assert_eq!(status.check_wait_ms, None);
+        assert_eq!(status.connections, sample().connections);
         Ok(())
     }
 

@@ -3,7 +3,8 @@
 # Once every node has a socket for each of the 99 others, it sends one narinfo GET to the
 # facades of the first ASK nodes (default 10; each asks all 99 peers). SETTLE s after that,
 # it measures every node's CPU over 10 s and reads its VmRSS/RssAnon.
-# LOG sets the nodes' RUST_LOG (default warn).
+# LOG sets the nodes' RUST_LOG (default warn). QUOTA, if set, holds all nodes together to
+# that % of one core (a cgroup v1 CPU quota) from just before the requests to the end.
 # Writes $OUT/TAG.nodes: one line per node, "cpu_ticks_in_10s VmRSS_kB RssAnon_kB Threads",
 # the asking nodes first; and $OUT/TAG.load: every 10 s after the asks, the machine's busy
 # CPU (% of one core) and the number of peer sockets of all nodes (100 x 99 when converged).
@@ -17,7 +18,8 @@ for i in $(seq -w 0 $((N-1))); do
   id=$(N2P_HOME=$D/h$i $BIN id 2>/dev/null)
   printf '\n[[member]]\nname = "n%s"\nid = "%s"\naddrs = ["127.0.0.1:%s"]\n' $i $id $((port+10#$i)) >> team.toml
 done
-trap 'kill -9 $(cat $D/pids) 2>/dev/null' EXIT
+CG=/sys/fs/cgroup/cpu/n2p-cache100-$$
+trap 'kill -9 $(cat $D/pids) 2>/dev/null; [ -d $CG ] && { sleep 1; rmdir $CG; }' EXIT
 start=$(date +%s.%N)
 for i in $(seq -w 0 $((N-1))); do
   N2P_HOME=$D/h$i NO_COLOR=1 RUST_LOG=${LOG:-warn} $BIN --relay disabled --bind 127.0.0.1:$((port+10#$i)) \
@@ -33,6 +35,12 @@ while true; do
   sleep 0.1
 done
 echo "converged $(echo "$(date +%s.%N)-$start"|bc)"
+if [ -n "$QUOTA" ]; then
+  mkdir $CG || exit 1
+  for q in $(cat $D/pids); do echo $q > $CG/cgroup.procs; done
+  echo $((QUOTA * 1000)) > $CG/cpu.cfs_quota_us
+  echo "held to $QUOTA % of one core"
+fi
 if [ "$ASK" -gt 0 ]; then
   t0=$(date +%s.%N)
   for i in $(seq -w 0 $((ASK-1))); do

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{
-    LEAVE_DRAIN_BOUND,
+    LEAVE_DRAIN_BOUND, PROBE_TIMEOUT,
     digest_datagrams::{self, DATAGRAM_DIGEST_SIZE},
     dispute::{Disputes, REFUTATION_WAIT},
     health::{Change, LocalHealth, Sign},
@@ -89,13 +89,6 @@ const MAX_STALE_WARNINGS: usize = 64;
 
 /// How long the node's own dial of an absent member may take.
 const MEMBER_DIAL_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long a peer lost as a gossip neighbour gets to take a new connection before it is
-/// reported unreachable, on a healthy node (an overloaded one waits longer:
-/// [`super::health`]). The loss itself comes after the QUIC idle timeout
-/// ([`n2p_core::endpoint::IDLE_TIMEOUT`]), so a crash is noticed after about the sum. Also
-/// the base of each dial of a routine check and of a check of a disputed report.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a lost neighbour's other connections may stay open before it counts as alive
 /// (then it is neither dialled nor reported), and how often they are looked at.
@@ -801,7 +794,7 @@ impl Actor {
     }
 
     /// What the node sees now.
-    async fn status(&self) -> MeshStatus {
+    async fn status(&mut self) -> MeshStatus {
         let now = Instant::now();
         let mut peers = Vec::with_capacity(self.table.len());
         for info in self.table.peers() {
@@ -818,6 +811,9 @@ impl Actor {
             peers_dir: self.peers_dir.clone(),
             peers,
             connections: self.paths.counts(),
+            check_wait_ms: Some(
+                u64::try_from(self.health.wait(PROBE_TIMEOUT, now).as_millis()).unwrap_or(u64::MAX),
+            ),
         }
     }
 

@@ -347,6 +347,17 @@ pub(crate) async fn status(global: &GlobalArgs, args: StatusArgs) -> anyhow::Res
         "links    {} gossip, {} daemon, {} other (open iroh connections)",
         s.connections.gossip, s.connections.daemon, s.connections.other
     );
+    if let Some(ms) = s.check_wait_ms {
+        let wait = Duration::from_millis(ms);
+        let usual = n2p_mesh::node::PROBE_TIMEOUT;
+        if wait > usual {
+            println!(
+                "checks   not keeping up: a dial to check a peer waits {wait:?} for an answer ({usual:?} when keeping up)"
+            );
+        } else {
+            println!("checks   keeping up: a dial to check a peer waits {wait:?} for an answer");
+        }
+    }
     println!("peers in {}", s.peers_dir.display());
     print_peers(&s);
     Ok(())

@@ -3,10 +3,10 @@
 cd $1
 cat n*.log | sed -E 's/\x1b\[[0-9;]*m//g' | awk '
 /unless it announces itself|checking it myself/ {k="dispute"}
+/is unreachable \(reported by/ {k="accepted"}
 /reported by another peer; no answer to a dial/ {k="disputed-fail"}
 /lost as a gossip neighbour; no answer/ {k="lost-neighbour-fail"}
 /a routine check; no answer/ {k="routine-fail"}
-/is unreachable \(reported by/ {k="accepted"}
 /reported me unreachable/ {k="refute"}
 /is not keeping up/ {k="strained"}
 /keeps up again/ {k="recovered"}
