@@ -344,12 +344,12 @@ fn a_node_leaves_within_a_bound_when_its_peers_are_frozen() {
     eprintln!("TIMING alice left {took:?} after SIGTERM with both peers frozen");
 }
 
-/// A node that was held up (frozen for 2 s: its 250 ms loop then runs late) counts itself
-/// as not keeping up: its checks of peers wait longer before it reports one unreachable, as
-/// `n2p status` shows, and it is back to the usual wait once it keeps up again. Its peer,
+/// A node that was held up (frozen for 2 s: its runtime then wakes late) counts itself as
+/// not keeping up: the bound of its checks' dials grows, as `n2p status` shows (the same
+/// `LocalHealth::wait` its checks use), and is back to 2 s once it keeps up again. Its peer,
 /// whose connection to it outlives the freeze, keeps it.
 #[test]
-fn a_node_that_was_held_up_waits_longer_before_reporting_peers_and_recovers() {
+fn a_node_that_was_held_up_lengthens_its_check_bound_and_recovers() {
     let peers = ["alice", "bob"].map(MeshPeer::new);
     let team = TeamDir::new();
     let team_file = team.write(
@@ -366,8 +366,9 @@ fn a_node_that_was_held_up_waits_longer_before_reporting_peers_and_recovers() {
             .as_u64()
             .expect("n2p status --json has check_wait_ms")
     };
-    // A start on a busy machine may itself have run late; a point goes every 10 s.
-    let recovery = Duration::from_secs(60);
+    // A start on a busy machine may itself have run late; a point goes every 10 s, and
+    // there are at most 8.
+    let recovery = Duration::from_secs(100);
     wait_until(
         "alice keeps up after her start",
         recovery,
@@ -383,7 +384,7 @@ fn a_node_that_was_held_up_waits_longer_before_reporting_peers_and_recovers() {
     alice_node.process.signal(Signal::Cont);
     alice_node.process.wait_for_line_since(
         &mark,
-        "this node is not keeping up (its own loop ran late)",
+        "this node is not keeping up (its own runtime ran late)",
         Duration::from_secs(5),
     );
     let strained = check_wait();

@@ -25,7 +25,7 @@ use super::{
     LEAVE_DRAIN_BOUND, PROBE_TIMEOUT,
     digest_datagrams::{self, DATAGRAM_DIGEST_SIZE},
     dispute::{Disputes, REFUTATION_WAIT},
-    health::{Change, LocalHealth, Sign},
+    health::{Change, LagWatch, LocalHealth, Sign},
     linger::Linger,
     paths::{Ending, PathWatch},
     peer_sockets::PeerSockets,
@@ -116,6 +116,8 @@ pub(super) struct Checked {
     /// How long each dial of the check could take.
     timeout: Duration,
     answered: bool,
+    /// A dial timed out (a sign that I may be the slow one; a refused dial is not).
+    timed_out: bool,
 }
 
 /// What the handle asks of the actor.
@@ -243,6 +245,7 @@ impl Actor {
         cancel: CancellationToken,
     ) {
         let mut heartbeat_at = self.announce(AnnounceKind::Alive, None).await;
+        let lag = LagWatch::spawn();
         let mut expire_tick = tokio::time::interval(Duration::from_millis(250));
         let mut announce_soon: Option<tokio::time::Instant> = None;
         let mut sync_soon: Option<tokio::time::Instant> = None;
@@ -310,10 +313,12 @@ impl Actor {
                     self.probing.remove(&checked.peer);
                     self.disputes.ended(&checked.peer);
                     let now = Instant::now();
-                    let change = if checked.answered {
+                    let change = if checked.timed_out {
+                        self.health.worse(Sign::MissedCheck, now)
+                    } else if checked.answered {
                         self.health.better(now)
                     } else {
-                        self.health.worse(Sign::MissedCheck, now)
+                        None
                     };
                     self.log_health(change, now);
                     if !checked.answered && let Some(report) = self.lost(&checked) {
@@ -335,7 +340,8 @@ impl Actor {
                 }
                 _ = expire_tick.tick() => {
                     let now = Instant::now();
-                    let change = self.health.tick(now);
+                    let late_wakes = lag.take();
+                    let change = self.health.tick(late_wakes, now);
                     self.log_health(change, now);
                     for id in self.expire() {
                         silent_since.insert(id, now);
@@ -369,7 +375,8 @@ impl Actor {
                     self.dial_members(due).await;
                     self.mend_cut_off(&live, &neighbours, heard, now).await;
                     if self.probes.is_empty() {
-                        // A check whose task panicked left its peer here.
+                        // A check whose task panicked left its peer here (and, if it was
+                        // a disputed report's, held one of their slots until now).
                         for peer in std::mem::take(&mut self.probing) {
                             self.disputes.ended(&peer);
                         }
@@ -380,7 +387,7 @@ impl Actor {
                             self.disputes.ended(&peer);
                         }
                     }
-                    if let Some(peer) = self.sweep.due(&live, &neighbours, &self.probing, now) {
+                    if let Some(peer) = self.sweep.due(&live, &neighbours, &self.probing, late_wakes > 0, now) {
                         self.probe(peer, Suspicion::Routine);
                     }
                     for id in self.linger.due(self.paths.gossip_peers(), &neighbours, now) {
@@ -521,8 +528,11 @@ impl Actor {
             if report.id == self.endpoint.id() {
                 info!(target: "n2p", "peer {} reported me unreachable; announcing myself again", ann.id.fmt_short());
                 taken.refute = true;
-                let change = self.health.worse(Sign::ReportedMe, heard);
-                self.log_health(change, heard);
+                // Now, not `heard`: a report relayed in a digest is dated back to when it
+                // was made.
+                let now = Instant::now();
+                let change = self.health.worse(Sign::ReportedMe, now);
+                self.log_health(change, now);
             } else {
                 match self.table.report_unreachable(&report, heard) {
                     Reported::Dropped => {
@@ -540,9 +550,10 @@ impl Actor {
                         // team are tens of seconds apart: the report may still be true, so
                         // this node checks for itself, unless the peer refutes it first, and
                         // reports with the seq it holds if the peer is gone.
-                        let wait = self.health.wait(REFUTATION_WAIT, heard);
+                        let now = Instant::now();
+                        let wait = self.health.wait(REFUTATION_WAIT, now);
                         info!(target: "n2p", "peer {} reported {} unreachable, but I hold newer news of it (seq {held} > {}); checking it myself unless it announces itself within {wait:?}", ann.id.fmt_short(), report.id.fmt_short(), report.seq);
-                        self.disputes.note(report.id, held, heard + wait);
+                        self.disputes.note(report.id, held, now + wait);
                     }
                 }
             }
@@ -794,7 +805,7 @@ impl Actor {
     }
 
     /// What the node sees now.
-    async fn status(&mut self) -> MeshStatus {
+    async fn status(&self) -> MeshStatus {
         let now = Instant::now();
         let mut peers = Vec::with_capacity(self.table.len());
         for info in self.table.peers() {
@@ -849,6 +860,7 @@ impl Actor {
         let timeout = self.health.wait(PROBE_TIMEOUT, Instant::now());
         if suspicion == Suspicion::Routine {
             self.probes.spawn(async move {
+                // Only dials that timed out count against the peer.
                 let answered = super::sweep::check(&endpoint, &paths, peer, timeout).await;
                 Checked {
                     peer,
@@ -856,6 +868,7 @@ impl Actor {
                     suspicion,
                     timeout,
                     answered,
+                    timed_out: !answered,
                 }
             });
             return true;
@@ -872,7 +885,7 @@ impl Actor {
             let settle = tokio::time::Instant::now() + PROBE_SETTLE;
             while paths.connected(&peer) {
                 if tokio::time::Instant::now() >= settle {
-                    return Checked { peer, seq, suspicion, timeout, answered: true };
+                    return Checked { peer, seq, suspicion, timeout, answered: true, timed_out: false };
                 }
                 tokio::time::sleep(PROBE_POLL).await;
             }
@@ -892,32 +905,32 @@ impl Actor {
                 };
                 if ending == Some(Ending::Closed) {
                     debug!(peer = %peer.fmt_short(), "its connection was closed cleanly; not dialled");
-                    return Checked { peer, seq, suspicion, timeout, answered: true };
+                    return Checked { peer, seq, suspicion, timeout, answered: true, timed_out: false };
                 }
             }
             let connect = endpoint.connect(peer, iroh_gossip::net::GOSSIP_ALPN);
-            let answered = match tokio::time::timeout(timeout, connect).await {
+            let (answered, timed_out) = match tokio::time::timeout(timeout, connect).await {
                 Ok(Ok(conn)) => {
                     bounded(
                         "handing gossip my connection",
                         gossip.handle_connection(conn),
                     )
                     .await;
-                    true
+                    (true, false)
                 }
                 Ok(Err(e)) => {
                     debug!(peer = %peer.fmt_short(), "no answer to my dial: {e}");
-                    false
+                    (false, false)
                 }
-                Err(_) => false,
+                Err(_) => (false, true),
             };
-            Checked { peer, seq, suspicion, timeout, answered }
+            Checked { peer, seq, suspicion, timeout, answered, timed_out }
         });
         true
     }
 
     /// Logs a change of my local health.
-    fn log_health(&mut self, change: Option<Change>, now: Instant) {
+    fn log_health(&self, change: Option<Change>, now: Instant) {
         match change {
             Some(Change::Strained(sign)) => {
                 let wait = self.health.wait(PROBE_TIMEOUT, now);

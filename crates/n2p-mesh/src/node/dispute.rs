@@ -6,7 +6,7 @@
 //! - A live peer that reads a report about itself announces itself again at once, so the
 //!   node first waits for that refutation ([`REFUTATION_WAIT`], grown by the node's local
 //!   health: [`super::health`]). Only a peer that stays silent is dialled.
-//! - At most [`MAX_CHECKS`] disputed reports are checked at once; the others wait their
+//! - At most [`MAX_DISPUTE_CHECKS`] disputed reports are checked at once; the others wait their
 //!   turn. On an overloaded machine every report of a live peer used to set off a dial
 //!   from each node that disputed it, and the dials that missed their bound made the next
 //!   reports (docs/BENCHMARKS.md, "A cascade of unreachable reports").
@@ -25,7 +25,7 @@ use iroh::EndpointId;
 pub(super) const REFUTATION_WAIT: Duration = Duration::from_secs(1);
 
 /// The most disputed reports checked at once.
-pub(super) const MAX_CHECKS: usize = 4;
+pub(super) const MAX_DISPUTE_CHECKS: usize = 4;
 
 /// A disputed report waiting for the peer's refutation.
 #[derive(Debug, Clone, Copy)]
@@ -45,17 +45,22 @@ pub(super) struct Disputes {
 
 impl Disputes {
     /// Notes a report of `peer` disputed because I hold seq `held` of it, to be checked at
-    /// `due` unless the peer announces itself first. A peer already waited on or checked
-    /// keeps its turn.
+    /// `due` unless the peer announces itself first. A peer being checked is not checked
+    /// again; one already waited on keeps its turn, unless the peer announced itself since
+    /// (the wait is then for this report).
     pub(super) fn note(&mut self, peer: EndpointId, held: u64, due: Instant) {
-        if !self.checking.contains(&peer) {
-            self.waiting.entry(peer).or_insert(Waiting { held, due });
+        if self.checking.contains(&peer) {
+            return;
+        }
+        let waiting = self.waiting.entry(peer).or_insert(Waiting { held, due });
+        if waiting.held != held {
+            *waiting = Waiting { held, due };
         }
     }
 
     /// The peers to check now: those whose wait is over and of which nothing newer than the
     /// seq held then came (`seq_of` gives the seq held now, `None` once the peer is gone
-    /// here), the longest waiting first, as many as [`MAX_CHECKS`] allows beside the checks
+    /// here), the longest waiting first, as many as [`MAX_DISPUTE_CHECKS`] allows beside the checks
     /// still running. Peers that announced themselves or are gone are forgotten. Each peer
     /// returned counts as checked until [`Self::ended`].
     pub(super) fn due(
@@ -72,7 +77,7 @@ impl Disputes {
             .map(|(peer, waiting)| (waiting.due, *peer))
             .collect();
         ready.sort();
-        ready.truncate(MAX_CHECKS.saturating_sub(self.checking.len()));
+        ready.truncate(MAX_DISPUTE_CHECKS.saturating_sub(self.checking.len()));
         let peers: Vec<EndpointId> = ready.into_iter().map(|(_, peer)| peer).collect();
         for peer in &peers {
             self.waiting.remove(peer);
@@ -137,6 +142,28 @@ mod tests {
     }
 
     #[test]
+    fn a_new_report_after_the_peer_announced_itself_gets_its_own_wait() {
+        let start = Instant::now();
+        let peer = ids(1)[0];
+        let mut disputes = Disputes::default();
+        disputes.note(peer, 10, start + REFUTATION_WAIT);
+        // The peer announced itself (seq 11); before the next tick, a report made before
+        // that announcement reached the reporter comes in, disputed with seq 11.
+        let second = start + REFUTATION_WAIT / 2;
+        disputes.note(peer, 11, second + REFUTATION_WAIT);
+        let held = |_: &EndpointId| Some(11);
+        assert!(
+            disputes.due(start + REFUTATION_WAIT, held).is_empty(),
+            "the first report's wait no longer counts"
+        );
+        assert_eq!(
+            disputes.due(second + REFUTATION_WAIT, held),
+            vec![peer],
+            "the new report is checked after its own wait"
+        );
+    }
+
+    #[test]
     fn at_most_max_checks_run_at_once_the_longest_waiting_first() {
         let start = Instant::now();
         let peers = ids(10);
@@ -147,8 +174,13 @@ mod tests {
             disputes.note(*peer, 7, start - Duration::from_millis(i as u64));
         }
         let first = disputes.due(start, held);
-        assert_eq!(first.len(), MAX_CHECKS);
-        let longest: Vec<EndpointId> = peers.iter().rev().take(MAX_CHECKS).copied().collect();
+        assert_eq!(first.len(), MAX_DISPUTE_CHECKS);
+        let longest: Vec<EndpointId> = peers
+            .iter()
+            .rev()
+            .take(MAX_DISPUTE_CHECKS)
+            .copied()
+            .collect();
         assert_eq!(
             first.iter().collect::<BTreeSet<_>>(),
             longest.iter().collect::<BTreeSet<_>>()
@@ -158,7 +190,7 @@ mod tests {
         let next = disputes.due(start, held);
         assert_eq!(
             next,
-            vec![peers[10 - MAX_CHECKS - 1]],
+            vec![peers[10 - MAX_DISPUTE_CHECKS - 1]],
             "one slot freed, the next in line"
         );
         // A repeated report keeps the peer's place instead of moving it back.
@@ -167,7 +199,7 @@ mod tests {
             disputes.ended(peer);
         }
         let rest = disputes.due(start, held);
-        assert_eq!(rest.len(), MAX_CHECKS);
+        assert_eq!(rest.len(), MAX_DISPUTE_CHECKS);
         assert!(
             !rest.contains(&peers[0]),
             "peers[0] waits behind those reported before it"

@@ -29,7 +29,7 @@ use iroh::{
 };
 use tracing::debug;
 
-use super::{health::LATE_TICK, paths::PathWatch};
+use super::paths::PathWatch;
 
 /// ALPN of the routine check's connections, which carry nothing.
 pub const CHECK_ALPN: &[u8] = b"n2p/mesh/check/1";
@@ -95,8 +95,6 @@ const CHECKED: VarInt = VarInt::from_u32(0);
 #[derive(Debug)]
 pub(super) struct Sweep {
     next: Instant,
-    /// When [`Self::due`] was last asked.
-    last_tick: Instant,
 }
 
 impl Sweep {
@@ -106,24 +104,23 @@ impl Sweep {
         let jitter = SWEEP_EVERY.mul_f64(rand::random_range(0.0..1.0));
         Self {
             next: now + SWEEP_EVERY + jitter,
-            last_tick: now,
         }
     }
 
     /// The peer to check now, if a check is due: one of `live` at random that is neither
     /// one of `neighbours` (gossip watches those) nor being checked (`probing`). Called on
     /// every tick of the node's loop. While other checks run (a crash being looked into)
-    /// the check waits for the next tick; after a late tick ([`LATE_TICK`]: the node is
-    /// overloaded, and a dial may miss its bound) the round is skipped.
+    /// the check waits for the next tick; when the node's runtime woke late since the last
+    /// tick (`late`: [`super::health::LATE_TICK`]; the node is overloaded, and a dial may miss its bound)
+    /// the round is skipped.
     pub(super) fn due(
         &mut self,
         live: &BTreeSet<EndpointId>,
         neighbours: &BTreeSet<EndpointId>,
         probing: &BTreeSet<EndpointId>,
+        late: bool,
         now: Instant,
     ) -> Option<EndpointId> {
-        let late = now.saturating_duration_since(self.last_tick) > LATE_TICK;
-        self.last_tick = now;
         if now < self.next || !probing.is_empty() {
             return None;
         }
@@ -163,7 +160,7 @@ mod tests {
         let mut picked = Vec::new();
         let mut at = from;
         while at < to {
-            picked.extend(sweep.due(live, neighbours, probing, at));
+            picked.extend(sweep.due(live, neighbours, probing, false, at));
             at += Duration::from_millis(250);
         }
         picked
@@ -204,7 +201,7 @@ mod tests {
     }
 
     #[test]
-    fn a_check_waits_for_a_running_one_and_skips_a_round_after_a_late_tick() {
+    fn a_check_waits_for_a_running_one_and_skips_a_round_after_a_late_wake() {
         let start = Instant::now();
         let mut sweep = Sweep::new(start);
         let peers = ids(3);
@@ -233,9 +230,13 @@ mod tests {
             .is_empty(),
             "every live peer is a neighbour"
         );
-        // The loop stalled for 2 s: the round due then is skipped.
+        // The runtime woke late since the last tick: the round due then is skipped.
         let stalled = due_at + 4 * SWEEP_EVERY;
-        assert_eq!(sweep.due(&live, &none, &none, stalled), None, "late tick");
+        assert_eq!(
+            sweep.due(&live, &none, &none, true, stalled),
+            None,
+            "late wake"
+        );
         assert_eq!(
             ticks(
                 &mut sweep,
