@@ -87,6 +87,14 @@ pub const CLOSE_BOUND: Duration = Duration::from_secs(3);
 /// the base of each dial of a routine check and of a check of a disputed report.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Distinct endpoint ids for unit tests: those of the secret keys `[1; 32]` to `[n; 32]`.
+#[cfg(test)]
+fn test_ids(n: u8) -> Vec<iroh::EndpointId> {
+    (1..=n)
+        .map(|i| iroh::SecretKey::from_bytes(&[i; 32]).public())
+        .collect()
+}
+
 /// How many commands may wait for the actor.
 const COMMAND_QUEUE: usize = 16;
 

@@ -102,15 +102,8 @@ impl Disputes {
 mod tests {
     use std::collections::BTreeMap;
 
-    use iroh::SecretKey;
-
     use super::*;
-
-    fn ids(n: u8) -> Vec<EndpointId> {
-        (1..=n)
-            .map(|i| SecretKey::from_bytes(&[i; 32]).public())
-            .collect()
-    }
+    use crate::node::test_ids as ids;
 
     #[test]
     fn a_peer_that_announces_itself_during_the_wait_is_not_checked() {

@@ -138,15 +138,8 @@ impl Sweep {
 
 #[cfg(test)]
 mod tests {
-    use iroh::SecretKey;
-
     use super::*;
-
-    fn ids(n: u8) -> Vec<EndpointId> {
-        (1..=n)
-            .map(|i| SecretKey::from_bytes(&[i; 32]).public())
-            .collect()
-    }
+    use crate::node::test_ids as ids;
 
     /// The node's loop: a tick every 250 ms from `from` to `to`, each asking `sweep`; the
     /// peers it picked.
