@@ -344,7 +344,7 @@ fn a_node_leaves_within_a_bound_when_its_peers_are_frozen() {
     eprintln!("TIMING alice left {took:?} after SIGTERM with both peers frozen");
 }
 
-/// A node that was held up (frozen for 2 s: its runtime then wakes late) counts itself as
+/// A node that was held up (frozen for 2 s: its 250 ms loop then ticks late) counts itself as
 /// not keeping up: the bound of its checks' dials grows, as `n2p status` shows (the same
 /// `LocalHealth::wait` its checks use), and is back to 2 s once it keeps up again. Its peer,
 /// whose connection to it outlives the freeze, keeps it.
@@ -384,7 +384,7 @@ fn a_node_that_was_held_up_lengthens_its_check_bound_and_recovers() {
     alice_node.process.signal(Signal::Cont);
     alice_node.process.wait_for_line_since(
         &mark,
-        "this node is not keeping up (its own runtime ran late)",
+        "this node is not keeping up (its own loop ran late)",
         Duration::from_secs(5),
     );
     let strained = check_wait();

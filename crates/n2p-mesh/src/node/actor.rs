@@ -25,7 +25,7 @@ use super::{
     LEAVE_DRAIN_BOUND, PROBE_TIMEOUT,
     digest_datagrams::{self, DATAGRAM_DIGEST_SIZE},
     dispute::{Disputes, REFUTATION_WAIT},
-    health::{Change, LagWatch, LocalHealth, Sign},
+    health::{Change, LocalHealth, Sign},
     linger::Linger,
     paths::{Ending, PathWatch},
     peer_sockets::PeerSockets,
@@ -116,8 +116,6 @@ pub(super) struct Checked {
     /// How long each dial of the check could take.
     timeout: Duration,
     answered: bool,
-    /// A dial timed out (a sign that I may be the slow one; a refused dial is not).
-    timed_out: bool,
 }
 
 /// What the handle asks of the actor.
@@ -245,7 +243,6 @@ impl Actor {
         cancel: CancellationToken,
     ) {
         let mut heartbeat_at = self.announce(AnnounceKind::Alive, None).await;
-        let lag = LagWatch::spawn();
         let mut expire_tick = tokio::time::interval(Duration::from_millis(250));
         let mut announce_soon: Option<tokio::time::Instant> = None;
         let mut sync_soon: Option<tokio::time::Instant> = None;
@@ -313,12 +310,10 @@ impl Actor {
                     self.probing.remove(&checked.peer);
                     self.disputes.ended(&checked.peer);
                     let now = Instant::now();
-                    let change = if checked.timed_out {
-                        self.health.worse(Sign::MissedCheck, now)
-                    } else if checked.answered {
+                    let change = if checked.answered {
                         self.health.better(now)
                     } else {
-                        None
+                        self.health.worse(Sign::MissedCheck, now)
                     };
                     self.log_health(change, now);
                     if !checked.answered && let Some(report) = self.lost(&checked) {
@@ -340,9 +335,8 @@ impl Actor {
                 }
                 _ = expire_tick.tick() => {
                     let now = Instant::now();
-                    let late_wakes = lag.take();
-                    let change = self.health.tick(late_wakes, now);
-                    self.log_health(change, now);
+                    let tick = self.health.tick(now);
+                    self.log_health(tick.change, now);
                     for id in self.expire() {
                         silent_since.insert(id, now);
                     }
@@ -387,7 +381,7 @@ impl Actor {
                             self.disputes.ended(&peer);
                         }
                     }
-                    if let Some(peer) = self.sweep.due(&live, &neighbours, &self.probing, late_wakes > 0, now) {
+                    if let Some(peer) = self.sweep.due(&live, &neighbours, &self.probing, tick.late, now) {
                         self.probe(peer, Suspicion::Routine);
                     }
                     for id in self.linger.due(self.paths.gossip_peers(), &neighbours, now) {
@@ -860,7 +854,6 @@ impl Actor {
         let timeout = self.health.wait(PROBE_TIMEOUT, Instant::now());
         if suspicion == Suspicion::Routine {
             self.probes.spawn(async move {
-                // Only dials that timed out count against the peer.
                 let answered = super::sweep::check(&endpoint, &paths, peer, timeout).await;
                 Checked {
                     peer,
@@ -868,7 +861,6 @@ impl Actor {
                     suspicion,
                     timeout,
                     answered,
-                    timed_out: !answered,
                 }
             });
             return true;
@@ -885,7 +877,7 @@ impl Actor {
             let settle = tokio::time::Instant::now() + PROBE_SETTLE;
             while paths.connected(&peer) {
                 if tokio::time::Instant::now() >= settle {
-                    return Checked { peer, seq, suspicion, timeout, answered: true, timed_out: false };
+                    return Checked { peer, seq, suspicion, timeout, answered: true };
                 }
                 tokio::time::sleep(PROBE_POLL).await;
             }
@@ -905,26 +897,26 @@ impl Actor {
                 };
                 if ending == Some(Ending::Closed) {
                     debug!(peer = %peer.fmt_short(), "its connection was closed cleanly; not dialled");
-                    return Checked { peer, seq, suspicion, timeout, answered: true, timed_out: false };
+                    return Checked { peer, seq, suspicion, timeout, answered: true };
                 }
             }
             let connect = endpoint.connect(peer, iroh_gossip::net::GOSSIP_ALPN);
-            let (answered, timed_out) = match tokio::time::timeout(timeout, connect).await {
+            let answered = match tokio::time::timeout(timeout, connect).await {
                 Ok(Ok(conn)) => {
                     bounded(
                         "handing gossip my connection",
                         gossip.handle_connection(conn),
                     )
                     .await;
-                    (true, false)
+                    true
                 }
                 Ok(Err(e)) => {
                     debug!(peer = %peer.fmt_short(), "no answer to my dial: {e}");
-                    (false, false)
+                    false
                 }
-                Err(_) => (false, true),
+                Err(_) => false,
             };
-            Checked { peer, seq, suspicion, timeout, answered, timed_out }
+            Checked { peer, seq, suspicion, timeout, answered }
         });
         true
     }

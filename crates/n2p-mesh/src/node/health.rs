@@ -4,23 +4,25 @@
 //! overloaded machine those reports made the nodes that dispute them dial more, which
 //! overloaded it further (docs/BENCHMARKS.md, "A cascade of unreachable reports").
 //!
-//! The score counts recent signs that the node is slow: a dial of a check that timed out, a
-//! wake of the node's runtime that came late ([`LagWatch`]), a report of itself as
-//! unreachable. Each adds one, up to [`MAX_SCORE`]; an answered check takes one off, and so
-//! does every [`RECOVERY`] without a new sign. Every check's wait is its base times one more
-//! than the score: 2 s on a healthy node, up to 18 s on one that keeps missing.
+//! The score counts recent signs that the node is slow: a check of a peer that got no
+//! answer, a tick of the node's loop that came late, a report of itself as unreachable. Each adds one,
+//! up to [`MAX_SCORE`]; an answered check takes one off, and so does every [`RECOVERY`]
+//! without a change. Every check's wait is its base times one more than the score: 2 s on a
+//! healthy node, up to 18 s on one that keeps missing.
 //!
-//! Without the nacks of memberlist's indirect probes, a dial that times out because the peer
-//! is dead across a network counts as a sign too: a node that sees several peers die at once
-//! waits longer for the next. A dial that is refused (a dead node's closed port) does not.
+//! A late tick is the loop being behind, whether the runtime did not get to it or the loop
+//! itself waited on its own work (a bounded gossip call, a rejoin): under load those waits
+//! are the symptom, and on a healthy node one costs a point for 10 s. Measuring only the
+//! runtime's own lag, with a task apart from the loop, damped the cascade far less
+//! (docs/BENCHMARKS.md, "A cascade of unreachable reports, damped").
+//!
+//! Without the nacks of memberlist's indirect probes, a check of a peer that is really gone
+//! counts as a sign too: a node that sees several peers die at once waits longer for the
+//! next (2 s more per peer, for 10 s each). A variant of this change that counted only
+//! dials that timed out (with other differences, below and in [`super::dispute`]) damped
+//! the cascade less (docs/BENCHMARKS.md, "A cascade of unreachable reports, damped").
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU32, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 /// The highest score: checks then wait nine times their base.
 pub(super) const MAX_SCORE: u32 = 8;
@@ -28,19 +30,16 @@ pub(super) const MAX_SCORE: u32 = 8;
 /// A point of the score goes after this long without a new sign of trouble.
 pub(super) const RECOVERY: Duration = Duration::from_secs(10);
 
-/// How often [`LagWatch`] sleeps.
-const LAG_NAP: Duration = Duration::from_millis(250);
-
-/// A nap of [`LagWatch`] that ends more than this after it began means the node's runtime
-/// (one thread) did not get to it: the machine is overloaded, or the process was stopped.
+/// A tick of the node's loop (every 250 ms) later than this after the one before means the
+/// node is behind: the machine is overloaded, or the process was stopped.
 pub(super) const LATE_TICK: Duration = Duration::from_secs(1);
 
 /// A sign that this node is slow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Sign {
-    /// A dial of a check of a peer timed out.
+    /// A check of a peer got no answer.
     MissedCheck,
-    /// The node's runtime woke late ([`LagWatch`]).
+    /// A tick of the node's loop came more than [`LATE_TICK`] after the one before.
     LateTick,
     /// Another node reported this one unreachable.
     ReportedMe,
@@ -50,7 +49,7 @@ impl std::fmt::Display for Sign {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Sign::MissedCheck => "a check of a peer got no answer in time",
-            Sign::LateTick => "its own runtime ran late",
+            Sign::LateTick => "its own loop ran late",
             Sign::ReportedMe => "a peer reported it unreachable",
         })
     }
@@ -71,8 +70,19 @@ pub(super) enum Change {
 #[derive(Debug)]
 pub(super) struct LocalHealth {
     score: u32,
-    /// When the last sign came, or the score last lost a point to [`RECOVERY`].
+    /// When the score last changed, or last lost a point to [`RECOVERY`].
     since: Instant,
+    /// When [`Self::tick`] was last called.
+    last_tick: Instant,
+}
+
+/// What a tick of the node's loop found ([`LocalHealth::tick`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Tick {
+    /// The tick came more than [`LATE_TICK`] after the one before.
+    pub(super) late: bool,
+    /// How the health changed.
+    pub(super) change: Option<Change>,
 }
 
 impl LocalHealth {
@@ -81,6 +91,7 @@ impl LocalHealth {
         Self {
             score: 0,
             since: now,
+            last_tick: now,
         }
     }
 
@@ -116,61 +127,27 @@ impl LocalHealth {
         (was == 0).then_some(Change::Strained(sign))
     }
 
-    /// Notes a check of a peer that was answered.
+    /// Notes a check of a peer that was answered. Like a sign, it restarts the count to the
+    /// next point [`RECOVERY`] takes off.
     pub(super) fn better(&mut self, now: Instant) -> Option<Change> {
         let was = self.settle(now);
         self.score = was.saturating_sub(1);
+        self.since = self.since.max(now);
         (was == 1).then_some(Change::Recovered)
     }
 
-    /// Called on every tick of the node's loop with the late wakes [`LagWatch`] saw since
-    /// the last tick: any is a sign of trouble; otherwise says whether the score went back
-    /// to zero by itself since the last call.
-    pub(super) fn tick(&mut self, late_wakes: u32, now: Instant) -> Option<Change> {
-        if late_wakes > 0 {
-            return self.worse(Sign::LateTick, now);
-        }
-        let was = self.score;
-        (was > 0 && self.settle(now) == 0).then_some(Change::Recovered)
-    }
-}
-
-/// A task that naps [`LAG_NAP`] at a time and counts the naps that ended more than
-/// [`LATE_TICK`] after they began: the node's runtime did not get to run it. Not the
-/// actor's loop, which also waits on its own work (a rejoin, a bounded gossip call). Aborted
-/// when dropped.
-#[derive(Debug)]
-pub(super) struct LagWatch {
-    late: Arc<AtomicU32>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl LagWatch {
-    /// Starts the watch on the current runtime.
-    pub(super) fn spawn() -> Self {
-        let late = Arc::new(AtomicU32::new(0));
-        let count = late.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let began = tokio::time::Instant::now();
-                tokio::time::sleep(LAG_NAP).await;
-                if began.elapsed() > LATE_TICK {
-                    count.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        });
-        Self { late, task }
-    }
-
-    /// The late naps since the last call.
-    pub(super) fn take(&self) -> u32 {
-        self.late.swap(0, Ordering::Relaxed)
-    }
-}
-
-impl Drop for LagWatch {
-    fn drop(&mut self) {
-        self.task.abort();
+    /// Called on every tick of the node's loop: a late one is a sign of trouble; otherwise
+    /// says whether the score went back to zero by itself since the last call.
+    pub(super) fn tick(&mut self, now: Instant) -> Tick {
+        let late = now.saturating_duration_since(self.last_tick) > LATE_TICK;
+        self.last_tick = self.last_tick.max(now);
+        let change = if late {
+            self.worse(Sign::LateTick, now)
+        } else {
+            let was = self.score;
+            (was > 0 && self.settle(now) == 0).then_some(Change::Recovered)
+        };
+        Tick { late, change }
     }
 }
 
@@ -213,16 +190,10 @@ mod tests {
         }
         assert_eq!(health.better(start), None);
         assert_eq!(health.score(start), 2);
-        // One point per RECOVERY without a sign, counted from the last sign: an answered
-        // check does not restart the count.
+        // One point per RECOVERY without a change, counted from the last one.
         let later = start + RECOVERY + Duration::from_millis(10);
-        assert_eq!(health.better(later - RECOVERY / 2), None);
-        assert_eq!(health.score(later - RECOVERY / 2), 1);
-        assert_eq!(
-            health.score(later),
-            0,
-            "the quiet time since the sign took the last point"
-        );
+        assert_eq!(health.score(later), 1);
+        assert_eq!(health.better(later), Some(Change::Recovered));
         assert_eq!(health.better(later), None, "never below zero");
         // A sign restarts the count.
         let again = later + RECOVERY;
@@ -245,9 +216,11 @@ mod tests {
         let later = start + 3 * RECOVERY;
         assert_eq!(health.score(later), 0);
         assert_eq!(health.wait(BASE, later), BASE);
-        // The reads kept nothing: the tick that comes next still sees the recovery.
-        assert_eq!(health.tick(0, later), Some(Change::Recovered));
-        assert_eq!(health.tick(0, later), None, "once");
+        // The reads kept nothing: the tick that comes next still sees the recovery (the
+        // loop ticked on time meanwhile).
+        health.last_tick = later - Duration::from_millis(250);
+        assert_eq!(health.tick(later).change, Some(Change::Recovered));
+        assert_eq!(health.tick(later).change, None, "once");
         // A sign dated before the last change (a report relayed late) counts from now on.
         health.worse(Sign::MissedCheck, later);
         health.worse(Sign::ReportedMe, later - 2 * RECOVERY);
@@ -256,43 +229,44 @@ mod tests {
     }
 
     #[test]
-    fn a_late_wake_strains_and_quiet_ticks_tell_when_it_recovered() {
+    fn a_late_tick_strains_and_quiet_ticks_tell_when_it_recovered() {
         let start = Instant::now();
         let mut health = LocalHealth::new(start);
         let tick = Duration::from_millis(250);
         let mut at = start;
         for _ in 0..8 {
             at += tick;
-            assert_eq!(health.tick(0, at), None, "no late wake");
+            let seen = health.tick(at);
+            assert_eq!(
+                seen,
+                Tick {
+                    late: false,
+                    change: None
+                },
+                "ticks on time"
+            );
         }
-        assert_eq!(health.tick(1, at), Some(Change::Strained(Sign::LateTick)));
+        at += LATE_TICK + tick;
+        assert_eq!(
+            health.tick(at),
+            Tick {
+                late: true,
+                change: Some(Change::Strained(Sign::LateTick))
+            }
+        );
         assert_eq!(health.score(at), 1);
         let mut changes = Vec::new();
         let strained_at = at;
         while at < strained_at + 2 * RECOVERY {
             at += tick;
-            changes.extend(health.tick(0, at).map(|c| (c, at)));
+            let seen = health.tick(at);
+            assert!(!seen.late);
+            changes.extend(seen.change.map(|c| (c, at)));
         }
         assert_eq!(changes.len(), 1, "{changes:?}");
         assert_eq!(changes[0].0, Change::Recovered);
         assert!(
             changes[0].1 >= strained_at + RECOVERY && changes[0].1 < strained_at + RECOVERY + tick
         );
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn the_lag_watch_counts_a_runtime_held_up_and_not_a_busy_loop_that_yields() {
-        let watch = LagWatch::spawn();
-        // Work that yields often keeps the runtime running.
-        let until = Instant::now() + 2 * LATE_TICK;
-        while Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert_eq!(watch.take(), 0, "no late wake while the runtime runs");
-        // The one thread blocked, as when the process is stopped or starved.
-        std::thread::sleep(LATE_TICK + LAG_NAP);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(watch.take(), 1);
-        assert_eq!(watch.take(), 0, "taken");
     }
 }

@@ -110,9 +110,9 @@ impl Sweep {
     /// The peer to check now, if a check is due: one of `live` at random that is neither
     /// one of `neighbours` (gossip watches those) nor being checked (`probing`). Called on
     /// every tick of the node's loop. While other checks run (a crash being looked into)
-    /// the check waits for the next tick; when the node's runtime woke late since the last
-    /// tick (`late`: [`super::health::LATE_TICK`]; the node is overloaded, and a dial may miss its bound)
-    /// the round is skipped.
+    /// the check waits for the next tick; after a late tick (`late`:
+    /// [`super::health::LATE_TICK`]; the node is behind, and a dial may miss its bound) the
+    /// round is skipped.
     pub(super) fn due(
         &mut self,
         live: &BTreeSet<EndpointId>,
@@ -194,7 +194,7 @@ mod tests {
     }
 
     #[test]
-    fn a_check_waits_for_a_running_one_and_skips_a_round_after_a_late_wake() {
+    fn a_check_waits_for_a_running_one_and_skips_a_round_after_a_late_tick() {
         let start = Instant::now();
         let mut sweep = Sweep::new(start);
         let peers = ids(3);
@@ -223,7 +223,7 @@ mod tests {
             .is_empty(),
             "every live peer is a neighbour"
         );
-        // The runtime woke late since the last tick: the round due then is skipped.
+        // The loop stalled for 2 s: the round due then is skipped.
         let stalled = due_at + 4 * SWEEP_EVERY;
         assert_eq!(
             sweep.due(&live, &none, &none, true, stalled),
