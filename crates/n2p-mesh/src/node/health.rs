@@ -12,9 +12,10 @@
 //!
 //! A late tick is the loop being behind, whether the runtime did not get to it or the loop
 //! itself waited on its own work (a bounded gossip call, a rejoin): under load those waits
-//! are the symptom, and on a healthy node one costs a point for 10 s. Measuring only the
-//! runtime's own lag, with a task apart from the loop, damped the cascade far less
-//! (docs/BENCHMARKS.md, "A cascade of unreachable reports, damped").
+//! are the symptom, and on a healthy node one costs a point for 10 s. A variant that
+//! measured only the runtime's own lag, with a task apart from the loop (and other
+//! differences), damped the cascade far less (docs/BENCHMARKS.md, "A cascade of unreachable
+//! reports, damped").
 //!
 //! Without the nacks of memberlist's indirect probes, a check of a peer that is really gone
 //! counts as a sign too: a node that sees several peers die at once waits longer for the
