@@ -369,14 +369,17 @@ fn a_node_that_was_held_up_lengthens_its_check_bound_and_recovers() {
     // A start on a busy machine may itself have run late; a point goes every 10 s, and
     // there are at most 8.
     let recovery = Duration::from_secs(100);
-    wait_until(
-        "alice keeps up after her start",
-        recovery,
-        || match check_wait() {
-            2000 => Ok(()),
-            ms => Err(format!("alice's checks wait {ms} ms")),
-        },
-    );
+    let wait_until_keeping_up = |after: &str| {
+        wait_until(
+            &format!("alice keeps up after {after}"),
+            recovery,
+            || match check_wait() {
+                2000 => Ok(()),
+                ms => Err(format!("alice's checks wait {ms} ms")),
+            },
+        )
+    };
+    wait_until_keeping_up("her start");
 
     let mark = alice_node.process.mark();
     alice_node.process.signal(Signal::Stop);
@@ -401,14 +404,7 @@ fn a_node_that_was_held_up_lengthens_its_check_bound_and_recovers() {
     alice_node
         .process
         .wait_for_line_since(&mark, "this node keeps up again", recovery);
-    wait_until(
-        "alice keeps up after the freeze",
-        recovery,
-        || match check_wait() {
-            2000 => Ok(()),
-            ms => Err(format!("alice's checks wait {ms} ms")),
-        },
-    );
+    wait_until_keeping_up("the freeze");
     bob.check_sockets(&["alice"])
         .unwrap_or_else(|error| panic!("bob after alice's freeze: {error}"));
 }
