@@ -21,7 +21,7 @@ use std::{
 use iroh::{Endpoint, EndpointAddr, EndpointId, endpoint::ReadError};
 use n2p_core::{
     access::AccessSecret,
-    daemon::{DEFAULT_CONNECT_TIMEOUT, DaemonDialer, DialError},
+    daemon::{DEFAULT_CONNECT_TIMEOUT, DaemonDialer, DialError, Heard},
     forward::QuicPair,
     idle::PEER_IDLE_CLOSE,
 };
@@ -221,9 +221,9 @@ impl StoreClient {
             .clone()
     }
 
-    /// The round-trip time to `peer` measured on the open connection to it, or on the last
-    /// one when it was closed as idle (see [`DaemonDialer::rtt`]).
-    pub fn rtt(&self, peer: EndpointId) -> Option<Duration> {
+    /// A reading of the open connection to `peer`: what it has sent so far, and its
+    /// round-trip time (see [`DaemonDialer::heard`]).
+    pub fn heard(&self, peer: EndpointId) -> Option<Heard> {
         let dialer = self
             .dialers
             .lock()
@@ -231,7 +231,7 @@ impl StoreClient {
             .get(&peer)?
             .dialer
             .clone();
-        dialer.rtt()
+        dialer.heard()
     }
 
     /// Forgets peers not in `live`, closing their connections (streams still open on them

@@ -89,8 +89,8 @@ pub struct FacadeConfig {
     /// `Priority` in `nix-cache-info`.
     pub priority: u32,
     /// How long a narinfo request waits for the peers; while no peer has answered, a peer
-    /// whose round trip is longer than a twelfth of it gets [`LOOKUP_RTTS`] round trips
-    /// instead, up to [`MAX_LOOKUP_WAIT`].
+    /// whose round trip is longer than a twelfth of it, and that was heard from since the
+    /// request came, gets [`LOOKUP_RTTS`] round trips instead, up to [`MAX_LOOKUP_WAIT`].
     pub deadline: Duration,
     /// Keys whose signature makes an answer best (the team's members' Nix keys) at start;
     /// [`Facade::set_trusted_keys`] replaces them.
@@ -223,6 +223,7 @@ impl Facade {
             .collect();
         let mut answers = Vec::new();
         let mut answered = Vec::with_capacity(peers.len());
+        let heard_at_start: Vec<_> = peers.iter().map(|p| self.client.heard(p.id())).collect();
         let started = tokio::time::Instant::now();
         let after = |wait: Duration| {
             started
@@ -248,12 +249,20 @@ impl Facade {
                 }
                 Ok(None) => break,
                 Err(_) => {
-                    // Far peers still asked may get some of their round trips.
-                    let rtts = peers
+                    // Far peers still asked, and heard from since, may get some of their
+                    // round trips.
+                    let asked = peers
                         .iter()
-                        .filter(|p| !answered.contains(&p.id()))
-                        .map(|p| self.client.rtt(p.id()));
-                    let longer = after(wait_for(self.config.deadline, !answers.is_empty(), rtts));
+                        .zip(&heard_at_start)
+                        .filter(|(p, _)| !answered.contains(&p.id()))
+                        .map(|(p, before)| {
+                            let now = self.client.heard(p.id());
+                            Asked {
+                                rtt: now.and_then(|n| n.rtt()),
+                                heard: now.is_some_and(|n| n.is_news_since(before.as_ref())),
+                            }
+                        });
+                    let longer = after(wait_for(self.config.deadline, !answers.is_empty(), asked));
                     if longer > until {
                         until = longer;
                         continue;
@@ -417,25 +426,35 @@ fn nar_headers(size: u64, body: Body) -> Response {
         .into_response()
 }
 
+/// A peer a narinfo lookup still waits for, as [`wait_for`] weighs it.
+#[derive(Debug, Clone, Copy)]
+struct Asked {
+    /// Its round-trip time on the open connection to it ([`StoreClient::heard`]; `None`
+    /// with none open).
+    rtt: Option<Duration>,
+    /// Whether it was heard from since the lookup started: it sent something, or a
+    /// connection to it was made.
+    heard: bool,
+}
+
 /// How long a narinfo lookup waits for the peers that have not answered: the deadline once
 /// it has an answer (`answered`); with none yet, the deadline or [`LOOKUP_RTTS`] round trips
-/// of the furthest of them when longer, up to [`MAX_LOOKUP_WAIT`]. `rtts` has each one's
-/// round-trip time ([`StoreClient::rtt`]: that of the open connection to it, or of the last
-/// one if it was closed as idle; `None` for a peer with neither). A false 404 is costly (Nix
+/// of the furthest of them when longer, up to [`MAX_LOOKUP_WAIT`]. A false 404 is costly (Nix
 /// takes the path as absent for an hour), so a far peer gets the time its answer may need.
-/// The round-trip time does not tell a far peer that is slow from one that is stuck or has
-/// just crashed: such a peer makes lookups that nobody answers wait its round trips too,
-/// until its connection closes (at the latest the QUIC idle timeout after its last packet)
-/// or, if it was closed as idle, until the next attempt to connect fails.
-fn wait_for(
-    deadline: Duration,
-    answered: bool,
-    rtts: impl Iterator<Item = Option<Duration>>,
-) -> Duration {
+/// Only a peer heard from since the lookup started counts: the round-trip estimate does not
+/// tell a far peer from one that is stuck or has crashed (the estimate even grows when a
+/// stuck peer's late acknowledgements arrive), but a far one acknowledges the request within
+/// its round trip, well inside the deadline, and a stuck one sends nothing. A peer whose
+/// round trip is longer than the deadline is not heard from in time and gets the deadline.
+fn wait_for(deadline: Duration, answered: bool, asked: impl Iterator<Item = Asked>) -> Duration {
     if answered {
         return deadline;
     }
-    let furthest = rtts.flatten().max().unwrap_or_default();
+    let furthest = asked
+        .filter(|a| a.heard)
+        .filter_map(|a| a.rtt)
+        .max()
+        .unwrap_or_default();
     deadline.max(furthest.saturating_mul(LOOKUP_RTTS).min(MAX_LOOKUP_WAIT))
 }
 
@@ -731,29 +750,56 @@ mod tests {
         assert_eq!(rank(&signed(&[&node]), &dir, &trusted), 3);
     }
 
+    /// Peers that were heard from since the lookup started, with these round trips.
+    fn heard(rtts: &[Option<Duration>]) -> impl Iterator<Item = Asked> + '_ {
+        rtts.iter().map(|&rtt| Asked { rtt, heard: true })
+    }
+
     #[test]
     fn far_peers_get_their_round_trips_unless_a_peer_answered() {
         let second = Duration::from_secs(1);
         let ms = Duration::from_millis;
-        let far = || [Some(ms(30)), Some(ms(300)), None].into_iter();
+        let far = [Some(ms(30)), Some(ms(300)), None];
         // Near peers, or none measured yet: the deadline.
         assert_eq!(
-            wait_for(second, false, [Some(ms(30)), None].into_iter()),
+            wait_for(second, false, heard(&[Some(ms(30)), None])),
             second
         );
         assert_eq!(wait_for(second, false, std::iter::empty()), second);
         // The furthest peer still asked sets it: 12 round trips of 300 ms.
-        assert_eq!(wait_for(second, false, far()), ms(3600));
+        assert_eq!(wait_for(second, false, heard(&far)), ms(3600));
         // With an answer in hand, nobody gets more than the deadline.
-        assert_eq!(wait_for(second, true, far()), second);
+        assert_eq!(wait_for(second, true, heard(&far)), second);
         // Never past the cap, and never below a longer configured deadline.
-        let slow = || [Some(ms(600))].into_iter();
-        assert_eq!(wait_for(second, false, slow()), MAX_LOOKUP_WAIT);
-        assert_eq!(wait_for(10 * second, false, slow()), 10 * second);
+        let slow = [Some(ms(600))];
+        assert_eq!(wait_for(second, false, heard(&slow)), MAX_LOOKUP_WAIT);
+        assert_eq!(wait_for(10 * second, false, heard(&slow)), 10 * second);
         assert_eq!(
-            wait_for(second, false, [Some(Duration::MAX)].into_iter()),
+            wait_for(second, false, heard(&[Some(Duration::MAX)])),
             MAX_LOOKUP_WAIT
         );
+    }
+
+    #[test]
+    fn a_peer_not_heard_from_during_the_lookup_gets_only_the_deadline() {
+        let second = Duration::from_secs(1);
+        let ms = Duration::from_millis;
+        // A stuck peer whose estimate grew with its late acknowledgements, beside a near one.
+        let stuck = Asked {
+            rtt: Some(ms(375)),
+            heard: false,
+        };
+        let near = Asked {
+            rtt: Some(ms(30)),
+            heard: true,
+        };
+        assert_eq!(wait_for(second, false, [stuck, near].into_iter()), second);
+        // The far peer that did acknowledge the request keeps its round trips.
+        let far = Asked {
+            rtt: Some(ms(300)),
+            heard: true,
+        };
+        assert_eq!(wait_for(second, false, [stuck, far].into_iter()), ms(3600));
     }
 
     #[test]

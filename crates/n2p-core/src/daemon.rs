@@ -291,9 +291,9 @@ pub struct DaemonDialer {
     proof: AccessProof,
     connect_timeout: Duration,
     state: Mutex<DialState>,
-    /// The latest connection made, for reading its round-trip time without waiting for
-    /// `state` (held while connecting).
-    latest: std::sync::Mutex<Latest>,
+    /// The latest connection made, for reading it ([`Self::heard`]) without waiting for
+    /// `state` (held while connecting); weak, so it keeps nothing open.
+    latest: std::sync::Mutex<Option<WeakConnectionHandle>>,
     /// Streams opened so far, for telling whether the dialer was used between two looks.
     opened: AtomicU64,
     /// Stream pairs opened and not yet dropped.
@@ -302,14 +302,28 @@ pub struct DaemonDialer {
     hello: HelloCache,
 }
 
-/// What the dialer knows of its latest connection without taking `state`.
-#[derive(Debug, Default)]
-struct Latest {
-    /// The connection; weak, so it keeps nothing open.
-    conn: Option<WeakConnectionHandle>,
-    /// Its round-trip time when [`DaemonDialer::close_idle`] closed it: the peer is no
-    /// nearer while the next connection to it is being made.
-    rtt_at_idle_close: Option<Duration>,
+/// A reading of the open connection to a peer ([`DaemonDialer::heard`]): which connection,
+/// the datagrams received on it so far, and its round-trip time.
+#[derive(Debug, Clone, Copy)]
+pub struct Heard {
+    conn: usize,
+    datagrams: u64,
+    rtt: Option<Duration>,
+}
+
+impl Heard {
+    /// The round-trip time of the connection's selected path (QUIC's smoothed estimate;
+    /// [`crate::endpoint::INITIAL_RTT`] on a path with no sample yet).
+    pub fn rtt(&self) -> Option<Duration> {
+        self.rtt
+    }
+
+    /// Whether the peer was heard from between `earlier` and this reading: a datagram
+    /// arrived on the same connection, or this connection was made since (no connection
+    /// was open at `earlier`, `None`, or another one).
+    pub fn is_news_since(&self, earlier: Option<&Heard>) -> bool {
+        earlier.is_none_or(|e| e.conn != self.conn || e.datagrams != self.datagrams)
+    }
 }
 
 /// The dialer's connection, or the outage in progress.
@@ -342,7 +356,7 @@ impl DaemonDialer {
             proof,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             state: Mutex::new(DialState::default()),
-            latest: std::sync::Mutex::new(Latest::default()),
+            latest: std::sync::Mutex::new(None),
             opened: AtomicU64::new(0),
             live: Arc::new(AtomicUsize::new(0)),
             hello: HelloCache::new(),
@@ -403,16 +417,11 @@ impl DaemonDialer {
                         outage.since.elapsed().as_secs()
                     );
                 }
-                *self.latest() = Latest {
-                    conn: Some(conn.weak_handle()),
-                    rtt_at_idle_close: None,
-                };
+                *self.latest() = Some(conn.weak_handle());
                 state.conn = Some(conn.clone());
                 Ok(conn)
             }
             Err(e) => {
-                // Unreachable now: no longer known to be near or far.
-                self.latest().rtt_at_idle_close = None;
                 let reason = e.to_string();
                 match &mut state.outage {
                     Some(outage) => {
@@ -624,7 +633,6 @@ impl DaemonDialer {
         }
         match state.conn.take() {
             Some(conn) if conn.close_reason().is_none() => {
-                self.latest().rtt_at_idle_close = selected_rtt(&conn);
                 conn.close(IDLE_CLOSE, b"idle");
                 true
             }
@@ -651,38 +659,33 @@ impl DaemonDialer {
         }
     }
 
-    /// The round-trip time to the peer: the current connection's selected path (QUIC's
-    /// smoothed estimate; [`crate::endpoint::INITIAL_RTT`] on a path with no sample yet);
-    /// while there is none open, the one the last connection had when it was closed as idle,
-    /// until a connection attempt fails. `None` otherwise (never connected, or the last
-    /// connection ended or failed another way).
-    pub fn rtt(&self) -> Option<Duration> {
-        let (conn, at_idle_close) = {
-            let latest = self.latest();
-            (latest.conn.clone(), latest.rtt_at_idle_close)
-        };
-        // noq's path stats are read with the lock released.
-        match conn
-            .as_ref()
+    /// A reading of the open connection to the peer: what it has sent so far (two readings
+    /// tell whether it was heard from in between, [`Heard::is_news_since`]) and the round-trip
+    /// time. A far peer acknowledges a request within its round trip; one that is stuck or
+    /// gone sends nothing, whatever the estimate says (late acknowledgements from a peer
+    /// that was held up even make it grow). `None` while no connection is open.
+    pub fn heard(&self) -> Option<Heard> {
+        let conn = self.latest().clone();
+        // noq's stats are read with the lock released.
+        conn.as_ref()
             .and_then(WeakConnectionHandle::upgrade)
             .filter(|conn| conn.close_reason().is_none())
-        {
-            Some(conn) => selected_rtt(&conn),
-            None => at_idle_close,
-        }
+            .map(|conn| Heard {
+                conn: conn.stable_id(),
+                datagrams: conn.stats().udp_rx.datagrams,
+                rtt: selected_rtt(&conn),
+            })
     }
 
-    fn latest(&self) -> std::sync::MutexGuard<'_, Latest> {
+    fn latest(&self) -> std::sync::MutexGuard<'_, Option<WeakConnectionHandle>> {
         self.latest
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Closes the current connection, if any, and forgets the round-trip time of an
-    /// idle-closed one.
+    /// Closes the current connection, if any.
     pub async fn close(&self) {
         let conn = self.state.lock().await.conn.take();
-        self.latest().rtt_at_idle_close = None;
         if let Some(conn) = conn {
             conn.close(SHUTTING_DOWN, b"bye");
         }
@@ -1630,64 +1633,47 @@ mod tests {
         Ok(())
     }
 
-    /// The round-trip time is that of the open connection: none before the first one, a
-    /// measured one while it is open; after an idle close, the one it had, until a
-    /// connection attempt fails; none after any other close.
+    /// A reading is of the open connection: none before the first one or after a close;
+    /// a measured round-trip time while it is open; news once the peer sent something, or
+    /// when the connection is a new one.
     #[tokio::test]
-    async fn the_round_trip_time_is_the_open_connections_or_the_idle_closed_ones() -> TestResult {
+    async fn what_was_heard_is_read_from_the_open_connection() -> TestResult {
         let dir = tempfile::tempdir()?;
         let secret = AccessSecret::from_bytes([6; 32]);
         let (router, _connections) = server_with(dir.path(), &secret, Limits::default()).await?;
         let client = client_endpoint(10).await?;
         let dialer = DaemonDialer::new(client.clone(), router.endpoint().addr(), &secret)
             .with_connect_timeout(Duration::from_millis(500));
-        assert_eq!(
-            dialer.rtt(),
-            None,
-            "a round-trip time before any connection"
-        );
+        assert!(dialer.heard().is_none(), "a reading before any connection");
         dialer.connection().await?;
-        let rtt = dialer
+        let first = dialer.heard().ok_or("no reading of an open connection")?;
+        assert!(first.is_news_since(None), "a new connection is news");
+        let rtt = first
             .rtt()
             .ok_or("no round-trip time on an open connection")?;
         // Loopback: measured, so far below the 100 ms assumed before a measurement.
         assert!(rtt < INITIAL_RTT, "round-trip time {rtt:?} on loopback");
-        dialer.close().await;
-        assert_eq!(dialer.rtt(), None, "a round-trip time after the close");
+        let again = dialer.heard().ok_or("no second reading")?;
+        assert!(!again.is_news_since(Some(&first)), "news with nothing sent");
+        // A stream the peer answers (its refusal of the daemon connection is enough).
+        let (mut send, mut recv) = dialer.connection().await?.open_bi().await?;
+        send.write_all(b"x").await?;
+        send.finish()?;
+        let _ = recv.read_to_end(1024).await;
+        let answered = dialer.heard().ok_or("no reading after an answer")?;
+        assert!(answered.is_news_since(Some(&again)), "an answer is no news");
 
-        dialer.connection().await?;
-        let rtt = dialer
-            .rtt()
-            .ok_or("no round-trip time on the new connection")?;
         assert!(dialer.close_idle(dialer.streams_opened()).await);
-        assert_eq!(
-            dialer.rtt(),
-            Some(rtt),
-            "the round-trip time after an idle close"
-        );
-        dialer.close().await;
-        assert_eq!(
-            dialer.rtt(),
-            None,
-            "a round-trip time after a close that followed an idle close"
-        );
-
+        assert!(dialer.heard().is_none(), "a reading after an idle close");
         dialer.connection().await?;
-        assert!(dialer.close_idle(dialer.streams_opened()).await);
+        let other = dialer.heard().ok_or("no reading of the new connection")?;
         assert!(
-            dialer.rtt().is_some(),
-            "no round-trip time after an idle close"
+            other.is_news_since(Some(&answered)),
+            "a new connection is no news"
         );
+        dialer.close().await;
+        assert!(dialer.heard().is_none(), "a reading after a close");
         router.shutdown().await?;
-        assert!(
-            dialer.connection().await.is_err(),
-            "connected to a router that was shut down"
-        );
-        assert_eq!(
-            dialer.rtt(),
-            None,
-            "a round-trip time after a failed connection attempt"
-        );
         client.close().await;
         Ok(())
     }

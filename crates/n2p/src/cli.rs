@@ -146,7 +146,7 @@ pub(crate) struct TrustArgs {
 #[derive(Debug, Args)]
 pub(crate) struct CacheArgs {
     /// How long a narinfo request waits for peers before answering 404 (a peer further away
-    /// than a twelfth of it gets 12 of its round trips, up to 5 s).
+    /// than a twelfth of it, and heard from meanwhile, gets 12 of its round trips, up to 5 s).
     #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = parse_seconds)]
     pub(crate) narinfo_deadline: Duration,
 }
