@@ -161,6 +161,10 @@ pub struct StoreClient {
     dialers: Mutex<HashMap<EndpointId, PeerDialer>>,
     batches: Mutex<HashMap<EndpointId, Batches>>,
     narinfo_requests: AtomicU64,
+    /// Requests answered that went out with 0-RTT.
+    early_requests: AtomicU64,
+    /// Requests sent with 0-RTT that the peer refused, and sent again.
+    early_refused: AtomicU64,
     nar_requests: AtomicU64,
 }
 
@@ -174,6 +178,8 @@ impl StoreClient {
             dialers: Mutex::new(HashMap::new()),
             batches: Mutex::new(HashMap::new()),
             narinfo_requests: AtomicU64::new(0),
+            early_requests: AtomicU64::new(0),
+            early_refused: AtomicU64::new(0),
             nar_requests: AtomicU64::new(0),
         }
     }
@@ -207,6 +213,7 @@ impl StoreClient {
                 let dialer = Arc::new(
                     DaemonDialer::new(self.endpoint.clone(), peer.addr.clone(), &peer.secret)
                         .with_alpn(STORE_ALPN)
+                        .with_early_data()
                         .with_connect_timeout(self.connect_timeout),
                 );
                 let after = self.idle_close;
@@ -302,11 +309,46 @@ impl StoreClient {
     /// stops the receiving half when dropped before [`QuicPair::completed`].
     async fn request(&self, peer: &Peer, request: &Request) -> Result<QuicPair, PullError> {
         let mut pair = self.dialer(peer).open_stream().await?;
-        write_frame(&mut pair.send, request).await?;
-        pair.send
-            .finish()
-            .map_err(|e| PullError::Send(e.to_string()))?;
+        send_request(&mut pair, request).await?;
         Ok(pair)
+    }
+
+    /// Sends `request` to `peer` and reads its answer. Where the connection has to be made
+    /// again and resumes a session, the request goes out with 0-RTT (lookups only read, so
+    /// a replay changes nothing; see [`DaemonDialer::open_early_stream`]): one round trip
+    /// instead of two. If the peer refuses the 0-RTT data, it is sent again.
+    async fn exchange<T: serde::de::DeserializeOwned>(
+        &self,
+        peer: &Peer,
+        request: &Request,
+    ) -> Result<T, PullError> {
+        let mut early = self.dialer(peer).open_early_stream().await?;
+        let answer = async {
+            send_request(&mut early.pair, request).await?;
+            Ok::<T, PullError>(read_frame(&mut early.pair.recv).await?)
+        }
+        .await;
+        match answer {
+            Ok(answer) => {
+                if early.sent_early() {
+                    self.early_requests.fetch_add(1, Ordering::Relaxed);
+                }
+                early.pair.completed();
+                Ok(answer)
+            }
+            Err(e) if early.was_refused().await => {
+                debug!(
+                    "{} refused a 0-RTT request ({e}); sending it again",
+                    peer.name
+                );
+                self.early_refused.fetch_add(1, Ordering::Relaxed);
+                let mut pair = self.request(peer, request).await?;
+                let answer = read_frame(&mut pair.recv).await?;
+                pair.completed();
+                Ok(answer)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The metadata of the path with `hash_part` on `peer`, `None` where it has none; sent
@@ -380,6 +422,17 @@ impl StoreClient {
         self.narinfo_requests.load(Ordering::Relaxed)
     }
 
+    /// How many requests sent with 0-RTT (on a connection made again that resumed a session)
+    /// were answered, to any peer.
+    pub fn early_requests(&self) -> u64 {
+        self.early_requests.load(Ordering::Relaxed)
+    }
+
+    /// How many requests sent with 0-RTT a peer refused (and were sent again).
+    pub fn early_refused(&self) -> u64 {
+        self.early_refused.load(Ordering::Relaxed)
+    }
+
     /// How many NAR requests this client has made, to any peer.
     pub fn nar_requests(&self) -> u64 {
         self.nar_requests.load(Ordering::Relaxed)
@@ -400,16 +453,10 @@ impl StoreClient {
             )));
         }
         self.narinfo_requests.fetch_add(1, Ordering::Relaxed);
-        let mut pair = self
-            .request(
-                peer,
-                &Request::NarInfos {
-                    hash_parts: hash_parts.to_vec(),
-                },
-            )
-            .await?;
-        let reply: NarInfosReply = read_frame(&mut pair.recv).await?;
-        pair.completed();
+        let request = Request::NarInfos {
+            hash_parts: hash_parts.to_vec(),
+        };
+        let reply: NarInfosReply = self.exchange(peer, &request).await?;
         if reply.infos.len() != hash_parts.len() {
             return Err(PullError::Protocol(format!(
                 "{} answers for {} hash parts",
@@ -485,6 +532,14 @@ enum WireError {
     Sig(String),
     #[error("NarSize 0")]
     EmptyNar,
+}
+
+/// Writes `request` on `pair` and finishes its sending half.
+async fn send_request(pair: &mut QuicPair, request: &Request) -> Result<(), PullError> {
+    write_frame(&mut pair.send, request).await?;
+    pair.send
+        .finish()
+        .map_err(|e| PullError::Send(e.to_string()))
 }
 
 fn from_wire(info: WireInfo) -> Result<NarInfo, WireError> {

@@ -19,21 +19,29 @@
 //! within the deadline); after, [`StoreLimits::streams_per_connection`] requests in flight
 //! per connection (the next stream is not accepted before one ends) and
 //! [`StoreLimits::nars_per_peer`] NARs in flight per peer identity, across its connections.
+//!
+//! A peer that resumes an earlier session sends its first requests with 0-RTT, and they are
+//! answered before the handshake completes ([`Resumed`]): a lookup after an idle close
+//! costs one round trip instead of two. Every request of this protocol only reads, so a
+//! replayed first flight changes nothing (and its sender cannot read the answers).
 
 use std::{
     collections::HashMap,
     path::PathBuf,
-    sync::{Arc, Mutex, Weak},
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use iroh::{
     EndpointId,
-    endpoint::{Connection, SendStream},
+    endpoint::{Accepting, Connection, SendStream},
     protocol::{AcceptError, ProtocolHandler},
 };
 use n2p_core::{
-    accept::{prove_stream, serve_streams},
+    accept::{Resumed, Served, prove_stream, serve_streams},
     access::AccessPolicy,
     daemon::{ACCESS_DENIED, connect_daemon},
     forward::QuicPair,
@@ -118,6 +126,8 @@ struct Inner {
     idle: Mutex<Vec<Pooled>>,
     /// Recent signed narinfo hits, answered again without the daemon.
     answers: Mutex<Answers<String, WireInfo>>,
+    /// Connections served from their first flight ([`Resumed`]).
+    resumed: AtomicU64,
 }
 
 /// An idle daemon connection and how many temporary roots it holds: a root lives as long
@@ -203,6 +213,7 @@ impl StoreService {
             nar_slots: Mutex::new(HashMap::new()),
             idle: Mutex::new(Vec::new()),
             answers: Mutex::new(Answers::new(ANSWER_TTL, ANSWER_CAPACITY)),
+            resumed: AtomicU64::new(0),
         });
         // Outside a runtime (never in n2p) idle connections are only closed when the
         // service is dropped.
@@ -213,6 +224,12 @@ impl StoreService {
             ));
         }
         Self { inner }
+    }
+
+    /// How many connections resumed a session and were served from their first flight,
+    /// before their handshake completed.
+    pub fn resumed_connections(&self) -> u64 {
+        self.inner.resumed.load(Ordering::Relaxed)
     }
 
     /// The semaphore bounding NARs in flight to `peer`.
@@ -254,7 +271,7 @@ impl StoreService {
     /// which resets them.
     async fn handle_stream(
         &self,
-        conn: &Connection,
+        conn: &impl Served,
         gate: &ConnectionGate,
         unproven: UnprovenPermit,
         mut streams: QuicPair,
@@ -273,7 +290,7 @@ impl StoreService {
         if !proven {
             return;
         }
-        let peer = conn.remote_id();
+        let peer = conn.peer();
         let request = match tokio::time::timeout(
             REQUEST_TIMEOUT,
             read_frame::<_, Request>(&mut streams.recv),
@@ -554,17 +571,17 @@ impl StoreService {
     }
 }
 
-impl ProtocolHandler for StoreService {
-    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
-        let peer = conn.remote_id();
+impl StoreService {
+    /// Serves `conn`'s streams until it ends, if its peer is let in.
+    async fn serve(&self, conn: impl Served) {
+        let peer = conn.peer();
         let span = info_span!("store", me = %self.inner.me.fmt_short(), remote = %peer.fmt_short());
         async {
             if let Err(refusal) = self.inner.policy.check_peer(peer) {
                 warn!(peer = %peer, "refused store access to {peer}: {refusal}");
                 conn.close(ACCESS_DENIED, refusal.to_string().as_bytes());
-                return Ok(());
+                return;
             }
-            n2p_core::conn_stats::spawn_logger(&conn, "accept");
             let service = self.clone();
             serve_streams(
                 &conn,
@@ -577,9 +594,40 @@ impl ProtocolHandler for StoreService {
                 },
             )
             .await;
-            Ok(())
         }
         .instrument(span)
         .await
+    }
+}
+
+impl ProtocolHandler for StoreService {
+    /// A connection that resumed a session is served here, from its first 0-RTT stream on,
+    /// and handed on closed (to [`Self::accept`], which then has nothing to do); any other
+    /// is handed on once its handshake completes.
+    async fn on_accepting(&self, accepting: Accepting) -> Result<Connection, AcceptError> {
+        match Resumed::of(accepting.into_0rtt()) {
+            Ok(resumed) => {
+                debug!(peer = %resumed.peer().fmt_short(), "serving a resumed session from its first flight");
+                self.inner.resumed.fetch_add(1, Ordering::Relaxed);
+                let handshake = resumed.connection().handshake_completed();
+                let logged = async {
+                    if let Ok(conn) = resumed.connection().handshake_completed().await {
+                        n2p_core::conn_stats::spawn_logger(&conn, "accept");
+                    }
+                };
+                tokio::join!(self.serve(resumed.clone()), logged);
+                Ok(handshake.await?)
+            }
+            Err(early) => Ok(early.handshake_completed().await?),
+        }
+    }
+
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        if conn.close_reason().is_some() {
+            return Ok(());
+        }
+        n2p_core::conn_stats::spawn_logger(&conn, "accept");
+        self.serve(conn).await;
+        Ok(())
     }
 }

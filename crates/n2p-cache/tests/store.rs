@@ -39,6 +39,7 @@ async fn endpoint(seed: u8, alpns: Vec<Vec<u8>>) -> Result<Endpoint, Box<dyn std
 
 struct Served {
     router: Router,
+    service: StoreService,
     key: n2p_nix::SecretKey,
     secret: AccessSecret,
 }
@@ -66,10 +67,11 @@ async fn serve_with(
         limits,
     );
     let router = Router::builder(endpoint)
-        .accept(STORE_ALPN, service)
+        .accept(STORE_ALPN, service.clone())
         .spawn();
     Ok(Served {
         router,
+        service,
         key,
         secret,
     })
@@ -210,6 +212,62 @@ async fn a_peer_that_left_is_forgotten_once_nothing_is_under_way() -> TestResult
 
     client.close().await;
     served.router.shutdown().await?;
+    Ok(())
+}
+
+/// A lookup on a connection made again (after an idle close) resumes the session: it goes
+/// out with 0-RTT, the server answers it from the first flight, and the answer is the one
+/// a full handshake gets. A server that cannot resume the session (a new process, with
+/// other ticket keys) refuses the 0-RTT data; the lookup is sent again and answered.
+#[tokio::test]
+async fn a_lookup_on_a_resumed_session_goes_out_with_0rtt_and_again_if_refused() -> TestResult {
+    if !require_nix("a_lookup_on_a_resumed_session_goes_out_with_0rtt_and_again_if_refused") {
+        return Ok(());
+    }
+    let daemon = NixDaemon::start();
+    let source = SourceStore::new();
+    let blob = source.add_random_file("blob", 1 << 10, 13);
+    assert_copy_succeeds(&source, &daemon.store_url(), &[&blob]);
+    let served = serve(&daemon).await?;
+    let client = StoreClient::new(endpoint(5, vec![]).await?);
+    let hash_parts = [basename(&blob).hash_part().to_owned()];
+
+    let first = client.narinfos(&served.peer(), &hash_parts).await?;
+    assert!(first[0].is_some(), "no answer to the first lookup");
+    assert_eq!(
+        client.early_requests(),
+        0,
+        "0-RTT without a session to resume"
+    );
+    assert_eq!(served.service.resumed_connections(), 0);
+
+    // The connection is closed as idle; the next lookup makes it again.
+    client.forget_idle_peers(&[]).await;
+    let resumed = client.narinfos(&served.peer(), &hash_parts).await?;
+    assert_eq!(resumed, first, "another answer on the resumed session");
+    assert_eq!(
+        client.early_requests(),
+        1,
+        "the lookup did not go out with 0-RTT"
+    );
+    assert_eq!(
+        served.service.resumed_connections(),
+        1,
+        "the server did not serve the resumed session from its first flight"
+    );
+
+    // The server restarts: same identity, new process.
+    client.forget_idle_peers(&[]).await;
+    served.router.shutdown().await?;
+    let restarted = serve(&daemon).await?;
+    let again = client.narinfos(&restarted.peer(), &hash_parts).await?;
+    assert_eq!(again, first, "another answer after the refused 0-RTT data");
+    assert_eq!(client.early_refused(), 1, "the 0-RTT data was not refused");
+    assert_eq!(client.early_requests(), 1);
+    assert_eq!(restarted.service.resumed_connections(), 0);
+
+    client.close().await;
+    restarted.router.shutdown().await?;
     Ok(())
 }
 

@@ -7,7 +7,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use iroh::{
     EndpointId,
-    endpoint::{Connection, RecvStream},
+    endpoint::{AcceptBi, Connection, IncomingZeroRttConnection, RecvStream, VarInt},
 };
 use tokio::{sync::Semaphore, task::JoinSet};
 use tracing::{Instrument, debug, warn};
@@ -22,23 +22,90 @@ use crate::{
 /// The close reason of a connection that did not prove access in time.
 pub const NO_PROOF_IN_TIME: &[u8] = b"no access proof in time";
 
+/// A connection whose streams a service serves, and the peer it is from.
+pub trait Served: Clone + Send + Sync + 'static {
+    /// The peer's id.
+    fn peer(&self) -> EndpointId;
+    /// Takes the next stream the peer opens.
+    fn accept_bi(&self) -> AcceptBi<'_>;
+    /// Closes the connection.
+    fn close(&self, code: VarInt, reason: &[u8]);
+}
+
+impl Served for Connection {
+    fn peer(&self) -> EndpointId {
+        self.remote_id()
+    }
+
+    fn accept_bi(&self) -> AcceptBi<'_> {
+        Connection::accept_bi(self)
+    }
+
+    fn close(&self, code: VarInt, reason: &[u8]) {
+        Connection::close(self, code, reason)
+    }
+}
+
+/// A connection still in its handshake that resumed an earlier session with 0-RTT: the
+/// peer is the one that session was authenticated as (its ticket names it, and only the
+/// holder of that session's secret can use the ticket). Its first streams arrive before
+/// the handshake completes and can be answered at once, which saves the round trip the
+/// handshake takes. They are replayable: someone who recorded the client's first flight
+/// can send it again (without being able to read the answers or go on), so only a service
+/// whose requests change nothing may serve streams on it (the store protocol's lookups).
+#[derive(Debug, Clone)]
+pub struct Resumed {
+    conn: IncomingZeroRttConnection,
+    peer: EndpointId,
+}
+
+impl Resumed {
+    /// `conn` if it resumed a session (its peer is known before the handshake completes).
+    pub fn of(conn: IncomingZeroRttConnection) -> Result<Self, IncomingZeroRttConnection> {
+        match conn.remote_id() {
+            Ok(peer) => Ok(Self { conn, peer }),
+            Err(_) => Err(conn),
+        }
+    }
+
+    /// The connection.
+    pub fn connection(&self) -> &IncomingZeroRttConnection {
+        &self.conn
+    }
+}
+
+impl Served for Resumed {
+    fn peer(&self) -> EndpointId {
+        self.peer
+    }
+
+    fn accept_bi(&self) -> AcceptBi<'_> {
+        self.conn.accept_bi()
+    }
+
+    fn close(&self, code: VarInt, reason: &[u8]) {
+        self.conn.close(code, reason)
+    }
+}
+
 /// Accepts `conn`'s streams until it ends, running `handle` on each in its own task.
 ///
 /// `service` names the streams in logs ("daemon", "store"). With `bound`, at most that many
 /// streams are handled at once and no new one is taken meanwhile (back-pressure). A stream
 /// beyond [`Limits`]' unproven allowance is reset; a connection with no proof by the gate's
 /// deadline is closed with [`ACCESS_DENIED`]. Returns once every stream task has ended.
-pub async fn serve_streams<F, Fut>(
-    conn: &Connection,
+pub async fn serve_streams<C, F, Fut>(
+    conn: &C,
     service: &'static str,
     limits: &Limits,
     bound: Option<usize>,
     handle: F,
 ) where
-    F: Fn(Connection, Arc<ConnectionGate>, UnprovenPermit, QuicPair) -> Fut,
+    C: Served,
+    F: Fn(C, Arc<ConnectionGate>, UnprovenPermit, QuicPair) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let peer = conn.remote_id();
+    let peer = conn.peer();
     let bound = bound.map(|n| Arc::new(Semaphore::new(n)));
     let gate = Arc::new(ConnectionGate::new(limits));
     // The stream tasks borrow nothing from this loop, so a set owned here and drained on
@@ -103,7 +170,7 @@ pub async fn serve_streams<F, Fut>(
 /// caller then drops the stream, which resets it.
 #[allow(clippy::too_many_arguments)]
 pub async fn prove_stream(
-    conn: &Connection,
+    conn: &impl Served,
     gate: &ConnectionGate,
     unproven: UnprovenPermit,
     recv: &mut RecvStream,
@@ -112,7 +179,7 @@ pub async fn prove_stream(
     deadline: Duration,
     refused_as: &str,
 ) -> bool {
-    let peer = conn.remote_id();
+    let peer = conn.peer();
     let mut proof = [0u8; AccessProof::LEN];
     match tokio::time::timeout(deadline, recv.read_exact(&mut proof)).await {
         Ok(Ok(())) => {}

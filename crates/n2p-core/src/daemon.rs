@@ -24,8 +24,8 @@ use std::{
 use iroh::{
     Endpoint, EndpointAddr, EndpointId,
     endpoint::{
-        ApplicationClose, ConnectError, ConnectingError, Connection, ConnectionError, VarInt,
-        WeakConnectionHandle,
+        ApplicationClose, ConnectError, ConnectingError, Connection, ConnectionError,
+        ConnectionState, OutgoingZeroRttConnection, VarInt, WeakConnectionHandle, ZeroRttStatus,
     },
     protocol::{AcceptError, ProtocolHandler},
 };
@@ -290,10 +290,11 @@ pub struct DaemonDialer {
     alpn: &'static [u8],
     proof: AccessProof,
     connect_timeout: Duration,
-    state: Mutex<DialState>,
-    /// The latest connection made, for reading it ([`Self::heard`]) without waiting for
-    /// `state` (held while connecting); weak, so it keeps nothing open.
-    latest: std::sync::Mutex<Option<WeakConnectionHandle>>,
+    /// Whether a connection that resumes a session sends its first streams with 0-RTT
+    /// ([`Self::with_early_data`]).
+    early_data: bool,
+    /// Shared with the task that waits for a 0-RTT connection's handshake.
+    shared: Arc<Shared>,
     /// Streams opened so far, for telling whether the dialer was used between two looks.
     opened: AtomicU64,
     /// Stream pairs opened and not yet dropped.
@@ -330,7 +331,144 @@ impl Heard {
 #[derive(Debug, Default)]
 struct DialState {
     conn: Option<Connection>,
+    /// A connection sent with 0-RTT whose handshake is under way; it becomes `conn` when
+    /// the handshake completes ([`settle`]).
+    early: Option<OutgoingZeroRttConnection>,
     outage: Option<Outage>,
+}
+
+/// The dialer's state, and what can be read of it without waiting for it.
+#[derive(Debug, Default)]
+struct Shared {
+    state: Mutex<DialState>,
+    /// The latest connection made, for reading it ([`DaemonDialer::heard`]) without waiting
+    /// for `state` (held while connecting); weak, so it keeps nothing open.
+    latest: std::sync::Mutex<Option<WeakConnectionHandle>>,
+}
+
+impl Shared {
+    fn latest(&self) -> std::sync::MutexGuard<'_, Option<WeakConnectionHandle>> {
+        self.latest
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Makes `conn` the dialer's connection.
+    fn connected(&self, state: &mut DialState, conn: Connection) {
+        let peer = conn.remote_id();
+        if let Some(outage) = state.outage.take() {
+            info!(peer = %peer.fmt_short(),
+                "reached peer {peer} again after {} s unreachable",
+                outage.since.elapsed().as_secs()
+            );
+        }
+        info!(peer = %peer.fmt_short(), "connected to {}", peer);
+        tokio::spawn(log_when_closed(conn.clone()));
+        crate::conn_stats::spawn_logger(&conn, "dial");
+        *self.latest() = Some(conn.weak_handle());
+        state.conn = Some(conn);
+    }
+}
+
+/// What a connection attempt made: a connection, or one that resumed a session and whose
+/// handshake is still under way.
+enum Dialed {
+    Done(Connection),
+    Early(OutgoingZeroRttConnection),
+}
+
+/// Waits up to `timeout` for the handshake of `early`, then, if the dialer still holds it,
+/// puts what it became in its place: the connection (its 0-RTT data accepted or not), or
+/// an outage. Whoever sees the outcome first (the task started with the connection, or an
+/// opener that needs the full connection) does it.
+async fn settle(
+    shared: &Shared,
+    early: &OutgoingZeroRttConnection,
+    peer: EndpointId,
+    timeout: Duration,
+    started: Instant,
+) -> Result<(), DialError> {
+    let outcome = tokio::time::timeout(timeout, early.handshake_completed()).await;
+    let mut state = shared.state.lock().await;
+    if state
+        .early
+        .as_ref()
+        .is_none_or(|held| held.stable_id() != early.stable_id())
+    {
+        return Ok(());
+    }
+    state.early = None;
+    let error = match outcome {
+        Ok(Ok(ZeroRttStatus::Accepted(conn))) => {
+            debug!(peer = %peer.fmt_short(), "0-RTT data accepted");
+            shared.connected(&mut state, conn);
+            return Ok(());
+        }
+        Ok(Ok(ZeroRttStatus::Rejected(conn))) => {
+            debug!(peer = %peer.fmt_short(), "0-RTT data rejected; its streams are sent again");
+            shared.connected(&mut state, conn);
+            return Ok(());
+        }
+        Ok(Err(source)) => DialError::Connect {
+            peer,
+            source: source.into(),
+        },
+        Err(_) => DialError::Timeout {
+            peer,
+            after: started.elapsed(),
+        },
+    };
+    record_failure(&mut state, started, &error);
+    Err(error)
+}
+
+/// Notes a failed connection attempt (begun at `started`) in `state`'s outage.
+fn record_failure(state: &mut DialState, started: Instant, error: &DialError) {
+    let reason = error.to_string();
+    match &mut state.outage {
+        Some(outage) => {
+            outage.last_attempt = Instant::now();
+            outage.reason = reason;
+        }
+        None => {
+            state.outage = Some(Outage {
+                since: started,
+                last_attempt: Instant::now(),
+                reason,
+                failed_streams: 0,
+                logged: None,
+            });
+        }
+    }
+}
+
+/// A stream from [`DaemonDialer::open_early_stream`], proof already sent.
+#[derive(Debug)]
+pub struct EarlyStream {
+    /// The stream.
+    pub pair: QuicPair,
+    /// The connection in its handshake, when the stream went out with 0-RTT.
+    sent_early: Option<OutgoingZeroRttConnection>,
+}
+
+impl EarlyStream {
+    /// Whether the stream went out with 0-RTT.
+    pub fn sent_early(&self) -> bool {
+        self.sent_early.is_some()
+    }
+
+    /// Whether the stream went out with 0-RTT and the peer refused it (waits for the
+    /// handshake to tell): then the stream failed, and its request should be sent again on
+    /// a new one.
+    pub async fn was_refused(&self) -> bool {
+        match &self.sent_early {
+            Some(conn) => matches!(
+                conn.handshake_completed().await,
+                Ok(ZeroRttStatus::Rejected(_))
+            ),
+            None => false,
+        }
+    }
 }
 
 /// A peer that could not be reached, since when.
@@ -355,8 +493,8 @@ impl DaemonDialer {
             alpn: DAEMON_ALPN,
             proof,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            state: Mutex::new(DialState::default()),
-            latest: std::sync::Mutex::new(None),
+            early_data: false,
+            shared: Arc::default(),
             opened: AtomicU64::new(0),
             live: Arc::new(AtomicUsize::new(0)),
             hello: HelloCache::new(),
@@ -376,6 +514,16 @@ impl DaemonDialer {
         self
     }
 
+    /// Sends the first streams of a connection that resumes an earlier session with the
+    /// peer with 0-RTT, before the handshake completes, when they are opened with
+    /// [`Self::open_early_stream`]: a round trip saved on each reconnection. Such streams
+    /// are replayable by someone who recorded them, so only for a protocol whose requests
+    /// change nothing (the store protocol's lookups; never Nix's daemon protocol).
+    pub fn with_early_data(mut self) -> Self {
+        self.early_data = true;
+        self
+    }
+
     /// The peer's id.
     pub fn peer(&self) -> EndpointId {
         self.target.id
@@ -386,13 +534,39 @@ impl DaemonDialer {
         &self.hello
     }
 
-    /// The live connection, connecting first if there is none or it has closed; fails at
-    /// once during the [`RETRY_AFTER`] that follows a failed attempt.
+    /// The live connection, connecting first if there is none or it has closed (and
+    /// waiting for the handshake of one sent with 0-RTT); fails at once during the
+    /// [`RETRY_AFTER`] that follows a failed attempt.
     pub async fn connection(&self) -> Result<Connection, DialError> {
-        let mut state = self.state.lock().await;
+        loop {
+            match self.held(false).await? {
+                Dialed::Done(conn) => return Ok(conn),
+                Dialed::Early(early) => {
+                    let started = Instant::now();
+                    settle(
+                        &self.shared,
+                        &early,
+                        self.target.id,
+                        self.connect_timeout,
+                        started,
+                    )
+                    .await?;
+                }
+            }
+        }
+    }
+
+    /// The live connection, or one sent with 0-RTT whose handshake is under way; connects
+    /// first if there is neither (with 0-RTT when `early` and the dialer sends early
+    /// data); fails at once during the [`RETRY_AFTER`] that follows a failed attempt.
+    async fn held(&self, early: bool) -> Result<Dialed, DialError> {
+        let mut state = self.shared.state.lock().await;
+        if let Some(conn) = state.early.as_ref() {
+            return Ok(Dialed::Early(conn.clone()));
+        }
         if let Some(conn) = state.conn.as_ref() {
             match conn.close_reason() {
-                None => return Ok(conn.clone()),
+                None => return Ok(Dialed::Done(conn.clone())),
                 Some(reason) => debug!("reconnecting: {}", describe_close(&reason)),
             }
         }
@@ -409,68 +583,66 @@ impl DaemonDialer {
             }
         }
         let started = Instant::now();
-        match self.connect(started).await {
-            Ok(conn) => {
-                if let Some(outage) = state.outage.take() {
-                    info!(peer = %peer.fmt_short(),
-                        "reached peer {peer} again after {} s unreachable",
-                        outage.since.elapsed().as_secs()
-                    );
-                }
-                *self.latest() = Some(conn.weak_handle());
-                state.conn = Some(conn.clone());
-                Ok(conn)
+        match self.connect(started, early && self.early_data).await {
+            Ok(Dialed::Done(conn)) => {
+                self.shared.connected(&mut state, conn.clone());
+                Ok(Dialed::Done(conn))
+            }
+            Ok(Dialed::Early(conn)) => {
+                debug!(peer = %peer.fmt_short(), "resuming the session with {peer} with 0-RTT");
+                state.early = Some(conn.clone());
+                let (shared, timeout) = (self.shared.clone(), self.connect_timeout);
+                let early = conn.clone();
+                tokio::spawn(async move {
+                    // A failure is recorded there, for the next stream to find.
+                    let _ = settle(&shared, &early, peer, timeout, started).await;
+                });
+                Ok(Dialed::Early(conn))
             }
             Err(e) => {
-                let reason = e.to_string();
-                match &mut state.outage {
-                    Some(outage) => {
-                        outage.last_attempt = Instant::now();
-                        outage.reason = reason;
-                    }
-                    None => {
-                        state.outage = Some(Outage {
-                            since: started,
-                            last_attempt: Instant::now(),
-                            reason,
-                            failed_streams: 0,
-                            logged: None,
-                        });
-                    }
-                }
+                record_failure(&mut state, started, &e);
                 Err(e)
             }
         }
     }
 
-    /// One connection attempt, bounded by the connect timeout.
-    async fn connect(&self, started: Instant) -> Result<Connection, DialError> {
+    /// One connection attempt, bounded by the connect timeout: with `early`, one that
+    /// resumes a session is handed back as soon as its first flight is out.
+    async fn connect(&self, started: Instant, early: bool) -> Result<Dialed, DialError> {
         let peer = self.target.id;
-        let conn = tokio::time::timeout(
-            self.connect_timeout,
-            self.endpoint.connect(self.target.clone(), self.alpn),
-        )
-        .await
-        .map_err(|_| DialError::Timeout {
+        let timed_out = || DialError::Timeout {
             peer,
             after: started.elapsed(),
-        })?
-        .map_err(|source| {
-            // QUIC gives up on a silent peer after its idle timeout, before ours: say so
-            // with the time really waited, not as iroh's chain of "timed out".
+        };
+        // QUIC gives up on a silent peer after its idle timeout, before ours: say so with
+        // the time really waited, not as iroh's chain of "timed out".
+        let failed = |source: ConnectError| {
             if is_timeout(&source) {
-                DialError::Timeout {
-                    peer,
-                    after: started.elapsed(),
-                }
+                timed_out()
             } else {
                 DialError::Connect { peer, source }
             }
-        })?;
-        info!(peer = %peer.fmt_short(), "connected to {}", peer);
-        tokio::spawn(log_when_closed(conn.clone()));
-        crate::conn_stats::spawn_logger(&conn, "dial");
-        Ok(conn)
+        };
+        let attempt = async {
+            let connecting = self
+                .endpoint
+                .connect_with_opts(self.target.clone(), self.alpn, Default::default())
+                .await
+                .map_err(ConnectError::from)?;
+            let connecting = if early {
+                match connecting.into_0rtt() {
+                    Ok(conn) => return Ok(Dialed::Early(conn)),
+                    Err(connecting) => connecting,
+                }
+            } else {
+                connecting
+            };
+            Ok(Dialed::Done(connecting.await.map_err(ConnectError::from)?))
+        };
+        tokio::time::timeout(self.connect_timeout, attempt)
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(failed)
     }
 
     /// Opens one daemon stream, proof already sent. Retries once on a fresh connection when
@@ -492,7 +664,7 @@ impl DaemonDialer {
 
     /// Counts a stream that failed because the peer is unreachable; logs when due.
     async fn report_unreachable(&self, error: &DialError) {
-        let mut state = self.state.lock().await;
+        let mut state = self.shared.state.lock().await;
         let Some(outage) = state.outage.as_mut() else {
             return;
         };
@@ -529,15 +701,50 @@ impl DaemonDialer {
     }
 
     async fn try_open_stream(&self) -> Result<QuicPair, DialError> {
+        Ok(self.try_open(false).await?.pair)
+    }
+
+    /// Opens a stream as [`Self::open_stream`] does, but with [`Self::with_early_data`] it
+    /// goes out with 0-RTT when the connection has to be made again and resumes a session:
+    /// before the handshake completes. The peer may refuse 0-RTT data, and then the stream
+    /// fails; [`EarlyStream::was_refused`] tells, and the request should be sent again.
+    pub async fn open_early_stream(&self) -> Result<EarlyStream, DialError> {
+        let result = self.try_open(true).await;
+        if let Err(
+            e @ (DialError::Timeout { .. }
+            | DialError::Connect { .. }
+            | DialError::Unreachable { .. }),
+        ) = &result
+        {
+            self.report_unreachable(e).await;
+        }
+        result
+    }
+
+    async fn try_open(&self, early: bool) -> Result<EarlyStream, DialError> {
         let live = self.stream_starts();
         let peer = self.target.id;
         let mut last = None;
         for _attempt in 0..2 {
-            let conn = self.connection().await?;
-            match self.open_on(&conn).await {
-                Ok(pair) => return Ok(pair.counted_as(live)),
+            let (opened, close_reason, sent_early) = match self.held(early).await? {
+                Dialed::Early(conn) if early => {
+                    (self.open_on(&conn).await, conn.close_reason(), Some(conn))
+                }
+                Dialed::Early(_) => {
+                    let conn = self.connection().await?;
+                    (self.open_on(&conn).await, conn.close_reason(), None)
+                }
+                Dialed::Done(conn) => (self.open_on(&conn).await, conn.close_reason(), None),
+            };
+            match opened {
+                Ok(pair) => {
+                    return Ok(EarlyStream {
+                        pair: pair.counted_as(live),
+                        sent_early,
+                    });
+                }
                 Err(reason) => {
-                    if let Some(refused) = conn.close_reason().as_ref().and_then(refusal_of) {
+                    if let Some(refused) = close_reason.as_ref().and_then(refusal_of) {
                         return Err(DialError::Refused {
                             peer,
                             reason: refused,
@@ -553,7 +760,7 @@ impl DaemonDialer {
         })
     }
 
-    async fn open_on(&self, conn: &Connection) -> Result<QuicPair, String> {
+    async fn open_on<S: ConnectionState>(&self, conn: &Connection<S>) -> Result<QuicPair, String> {
         let (send, recv) = conn.open_bi().await.map_err(|e| describe_close(&e))?;
         let mut streams = QuicPair::new(send, recv);
         streams
@@ -627,7 +834,7 @@ impl DaemonDialer {
     /// this call either stops it closing or waits and gets a new connection, so it is
     /// never cut.
     pub async fn close_idle(&self, seen: u64) -> bool {
-        let mut state = self.state.lock().await;
+        let mut state = self.shared.state.lock().await;
         if self.streams_opened() != seen || self.streams_live() > 0 {
             return false;
         }
@@ -665,7 +872,7 @@ impl DaemonDialer {
     /// gone sends nothing, whatever the estimate says (late acknowledgements from a peer
     /// that was held up even make it grow). `None` while no connection is open.
     pub fn heard(&self) -> Option<Heard> {
-        let conn = self.latest().clone();
+        let conn = self.shared.latest().clone();
         // noq's stats are read with the lock released.
         conn.as_ref()
             .and_then(WeakConnectionHandle::upgrade)
@@ -677,16 +884,16 @@ impl DaemonDialer {
             })
     }
 
-    fn latest(&self) -> std::sync::MutexGuard<'_, Option<WeakConnectionHandle>> {
-        self.latest
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// Closes the current connection, if any.
     pub async fn close(&self) {
-        let conn = self.state.lock().await.conn.take();
+        let (conn, early) = {
+            let mut state = self.shared.state.lock().await;
+            (state.conn.take(), state.early.take())
+        };
         if let Some(conn) = conn {
+            conn.close(SHUTTING_DOWN, b"bye");
+        }
+        if let Some(conn) = early {
             conn.close(SHUTTING_DOWN, b"bye");
         }
     }
@@ -1881,6 +2088,7 @@ mod tests {
         }
         assert_eq!(
             dialer
+                .shared
                 .state
                 .lock()
                 .await
