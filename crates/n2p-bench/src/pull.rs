@@ -25,6 +25,7 @@ use std::{
     fmt, fs,
     net::SocketAddr,
     path::{Path, PathBuf},
+    thread,
     time::Duration,
 };
 
@@ -193,7 +194,7 @@ impl FreshClient {
     /// Starts `n2p client --cache` with its home, socket and log named `name` under `dir`,
     /// the facade on a free port at the client end of the link; returns once the facade is
     /// listening.
-    fn start(&self, dir: &Path, name: &str) -> Result<(Process, SocketAddr)> {
+    fn start(&self, dir: &Path, name: &str, extra: &[&str]) -> Result<(Process, SocketAddr)> {
         let cache = SocketAddr::new(self.net.client_ip, free_tcp_port());
         let client = start_n2p_client(
             &self.n2p,
@@ -202,7 +203,7 @@ impl FreshClient {
             &dir.join(format!("{name}.sock")),
             &self.net,
             &dir.join(format!("{name}.log")),
-            &["--cache", &cache.to_string()],
+            &[&["--cache", &cache.to_string()], extra].concat(),
             self.congestion.as_deref(),
         )?;
         client.try_wait_for_line("binary cache for Nix at", READY_TIMEOUT)?;
@@ -278,7 +279,7 @@ impl Sources {
             net: net.clone(),
             dir: n2p_dir.join("fresh"),
         };
-        let (client, cache_addr) = fresh_client.start(&n2p_dir, "client")?;
+        let (client, cache_addr) = fresh_client.start(&n2p_dir, "client", &[])?;
         in_ns(net.client_ns.as_deref(), move || {
             serves_cache_info(cache_addr).context("the facade")
         })?;
@@ -311,31 +312,56 @@ impl Sources {
     /// from the moment the facade is ready. That lookup dials the facade's store connection
     /// to the server, so it is what the first substitution after a start (or after a peer
     /// arrives) waits for; a 404 there is a path Nix then believes absent for an hour.
-    pub(crate) fn cold_lookups(&self, path: &str, runs: usize) -> Result<ColdLookups> {
+    ///
+    /// With `again` (another path the source has), each facade then waits until its store
+    /// connection was closed as idle (the facade runs with a [`RECONNECT_IDLE_MS`] idle
+    /// close) and looks `again` up: a lookup on a reconnection, which resumes the session.
+    pub(crate) fn cold_lookups(
+        &self,
+        path: &str,
+        again: Option<&str>,
+        runs: usize,
+    ) -> Result<ColdLookups> {
         let url = format!("/{}.narinfo", hash_part(path)?);
+        let again = again.map(hash_part).transpose()?;
+        let idle_close = RECONNECT_IDLE_MS.to_string();
+        let extra: &[&str] = match again {
+            Some(_) => &["--peer-idle-close-ms", &idle_close],
+            None => &[],
+        };
         fs::create_dir_all(&self.fresh_client.dir)?;
-        let mut ms = Vec::with_capacity(runs);
-        let mut not_answered = Vec::new();
+        let mut first = Lookups::default();
+        let mut reconnect = Lookups::default();
         for run in 0..runs {
-            let (mut client, cache) = self
-                .fresh_client
-                .start(&self.fresh_client.dir, &format!("cold-{run}"))?;
+            let (mut client, cache) =
+                self.fresh_client
+                    .start(&self.fresh_client.dir, &format!("cold-{run}"), extra)?;
             let url = url.clone();
-            let reply = in_ns(self.client_ns.as_deref(), move || {
-                Ok(http::request("GET", cache, &url, HTTP_TIMEOUT)?)
+            let again = again.map(|h| format!("/{h}.narinfo"));
+            let replies = in_ns(self.client_ns.as_deref(), move || {
+                let first = http::request("GET", cache, &url, HTTP_TIMEOUT)?;
+                let again = match again {
+                    Some(url) => {
+                        thread::sleep(Duration::from_millis(RECONNECT_IDLE_MS * 4));
+                        Some(http::request("GET", cache, &url, HTTP_TIMEOUT)?)
+                    }
+                    None => None,
+                };
+                Ok((first, again))
             });
             client.stop(Duration::from_secs(5));
-            let reply = reply.with_context(|| format!("cold lookup {run}"))?;
-            let took = reply.elapsed.as_secs_f64() * 1000.0;
-            ms.push(took);
-            if reply.status != 200 {
-                not_answered.push(took);
+            let (reply, again) = replies.with_context(|| format!("cold lookup {run}"))?;
+            first.add(&reply);
+            if let Some(reply) = again {
+                reconnect.add(&reply);
             }
         }
         Ok(ColdLookups {
             runs,
-            ms: Summary::of(&ms),
-            not_answered_ms: not_answered,
+            ms: Summary::of(&first.ms),
+            not_answered_ms: first.not_answered_ms,
+            reconnect_ms: Summary::of(&reconnect.ms),
+            reconnect_not_answered_ms: reconnect.not_answered_ms,
         })
     }
 
@@ -413,6 +439,27 @@ pub(crate) struct NarinfoLatency {
     pub(crate) wrong_status: usize,
 }
 
+/// The idle close the facades of [`Sources::cold_lookups`] run with when they also time a
+/// lookup on a reconnection, ms.
+const RECONNECT_IDLE_MS: u64 = 500;
+
+/// Timed lookups, and those not answered 200.
+#[derive(Debug, Default)]
+struct Lookups {
+    ms: Vec<f64>,
+    not_answered_ms: Vec<f64>,
+}
+
+impl Lookups {
+    fn add(&mut self, reply: &http::Reply) {
+        let took = reply.elapsed.as_secs_f64() * 1000.0;
+        self.ms.push(took);
+        if reply.status != 200 {
+            self.not_answered_ms.push(took);
+        }
+    }
+}
+
 /// The facade's probes after the pulls.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Probes {
@@ -432,6 +479,11 @@ pub(crate) struct ColdLookups {
     /// The lookups answered with another status than 200 (a 404: the facade's deadline
     /// passed), their times in ms.
     pub(crate) not_answered_ms: Vec<f64>,
+    /// The time to the answer of the second lookup of each facade, on its store connection
+    /// made again after an idle close, ms (none when there was no second path to ask).
+    pub(crate) reconnect_ms: Option<Summary>,
+    /// Those of them not answered 200, their times in ms.
+    pub(crate) reconnect_not_answered_ms: Vec<f64>,
 }
 
 /// Everything the pull section measured.
@@ -553,7 +605,11 @@ pub(crate) fn run(
     );
     let cold = match all_paths.first() {
         Some(path) if probes.cold_lookups > 0 => sources
-            .cold_lookups(path, probes.cold_lookups)
+            .cold_lookups(
+                path,
+                all_paths.get(1).map(String::as_str),
+                probes.cold_lookups,
+            )
             .map_err(|e| rec.errors.push(format!("first lookups: {e:#}")))
             .ok(),
         _ => None,

@@ -599,6 +599,17 @@ fn pull_markdown(out: &mut String, p: &PullResults, title: &str, sources: &str) 
             }
         );
     }
+    if let Some(c) = p.cold.as_ref().filter(|c| c.reconnect_ms.is_some()) {
+        let _ = writeln!(
+            out,
+            "Second lookup through each of those facades, on its store connection made again \
+             after an idle close (the session resumed), ms: {} over {} runs; {} not answered \
+             200.\n",
+            opt(c.reconnect_ms, |s| ms(&s)),
+            c.runs,
+            c.reconnect_not_answered_ms.len(),
+        );
+    }
     for peak in &p.p1_peak_rss {
         let _ = writeln!(
             out,

@@ -270,6 +270,10 @@ pub(crate) struct ClientArgs {
     pub(crate) cache: Option<SocketAddr>,
     #[command(flatten)]
     pub(crate) cache_options: CacheArgs,
+    /// Close the cache's connection to the server after this many milliseconds without use
+    /// [default: 60000]. Hidden: for the benchmark of lookups on a reconnection.
+    #[arg(long, value_name = "MS", hide = true)]
+    pub(crate) peer_idle_close_ms: Option<u64>,
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {

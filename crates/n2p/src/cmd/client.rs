@@ -76,8 +76,14 @@ pub(crate) async fn run(global: &GlobalArgs, args: ClientArgs) -> anyhow::Result
     }
     // The binary cache: the server is its one peer, `/peer/server/` its one named path.
     let facade = cache_listener.map(|listener| {
-        let client =
-            Arc::new(StoreClient::new(endpoint.clone()).with_connect_timeout(args.connect_timeout));
+        let idle_close = args
+            .peer_idle_close_ms
+            .map_or(n2p_core::idle::PEER_IDLE_CLOSE, Duration::from_millis);
+        let client = Arc::new(
+            StoreClient::new(endpoint.clone())
+                .with_connect_timeout(args.connect_timeout)
+                .with_idle_close(idle_close),
+        );
         let server = Peer {
             name: "server".to_owned(),
             addr: address.endpoint.clone(),
