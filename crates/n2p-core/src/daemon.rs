@@ -650,7 +650,20 @@ impl DaemonDialer {
     /// outage starts and every [`UNREACHABLE_LOG_EVERY`] (with how long it has lasted and
     /// how many streams failed); other failures are the caller's to log.
     pub async fn open_stream(&self) -> Result<QuicPair, DialError> {
-        let result = self.try_open_stream().await;
+        Ok(self.open(false).await?.pair)
+    }
+
+    /// Opens a stream as [`Self::open_stream`] does, but with [`Self::with_early_data`] it
+    /// goes out with 0-RTT when the connection has to be made again and resumes a session:
+    /// before the handshake completes. The peer may refuse 0-RTT data, and then the stream
+    /// fails; [`EarlyStream::was_refused`] tells, and the request should be sent again.
+    pub async fn open_early_stream(&self) -> Result<EarlyStream, DialError> {
+        self.open(true).await
+    }
+
+    /// [`Self::try_open`], with an unreachable peer counted and logged.
+    async fn open(&self, early: bool) -> Result<EarlyStream, DialError> {
+        let result = self.try_open(early).await;
         if let Err(
             e @ (DialError::Timeout { .. }
             | DialError::Connect { .. }
@@ -698,27 +711,6 @@ impl DaemonDialer {
     fn stream_starts(&self) -> LiveStream {
         self.opened.fetch_add(1, Ordering::SeqCst);
         LiveStream::counted_in(&self.live)
-    }
-
-    async fn try_open_stream(&self) -> Result<QuicPair, DialError> {
-        Ok(self.try_open(false).await?.pair)
-    }
-
-    /// Opens a stream as [`Self::open_stream`] does, but with [`Self::with_early_data`] it
-    /// goes out with 0-RTT when the connection has to be made again and resumes a session:
-    /// before the handshake completes. The peer may refuse 0-RTT data, and then the stream
-    /// fails; [`EarlyStream::was_refused`] tells, and the request should be sent again.
-    pub async fn open_early_stream(&self) -> Result<EarlyStream, DialError> {
-        let result = self.try_open(true).await;
-        if let Err(
-            e @ (DialError::Timeout { .. }
-            | DialError::Connect { .. }
-            | DialError::Unreachable { .. }),
-        ) = &result
-        {
-            self.report_unreachable(e).await;
-        }
-        result
     }
 
     async fn try_open(&self, early: bool) -> Result<EarlyStream, DialError> {
