@@ -22,8 +22,9 @@
 //!
 //! A peer that resumes an earlier session sends its first requests with 0-RTT, and they are
 //! answered before the handshake completes ([`Resumed`]): a lookup after an idle close
-//! costs one round trip instead of two. Every request of this protocol only reads, so a
-//! replayed first flight changes nothing (and its sender cannot read the answers).
+//! costs one round trip instead of two. The requests of this protocol change nothing but
+//! a temporary GC root that lives as long as its daemon connection, so a replayed first
+//! flight changes nothing lasting (and its sender cannot read the answers).
 
 use std::{
     collections::HashMap,
@@ -226,8 +227,9 @@ impl StoreService {
         Self { inner }
     }
 
-    /// How many connections resumed a session and were served from their first flight,
-    /// before their handshake completed.
+    /// How many connections resumed a session and were served from their first flight
+    /// (their 0-RTT streams, if the peer sent any and they were accepted, before the
+    /// handshake completed).
     pub fn resumed_connections(&self) -> u64 {
         self.inner.resumed.load(Ordering::Relaxed)
     }

@@ -291,7 +291,7 @@ pub struct DaemonDialer {
     proof: AccessProof,
     connect_timeout: Duration,
     /// Whether a connection that resumes a session sends its first streams with 0-RTT
-    /// ([`Self::with_early_data`]).
+    /// ([`Self::with_early_data`]; never with [`DAEMON_ALPN`]).
     early_data: bool,
     /// Shared with the task that waits for a 0-RTT connection's handshake.
     shared: Arc<Shared>,
@@ -413,10 +413,13 @@ async fn settle(
             peer,
             source: source.into(),
         },
-        Err(_) => DialError::Timeout {
-            peer,
-            after: started.elapsed(),
-        },
+        Err(_) => {
+            early.close(SHUTTING_DOWN, b"handshake timed out");
+            DialError::Timeout {
+                peer,
+                after: started.elapsed(),
+            }
+        }
     };
     record_failure(&mut state, started, &error);
     Err(error)
@@ -518,7 +521,8 @@ impl DaemonDialer {
     /// peer with 0-RTT, before the handshake completes, when they are opened with
     /// [`Self::open_early_stream`]: a round trip saved on each reconnection. Such streams
     /// are replayable by someone who recorded them, so only for a protocol whose requests
-    /// change nothing (the store protocol's lookups; never Nix's daemon protocol).
+    /// change nothing (the store protocol's lookups); never on [`DAEMON_ALPN`], whatever
+    /// this says.
     pub fn with_early_data(mut self) -> Self {
         self.early_data = true;
         self
@@ -562,7 +566,12 @@ impl DaemonDialer {
     async fn held(&self, early: bool) -> Result<Dialed, DialError> {
         let mut state = self.shared.state.lock().await;
         if let Some(conn) = state.early.as_ref() {
-            return Ok(Dialed::Early(conn.clone()));
+            match conn.close_reason() {
+                None => return Ok(Dialed::Early(conn.clone())),
+                // Failed in its handshake: its settling records why.
+                Some(reason) => debug!("reconnecting: {}", describe_close(&reason)),
+            }
+            state.early = None;
         }
         if let Some(conn) = state.conn.as_ref() {
             match conn.close_reason() {
@@ -583,7 +592,8 @@ impl DaemonDialer {
             }
         }
         let started = Instant::now();
-        match self.connect(started, early && self.early_data).await {
+        let early = early && self.early_data && self.alpn != DAEMON_ALPN;
+        match self.connect(started, early).await {
             Ok(Dialed::Done(conn)) => {
                 self.shared.connected(&mut state, conn.clone());
                 Ok(Dialed::Done(conn))
@@ -829,6 +839,11 @@ impl DaemonDialer {
         let mut state = self.shared.state.lock().await;
         if self.streams_opened() != seen || self.streams_live() > 0 {
             return false;
+        }
+        // A connection still in its 0-RTT handshake with nothing on it goes too, before
+        // its handshake makes it the dialer's connection.
+        if let Some(early) = state.early.take() {
+            early.close(IDLE_CLOSE, b"idle");
         }
         match state.conn.take() {
             Some(conn) if conn.close_reason().is_none() => {
@@ -2096,6 +2111,115 @@ mod tests {
             "after RETRY_AFTER a new attempt is made: {again}"
         );
         client.close().await;
+        Ok(())
+    }
+}
+
+/// What 0-RTT does between two iroh endpoints, as n2p's store protocol relies on it
+/// (docs/PROTOCOL.md, `n2p/store/1`).
+#[cfg(test)]
+mod zero_rtt {
+    use super::*;
+    use crate::endpoint::{EndpointOptions, bind_endpoint};
+    use iroh::SecretKey;
+
+    /// Sends a few bytes on a new stream and reads the echo: whether it came back.
+    async fn echoed(conn: &Connection<impl ConnectionState>) -> bool {
+        let Ok((mut send, mut recv)) = conn.open_bi().await else {
+            return false;
+        };
+        if send.write_all(b"hi").await.is_err() || send.finish().is_err() {
+            return false;
+        }
+        recv.read_to_end(16).await.is_ok_and(|echo| echo == b"hi")
+    }
+
+    /// A first connection has no session to resume; the next ones of the same protocol
+    /// send their stream with 0-RTT and it is accepted; one of another protocol, holding
+    /// only a ticket from those, has its 0-RTT data refused (iroh keeps one ticket store
+    /// per peer, not per protocol).
+    #[tokio::test]
+    async fn only_a_ticket_of_the_same_protocol_carries_0rtt_data()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let server = bind_endpoint(
+            SecretKey::from_bytes(&[3; 32]),
+            vec![b"x".to_vec(), b"y".to_vec()],
+            &EndpointOptions::loopback(),
+        )
+        .await?;
+        let client = bind_endpoint(
+            SecretKey::from_bytes(&[4; 32]),
+            vec![],
+            &EndpointOptions::loopback(),
+        )
+        .await?;
+        let accepting = server.clone();
+        let echo = tokio::spawn(async move {
+            while let Some(incoming) = accepting.accept().await {
+                let Ok(accepting) = incoming.accept() else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let conn = accepting.into_0rtt();
+                    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                        let data = recv.read_to_end(16).await.unwrap_or_default();
+                        let _ = send.write_all(&data).await;
+                        let _ = send.finish();
+                    }
+                });
+            }
+        });
+        // Whether 0-RTT was tried, and whether its data was accepted.
+        let attempt = |alpn: &'static [u8]| {
+            let (client, addr) = (client.clone(), server.addr());
+            async move {
+                let connecting = client
+                    .connect_with_opts(addr, alpn, Default::default())
+                    .await?;
+                let outcome = match connecting.into_0rtt() {
+                    Ok(early) => {
+                        let sent = echoed(&early).await;
+                        let status = early.handshake_completed().await?;
+                        let accepted = matches!(status, ZeroRttStatus::Accepted(_));
+                        let (ZeroRttStatus::Accepted(conn) | ZeroRttStatus::Rejected(conn)) =
+                            status;
+                        assert_eq!(
+                            sent, accepted,
+                            "an early stream's fate and the 0-RTT status differ"
+                        );
+                        // The connection lives until its tickets are in.
+                        assert!(echoed(&conn).await, "no echo after the handshake");
+                        Some(accepted)
+                    }
+                    Err(connecting) => {
+                        let conn = connecting.await?;
+                        assert!(echoed(&conn).await, "no echo");
+                        None
+                    }
+                };
+                Ok::<_, Box<dyn std::error::Error>>(outcome)
+            }
+        };
+        assert_eq!(
+            attempt(b"x").await?,
+            None,
+            "0-RTT without a session to resume"
+        );
+        for _ in 0..2 {
+            assert_eq!(
+                attempt(b"x").await?,
+                Some(true),
+                "0-RTT refused on the same protocol"
+            );
+        }
+        assert_eq!(
+            attempt(b"y").await?,
+            Some(false),
+            "0-RTT data accepted on another protocol's ticket"
+        );
+        echo.abort();
+        client.close().await;
+        server.close().await;
         Ok(())
     }
 }
