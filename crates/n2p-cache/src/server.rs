@@ -603,12 +603,12 @@ impl StoreService {
 }
 
 impl ProtocolHandler for StoreService {
-    /// A connection that resumed a session is served here, from its first 0-RTT stream on,
-    /// and handed on closed (to [`Self::accept`], which then has nothing to do); any other
-    /// is handed on once its handshake completes.
+    /// A connection that resumed a session, from a peer the policy lets in, is served here
+    /// from its first 0-RTT stream on, and handed on closed (to [`Self::accept`], which
+    /// then has nothing to do); any other is handed on once its handshake completes.
     async fn on_accepting(&self, accepting: Accepting) -> Result<Connection, AcceptError> {
         match Resumed::of(accepting.into_0rtt()) {
-            Ok(resumed) => {
+            Ok(resumed) if self.inner.policy.check_peer(resumed.peer()).is_ok() => {
                 debug!(peer = %resumed.peer().fmt_short(), "serving a resumed session from its first flight");
                 self.inner.resumed.fetch_add(1, Ordering::Relaxed);
                 let handshake = resumed.connection().handshake_completed();
@@ -620,6 +620,10 @@ impl ProtocolHandler for StoreService {
                 tokio::join!(self.serve(resumed.clone()), logged);
                 Ok(handshake.await?)
             }
+            // A peer refused (it may hold a ticket from a handshake that the endpoint's gate
+            // refused just after) is refused once its handshake completes: a close during
+            // the handshake would not carry the reason to it.
+            Ok(refused) => Ok(refused.connection().handshake_completed().await?),
             Err(early) => Ok(early.handshake_completed().await?),
         }
     }
