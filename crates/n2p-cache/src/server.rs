@@ -611,14 +611,13 @@ impl ProtocolHandler for StoreService {
             Ok(resumed) if self.inner.policy.check_peer(resumed.peer()).is_ok() => {
                 debug!(peer = %resumed.peer().fmt_short(), "serving a resumed session from its first flight");
                 self.inner.resumed.fetch_add(1, Ordering::Relaxed);
-                let handshake = resumed.connection().handshake_completed();
                 let logged = async {
                     if let Ok(conn) = resumed.connection().handshake_completed().await {
                         n2p_core::conn_stats::spawn_logger(&conn, "accept");
                     }
                 };
                 tokio::join!(self.serve(resumed.clone()), logged);
-                Ok(handshake.await?)
+                Ok(resumed.connection().handshake_completed().await?)
             }
             // A peer refused (it may hold a ticket from a handshake that the endpoint's gate
             // refused just after) is refused once its handshake completes: a close during

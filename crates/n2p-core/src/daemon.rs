@@ -399,13 +399,12 @@ async fn settle(
     }
     state.early = None;
     let error = match outcome {
-        Ok(Ok(ZeroRttStatus::Accepted(conn))) => {
-            debug!(peer = %peer.fmt_short(), "0-RTT data accepted");
-            shared.connected(&mut state, conn);
-            return Ok(());
-        }
-        Ok(Ok(ZeroRttStatus::Rejected(conn))) => {
-            debug!(peer = %peer.fmt_short(), "0-RTT data rejected; its streams are sent again");
+        Ok(Ok(status)) => {
+            let (fate, conn) = match status {
+                ZeroRttStatus::Accepted(conn) => ("accepted", conn),
+                ZeroRttStatus::Rejected(conn) => ("rejected; its streams are sent again", conn),
+            };
+            debug!(peer = %peer.fmt_short(), "0-RTT data {fate}");
             shared.connected(&mut state, conn);
             return Ok(());
         }
