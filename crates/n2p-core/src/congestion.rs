@@ -87,16 +87,43 @@ pub struct LossJudge {
     lost: u64,
     /// When the loss share last made a loss count as congestion.
     share_cut_at: Option<Instant>,
+    /// The round-trip estimate a path has before its first sample (the endpoint's initial
+    /// RTT), if known: an estimator that reports it as both its smoothed and its minimum
+    /// RTT has not measured anything yet, and its RTT is not the path's.
+    unmeasured: Option<Duration>,
 }
 
 impl LossJudge {
+    /// A judge for a path whose RTT estimator starts at `initial_rtt` before its first
+    /// sample.
+    ///
+    /// noq tells the controller of the packets an ACK acknowledges before it takes that
+    /// ACK's RTT sample, so the first acknowledgements of every path come with the initial
+    /// estimate. Taken as a smoothed RTT, it became the base of every path longer than it:
+    /// with the initial RTT at 100 ms, a 120 ms path counted 5 ms of queueing as a standing
+    /// queue, took nearly every random loss for congestion and held its window under the
+    /// bandwidth-delay product (docs/BENCHMARKS.md, "An initial RTT taken for the path's").
+    pub fn new(initial_rtt: Duration) -> Self {
+        Self {
+            unmeasured: Some(initial_rtt),
+            ..Self::default()
+        }
+    }
+
     /// Records acknowledged bytes and the path's RTT. `memory` is how many bytes the loss
     /// share looks back over (one window, at least [`LOSS_MEMORY_PACKETS`] packets); older
     /// counts are halved each time that much has been delivered.
+    /// An RTT that is still the path's initial estimate (see [`LossJudge::new`]) is left
+    /// out; the bytes count.
     pub fn on_ack(&mut self, bytes: u64, smoothed_rtt: Duration, min_rtt: Duration, memory: u64) {
-        self.smoothed_rtt = smoothed_rtt;
-        self.base_rtt = Some(self.base_rtt.map_or(smoothed_rtt, |b| b.min(smoothed_rtt)));
-        self.min_rtt = min_rtt;
+        let measured = self
+            .unmeasured
+            .is_none_or(|initial| smoothed_rtt != initial || min_rtt != initial);
+        if measured {
+            self.smoothed_rtt = smoothed_rtt;
+            self.base_rtt = Some(self.base_rtt.map_or(smoothed_rtt, |b| b.min(smoothed_rtt)));
+            self.min_rtt = min_rtt;
+        }
         self.delivered = self.delivered.saturating_add(bytes);
         if self.delivered >= memory.max(1) {
             self.delivered /= 2;
@@ -182,11 +209,12 @@ struct JudgedLosses {
 const JUDGE_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl TolerantCubic {
-    /// A fresh controller: Cubic in slow start from its initial window.
-    fn new(config: Arc<CubicConfig>, now: Instant, mtu: u16) -> Self {
+    /// A fresh controller: Cubic in slow start from its initial window, on a path whose
+    /// RTT estimate starts at `initial_rtt`.
+    fn new(config: Arc<CubicConfig>, initial_rtt: Duration, now: Instant, mtu: u16) -> Self {
         Self {
             cubic: Cubic::new(config, now, mtu),
-            judge: LossJudge::default(),
+            judge: LossJudge::new(initial_rtt),
             mtu: u64::from(mtu),
             last_loss_passed: false,
             counts: JudgedLosses::default(),
@@ -319,14 +347,31 @@ impl Controller for TolerantCubic {
 }
 
 /// Builds a [`TolerantCubic`] for every path of every connection.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct TolerantCubicConfig {
     cubic: Arc<CubicConfig>,
+    initial_rtt: Duration,
+}
+
+impl TolerantCubicConfig {
+    /// Controllers for the paths of an endpoint whose transport starts every path's RTT
+    /// estimate at `initial_rtt` (noq's `initial_rtt` setting).
+    pub fn new(initial_rtt: Duration) -> Self {
+        Self {
+            cubic: Arc::default(),
+            initial_rtt,
+        }
+    }
 }
 
 impl ControllerFactory for TolerantCubicConfig {
     fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
-        Box::new(TolerantCubic::new(self.cubic.clone(), now, current_mtu))
+        Box::new(TolerantCubic::new(
+            self.cubic.clone(),
+            self.initial_rtt,
+            now,
+            current_mtu,
+        ))
     }
 }
 
@@ -472,7 +517,7 @@ mod tests {
     }
 
     fn controller() -> Box<dyn Controller> {
-        Arc::new(TolerantCubicConfig::default()).build(Instant::now(), MTU as u16)
+        Arc::new(TolerantCubicConfig::new(ms(100))).build(Instant::now(), MTU as u16)
     }
 
     #[test]
@@ -512,6 +557,28 @@ mod tests {
         // A real queue still shows against that base.
         judge.on_ack(MTU, ms(45), ms(22), MEMORY);
         assert!(judge.queue_is_standing());
+    }
+
+    #[test]
+    fn the_estimate_before_the_first_sample_is_not_the_base() {
+        // A 120 ms path on an endpoint whose paths start at 100 ms: the first
+        // acknowledgements come with the estimator still at 100 ms (smoothed and minimum).
+        // The base is the path's 120 ms, so 6 ms of queueing is no standing queue and a
+        // loss there is random.
+        let mut judge = LossJudge::new(ms(100));
+        for _ in 0..10 {
+            judge.on_ack(MTU, ms(100), ms(100), MEMORY);
+        }
+        judge.on_ack(MTU, ms(120), ms(120), MEMORY);
+        for _ in 0..100 {
+            judge.on_ack(MTU, ms(126), ms(120), MEMORY);
+        }
+        assert_eq!(judge.base_rtt(), ms(120));
+        assert_eq!(lose(&mut judge), LossVerdict::Random);
+        // A path that really measures 100 ms later (smoothed above its 99 ms minimum)
+        // counts.
+        judge.on_ack(MTU, ms(100), ms(99), MEMORY);
+        assert_eq!(judge.base_rtt(), ms(100));
     }
 
     #[test]

@@ -144,7 +144,7 @@ impl CongestionControl {
             Self::Cubic => Arc::new(congestion::CubicConfig::default()),
             Self::NewReno => Arc::new(congestion::NewRenoConfig::default()),
             Self::Bbr => Arc::new(congestion::Bbr3Config::default()),
-            Self::Tolerant => Arc::new(crate::congestion::TolerantCubicConfig::default()),
+            Self::Tolerant => Arc::new(crate::congestion::TolerantCubicConfig::new(INITIAL_RTT)),
         }
     }
 }
