@@ -40,7 +40,8 @@ pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
 /// until that path has a sample, and for the grace a connection gets to open a new path
 /// after the peer abandons the last one (three probe timeouts of a fresh estimate: about
 /// 1 s now, 3 s with 333 ms), after which the connection closes and the next stream dials
-/// again.
+/// again. The `tolerant` controller is given it too, so that a path's estimate before its
+/// first sample is not taken for the path's RTT ([`crate::congestion::LossJudge::new`]).
 pub const INITIAL_RTT: Duration = Duration::from_millis(100);
 
 /// How many daemon streams a peer may have open at once.
