@@ -2,10 +2,14 @@
 """Collects the per-link "Targets on this link" tables of run.sh's reports into one table:
 n2p time / ssh-ng time per workload (median of the per-round ratios, the worst round in
 brackets), the W1 share of the link rate, the warm ping above `direct`, and the mesh's W1
-against ssh-ng."""
+against ssh-ng.
+
+usage: summary.py [DIR...]: each DIR (a report directory named `[row-]LINK-LOSS`) replaces
+that link's report of run.sh, e.g. a row rerun with a later build."""
 import pathlib, re, sys
 
 here = pathlib.Path(__file__).parent
+override = {pathlib.Path(d).name.removeprefix("row-"): pathlib.Path(d) for d in sys.argv[1:]}
 links = ["lan-1ms-1gbit", "wan-30ms-100mbit", "far-120ms-20mbit"]
 losses = ["0pct", "0.5pct", "2pct"]
 cols = ["W1", "W2", "W3", "W4", "ping", "P1", "P2", "P3"]
@@ -13,7 +17,7 @@ print("| link | " + " | ".join(cols) + " | W1 share of the rate | warm ping abov
 print("|" + "---|" * (len(cols) + 5))
 for link in links:
     for loss in losses:
-        f = here / f"{link}-{loss}" / "results.md"
+        f = override.get(f"{link}-{loss}", here / f"{link}-{loss}") / "results.md"
         if not f.exists():
             continue
         text = f.read_text()
