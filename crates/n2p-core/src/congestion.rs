@@ -7,8 +7,9 @@
 //! 30 ms holds noq's Cubic, like Linux's, to about 7 Mbit/s on a 100 Mbit/s link
 //! (docs/BENCHMARKS.md, "Why Cubic collapses under random loss").
 //!
-//! [`TolerantCubic`] wraps noq's Cubic and passes a loss on to it only when the loss looks
-//! like congestion, decided by [`LossJudge`]:
+//! [`TolerantCubic`] wraps a Cubic of n2p's own (RFC 9438 with HyStart++, [`cubic`]) and
+//! passes a loss on to it only when the loss looks like congestion, decided by
+//! [`LossJudge`]:
 //!
 //! - the path shows a standing queue: its smoothed RTT is above the path's base RTT (the
 //!   lowest smoothed RTT the path has had) by more than a quarter of that base (and at
@@ -33,8 +34,12 @@ use std::{
 use iroh::endpoint::ControllerFactory;
 use noq_proto::{
     RttEstimator,
-    congestion::{Controller, ControllerMetrics, Cubic, CubicConfig},
+    congestion::{Controller, ControllerMetrics},
 };
+
+mod cubic;
+
+use cubic::Cubic;
 
 /// Queueing delay that always counts as a standing queue, whatever the path's RTT.
 pub const QUEUE_DELAY_FLOOR: Duration = Duration::from_millis(2);
@@ -211,9 +216,9 @@ const JUDGE_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1
 impl TolerantCubic {
     /// A fresh controller: Cubic in slow start from its initial window, on a path whose
     /// RTT estimate starts at `initial_rtt`.
-    fn new(config: Arc<CubicConfig>, initial_rtt: Duration, now: Instant, mtu: u16) -> Self {
+    fn new(initial_rtt: Duration, mtu: u16) -> Self {
         Self {
-            cubic: Cubic::new(config, now, mtu),
+            cubic: Cubic::new(mtu),
             judge: LossJudge::new(initial_rtt),
             mtu: u64::from(mtu),
             last_loss_passed: false,
@@ -349,7 +354,6 @@ impl Controller for TolerantCubic {
 /// Builds a [`TolerantCubic`] for every path of every connection.
 #[derive(Debug, Clone)]
 pub struct TolerantCubicConfig {
-    cubic: Arc<CubicConfig>,
     initial_rtt: Duration,
 }
 
@@ -357,21 +361,13 @@ impl TolerantCubicConfig {
     /// Controllers for the paths of an endpoint whose transport starts every path's RTT
     /// estimate at `initial_rtt` (noq's `initial_rtt` setting).
     pub fn new(initial_rtt: Duration) -> Self {
-        Self {
-            cubic: Arc::default(),
-            initial_rtt,
-        }
+        Self { initial_rtt }
     }
 }
 
 impl ControllerFactory for TolerantCubicConfig {
-    fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
-        Box::new(TolerantCubic::new(
-            self.cubic.clone(),
-            self.initial_rtt,
-            now,
-            current_mtu,
-        ))
+    fn build(self: Arc<Self>, _now: Instant, current_mtu: u16) -> Box<dyn Controller> {
+        Box::new(TolerantCubic::new(self.initial_rtt, current_mtu))
     }
 }
 

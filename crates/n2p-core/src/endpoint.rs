@@ -95,16 +95,16 @@ impl fmt::Display for RelayChoice {
 /// The QUIC congestion controller of every connection an endpoint makes or accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CongestionControl {
-    /// Loss-based Cubic: QUIC's usual default; every loss cuts its window, so random loss
-    /// holds it far below the link rate.
+    /// noq's loss-based Cubic: QUIC's usual default; every loss cuts its window, so random
+    /// loss holds it far below the link rate.
     Cubic,
     /// Loss-based NewReno (RFC 9002's reference controller).
     NewReno,
     /// Model-based BBRv3: paces at the measured bottleneck rate and does not halve its
     /// rate on every random loss.
     Bbr,
-    /// n2p's default: Cubic that ignores random loss, cutting its window only when the path
-    /// shows a queue or loses often ([`crate::congestion`]).
+    /// n2p's default: Cubic with HyStart++ that ignores random loss, cutting its window only
+    /// when the path shows a queue or loses often ([`crate::congestion`]).
     #[default]
     Tolerant,
 }
