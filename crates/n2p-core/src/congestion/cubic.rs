@@ -399,6 +399,15 @@ mod tests {
             }
         }
 
+        /// A path after `rounds` round trips of 30 ms from a fresh start.
+        fn grown(rounds: usize) -> Self {
+            let mut path = Self::new();
+            for _ in 0..rounds {
+                path.round(ms(30));
+            }
+            path
+        }
+
         /// Sends one window and takes its acknowledgements `rtt` later.
         fn round(&mut self, rtt: Duration) {
             let packets = (self.cc.window() / MTU).max(1);
@@ -435,10 +444,7 @@ mod tests {
         // 30 ms rounds, then the queue fills: the round minimum rises by 10 ms (above
         // the 4 ms threshold). Growth slows to a quarter, and after five such rounds
         // congestion avoidance takes over at the window reached: no loss, no cut.
-        let mut path = Path::new();
-        for _ in 0..4 {
-            path.round(ms(30));
-        }
+        let mut path = Path::grown(4);
         let at_rise = path.cc.window();
         path.round(ms(40));
         // The first samples of the round grew the window fully, the rest by a quarter.
@@ -457,10 +463,7 @@ mod tests {
 
     #[test]
     fn an_rtt_rise_below_the_threshold_is_not_a_queue() {
-        let mut path = Path::new();
-        for _ in 0..3 {
-            path.round(ms(30));
-        }
+        let mut path = Path::grown(3);
         let before = path.cc.window();
         path.round(ms(33));
         assert_eq!(path.cc.window(), 2 * before);
@@ -468,10 +471,7 @@ mod tests {
 
     #[test]
     fn an_rtt_that_falls_back_resumes_slow_start() {
-        let mut path = Path::new();
-        for _ in 0..3 {
-            path.round(ms(30));
-        }
+        let mut path = Path::grown(3);
         path.round(ms(40));
         path.round(ms(40));
         assert!(
@@ -494,10 +494,7 @@ mod tests {
 
     #[test]
     fn a_loss_cuts_to_seven_tenths_once_per_round_trip_and_can_be_undone() {
-        let mut path = Path::new();
-        for _ in 0..5 {
-            path.round(ms(30));
-        }
+        let mut path = Path::grown(5);
         let before = path.cc.window();
         path.lose();
         assert_eq!(path.cc.window(), before * 7 / 10);
@@ -513,10 +510,7 @@ mod tests {
 
     #[test]
     fn persistent_congestion_restarts_from_two_packets() {
-        let mut path = Path::new();
-        for _ in 0..5 {
-            path.round(ms(30));
-        }
+        let mut path = Path::grown(5);
         let now = path.now;
         path.cc.on_congestion_event(now, now, true, false, MTU, 1);
         assert_eq!(path.cc.window(), 2 * MTU);
@@ -525,10 +519,7 @@ mod tests {
 
     #[test]
     fn after_a_cut_the_window_climbs_back_towards_where_it_was() {
-        let mut path = Path::new();
-        for _ in 0..6 {
-            path.round(ms(30));
-        }
+        let mut path = Path::grown(6);
         let peak = path.cc.window();
         path.lose();
         // Concave towards the old window: 70 % after the cut, back at it after K seconds.
@@ -549,10 +540,7 @@ mod tests {
         // After a cut, the connection is quiet for 30 s: the curve's clock runs on, so its
         // target is far above the window. The window then grows by half a window per round
         // trip, not by a whole one as in slow start.
-        let mut path = Path::new();
-        for _ in 0..6 {
-            path.round(ms(30));
-        }
+        let mut path = Path::grown(6);
         path.lose();
         path.now += ms(1);
         for _ in 0..3 {
