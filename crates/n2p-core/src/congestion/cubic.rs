@@ -308,37 +308,47 @@ impl Controller for Cubic {
         _largest_lost_pn: u64,
     ) {
         let in_recovery = self.state.recovery_start.is_some_and(|start| sent <= start);
-        if in_recovery && !is_persistent_congestion {
-            return;
+        if !in_recovery {
+            // An ECN cut is never undone, and it ends what an earlier loss's undo could
+            // restore.
+            self.before_cut = (!is_ecn).then(|| self.state.clone());
+            let s = &mut self.state;
+            s.hystart = None;
+            s.recovery_start = Some(now);
+            let window = s.window as f64;
+            // Fast convergence: a window that did not reach the last `w_max` yields to
+            // others.
+            s.w_max = if window < s.w_max {
+                window * (1.0 + BETA) / 2.0
+            } else {
+                window
+            };
+            s.window = ((window * BETA) as u64).max(s.min_window());
+            s.ssthresh = s.window;
+            s.epoch = None;
+            s.credit = 0.0;
         }
-        if !is_ecn {
-            self.before_cut = Some(self.state.clone());
-        }
-        let s = &mut self.state;
-        s.hystart = None;
-        s.recovery_start = Some(now);
-        let window = s.window as f64;
-        // Fast convergence: a window that did not reach the last `w_max` yields to others.
-        s.w_max = if window < s.w_max {
-            window * (1.0 + BETA) / 2.0
-        } else {
-            window
-        };
-        s.window = ((window * BETA) as u64).max(s.min_window());
-        s.ssthresh = s.window;
-        s.epoch = None;
-        s.credit = 0.0;
         if is_persistent_congestion {
-            // RFC 9002, section 7.6.2: back to the minimum window, in slow start.
+            // RFC 9002, section 7.6.2: back to the minimum window, in slow start up to the
+            // threshold of the one cut (made now or when the recovery began); congestion
+            // avoidance then starts a new curve at its window (RFC 9438, section 4.8).
+            let s = &mut self.state;
+            s.hystart = None;
             s.window = s.min_window();
+            s.w_max = 0.0;
+            s.epoch = None;
+            s.credit = 0.0;
             s.recovery_start = None;
         }
     }
 
     fn on_spurious_congestion_event(&mut self) {
-        if let Some(before) = self.before_cut.take()
+        if let Some(mut before) = self.before_cut.take()
             && before.window > self.state.window
         {
+            // The path's MTU is today's, whatever it was before the cut.
+            before.mtu = self.state.mtu;
+            before.window = before.window.max(before.min_window());
             self.state = before;
         }
     }
@@ -518,10 +528,42 @@ mod tests {
     }
 
     #[test]
+    fn persistent_congestion_within_a_recovery_cuts_the_threshold_once() {
+        let mut path = Path::grown(5);
+        let before = path.cc.window();
+        path.lose();
+        let sent_before = path.now - ms(1);
+        path.cc
+            .on_congestion_event(path.now, sent_before, true, false, MTU, 1);
+        assert_eq!(path.cc.window(), 2 * MTU);
+        assert_eq!(path.cc.state.ssthresh, (before as f64 * BETA) as u64);
+        // Slow start back to the threshold, then a curve that starts there.
+        path.now += ms(1);
+        while path.cc.in_slow_start() {
+            path.round(ms(30));
+        }
+        assert!(path.cc.state.w_max <= path.cc.window() as f64);
+    }
+
+    #[test]
+    fn an_ecn_cut_is_not_undone() {
+        let mut path = Path::grown(5);
+        path.lose();
+        path.now += ms(1);
+        let after_loss = path.cc.window();
+        let now = path.now;
+        path.cc.on_congestion_event(now, now, false, true, 0, 1);
+        path.cc.on_spurious_congestion_event();
+        assert_eq!(path.cc.window(), (after_loss as f64 * BETA) as u64);
+    }
+
+    #[test]
     fn after_a_cut_the_window_climbs_back_towards_where_it_was() {
         let mut path = Path::grown(6);
         let peak = path.cc.window();
         path.lose();
+        // Packets sent from now on are past the recovery's start.
+        path.now += ms(1);
         // Concave towards the old window: 70 % after the cut, back at it after K seconds.
         let k = ((peak - path.cc.window()) as f64 / MTU as f64 / C).cbrt();
         let rounds = (k / 0.030).ceil() as usize;
