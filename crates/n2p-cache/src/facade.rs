@@ -9,7 +9,7 @@
 //!   key besides the answering node's own, then content-addressed, then the rest). A miss,
 //!   an error or no answer within [`FacadeConfig::deadline`] is a 404: never a 5xx, never a
 //!   hang (Nix aborts builds on narinfo errors and caches hits for a month). A peer's hit is
-//!   remembered for a few seconds ([`crate::answers`]): Nix asks for each narinfo several
+//!   remembered for a few seconds (`answers`): Nix asks for each narinfo several
 //!   times in one `nix copy`, and the repeats need no round trip.
 //! - `GET /nar/<hash part>-<nix32 NAR hash>.nar`: the URL the narinfo hands out, relative
 //!   and self-describing, so it stays valid across restarts. Routed to a peer that

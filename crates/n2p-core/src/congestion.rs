@@ -7,9 +7,9 @@
 //! 30 ms holds noq's Cubic, like Linux's, to about 7 Mbit/s on a 100 Mbit/s link
 //! (docs/BENCHMARKS.md, "Why Cubic collapses under random loss").
 //!
-//! [`TolerantCubic`] wraps a Cubic of n2p's own (RFC 9438 with HyStart++, [`cubic`]) and
-//! passes a loss on to it only when the loss looks like congestion, decided by
-//! [`LossJudge`]:
+//! [`TolerantCubic`] wraps a Cubic of n2p's own (RFC 9438 with HyStart++, in the private
+//! module `congestion::cubic`) and passes a loss on to it only when the loss looks like
+//! congestion, decided by [`LossJudge`]:
 //!
 //! - the path shows a standing queue: its smoothed RTT is above the path's base RTT (the
 //!   lowest smoothed RTT the path has had) by more than a quarter of that base (and at

@@ -855,7 +855,7 @@ impl DaemonDialer {
 
     /// Closes the connection each time it has gone unused for `after`: no stream pair
     /// alive, none opened, and `busy` false at every look in between (looks every
-    /// [`crate::idle::idle_check_every`]`(after)`). Runs until dropped.
+    /// `idle::idle_check_every(after)`). Runs until dropped.
     pub async fn close_when_idle(&self, after: Duration, busy: impl Fn() -> bool) -> Infallible {
         let mut clock = IdleClock::new(after, Instant::now());
         let mut looks = tokio::time::interval(idle_check_every(after));
@@ -920,7 +920,7 @@ const DAEMON_BUSY_PATIENCE: Duration = Duration::from_secs(10);
 /// whose listen queue is full fails with `EAGAIN` where a blocking one (as Nix's own
 /// clients use) would wait; nix-daemon listens with a short queue and forks per connection,
 /// so a burst of connections hits that. Such a connect is retried, with growing pauses, for
-/// up to [`DAEMON_BUSY_PATIENCE`].
+/// up to `DAEMON_BUSY_PATIENCE`.
 pub async fn connect_daemon(path: &std::path::Path) -> std::io::Result<UnixStream> {
     let deadline = tokio::time::Instant::now() + DAEMON_BUSY_PATIENCE;
     let mut pause = Duration::from_millis(2);

@@ -22,7 +22,7 @@
 //!   makes the client's writes fail (EPIPE or ECONNRESET) at the moment its reads end.
 //!   Linux reports a unix stream closed with unread data in it as `ECONNRESET` to the
 //!   other end (there is no `SO_LINGER` reset for unix sockets), so after an error the
-//!   forwarder waits up to [`RESET_GRACE`] for an uploading client to put data in the
+//!   forwarder waits up to `RESET_GRACE` for an uploading client to put data in the
 //!   socket before it closes it; the reset goes to whichever client call comes first, so
 //!   a reader already blocked may still see EOF, now together with a failed write. A
 //!   client waiting for an answer reads EOF in the middle of a message, which Nix

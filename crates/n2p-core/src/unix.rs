@@ -103,7 +103,7 @@ impl SocketAccess {
 
 /// Binds a listening unix socket at `path` with mode 0600.
 ///
-/// The socket is bound under a temporary name, created 0600 (see [`bind_owner_only`]:
+/// The socket is bound under a temporary name, created 0600 (see `bind_owner_only`:
 /// never the umask's mode, even for a moment), then renamed into place, so the final path
 /// never has looser permissions and appears complete. A stale socket (nobody listening) is
 /// replaced; a live one, a symbolic link or any other

@@ -82,7 +82,7 @@ pub const CLOSE_BOUND: Duration = Duration::from_secs(3);
 
 /// How long a peer lost as a gossip neighbour gets to take a new connection before it is
 /// reported unreachable, on a node that keeps up (one that does not waits longer:
-/// [`health`]). The loss itself comes after the QUIC idle timeout
+/// `node::health`). The loss itself comes after the QUIC idle timeout
 /// ([`n2p_core::endpoint::IDLE_TIMEOUT`]), so a crash is noticed after about the sum. Also
 /// the base of each dial of a routine check and of a check of a disputed report.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
