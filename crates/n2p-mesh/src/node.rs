@@ -352,6 +352,8 @@ impl MeshNode {
             health: health::LocalHealth::new(std::time::Instant::now()),
             latest: Default::default(),
             mine: None,
+            mine_stamp: 0,
+            ledger: Default::default(),
         };
         let span = info_span!("mesh", me = %me.fmt_short());
         let actor = tokio::spawn(

@@ -8,7 +8,11 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use iroh::{Endpoint, EndpointAddr, EndpointId, SecretKey, address_lookup::memory::MemoryLookup};
+use iroh::{
+    Endpoint, EndpointAddr, EndpointId, SecretKey,
+    address_lookup::memory::MemoryLookup,
+    endpoint::{Connection, WeakConnectionHandle},
+};
 use iroh_gossip::{
     api::{Event, GossipReceiver, GossipSender},
     net::Gossip,
@@ -181,12 +185,18 @@ pub(super) struct Actor {
     /// My latest plain `Alive` announcement (no report): when it was made, the address it
     /// carries, and its bytes. Digests carry it while it is young ([`Self::own_for_digest`]).
     pub(super) mine: Option<(Instant, EndpointAddr, Vec<u8>)>,
+    /// When [`Self::mine`] was made, on the clock of [`Self::ledger`].
+    pub(super) mine_stamp: u64,
+    /// What each gossip neighbour was last sent in datagram digests, and on which connection.
+    pub(super) ledger: digest_datagrams::Ledger<WeakConnectionHandle>,
 }
 
 /// The latest announcement taken from a peer.
 #[derive(Debug)]
 pub(super) struct Latest {
     seq: u64,
+    /// When it was taken in, on the clock of [`Actor::ledger`].
+    stamp: u64,
     /// The message as received.
     bytes: Vec<u8>,
     /// Whether the peer reads digests sent as datagrams ([`super::digest_datagrams`]).
@@ -290,6 +300,7 @@ impl Actor {
                     }
                     Some(Ok(Event::NeighborDown(peer))) => {
                         debug!(peer = %peer.fmt_short(), "gossip neighbor down");
+                        self.ledger.forget(&peer);
                         self.probe(peer, Suspicion::LostNeighbour);
                     }
                     Some(Ok(Event::Lagged)) => warn!("fell behind on gossip messages; some were dropped"),
@@ -566,6 +577,7 @@ impl Actor {
                 } else {
                     let latest = Latest {
                         seq: ann.seq,
+                        stamp: self.ledger.stamp(),
                         bytes: bytes.to_vec(),
                         digest_datagrams: ann.digest_datagrams,
                     };
@@ -592,7 +604,9 @@ impl Actor {
     /// Sends my gossip `neighbours` (only them) a digest: my own announcement, fresh, and the
     /// latest one of every live peer. It goes out as datagrams on the gossip connection to
     /// each ([`super::digest_datagrams`]), and through gossip too while one of them cannot
-    /// take it so, or an entry is too large for a datagram.
+    /// take it so, or an entry is too large for a datagram. A neighbour that had a digest on
+    /// the same connection before gets only the entries taken in since ([`Self::ledger`]),
+    /// or nothing if there are none.
     ///
     /// Gossip alone is not enough: a neighbours-only broadcast goes to plumtree's eager peers
     /// and never to its lazy ones (iroh-gossip 0.101, `plumtree.rs`, `broadcast`). A new link
@@ -608,20 +622,61 @@ impl Actor {
         let Some(mine) = self.own_for_digest() else {
             return;
         };
+        let key = self.keys.announce_key().clone();
+        self.ledger.keep_only(&neighbours);
+        // The neighbours that take digests as datagrams, by what they were sent last.
+        let mut unreached = false;
+        let mut by_since: BTreeMap<Option<u64>, Vec<(EndpointId, Connection)>> = BTreeMap::new();
+        for peer in &neighbours {
+            let reads = self
+                .latest
+                .get(peer.as_bytes())
+                .is_some_and(|l| l.digest_datagrams);
+            let Some(conn) = reads
+                .then(|| digest_datagrams::connection(&self.paths, peer))
+                .flatten()
+            else {
+                unreached = true;
+                continue;
+            };
+            let same = |sent: &WeakConnectionHandle| {
+                sent.upgrade()
+                    .is_some_and(|c| c.stable_id() == conn.stable_id())
+            };
+            let since = self.ledger.since(peer, same);
+            by_since.entry(since).or_default().push((*peer, conn));
+        }
+        for (since, group) in by_since {
+            let news = |stamp: u64| since.is_none_or(|s| stamp > s);
+            let entries: Vec<&[u8]> = news(self.mine_stamp)
+                .then_some(mine.as_slice())
+                .into_iter()
+                .chain(
+                    self.latest
+                        .values()
+                        .filter(|l| news(l.stamp))
+                        .map(|l| l.bytes.as_slice()),
+                )
+                .collect();
+            let digests: Vec<bytes::Bytes> = if entries.is_empty() {
+                Vec::new()
+            } else {
+                encode_digests(entries, &key, DATAGRAM_DIGEST_SIZE)
+                    .into_iter()
+                    .map(Into::into)
+                    .collect()
+            };
+            for (peer, conn) in group {
+                if digests.is_empty() || digest_datagrams::send(&conn, &digests) {
+                    self.ledger.sent(peer, conn.weak_handle());
+                } else {
+                    unreached = true;
+                }
+            }
+        }
         let entries = || {
             std::iter::once(mine.as_slice()).chain(self.latest.values().map(|l| l.bytes.as_slice()))
         };
-        let key = self.keys.announce_key();
-        let small: Vec<bytes::Bytes> = encode_digests(entries(), key, DATAGRAM_DIGEST_SIZE)
-            .into_iter()
-            .map(Into::into)
-            .collect();
-        let reads = |id: &EndpointId| {
-            self.latest
-                .get(id.as_bytes())
-                .is_some_and(|l| l.digest_datagrams)
-        };
-        let unreached = digest_datagrams::send(&self.paths, &neighbours, reads, &small);
         // An entry too large for a datagram's digest (none is today: this build's largest
         // announcement is well under a kilobyte) still reaches them through gossip.
         let all_fit = entries().all(|e| fits_digest(e.len(), DATAGRAM_DIGEST_SIZE));
@@ -629,7 +684,7 @@ impl Actor {
             return;
         }
         let Some(sender) = &self.sender else { return };
-        for digest in encode_digests(entries(), key, MAX_DIGEST_SIZE) {
+        for digest in encode_digests(entries(), &key, MAX_DIGEST_SIZE) {
             bounded(
                 "sending a digest",
                 sender.broadcast_neighbors(digest.into()),
@@ -1002,6 +1057,7 @@ impl Actor {
             .ok()?;
         if kind == AnnounceKind::Alive && report.is_none() {
             self.mine = Some((Instant::now(), addr, bytes.clone()));
+            self.mine_stamp = self.ledger.stamp();
         }
         Some(bytes)
     }

@@ -26,7 +26,10 @@
 //! checked as any digest (the topic's MAC again, each entry's signature) in
 //! [`super::actor`].
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use iroh::{
@@ -115,37 +118,82 @@ async fn read_digests(conn: WeakConnectionHandle, inbox: mpsc::Sender<Bytes>, ke
     }
 }
 
-/// Sends `digests` (each at most [`DATAGRAM_DIGEST_SIZE`] bytes) as datagrams to each of
-/// `neighbours` that `reads` them (as its announcement says), on its latest open gossip
-/// connection. Returns whether some neighbour could not take them so: then the caller
-/// sends the digests through gossip as well.
-pub(super) fn send(
-    paths: &PathWatch,
-    neighbours: &BTreeSet<EndpointId>,
-    reads: impl Fn(&EndpointId) -> bool,
-    digests: &[Bytes],
-) -> bool {
-    let largest = digests.iter().map(Bytes::len).max().unwrap_or(0);
-    let mut unreached = false;
-    for peer in neighbours {
-        if !reads(peer) {
-            unreached = true;
-            continue;
-        }
-        let Some(conn) = paths.latest_gossip(peer) else {
-            unreached = true;
-            continue;
-        };
-        if conn.max_datagram_size().is_none_or(|max| max < largest) {
-            unreached = true;
-            continue;
-        }
-        if let Err(e) = conn.send_many_datagrams(digests) {
-            debug!(peer = %peer.fmt_short(), "cannot send a digest as datagrams: {e}");
-            unreached = true;
+/// The gossip connection on which `peer` gets digests as datagrams: its latest open one,
+/// if it takes datagrams of [`DATAGRAM_DIGEST_SIZE`] bytes. `None`: the digest must go
+/// through gossip.
+pub(super) fn connection(paths: &PathWatch, peer: &EndpointId) -> Option<Connection> {
+    paths.latest_gossip(peer).filter(|conn| {
+        conn.max_datagram_size()
+            .is_some_and(|max| max >= DATAGRAM_DIGEST_SIZE)
+    })
+}
+
+/// Sends `digests` (each at most [`DATAGRAM_DIGEST_SIZE`] bytes) as datagrams on `conn`.
+/// Returns whether they were queued.
+pub(super) fn send(conn: &Connection, digests: &[Bytes]) -> bool {
+    match conn.send_many_datagrams(digests) {
+        Ok(_) => true,
+        Err(e) => {
+            debug!(peer = %conn.remote_id().fmt_short(), "cannot send a digest as datagrams: {e}");
+            false
         }
     }
-    unreached
+}
+
+/// What each gossip neighbour was last sent in datagram digests, so that the next digest
+/// to it carries only the entries that changed since: a full digest to every neighbour
+/// whenever one came up made a starting team's digests grow with how often its
+/// neighbours changed (docs/BENCHMARKS.md, "Digests that carry only news").
+///
+/// Entries are stamped from one clock as they are taken in ([`Self::stamp`]). A neighbour
+/// is remembered with the connection its digest went on (`C`) and the clock then; on
+/// another connection (the neighbour may have restarted and know nothing) it gets
+/// everything again.
+#[derive(Debug)]
+pub(super) struct Ledger<C> {
+    clock: u64,
+    sent: BTreeMap<EndpointId, (C, u64)>,
+}
+
+impl<C> Default for Ledger<C> {
+    fn default() -> Self {
+        Self {
+            clock: 0,
+            sent: BTreeMap::new(),
+        }
+    }
+}
+
+impl<C> Ledger<C> {
+    /// A stamp for an entry taken in now: later than every stamp before it.
+    pub(super) fn stamp(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    /// The entries `peer` has not been sent on the connection that `is_it` recognises: those
+    /// stamped after the returned value; `None` for all of them.
+    pub(super) fn since(&self, peer: &EndpointId, is_it: impl Fn(&C) -> bool) -> Option<u64> {
+        self.sent
+            .get(peer)
+            .filter(|(conn, _)| is_it(conn))
+            .map(|&(_, clock)| clock)
+    }
+
+    /// `peer` has been sent every entry stamped so far, on `conn`.
+    pub(super) fn sent(&mut self, peer: EndpointId, conn: C) {
+        self.sent.insert(peer, (conn, self.clock));
+    }
+
+    /// Forgets what `peer` was sent: its next digest carries everything.
+    pub(super) fn forget(&mut self, peer: &EndpointId) {
+        self.sent.remove(peer);
+    }
+
+    /// Forgets every peer that is not one of `neighbours`.
+    pub(super) fn keep_only(&mut self, neighbours: &BTreeSet<EndpointId>) {
+        self.sent.retain(|peer, _| neighbours.contains(peer));
+    }
 }
 
 #[cfg(test)]
@@ -225,10 +273,6 @@ mod tests {
             })
         }
 
-        fn neighbours(&self) -> BTreeSet<EndpointId> {
-            BTreeSet::from([self.neighbour.endpoint().id()])
-        }
-
         async fn next(&mut self) -> Result<Bytes, Box<dyn std::error::Error>> {
             Ok(tokio::time::timeout(WAIT, self.received.recv())
                 .await?
@@ -259,7 +303,9 @@ mod tests {
     -> TestResult {
         let mut pair = Pair::new().await?;
         let digests = [digest(b"one"), digest(b"two")];
-        assert!(!send(&pair.paths, &pair.neighbours(), |_| true, &digests));
+        let conn = connection(&pair.paths, &pair.neighbour.endpoint().id())
+            .ok_or("no gossip connection")?;
+        assert!(send(&conn, &digests));
         let mut got = vec![pair.next().await?, pair.next().await?];
         got.sort();
         assert_eq!(got, digests);
@@ -268,30 +314,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_neighbour_not_known_to_read_them_gets_none_and_only_digests_of_the_topic_are_read()
+    async fn a_peer_without_a_gossip_connection_has_none_and_only_digests_of_the_topic_are_read()
     -> TestResult {
         let mut pair = Pair::new().await?;
-        let neighbours = pair.neighbours();
-        assert!(send(&pair.paths, &neighbours, |_| false, &[digest(b"no")]));
-        // Nor is a neighbour without a gossip connection reached.
-        let stranger = BTreeSet::from([SecretKey::from_bytes(&[9; 32]).public()]);
-        assert!(send(&pair.paths, &stranger, |_| true, &[digest(b"no")]));
+        let stranger = SecretKey::from_bytes(&[9; 32]).public();
+        assert!(connection(&pair.paths, &stranger).is_none());
         // A datagram that is not a digest, and a digest under another topic's key, are
         // dropped by the reader: the first thing it hands on is the digest sent after them.
-        let conn = pair
-            .paths
-            .latest_gossip(&pair.neighbour.endpoint().id())
+        let conn = connection(&pair.paths, &pair.neighbour.endpoint().id())
             .ok_or("no gossip connection")?;
         conn.send_datagram(Bytes::from_static(b"\x01not a digest"))?;
         conn.send_datagram(digest_for("another topic", b"forged"))?;
         tokio::time::sleep(Duration::from_millis(100)).await;
         let after = digest(b"after");
-        assert!(!send(
-            &pair.paths,
-            &neighbours,
-            |_| true,
-            std::slice::from_ref(&after)
-        ));
+        assert!(send(&conn, std::slice::from_ref(&after)));
         assert_eq!(pair.next().await?, after);
         pair.neighbour.shutdown().await?;
         Ok(())
@@ -327,5 +363,42 @@ mod tests {
         );
         pair.neighbour.shutdown().await?;
         Ok(())
+    }
+
+    fn peer(n: u8) -> EndpointId {
+        SecretKey::from_bytes(&[n; 32]).public()
+    }
+
+    #[test]
+    fn a_neighbour_is_sent_everything_first_and_then_only_what_was_stamped_since() {
+        let mut ledger = Ledger::<u32>::default();
+        let (a, b) = (peer(1), peer(2));
+        let first = ledger.stamp();
+        assert_eq!(ledger.since(&a, |_| true), None);
+        ledger.sent(a, 7);
+        let second = ledger.stamp();
+        // a had everything up to the first entry; b nothing yet.
+        let since = ledger.since(&a, |c| *c == 7).expect("a was sent some");
+        assert!(first <= since && since < second);
+        assert_eq!(ledger.since(&b, |_| true), None);
+        ledger.sent(a, 7);
+        assert!(ledger.since(&a, |c| *c == 7).expect("sent") >= second);
+    }
+
+    #[test]
+    fn a_neighbour_on_another_connection_or_forgotten_is_sent_everything_again() {
+        let mut ledger = Ledger::<u32>::default();
+        let (a, b, c) = (peer(1), peer(2), peer(3));
+        ledger.stamp();
+        ledger.sent(a, 7);
+        ledger.sent(b, 8);
+        ledger.sent(c, 9);
+        // A restarted neighbour comes back on a new connection and knows nothing.
+        assert_eq!(ledger.since(&a, |conn| *conn == 70), None);
+        ledger.forget(&b);
+        assert_eq!(ledger.since(&b, |_| true), None);
+        ledger.keep_only(&BTreeSet::from([a]));
+        assert_eq!(ledger.since(&c, |_| true), None);
+        assert!(ledger.since(&a, |conn| *conn == 7).is_some());
     }
 }

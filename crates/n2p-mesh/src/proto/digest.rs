@@ -1,4 +1,4 @@
-//! A digest: the latest announcement a node holds from each live peer, and its own, sent to
+//! A digest: the latest announcements a node holds from live peers, and its own, sent to
 //! its gossip neighbours only (never flooded). A node sends one when a neighbour comes up
 //! and when a digest taught it a peer it did not know, so a newcomer learns the whole team
 //! from its first neighbours at once, and news spreads neighbour to neighbour without every
@@ -8,6 +8,11 @@
 //! alone (see the node's `digest_datagrams`): such digests are cut to fit a datagram
 //! (`max_size` of [`encode_digests`]). Neighbours not known to read them, and entries too
 //! large for them, go in digests sent through gossip as before.
+//!
+//! The first digest on a gossip connection carries every live peer's latest announcement;
+//! later ones on the same connection carry only those the node took in since the last
+//! (the node's `digest_datagrams::Ledger`). Receivers treat both alike: each entry is
+//! checked and taken in by itself.
 //!
 //! # Wire format
 //!
