@@ -603,9 +603,10 @@ impl Actor {
 
     /// Sends my gossip `neighbours` (only them) a digest: my own announcement, fresh, and the
     /// latest one of every live peer. It goes out as datagrams on the gossip connection to
-    /// each ([`super::digest_datagrams`]), and through gossip too while one of them cannot
-    /// take it so, or an entry is too large for a datagram. A neighbour that had a digest on
-    /// the same connection before gets only the entries taken in since ([`Self::ledger`]),
+    /// each ([`super::digest_datagrams`]), and through gossip too (whole) while one of them
+    /// cannot take it so, or an entry is too large for a datagram. A neighbour that had two
+    /// datagram digests on the same connection before gets only the entries taken in since
+    /// the older of the two ([`Self::ledger`]; my own counts as taken in when it was made),
     /// or nothing if there are none.
     ///
     /// Gossip alone is not enough: a neighbours-only broadcast goes to plumtree's eager peers
@@ -639,16 +640,12 @@ impl Actor {
                 unreached = true;
                 continue;
             };
-            let same = |sent: &WeakConnectionHandle| {
-                sent.upgrade()
-                    .is_some_and(|c| c.stable_id() == conn.stable_id())
-            };
-            let since = self.ledger.since(peer, same);
+            let since = self.ledger.since(peer, is(&conn));
             by_since.entry(since).or_default().push((*peer, conn));
         }
         for (since, group) in by_since {
             let news = |stamp: u64| since.is_none_or(|s| stamp > s);
-            let entries: Vec<&[u8]> = news(self.mine_stamp)
+            let mut entries: Vec<&[u8]> = news(self.mine_stamp)
                 .then_some(mine.as_slice())
                 .into_iter()
                 .chain(
@@ -658,6 +655,12 @@ impl Actor {
                         .map(|l| l.bytes.as_slice()),
                 )
                 .collect();
+            // From a random entry on: a receiver that drops what comes last in a burst of
+            // digests does not lose the same entries from every neighbour.
+            if !entries.is_empty() {
+                let start = rand::random_range(0..entries.len());
+                entries.rotate_left(start);
+            }
             let digests: Vec<bytes::Bytes> = if entries.is_empty() {
                 Vec::new()
             } else {
@@ -668,7 +671,7 @@ impl Actor {
             };
             for (peer, conn) in group {
                 if digests.is_empty() || digest_datagrams::send(&conn, &digests) {
-                    self.ledger.sent(peer, conn.weak_handle());
+                    self.ledger.sent(peer, conn.weak_handle(), is(&conn));
                 } else {
                     unreached = true;
                 }
@@ -1081,6 +1084,13 @@ impl Actor {
         }
         self.my_announcement(AnnounceKind::Alive, None)
     }
+}
+
+/// Whether a connection the ledger remembers is `conn` (it holds the connection weakly, so
+/// that its id cannot go to another one meanwhile).
+fn is(conn: &Connection) -> impl Fn(&WeakConnectionHandle) -> bool + use<> {
+    let id = conn.stable_id();
+    move |sent| sent.upgrade().is_some_and(|c| c.stable_id() == id)
 }
 
 /// Awaits one call into iroh-gossip for at most [`GOSSIP_CALL_BOUND`]; a failure or a

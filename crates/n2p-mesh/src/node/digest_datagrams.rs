@@ -21,8 +21,11 @@
 //! yet (or an older build, which never reads them), or whose connection takes no
 //! datagrams, gets the digest through gossip, as before.
 //!
-//! Datagrams may be lost; what a lost one carried comes with a later digest or with its
-//! senders' next announcements, as when gossip did not deliver a digest. What they carry is
+//! Datagrams may be lost: each entry goes to a neighbour in two digests in a row
+//! ([`Ledger`]), in an order that starts at a random entry each time, so that what one lost
+//! datagram carried comes with the next, and what two lost ones carried with another
+//! neighbour's digests or with its senders' next announcements, as when gossip did not
+//! deliver a digest. What they carry is
 //! checked as any digest (the topic's MAC again, each entry's signature) in
 //! [`super::actor`].
 
@@ -140,19 +143,32 @@ pub(super) fn send(conn: &Connection, digests: &[Bytes]) -> bool {
     }
 }
 
-/// What each gossip neighbour was last sent in datagram digests, so that the next digest
-/// to it carries only the entries that changed since: a full digest to every neighbour
-/// whenever one came up made a starting team's digests grow with how often its
-/// neighbours changed (docs/BENCHMARKS.md, "Digests that carry only news").
+/// What each gossip neighbour was sent in its last two datagram digests, so that the next
+/// digest to it carries only the entries that changed since the older of the two: a full
+/// digest to every neighbour whenever one came up made a starting team's digests grow with
+/// how often its neighbours changed (docs/BENCHMARKS.md, "Digests that carry only news").
 ///
 /// Entries are stamped from one clock as they are taken in ([`Self::stamp`]). A neighbour
-/// is remembered with the connection its digest went on (`C`) and the clock then; on
-/// another connection (the neighbour may have restarted and know nothing) it gets
-/// everything again.
+/// is remembered with the connection its digests went on (`C`) and the clock at each of the
+/// last two. Every entry thus goes to a neighbour in two digests in a row (the first two on
+/// a connection both carry everything), so that a datagram lost once, or dropped by a busy
+/// receiver, is sent again. On another connection (the neighbour may have restarted and
+/// know nothing) it gets everything again.
 #[derive(Debug)]
 pub(super) struct Ledger<C> {
     clock: u64,
-    sent: BTreeMap<EndpointId, (C, u64)>,
+    sent: BTreeMap<EndpointId, Sent<C>>,
+}
+
+/// The last two digests to one neighbour.
+#[derive(Debug)]
+struct Sent<C> {
+    /// The connection they went on.
+    conn: C,
+    /// The clock at the one before the last; `None` if the last was the first.
+    older: Option<u64>,
+    /// The clock at the last.
+    last: u64,
 }
 
 impl<C> Default for Ledger<C> {
@@ -171,21 +187,27 @@ impl<C> Ledger<C> {
         self.clock
     }
 
-    /// The entries `peer` has not been sent on the connection that `is_it` recognises: those
-    /// stamped after the returned value; `None` for all of them.
+    /// What the next digest to `peer` on the connection that `is_it` recognises carries:
+    /// the entries stamped after the returned value; `None` for all of them.
     pub(super) fn since(&self, peer: &EndpointId, is_it: impl Fn(&C) -> bool) -> Option<u64> {
         self.sent
             .get(peer)
-            .filter(|(conn, _)| is_it(conn))
-            .map(|&(_, clock)| clock)
+            .filter(|sent| is_it(&sent.conn))
+            .and_then(|sent| sent.older)
     }
 
-    /// `peer` has been sent every entry stamped so far, on `conn`.
-    pub(super) fn sent(&mut self, peer: EndpointId, conn: C) {
-        self.sent.insert(peer, (conn, self.clock));
+    /// `peer` has been sent a digest ([`Self::since`]) on `conn`, which `is_it` recognises.
+    pub(super) fn sent(&mut self, peer: EndpointId, conn: C, is_it: impl Fn(&C) -> bool) {
+        let older = self
+            .sent
+            .get(&peer)
+            .filter(|sent| is_it(&sent.conn))
+            .map(|sent| sent.last);
+        let last = self.clock;
+        self.sent.insert(peer, Sent { conn, older, last });
     }
 
-    /// Forgets what `peer` was sent: its next digest carries everything.
+    /// Forgets what `peer` was sent: its next digests carry everything.
     pub(super) fn forget(&mut self, peer: &EndpointId) {
         self.sent.remove(peer);
     }
@@ -370,19 +392,28 @@ mod tests {
     }
 
     #[test]
-    fn a_neighbour_is_sent_everything_first_and_then_only_what_was_stamped_since() {
+    fn every_entry_goes_to_a_neighbour_in_two_digests_in_a_row() {
         let mut ledger = Ledger::<u32>::default();
         let (a, b) = (peer(1), peer(2));
+        let same = |c: &u32| *c == 7;
         let first = ledger.stamp();
-        assert_eq!(ledger.since(&a, |_| true), None);
-        ledger.sent(a, 7);
+        // The first two digests on a connection carry everything.
+        assert_eq!(ledger.since(&a, same), None);
+        ledger.sent(a, 7, same);
         let second = ledger.stamp();
-        // a had everything up to the first entry; b nothing yet.
-        let since = ledger.since(&a, |c| *c == 7).expect("a was sent some");
+        assert_eq!(ledger.since(&a, same), None);
+        ledger.sent(a, 7, same);
+        // Then what was stamped since the one before the last: the second entry, sent once
+        // already, goes again; the first, sent twice, does not.
+        let since = ledger.since(&a, same).expect("a had two");
         assert!(first <= since && since < second);
+        let third = ledger.stamp();
+        ledger.sent(a, 7, same);
+        let since = ledger.since(&a, same).expect("a had three");
+        assert!(second <= since && since < third);
+        ledger.sent(a, 7, same);
+        assert!(ledger.since(&a, same).expect("a had four") >= third);
         assert_eq!(ledger.since(&b, |_| true), None);
-        ledger.sent(a, 7);
-        assert!(ledger.since(&a, |c| *c == 7).expect("sent") >= second);
     }
 
     #[test]
@@ -390,15 +421,21 @@ mod tests {
         let mut ledger = Ledger::<u32>::default();
         let (a, b, c) = (peer(1), peer(2), peer(3));
         ledger.stamp();
-        ledger.sent(a, 7);
-        ledger.sent(b, 8);
-        ledger.sent(c, 9);
-        // A restarted neighbour comes back on a new connection and knows nothing.
+        for _ in 0..2 {
+            ledger.sent(a, 7, |conn| *conn == 7);
+            ledger.sent(b, 8, |conn| *conn == 8);
+            ledger.sent(c, 9, |conn| *conn == 9);
+        }
+        // A restarted neighbour comes back on a new connection and knows nothing: its
+        // first two digests there carry everything.
+        assert_eq!(ledger.since(&a, |conn| *conn == 70), None);
+        ledger.sent(a, 70, |conn| *conn == 70);
         assert_eq!(ledger.since(&a, |conn| *conn == 70), None);
         ledger.forget(&b);
         assert_eq!(ledger.since(&b, |_| true), None);
         ledger.keep_only(&BTreeSet::from([a]));
         assert_eq!(ledger.since(&c, |_| true), None);
-        assert!(ledger.since(&a, |conn| *conn == 7).is_some());
+        ledger.sent(a, 70, |conn| *conn == 70);
+        assert!(ledger.since(&a, |conn| *conn == 70).is_some());
     }
 }

@@ -9,10 +9,11 @@
 //! (`max_size` of [`encode_digests`]). Neighbours not known to read them, and entries too
 //! large for them, go in digests sent through gossip as before.
 //!
-//! The first digest on a gossip connection carries every live peer's latest announcement;
-//! later ones on the same connection carry only those the node took in since the last
-//! (the node's `digest_datagrams::Ledger`). Receivers treat both alike: each entry is
-//! checked and taken in by itself.
+//! Digests sent as datagrams carry news only: the first two on a gossip connection carry
+//! every live peer's latest announcement, later ones only those the node took in since the
+//! one before the last, so each entry goes to a neighbour twice (the node's
+//! `digest_datagrams::Ledger`). Digests sent through gossip carry everything. Receivers
+//! treat all alike: each entry is checked and taken in by itself.
 //!
 //! # Wire format
 //!
