@@ -633,10 +633,7 @@ impl Actor {
                 .latest
                 .get(peer.as_bytes())
                 .is_some_and(|l| l.digest_datagrams);
-            let Some(conn) = reads
-                .then(|| digest_datagrams::connection(&self.paths, peer))
-                .flatten()
-            else {
+            let Some(conn) = digest_datagrams::connection(&self.paths, peer, reads) else {
                 unreached = true;
                 continue;
             };

@@ -122,9 +122,12 @@ async fn read_digests(conn: WeakConnectionHandle, inbox: mpsc::Sender<Bytes>, ke
 }
 
 /// The gossip connection on which `peer` gets digests as datagrams: its latest open one,
-/// if it takes datagrams of [`DATAGRAM_DIGEST_SIZE`] bytes. `None`: the digest must go
-/// through gossip.
-pub(super) fn connection(paths: &PathWatch, peer: &EndpointId) -> Option<Connection> {
+/// if the peer `reads` them (as its announcement says) and the connection takes datagrams
+/// of [`DATAGRAM_DIGEST_SIZE`] bytes. `None`: the digest must go through gossip.
+pub(super) fn connection(paths: &PathWatch, peer: &EndpointId, reads: bool) -> Option<Connection> {
+    if !reads {
+        return None;
+    }
     paths.latest_gossip(peer).filter(|conn| {
         conn.max_datagram_size()
             .is_some_and(|max| max >= DATAGRAM_DIGEST_SIZE)
@@ -325,7 +328,7 @@ mod tests {
     -> TestResult {
         let mut pair = Pair::new().await?;
         let digests = [digest(b"one"), digest(b"two")];
-        let conn = connection(&pair.paths, &pair.neighbour.endpoint().id())
+        let conn = connection(&pair.paths, &pair.neighbour.endpoint().id(), true)
             .ok_or("no gossip connection")?;
         assert!(send(&conn, &digests));
         let mut got = vec![pair.next().await?, pair.next().await?];
@@ -336,14 +339,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_peer_without_a_gossip_connection_has_none_and_only_digests_of_the_topic_are_read()
+    async fn a_neighbour_not_known_to_read_them_gets_none_and_only_digests_of_the_topic_are_read()
     -> TestResult {
         let mut pair = Pair::new().await?;
+        let neighbour = pair.neighbour.endpoint().id();
+        assert!(connection(&pair.paths, &neighbour, false).is_none());
+        // Nor is a peer without a gossip connection reached.
         let stranger = SecretKey::from_bytes(&[9; 32]).public();
-        assert!(connection(&pair.paths, &stranger).is_none());
+        assert!(connection(&pair.paths, &stranger, true).is_none());
         // A datagram that is not a digest, and a digest under another topic's key, are
         // dropped by the reader: the first thing it hands on is the digest sent after them.
-        let conn = connection(&pair.paths, &pair.neighbour.endpoint().id())
+        let conn = connection(&pair.paths, &pair.neighbour.endpoint().id(), true)
             .ok_or("no gossip connection")?;
         conn.send_datagram(Bytes::from_static(b"\x01not a digest"))?;
         conn.send_datagram(digest_for("another topic", b"forged"))?;
