@@ -187,7 +187,8 @@ pub(super) struct Actor {
     pub(super) mine: Option<(Instant, EndpointAddr, Vec<u8>)>,
     /// When [`Self::mine`] was made, on the clock of [`Self::ledger`].
     pub(super) mine_stamp: u64,
-    /// What each gossip neighbour was last sent in datagram digests, and on which connection.
+    /// What each gossip neighbour was sent in its last two datagram digests, and on which
+    /// connection.
     pub(super) ledger: digest_datagrams::Ledger<WeakConnectionHandle>,
 }
 
